@@ -1,0 +1,1 @@
+"""surgeon's recipe cookbook, installed as ``surgeon.recipes``."""

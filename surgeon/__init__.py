@@ -1,0 +1,75 @@
+"""surgeon: ONNX graph surgery and debugging, every edit verified with onnxruntime.
+
+The public API::
+
+    import surgeon
+
+    model = surgeon.load("model.onnx")
+    report = surgeon.verify(edited, model)          # a DiffReport, truthy when it passed
+    surgeon.save(edited, "edited.onnx")             # atomic; never overwrites the input
+
+Names are imported on first use (PEP 562), so ``import surgeon`` stays cheap and never
+imports onnxruntime until something runs a model.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from surgeon._version import __version__
+from surgeon.errors import (
+    ModelLoadError,
+    NameNotFoundError,
+    OutputPathError,
+    RuntimeFailure,
+    SurgeonError,
+    UnsafePathError,
+    UsageError,
+    VerificationFailed,
+)
+
+# Public name -> module that defines it. One explicit table, no import side effects.
+_LAZY = {
+    "Model": "surgeon.model",
+    "TensorInfo": "surgeon.model",
+    "load": "surgeon.model",
+    "save": "surgeon.model",
+    "verify": "surgeon.verify",
+    "Chain": "surgeon.verify",
+    "Tolerance": "surgeon.compare",
+    "EXACT": "surgeon.compare",
+    "DiffReport": "surgeon.compare",
+    "TensorDiff": "surgeon.compare",
+    "compare_arrays": "surgeon.compare",
+    "FeedOptions": "surgeon.feeds",
+    "make_feeds": "surgeon.feeds",
+    "RunOptions": "surgeon.runner",
+    "run": "surgeon.runner",
+    "describe": "surgeon.inspection",
+}
+
+__all__ = [
+    "__version__",
+    "SurgeonError",
+    "ModelLoadError",
+    "UnsafePathError",
+    "NameNotFoundError",
+    "UsageError",
+    "OutputPathError",
+    "RuntimeFailure",
+    "VerificationFailed",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'surgeon' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(__all__)

@@ -1,0 +1,142 @@
+"""The command line: a thin layer over the Python API, and surgeon's error boundary.
+
+``main(argv, console, err_console) -> int`` parses arguments, runs one command and turns
+:class:`~surgeon.errors.SurgeonError` into a one-paragraph message and an exit code.
+Command modules are listed explicitly in ``COMMANDS``; each defines ``HELP``,
+``add_arguments(parser)`` and ``run(args, ctx) -> int``, and imports nothing heavy at
+module level, so ``surgeon --help`` imports neither onnxruntime nor rich.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from enum import IntEnum
+
+from surgeon._version import __version__
+from surgeon.errors import SurgeonError
+
+
+class ExitStatus(IntEnum):
+    """Exit codes, the same for every command."""
+
+    SUCCESS = 0
+    VERIFICATION_FAILED = 1
+    BAD_INPUT = 2
+    INTERNAL_ERROR = 3  # a bug in surgeon: please report it with --traceback
+
+
+# One explicit table, in the order `surgeon --help` lists them.
+COMMANDS: dict[str, str] = {
+    "inspect": "surgeon.commands.inspect",
+    "diff": "surgeon.commands.diff",
+}
+
+
+class Context:
+    """What a command needs from the CLI: consoles and the output mode."""
+
+    def __init__(self, console, err_console, json_mode: bool):
+        self.console = console
+        self.err_console = err_console
+        self.json = json_mode
+
+    def emit_json(self, data: dict) -> None:
+        """Write one JSON document to stdout (no wrapping, no highlighting)."""
+        from surgeon.report import write_json
+
+        write_json(self.console, data)
+
+    @property
+    def interactive(self) -> bool:
+        """True when progress bars may be shown (a terminal, not --json)."""
+        return bool(getattr(self.err_console, "is_terminal", False)) and not self.json
+
+
+def _common_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("output")
+    group.add_argument(
+        "--json", action="store_true", help="print the result as one JSON document on stdout"
+    )
+    group.add_argument(
+        "--traceback", action="store_true", help="show Python tracebacks (for bug reports)"
+    )
+    return parent
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one paragraph, exit 2
+        self.print_usage(sys.stderr)
+        self.exit(ExitStatus.BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="surgeon",
+        description="ONNX graph surgery and debugging; every edit is verified against the original with onnxruntime.",
+        epilog="Exit codes: 0 success, 1 verification failed, 2 bad usage or input, 3 internal error. "
+        "Run `surgeon COMMAND --help` for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"surgeon {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    parent = _common_parent()
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=getattr(module, "DESCRIPTION", module.HELP),
+            parents=[parent],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None, console=None, err_console=None) -> int:
+    """Run the CLI and return the exit status (never raises for user errors).
+
+    Args:
+        argv: Arguments without the program name (default: ``sys.argv[1:]``).
+        console: rich Console for results (default: stdout).
+        err_console: rich Console for messages and progress (default: stderr).
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error
+        return int(e.code or 0) if not isinstance(e.code, str) else ExitStatus.BAD_INPUT
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stdout)
+        return ExitStatus.BAD_INPUT
+    from surgeon.report import make_consoles, render_error, render_internal_error
+
+    console, err_console = make_consoles(console, err_console)
+    ctx = Context(console, err_console, bool(getattr(args, "json", False)))
+    try:
+        return int(args._module.run(args, ctx))
+    except SurgeonError as e:
+        if args.traceback:
+            raise
+        render_error(ctx, e)
+        return e.exit_code
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+    except Exception as e:  # a bug: say so plainly, never a bare traceback
+        if args.traceback:
+            raise
+        render_internal_error(ctx, e)
+        return ExitStatus.INTERNAL_ERROR
+
+
+def entry_point() -> None:
+    """The ``surgeon`` console script."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()

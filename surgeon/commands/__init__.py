@@ -1,0 +1,1 @@
+"""CLI commands, one module each; ``surgeon.cli.COMMANDS`` lists them."""

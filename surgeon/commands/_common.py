@@ -1,0 +1,116 @@
+"""Argument groups shared by commands, and their conversion into library options.
+
+Kept free of heavy imports: it runs while ``surgeon --help`` builds the parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_feed_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("inputs")
+    group.add_argument(
+        "--inputs",
+        metavar="FEEDS.npz",
+        help="input values from an .npz keyed by input name (others are random)",
+    )
+    group.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="resolve dynamic dims: INPUT:1x3x640x640 for an input, or DIM=640 for a named dim; repeatable "
+        "(default: batch 1, other dynamic dims 64)",
+    )
+    group.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+
+
+def add_tolerance_arguments(
+    parser: argparse.ArgumentParser, atol: float = 1e-5, rtol: float = 1e-5
+) -> None:
+    group = parser.add_argument_group("tolerance")
+    group.add_argument(
+        "--atol", type=float, default=atol, help=f"absolute tolerance (default {atol:g})"
+    )
+    group.add_argument(
+        "--rtol", type=float, default=rtol, help=f"relative tolerance (default {rtol:g})"
+    )
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("onnxruntime")
+    group.add_argument(
+        "--custom-op-library",
+        action="append",
+        default=[],
+        metavar="LIB.so",
+        help="load custom operators from this shared library (only loaded when given)",
+    )
+    group.add_argument(
+        "--optimization",
+        choices=["disabled", "basic", "extended", "all"],
+        default="all",
+        help="onnxruntime graph optimisation level (default all)",
+    )
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    group = parser.add_argument_group("output model")
+    group.add_argument(
+        "-o",
+        "--output",
+        required=required,
+        metavar="OUT.onnx",
+        help="where to write the edited model",
+    )
+    group.add_argument(
+        "--inplace", action="store_true", help="allow the output to overwrite the input model"
+    )
+    group.add_argument(
+        "--external-data",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="write weights to OUT.onnx.data: auto (only above 2 GB), always, never",
+    )
+
+
+def feed_options(args):
+    from surgeon.feeds import FeedOptions, parse_shape_args
+
+    shapes, dims = parse_shape_args(args.shape or [])
+    return FeedOptions(seed=args.seed, shapes=shapes, dims=dims, npz=args.inputs)
+
+
+def tolerance(args):
+    from surgeon.compare import Tolerance
+    from surgeon.errors import UsageError
+
+    if args.atol < 0 or args.rtol < 0:
+        raise UsageError("--atol and --rtol must not be negative")
+    return Tolerance(atol=args.atol, rtol=args.rtol)
+
+
+def run_options(args):
+    from surgeon.runner import RunOptions
+
+    return RunOptions(
+        optimization=args.optimization, custom_op_libraries=tuple(args.custom_op_library)
+    )
+
+
+def save_output(model, args, inputs=()):
+    """Save ``model`` to ``args.output`` atomically, honouring --inplace/--external-data."""
+    from surgeon.model import save
+
+    check_output_early(args, inputs)
+    external = {"auto": None, "always": True, "never": False}[args.external_data]
+    return save(model, args.output, external_data=external, inplace=args.inplace)
+
+
+def check_output_early(args, inputs):
+    """Fail before any work when -o would overwrite an input or cannot be written."""
+    if getattr(args, "output", None):
+        from surgeon.model import check_output_path
+
+        check_output_path(args.output, inputs, inplace=getattr(args, "inplace", False))

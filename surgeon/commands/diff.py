@@ -1,0 +1,80 @@
+"""`surgeon diff`: run two models on the same inputs and compare their outputs."""
+
+from __future__ import annotations
+
+from surgeon.commands import _common
+
+HELP = "run two models on the same inputs with onnxruntime and compare outputs tensor by tensor"
+DESCRIPTION = (
+    HELP
+    + "\n\nThe first model is the reference. Outputs are paired by name; --map OLD=NEW pairs a\n"
+    "reference output OLD with the candidate's NEW. Exit 0 when every output matches, 1 when\n"
+    "any differs, 2 on bad input.\n\nexample:\n  surgeon diff model.onnx model_fp16.onnx --atol 1e-2 --rtol 1e-2"
+)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("reference", help="the reference model (.onnx)")
+    parser.add_argument("candidate", help="the model to check against it (.onnx)")
+    parser.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="OLD=NEW",
+        help="pair reference tensor OLD with candidate tensor NEW; repeatable",
+    )
+    parser.add_argument("--exact", action="store_true", help="require bit-identical outputs")
+    _common.add_feed_arguments(parser)
+    _common.add_tolerance_arguments(parser)
+    _common.add_runtime_arguments(parser)
+
+
+def parse_map(items, what: str = "--map") -> dict[str, str]:
+    from surgeon.errors import UsageError
+
+    mapping = {}
+    for item in items:
+        old, sep, new = item.partition("=")
+        if not sep or not old or not new:
+            raise UsageError(f"cannot read `{what} {item}`: expected OLD=NEW")
+        mapping[old] = new
+    return mapping
+
+
+def run(args, ctx) -> int:
+    from surgeon.compare import EXACT
+    from surgeon.errors import collect_unknown_names
+    from surgeon.model import load
+    from surgeon.verify import verify
+
+    name_map = parse_map(args.map)
+    reference = load(args.reference)
+    candidate = load(args.candidate)
+    collect_unknown_names("tensor", name_map.keys(), reference.tensor_names(), reference.name)
+    collect_unknown_names("tensor", name_map.values(), candidate.tensor_names(), candidate.name)
+    pairs = None
+    if name_map:
+        pairs = [(name_map.get(o, o), o) for o in reference.output_names]
+        pairs += [(new, old) for old, new in name_map.items() if old not in reference.output_names]
+    tol = EXACT if args.exact else _common.tolerance(args)
+    report = verify(
+        candidate,
+        reference,
+        pairs=pairs,
+        feed_options=_common.feed_options(args),
+        tolerance=tol,
+        options=_common.run_options(args),
+        title=f"diff {reference.name} -> {candidate.name}",
+    )
+    if pairs is not None:
+        from surgeon.compare import extra
+
+        paired = {c for c, _ in pairs}
+        report.tensors += [extra(o) for o in candidate.output_names if o not in paired]
+    if ctx.json:
+        ctx.emit_json(report.to_dict())
+    else:
+        from surgeon.report import render_diff
+
+        render_diff(ctx.console, report)
+    return 0 if report.passed else 1

@@ -1,0 +1,1 @@
+"""Graph edits (recipes' building blocks); each returns a new Model and never mutates its input."""

@@ -1,0 +1,143 @@
+"""Errors surgeon raises for problems in the user's input or usage.
+
+Every user-facing failure is a :class:`SurgeonError`. The library raises these and never
+prints or exits; only the CLI's error boundary (``surgeon.cli``) turns them into a
+one-paragraph message and an exit code. Anything else that escapes is a bug, shown with
+a hint to rerun with ``--traceback``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class SurgeonError(Exception):
+    """A problem with the user's input or usage (exit code 2).
+
+    Args:
+        message: What is wrong, naming the file and the thing.
+        hint: How to fix it, if there is something to suggest.
+        problems: Every individual problem when several were collected; they are shown
+            as a list under the message.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, hint: str | None = None, problems: Iterable[str] = ()):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.problems = list(problems)
+
+    def __str__(self) -> str:
+        text = self.message
+        if self.problems:
+            text += "\n" + "\n".join(f"  - {p}" for p in self.problems)
+        if self.hint:
+            text += f"\n{self.hint}"
+        return text
+
+
+class ModelLoadError(SurgeonError):
+    """The model file cannot be read, or is not a usable ONNX model."""
+
+
+class UnsafePathError(ModelLoadError):
+    """An external data location points outside the model's folder."""
+
+
+class NameNotFoundError(SurgeonError):
+    """A tensor, node, input or output name does not exist; carries close matches."""
+
+    def __init__(self, message: str, *, name: str, suggestions: Iterable[str] = (), **kwargs):
+        super().__init__(message, **kwargs)
+        self.name = name
+        self.suggestions = list(suggestions)
+
+
+class UsageError(SurgeonError):
+    """Arguments that do not fit together or do not parse."""
+
+
+class OutputPathError(SurgeonError):
+    """The output path cannot be written (or would overwrite the input)."""
+
+
+class RuntimeFailure(SurgeonError):
+    """onnxruntime could not load or run a model (an unsupported op, a broken graph)."""
+
+
+class VerificationFailed(SurgeonError):
+    """A verification did not pass and the caller asked for that to be an error (exit 1)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, report=None, **kwargs):
+        super().__init__(message, **kwargs)
+        self.report = report
+
+
+def close_matches(name: str, candidates: Iterable[str], limit: int = 3) -> list[str]:
+    """Return up to ``limit`` candidates that look like ``name``.
+
+    Combines difflib's ratio with substring matches, because exported names are long
+    (``/model.0/conv/Conv_output_0``) and users tend to type a fragment of them.
+    """
+    pool = list(dict.fromkeys(candidates))
+    found = difflib.get_close_matches(name, pool, n=limit, cutoff=0.6)
+    lowered = name.lower()
+    if lowered:
+        for cand in pool:
+            if len(found) >= limit:
+                break
+            if cand not in found and (lowered in cand.lower() or cand.lower() in lowered):
+                found.append(cand)
+    return found[:limit]
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
+    """A ``did you mean `a`, `b`?`` phrase, or None when nothing is close."""
+    matches = close_matches(name, candidates)
+    if not matches:
+        return None
+    return "did you mean " + ", ".join(f"`{m}`" for m in matches) + "?"
+
+
+def unknown_name(kind: str, name: str, candidates: Iterable[str], where: str) -> NameNotFoundError:
+    """Build the standard error for a name that is not in a model.
+
+    Args:
+        kind: What was looked for ("tensor", "input", "node or tensor").
+        name: The name the user gave.
+        candidates: Every valid name, for suggestions.
+        where: The model's file name or description.
+    """
+    pool = list(candidates)
+    matches = close_matches(name, pool)
+    message = f"no {kind} `{name}` in {where}"
+    if matches:
+        message += "; did you mean " + ", ".join(f"`{m}`" for m in matches) + "?"
+    hint = None
+    if not matches and pool:
+        hint = "Run `surgeon inspect` to list the names in the model."
+    return NameNotFoundError(message, name=name, suggestions=matches, hint=hint)
+
+
+def collect_unknown_names(
+    kind: str, names: Iterable[str], candidates: Iterable[str], where: str
+) -> None:
+    """Raise one error listing every unknown name at once (or return if all are known)."""
+    pool = list(candidates)
+    known = set(pool)
+    errors = [unknown_name(kind, n, pool, where) for n in names if n not in known]
+    if not errors:
+        return
+    if len(errors) == 1:
+        raise errors[0]
+    raise NameNotFoundError(
+        f"{len(errors)} unknown {kind} names in {where}",
+        name=errors[0].name,
+        suggestions=errors[0].suggestions,
+        problems=[e.message for e in errors],
+    )

@@ -1,0 +1,110 @@
+"""What is in a model: the facts ``surgeon inspect`` shows, as a plain dict."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+
+from surgeon.model import (
+    PROVENANCE_KEY,
+    Model,
+    iter_graphs,
+    iter_tensors,
+    op_histogram,
+    tensor_nbytes,
+    value_info_to_tensor_info,
+)
+
+INSPECT_SCHEMA = "surgeon.inspect/1"
+STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training", "com.microsoft"}
+
+
+def _outer_reads(graph: onnx.GraphProto) -> list[str]:
+    """Names a subgraph reads that it does not define (outer-scope tensors)."""
+    defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    reads = []
+    for n in graph.node:
+        for i in n.input:
+            if i and i not in defined and i not in reads:
+                reads.append(i)
+        for attr in n.attribute:
+            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for sub in subs:
+                for r in _outer_reads(sub):
+                    if r not in defined and r not in reads:
+                        reads.append(r)
+        defined.update(o for o in n.output if o)
+    return reads
+
+
+def describe(model: Model) -> dict:
+    """Everything ``surgeon inspect`` reports, with stable keys (schema ``surgeon.inspect/1``)."""
+    proto = model.proto
+    params = 0
+    param_bytes = 0
+    by_dtype: Counter = Counter()
+    for t in iter_tensors(proto):
+        count = int(np.prod(t.dims)) if len(t.dims) else 1
+        params += count
+        param_bytes += tensor_nbytes(t)
+        by_dtype[onnx.TensorProto.DataType.Name(t.data_type).lower()] += count
+    subgraph_nodes = []
+    for n in proto.graph.node:
+        graphs = [(a.name, a.g) for a in n.attribute if a.type == onnx.AttributeProto.GRAPH]
+        graphs += [
+            (f"{a.name}[{i}]", g)
+            for a in n.attribute
+            if a.type == onnx.AttributeProto.GRAPHS
+            for i, g in enumerate(a.graphs)
+        ]
+        if graphs:
+            subgraph_nodes.append(
+                {
+                    "node": n.name,
+                    "op": n.op_type,
+                    "subgraphs": [
+                        {
+                            "attribute": name,
+                            "nodes": sum(len(x.node) for x in iter_graphs(g)),
+                            "outer_scope_reads": _outer_reads(g),
+                        }
+                        for name, g in graphs
+                    ],
+                }
+            )
+    custom: Counter = Counter()
+    for g in iter_graphs(proto.graph):
+        for n in g.node:
+            if n.domain not in STANDARD_DOMAINS:
+                custom[n.domain] += 1
+    metadata = {p.key: p.value for p in proto.metadata_props if p.key != PROVENANCE_KEY}
+    all_nodes = sum(len(g.node) for g in iter_graphs(proto.graph))
+    return {
+        "schema": INSPECT_SCHEMA,
+        "file": str(model.path) if model.path else None,
+        "ir_version": int(proto.ir_version),
+        "opsets": {(o.domain or "ai.onnx"): int(o.version) for o in proto.opset_import},
+        "producer": {"name": proto.producer_name, "version": proto.producer_version},
+        "graph_name": proto.graph.name,
+        "inputs": [i.to_dict() for i in model.inputs],
+        "outputs": [o.to_dict() for o in model.outputs],
+        "initializers_as_inputs": [
+            v.name for v in proto.graph.input if v.name in {t.name for t in proto.graph.initializer}
+        ],
+        "nodes": len(proto.graph.node),
+        "nodes_including_subgraphs": all_nodes,
+        "op_types": dict(sorted(op_histogram(proto).items(), key=lambda kv: (-kv[1], kv[0]))),
+        "parameters": {"count": params, "bytes": param_bytes, "by_dtype": dict(by_dtype)},
+        "custom_domains": dict(custom),
+        "external_data": list(model.external_data_files),
+        "subgraph_nodes": subgraph_nodes,
+        "functions": [f"{f.domain}::{f.name}" if f.domain else f.name for f in proto.functions],
+        "metadata": metadata,
+        "history": model.provenance,
+        "declared_value_info": len(proto.graph.value_info),
+    }
+
+
+__all__ = ["describe", "value_info_to_tensor_info"]

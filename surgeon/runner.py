@@ -1,0 +1,186 @@
+"""Running models with onnxruntime on the CPU.
+
+This is the only module that imports onnxruntime, and it does so lazily, so that
+``surgeon --help`` and the pure graph edits never pay for it.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from surgeon.errors import RuntimeFailure, SurgeonError, unknown_name
+from surgeon.model import PROTO_LIMIT, Model, save
+
+OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How onnxruntime runs a model.
+
+    Attributes:
+        optimization: Graph optimisation level: disabled, basic, extended or all.
+        custom_op_libraries: Shared libraries with custom operators; loaded only when
+            given explicitly.
+        threads: Intra-op threads (0 lets onnxruntime decide).
+    """
+
+    optimization: str = "all"
+    custom_op_libraries: tuple[str, ...] = field(default_factory=tuple)
+    threads: int = 0
+
+    def __post_init__(self):
+        if self.optimization not in OPTIMIZATION_LEVELS:
+            raise SurgeonError(
+                f"unknown optimisation level `{self.optimization}`; use one of {', '.join(OPTIMIZATION_LEVELS)}"
+            )
+
+
+def _ort():
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)  # errors reach the user through our messages
+    return ort
+
+
+def _session_options(options: RunOptions):
+    ort = _ort()
+    so = ort.SessionOptions()
+    so.graph_optimization_level = {
+        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[options.optimization]
+    so.log_severity_level = 3
+    if options.threads:
+        so.intra_op_num_threads = options.threads
+    for lib in options.custom_op_libraries:
+        if not Path(lib).is_file():
+            raise SurgeonError(f"custom op library {lib} does not exist")
+        try:
+            so.register_custom_ops_library(str(lib))
+        except Exception as e:
+            raise SurgeonError(f"cannot load custom op library {lib}: {_first_line(e)}") from None
+    return so
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    # onnxruntime prefixes messages with "[ONNXRuntimeError] : 1 : FAIL : "
+    text = re.sub(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*", "", text)
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def custom_domains(model: Model) -> list[str]:
+    from surgeon.model import iter_graphs
+
+    known = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training"}
+    found = []
+    for g in iter_graphs(model.proto.graph):
+        for n in g.node:
+            if n.domain not in known and n.domain not in found:
+                found.append(n.domain)
+    return found
+
+
+class Session:
+    """An onnxruntime session over a Model, optionally exposing intermediate tensors."""
+
+    def __init__(
+        self, model: Model, *, extra_outputs: Iterable[str] = (), options: RunOptions | None = None
+    ):
+        self.model = model
+        self.options = options or RunOptions()
+        extra = [n for n in dict.fromkeys(extra_outputs) if n not in set(model.output_names)]
+        if extra:
+            names = set(model.tensor_names())
+            for n in extra:
+                if n not in names:
+                    raise unknown_name("tensor", n, names, model.name)
+        self.output_names = list(model.output_names) + extra
+        ort = _ort()
+        so = _session_options(self.options)
+        graph_outputs = model.proto.graph.output
+        # Untyped extra outputs are fine: onnxruntime infers their type. They are added
+        # to the shared proto only for serialisation and removed right after.
+        for n in extra:
+            graph_outputs.add(name=n)
+        tmpdir = None
+        try:
+            if model.weight_bytes() + 16 * 2**20 > PROTO_LIMIT:
+                tmpdir = tempfile.TemporaryDirectory(prefix="surgeon-run-")
+                path = Path(tmpdir.name) / "model.onnx"
+                save(Model(model.proto), path, external_data=True)
+                source = str(path)
+            else:
+                source = model.proto.SerializeToString()
+        finally:
+            if extra:
+                del graph_outputs[len(graph_outputs) - len(extra) :]
+        try:
+            self._session = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise self._failure("load", e) from None
+        finally:
+            if tmpdir is not None:
+                tmpdir.cleanup()
+        self.input_names = [i.name for i in self._session.get_inputs()]
+
+    def _failure(self, what: str, e: Exception) -> RuntimeFailure:
+        msg = _first_line(e)
+        hint = None
+        domains = custom_domains(self.model)
+        if domains and not self.options.custom_op_libraries:
+            hint = (
+                f"The model uses custom operator domain(s) {', '.join(domains)}; onnxruntime can only run it "
+                "with the library that implements them: pass --custom-op-library lib.so."
+            )
+        verb = "load" if what == "load" else "run"
+        return RuntimeFailure(f"onnxruntime could not {verb} {self.model.name}: {msg}", hint=hint)
+
+    def run(
+        self, feeds: Mapping[str, np.ndarray], outputs: Iterable[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run on ``feeds`` and return the named outputs (all by default)."""
+        names = list(outputs) if outputs is not None else self.output_names
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise SurgeonError(
+                f"no value for input(s) {', '.join(f'`{m}`' for m in missing)} of {self.model.name}"
+            )
+        feed = {k: v for k, v in feeds.items() if k in set(self.input_names)}
+        try:
+            values = self._session.run(names, feed)
+        except Exception as e:
+            raise self._failure("run", e) from None
+        return dict(zip(names, values, strict=True))
+
+
+def run(
+    model: Model,
+    feeds: Mapping[str, np.ndarray],
+    *,
+    outputs: Iterable[str] | None = None,
+    options: RunOptions | None = None,
+) -> dict[str, np.ndarray]:
+    """Run ``model`` once and return tensors by name.
+
+    Args:
+        outputs: Tensor names to return; intermediate tensors are exposed as needed.
+            Defaults to the model's outputs.
+    """
+    wanted = list(outputs) if outputs is not None else model.output_names
+    session = Session(model, extra_outputs=wanted, options=options)
+    return session.run(feeds, wanted)
+
+
+def onnx_dtype_of(array: np.ndarray) -> int:
+    return onnx.helper.np_dtype_to_tensor_dtype(array.dtype)

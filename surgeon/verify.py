@@ -1,0 +1,190 @@
+"""The single verifier every edit uses.
+
+An edit states a *correspondence*: which tensor of the edited model (the candidate)
+must equal which tensor of a reference, and, for edits such as extract, which reference
+tensors feed the candidate's inputs. The reference is a Model (run with onnxruntime,
+with intermediate tensors exposed as needed) or a :class:`Chain` of models run in
+sequence (what a merge must reproduce).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from surgeon.compare import DiffReport, Tolerance, compare_named, extra
+from surgeon.errors import SurgeonError
+from surgeon.feeds import FeedOptions, describe_feeds, make_feeds
+from surgeon.model import Model
+from surgeon.runner import RunOptions, run
+
+
+@dataclass
+class Chain:
+    """Models run one after another, as a reference for a merge.
+
+    ``links[i]`` maps an input of ``models[i + 1]`` to a tensor name produced by an earlier
+    model (or a feed). Inputs not in the map are taken by equal name. Results of step ``i``
+    are available as ``"name"`` (later steps win) and as ``"<i>:name"``.
+    """
+
+    models: Sequence[Model]
+    links: Sequence[Mapping[str, str]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return " -> ".join(m.name for m in self.models)
+
+    @property
+    def first(self) -> Model:
+        return self.models[0]
+
+    def compute(
+        self, feeds: Mapping[str, np.ndarray], names: Iterable[str], options: RunOptions
+    ) -> dict[str, np.ndarray]:
+        env: dict[str, np.ndarray] = dict(feeds)
+        for i, model in enumerate(self.models):
+            link = self.links[i - 1] if i > 0 and i - 1 < len(self.links) else {}
+            step_feeds = {}
+            for inp in model.input_names:
+                source = link.get(inp, inp)
+                if source not in env:
+                    raise SurgeonError(
+                        f"step {i + 1} ({model.name}) of the reference chain needs input `{inp}`, "
+                        f"but nothing before it produces `{source}`"
+                    )
+                step_feeds[inp] = env[source]
+            values = run(model, step_feeds, options=options)
+            for k, v in values.items():
+                env[k] = v
+                env[f"{i}:{k}"] = v
+        wanted = list(names)
+        return {n: env[n] for n in wanted if n in env}
+
+
+def _compute(reference: Model | Chain, feeds, names, options) -> dict[str, np.ndarray]:
+    if isinstance(reference, Chain):
+        return reference.compute(feeds, names, options)
+    available = set(reference.tensor_names())
+    wanted = [n for n in dict.fromkeys(names) if n in available]
+    values = run(reference, feeds, outputs=wanted, options=options)
+    for n in wanted:  # graph inputs asked for by name come straight from the feeds
+        if n not in values and n in feeds:
+            values[n] = feeds[n]
+    return values
+
+
+def verify(
+    candidate: Model,
+    reference: Model | Chain,
+    *,
+    pairs: Iterable[tuple[str, str]] | None = None,
+    name_map: Mapping[str, str] | None = None,
+    candidate_inputs: Mapping[str, str] | None = None,
+    feeds: Mapping[str, np.ndarray] | None = None,
+    feed_options: FeedOptions = FeedOptions(),
+    tolerance: Tolerance = Tolerance(),
+    options: RunOptions | None = None,
+    reference_options: RunOptions | None = None,
+    title: str = "verify",
+    report_extra: bool = True,
+) -> DiffReport:
+    """Run ``reference`` and ``candidate`` on the same feeds and compare tensors.
+
+    Args:
+        candidate: The edited model.
+        reference: The original model, or a Chain of models run in sequence.
+        pairs: ``(candidate_tensor, reference_tensor)`` pairs to compare. Default: every
+            reference output with the candidate output of the same name (after
+            ``name_map``), plus the candidate's outputs that have no reference as
+            ``extra`` (when ``report_extra``).
+        name_map: Reference name -> candidate name, for renamed tensors.
+        candidate_inputs: Candidate input -> reference tensor whose value feeds it (e.g.
+            the cut points of an extracted subgraph). Other candidate inputs take the
+            feed of the same name.
+        feeds: Values for the reference's inputs; generated from ``feed_options`` if None.
+        tolerance: When values count as equal (use ``surgeon.compare.EXACT`` for
+            bit-identity).
+        options, reference_options: onnxruntime settings for each side (the reference
+            uses ``options`` unless told otherwise).
+
+    Returns:
+        A DiffReport; truthy when every pair matched.
+    """
+    options = options or RunOptions()
+    reference_options = reference_options or options
+    ref_model = reference.first if isinstance(reference, Chain) else reference
+    name_map = dict(name_map or {})
+    if feeds is None:
+        feeds = make_feeds(ref_model, feed_options)
+    feeds = dict(feeds)
+    if pairs is None:
+        ref_outputs = (
+            [n for m in reference.models[-1:] for n in m.output_names]
+            if isinstance(reference, Chain)
+            else ref_model.output_names
+        )
+        pairs = [(name_map.get(r, r), r) for r in ref_outputs]
+        extras = (
+            [o for o in candidate.output_names if o not in {c for c, _ in pairs}]
+            if report_extra
+            else []
+        )
+    else:
+        pairs = list(pairs)
+        extras = []
+    candidate_inputs = dict(candidate_inputs or {})
+    ref_needed = [r for _, r in pairs] + list(candidate_inputs.values())
+    expected = _compute(reference, feeds, ref_needed, reference_options)
+
+    cand_feeds = {}
+    problems = []
+    for inp in candidate.input_names:
+        source = candidate_inputs.get(inp)
+        if source is not None:
+            if source not in expected:
+                problems.append(f"the reference does not produce `{source}` to feed `{inp}`")
+            else:
+                cand_feeds[inp] = expected[source]
+        elif inp in feeds:
+            cand_feeds[inp] = feeds[inp]
+        else:
+            ref_in = {v: k for k, v in name_map.items()}.get(inp)
+            if ref_in is not None and ref_in in feeds:
+                cand_feeds[inp] = feeds[ref_in]
+            else:
+                problems.append(
+                    f"candidate input `{inp}` has no value: it is not a reference input and not mapped"
+                )
+    if problems:
+        raise SurgeonError(
+            f"cannot verify {candidate.name} against {reference.name}", problems=problems
+        )
+
+    cand_names = set(candidate.tensor_names())
+    wanted = [c for c, _ in pairs if c in cand_names] + [e for e in extras]
+    actual = run(candidate, cand_feeds, outputs=list(dict.fromkeys(wanted)), options=options)
+    for c, _ in pairs:  # inputs passed straight through
+        if c not in actual and c in cand_feeds:
+            actual[c] = cand_feeds[c]
+    tensors = compare_named(actual, expected, pairs, tolerance)
+    tensors += [extra(e, actual.get(e)) for e in extras]
+    notes = []
+    if options != reference_options:
+        notes.append(
+            f"candidate ran with optimization={options.optimization}, reference with optimization={reference_options.optimization}"
+        )
+    return DiffReport(
+        title=title,
+        candidate=candidate.name,
+        reference=reference.name,
+        tensors=tensors,
+        tolerance=tolerance,
+        seed=None
+        if feed_options.npz and not (set(ref_model.input_names) - set(feeds))
+        else feed_options.seed,
+        feeds=describe_feeds(feeds),
+        notes=notes,
+    )

@@ -1,0 +1,63 @@
+"""Shared fixtures: the sample models, a CLI runner with captured consoles, tiny models."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import pytest
+from rich.console import Console
+
+from surgeon.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "sample_models"
+
+
+@dataclass
+class CliResult:
+    status: int
+    stdout: str
+    stderr: str
+
+    @property
+    def json(self):
+        return json.loads(self.stdout)
+
+
+def run_cli(*argv: str) -> CliResult:
+    """Call ``surgeon.cli.main`` with fixed-width, colourless consoles."""
+    out, err = io.StringIO(), io.StringIO()
+    status = main(
+        [str(a) for a in argv],
+        Console(file=out, width=100, color_system=None),
+        Console(file=err, width=100, color_system=None),
+    )
+    return CliResult(status, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+@pytest.fixture
+def samples(tmp_path) -> Path:
+    """A private copy of sample_models/, so tests may write next to the models."""
+    dst = tmp_path / "samples"
+    shutil.copytree(SAMPLES, dst, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    return dst
+
+
+def parse(text: str) -> onnx.ModelProto:
+    """A model from ONNX text syntax (the test reads the whole model)."""
+    return onnx.parser.parse_model(text)
+
+
+def write(model: onnx.ModelProto, path: Path) -> Path:
+    onnx.save(model, str(path))
+    return path

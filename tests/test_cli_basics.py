@@ -1,0 +1,70 @@
+"""The CLI edge: help without heavy imports, exit codes, error rendering."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_help_does_not_import_onnxruntime_or_rich():
+    code = (
+        "import sys\n"
+        "from surgeon.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "bad = [m for m in ('onnxruntime', 'rich') if m in sys.modules]\n"
+        "print('HEAVY', bad)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    ).stdout
+    assert "HEAVY []" in out
+    assert "inspect" in out and "diff" in out
+
+
+def test_every_command_help_is_light():
+    from surgeon.cli import COMMANDS
+
+    for name in COMMANDS:
+        code = (
+            "import sys\nfrom surgeon.cli import main\n"
+            f"status = main([{name!r}, '--help'])\n"
+            "print('HEAVY', [m for m in ('onnxruntime', 'rich') if m in sys.modules], status)\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+        ).stdout
+        assert "HEAVY [] 0" in out, (name, out)
+
+
+def test_python_dash_m_works():
+    res = subprocess.run(
+        [sys.executable, "-m", "surgeon", "--version"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert res.returncode == 0 and "surgeon" in res.stdout
+
+
+def test_no_command_is_usage_error(cli):
+    assert cli().status == 2
+
+
+def test_unknown_option_is_usage_error(cli, capsys):
+    res = cli("inspect", "--no-such-flag", "x.onnx")
+    assert res.status == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_error_is_one_paragraph_without_traceback(cli, tmp_path):
+    res = cli("inspect", tmp_path / "missing.onnx")
+    assert res.status == 2
+    assert "Traceback" not in res.stderr
+    assert res.stderr.startswith("error: ")
+    assert "no such file" in res.stderr
+
+
+def test_error_as_json(cli, tmp_path):
+    res = cli("inspect", tmp_path / "missing.onnx", "--json")
+    assert res.status == 2
+    assert res.json["schema"] == "surgeon.error/1"
+    assert res.json["exit_code"] == 2
