@@ -31,6 +31,7 @@ class ExitStatus(IntEnum):
 COMMANDS: dict[str, str] = {
     "inspect": "surgeon.commands.inspect",
     "diff": "surgeon.commands.diff",
+    "debug": "surgeon.commands.debug",
 }
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from surgeon.errors import UsageError
+
 DIFF_SCHEMA = "surgeon.diff/1"
 
 
@@ -22,14 +24,36 @@ class Tolerance:
     An element matches when ``|actual - expected| <= atol + rtol * |expected|``; NaN
     matches NaN and an infinity matches the same infinity. With ``exact`` the elements
     must be bit-identical instead (what edits that should not touch the maths promise).
+
+    Raises:
+        UsageError: ``atol`` or ``rtol`` is negative or NaN (an infinite tolerance is
+            allowed: it accepts every pair of finite values).
     """
 
     atol: float = 1e-5
     rtol: float = 1e-5
     exact: bool = False
 
+    def __post_init__(self):
+        # NaN would make every `diff <= limit` false and a negative value can never be
+        # met: both are typos, not tolerances.
+        bad = [
+            f"{what}={value!r}"
+            for what, value in (("atol", self.atol), ("rtol", self.rtol))
+            if math.isnan(value) or value < 0
+        ]
+        if bad:
+            raise UsageError(
+                f"tolerance {', '.join(bad)} is not usable: atol and rtol must be non-negative numbers",
+                hint="Use e.g. --atol 1e-4 --rtol 1e-3, or --exact for bit-identity.",
+            )
+
     def to_dict(self) -> dict:
-        return {"atol": self.atol, "rtol": self.rtol, "exact": self.exact}
+        return {
+            "atol": json_number(self.atol),
+            "rtol": json_number(self.rtol),
+            "exact": self.exact,
+        }
 
 
 EXACT = Tolerance(0.0, 0.0, exact=True)
@@ -135,11 +159,20 @@ def compare_arrays(
     if a.dtype.kind in "OUS" or b.dtype.kind in "OUS":
         if a.shape != b.shape:
             d.status, d.message = "shape", f"shape {list(a.shape)} != reference {list(b.shape)}"
+            d.mismatches = d.size
             return d
         d.mismatches = _count(a.astype(str) != b.astype(str))
-        d.status = "ok" if d.mismatches == 0 else "mismatch"
+        if d.mismatches:
+            d.status, d.message = "mismatch", f"{d.mismatches} of {d.size} elements differ"
+        # Strings are str, bytes or object arrays depending on who made them; only a
+        # string tensor compared with a numeric one is a dtype mismatch.
+        if (a.dtype.kind in "OUS") != (b.dtype.kind in "OUS"):
+            d.status = "dtype"
+            d.message = f"dtype {a.dtype.name} != reference {b.dtype.name}" + (
+                f"; {d.message}" if d.message else ""
+            )
         return d
-    a_num = a.astype(np.float64) if a.dtype.kind != "b" else a.astype(np.float64)
+    a_num = a.astype(np.float64)
     b_num = b.astype(np.float64)
     d.nan, d.reference_nan = _count(np.isnan(a_num)), _count(np.isnan(b_num))
     d.inf, d.reference_inf = _count(np.isinf(a_num)), _count(np.isinf(b_num))
@@ -158,10 +191,14 @@ def compare_arrays(
             same = (a == b) | (np.isnan(a_num) & np.isnan(b_num))
     else:
         both_nan = np.isnan(a_num) & np.isnan(b_num)
+        # The tolerance applies to finite pairs only: with an infinite reference the
+        # limit atol + rtol*|ref| is infinite too and would accept any value (even the
+        # opposite infinity). Non-finite values must be equal (NaN matches NaN).
+        both_finite = np.isfinite(a_num) & np.isfinite(b_num)
         with np.errstate(invalid="ignore", over="ignore"):
             diff = np.abs(a_num - b_num)
             limit = tolerance.atol + tolerance.rtol * np.abs(b_num)
-            same = (a_num == b_num) | both_nan | (diff <= limit)
+            same = (a_num == b_num) | both_nan | (both_finite & (diff <= limit))
             if tolerance.exact:  # dtypes differ: values must be equal
                 same = (a_num == b_num) | both_nan
     d.mismatches = int(same.size - _count(same))

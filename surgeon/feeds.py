@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +52,7 @@ def parse_shape_args(args: Iterable[str]) -> tuple[dict[str, tuple[int, ...]], d
     for arg in args:
         if ":" in arg:
             name, _, spec = arg.rpartition(":")
+            name = name.strip()
             spec = spec.strip().strip("[]()")
             parts = [p for p in spec.replace(",", "x").split("x")] if spec else []
             try:
@@ -65,13 +66,18 @@ def parse_shape_args(args: Iterable[str]) -> tuple[dict[str, tuple[int, ...]], d
             shapes[name] = shape
         elif "=" in arg:
             name, _, value = arg.partition("=")
+            name = name.strip()
             try:
-                dims[name.strip()] = int(value)
+                dims[name] = int(value)
             except ValueError:
                 raise UsageError(
                     f"cannot read `--shape {arg}`: expected DIM=integer, e.g. H=480"
                 ) from None
-            if dims[name.strip()] < 0:
+            if not name:
+                raise UsageError(
+                    f"cannot read `--shape {arg}`: the dim has no name; expected DIM=integer, e.g. H=480"
+                )
+            if dims[name] < 0:
                 raise UsageError(f"`--shape {arg}`: a dim cannot be negative")
         else:
             raise UsageError(
@@ -86,8 +92,9 @@ def resolve_shapes(
     """Concrete shapes for every input of ``model`` (see the module docstring for the rules).
 
     Raises:
-        SurgeonError: ``options`` names an input that does not exist, gives a shape of the
-            wrong rank, or contradicts a static dim.
+        SurgeonError: ``options`` names an input or a dim that does not exist, gives a
+            shape of the wrong rank, contradicts a static dim, or gives one symbolic dim
+            two different values.
     """
     inputs = model.inputs
     names = [i.name for i in inputs]
@@ -99,7 +106,19 @@ def resolve_shapes(
                 f"--shape names `{name}`, which is not an input of {model.name}"
                 + (f"; {hint}" if hint else "")
             )
+    symbols = [d for i in inputs if i.shape for d in i.shape if isinstance(d, str)]
+    for dim in options.dims:
+        # A misspelt dim would otherwise be ignored silently and the default used.
+        if dim not in symbols:
+            hint = did_you_mean(dim, symbols)
+            known = ", ".join(f"`{s}`" for s in dict.fromkeys(symbols)) or "none"
+            problems.append(
+                f"--shape {dim}=... names a dim that no input of {model.name} has"
+                + (f"; {hint}" if hint else f" (its named dims: {known})")
+            )
     chosen: dict[str, int] = dict(options.dims)
+    # Where each symbol's value came from, to explain a contradiction.
+    origin: dict[str, str] = {d: f"{d}={v}" for d, v in options.dims.items()}
     resolved: dict[str, tuple[int, ...]] = {}
     for info in inputs:
         if info.name in options.shapes:
@@ -116,7 +135,15 @@ def resolve_shapes(
                             f"--shape gives `{info.name}` dim {axis} = {have}, but the model fixes it at {want}"
                         )
                     elif isinstance(want, str):
-                        chosen.setdefault(want, have)
+                        if want in chosen and chosen[want] != have:
+                            problems.append(
+                                f"--shape gives `{info.name}` dim {axis} ({want}) = {have}, but "
+                                f"{origin[want]} already sets {want} = {chosen[want]}; inputs "
+                                f"sharing the dim `{want}` need one value"
+                            )
+                        else:
+                            chosen[want] = have
+                            origin.setdefault(want, f"the shape of `{info.name}`")
             resolved[info.name] = shape
     for info in inputs:
         if info.name in resolved:
@@ -184,10 +211,16 @@ def load_npz(path: str | Path) -> dict[str, np.ndarray]:
 def make_feeds(model: Model, options: FeedOptions = FeedOptions()) -> dict[str, np.ndarray]:
     """Values for every input of ``model``: from ``options.npz`` where given, else random.
 
+    The shapes of the ``.npz`` arrays fix the symbolic dims they use, so random inputs
+    that share a dim with them get the same value.
+
     Raises:
-        SurgeonError: The ``.npz`` has keys that are not inputs, or values whose dtype or
-            static dims do not match the model.
+        SurgeonError: The seed is negative, the ``.npz`` has keys that are not inputs, or
+            values whose dtype or static dims do not match the model (or ``--shape``).
     """
+    if options.seed < 0:
+        # numpy's seed sequence takes non-negative integers only.
+        raise UsageError(f"--seed {options.seed} is negative; use a seed >= 0")
     user = load_npz(options.npz) if options.npz else {}
     inputs = model.inputs
     names = [i.name for i in inputs]
@@ -219,10 +252,18 @@ def make_feeds(model: Model, options: FeedOptions = FeedOptions()) -> dict[str, 
                             f"`{info.name}` in {options.npz} has shape {list(value.shape)}; the model wants {info.shape_text()}"
                         )
                         break
+        given = options.shapes.get(info.name)
+        if given is not None and tuple(given) != value.shape:
+            problems.append(
+                f"`{info.name}` in {options.npz} has shape {list(value.shape)}, but --shape gives {list(given)}"
+            )
     if problems:
         raise SurgeonError(f"the feeds in {options.npz} do not fit {model.name}", problems=problems)
-    missing = [i for i in inputs if i.name not in user]
-    shapes = resolve_shapes(model, options) if missing else {}
+    # The user's arrays act as explicit shapes: they fix the symbolic dims of the random
+    # inputs too, and --shape is still checked when every input comes from the file.
+    explicit = dict(options.shapes)
+    explicit.update({name: value.shape for name, value in user.items() if name in names})
+    shapes = resolve_shapes(model, replace(options, shapes=explicit))
     feeds = {}
     for info in inputs:
         feeds[info.name] = (

@@ -10,6 +10,7 @@ import onnx
 from surgeon.model import (
     PROVENANCE_KEY,
     Model,
+    dtype_name,
     iter_graphs,
     iter_tensors,
     op_histogram,
@@ -49,7 +50,8 @@ def describe(model: Model) -> dict:
         count = int(np.prod(t.dims)) if len(t.dims) else 1
         params += count
         param_bytes += tensor_nbytes(t)
-        by_dtype[onnx.TensorProto.DataType.Name(t.data_type).lower()] += count
+        # numpy names ("float32"), the same spelling as the inputs' and outputs' dtypes.
+        by_dtype[dtype_name(t.data_type) or "undefined"] += count
     subgraph_nodes = []
     for n in proto.graph.node:
         graphs = [(a.name, a.g) for a in n.attribute if a.type == onnx.AttributeProto.GRAPH]
@@ -74,10 +76,13 @@ def describe(model: Model) -> dict:
                     ],
                 }
             )
+    # Calls of the model's own local functions are not custom operators: onnxruntime
+    # inlines them, no --custom-op-library needed.
+    local_functions = {(f.domain, f.name) for f in proto.functions}
     custom: Counter = Counter()
     for g in iter_graphs(proto.graph):
         for n in g.node:
-            if n.domain not in STANDARD_DOMAINS:
+            if n.domain not in STANDARD_DOMAINS and (n.domain, n.op_type) not in local_functions:
                 custom[n.domain] += 1
     metadata = {p.key: p.value for p in proto.metadata_props if p.key != PROVENANCE_KEY}
     all_nodes = sum(len(g.node) for g in iter_graphs(proto.graph))

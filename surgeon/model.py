@@ -596,6 +596,13 @@ def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
 
 
 # ---------------------------------------------------------------------- saving
+def _umask_mode() -> int:
+    """The mode a plainly created file gets (mkstemp's 0600 would hide saved models)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)
@@ -692,6 +699,8 @@ def save(
             fh.flush()
             os.fsync(fh.fileno())
         del payload
+        for f in tmp_files:
+            os.chmod(f, _umask_mode())
         if external_data:
             os.replace(tmp_files[0], data_final)
         os.replace(tmp_model, out)

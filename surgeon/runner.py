@@ -59,7 +59,9 @@ def _session_options(options: RunOptions):
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[options.optimization]
-    so.log_severity_level = 3
+    # 4 (fatal only): a failing run already reaches the user through the exception;
+    # at 3 onnxruntime also printed it to the process's stderr, twice over for --json.
+    so.log_severity_level = 4
     if options.threads:
         so.intra_op_num_threads = options.threads
     for lib in options.custom_op_libraries:

@@ -13,7 +13,7 @@ import surgeon
 from surgeon.compare import EXACT
 from surgeon.errors import ModelLoadError, OutputPathError, UnsafePathError
 from surgeon.model import Model, load, save
-from surgeon.verify import verify
+from surgeon.verification import verify
 
 SMALL = """<ir_version: 8, opset_import: ["" : 17]>
 agraph (float[N, 4] x) => (y) {

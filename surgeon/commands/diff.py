@@ -43,27 +43,53 @@ def parse_map(items, what: str = "--map") -> dict[str, str]:
 
 def run(args, ctx) -> int:
     from surgeon.compare import EXACT
-    from surgeon.errors import collect_unknown_names
+    from surgeon.errors import NameNotFoundError, unknown_name
     from surgeon.model import load
-    from surgeon.verify import verify
+    from surgeon.verification import verify
 
+    # Arguments first, so a typo fails before any model is read or run.
     name_map = parse_map(args.map)
+    tol = EXACT if args.exact else _common.tolerance(args)
+    feed_options = _common.feed_options(args)
+    run_options = _common.run_options(args)
     reference = load(args.reference)
     candidate = load(args.candidate)
-    collect_unknown_names("tensor", name_map.keys(), reference.tensor_names(), reference.name)
-    collect_unknown_names("tensor", name_map.values(), candidate.tensor_names(), candidate.name)
+    unknown = [
+        unknown_name("tensor", old, reference.tensor_names(), f"the reference {reference.name}")
+        for old in name_map
+        if old not in set(reference.tensor_names())
+    ] + [
+        unknown_name("tensor", new, candidate.tensor_names(), f"the candidate {candidate.name}")
+        for new in name_map.values()
+        if new not in set(candidate.tensor_names())
+    ]
+    if len(unknown) == 1:
+        raise unknown[0]
+    if unknown:  # every unknown name at once, each with its suggestions
+        raise NameNotFoundError(
+            f"{len(unknown)} unknown tensor names in --map",
+            name=unknown[0].name,
+            suggestions=unknown[0].suggestions,
+            problems=[e.message for e in unknown],
+        )
     pairs = None
     if name_map:
         pairs = [(name_map.get(o, o), o) for o in reference.output_names]
-        pairs += [(new, old) for old, new in name_map.items() if old not in reference.output_names]
-    tol = EXACT if args.exact else _common.tolerance(args)
+        # Mapped inputs only say which candidate input takes which feed (verify's
+        # name_map); comparing a feed with itself would add a row that cannot fail.
+        pairs += [
+            (new, old)
+            for old, new in name_map.items()
+            if old not in reference.output_names and old not in reference.input_names
+        ]
     report = verify(
         candidate,
         reference,
         pairs=pairs,
-        feed_options=_common.feed_options(args),
+        name_map=name_map,
+        feed_options=feed_options,
         tolerance=tol,
-        options=_common.run_options(args),
+        options=run_options,
         title=f"diff {reference.name} -> {candidate.name}",
     )
     if pairs is not None:

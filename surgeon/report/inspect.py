@@ -66,16 +66,16 @@ def render_inspect(console: Console, info: dict) -> None:
             )
         )
     if info["external_data"]:
-        console.print("external data: " + ", ".join(info["external_data"]))
+        console.print("external data: " + escape(", ".join(info["external_data"])))
     for node in info["subgraph_nodes"]:
         for sub in node["subgraphs"]:
             reads = ", ".join(sub["outer_scope_reads"]) or "nothing"
             console.print(
-                f"subgraph: {escape(node['node'] or '?')} ({node['op']}).{sub['attribute']}: {sub['nodes']} nodes, "
-                f"reads {escape(reads)} from the outer scope"
+                f"subgraph: {escape(node['node'] or '?')} ({escape(node['op'])}).{escape(sub['attribute'])}: "
+                f"{sub['nodes']} nodes, reads {escape(reads)} from the outer scope"
             )
     if info["functions"]:
-        console.print("local functions: " + ", ".join(info["functions"]))
+        console.print("local functions: " + escape(", ".join(info["functions"])))
     if info["metadata"]:
         meta = Table(title="metadata", title_justify="left")
         meta.add_column("key")

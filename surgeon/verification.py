@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from surgeon.compare import DiffReport, Tolerance, compare_named, extra
-from surgeon.errors import SurgeonError
+from surgeon.errors import SurgeonError, close_matches, did_you_mean
 from surgeon.feeds import FeedOptions, describe_feeds, make_feeds
 from surgeon.model import Model
 from surgeon.runner import RunOptions, run
@@ -27,7 +27,8 @@ class Chain:
 
     ``links[i]`` maps an input of ``models[i + 1]`` to a tensor name produced by an earlier
     model (or a feed). Inputs not in the map are taken by equal name. Results of step ``i``
-    are available as ``"name"`` (later steps win) and as ``"<i>:name"``.
+    are available as ``"name"`` (later steps win) and as ``"<i>:name"``; intermediate
+    tensors of a step are computed when asked for by either form.
     """
 
     models: Sequence[Model]
@@ -45,6 +46,7 @@ class Chain:
         self, feeds: Mapping[str, np.ndarray], names: Iterable[str], options: RunOptions
     ) -> dict[str, np.ndarray]:
         env: dict[str, np.ndarray] = dict(feeds)
+        wanted = list(names)
         for i, model in enumerate(self.models):
             link = self.links[i - 1] if i > 0 and i - 1 < len(self.links) else {}
             step_feeds = {}
@@ -56,11 +58,15 @@ class Chain:
                         f"but nothing before it produces `{source}`"
                     )
                 step_feeds[inp] = env[source]
-            values = run(model, step_feeds, options=options)
+            # Expose the intermediate tensors asked for ("t" or "<i>:t") besides the outputs.
+            available = set(model.tensor_names()) - set(model.input_names)
+            prefix = f"{i}:"
+            asked = [n[len(prefix) :] if n.startswith(prefix) else n for n in wanted]
+            outputs = list(model.output_names) + [n for n in asked if n in available]
+            values = run(model, step_feeds, outputs=list(dict.fromkeys(outputs)), options=options)
             for k, v in values.items():
                 env[k] = v
                 env[f"{i}:{k}"] = v
-        wanted = list(names)
         return {n: env[n] for n in wanted if n in env}
 
 
@@ -90,6 +96,8 @@ def verify(
     reference_options: RunOptions | None = None,
     title: str = "verify",
     report_extra: bool = True,
+    fetch: Iterable[str] = (),
+    collect: dict[str, np.ndarray] | None = None,
 ) -> DiffReport:
     """Run ``reference`` and ``candidate`` on the same feeds and compare tensors.
 
@@ -109,6 +117,9 @@ def verify(
             bit-identity).
         options, reference_options: onnxruntime settings for each side (the reference
             uses ``options`` unless told otherwise).
+        fetch: More candidate tensors to compute in the same run (not compared).
+        collect: When given, receives every candidate tensor of that run by name, so a
+            caller (e.g. debug) can use the verified run's values without a second run.
 
     Returns:
         A DiffReport; truthy when every pair matched.
@@ -136,6 +147,19 @@ def verify(
         pairs = list(pairs)
         extras = []
     candidate_inputs = dict(candidate_inputs or {})
+    problems = []
+    for inp in candidate_inputs:
+        # A misspelt key would be ignored and the input fed by name instead: refuse it.
+        if inp not in candidate.input_names:
+            hint = did_you_mean(inp, candidate.input_names)
+            problems.append(
+                f"candidate_inputs names `{inp}`, which is not an input of {candidate.name}"
+                + (f"; {hint}" if hint else "")
+            )
+    if problems:
+        raise SurgeonError(
+            f"cannot verify {candidate.name} against {reference.name}", problems=problems
+        )
     ref_needed = [r for _, r in pairs] + list(candidate_inputs.values())
     expected = _compute(reference, feeds, ref_needed, reference_options)
 
@@ -155,17 +179,28 @@ def verify(
             if ref_in is not None and ref_in in feeds:
                 cand_feeds[inp] = feeds[ref_in]
             else:
+                near = close_matches(inp, feeds)
                 problems.append(
                     f"candidate input `{inp}` has no value: it is not a reference input and not mapped"
+                    + (
+                        "; reference inputs like it: " + ", ".join(f"`{n}`" for n in near)
+                        if near
+                        else ""
+                    )
                 )
     if problems:
         raise SurgeonError(
-            f"cannot verify {candidate.name} against {reference.name}", problems=problems
+            f"cannot verify {candidate.name} against {reference.name}",
+            problems=problems,
+            hint="Map renamed inputs (name_map / --map OLD=NEW) or say which reference tensor "
+            "feeds each candidate input (candidate_inputs).",
         )
 
     cand_names = set(candidate.tensor_names())
-    wanted = [c for c, _ in pairs if c in cand_names] + [e for e in extras]
+    wanted = [c for c, _ in pairs if c in cand_names] + [e for e in extras] + list(fetch)
     actual = run(candidate, cand_feeds, outputs=list(dict.fromkeys(wanted)), options=options)
+    if collect is not None:
+        collect.update(actual)
     for c, _ in pairs:  # inputs passed straight through
         if c not in actual and c in cand_feeds:
             actual[c] = cand_feeds[c]

@@ -1,0 +1,153 @@
+"""`surgeon debug`: tap intermediate tensors, flag anomalies, compare layer by layer."""
+
+from __future__ import annotations
+
+from surgeon.commands import _common
+
+HELP = "tap intermediate tensors: statistics, the first NaN/Inf, and the root-cause layer against a reference"
+DESCRIPTION = (
+    HELP
+    + """
+
+Taps are tensor names, node names (meaning their outputs), globs ('backbone/*') or `all`
+(the default); --op Conv adds every output of every Conv. Without --ref or --save, only
+per-tensor statistics leave onnxruntime, so `--tap all` costs about one plain run.
+
+The verdict names the first NaN/Inf (or other anomaly) in topological order and, with a
+reference, the root-cause node: the first node whose output diverges while all its inputs
+still match. Exit 0 when nothing is wrong, 1 when the tap check fails, a NaN/Inf appears
+or a tensor diverges from the reference, 2 on bad input.
+
+examples:
+  surgeon debug model.onnx --tap conv0
+  surgeon debug model.onnx --tap 'backbone/*' --op Conv --html report.html
+  surgeon debug model_fp16.onnx --ref model.onnx --atol 1e-2 --rtol 1e-2
+  surgeon debug model.onnx --ref acts.npz          # activations saved from PyTorch
+  surgeon debug model.onnx --ref-optimization all  # disabled vs all optimisations"""
+)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("model", help="the .onnx file")
+    sel = parser.add_argument_group("what to tap")
+    sel.add_argument(
+        "--tap",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="tensor, node, glob or `all` (default all); repeatable",
+    )
+    sel.add_argument(
+        "--op",
+        action="append",
+        default=[],
+        metavar="OP",
+        help="tap every output of nodes of this op type; repeatable",
+    )
+    ref = parser.add_argument_group("reference")
+    ref.add_argument(
+        "--ref",
+        metavar="REF",
+        help="another .onnx with corresponding tensor names, or an .npz of activations keyed by tensor name",
+    )
+    ref.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="REF=MODEL",
+        help="pair reference tensor REF with model tensor MODEL; repeatable",
+    )
+    ref.add_argument(
+        "--ref-optimization",
+        choices=["disabled", "basic", "extended", "all"],
+        help="compare against the same model run at this onnxruntime optimisation level",
+    )
+    out = parser.add_argument_group("outputs")
+    out.add_argument(
+        "-o", "--output", metavar="TAPPED.onnx", help="save the model with the taps as outputs"
+    )
+    out.add_argument("--inplace", action="store_true", help="allow -o to overwrite the input model")
+    out.add_argument(
+        "--external-data",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="weights of -o in a side file",
+    )
+    out.add_argument(
+        "--save", metavar="TAPS.npz", help="save the tapped tensors (keys = tensor names)"
+    )
+    out.add_argument("--html", metavar="REPORT.html", help="write a self-contained HTML report")
+    out.add_argument(
+        "--rows",
+        type=int,
+        default=40,
+        help="rows shown in the terminal table (0 = all; flagged rows always shown)",
+    )
+    _common.add_feed_arguments(parser)
+    _common.add_tolerance_arguments(parser, atol=1e-4, rtol=1e-4)
+    _common.add_runtime_arguments(parser)
+    parser.set_defaults(optimization="disabled")
+
+
+def run(args, ctx) -> int:
+    from pathlib import Path
+
+    from surgeon.commands.diff import parse_map
+    from surgeon.debugging import DebugOptions, debug, save_values, tapped_model
+    from surgeon.errors import OutputPathError, UsageError
+    from surgeon.model import load
+
+    model_path = Path(args.model)
+    for flag, value in (("--save", args.save), ("--html", args.html)):
+        if (
+            value
+            and Path(value).exists()
+            and model_path.exists()
+            and Path(value).resolve() == model_path.resolve()
+        ):
+            raise OutputPathError(f"{flag} {value} would overwrite the input model")
+    if args.rows < 0:
+        raise UsageError("--rows must be 0 (all) or a positive number")
+    model = load(args.model)
+    _common.check_output_early(args, [model])
+    for value in (args.save, args.html):
+        if value and not Path(value).parent.exists():
+            raise OutputPathError(
+                f"cannot write {value}: the folder {Path(value).parent} does not exist"
+            )
+    options = DebugOptions(
+        taps=tuple(args.tap or (["all"] if not args.op else [])),
+        ops=tuple(args.op),
+        reference=args.ref,
+        name_map=parse_map(args.map),
+        reference_optimization=args.ref_optimization,
+        tolerance=_common.tolerance(args),
+        keep_values=bool(args.save),
+        optimization=args.optimization,
+        custom_op_libraries=tuple(args.custom_op_library),
+        feed_options=_common.feed_options(args),
+    )
+    if args.ref and args.ref_optimization:
+        pass  # both: the reference model runs at --ref-optimization
+    report = debug(model, options)
+    written = []
+    if report.tap_check is None or report.tap_check.passed:
+        if args.output:
+            written.append(str(_common.save_output(tapped_model(model, options), args, [model])))
+        if args.save:
+            written.append(str(save_values(report, args.save)))
+    if args.html:
+        from surgeon.report.html import write_debug_html
+
+        written.append(str(write_debug_html(report, args.html)))
+    if ctx.json:
+        data = report.to_dict()
+        data["written"] = written
+        ctx.emit_json(data)
+    else:
+        from surgeon.report.debug import render_debug
+
+        render_debug(ctx.console, report, rows=args.rows)
+        for w in written:
+            ctx.console.print(f"wrote {w}")
+    return 0 if report.passed else 1

@@ -1,0 +1,141 @@
+"""Resolving what the user names: tensor names, node names (meaning their outputs),
+globs (``'backbone/*'``), op types and ``all``.
+
+Unknown names raise one NameNotFoundError listing every unknown name with close matches.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+
+from surgeon.errors import NameNotFoundError, UsageError, unknown_name
+from surgeon.model import Model
+
+GLOB_CHARS = set("*?[")
+
+
+def is_glob(pattern: str) -> bool:
+    return any(c in GLOB_CHARS for c in pattern)
+
+
+def intermediate_tensors(model: Model) -> list[str]:
+    """Every tensor a main-graph node produces, in node order (graph outputs included)."""
+    names = []
+    for n in model.proto.graph.node:
+        names += [o for o in n.output if o]
+    return list(dict.fromkeys(names))
+
+
+def subgraph_tensors(model: Model) -> dict[str, str]:
+    """Tensors produced inside If/Loop/Scan bodies -> the main-graph node that holds them.
+
+    These cannot be exposed as outputs of the main graph.
+    """
+    from surgeon.model import iter_graphs
+
+    found: dict[str, str] = {}
+    for n in model.proto.graph.node:
+        for attr in n.attribute:
+            subs = [attr.g] if attr.type == attr.GRAPH else list(attr.graphs)
+            for sub in subs:
+                for g in iter_graphs(sub):
+                    for inner in g.node:
+                        for o in inner.output:
+                            if o:
+                                found.setdefault(o, n.name or n.op_type)
+    return found
+
+
+def resolve_tensors(
+    model: Model,
+    specs: Iterable[str],
+    *,
+    ops: Iterable[str] = (),
+    allow_inputs: bool = True,
+    what: str = "node or tensor",
+) -> list[str]:
+    """Turn user names into tensor names of ``model``'s main graph, in the order given.
+
+    Each spec is ``all`` (every node output), a tensor name, a node name (its outputs),
+    or a glob over node and tensor names. ``ops`` adds every output of every node of
+    those op types. A name that is both a node and a tensor means the tensor.
+
+    Raises:
+        NameNotFoundError: Some names match nothing (all of them are listed, with
+            suggestions; names inside subgraphs are explained).
+    """
+    proto = model.proto
+    tensors = set(intermediate_tensors(model))
+    if allow_inputs:
+        tensors |= {v.name for v in proto.graph.input} | {t.name for t in proto.graph.initializer}
+    nodes = {n.name: n for n in proto.graph.node if n.name}
+    out: list[str] = []
+    problems: list[NameNotFoundError] = []
+    inner = None
+    for spec in specs:
+        if spec == "all":
+            out += intermediate_tensors(model)
+        elif spec in tensors:
+            out.append(spec)
+        elif spec in nodes:
+            out += [o for o in nodes[spec].output if o]
+        elif is_glob(spec):
+            hits = [n for n in nodes if fnmatch.fnmatchcase(n, spec)]
+            found = [o for h in hits for o in nodes[h].output if o]
+            ordered = list(
+                dict.fromkeys([*(v.name for v in proto.graph.input), *intermediate_tensors(model)])
+            )
+            found += [t for t in ordered if t in tensors and fnmatch.fnmatchcase(t, spec)]
+            if not found:
+                problems.append(
+                    NameNotFoundError(
+                        f"`{spec}` matches no node or tensor in {model.name}", name=spec
+                    )
+                )
+            out += found
+        else:
+            inner = subgraph_tensors(model) if inner is None else inner
+            if spec in inner:
+                problems.append(
+                    NameNotFoundError(
+                        f"`{spec}` lives inside the subgraph of node `{inner[spec]}` and cannot be exposed from the main graph",
+                        name=spec,
+                    )
+                )
+            else:
+                problems.append(unknown_name(what, spec, list(nodes) + sorted(tensors), model.name))
+    op_list = list(ops)
+    if op_list:
+        present = sorted({n.op_type for n in proto.graph.node})
+        for op in op_list:
+            matched = [n for n in proto.graph.node if n.op_type == op]
+            if not matched:
+                problems.append(unknown_name("op type", op, present, model.name))
+            for n in matched:
+                out += [o for o in n.output if o]
+    if problems:
+        if len(problems) == 1:
+            raise problems[0]
+        raise NameNotFoundError(
+            f"{len(problems)} names not found in {model.name}",
+            name=problems[0].name,
+            suggestions=problems[0].suggestions,
+            problems=[p.message for p in problems],
+        )
+    return list(dict.fromkeys(out))
+
+
+def resolve_one_tensor(model: Model, spec: str, *, role: str) -> str:
+    """A single tensor for ``spec``: a tensor name, or a node with exactly one output.
+
+    Raises:
+        UsageError: ``spec`` is a node with several outputs (the user must pick one).
+    """
+    names = resolve_tensors(model, [spec])
+    if len(names) != 1:
+        raise UsageError(
+            f"{role} `{spec}` is a node with {len(names)} outputs; name one tensor: "
+            + ", ".join(f"`{n}`" for n in names)
+        )
+    return names[0]

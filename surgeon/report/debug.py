@@ -1,0 +1,194 @@
+"""Rendering of ``surgeon debug`` on a terminal: the verdict first, then the tables."""
+
+from __future__ import annotations
+
+import math
+
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from surgeon.report import diff_table, fmt
+
+
+def _bar(value: float | None, lo: float, hi: float, width: int = 12) -> str:
+    """A text bar of log10(value) between lo and hi: how the error grows along the graph."""
+    if value is None or not math.isfinite(value) or value <= 0:
+        return "" if value is None or value == 0 else "█" * width
+    x = (math.log10(value) - lo) / (hi - lo) if hi > lo else 1.0
+    n = max(1, min(width, round(x * width)))
+    return "█" * n
+
+
+def _short_dtype(dtype: str | None) -> str:
+    if dtype is None:
+        return "?"
+    for long, short in (("float", "f"), ("bfloat", "bf"), ("uint", "u"), ("int", "i")):
+        if dtype.startswith(long) and dtype[len(long) :].isdigit():
+            return short + dtype[len(long) :]
+    return dtype
+
+
+def _rows(items, rows: int, keep) -> list:
+    if rows == 0 or len(items) <= rows:
+        return list(items)
+    head = list(items[:rows])
+    return head + [it for it in items[rows:] if keep(it)]
+
+
+def render_debug(console: Console, report, rows: int = 40) -> None:
+    style = "bold green" if report.passed else "bold red"
+    console.print(Text(report.verdict(), style=style))
+    if report.tap_check is not None and not report.tap_check.passed:
+        console.print(diff_table(report.tap_check))
+
+    if report.layers:
+        errs = [layer.diff.max_abs for layer in report.layers if layer.diff.max_abs]
+        finite = [e for e in errs if e and math.isfinite(e)]
+        lo = math.log10(min(finite)) if finite else 0.0
+        hi = math.log10(max(finite)) if finite else 1.0
+        table = Table(
+            title=f"layer-wise comparison against {report.reference}",
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+        )
+        table.add_column("#", justify="right", no_wrap=True)
+        table.add_column("tensor (node, op)", overflow="fold", ratio=1, min_width=16)
+        for col in ("status", "max abs", "max rel", "cosine", "mismatch", "error growth"):
+            table.add_column(
+                col, justify="left" if col in ("status", "error growth") else "right", no_wrap=True
+            )
+        root = report.root_cause.diff.name if report.root_cause else None
+        shown = _rows(report.layers, rows, lambda layer: layer.diverged and layer.diff.name == root)
+        for layer in shown:
+            d = layer.diff
+            status = "ROOT CAUSE" if d.name == root else ("diverged" if layer.diverged else "ok")
+            label = Text(d.name)
+            label.append(f" ({layer.node}, {layer.op})", style="dim")
+            table.add_row(
+                str(layer.index),
+                label,
+                Text(
+                    status,
+                    style="bold red" if d.name == root else ("red" if layer.diverged else "green"),
+                ),
+                fmt(d.max_abs),
+                fmt(d.max_rel),
+                fmt(d.cosine, 6),
+                f"{d.mismatches}/{d.size}",
+                _bar(d.max_abs, lo, hi),
+            )
+        console.print(table)
+        if len(shown) < len(report.layers):
+            console.print(
+                Text(
+                    f"{len(report.layers) - len(shown)} more rows: --rows 0 shows all; --json or --html has everything",
+                    style="dim",
+                )
+            )
+        if report.other_roots:
+            console.print(
+                "other nodes that diverge while their inputs match: "
+                + ", ".join(f"`{escape(r.node)}` ({r.op})" for r in report.other_roots[:5])
+            )
+        if report.uncompared_inputs:
+            console.print(
+                Text(
+                    "note: the root cause's inputs "
+                    + ", ".join(report.uncompared_inputs)
+                    + " have no reference value; the divergence may start before it",
+                    style="yellow",
+                )
+            )
+        if report.unmatched:
+            console.print(
+                Text(
+                    f"{len(report.unmatched)} tapped tensor(s) have no reference value (not compared)",
+                    style="dim",
+                )
+            )
+
+    table = Table(
+        title="tapped tensors (topological order)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("tensor (op)", overflow="fold", ratio=1, min_width=16)
+    # A narrow terminal (or a pipe, 80 columns) drops mean and std; JSON and HTML keep them.
+    narrow = console.width < 110
+    cols = (
+        ("shape", "min", "max", "nan/inf", "zeros", "flags")
+        if narrow
+        else ("shape", "min", "max", "mean", "std", "nan/inf", "zeros", "flags")
+    )
+    for col in cols:
+        table.add_column(
+            col,
+            justify="left" if col in ("shape", "dtype", "flags") else "right",
+            no_wrap=col != "flags",
+        )
+    shown = _rows(
+        report.stats,
+        rows if not report.layers else min(rows, 15) if rows else 0,
+        lambda s: bool(s.flags),
+    )
+    for s in shown:
+        label = Text(s.name)
+        label.append(f" ({s.op})", style="dim")
+        shape = "x".join(map(str, s.shape)) if s.shape is not None else "?"
+        cells = [
+            str(s.index),
+            label,
+            f"{_short_dtype(s.dtype)}[{shape}]",
+            fmt(s.min, 2),
+            fmt(s.max, 2),
+        ]
+        if not narrow:
+            cells += [fmt(s.mean, 2), fmt(s.std, 2)]
+        flag_style = "red" if any(f in ("nan", "inf") for f in s.flags) else "yellow"
+        cells += [
+            f"{s.nan}/{s.inf}",
+            f"{s.zeros:.0%}" if s.zeros is not None else "-",
+            Text(", ".join(s.flags), style=flag_style),
+        ]
+        table.add_row(*cells)
+    console.print(table)
+    if len(shown) < len(report.stats):
+        console.print(
+            Text(
+                f"{len(report.stats) - len(shown)} more tapped tensors: --rows 0 shows all",
+                style="dim",
+            )
+        )
+    if report.not_tappable:
+        names = ", ".join(f"{t} (in {n})" for t, n in list(report.not_tappable.items())[:8])
+        more = f" and {len(report.not_tappable) - 8} more" if len(report.not_tappable) > 8 else ""
+        console.print(
+            Text(f"not tappable (inside If/Loop/Scan bodies): {names}{more}", style="yellow")
+        )
+    feeds = ", ".join(
+        f"{k}: {d['dtype']}[{'x'.join(map(str, d['shape']))}]" for k, d in report.feeds.items()
+    )
+    tol = (
+        f" · atol={report.tolerance.atol:g} rtol={report.tolerance.rtol:g}"
+        if report.tolerance
+        else ""
+    )
+    tap_note = ""
+    if report.tap_check is not None:
+        tap_note = " · tap check: " + (
+            "original outputs bit-identical"
+            if report.tap_check.passed and report.tap_check.tolerance.exact
+            else report.tap_check.summary()
+        )
+    console.print(
+        Text(
+            f"{report.model} · seed={report.seed} · feeds {feeds} · optimization={report.optimization}{tol}{tap_note}",
+            style="dim",
+        )
+    )
