@@ -19,6 +19,7 @@ still match the reference.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,7 +41,8 @@ DEBUG_SCHEMA = "surgeon.debug/1"
 FLOAT16_MAX = 65504.0
 STATS_PREFIX = "surgeon_stats"
 # Order of the numbers each statistics output carries.
-STAT_FIELDS = ("min", "max", "sum", "sumsq", "nan", "inf", "zeros")
+STAT_FIELDS = ("min", "max", "sum", "sumsq", "nonzero")
+COUNT_FIELDS = ("min", "max", "sum", "sumsq", "nan", "inf", "zeros")
 SEVERE = ("nan", "inf")
 
 
@@ -286,8 +288,16 @@ def _stats_from_numbers(
     )
     if size == 0:
         return _flag(s)
-    mn, mx, total, sumsq, nan, inf, zeros = (float(v) for v in numbers)
-    s.nan, s.inf = int(round(nan)), int(round(inf))
+    values = [float(v) for v in numbers]
+    if len(values) == len(COUNT_FIELDS):
+        mn, mx, total, sumsq, nan, inf, zeros = values
+        s.nan, s.inf = int(round(nan)), int(round(inf))
+    else:
+        mn, mx, total, sumsq, nonzero = values
+        zeros = size - nonzero
+        if not all(math.isfinite(v) for v in values):
+            s.flags = ["needs-counts"]  # NaN/Inf (or overflow): measured again with counts
+            return s
     s.zeros = zeros / size
     if s.nan == size:
         s.min = s.max = math.nan
@@ -297,7 +307,8 @@ def _stats_from_numbers(
     with np.errstate(invalid="ignore"):
         var = sumsq / size - s.mean * s.mean
     s.std = math.sqrt(var) if var > 0 else (0.0 if var == var else math.nan)
-    if s.inf and not s.nan:
+    if s.nan or s.inf:
+        s.mean = math.nan if s.nan or (mn == -math.inf and mx == math.inf) else s.mean
         s.std = math.nan
     return _flag(s)
 
@@ -322,7 +333,7 @@ def _flag(s: TensorStats) -> TensorStats:
 
 
 def build_stats_model(
-    model: Model, taps: list[str], types: Mapping[str, onnx.TypeProto]
+    model: Model, taps: list[str], types: Mapping[str, onnx.TypeProto], *, counts: bool = False
 ) -> tuple[Model, dict[str, tuple[str, str]]]:
     """A copy of ``model`` with, after each tapped tensor's producer, reduction nodes whose
     only outputs are the tensor's statistics (a float vector, see STAT_FIELDS) and shape.
@@ -336,12 +347,13 @@ def build_stats_model(
     prefix = STATS_PREFIX
     while any(t.startswith(prefix) for t in taken):
         prefix += "_"
-    graph.initializer.extend(
-        [
-            onnx.numpy_helper.from_array(np.array([-1], np.int64), f"{prefix}/flat"),
-            onnx.numpy_helper.from_array(np.array(0.0, np.float32), f"{prefix}/zero"),
-        ]
+    graph.initializer.append(
+        onnx.numpy_helper.from_array(np.array([-1], np.int64), f"{prefix}/flat")
     )
+    if counts:
+        graph.initializer.append(
+            onnx.numpy_helper.from_array(np.array(0.0, np.float32), f"{prefix}/zero")
+        )
     wanted = set(taps)
     outputs: dict[str, tuple[str, str]] = {}
     nodes = list(graph.node)
@@ -376,37 +388,42 @@ def build_stats_model(
                 out = f"{p}/{op}"
                 new.append(helper.make_node(op, [f], [out], name=out, keepdims=1))
                 parts.append(out)
-            for label, make in (
-                ("nan", lambda src, dst, name: helper.make_node("IsNaN", [src], [dst], name=name)),
-                ("inf", lambda src, dst, name: helper.make_node("IsInf", [src], [dst], name=name)),
-                (
-                    "zero",
-                    lambda src, dst, name: helper.make_node(
-                        "Equal", [src, f"{prefix}/zero"], [dst], name=name
-                    ),
-                ),
-            ):
-                mask, as_float, count = (
-                    f"{p}/{label}_mask",
-                    f"{p}/{label}_float",
-                    f"{p}/{label}_count",
-                )
-                new.append(make(f, mask, mask))
+            if counts:
+                # Exact NaN / Inf / zero counts: mask, cast, sum (three passes each).
+                for label, op in (("nan", "IsNaN"), ("inf", "IsInf"), ("zero", "Equal")):
+                    mask, as_float, count = (
+                        f"{p}/{label}_mask",
+                        f"{p}/{label}_float",
+                        f"{p}/{label}_count",
+                    )
+                    inputs = [f, f"{prefix}/zero"] if op == "Equal" else [f]
+                    new.append(helper.make_node(op, inputs, [mask], name=mask))
+                    new.append(
+                        helper.make_node(
+                            "Cast", [mask], [as_float], name=as_float, to=TensorProto.FLOAT
+                        )
+                    )
+                    new.append(
+                        helper.make_node("ReduceSum", [as_float], [count], name=count, keepdims=1)
+                    )
+                    parts.append(count)
+            else:
+                # Non-zero count in two passes: |sign(x)| summed (ReduceL1). NaN shows in the
+                # sum and Inf in min/max; the rare tensor with either is measured again
+                # with exact counts (counts=True) in a second run.
+                new.append(helper.make_node("Sign", [f], [f"{p}/sign"], name=f"{p}/sign"))
                 new.append(
                     helper.make_node(
-                        "Cast", [mask], [as_float], name=as_float, to=TensorProto.FLOAT
+                        "ReduceL1", [f"{p}/sign"], [f"{p}/nonzero"], name=f"{p}/nonzero", keepdims=1
                     )
                 )
-                new.append(
-                    helper.make_node("ReduceSum", [as_float], [count], name=count, keepdims=1)
-                )
-                parts.append(count)
+                parts.append(f"{p}/nonzero")
             stats_out, shape_out = f"{p}/stats", f"{p}/shape"
             new.append(helper.make_node("Concat", parts, [stats_out], name=stats_out, axis=0))
             new.append(helper.make_node("Shape", [t], [shape_out], name=shape_out))
             graph.node.extend(new)
             graph.output.append(
-                helper.make_tensor_value_info(stats_out, TensorProto.FLOAT, [len(STAT_FIELDS)])
+                helper.make_tensor_value_info(stats_out, TensorProto.FLOAT, [len(parts)])
             )
             graph.output.append(helper.make_tensor_value_info(shape_out, TensorProto.INT64, [None]))
             outputs[t] = (stats_out, shape_out)
@@ -541,6 +558,10 @@ def debug(
         mode = "statistics"
         stats_model, outs = build_stats_model(model, taps, types)
         fetch = [x for pair in outs.values() for x in pair]
+        # Priority-based order runs each statistics node right after its tensor's producer,
+        # so onnxruntime frees activations as in a plain run (its default order delays the
+        # reductions and keeps every activation alive).
+        stats_opts = dataclasses.replace(run_opts, execution_order="priority")
         collected: dict[str, np.ndarray] = {}
         tap_check = verify(
             stats_model,
@@ -548,7 +569,8 @@ def debug(
             pairs=[(o, o) for o in model.output_names],
             feeds=feeds,
             tolerance=tap_tol,
-            options=run_opts,
+            options=stats_opts,
+            reference_options=run_opts,
             title="tap check: original outputs unchanged",
             fetch=fetch,
             collect=collected,
@@ -569,6 +591,19 @@ def debug(
                 )
             else:  # strings or untyped: listed without numbers
                 stats.append(TensorStats(t, node, op, order[t], None, None))
+        recount = {s.name: i for i, s in enumerate(stats) if s.flags == ["needs-counts"]}
+        if recount:
+            # Exact NaN/Inf/zero counts for the few tensors that need them, still without
+            # keeping activations alive.
+            count_model, count_outs = build_stats_model(model, list(recount), types, counts=True)
+            names = [x for pair in count_outs.values() for x in pair]
+            again = run(count_model, feeds, outputs=names, options=stats_opts)
+            for t, i in recount.items():
+                old = stats[i]
+                stats_name, shape_name = count_outs[t]
+                stats[i] = _stats_from_numbers(
+                    t, old.node, old.op, old.index, again[stats_name], again[shape_name], old.dtype
+                )
     for s in stats:
         if s.flags:
             s.origin = origin(s.node)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -87,9 +87,18 @@ def parse_shape_args(args: Iterable[str]) -> tuple[dict[str, tuple[int, ...]], d
 
 
 def resolve_shapes(
-    model: Model, options: FeedOptions = FeedOptions()
+    model: Model,
+    options: FeedOptions = FeedOptions(),
+    *,
+    given: Mapping[str, tuple[int, ...]] | None = None,
 ) -> dict[str, tuple[int, ...]]:
     """Concrete shapes for every input of ``model`` (see the module docstring for the rules).
+
+    Args:
+        given: Shapes of inputs whose values already exist (an ``.npz``). They are taken
+            as they are, and the symbolic dims they fix become the defaults of the other
+            inputs, below ``options`` (which win without an error, as an explicit
+            choice).
 
     Raises:
         SurgeonError: ``options`` names an input or a dim that does not exist, gives a
@@ -145,8 +154,18 @@ def resolve_shapes(
                             chosen[want] = have
                             origin.setdefault(want, f"the shape of `{info.name}`")
             resolved[info.name] = shape
+    # Symbol values of the given arrays (first one wins; make_feeds checked static dims).
+    from_given: dict[str, int] = {}
+    for info in inputs:
+        if given and info.name in given and info.shape is not None:
+            for d, n in zip(info.shape, given[info.name], strict=False):
+                if isinstance(d, str):
+                    from_given.setdefault(d, int(n))
     for info in inputs:
         if info.name in resolved:
+            continue
+        if given and info.name in given:
+            resolved[info.name] = tuple(given[info.name])
             continue
         if info.shape is None:
             problems.append(
@@ -159,6 +178,8 @@ def resolve_shapes(
                 shape.append(d)
             elif isinstance(d, str) and d in chosen:
                 shape.append(chosen[d])
+            elif isinstance(d, str) and d in from_given:
+                shape.append(from_given[d])
             else:
                 value = DEFAULT_BATCH if axis == 0 else DEFAULT_DIM
                 if isinstance(d, str):
@@ -216,7 +237,7 @@ def make_feeds(model: Model, options: FeedOptions = FeedOptions()) -> dict[str, 
 
     Raises:
         SurgeonError: The seed is negative, the ``.npz`` has keys that are not inputs, or
-            values whose dtype or static dims do not match the model (or ``--shape``).
+            values whose dtype or static dims do not match the model.
     """
     if options.seed < 0:
         # numpy's seed sequence takes non-negative integers only.
@@ -252,18 +273,13 @@ def make_feeds(model: Model, options: FeedOptions = FeedOptions()) -> dict[str, 
                             f"`{info.name}` in {options.npz} has shape {list(value.shape)}; the model wants {info.shape_text()}"
                         )
                         break
-        given = options.shapes.get(info.name)
-        if given is not None and tuple(given) != value.shape:
-            problems.append(
-                f"`{info.name}` in {options.npz} has shape {list(value.shape)}, but --shape gives {list(given)}"
-            )
     if problems:
         raise SurgeonError(f"the feeds in {options.npz} do not fit {model.name}", problems=problems)
-    # The user's arrays act as explicit shapes: they fix the symbolic dims of the random
-    # inputs too, and --shape is still checked when every input comes from the file.
-    explicit = dict(options.shapes)
-    explicit.update({name: value.shape for name, value in user.items() if name in names})
-    shapes = resolve_shapes(model, replace(options, shapes=explicit))
+    # The user's arrays fix the symbolic dims of the random inputs too (unless --shape
+    # says otherwise), and --shape is still checked when every input is in the file.
+    shapes = resolve_shapes(
+        model, options, given={name: value.shape for name, value in user.items()}
+    )
     feeds = {}
     for info in inputs:
         feeds[info.name] = (

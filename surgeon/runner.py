@@ -35,6 +35,7 @@ class RunOptions:
     optimization: str = "all"
     custom_op_libraries: tuple[str, ...] = field(default_factory=tuple)
     threads: int = 0
+    execution_order: str = "default"  # or "priority": onnxruntime's priority-based order
 
     def __post_init__(self):
         if self.optimization not in OPTIMIZATION_LEVELS:
@@ -64,6 +65,8 @@ def _session_options(options: RunOptions):
     so.log_severity_level = 4
     if options.threads:
         so.intra_op_num_threads = options.threads
+    if options.execution_order == "priority":
+        so.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     for lib in options.custom_op_libraries:
         if not Path(lib).is_file():
             raise SurgeonError(f"custom op library {lib} does not exist")

@@ -207,7 +207,7 @@ def verify(
     tensors = compare_named(actual, expected, pairs, tolerance)
     tensors += [extra(e, actual.get(e)) for e in extras]
     notes = []
-    if options != reference_options:
+    if options.optimization != reference_options.optimization:
         notes.append(
             f"candidate ran with optimization={options.optimization}, reference with optimization={reference_options.optimization}"
         )

@@ -1,0 +1,356 @@
+"""`surgeon diff` through the CLI: verdicts, exit codes, JSON keys, and every bad input."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import ROOT, parse, run_cli, write
+from onnx import numpy_helper
+
+
+def _edit_initializer(src: Path, dst: Path, name: str, change) -> Path:
+    """Copy ``src`` to ``dst`` with ``change(array)`` applied to one initializer."""
+    proto = onnx.load(str(src))
+    for t in proto.graph.initializer:
+        if t.name == name:
+            w = numpy_helper.to_array(t).copy()
+            change(w)
+            t.CopyFrom(numpy_helper.from_array(w, name))
+            onnx.save(proto, str(dst))
+            return dst
+    raise AssertionError(name)
+
+
+def _perturbed(samples: Path) -> Path:
+    def bump(w):
+        w.flat[0] += 0.5
+
+    return _edit_initializer(
+        samples / "tiny_yolo.onnx", samples / "perturbed.onnx", "head/conv.weight", bump
+    )
+
+
+def _renamed(samples: Path, renames: dict[str, str]) -> Path:
+    """tiny_yolo with graph inputs/outputs renamed (and every use of them)."""
+    proto = onnx.load(str(samples / "tiny_yolo.onnx"))
+    g = proto.graph
+    for v in list(g.input) + list(g.output):
+        v.name = renames.get(v.name, v.name)
+    for n in g.node:
+        n.input[:] = [renames.get(x, x) for x in n.input]
+        n.output[:] = [renames.get(x, x) for x in n.output]
+    return write(proto, samples / "renamed.onnx")
+
+
+def _files(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*")}
+
+
+def _settings(text: str) -> str:
+    return " ".join(text.split())  # rich may wrap long lines
+
+
+# ---------------------------------------------------------------- verdicts
+def test_diff_self_passes(samples):
+    model = samples / "tiny_yolo.onnx"
+    res = run_cli("diff", model, model)
+    assert res.status == 0, res.stderr
+    assert res.stdout.startswith("PASS: 1 tensor(s)")
+    assert "output0" in res.stdout and " ok " in res.stdout
+    flat = _settings(res.stdout)
+    assert "seed=0" in flat and "atol=1e-05 rtol=1e-05" in flat
+    assert "images: float32[1x3x64x64]" in flat
+
+
+@pytest.mark.parametrize("name", ["two_conv.onnx", "if_model.onnx", "ext_weights.onnx"])
+def test_diff_self_passes_for_other_samples(samples, name):
+    res = run_cli("diff", samples / name, samples / name, "--exact", "--json")
+    assert res.status == 0, res.stderr
+    assert res.json["passed"] is True
+
+
+def test_perturbed_weight_fails_with_exit_1_naming_the_output(samples):
+    before = _files(samples.parent)
+    bad = _perturbed(samples)
+    res = run_cli("diff", samples / "tiny_yolo.onnx", bad, "--seed", "7")
+    assert res.status == 1, res.stderr
+    assert res.stdout.startswith("FAIL: 1 of 1 tensor(s) differ: `output0` (mismatch)")
+    assert "output0" in res.stdout and "mismatch" in res.stdout
+    assert "seed=7" in _settings(res.stdout)
+    assert res.stderr == ""
+    assert _files(samples.parent) == before | {bad}  # diff writes nothing
+
+    res = run_cli("diff", samples / "tiny_yolo.onnx", bad, "--json")
+    assert res.status == 1
+    data = res.json
+    assert data["passed"] is False and data["seed"] == 0
+    [row] = data["tensors"]
+    assert (row["name"], row["status"], row["passed"]) == ("output0", "mismatch", False)
+    assert row["mismatches"] > 0 and row["max_abs"] > 0.01
+
+
+def test_tolerances_decide(samples):
+    bad = _perturbed(samples)
+    res = run_cli("diff", samples / "tiny_yolo.onnx", bad, "--atol", "100", "--json")
+    assert res.status == 0 and res.json["tolerance"] == {
+        "atol": 100.0,
+        "rtol": 1e-5,
+        "exact": False,
+    }
+
+
+def test_exact(samples):
+    def nudge(b):  # moves cx by ~4e-6: inside the default tolerance, not bit-identical
+        b.flat[0] += 1e-6
+
+    ulp = _edit_initializer(
+        samples / "tiny_yolo.onnx", samples / "ulp.onnx", "head/conv.bias", nudge
+    )
+    ref = samples / "tiny_yolo.onnx"
+    assert run_cli("diff", ref, ulp).status == 0
+    res = run_cli("diff", ref, ulp, "--exact")
+    assert res.status == 1
+    assert "bit-identical" in _settings(res.stdout)
+    res = run_cli("diff", ref, ref, "--exact")
+    assert res.status == 0 and "bit-identical" in res.stdout
+
+
+def test_map_renamed_output(samples):
+    renamed = _renamed(samples, {"output0": "preds"})
+    ref = samples / "tiny_yolo.onnx"
+    res = run_cli("diff", ref, renamed, "--json")
+    assert res.status == 1
+    assert {t["name"]: t["status"] for t in res.json["tensors"]} == {
+        "output0": "missing",
+        "preds": "extra",
+    }
+    res = run_cli("diff", ref, renamed, "--map", "output0=preds")
+    assert res.status == 0, res.stdout + res.stderr
+    assert "preds ← output0" in res.stdout
+
+
+def test_map_renamed_input_and_intermediate(samples):
+    renamed = _renamed(samples, {"images": "data", "output0": "preds"})
+    res = run_cli(
+        "diff",
+        samples / "tiny_yolo.onnx",
+        renamed,
+        "--map",
+        "images=data",
+        "--map",
+        "output0=preds",
+        "--map",
+        "backbone/conv0_out=backbone/conv0_out",
+        "--json",
+        "--exact",
+    )
+    assert res.status == 0, res.stdout + res.stderr
+    rows = [(t["name"], t["reference"], t["status"]) for t in res.json["tensors"]]
+    assert rows == [
+        ("preds", "output0", "ok"),
+        ("backbone/conv0_out", "backbone/conv0_out", "ok"),
+    ]
+
+
+def test_inputs_npz(samples, tmp_path):
+    images = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    np.savez(tmp_path / "feeds.npz", images=images)
+    model = samples / "tiny_yolo.onnx"
+    res = run_cli("diff", model, model, "--inputs", tmp_path / "feeds.npz", "--json")
+    assert res.status == 0, res.stderr
+    assert res.json["seed"] is None  # every feed came from the file
+    assert res.json["feeds"] == {"images": {"shape": [2, 3, 64, 64], "dtype": "float32"}}
+    assert res.json["tensors"][0]["shape"] == [2, 7, 64]
+    res = run_cli("diff", model, model, "--inputs", tmp_path / "feeds.npz")
+    assert "feeds from file" in _settings(res.stdout)
+
+
+@pytest.mark.parametrize(
+    "spec, shape", [("images:3x3x64x64", [3, 3, 64, 64]), ("batch=2", [2, 3, 64, 64])]
+)
+def test_shape(samples, spec, shape):
+    model = samples / "tiny_yolo.onnx"
+    res = run_cli("diff", model, model, "--shape", spec, "--json")
+    assert res.status == 0, res.stderr
+    assert res.json["feeds"]["images"]["shape"] == shape
+    assert res.json["tensors"][0]["shape"] == [shape[0], 7, 64]
+
+
+def test_shape_of_named_dims(samples):
+    model = samples / "two_conv.onnx"
+    res = run_cli("diff", model, model, "--shape", "H=16", "--shape", "W=24", "--json")
+    assert res.status == 0
+    assert res.json["tensors"][0]["shape"] == [1, 4, 16, 24]
+
+
+# ---------------------------------------------------------------- JSON keys
+DIFF_TOP = {
+    "schema",
+    "title",
+    "passed",
+    "summary",
+    "candidate",
+    "reference",
+    "seed",
+    "tolerance",
+    "feeds",
+    "tensors",
+    "notes",
+}
+DIFF_TENSOR = {
+    "name",
+    "reference",
+    "status",
+    "passed",
+    "shape",
+    "reference_shape",
+    "dtype",
+    "reference_dtype",
+    "size",
+    "mismatches",
+    "max_abs",
+    "max_rel",
+    "cosine",
+    "nan",
+    "reference_nan",
+    "inf",
+    "reference_inf",
+    "message",
+}
+STATUSES = {"ok", "mismatch", "shape", "dtype", "missing", "extra"}
+
+
+def readme_json_keys(command: str) -> set[str]:
+    """The names in backticks of the README's "JSON keys" paragraph for ``command``."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## JSON keys", 1)[1].split("\n## ", 1)[0]
+    para = next(p for p in section.split("\n\n") if p.startswith(f"`surgeon {command} --json`"))
+    words = set(re.findall(r"`([^`]+)`", para))
+    return {w for w in words if re.fullmatch(r"[a-z_]+", w)}
+
+
+def test_json_keys_are_stable_and_documented(samples):
+    model = samples / "tiny_yolo.onnx"
+    data = run_cli("diff", model, model, "--json").json
+    assert set(data) == DIFF_TOP
+    assert set(data["tensors"][0]) == DIFF_TENSOR
+    assert set(data["tolerance"]) == {"atol", "rtol", "exact"}
+    assert set(data["feeds"]["images"]) == {"shape", "dtype"}
+    assert data["schema"] == "surgeon.diff/1"
+    documented = readme_json_keys("diff")
+    actual = DIFF_TOP | DIFF_TENSOR | {"atol", "rtol", "exact", "shape", "dtype"}
+    # Everything the README promises exists (status values and `null`/`inf` aside).
+    assert documented - STATUSES - {"null", "inf"} <= actual
+    assert STATUSES <= documented
+
+
+# ---------------------------------------------------------------- bad input
+def _unsafe_external(tmp: Path) -> Path:
+    inner = tmp / "inner"
+    inner.mkdir()
+    (tmp / "outside.bin").write_bytes(b"\0" * 32)
+    proto = parse("""<ir_version: 8, opset_import: ["" : 17]>
+    agraph (float[2, 4] x) => (y) { y = Add(x, w) }""")
+    w = numpy_helper.from_array(np.ones((2, 4), np.float32), "w")
+    w.ClearField("raw_data")
+    w.data_location = onnx.TensorProto.EXTERNAL
+    for k, v in (("location", "../outside.bin"), ("offset", "0"), ("length", "32")):
+        w.external_data.add(key=k, value=v)
+    proto.graph.initializer.append(w)
+    return write(proto, inner / "m.onnx")
+
+
+def _missing_external(tmp: Path) -> Path:
+    (tmp / "samples" / "ext_weights.onnx.data").unlink()
+    return tmp / "samples" / "ext_weights.onnx"
+
+
+def _junk(tmp: Path) -> Path:
+    p = tmp / "junk.onnx"
+    p.write_text("definitely not a protobuf\n" * 10)
+    return p
+
+
+def _truncated(tmp: Path) -> Path:
+    data = (tmp / "samples" / "tiny_yolo.onnx").read_bytes()
+    p = tmp / "cut.onnx"
+    p.write_bytes(data[: len(data) // 2])
+    return p
+
+
+YOLO = "samples/tiny_yolo.onnx"
+
+# Each case: how to build the bad argument list, and a phrase the message must hold.
+BAD = {
+    "missing file": (lambda t: [t / "nope.onnx", t / YOLO], "no such file"),
+    "missing candidate": (lambda t: [t / YOLO, t / "samples/tiny_yol.onnx"], "tiny_yolo.onnx"),
+    "not protobuf": (lambda t: [t / YOLO, _junk(t)], "junk.onnx"),
+    "truncated": (lambda t: [_truncated(t), t / YOLO], "cut.onnx"),
+    "missing external data": (
+        lambda t: [_missing_external(t)] * 2,
+        "external data file `ext_weights.onnx.data` is missing",
+    ),
+    "unsafe external location": (lambda t: [_unsafe_external(t)] * 2, "climbs out"),
+    "unknown --map name": (
+        lambda t: [t / YOLO, t / YOLO, "--map", "output=output0"],
+        "no tensor `output` in the reference tiny_yolo.onnx; did you mean `output0`",
+    ),
+    "unknown --map names on both sides": (
+        lambda t: [t / YOLO, t / YOLO, "--map", "output=output1"],
+        "2 unknown tensor names",
+    ),
+    "malformed --map": (lambda t: [t / YOLO, t / YOLO, "--map", "output0"], "OLD=NEW"),
+    "malformed --shape": (
+        lambda t: [t / YOLO, t / YOLO, "--shape", "images:1xAx64x64"],
+        "--shape images:1xAx64x64",
+    ),
+    "unknown --shape input": (
+        lambda t: [t / YOLO, t / YOLO, "--shape", "image:1x3x64x64"],
+        "did you mean `images`",
+    ),
+    "--shape against a static dim": (
+        lambda t: [t / YOLO, t / YOLO, "--shape", "images:1x3x32x32"],
+        "fixes it at 64",
+    ),
+    "negative --atol": (lambda t: [t / YOLO, t / YOLO, "--atol", "-1"], "atol"),
+    "NaN --rtol": (lambda t: [t / YOLO, t / YOLO, "--rtol", "nan"], "rtol"),
+    "negative --seed": (lambda t: [t / YOLO, t / YOLO, "--seed", "-1"], "--seed -1"),
+    "missing --inputs file": (
+        lambda t: [t / YOLO, t / YOLO, "--inputs", t / "feeds.npz"],
+        "feeds.npz: no such file",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_exit_2_one_paragraph_no_file(samples, case):
+    tmp = samples.parent
+    build, phrase = BAD[case]
+    argv = build(tmp)
+    before = _files(tmp)
+    res = run_cli("diff", *argv)
+    assert res.status == 2, (res.stdout, res.stderr)
+    assert res.stdout == ""
+    assert res.stderr.startswith("error: ") and "Traceback" not in res.stderr
+    assert "\n\n" not in res.stderr.strip()  # one paragraph
+    assert phrase in _settings(res.stderr), res.stderr
+    assert _files(tmp) == before
+
+
+def test_bad_npz_key_with_suggestion(samples, tmp_path):
+    np.savez(tmp_path / "feeds.npz", image=np.zeros((1, 3, 64, 64), np.float32))
+    model = samples / "tiny_yolo.onnx"
+    res = run_cli("diff", model, model, "--inputs", tmp_path / "feeds.npz")
+    assert res.status == 2 and "did you mean `images`" in res.stderr
+
+
+def test_bad_input_as_json(samples):
+    model = samples / "tiny_yolo.onnx"
+    res = run_cli("diff", model, model, "--map", "output=output0", "--json")
+    assert res.status == 2
+    assert res.json["schema"] == "surgeon.error/1"
+    assert res.json["suggestions"] == ["output0"]
