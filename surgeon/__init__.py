@@ -46,6 +46,21 @@ _LAZY = {
     "RunOptions": "surgeon.runner",
     "run": "surgeon.runner",
     "describe": "surgeon.inspection",
+    "Edited": "surgeon.edits",
+    "tap": "surgeon.edits.tap",
+    "debug": "surgeon.debugging",
+    "DebugOptions": "surgeon.debugging",
+    "DebugReport": "surgeon.debugging",
+    "load_recipe": "surgeon.recipe_runner",
+    "run_recipe": "surgeon.recipe_runner",
+    "build_nms": "surgeon.edits.nms",
+    "merge": "surgeon.edits.merge",
+    "extract": "surgeon.edits.extract",
+    "rename": "surgeon.edits.rename",
+    "reshape_io": "surgeon.edits.shapes",
+    "check_dynamic": "surgeon.edits.shapes",
+    "node_origin": "surgeon.origin",
+    "match_activations": "surgeon.origin",
 }
 
 __all__ = [

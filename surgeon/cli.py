@@ -29,9 +29,17 @@ class ExitStatus(IntEnum):
 
 # One explicit table, in the order `surgeon --help` lists them.
 COMMANDS: dict[str, str] = {
+    "debug": "surgeon.commands.debug",
     "inspect": "surgeon.commands.inspect",
     "diff": "surgeon.commands.diff",
-    "debug": "surgeon.commands.debug",
+    "extract": "surgeon.commands.extract",
+    "rename": "surgeon.commands.rename",
+    "reshape-io": "surgeon.commands.reshape_io",
+    "check-dynamic": "surgeon.commands.check_dynamic",
+    "nms": "surgeon.commands.nms",
+    "merge": "surgeon.commands.merge",
+    "run": "surgeon.commands.run",
+    "recipes": "surgeon.commands.recipes",
 }
 
 

@@ -142,8 +142,14 @@ def compare_arrays(
     """Compare ``actual`` against ``expected`` element by element.
 
     Max errors and cosine similarity are computed in float64 over the elements that are
-    finite in both; NaN and Inf are counted separately for each side.
+    finite in both; NaN and Inf are counted separately for each side. Sequences (lists of
+    arrays), empty optionals (None) and maps, as onnxruntime returns them for non-tensor
+    outputs, are compared element by element (see :func:`_compare_containers`).
     """
+    if _is_container(actual) or _is_container(expected):
+        return _compare_containers(
+            actual, expected, tolerance, name=name, reference=reference or name
+        )
     a = np.asarray(actual)
     b = np.asarray(expected)
     d = TensorDiff(
@@ -233,6 +239,70 @@ def compare_arrays(
     return d
 
 
+def _is_container(value) -> bool:
+    """True for the non-tensor values onnxruntime returns: lists, None, dicts."""
+    return value is None or isinstance(value, (list, tuple, dict))
+
+
+def _kind(value) -> str:
+    if value is None:
+        return "empty optional"
+    if isinstance(value, (list, tuple)):
+        return "sequence"
+    if isinstance(value, dict):
+        return "map"
+    return "tensor"
+
+
+def _compare_containers(actual, expected, tolerance: Tolerance, *, name: str, reference: str):
+    """Compare sequence, optional or map values: the kinds and lengths (or keys) must
+    agree, then each element is compared as a tensor and the counts add up."""
+    d = TensorDiff(name=name, reference=reference, status="ok")
+    ka, kb = _kind(actual), _kind(expected)
+    d.dtype, d.reference_dtype = ka, kb
+    if ka != kb:
+        d.status, d.message = "dtype", f"{ka} != reference {kb}"
+        return d
+    if ka == "empty optional":
+        d.max_abs, d.max_rel, d.cosine = 0.0, 0.0, 1.0
+        return d
+    if ka == "map":
+        if set(actual) != set(expected):
+            d.status, d.message = "shape", "the map keys differ from the reference's"
+            return d
+        keys = sorted(expected, key=str)
+        pairs = [(actual[k], expected[k], repr(k)) for k in keys]
+    else:
+        d.shape, d.reference_shape = [len(actual)], [len(expected)]
+        if len(actual) != len(expected):
+            d.status = "shape"
+            d.message = f"sequence of {len(actual)} != reference sequence of {len(expected)}"
+            return d
+        pairs = [(x, y, str(i)) for i, (x, y) in enumerate(zip(actual, expected, strict=True))]
+    d.max_abs, d.max_rel, d.cosine = 0.0, 0.0, 1.0
+    for x, y, key in pairs:
+        e = compare_arrays(x, y, tolerance, name=f"{name}[{key}]")
+        d.size += e.size
+        d.mismatches += e.mismatches
+        d.nan, d.reference_nan = d.nan + e.nan, d.reference_nan + e.reference_nan
+        d.inf, d.reference_inf = d.inf + e.inf, d.reference_inf + e.reference_inf
+        for attr, pick in (("max_abs", max), ("max_rel", max), ("cosine", min)):
+            value = getattr(e, attr)
+            if value is not None:
+                setattr(d, attr, pick(getattr(d, attr), value))
+        if not e.passed and d.status == "ok":
+            d.status, d.message = e.status, f"element {key}: {e.message}"
+    return d
+
+
+def _describe(value) -> tuple[list[int] | None, str | None, int]:
+    """Shape, dtype name and size of a value for reports (sequences have no shape)."""
+    if _is_container(value):
+        return None, _kind(value), len(value) if value is not None else 0
+    value = np.asarray(value)
+    return list(value.shape), value.dtype.name, int(value.size)
+
+
 def missing(
     name: str, reference: str, expected: np.ndarray | None = None, why: str = ""
 ) -> TensorDiff:
@@ -240,11 +310,7 @@ def missing(
         name=name, reference=reference, status="missing", message=why or f"`{name}` is not produced"
     )
     if expected is not None:
-        d.reference_shape, d.reference_dtype, d.size = (
-            list(expected.shape),
-            expected.dtype.name,
-            int(expected.size),
-        )
+        d.reference_shape, d.reference_dtype, d.size = _describe(expected)
     return d
 
 
@@ -253,7 +319,7 @@ def extra(name: str, actual: np.ndarray | None = None, why: str = "") -> TensorD
         name=name, reference="", status="extra", message=why or f"`{name}` has no reference tensor"
     )
     if actual is not None:
-        d.shape, d.dtype, d.size = list(actual.shape), actual.dtype.name, int(actual.size)
+        d.shape, d.dtype, d.size = _describe(actual)
     return d
 
 

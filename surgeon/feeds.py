@@ -199,7 +199,9 @@ def random_array(info: TensorInfo, shape: tuple[int, ...], seed: int) -> np.ndar
     if dtype == "str":
         return np.array(rng.choice(["a", "b", "c"], size=shape), dtype=object)
     if dtype == "bool":
-        return rng.random(shape) < 0.5
+        # asarray: for a scalar input (shape ()) the comparison gives a numpy scalar,
+        # which onnxruntime refuses ("Unable to handle object of type numpy.bool").
+        return np.asarray(rng.random(shape) < 0.5)
     try:
         np_dtype = np.dtype(dtype)
     except TypeError:
@@ -292,4 +294,12 @@ def make_feeds(model: Model, options: FeedOptions = FeedOptions()) -> dict[str, 
 
 def describe_feeds(feeds: Mapping[str, np.ndarray]) -> dict[str, dict]:
     """Shapes and dtypes of feeds, for reports."""
-    return {k: {"shape": list(v.shape), "dtype": v.dtype.name} for k, v in feeds.items()}
+    out = {}
+    for k, v in feeds.items():
+        if v is None or isinstance(v, (list, tuple)):
+            # Sequence or optional inputs (fed as lists / None): no single shape.
+            out[k] = {"shape": None, "dtype": "sequence" if v is not None else "empty optional"}
+        else:
+            v = np.asarray(v)
+            out[k] = {"shape": list(v.shape), "dtype": v.dtype.name}
+    return out

@@ -38,7 +38,8 @@ def add_tolerance_arguments(
     )
 
 
-def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+def add_runtime_arguments(parser: argparse.ArgumentParser, optimization: str = "all") -> None:
+    """--custom-op-library and --optimization (``optimization`` is the default level)."""
     group = parser.add_argument_group("onnxruntime")
     group.add_argument(
         "--custom-op-library",
@@ -50,8 +51,8 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--optimization",
         choices=["disabled", "basic", "extended", "all"],
-        default="all",
-        help="onnxruntime graph optimisation level (default all)",
+        default=optimization,
+        help=f"onnxruntime graph optimisation level (default {optimization})",
     )
 
 

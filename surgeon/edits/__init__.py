@@ -7,11 +7,15 @@ promises, and what the edit did. ``surgeon.<edit>(...)`` re-exports them.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 from surgeon.compare import DiffReport
 from surgeon.model import Model
+
+# The recorder of the recipe run in progress (see surgeon.recipe_runner), if any.
+RECORDER: ContextVar = ContextVar("surgeon_recorder", default=None)
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,13 @@ class Edited:
     edit: str
     params: dict[str, Any] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        # `surgeon run` watches the edits a recipe makes: each new result is reported to
+        # the active recorder (none outside a run), which may stop the recipe on failure.
+        recorder = RECORDER.get()
+        if recorder is not None:
+            recorder.record(self)
 
     @property
     def passed(self) -> bool:

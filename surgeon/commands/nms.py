@@ -1,0 +1,158 @@
+"""`surgeon nms`: build an NMS graph from standard ONNX operators."""
+
+from __future__ import annotations
+
+HELP = "build an NMS graph (standard ONNX ops) for a detector head, to merge after it"
+DESCRIPTION = (
+    HELP + "\n\nlayouts:\n"
+    "  yolov8        one input [B, 4+C, N]: cx, cy, w, h, then C class scores\n"
+    "  yolov5        one input [B, N, 5+C]: cx, cy, w, h, objectness, C class scores\n"
+    "  boxes-scores  boxes [B, N, 4] and scores [B, N, C] (SSD/RetinaNet)\n"
+    "  detr          boxes [B, Q, 4] normalised cx,cy,w,h and logits [B, Q, C] (no NMS: top-k)\n"
+    "formats:\n"
+    "  efficient     num_dets [B,1] int32, det_boxes [B,K,4], det_scores [B,K], det_classes [B,K] int32\n"
+    "  ultralytics   output0 [B,K,6]: x1, y1, x2, y2, score, class\n"
+    "  mmdeploy      dets [B,K,5]: x1, y1, x2, y2, score; labels [B,K] int64 (-1 padding)\n\n"
+    "Scores must be greater than --score to count; a box is suppressed when its IoU with a\n"
+    "kept box of its class is greater than --iou. Rows past num_dets are zero.\n\n"
+    "JSON keys: schema, output, params, inputs, outputs, nodes, op_types, opset.\n\n"
+    "example:\n  surgeon nms --layout yolov8 --classes 80 --max-det 100 -o nms.onnx\n"
+    "  surgeon merge det.onnx nms.onnx -o det_nms.onnx"
+)
+
+
+def add_nms_arguments(parser, *, required: bool) -> None:
+    """The NMS parameters, shared with `surgeon merge --nms`."""
+    group = parser.add_argument_group("NMS")
+    if required:
+        group.add_argument(
+            "--layout",
+            required=True,
+            metavar="LAYOUT",
+            help="the detector head: yolov8, yolov5, boxes-scores or detr",
+        )
+    group.add_argument(
+        "--classes",
+        type=int,
+        required=required,
+        metavar="C",
+        help="number of classes" + ("" if required else " (default: read from the detector)"),
+    )
+    group.add_argument(
+        "--iou", type=float, default=0.45, help="IoU threshold: suppress above it (default 0.45)"
+    )
+    group.add_argument(
+        "--score", type=float, default=0.25, help="score threshold: keep above it (default 0.25)"
+    )
+    group.add_argument(
+        "--max-det", type=int, default=100, metavar="K", help="detections per image (default 100)"
+    )
+    group.add_argument(
+        "--agnostic", action="store_true", help="class-agnostic NMS (default: per class)"
+    )
+    group.add_argument(
+        "--box-format",
+        choices=["cxcywh", "xyxy"],
+        default=None,
+        help="input boxes (default xyxy for boxes-scores, cxcywh otherwise)",
+    )
+    group.add_argument(
+        "--format",
+        dest="output_format",
+        default="efficient",
+        metavar="FORMAT",
+        help="output convention: efficient (default), ultralytics or mmdeploy",
+    )
+    group.add_argument(
+        "--scale",
+        metavar="W,H",
+        help="multiply box x by W and y by H before NMS (normalised boxes to pixels)",
+    )
+
+
+def add_arguments(parser) -> None:
+    add_nms_arguments(parser, required=True)
+    group = parser.add_argument_group("graph")
+    group.add_argument(
+        "--dtype",
+        default="float32",
+        help="input dtype: float32 (default), float16 or float64; others are cast to float32",
+    )
+    group.add_argument(
+        "--opset", type=int, default=17, help="default-domain opset (default 17, minimum 13)"
+    )
+    group.add_argument(
+        "--num-boxes", type=int, default=None, metavar="N", help="fix N in the input shapes"
+    )
+    group.add_argument(
+        "-o", "--output", required=True, metavar="OUT.onnx", help="where to write the graph"
+    )
+
+
+def parse_scale(text):
+    """``640,480`` -> (640.0, 480.0); None passes through."""
+    if text is None:
+        return None
+    from surgeon.errors import UsageError
+
+    parts = text.replace("x", ",").split(",")
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 2:
+        raise UsageError(f"cannot read `--scale {text}`: expected W,H such as 640,640")
+    return values
+
+
+def nms_kwargs(args) -> dict:
+    """build_nms keyword arguments from the shared NMS options."""
+    return {
+        "iou": args.iou,
+        "score": args.score,
+        "max_det": args.max_det,
+        "agnostic": args.agnostic,
+        "box_format": args.box_format,
+        "output_format": args.output_format,
+        "scale": parse_scale(args.scale),
+    }
+
+
+def describe_nms(model, spec_params: dict, output) -> dict:
+    """The JSON document of `surgeon nms` (schema surgeon.nms/1)."""
+    from surgeon.model import op_histogram
+
+    return {
+        "schema": "surgeon.nms/1",
+        "output": str(output) if output is not None else None,
+        "params": spec_params,
+        "inputs": [i.to_dict() for i in model.inputs],
+        "outputs": [o.to_dict() for o in model.outputs],
+        "nodes": len(model.proto.graph.node),
+        "op_types": dict(sorted(op_histogram(model.proto).items())),
+        "opset": model.opset,
+    }
+
+
+def run(args, ctx) -> int:
+    from surgeon.edits.nms import build_nms
+    from surgeon.model import check_output_path, save
+
+    check_output_path(args.output, [])
+    model = build_nms(
+        args.layout,
+        args.classes,
+        dtype=args.dtype,
+        opset=args.opset,
+        num_boxes=args.num_boxes,
+        **nms_kwargs(args),
+    )
+    save(model, args.output)
+    info = describe_nms(model, model.provenance[-1]["params"], args.output)
+    if ctx.json:
+        ctx.emit_json(info)
+    else:
+        from surgeon.report.merge import render_nms
+
+        render_nms(ctx.console, info)
+    return 0

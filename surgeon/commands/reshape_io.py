@@ -1,0 +1,117 @@
+"""`surgeon reshape-io`: set input/output dims static or symbolic, then check the model
+really runs at several sizes."""
+
+from __future__ import annotations
+
+HELP = "set input/output dims static or symbolic (dynamic_axes after export), then check it runs"
+DESCRIPTION = (
+    HELP
+    + "\n\nDims are NAME:DIMS with DIMS like Bx3xHxW (or B,3,H,W): an integer is static, a name is\n"
+    "a symbolic dim, ? or -1 an unnamed dynamic one. Outputs not given get their dims from\n"
+    "shape inference. Stale value_info is cleared and shape inference re-run.\n\n"
+    "Then two checks: at the original's input sizes the edited model must give bit-identical\n"
+    "values, and it must run at 2+ sizes of every dynamic dim with outputs of the expected\n"
+    "shapes (batch dims: export value, 1, 3; spatial: export value, 64, 96; others: export\n"
+    "value, 16, 24; --sizes H=224,320 overrides). A size baked into a Reshape/Expand/Tile/\n"
+    "Resize/ConstantOfShape/Slice constant is reported with the node that holds it.\n"
+    "onnxruntime runs with graph optimisations off by default (--optimization changes it).\n"
+    "Exit 0 when both pass (and -o was written), 1 when not (nothing written), 2 on bad input.\n\n"
+    "JSON (--json): schema surgeon.edit/1 with details.inputs / details.outputs [{name, old,\n"
+    "new}], details.export {dim: size}, details.value_info {refreshed, added, cleared} and\n"
+    "details.dynamic (the check-dynamic document).\n\n"
+    "example:\n  surgeon reshape-io model.onnx --input images:Bx3xHxW -o dynamic.onnx"
+)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("model", help="the .onnx file")
+    group = parser.add_argument_group("dims")
+    group.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        dest="input_specs",
+        metavar="NAME:DIMS",
+        help="new dims of an input, e.g. images:Bx3xHxW; repeatable",
+    )
+    group.add_argument(
+        "--output",
+        action="append",
+        default=[],
+        dest="output_specs",
+        metavar="NAME:DIMS",
+        help="new dims of an output, e.g. output0:Bx84xA; repeatable (the file goes to -o)",
+    )
+    out = parser.add_argument_group("output model")
+    out.add_argument(
+        "-o", dest="output", metavar="OUT.onnx", help="where to write the edited model"
+    )
+    out.add_argument(
+        "--inplace", action="store_true", help="allow the output to overwrite the input model"
+    )
+    out.add_argument(
+        "--external-data",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="write weights to OUT.onnx.data: auto (only above 2 GB), always, never",
+    )
+    # Bit-identity with the original: same kernels, see surgeon.edits.extract.VERIFY_OPTIONS.
+    add_check_arguments(parser, optimization="disabled")
+
+
+def add_check_arguments(parser, optimization: str = "all") -> None:
+    from surgeon.commands import _common
+
+    group = parser.add_argument_group("runtime check")
+    group.add_argument(
+        "--sizes",
+        action="append",
+        default=[],
+        metavar="DIM=S1,S2",
+        help="sizes to try for a dynamic dim, e.g. H=224,320; repeatable",
+    )
+    group.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    _common.add_runtime_arguments(parser, optimization=optimization)
+
+
+def parse_specs(items, flag: str) -> dict:
+    from surgeon.edits.shapes import parse_io_spec
+    from surgeon.errors import UsageError
+
+    specs = {}
+    for item in items:
+        name, dims = parse_io_spec(item, flag=flag)
+        if name in specs:
+            raise UsageError(f"`{flag}` gives `{name}` twice")
+        specs[name] = dims
+    return specs
+
+
+def run(args, ctx) -> int:
+    from surgeon.commands import _common
+    from surgeon.commands.extract import _render
+    from surgeon.edits.shapes import parse_sizes, reshape_io
+    from surgeon.feeds import FeedOptions
+    from surgeon.model import load
+
+    inputs = parse_specs(args.input_specs, "--input")
+    outputs = parse_specs(args.output_specs, "--output")
+    sizes = parse_sizes(args.sizes)
+    options = _common.run_options(args)
+    _common.check_output_early(args, [args.model])
+    model = load(args.model)
+    _common.check_output_early(args, [model])
+    edited = reshape_io(
+        model,
+        inputs,
+        outputs,
+        sizes=sizes,
+        feed_options=FeedOptions(seed=args.seed),
+        options=options,
+    )
+    written = False
+    if edited.passed and args.output:
+        _common.save_output(edited.model, args, [model])
+        written = True
+    _render(ctx, edited, args, written, "render_reshape_io")
+    return 0 if edited.passed else 1

@@ -1,0 +1,565 @@
+"""Merge two models: outputs of the first feed inputs of the second.
+
+``merge(first, second)`` joins any two graphs (a detector and its NMS, a preprocessing
+graph and a model, ...) and proves the result: the merged model must give bit-identical
+outputs to running ``first``, then ``second`` on the first's outputs.
+
+How it decides, in order:
+
+* **Connections.** An explicit ``io_map`` of ``(first_output, second_input)`` pairs; or,
+  without one, the second's inputs that have the name of a first output; or the single
+  output of the first into the single input of the second when their dtype and rank
+  agree. Otherwise it stops and lists the candidates. Every connection is checked (dtype,
+  rank, static dims) before anything is built, and every problem is reported at once.
+* **Names.** Tensor and node names stay as they are unless both graphs use them. A
+  clash is resolved by prefixing the second graph's name (``prefix2``, default the
+  second model's file stem and ``/``), except that the merged model's output names are
+  kept: when a second-graph output clashes with a tensor that is internal to the first
+  graph, that internal tensor is prefixed (``prefix1``) instead. An unconnected input
+  of the second with the name, dtype and rank of an input of the first is shared.
+* **Opsets.** When the default-domain opsets differ, the model with the lower one is
+  upgraded with onnx's version converter; when that fails (no adapter, or an op the
+  newer opset deprecates) the merge stops with the reason.
+* **Outputs.** The merged model's outputs are the second's; the first's outputs are
+  kept only on request (``keep_outputs``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import onnx
+from onnx import helper
+
+from surgeon.compare import EXACT
+from surgeon.edits import Edited
+from surgeon.errors import SurgeonError, UsageError, close_matches
+from surgeon.feeds import FeedOptions, make_feeds
+from surgeon.model import (
+    PROVENANCE_KEY,
+    Model,
+    TensorInfo,
+    copy_model_metadata,
+    iter_graphs,
+)
+from surgeon.runner import RunOptions
+
+DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+# ---------------------------------------------------------------------- connections
+def describe_tensor(info: TensorInfo | None) -> str:
+    """``float32[batch, 7, 64]`` for messages."""
+    if info is None:
+        return "?"
+    return f"{info.dtype or '?'}{info.shape_text()}"
+
+
+def compatibility_problems(
+    out: TensorInfo, inp: TensorInfo, first_name: str, second_name: str
+) -> list[str]:
+    """Why ``out`` of the first model cannot feed ``inp`` of the second (empty if it can).
+
+    Unknown dtypes, ranks and symbolic dims are accepted; only facts both models state
+    can conflict.
+    """
+    what = (
+        f"`{out.name}` of {first_name} ({describe_tensor(out)}) -> "
+        f"`{inp.name}` of {second_name} ({describe_tensor(inp)})"
+    )
+    problems = []
+    if out.dtype and inp.dtype and out.dtype != inp.dtype:
+        problems.append(f"{what}: dtype {out.dtype} does not match {inp.dtype}")
+    if out.shape is not None and inp.shape is not None:
+        if len(out.shape) != len(inp.shape):
+            problems.append(f"{what}: rank {len(out.shape)} does not match rank {len(inp.shape)}")
+        else:
+            for axis, (a, b) in enumerate(zip(out.shape, inp.shape, strict=True)):
+                if isinstance(a, int) and isinstance(b, int) and a > 0 and b > 0 and a != b:
+                    problems.append(f"{what}: dim {axis} is {a} but the input wants {b}")
+    return problems
+
+
+def _candidates(first: Model, second: Model) -> list[str]:
+    return [
+        f"outputs of {first.name}: "
+        + (", ".join(f"`{o.name}` {describe_tensor(o)}" for o in first.outputs) or "none"),
+        f"inputs of {second.name}: "
+        + (", ".join(f"`{i.name}` {describe_tensor(i)}" for i in second.inputs) or "none"),
+    ]
+
+
+def plan_connections(
+    first: Model,
+    second: Model,
+    io_map: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+) -> tuple[list[tuple[str, str]], str]:
+    """Decide which output of ``first`` feeds which input of ``second``.
+
+    Args:
+        io_map: ``(first_output, second_input)`` pairs, or a mapping output -> input.
+            None or empty: connect by equal names, else single output to single input.
+
+    Returns:
+        The pairs and how they were found: ``"map"``, ``"names"`` or ``"single"``.
+
+    Raises:
+        SurgeonError: Unknown names in ``io_map``, an input fed twice, or no way to
+            decide without ``io_map`` (the candidates are listed).
+    """
+    outputs = {o.name: o for o in first.outputs}
+    inputs = {i.name: i for i in second.inputs}
+    pairs = list(io_map.items() if isinstance(io_map, Mapping) else (io_map or []))
+    if pairs:
+        problems = []
+        fed: dict[str, str] = {}
+        for out, inp in pairs:
+            if out not in outputs:
+                near = close_matches(out, outputs)
+                problems.append(
+                    f"`{out}` is not an output of {first.name}"
+                    + (
+                        "; did you mean " + ", ".join(f"`{m}`" for m in near) + "?"
+                        if near
+                        else f"; its outputs: {', '.join(f'`{o}`' for o in outputs)}"
+                    )
+                )
+            if inp not in inputs:
+                near = close_matches(inp, inputs)
+                problems.append(
+                    f"`{inp}` is not an input of {second.name}"
+                    + (
+                        "; did you mean " + ", ".join(f"`{m}`" for m in near) + "?"
+                        if near
+                        else f"; its inputs: {', '.join(f'`{i}`' for i in inputs)}"
+                    )
+                )
+            elif inp in fed and fed[inp] != out:
+                problems.append(
+                    f"input `{inp}` of {second.name} is fed twice: by `{fed[inp]}` and `{out}`"
+                )
+            fed.setdefault(inp, out)
+        if problems:
+            raise UsageError(
+                f"cannot connect {first.name} to {second.name}: unknown names in the map",
+                problems=problems,
+            )
+        return list(dict.fromkeys(pairs)), "map"
+    by_name = [(i, i) for i in inputs if i in outputs]
+    if by_name:
+        return by_name, "names"
+    if len(outputs) == 1 and len(inputs) == 1:
+        (out,) = outputs.values()
+        (inp,) = inputs.values()
+        if (
+            out.dtype
+            and out.dtype == inp.dtype
+            and out.shape is not None
+            and inp.shape is not None
+            and len(out.shape) == len(inp.shape)
+        ):
+            return [(out.name, inp.name)], "single"
+    raise UsageError(
+        f"cannot tell which outputs of {first.name} feed which inputs of {second.name}: "
+        "no names are equal"
+        + (
+            " and the single output and input differ in dtype or rank"
+            if len(outputs) == 1 and len(inputs) == 1
+            else ""
+        ),
+        problems=_candidates(first, second),
+        hint="Say which output feeds which input with --map OUTPUT:INPUT (repeatable).",
+    )
+
+
+# ---------------------------------------------------------------------- opsets
+def _default_opset(proto: onnx.ModelProto) -> int:
+    for o in proto.opset_import:
+        if o.domain in DEFAULT_DOMAINS:
+            return int(o.version)
+    return 0
+
+
+def _deprecated_ops(proto: onnx.ModelProto, version: int) -> list[str]:
+    found = []
+    for g in iter_graphs(proto.graph):
+        for n in g.node:
+            if n.domain not in DEFAULT_DOMAINS or n.op_type in found:
+                continue
+            try:
+                schema = onnx.defs.get_schema(n.op_type, version, "")
+            except onnx.defs.SchemaError:
+                found.append(n.op_type)
+                continue
+            if schema.deprecated:
+                found.append(n.op_type)
+    return found
+
+
+def _upgrade(proto: onnx.ModelProto, target: int, name: str, other: str) -> onnx.ModelProto:
+    source = _default_opset(proto)
+    why = None
+    try:
+        from onnx import version_converter
+
+        converted = version_converter.convert_version(proto, target)
+    except Exception as e:  # the converter raises RuntimeError/ValidationError/...
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        converted = None
+    if converted is not None:
+        # The converter keeps ops that the newer opset deprecated (Upsample, ...) and
+        # onnxruntime then refuses the model: treat that as a failed conversion.
+        stale = _deprecated_ops(converted, target)
+        if stale:
+            why = f"opset {target} has no (or only a deprecated) {', '.join(stale)}"
+        else:
+            return converted
+    raise SurgeonError(
+        f"cannot merge: {name} uses opset {source} and {other} opset {target}, and onnx's "
+        f"version converter cannot upgrade {name} to opset {target} ({why})",
+        hint=f"Re-export {name} at opset {target}, or {other} at opset {source}.",
+    )
+
+
+def reconcile_opsets(first: Model, second: Model):
+    """Both protos at one default-domain opset, and the merged opset_import.
+
+    Returns:
+        (first proto, second proto, opset_import list, info dict). The protos are the
+        models' own when no conversion was needed (callers copy before editing).
+    """
+    p1, p2 = first.proto, second.proto
+    v1, v2 = _default_opset(p1), _default_opset(p2)
+    converted = None
+    if v1 and v2 and v1 != v2:
+        if v1 < v2:
+            p1, converted = _upgrade(p1, v2, first.name, second.name), "first"
+        else:
+            p2, converted = _upgrade(p2, v1, second.name, first.name), "second"
+    versions: dict[str, int] = {}
+    problems = []
+    for model, proto in ((first, p1), (second, p2)):
+        for o in proto.opset_import:
+            domain = "" if o.domain in DEFAULT_DOMAINS else o.domain
+            if domain in versions and versions[domain] != o.version:
+                problems.append(
+                    f"domain `{domain}` is at version {versions[domain]} in {first.name} and "
+                    f"{o.version} in {model.name}; only the default domain can be converted"
+                )
+            versions.setdefault(domain, int(o.version))
+    if problems:
+        raise SurgeonError(f"cannot merge {first.name} and {second.name}", problems=problems)
+    opsets = [helper.make_opsetid(d, v) for d, v in versions.items()]
+    info = {"first": v1, "second": v2, "merged": max(v1, v2), "converted": converted}
+    return p1, p2, opsets, info
+
+
+# ---------------------------------------------------------------------- names
+def _names(graph: onnx.GraphProto) -> tuple[set[str], set[str]]:
+    """Every tensor name and every node name in ``graph`` and its subgraphs."""
+    tensors: set[str] = set()
+    nodes: set[str] = set()
+    for g in iter_graphs(graph):
+        tensors.update(v.name for v in g.input)
+        tensors.update(v.name for v in g.output)
+        tensors.update(v.name for v in g.value_info)
+        tensors.update(t.name for t in g.initializer)
+        tensors.update(s.values.name for s in g.sparse_initializer)
+        for n in g.node:
+            tensors.update(x for x in n.input if x)
+            tensors.update(x for x in n.output if x)
+            if n.name:
+                nodes.add(n.name)
+    return tensors, nodes
+
+
+def _rename(graph: onnx.GraphProto, tensors: Mapping[str, str], nodes: Mapping[str, str]) -> None:
+    """Rename tensors and nodes everywhere in ``graph`` and its subgraphs, in place."""
+    if not tensors and not nodes:
+        return
+    for g in iter_graphs(graph):
+        for v in list(g.input) + list(g.output) + list(g.value_info):
+            v.name = tensors.get(v.name, v.name)
+        for t in g.initializer:
+            t.name = tensors.get(t.name, t.name)
+        for s in g.sparse_initializer:
+            s.values.name = tensors.get(s.values.name, s.values.name)
+        for n in g.node:
+            n.input[:] = [tensors.get(x, x) if x else x for x in n.input]
+            n.output[:] = [tensors.get(x, x) if x else x for x in n.output]
+            if n.name:
+                n.name = nodes.get(n.name, n.name)
+
+
+def _prefix_for(model: Model, fallback: str) -> str:
+    stem = Path(model.name).stem if model.path is not None else model.name
+    return (stem or fallback) + "/"
+
+
+class _Namer:
+    """Hands out names that are used nowhere yet."""
+
+    def __init__(self, taken: Iterable[str]):
+        self.taken = set(taken)
+
+    def __call__(self, prefix: str, name: str) -> str:
+        candidate, i = prefix + name, 1
+        while candidate in self.taken:
+            candidate, i = f"{prefix}{name}_{i}", i + 1
+        self.taken.add(candidate)
+        return candidate
+
+
+# ---------------------------------------------------------------------- merge
+def merge(
+    first: Model,
+    second: Model,
+    io_map: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+    *,
+    prefix1: str | None = None,
+    prefix2: str | None = None,
+    keep_outputs: bool | Iterable[str] = False,
+    verify: bool = True,
+    feed_options: FeedOptions = FeedOptions(),
+    options: RunOptions | None = None,
+) -> Edited:
+    """Connect outputs of ``first`` to inputs of ``second`` in one model, and prove it.
+
+    Args:
+        first: The model that runs first (e.g. a detector, a preprocessing graph).
+        second: The model fed by it (e.g. an NMS graph from :func:`surgeon.build_nms`).
+        io_map: ``(first_output, second_input)`` pairs or a mapping output -> input.
+            Default: equal names, else the single output into the single input.
+        prefix1: Prefix for first-graph internal tensors whose names a second-graph output
+            takes (default: the first model's file stem and ``/``).
+        prefix2: Prefix for second-graph names that clash with the first's (default: the
+            second model's file stem and ``/``, e.g. ``nms/``).
+        keep_outputs: Also keep the first's outputs: True keeps every unconnected one,
+            a list keeps those named (connected or not). Default: drop them.
+        verify: Run the merged model against ``first`` then ``second`` run in sequence
+            with onnxruntime; bit-identical outputs are required.
+        feed_options: Seed, shapes and ``.npz`` of the verification's inputs (they are
+            the merged model's inputs).
+        options: onnxruntime settings for the verification.
+
+    Returns:
+        Edited with ``edit="merge"``; ``details`` holds the connections, renames, opset
+        reconciliation, the merged I/O and ``output_names`` (second output -> merged name).
+
+    Raises:
+        SurgeonError: Unknown names, incompatible connections (all listed at once), an
+            opset gap the converter cannot bridge, or no way to infer the connections.
+    """
+    pairs, how = plan_connections(first, second, io_map)
+    outputs1 = {o.name: o for o in first.outputs}
+    inputs2 = {i.name: i for i in second.inputs}
+    problems = []
+    for out, inp in pairs:
+        problems += compatibility_problems(outputs1[out], inputs2[inp], first.name, second.name)
+    connected_outputs = [o for o, _ in pairs]
+    if keep_outputs is True:
+        keep = [o for o in first.output_names if o not in connected_outputs]
+    elif not keep_outputs:
+        keep = []
+    else:
+        keep = list(
+            dict.fromkeys([keep_outputs] if isinstance(keep_outputs, str) else keep_outputs)
+        )
+        for name in keep:
+            if name not in outputs1:
+                near = close_matches(name, outputs1)
+                problems.append(
+                    f"cannot keep `{name}`: it is not an output of {first.name}"
+                    + ("; did you mean " + ", ".join(f"`{m}`" for m in near) + "?" if near else "")
+                )
+    if problems:
+        raise SurgeonError(
+            f"cannot merge {first.name} into {second.name}: "
+            f"{len(problems)} problem{'s' if len(problems) > 1 else ''}",
+            problems=problems,
+            hint="Check the connections with `surgeon inspect` on both models, or choose others with --map OUTPUT:INPUT.",
+        )
+
+    p1_source, p2_source, opsets, opset_info = reconcile_opsets(first, second)
+    p1, p2 = onnx.ModelProto(), onnx.ModelProto()
+    p1.CopyFrom(p1_source)
+    p2.CopyFrom(p2_source)
+
+    # ---- names
+    names1, nodes1 = _names(p1.graph)
+    names2, nodes2 = _names(p2.graph)
+    first_inputs = {i.name: i for i in first.inputs}
+    connected = {inp: out for out, inp in pairs}
+    shared = [
+        i
+        for i in second.input_names
+        if i not in connected
+        and i in first_inputs
+        and not compatibility_problems(first_inputs[i], inputs2[i], first.name, second.name)
+    ]
+    outputs2 = set(p2.graph.output[i].name for i in range(len(p2.graph.output)))
+    namer = _Namer(names1 | names2)
+    default1, default2 = _prefix_for(first, "first"), _prefix_for(second, "second")
+    if default1 == default2:
+        default2 = default2[:-1] + "_2/"
+    prefix1 = default1 if prefix1 is None else prefix1
+    prefix2 = default2 if prefix2 is None else prefix2
+    rename1: dict[str, str] = {}
+    rename2: dict[str, str] = {}
+    for name in sorted(names2 & names1):
+        if name in connected or name in shared:
+            continue  # becomes the first's tensor of that name on purpose
+        if name in outputs2 and name not in first_inputs and name not in keep:
+            rename1[name] = namer(prefix1, name)  # keep the merged output's name
+        else:
+            rename2[name] = namer(prefix2, name)
+    if (rename1 and not prefix1) or (rename2 and not prefix2):
+        raise UsageError(
+            "an empty prefix cannot resolve the name clashes between "
+            f"{first.name} and {second.name}: "
+            + ", ".join(f"`{n}`" for n in list(rename1) + list(rename2)),
+            hint="Give a prefix such as --prefix2 nms/.",
+        )
+    node_namer = _Namer(nodes1 | nodes2)
+    node_rename2 = {n: node_namer(prefix2, n) for n in sorted(nodes1 & nodes2)}
+    _rename(p1.graph, rename1, {})
+    map2 = dict(rename2)
+    map2.update({inp: rename1.get(out, out) for inp, out in connected.items()})
+    _rename(p2.graph, map2, node_rename2)
+    merged_name = {o: map2.get(o, o) for o in second.output_names}
+
+    # ---- the merged graph
+    g1, g2 = p1.graph, p2.graph
+    graph = onnx.GraphProto()
+    graph.name = f"{g1.name or 'first'}+{g2.name or 'second'}"
+    graph.doc_string = g1.doc_string
+    graph.input.extend(g1.input)
+    dropped_inputs = {map2.get(i, i) for i in list(connected) + shared}
+    graph.input.extend(v for v in g2.input if v.name not in dropped_inputs)
+    graph.initializer.extend(g1.initializer)
+    graph.initializer.extend(g2.initializer)
+    graph.sparse_initializer.extend(g1.sparse_initializer)
+    graph.sparse_initializer.extend(g2.sparse_initializer)
+    graph.node.extend(g1.node)
+    graph.node.extend(g2.node)
+    io_names = {v.name for v in graph.input}
+    seen_vi: set[str] = set()
+    for v in list(g1.value_info) + list(g2.value_info):
+        if v.name not in seen_vi and v.name not in io_names:
+            seen_vi.add(v.name)
+            graph.value_info.append(v)
+    out_seen: set[str] = set()
+    for v in g1.output:
+        if v.name in keep and v.name not in out_seen:
+            graph.output.append(v)
+            out_seen.add(v.name)
+    for v in g2.output:
+        if v.name not in out_seen:
+            graph.output.append(v)
+            out_seen.add(v.name)
+
+    proto = helper.make_model(graph, opset_imports=opsets)
+    copy_model_metadata(first.proto, proto)
+    proto.ir_version = max(
+        p1.ir_version, p2.ir_version, helper.find_min_ir_version_for(opsets, ignore_unknown=True)
+    )
+    functions = {(f.domain, f.name): f for f in p1.functions}
+    for f in p2.functions:
+        key = (f.domain, f.name)
+        if key in functions and functions[key].SerializeToString() != f.SerializeToString():
+            raise SurgeonError(
+                f"cannot merge: both models define the local function {f.domain}::{f.name} differently"
+            )
+        functions.setdefault(key, f)
+    del proto.functions[:]
+    proto.functions.extend(functions.values())
+
+    from surgeon.model import check_structure
+
+    structure = check_structure(proto)
+    if structure:  # a bug in the merge, not in the user's models
+        raise RuntimeError("the merged graph is malformed: " + "; ".join(structure[:5]))
+
+    params = {
+        "first": first.name,
+        "second": second.name,
+        "io_map": [list(p) for p in pairs],
+        "prefix1": prefix1,
+        "prefix2": prefix2,
+        "keep_outputs": keep,
+    }
+    # The merged model says how both halves were made (e.g. the NMS parameters), then
+    # the merge itself.
+    history = first.provenance + second.provenance
+    props = [p for p in proto.metadata_props if p.key != PROVENANCE_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(props)
+    if history:
+        proto.metadata_props.add(key=PROVENANCE_KEY, value=json.dumps(history))
+    model = Model(proto).with_provenance("merge", params)
+    details = {
+        "how": how,
+        "connections": [
+            {
+                "output": out,
+                "input": inp,
+                "output_type": describe_tensor(outputs1[out]),
+                "input_type": describe_tensor(inputs2[inp]),
+            }
+            for out, inp in pairs
+        ],
+        "shared_inputs": shared,
+        "renamed": {"first": rename1, "second": rename2, "second_nodes": node_rename2},
+        "opset": opset_info,
+        "kept_outputs": keep,
+        "dropped_outputs": [o for o in first.output_names if o not in keep],
+        "output_names": merged_name,
+        "inputs": [i.to_dict() for i in model.inputs],
+        "outputs": [o.to_dict() for o in model.outputs],
+    }
+    report = None
+    if verify:
+        report = verify_merge(
+            model, first, second, details, feed_options=feed_options, options=options
+        )
+    return Edited(model=model, report=report, edit="merge", params=params, details=details)
+
+
+def verify_merge(
+    merged: Model,
+    first: Model,
+    second: Model,
+    details: Mapping,
+    *,
+    feed_options: FeedOptions = FeedOptions(),
+    options: RunOptions | None = None,
+):
+    """Compare ``merged`` with ``first`` then ``second`` run in sequence, bit for bit.
+
+    The feeds are made for the merged model's inputs (so ``--shape`` and ``.npz`` name
+    them); the reference chain feeds the second model through the same connections.
+    """
+    from surgeon.verification import Chain, verify
+
+    feeds = make_feeds(merged, feed_options)
+    links = {c["input"]: c["output"] for c in details["connections"]}
+    renamed2 = details["renamed"]["second"]
+    for inp in second.input_names:
+        if inp not in links:  # shared with the first, or fed from the merged input
+            links[inp] = renamed2.get(inp, inp)
+    # Reference names: a plain name is the last step's value; "0:name" picks the first
+    # model's when the second also produces that name.
+    pairs = [(details["output_names"][o], o) for o in second.output_names]
+    pairs += [(o, f"0:{o}" if o in second.output_names else o) for o in details["kept_outputs"]]
+    return verify(
+        merged,
+        Chain([first, second], links=[links]),
+        pairs=pairs,
+        feeds=feeds,
+        feed_options=feed_options,
+        tolerance=EXACT,
+        options=options,
+        title=f"merge {first.name} + {second.name}",
+    )

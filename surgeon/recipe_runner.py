@@ -1,0 +1,323 @@
+"""Running recipes: Python modules that script a sequence of verified edits.
+
+A recipe module has a docstring (its first line is its summary), an optional ``PARAMS``
+dict declaring typed parameters, ``{name: (type, default, help)}`` with ``...`` as the
+default of a required parameter, and one entry point::
+
+    def recipe(models: list[surgeon.Model], **params) -> Edited | Model | dict[str, Edited | Model]
+
+While it runs, every edit it makes (every :class:`~surgeon.edits.Edited` created) is
+recorded as a step; the first step whose verification fails stops the recipe, unless
+``keep_going``. A single result is saved to ``-o OUT.onnx``; a dict of results (e.g. the
+two halves of a split) to ``-o FOLDER/`` as ``<key>.onnx``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+from surgeon.edits import RECORDER, Edited
+from surgeon.errors import SurgeonError, UsageError, VerificationFailed, did_you_mean
+from surgeon.model import Model
+
+RUN_SCHEMA = "surgeon.run/1"
+REQUIRED = ...
+
+
+def builtin_recipes() -> dict[str, str]:
+    """Built-in recipe name -> summary line (from ``surgeon.recipes.BUILTIN``)."""
+    from surgeon.recipes import BUILTIN
+
+    return dict(BUILTIN)
+
+
+def load_recipe(spec: str) -> tuple[str, ModuleType]:
+    """Import a recipe: a ``.py`` file, or a built-in recipe by name.
+
+    Raises:
+        SurgeonError: No such file or built-in (with close matches), the module fails to
+            import, or it defines no ``recipe`` function.
+    """
+    path = Path(spec)
+    if spec.endswith(".py") or path.exists():
+        if not path.is_file():
+            raise SurgeonError(f"recipe file {spec} does not exist")
+        name = f"surgeon_user_recipe_{path.stem}"
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise SurgeonError(f"cannot import recipe {spec}: not a Python file")
+        module = importlib.util.module_from_spec(module_spec)
+        label = path.name
+        loader = lambda: module_spec.loader.exec_module(module)  # noqa: E731
+    else:
+        names = builtin_recipes()
+        if spec not in names:
+            hint = did_you_mean(spec, names)
+            raise SurgeonError(
+                f"no recipe `{spec}`: not a file and not a built-in recipe"
+                + (f"; {hint}" if hint else ""),
+                hint="Run `surgeon recipes` to list the built-in recipes, or give a path to a .py file.",
+            )
+        label = spec
+        module = None
+        loader = None
+    try:
+        if module is None:
+            module = importlib.import_module(f"surgeon.recipes.{spec}")
+        else:
+            sys.modules[module.__name__] = module
+            loader()
+    except SurgeonError:
+        raise
+    except Exception as e:
+        raise SurgeonError(f"recipe {label} failed to import: {_where(e)}") from None
+    if not callable(getattr(module, "recipe", None)):
+        raise SurgeonError(f"recipe {label} defines no `recipe(models, **params)` function")
+    params = getattr(module, "PARAMS", {})
+    if not isinstance(params, Mapping) or any(
+        not (isinstance(v, tuple) and len(v) == 3) for v in params.values()
+    ):
+        raise SurgeonError(f"recipe {label}: PARAMS must map each name to (type, default, help)")
+    return label, module
+
+
+def _where(e: BaseException) -> str:
+    """``Type: message (file:line)`` of the innermost frame of an exception."""
+    tb = traceback.extract_tb(e.__traceback__)
+    place = f" ({Path(tb[-1].filename).name}:{tb[-1].lineno})" if tb else ""
+    return f"{type(e).__name__}: {e}{place}"
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def parse_params(module: ModuleType, label: str, items: list[str]) -> dict:
+    """Check ``key=value`` strings against the recipe's PARAMS and convert them.
+
+    Raises:
+        UsageError: Unknown keys, values of the wrong type, or missing required
+            parameters; all listed at once, with the accepted parameters.
+    """
+    declared = dict(getattr(module, "PARAMS", {}))
+    values: dict = {}
+    problems = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            problems.append(f"`{item}` is not key=value")
+            continue
+        if key not in declared:
+            hint = did_you_mean(key, declared)
+            problems.append(f"unknown parameter `{key}`" + (f"; {hint}" if hint else ""))
+            continue
+        kind = declared[key][0]
+        try:
+            if kind is bool:
+                low = raw.strip().lower()
+                if low not in _TRUE | _FALSE:
+                    raise ValueError
+                values[key] = low in _TRUE
+            else:
+                values[key] = kind(raw)
+        except (TypeError, ValueError):
+            problems.append(
+                f"parameter `{key}` wants {getattr(kind, '__name__', kind)}, got `{raw}`"
+            )
+    for key, (_, default, _) in declared.items():
+        if default is REQUIRED and key not in values:
+            problems.append(f"parameter `{key}` is required")
+    if problems:
+        accepted = "; ".join(
+            f"{k} ({getattr(t, '__name__', t)}{'' if d is REQUIRED else f', default {d!r}'}): {h}"
+            for k, (t, d, h) in declared.items()
+        )
+        raise UsageError(
+            f"bad parameters for recipe {label}",
+            problems=problems,
+            hint=f"Accepted: {accepted}" if declared else f"Recipe {label} takes no parameters.",
+        )
+    return values
+
+
+@dataclass
+class Step:
+    """One edit a recipe made."""
+
+    index: int
+    edit: str
+    params: dict
+    passed: bool
+    summary: str
+    seconds: float
+    report: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "index": self.index,
+            "edit": self.edit,
+            "params": self.params,
+            "passed": self.passed,
+            "summary": self.summary,
+            "seconds": round(self.seconds, 4),
+            "report": self.report,
+        }
+
+
+class Recorder:
+    """Collects the edits of a run; raises on the first failed verification."""
+
+    def __init__(self, keep_going: bool = False):
+        self.keep_going = keep_going
+        self.steps: list[Step] = []
+        self._last = time.perf_counter()
+
+    def record(self, edited: Edited) -> None:
+        now = time.perf_counter()
+        report = edited.report
+        if report is None:
+            summary = "not verified"
+        else:
+            summary = report.summary()
+        from surgeon.model import _jsonable
+
+        step = Step(
+            index=len(self.steps) + 1,
+            edit=edited.edit,
+            params=_jsonable(edited.params),
+            passed=edited.passed,
+            summary=summary,
+            seconds=now - self._last,
+            report=report.to_dict() if report is not None else None,
+        )
+        self._last = now
+        self.steps.append(step)
+        if not step.passed and not self.keep_going:
+            raise VerificationFailed(
+                f"step {step.index} ({step.edit}) failed verification: {summary}", report=report
+            )
+
+
+@dataclass
+class RunResult:
+    """What ``run_recipe`` produced."""
+
+    recipe: str
+    params: dict
+    steps: list[Step]
+    outputs: dict[str, Model] = field(default_factory=dict)
+    reports: list = field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return (
+            self.error is None
+            and all(s.passed for s in self.steps)
+            and all(bool(r) for r in self.reports)
+        )
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": RUN_SCHEMA,
+            "recipe": self.recipe,
+            "params": self.params,
+            "passed": self.passed,
+            "error": self.error,
+            "seconds": round(self.seconds, 4),
+            "steps": [s.to_dict() for s in self.steps],
+            "outputs": sorted(self.outputs),
+            "reports": [r.to_dict() for r in self.reports],
+        }
+
+
+def _is_report(value) -> bool:
+    return (
+        hasattr(value, "to_dict")
+        and hasattr(value, "passed")
+        and not isinstance(value, (Edited, Model))
+    )
+
+
+def _normalise(result, label: str) -> tuple[dict[str, Model], list]:
+    """Split a recipe's return value into models to save and reports to show."""
+    models: dict[str, Model] = {}
+    reports: list = []
+
+    def one(value, key):
+        if isinstance(value, Edited):
+            models[key] = value.model
+        elif isinstance(value, Model):
+            models[key] = value
+        elif _is_report(value):
+            reports.append(value)
+        else:
+            raise SurgeonError(
+                f"recipe {label} returned {type(value).__name__} for `{key}`; expected an Edited, a Model or a report"
+            )
+
+    if isinstance(result, Mapping):
+        for k, v in result.items():
+            one(v, str(k))
+    elif isinstance(result, (list, tuple)) and result:
+        one(result[-1], "result")
+    elif result is not None and not isinstance(result, (list, tuple)):
+        one(result, "result")
+    if not models and not reports:
+        raise SurgeonError(
+            f"recipe {label} returned nothing: it must return an Edited, a Model, a dict of them, or a report"
+        )
+    return models, reports
+
+
+def run_recipe(
+    label: str, module: ModuleType, models: list[Model], params: dict, *, keep_going: bool = False
+) -> RunResult:
+    """Run a loaded recipe, recording its steps.
+
+    Raises:
+        VerificationFailed: A step failed (exit 1), unless ``keep_going``.
+        SurgeonError: The recipe raised a user error, or crashed (its exception is
+            named with file and line; the traceback is shown with ``--traceback``).
+    """
+    recorder = Recorder(keep_going)
+    token = RECORDER.set(recorder)
+    start = time.perf_counter()
+    result = RunResult(label, params, recorder.steps)
+    try:
+        value = module.recipe(models, **params)
+    except VerificationFailed as e:
+        e.result = result  # the CLI shows the steps that ran
+        raise
+    except SurgeonError as e:
+        step = len(recorder.steps) + 1
+        e.message = f"recipe {label}, step {step} (after {len(recorder.steps)} verified step(s)): {e.message}"
+        e.result = result
+        raise
+    except Exception as e:
+        err = SurgeonError(
+            f"recipe {label} raised {_where(e)}", hint="Rerun with --traceback to see where."
+        )
+        err.result = result
+        err.__cause__ = e
+        raise err from e
+    finally:
+        RECORDER.reset(token)
+        result.seconds = time.perf_counter() - start
+    result.outputs, result.reports = _normalise(value, label)
+    for model in result.outputs.values():
+        model.with_provenance(f"recipe:{label}", params)
+    return result

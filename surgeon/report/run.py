@@ -1,0 +1,66 @@
+"""Rendering of ``surgeon run`` (the table of steps) and ``surgeon recipes``."""
+
+from __future__ import annotations
+
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+
+def _params(params: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items())
+
+
+def render_run(console: Console, result) -> None:
+    style = "bold green" if result.passed else "bold red"
+    if result.error:
+        verdict = f"FAIL: {result.error}"
+    elif result.passed:
+        verdict = (
+            f"PASS: recipe {result.recipe}: {len(result.steps)} step(s), every verification passed"
+        )
+    else:
+        failed = sum(not s.passed for s in result.steps)
+        verdict = f"FAIL: recipe {result.recipe}: {failed} of {len(result.steps)} step(s) failed verification"
+    console.print(Text(verdict, style=style))
+    table = Table(
+        title=f"recipe {result.recipe}" + (f" ({_params(result.params)})" if result.params else ""),
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("edit", no_wrap=True)
+    table.add_column("parameters", overflow="fold", ratio=1)
+    table.add_column("verification", overflow="fold", ratio=1)
+    table.add_column("time", justify="right", no_wrap=True)
+    for s in result.steps:
+        table.add_row(
+            str(s.index),
+            escape(s.edit),
+            escape(_params(s.params)),
+            Text(s.summary, style="green" if s.passed else "red"),
+            f"{s.seconds:.2f}s",
+        )
+    console.print(table)
+    console.print(Text(f"total {result.seconds:.2f}s", style="dim"))
+
+
+def render_recipes(console: Console, rows: list[dict]) -> None:
+    table = Table(
+        title="built-in recipes (surgeon run NAME MODEL -o OUT)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column("name", no_wrap=True)
+    table.add_column("what it does", overflow="fold", ratio=2)
+    table.add_column("parameters", overflow="fold", ratio=1)
+    for r in rows:
+        params = ", ".join(
+            f"{k}" + ("" if p["required"] else f"={p['default']!r}") for k, p in r["params"].items()
+        )
+        table.add_row(escape(r["name"]), escape(r["summary"]), escape(params))
+    console.print(table)

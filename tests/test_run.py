@@ -1,0 +1,196 @@
+"""`surgeon run` and `surgeon recipes`: the recipe runner, its failure paths, provenance."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pytest
+from conftest import SAMPLES
+from surgeon.recipes import BUILTIN
+
+import surgeon
+from surgeon.recipe_runner import load_recipe, parse_params
+
+GOOD = '''
+"""Tap the first conv (a user recipe)."""
+import surgeon
+
+PARAMS = {"node": (str, "conv0", "node to tap"), "times": (int, 1, "how often")}
+
+def recipe(models, node="conv0", times=1):
+    result = None
+    for _ in range(times):
+        result = surgeon.tap(models[0], [node])
+    return result
+'''
+
+BAD_EDIT = '''
+"""An edit that changes the maths: verification must catch it."""
+import numpy as np
+import onnx
+import surgeon
+
+def recipe(models):
+    model = models[0]
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    w = proto.graph.initializer[0]
+    arr = onnx.numpy_helper.to_array(w).copy()
+    arr.flat[0] += 1.0
+    w.CopyFrom(onnx.numpy_helper.from_array(arr, w.name))
+    edited = model.with_proto(proto)
+    report = surgeon.verify(edited, model, tolerance=surgeon.EXACT)
+    first = surgeon.Edited(edited, report, "bad-edit")
+    return surgeon.tap(first.model, ["conv0"])
+'''
+
+RAISES = '''
+"""A recipe with a bug."""
+def recipe(models):
+    return {}["missing"]
+'''
+
+
+def _write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def test_user_recipe_runs_and_records_provenance(cli, tmp_path):
+    recipe = _write(tmp_path, "good.py", GOOD)
+    out = tmp_path / "out.onnx"
+    res = cli("run", recipe, SAMPLES / "two_conv.onnx", "-o", out, "--param", "times=2", "--json")
+    assert res.status == 0, res.stderr
+    data = res.json
+    assert data["schema"] == "surgeon.run/1" and data["passed"]
+    assert [s["edit"] for s in data["steps"]] == ["tap", "tap"]
+    assert all(s["report"]["tolerance"]["exact"] for s in data["steps"])
+    history = surgeon.load(out).provenance
+    assert [h["edit"] for h in history] == ["tap", "recipe:good.py"]
+    assert history[-1]["params"] == {"times": 2}
+
+
+def test_positional_key_value_params(cli, tmp_path):
+    recipe = _write(tmp_path, "good.py", GOOD)
+    res = cli("run", recipe, SAMPLES / "two_conv.onnx", "node=conv1", "-o", tmp_path / "o.onnx")
+    assert res.status == 0, res.stderr
+    assert "conv1" in res.stdout
+
+
+def test_failed_verification_stops_and_writes_nothing(cli, tmp_path):
+    recipe = _write(tmp_path, "bad.py", BAD_EDIT)
+    out = tmp_path / "out.onnx"
+    res = cli("run", recipe, SAMPLES / "two_conv.onnx", "-o", out)
+    assert res.status == 1
+    assert not out.exists()
+    assert "step 1 (bad-edit) failed verification" in res.stdout.replace("\n", " ")
+    # only the failing step ran: the tap after it never happened
+    res = cli("run", recipe, SAMPLES / "two_conv.onnx", "-o", out, "--json")
+    assert [s["edit"] for s in res.json["steps"]] == ["bad-edit"]
+
+
+def test_keep_going_records_and_writes_but_exits_1(cli, tmp_path):
+    recipe = _write(tmp_path, "bad.py", BAD_EDIT)
+    out = tmp_path / "out.onnx"
+    res = cli("run", recipe, SAMPLES / "two_conv.onnx", "-o", out, "--keep-going", "--json")
+    assert res.status == 1
+    assert [s["passed"] for s in res.json["steps"]] == [False, True]
+    assert out.exists()
+
+
+def test_recipe_that_raises_is_exit_2_without_traceback(cli, tmp_path):
+    recipe = _write(tmp_path, "buggy.py", RAISES)
+    out = tmp_path / "out.onnx"
+    res = cli("run", recipe, SAMPLES / "two_conv.onnx", "-o", out)
+    assert res.status == 2
+    assert "recipe buggy.py raised KeyError" in res.stderr and "buggy.py:4" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "params, needle",
+    [
+        (["--param", "tims=2"], "unknown parameter `tims`; did you mean `times`?"),
+        (["--param", "times=two"], "parameter `times` wants int, got `two`"),
+        (["--param", "novalue"], "`novalue` is not key=value"),
+    ],
+)
+def test_bad_params_exit_2_and_list_accepted(cli, tmp_path, params, needle):
+    recipe = _write(tmp_path, "good.py", GOOD)
+    out = tmp_path / "out.onnx"
+    res = cli("run", recipe, SAMPLES / "two_conv.onnx", "-o", out, *params)
+    assert res.status == 2
+    text = res.stderr.replace("\n", " ")
+    assert needle in text
+    assert "Accepted: node (str, default 'conv0')" in text
+    assert not out.exists()
+
+
+def test_required_param(tmp_path):
+    label, module = load_recipe("split_model")
+    with pytest.raises(surgeon.UsageError, match="`at` is required"):
+        parse_params(module, label, [])
+    assert parse_params(module, label, ["at=x"]) == {"at": "x"}
+
+
+def test_unknown_recipe_suggests(cli, tmp_path):
+    res = cli("run", "split_modle", SAMPLES / "two_conv.onnx", "-o", tmp_path / "o.onnx")
+    assert res.status == 2 and "did you mean `split_model`" in res.stderr
+
+
+def test_missing_recipe_file(cli, tmp_path):
+    res = cli("run", tmp_path / "nope.py", SAMPLES / "two_conv.onnx", "-o", tmp_path / "o.onnx")
+    assert res.status == 2 and "does not exist" in res.stderr
+
+
+def test_model_recipe_needs_output(cli, tmp_path):
+    recipe = _write(tmp_path, "good.py", GOOD)
+    res = cli("run", recipe, SAMPLES / "two_conv.onnx")
+    assert res.status == 2 and "-o OUT.onnx" in res.stderr
+
+
+def test_output_may_not_overwrite_input(cli, samples):
+    res = cli("run", "split_model", samples / "tiny_yolo.onnx", "--param", "at=backbone/act2_out", "-o", samples / "tiny_yolo.onnx")
+    assert res.status == 2
+
+
+def test_recipes_lists_every_builtin(cli):
+    res = cli("recipes", "--json")
+    assert res.status == 0, res.stderr
+    names = [r["name"] for r in res.json["recipes"]]
+    assert names == list(BUILTIN)
+    assert all(r["summary"] for r in res.json["recipes"])
+    text = cli("recipes").stdout
+    assert "split_model" in text and "find_first_nan" in text
+
+
+# ------------------------------------------------------------ the cookbook, on sample models
+def test_split_model_parts_chain_back(cli, tmp_path):
+    res = cli("run", "split_model", SAMPLES / "tiny_yolo.onnx", "--param", "at=backbone/act2_out", "-o", tmp_path / "parts", "--json")
+    assert res.status == 0, res.stderr
+    assert [s["edit"] for s in res.json["steps"]] == ["extract", "extract", "split-check"]
+    head = surgeon.load(tmp_path / "parts" / "head.onnx")
+    tail = surgeon.load(tmp_path / "parts" / "tail.onnx")
+    assert head.output_names == ["backbone/act2_out"] and tail.input_names == ["backbone/act2_out"]
+    original = surgeon.load(SAMPLES / "tiny_yolo.onnx")
+    feeds = surgeon.make_feeds(original, surgeon.FeedOptions(seed=3, shapes={"images": (2, 3, 64, 64)}))
+    mid = surgeon.run(head, feeds)
+    out = surgeon.run(tail, mid)["output0"]
+    assert np.array_equal(out, surgeon.run(original, feeds)["output0"])
+
+
+def test_find_first_nan_recipe(cli):
+    res = cli("run", "find_first_nan", SAMPLES / "tiny_yolo.onnx", "--json")
+    assert res.status == 0, res.stderr
+    assert res.json["reports"][0]["schema"] == "surgeon.debug/1"
+
+
+def test_compare_layers_recipe(cli, tmp_path):
+    res = cli("run", "compare_layers", SAMPLES / "two_conv.onnx", SAMPLES / "two_conv.onnx", "--json")
+    assert res.status == 0, res.stderr
+    assert res.json["reports"][0]["root_cause"] is None
+    res = cli("run", "compare_layers", SAMPLES / "two_conv.onnx")
+    assert res.status == 2 and "needs a reference" in res.stderr

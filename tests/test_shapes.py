@@ -1,0 +1,265 @@
+"""`reshape_io` and `check_dynamic`: dims set after export, and runs at several sizes that
+catch sizes baked into Reshape/Slice constants (naming the node that holds them)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from conftest import parse, write
+from onnx.reference import ReferenceEvaluator
+from surgeon.recipes import make_dynamic
+
+from surgeon.edits.shapes import check_dynamic, parse_dims, parse_io_spec, parse_sizes, reshape_io
+from surgeon.errors import NameNotFoundError, UsageError
+from surgeon.model import Model, load
+
+
+def named(text: str, **names: str) -> onnx.ModelProto:
+    """Parse a model and name its nodes: ``named(text, flatten="Reshape")``."""
+    proto = parse(text)
+    for name, op in names.items():
+        next(n for n in proto.graph.node if n.op_type == op and not n.name).name = name
+    return proto
+
+
+# Exported at 1x3x32x32: the flatten's shape constant holds 3072 = 3*32*32.
+BAKED_STATIC = """<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[1, 3, 32, 32] x) => (float[1, 3072] y) {
+    s = Constant<value = int64[2] {1, 3072}>()
+    y = Reshape(x, s)
+}"""
+# The same export with its input dims declared dynamic afterwards (the model lies).
+BAKED_DYNAMIC = BAKED_STATIC.replace("float[1, 3, 32, 32] x", "float[N, 3, H, W] x").replace(
+    "float[1, 3072] y", "float[N, 3072] y"
+)
+# Truly dynamic: pooled, then Reshape with 0 (copy N) and -1 (the rest).
+POOLED = """<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[N, 3, H, W] x) => (float[N, 3] y) {
+    g = GlobalAveragePool(x)
+    s = Constant<value = int64[2] {0, -1}>()
+    y = Reshape(g, s)
+}"""
+# Truly dynamic through Shape ops: flatten to [N, 3*H*W].
+SHAPE_OPS = """<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[N, 3, H, W] x) => (float[N, M] y) {
+    shp = Shape(x)
+    zero = Constant<value = int64[1] {0}>()
+    one = Constant<value = int64[1] {1}>()
+    n = Slice(shp, zero, one)
+    rest = Constant<value = int64[1] {-1}>()
+    target = Concat<axis = 0>(n, rest)
+    y = Reshape(x, target)
+}"""
+# Exported at seq=16: the Slice's end is baked, so longer inputs give a short output.
+SLICED = """<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[2, 16] x) => (float[2, 16] y) {
+    st = Constant<value = int64[1] {0}>()
+    en = Constant<value = int64[1] {16}>()
+    ax = Constant<value = int64[1] {1}>()
+    y = Slice(x, st, en, ax)
+}"""
+
+
+# ---------------------------------------------------------------------- parsing
+def test_parse_dims():
+    assert parse_dims("Bx3xHxW") == ("B", 3, "H", "W")
+    assert parse_dims("[batch, max_len]") == ("batch", "max_len")
+    assert parse_dims("1x?x-1") == (1, None, None)
+    assert parse_io_spec("input:0:Nx3") == ("input:0", ("N", 3))
+    assert parse_sizes(["H=224,320", "images[0]=1,2"]) == {"H": [224, 320], "images[0]": [1, 2]}
+    for bad in ("", "3x$", "1x-2"):
+        with pytest.raises(UsageError):
+            parse_dims(bad)
+    with pytest.raises(UsageError, match="-o"):
+        parse_io_spec("out.onnx", flag="--output")
+    with pytest.raises(UsageError, match="DIM=SIZE"):
+        parse_sizes(["H"])
+
+
+# ---------------------------------------------------------------------- check-dynamic
+def test_baked_reshape_fails_naming_the_node(cli, tmp_path):
+    model = Model(named(BAKED_DYNAMIC, flatten="Reshape"))
+    check = check_dynamic(model)
+    assert not check
+    assert not any(c.ran for c in check.cases)  # 3*64*64 != 3072 at every size tried
+    assert {c.failed_node for c in check.cases} == {"flatten"}
+    first = check.suspects[0]
+    assert (first.node, first.op_type, first.values) == ("flatten", "Reshape", [1, 3072])
+    assert first.message().startswith("baked constant in node `flatten` (Reshape): shape [1, 3072]")
+    path = write(model.proto, tmp_path / "baked.onnx")
+    res = cli("check-dynamic", path)
+    assert res.status == 1 and "baked constant in node `flatten` (Reshape)" in res.stdout
+    doc = cli("check-dynamic", path, "--json").json
+    assert doc["schema"] == "surgeon.check-dynamic/1" and doc["passed"] is False
+    assert doc["suspects"][0]["node"] == "flatten"
+    assert set(doc["cases"][0]) == {
+        "label",
+        "dims",
+        "varied",
+        "input_shapes",
+        "ran",
+        "passed",
+        "error",
+        "failed_node",
+        "outputs",
+    }
+
+
+@pytest.mark.parametrize("text", [POOLED, SHAPE_OPS], ids=["reshape-0-minus-1", "shape-ops"])
+def test_truly_dynamic_model_passes_at_several_sizes(cli, tmp_path, text):
+    model = Model(parse(text))
+    check = check_dynamic(model)
+    assert check, check.summary()
+    assert [d.values for d in check.dims] == [[1, 3], [64, 96], [64, 96]]
+    assert len(check.cases) == 4  # the first sizes, then N, H and W varied one at a time
+    for case in check.cases:
+        n, h, w = case.dims["N"], case.dims["H"], case.dims["W"]
+        # numpy reference for the output shape at these sizes
+        x = np.zeros((n, 3, h, w), np.float32)
+        want = x.mean(axis=(2, 3)).shape if text is POOLED else x.reshape(n, -1).shape
+        assert case.outputs[0].shape == list(want)
+    assert {(c.dims["H"], c.dims["W"]) for c in check.cases} == {(64, 64), (96, 64), (64, 96)}
+    res = cli("check-dynamic", write(model.proto, tmp_path / "m.onnx"), "--sizes", "H=32,48,80")
+    assert res.status == 0 and "PASS: 5 of 5" in res.stdout  # base, N=3, H=48, H=80, W=96
+
+
+def test_wrong_output_shape_is_caught_and_the_slice_named():
+    model = Model(named(SLICED, cut="Slice"))
+    edited = reshape_io(model, {"x": "Nxseq"}, {"y": "Nxseq"})
+    assert not edited
+    check = edited.details["dynamic"]
+    long_run = next(c for c in check["cases"] if c["dims"]["seq"] == 24)
+    assert long_run["ran"] and not long_run["passed"]
+    assert long_run["outputs"][0]["problem"] == "dim 1 is 16, expected 24 (seq=24)"
+    assert check["suspects"][0]["message"] == (
+        "baked constant in node `cut` (Slice): ends [16] contains 16 = seq at export"
+    )
+    assert edited.report.failures[0].name == "y @ N=2, seq=24"
+
+
+def test_sizes_naming_unknown_dims(cli, samples):
+    res = cli("check-dynamic", samples / "two_conv.onnx", "--sizes", "h=32,64")
+    assert res.status == 2 and "did you mean `H`" in res.stderr
+    res = cli("check-dynamic", samples / "two_conv.onnx", "--sizes", "H=0")
+    assert res.status == 2 and ">= 1" in res.stderr
+
+
+def test_static_model_runs_once(samples):
+    check = check_dynamic(load(samples / "if_model.onnx"))
+    assert check and len(check.cases) == 1 and "no dynamic dims" in check.notes[0]
+
+
+# ---------------------------------------------------------------------- reshape-io
+def test_reshape_io_on_a_static_export_names_the_export_sizes(cli, tmp_path):
+    path = write(named(BAKED_STATIC, flatten="Reshape"), tmp_path / "static.onnx")
+    edited = reshape_io(load(path), {"x": "Nx3xHxW"})
+    assert not edited
+    assert edited.details["export"] == {"N": 1, "H": 32, "W": 32}
+    assert edited.report.tensors[0].passed  # same values at the export size
+    assert (
+        "baked constant in node `flatten` (Reshape): shape [1, 3072] contains 3072 = 3*H*W "
+        "at export (H=32, W=32)"
+    ) in edited.report.notes
+    out = tmp_path / "dyn.onnx"
+    res = cli("reshape-io", path, "--input", "x:Nx3xHxW", "-o", out)
+    assert res.status == 1 and not out.exists()
+    assert "3072 = 3*H*W" in res.stdout and "not written" in res.stdout
+
+
+def test_reshape_io_on_the_detector(cli, samples, tmp_path):
+    out = tmp_path / "dyn.onnx"
+    res = cli(
+        "reshape-io", samples / "tiny_yolo.onnx", "--input", "images:Bx3x64x64", "-o", out, "--json"
+    )
+    assert res.status == 0, res.stdout + res.stderr
+    doc = res.json
+    assert doc["edit"] == "reshape_io" and doc["written"]
+    assert doc["details"]["inputs"] == [
+        {"name": "images", "old": ["batch", 3, 64, 64], "new": ["B", 3, 64, 64]}
+    ]
+    # the output's batch symbol follows the input's new name
+    assert doc["details"]["outputs"][0]["new"] == ["B", 7, 64]
+    assert doc["details"]["dynamic"]["passed"] and doc["verification"]["tolerance"]["exact"]
+    written = load(out)
+    assert written.inputs[0].shape == ("B", 3, 64, 64)
+    x = np.random.default_rng(1).standard_normal((3, 3, 64, 64)).astype(np.float32)
+    (want,) = ReferenceEvaluator(load(samples / "tiny_yolo.onnx").proto).run(None, {"images": x})
+    (got,) = ReferenceEvaluator(written.proto).run(None, {"images": x})
+    assert np.array_equal(got, want) and got.shape == (3, 7, 64)
+
+
+def test_detector_spatial_dims_are_not_dynamic(samples):
+    """tiny_yolo's decode grid is a [1, 2, 64] constant: H, W cannot change. The check
+    fails and names the node onnxruntime failed in, with the constant it reads."""
+    edited = reshape_io(load(samples / "tiny_yolo.onnx"), {"images": "Bx3xHxW"})
+    assert not edited
+    assert edited.report.tensors[0].passed  # values at 64x64 are unchanged
+    assert any(
+        "node `head/xy_add_grid` (Add) failed" in n and "`head/grid` of shape [1, 2, 64]" in n
+        for n in edited.report.notes
+    )
+
+
+def test_stale_value_info_is_refreshed():
+    proto = parse("""<ir_version: 8, opset_import: ["" : 17]>
+    agraph (float[1, 3, 32, 32] x) => (float[1, 3, 32, 32] y) {
+        a = Relu(x)
+        y = Neg(a)
+    }""")
+    proto.graph.value_info.append(
+        onnx.helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [1, 3, 32, 32])
+    )
+    edited = reshape_io(Model(proto), {"x": "Nx3xHxW"})
+    assert edited, edited.report.summary()
+    infos = {v.name: v for v in edited.model.proto.graph.value_info}
+    dims = [d.dim_param or d.dim_value for d in infos["a"].type.tensor_type.shape.dim]
+    assert dims == ["N", 3, "H", "W"]
+    assert edited.model.outputs[0].shape == ("N", 3, "H", "W")
+    assert edited.details["value_info"]["refreshed"] == 1
+
+
+def test_fixing_a_dim_static(samples):
+    edited = reshape_io(load(samples / "two_conv.onnx"), {"in": "1x3x64x64"})
+    assert edited and edited.model.outputs[0].shape == (1, 4, 64, 64)
+    assert "no dynamic dims" in edited.details["dynamic"]["notes"][0]
+
+
+def test_incompatible_static_dims_cannot_be_compared_and_fail_to_run(samples):
+    edited = reshape_io(load(samples / "tiny_yolo.onnx"), {"images": "Bx4x64x64"})
+    assert not edited
+    assert any("could not be compared" in n for n in edited.report.notes)
+    assert not any(c["ran"] for c in edited.details["dynamic"]["cases"])
+
+
+def test_reshape_io_errors(cli, samples, tmp_path):
+    model = load(samples / "tiny_yolo.onnx")
+    with pytest.raises(NameNotFoundError, match="did you mean `images`"):
+        reshape_io(model, {"imgs": "Bx3x64x64"})
+    with pytest.raises(UsageError, match="rank 4"):
+        reshape_io(model, {"images": "Bx3x64"})
+    with pytest.raises(UsageError, match="nothing to change"):
+        reshape_io(model, {})
+    out = tmp_path / "o.onnx"
+    for argv, message in (
+        (["--input", "imgs:Bx3x64x64"], "did you mean `images`"),
+        (["--input", "images:Bx3x6$"], "cannot read dim"),
+        (["--output", "out.onnx"], "-o"),
+        (["--input", "images:Bx3xHxW", "--sizes", "Q=3"], "dynamic dim `Q`"),
+    ):
+        res = cli("reshape-io", samples / "tiny_yolo.onnx", *argv, "-o", out)
+        assert res.status == 2, (argv, res.stderr)
+        assert message in res.stderr and not out.exists()
+
+
+# ---------------------------------------------------------------------- the recipe
+def test_make_dynamic_recipe(samples):
+    edited = make_dynamic.recipe([load(samples / "two_conv.onnx")], sizes="height=32,64")
+    assert edited and edited.model.inputs[0].shape == ("batch", 3, "height", "width")
+    assert edited.model.outputs[0].shape == ("batch", 4, "height", "width")
+    heights = {c["dims"]["height"] for c in edited.details["dynamic"]["cases"]}
+    assert heights == {32, 64}
+    detector = make_dynamic.recipe([load(samples / "tiny_yolo.onnx")], spatial=False)
+    assert detector
+    with pytest.raises(UsageError, match="rank-4"):
+        make_dynamic.recipe([load(samples / "ext_weights.onnx")])
