@@ -40,6 +40,40 @@ def _outer_reads(graph: onnx.GraphProto) -> list[str]:
     return reads
 
 
+def _origin_text(model: Model, node: str) -> str | None:
+    from surgeon.origin import node_origin
+
+    try:
+        origin = node_origin(model, node) if node else None
+    except Exception:
+        return None
+    return origin.describe() if origin is not None else None
+
+
+def _pytorch_origins(model: Model) -> dict | None:
+    """What the exporter's metadata says about PyTorch modules (None when nothing).
+
+    Subgraph nodes are named with their module too, so a person can map If/Loop nodes
+    back to the code that made them.
+    """
+    from surgeon.origin import origins
+
+    try:
+        found = origins(model)
+    except Exception:  # exporter metadata is best-effort; never fail inspect on it
+        return None
+    if not found:
+        return None
+    exporters = sorted({o.exporter for o in found.values()})
+    modules = sorted({o.module for o in found.values() if o.module})
+    return {
+        "exporter": exporters[0] if len(exporters) == 1 else exporters,
+        "nodes_with_origin": len(found),
+        "modules": len(modules),
+        "examples": {name: o.describe() for name, o in list(found.items())[:5]},
+    }
+
+
 def describe(model: Model) -> dict:
     """Everything ``surgeon inspect`` reports, with stable keys (schema ``surgeon.inspect/1``)."""
     proto = model.proto
@@ -66,6 +100,7 @@ def describe(model: Model) -> dict:
                 {
                     "node": n.name,
                     "op": n.op_type,
+                    "origin": _origin_text(model, n.name),
                     "subgraphs": [
                         {
                             "attribute": name,
@@ -108,6 +143,7 @@ def describe(model: Model) -> dict:
         "functions": [f"{f.domain}::{f.name}" if f.domain else f.name for f in proto.functions],
         "metadata": metadata,
         "history": model.provenance,
+        "pytorch": _pytorch_origins(model),
         "declared_value_info": len(proto.graph.value_info),
     }
 

@@ -17,6 +17,7 @@ SAMPLE_NAMES = ["two_conv.onnx", "tiny_yolo.onnx", "if_model.onnx", "ext_weights
 
 INSPECT_KEYS = {
     "schema",
+    "pytorch",
     "file",
     "ir_version",
     "opsets",

@@ -216,14 +216,16 @@ class Suspect:
     role: str | None = None
     values: list | None = None
     source: str = "scan"  # "scan" (constant inspection) or "onnxruntime" (named in an error)
+    origin: str | None = None  # the PyTorch module and line, from exporter metadata
 
     def message(self) -> str:
+        where = f" = {self.origin}" if self.origin else ""
         if self.constant is not None and self.role is not None:
             return (
-                f"baked constant in node `{self.node}` ({self.op_type}): {self.role} "
+                f"baked constant in node `{self.node}` ({self.op_type}){where}: {self.role} "
                 f"{_values_text(self.values)} {self.reason}"
             )
-        return f"node `{self.node}` ({self.op_type}) {self.reason}"
+        return f"node `{self.node}` ({self.op_type}){where} {self.reason}"
 
     def to_dict(self) -> dict:
         return {
@@ -234,6 +236,7 @@ class Suspect:
             "values": self.values,
             "reason": self.reason,
             "source": self.source,
+            "origin": self.origin,
             "message": self.message(),
         }
 
@@ -515,6 +518,7 @@ def check_dynamic(
     check = DynamicCheck(model.name, variables, cases, notes=notes, seed=seed)
     if not check.passed:
         check.suspects = find_suspects(model, variables, cases)
+        _add_origins(model, check.suspects)
         if not check.suspects:
             check.notes.append(
                 "no baked constant was found in Reshape/Expand/Tile/Resize/ConstantOfShape/Slice "
@@ -588,6 +592,18 @@ def _dynamic_reach(model: Model) -> set[str]:
         if any(x in reach for x in list(n.input) + subgraph_reads(n)):
             reach.update(o for o in n.output if o)
     return reach
+
+
+def _add_origins(model: Model, suspects: list[Suspect]) -> None:
+    """Name the PyTorch module and line of each suspect, when the file says."""
+    from surgeon.origin import node_origin
+
+    for suspect in suspects:
+        try:
+            origin = node_origin(model, suspect.node)
+        except Exception:  # exporter metadata is best-effort
+            origin = None
+        suspect.origin = origin.describe() if origin is not None else None
 
 
 def find_suspects(

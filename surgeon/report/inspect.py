@@ -73,7 +73,15 @@ def render_inspect(console: Console, info: dict) -> None:
             console.print(
                 f"subgraph: {escape(node['node'] or '?')} ({escape(node['op'])}).{escape(sub['attribute'])}: "
                 f"{sub['nodes']} nodes, reads {escape(reads)} from the outer scope"
+                + (f" (from {escape(node['origin'])})" if node.get("origin") else "")
             )
+    torch_info = info.get("pytorch")
+    if torch_info:
+        examples = "; ".join(f"{k} = {v}" for k, v in list(torch_info["examples"].items())[:3])
+        console.print(
+            f"PyTorch export ({escape(str(torch_info['exporter']))}): {torch_info['nodes_with_origin']} nodes map to "
+            f"{torch_info['modules']} modules, e.g. {escape(examples)}"
+        )
     if info["functions"]:
         console.print("local functions: " + escape(", ".join(info["functions"])))
     if info["metadata"]:
