@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -483,6 +483,7 @@ def debug(
     options: DebugOptions = DebugOptions(),
     *,
     feeds: Mapping[str, np.ndarray] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> DebugReport:
     """Tap tensors of ``model``, compute their statistics, and compare them with a
     reference if one is given.
@@ -528,7 +529,10 @@ def debug(
             feeds = make_feeds(model, feed_options)
     feeds = dict(feeds)
 
+    say = progress or (lambda phase: None)
+    say(f"typing {len(taps)} tapped tensors")
     types = learn_types(model, [t for t in taps if t not in set(model.output_names)])
+    say(f"running {model.name} with {len(taps)} taps and the tap check")
     for vi in model.proto.graph.output:
         if vi.type.tensor_type.elem_type:
             types.setdefault(vi.name, vi.type)
@@ -597,6 +601,7 @@ def debug(
             # keeping activations alive.
             count_model, count_outs = build_stats_model(model, list(recount), types, counts=True)
             names = [x for pair in count_outs.values() for x in pair]
+            say(f"counting NaN/Inf in {len(recount)} tensors")
             again = run(count_model, feeds, outputs=names, options=stats_opts)
             for t, i in recount.items():
                 old = stats[i]
@@ -624,6 +629,7 @@ def debug(
     if options.keep_values:
         report.values = {t: values[t] for t in taps if t in values}
     if ref is not None:
+        say(f"running the reference {ref[1]}")
         _compare(report, model, taps, values, feeds, ref, options, info, origin, run_opts)
     return report
 

@@ -32,11 +32,36 @@ RUN_SCHEMA = "surgeon.run/1"
 REQUIRED = ...
 
 
+def recipes_package() -> ModuleType:
+    """The cookbook package, ``surgeon.recipes``.
+
+    Installed, it is a subpackage. Run from a source checkout (``python -m surgeon`` in
+    the repository, where ``surgeon/`` shadows the installed package), it lives at the
+    top-level ``recipes/`` folder: it is loaded from there under the same name.
+    """
+    try:
+        return importlib.import_module("surgeon.recipes")
+    except ModuleNotFoundError as e:
+        if e.name != "surgeon.recipes":
+            raise
+    folder = Path(__file__).resolve().parent.parent / "recipes"
+    init = folder / "__init__.py"
+    if not init.is_file():
+        raise SurgeonError(
+            "the built-in recipes are not installed (surgeon.recipes is missing); reinstall surgeon"
+        )
+    spec = importlib.util.spec_from_file_location(
+        "surgeon.recipes", init, submodule_search_locations=[str(folder)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["surgeon.recipes"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def builtin_recipes() -> dict[str, str]:
     """Built-in recipe name -> summary line (from ``surgeon.recipes.BUILTIN``)."""
-    from surgeon.recipes import BUILTIN
-
-    return dict(BUILTIN)
+    return dict(recipes_package().BUILTIN)
 
 
 def load_recipe(spec: str) -> tuple[str, ModuleType]:
@@ -71,6 +96,7 @@ def load_recipe(spec: str) -> tuple[str, ModuleType]:
         loader = None
     try:
         if module is None:
+            recipes_package()
             module = importlib.import_module(f"surgeon.recipes.{spec}")
         else:
             sys.modules[module.__name__] = module

@@ -68,3 +68,16 @@ def test_error_as_json(cli, tmp_path):
     assert res.status == 2
     assert res.json["schema"] == "surgeon.error/1"
     assert res.json["exit_code"] == 2
+
+
+def test_builtin_recipes_work_from_a_source_checkout():
+    # `python -m surgeon` in the repository imports surgeon/ from the checkout, where the
+    # cookbook is the top-level recipes/ folder rather than surgeon/recipes.
+    res = subprocess.run(
+        [sys.executable, "-m", "surgeon", "recipes", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert '"split_model"' in res.stdout

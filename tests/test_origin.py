@@ -317,7 +317,9 @@ def test_surgeon_torch_imports_without_torch_and_says_how_to_install(tmp_path):
         f"'-o', {str(out)!r}])\n"
         "print('STATUS', status)\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
     assert res.returncode == 0, res.stderr
     hint = "install the [torch] extra: pip install torch==2.13.0 onnxscript"
     assert f"ERR PyTorch is not installed, and surgeon.torch needs it\n{hint}" in res.stdout

@@ -129,7 +129,10 @@ def run(args, ctx) -> int:
     )
     if args.ref and args.ref_optimization:
         pass  # both: the reference model runs at --ref-optimization
-    report = debug(model, options)
+    from surgeon.report import status
+
+    with status(ctx, f"debug {model.name}") as update:
+        report = debug(model, options, progress=update)
     written = []
     if report.tap_check is None or report.tap_check.passed:
         if args.output:

@@ -182,6 +182,19 @@ def render_diff(console: Console, report: DiffReport) -> None:
 
 
 @contextmanager
+def status(ctx, text: str):
+    """A spinner with a changing phase text on a terminal; silent when piped or --json.
+
+    Yields a function ``update(text)``.
+    """
+    if not ctx.interactive:
+        yield lambda text: None
+        return
+    with ctx.err_console.status(text) as spinner:
+        yield lambda text: spinner.update(text)
+
+
+@contextmanager
 def progress(ctx, description: str, total: int | None):
     """A progress bar on a terminal; a silent no-op when piped or with --json.
 
