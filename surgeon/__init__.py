@@ -59,6 +59,7 @@ _LAZY = {
     "rename": "surgeon.edits.rename",
     "reshape_io": "surgeon.edits.shapes",
     "check_dynamic": "surgeon.edits.shapes",
+    "declared_vs_actual": "surgeon.shapecheck",
     "node_origin": "surgeon.origin",
     "match_activations": "surgeon.origin",
 }

@@ -252,6 +252,16 @@ class DebugReport:
 # ---------------------------------------------------------------------- statistics
 def stats_from_array(name: str, node: str, op: str, index: int, value: np.ndarray) -> TensorStats:
     """Statistics of one tensor computed with numpy (float64 accumulation)."""
+    if value is None or isinstance(value, (list, tuple, dict)):
+        # A sequence, map or empty optional: no single shape, no statistics.
+        kind = (
+            "empty optional"
+            if value is None
+            else "sequence"
+            if isinstance(value, (list, tuple))
+            else "map"
+        )
+        return TensorStats(name, node, op, index, None, kind, size=len(value or ()))
     s = TensorStats(
         name, node, op, index, list(value.shape), value.dtype.name, size=int(value.size)
     )
@@ -531,7 +541,7 @@ def debug(
 
     say = progress or (lambda phase: None)
     say(f"typing {len(taps)} tapped tensors")
-    types = learn_types(model, [t for t in taps if t not in set(model.output_names)])
+    types = learn_types(model, [t for t in taps if t not in set(model.output_names)], run_opts)
     say(f"running {model.name} with {len(taps)} taps and the tap check")
     for vi in model.proto.graph.output:
         if vi.type.tensor_type.elem_type:
@@ -665,7 +675,12 @@ def _compare(report, model, taps, values, feeds, ref, options, info, origin, run
                 continue
             value = feeds[source]
             # e.g. a float16 model against its float32 original: same values, the reference's dtype
-            if info_in.dtype and info_in.dtype != value.dtype.name and value.dtype.kind in "fiub":
+            if (
+                isinstance(value, np.ndarray)
+                and info_in.dtype
+                and info_in.dtype != value.dtype.name
+                and value.dtype.kind in "fiub"
+            ):
                 value = value.astype(info_in.dtype)
             ref_feeds[info_in.name] = value
         if missing:
@@ -685,7 +700,13 @@ def _compare(report, model, taps, values, feeds, ref, options, info, origin, run
             continue
         actual, exp = values[t], expected[ref_name]
         note = ""
-        if actual.dtype != exp.dtype and actual.dtype.kind in "fiub" and exp.dtype.kind in "fiub":
+        both_arrays = isinstance(actual, np.ndarray) and isinstance(exp, np.ndarray)
+        if (
+            both_arrays  # sequences and optionals are compared element by element as they are
+            and actual.dtype != exp.dtype
+            and actual.dtype.kind in "fiub"
+            and exp.dtype.kind in "fiub"
+        ):
             note = f"compared as {exp.dtype.name} (model has {actual.dtype.name})"
             actual = actual.astype(exp.dtype)
         diff = compare_arrays(actual, exp, options.tolerance, name=t, reference=ref_name)
@@ -717,14 +738,17 @@ def save_values(report: DebugReport, path: str | Path) -> Path:
     """Write the tapped tensors to an ``.npz`` (keys = tensor names), atomically."""
     from surgeon.fileio import atomic_write
 
-    return atomic_write(path, lambda fh: np.savez(fh, **report.values))
+    # Tensors only: a sequence or an empty optional has no .npz form.
+    arrays = {k: v for k, v in report.values.items() if isinstance(v, np.ndarray)}
+    return atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
 def tapped_model(model: Model, options: DebugOptions) -> Model:
     """The model with the selected taps as typed outputs (what ``-o`` writes)."""
     taps = select_taps(model, options.taps, ops=options.ops)
     new = [t for t in taps if t not in set(model.output_names)]
-    out = add_outputs(model, new, learn_types(model, new))
+    run_opts = RunOptions(custom_op_libraries=tuple(options.custom_op_libraries))
+    out = add_outputs(model, new, learn_types(model, new, run_opts))
     return out.with_provenance("tap", {"names": list(options.taps), "ops": list(options.ops)})
 
 

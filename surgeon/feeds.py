@@ -191,6 +191,32 @@ def resolve_shapes(
     return resolved
 
 
+# Element types numpy lacks, held by ml_dtypes arrays (onnx depends on ml_dtypes).
+LOW_PRECISION_FLOATS = {
+    "bfloat16",
+    "float8_e4m3fn",
+    "float8_e4m3fnuz",
+    "float8_e5m2",
+    "float8_e5m2fnuz",
+    "float8_e8m0fnu",
+    "float4_e2m1fn",
+}
+LOW_PRECISION_INTS = {"int4", "uint4", "int2", "uint2"}
+
+
+def numpy_dtype(name: str) -> np.dtype | None:
+    """The numpy dtype for a dtype name, ml_dtypes' types included; None if unknown."""
+    try:
+        return np.dtype(name)
+    except TypeError:
+        pass
+    if name in LOW_PRECISION_FLOATS | LOW_PRECISION_INTS:
+        import ml_dtypes
+
+        return np.dtype(getattr(ml_dtypes, name))
+    return None
+
+
 def random_array(info: TensorInfo, shape: tuple[int, ...], seed: int) -> np.ndarray:
     """Seeded random values for one input: normal floats, small non-negative integers
     (valid as indices in most models), full-range uint8 (images), random booleans."""
@@ -202,12 +228,16 @@ def random_array(info: TensorInfo, shape: tuple[int, ...], seed: int) -> np.ndar
         # asarray: for a scalar input (shape ()) the comparison gives a numpy scalar,
         # which onnxruntime refuses ("Unable to handle object of type numpy.bool").
         return np.asarray(rng.random(shape) < 0.5)
-    try:
-        np_dtype = np.dtype(dtype)
-    except TypeError:
+    np_dtype = numpy_dtype(dtype)
+    if np_dtype is None:
         raise SurgeonError(
             f"cannot make random values for input `{info.name}` of type {dtype}; pass its values with --inputs feeds.npz"
-        ) from None
+        )
+    if np_dtype.name in LOW_PRECISION_FLOATS:
+        # ml_dtypes floats (bfloat16, float8, float4): normal values, rounded to the type.
+        return rng.standard_normal(shape).astype(np.float32).astype(np_dtype)
+    if np_dtype.name in LOW_PRECISION_INTS:
+        return rng.integers(0, 2, size=shape).astype(np_dtype)
     if np_dtype.kind == "f":
         return rng.standard_normal(shape).astype(np_dtype)
     if np_dtype == np.uint8:
@@ -259,6 +289,14 @@ def make_feeds(model: Model, options: FeedOptions = FeedOptions()) -> dict[str, 
         if info.name not in user:
             continue
         value = user[info.name]
+        wanted = numpy_dtype(info.dtype) if info.dtype and info.dtype != "str" else None
+        if (
+            wanted is not None
+            and value.dtype.kind == "V"
+            and value.dtype.itemsize == wanted.itemsize
+        ):
+            # np.savez stores bfloat16/float8/int4 arrays as raw void: read them back.
+            value = user[info.name] = value.view(wanted)
         if info.dtype and info.dtype != "str" and value.dtype.name != info.dtype:
             problems.append(
                 f"`{info.name}` in {options.npz} is {value.dtype.name}; the model wants {info.dtype}"

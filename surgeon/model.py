@@ -70,7 +70,15 @@ def dtype_name(elem_type: int) -> str | None:
     try:
         return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name
     except Exception:  # exotic types (float8, int4) have no plain numpy name
+        pass
+    try:
         return onnx.TensorProto.DataType.Name(elem_type).lower()
+    except ValueError:  # a number no onnx version defines (a damaged file)
+        return f"unknown_type_{elem_type}"
+
+
+def _known_elem_type(elem_type: int) -> bool:
+    return elem_type in onnx.TensorProto.DataType.values()
 
 
 def value_info_to_tensor_info(vi: onnx.ValueInfoProto) -> TensorInfo:
@@ -397,6 +405,14 @@ def load(path: str | os.PathLike, *, validate: bool = True) -> Model:
             "The file may be truncated, corrupted, or not an ONNX file at all."
         ) from None
     del data
+    garbled = non_utf8_fields(proto)
+    if garbled:
+        raise ModelLoadError(
+            f"{path} is damaged: {len(garbled)} text field(s) are not valid UTF-8",
+            problems=garbled[:10]
+            + ([f"... and {len(garbled) - 10} more"] if len(garbled) > 10 else []),
+            hint="The file was corrupted (flipped bytes); re-export or re-download it.",
+        )
     if not proto.HasField("graph") or (not proto.graph.node and not proto.graph.output):
         raise ModelLoadError(
             f"{path} parsed as protobuf but holds no ONNX graph; it is truncated or not an ONNX model"
@@ -415,6 +431,25 @@ def load(path: str | os.PathLike, *, validate: bool = True) -> Model:
     return model
 
 
+def non_utf8_fields(message, where: str = "model") -> list[str]:
+    """Text fields of ``message`` (recursively) that are not valid UTF-8, as readable
+    paths. onnx.proto is proto2, so protobuf does not check its strings when parsing; the
+    upb backend then hands invalid ones out as bytes, which no name lookup expects."""
+    found: list[str] = []
+    for field, value in message.ListFields():
+        values = value if _is_repeated(field) else [value]
+        if field.type == field.TYPE_STRING:
+            for i, v in enumerate(values):
+                if isinstance(v, bytes):
+                    index = f"[{i}]" if _is_repeated(field) else ""
+                    found.append(f"{where}.{field.name}{index} = {v[:40]!r}")
+        elif field.message_type is not None:
+            for i, v in enumerate(values):
+                index = f"[{i}]" if _is_repeated(field) else ""
+                found += non_utf8_fields(v, f"{where}.{field.name}{index}")
+    return found
+
+
 def _external_fields(t: onnx.TensorProto) -> dict[str, str]:
     return {e.key: e.value for e in t.external_data}
 
@@ -427,6 +462,12 @@ def resolve_external_location(location: str, base_dir: Path, where: str) -> Path
     """
     if not location:
         raise UnsafePathError(f"{where}: a tensor has external data with an empty location")
+    if "\0" in location:
+        # No file name holds a NUL byte; the OS would refuse it (ValueError in Python).
+        raise UnsafePathError(
+            f"{where}: external data location {location!r} contains a NUL byte; "
+            "the file is corrupted or crafted"
+        )
     loc = location.replace("\\", "/")
     if os.path.isabs(location) or loc.startswith("/") or (len(loc) > 1 and loc[1] == ":"):
         raise UnsafePathError(
@@ -518,11 +559,62 @@ def check_structure(proto: onnx.ModelProto) -> list[str]:
     return problems
 
 
+# Element types packed below one byte per element: their raw size is not count * itemsize.
+_PACKED_TYPES = {
+    getattr(onnx.TensorProto, name)
+    for name in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
+    if hasattr(onnx.TensorProto, name)
+}
+
+
+def _raw_data_size_problem(t: onnx.TensorProto) -> str | None:
+    """A sentence when ``t``'s raw bytes do not fit its shape and type (a damaged file)."""
+    if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type in _PACKED_TYPES:
+        return None
+    if t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return None
+    size = len(t.raw_data)
+    if not size:
+        return None  # values in the typed fields (float_data, ...), or an empty tensor
+    try:
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    except Exception:  # a type this onnx does not know: nothing to compare with
+        return None
+    count = int(np.prod(t.dims)) if len(t.dims) else 1
+    if size == count * itemsize:
+        return None
+    return (
+        f"initializer `{t.name}` holds {size} bytes, but its shape {list(t.dims)} of "
+        f"{dtype_name(t.data_type)} needs {count * itemsize}"
+    )
+
+
 def _check_graph(graph: onnx.GraphProto, outer: set[str], where: str, problems: list[str]) -> None:
     defined: dict[str, str] = {}
     for v in graph.input:
+        if defined.get(v.name) == "graph input":
+            problems.append(f"{where}: graph input `{v.name}` is declared twice")
         defined.setdefault(v.name, "graph input")
+    for v in [*graph.input, *graph.output, *graph.value_info]:
+        if v.type.HasField("tensor_type") and not _known_elem_type(v.type.tensor_type.elem_type):
+            problems.append(
+                f"{where}: `{v.name}` has element type {v.type.tensor_type.elem_type}, which "
+                f"onnx {onnx.__version__} does not know"
+            )
+    initializers: set[str] = set()
     for t in graph.initializer:
+        if not _known_elem_type(t.data_type):
+            problems.append(
+                f"{where}: initializer `{t.name}` has element type {t.data_type}, which "
+                f"onnx {onnx.__version__} does not know"
+            )
+        # Two values under one name: which one a runtime uses is anyone's guess.
+        if t.name in initializers:
+            problems.append(f"{where}: initializer `{t.name}` is defined twice")
+        initializers.add(t.name)
+        size_problem = _raw_data_size_problem(t)
+        if size_problem:
+            problems.append(f"{where}: {size_problem}")
         defined.setdefault(t.name, "initializer")
     for s in graph.sparse_initializer:
         defined.setdefault(s.values.name, "initializer")
@@ -680,11 +772,9 @@ def save(
             fd, tmp_data = tempfile.mkstemp(prefix=f".{data_name}.", suffix=".tmp", dir=folder)
             tmp_files.append(Path(tmp_data))
             with os.fdopen(fd, "wb") as fh:
-                restore = _externalize(model.proto, fh, data_name)
-            try:
-                payload = model.proto.SerializeToString()
-            finally:
-                restore()
+                skeleton = external_copy(model.proto, fh, data_name)
+            payload = skeleton.SerializeToString()
+            del skeleton
         else:
             try:
                 payload = model.proto.SerializeToString()
@@ -716,55 +806,103 @@ def save(
     return out
 
 
-def _externalize(proto: onnx.ModelProto, fh, location: str):
-    """Move large tensors' bytes into ``fh``; return a function that undoes it in memory.
+# The fields of a TensorProto that hold its values (or say where they are).
+_TENSOR_DATA_FIELDS = frozenset(
+    {
+        "raw_data",
+        "float_data",
+        "int32_data",
+        "string_data",
+        "int64_data",
+        "double_data",
+        "uint64_data",
+        "external_data",
+        "data_location",
+    }
+)
 
-    Writing in place and restoring afterwards avoids copying the whole model, which
-    matters for models of several GB.
-    """
-    moved: list[tuple[onnx.TensorProto, bytes]] = []
-    offset = 0
-    for t in iter_tensors(proto):
-        if t.data_location == onnx.TensorProto.EXTERNAL:
+
+def _is_repeated(field) -> bool:
+    flag = getattr(field, "is_repeated", None)  # protobuf >= 5.29; `label` before
+    return bool(flag) if flag is not None else field.label == field.LABEL_REPEATED
+
+
+def _copy_fields(src, dst, skip: frozenset[str] | set[str] = frozenset()) -> None:
+    """Copy every set field of ``src`` into ``dst`` except those named in ``skip``."""
+    for field, value in src.ListFields():
+        if field.name in skip:
             continue
-        if not t.raw_data:
-            if tensor_nbytes(t) < EXTERNAL_THRESHOLD or t.data_type == onnx.TensorProto.STRING:
-                continue
-            # Typed fields (float_data, ...) become raw bytes first.
-            arr = onnx.numpy_helper.to_array(t)
-            original = onnx.TensorProto()
-            original.CopyFrom(t)
-            t.raw_data = arr.tobytes()
-            for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
-                t.ClearField(field)
-            moved_typed = original
+        if _is_repeated(field):
+            getattr(dst, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(dst, field.name).CopyFrom(value)
         else:
-            moved_typed = None
-            if len(t.raw_data) < EXTERNAL_THRESHOLD:
-                continue
-        pad = (-offset) % 4096  # page-aligned, so runtimes can mmap each tensor
+            setattr(dst, field.name, value)
+
+
+class _DataWriter:
+    """Appends tensor bytes to an external data file, page-aligned."""
+
+    def __init__(self, fh, location: str):
+        self.fh, self.location, self.offset = fh, location, 0
+
+    def wants(self, t: onnx.TensorProto) -> bool:
+        """True for tensors that go to the file: in memory, at least EXTERNAL_THRESHOLD
+        bytes, not strings (which have no raw byte layout)."""
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            return False
+        if t.raw_data:
+            return len(t.raw_data) >= EXTERNAL_THRESHOLD
+        return tensor_nbytes(t) >= EXTERNAL_THRESHOLD and t.data_type != onnx.TensorProto.STRING
+
+    def write(self, source: onnx.TensorProto, target: onnx.TensorProto) -> None:
+        """Write ``source``'s bytes and make ``target`` (a copy of it, or ``source`` itself
+        when it is already a copy) point at them."""
+        # Typed fields (float_data, ...) become raw bytes in the file.
+        data = source.raw_data or onnx.numpy_helper.to_array(source).tobytes()
+        pad = (-self.offset) % 4096  # page-aligned, so runtimes can mmap each tensor
         if pad:
-            fh.write(b"\0" * pad)
-            offset += pad
-        data = t.raw_data
-        fh.write(data)
-        t.ClearField("raw_data")
-        t.data_location = onnx.TensorProto.EXTERNAL
-        for k, v in (("location", location), ("offset", str(offset)), ("length", str(len(data)))):
-            t.external_data.add(key=k, value=v)
-        offset += len(data)
-        moved.append((t, moved_typed if moved_typed is not None else data))
+            self.fh.write(b"\0" * pad)
+            self.offset += pad
+        self.fh.write(data)
+        for name in _TENSOR_DATA_FIELDS:
+            target.ClearField(name)
+        target.data_location = onnx.TensorProto.EXTERNAL
+        for k, v in (
+            ("location", self.location),
+            ("offset", str(self.offset)),
+            ("length", str(len(data))),
+        ):
+            target.external_data.add(key=k, value=v)
+        self.offset += len(data)
 
-    def restore():
-        for t, data in moved:
-            if isinstance(data, onnx.TensorProto):
-                t.CopyFrom(data)
-            else:
-                del t.external_data[:]
-                t.data_location = onnx.TensorProto.DEFAULT
-                t.raw_data = data
 
-    return restore
+def external_copy(proto: onnx.ModelProto, fh, location: str) -> onnx.ModelProto:
+    """A copy of ``proto`` whose large tensors live in ``fh`` (written here) under the
+    name ``location``; ``proto`` itself is not modified.
+
+    The main graph's initializers, where the weights of real models are, are never
+    copied: each one's bytes go straight to ``fh`` and the copy gets a stub pointing at
+    them, so the peak memory is the model plus one tensor. (With protobuf's upb backend,
+    memory a message gives up with ClearField stays in its arena until the whole message
+    is freed: clearing weights in place and restoring them would cost two more copies.)
+    Tensors elsewhere (Constant nodes, If/Loop bodies, functions) are copied, then moved.
+    """
+    writer = _DataWriter(fh, location)
+    skeleton = onnx.ModelProto()
+    _copy_fields(proto, skeleton, skip={"graph"})
+    _copy_fields(proto.graph, skeleton.graph, skip={"initializer"})
+    for t in proto.graph.initializer:
+        stub = skeleton.graph.initializer.add()
+        if writer.wants(t):
+            _copy_fields(t, stub, skip=_TENSOR_DATA_FIELDS)
+            writer.write(t, stub)
+        else:
+            stub.CopyFrom(t)
+    for t in iter_tensors(skeleton):
+        if writer.wants(t):
+            writer.write(t, t)
+    return skeleton
 
 
 def op_histogram(proto: onnx.ModelProto, *, include_subgraphs: bool = False) -> Counter:

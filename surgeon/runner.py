@@ -6,6 +6,8 @@ This is the only module that imports onnxruntime, and it does so lazily, so that
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -19,6 +21,11 @@ from surgeon.errors import RuntimeFailure, SurgeonError, unknown_name
 from surgeon.model import PROTO_LIMIT, Model, save
 
 OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
+# Models with more weights than this reach onnxruntime as a temporary file with external
+# data rather than as serialised bytes: serialising costs two transient copies of the
+# weights, and a session built from bytes keeps two more, against one from a file.
+# (Above protobuf's 2 GB limit a file is the only way.)
+FILE_THRESHOLD = min(256 * 2**20, PROTO_LIMIT - 16 * 2**20)
 
 
 @dataclass(frozen=True)
@@ -120,7 +127,7 @@ class Session:
             graph_outputs.add(name=n)
         tmpdir = None
         try:
-            if model.weight_bytes() + 16 * 2**20 > PROTO_LIMIT:
+            if model.weight_bytes() > FILE_THRESHOLD:
                 tmpdir = tempfile.TemporaryDirectory(prefix="surgeon-run-")
                 path = Path(tmpdir.name) / "model.onnx"
                 save(Model(model.proto), path, external_data=True)
@@ -131,13 +138,19 @@ class Session:
             if extra:
                 del graph_outputs[len(graph_outputs) - len(extra) :]
         try:
-            self._session = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
+            # onnxruntime prints "EP Error ... Falling back" to stdout on some failures
+            # (then retries on the same CPU provider): keep stdout for our output (--json).
+            with contextlib.redirect_stdout(io.StringIO()):
+                self._session = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise self._failure("load", e) from None
         finally:
             if tmpdir is not None:
                 tmpdir.cleanup()
         self.input_names = [i.name for i in self._session.get_inputs()]
+        self._raw_outputs = {
+            o.name for o in self._session.get_outputs() if _ort_type_name(o.type) in _RAW_TYPES
+        }
 
     def _failure(self, what: str, e: Exception) -> RuntimeFailure:
         msg = _first_line(e)
@@ -162,8 +175,19 @@ class Session:
                 f"no value for input(s) {', '.join(f'`{m}`' for m in missing)} of {self.model.name}"
             )
         feed = {k: v for k, v in feeds.items() if k in set(self.input_names)}
+        raw = any(n in self._raw_outputs for n in names) or any(
+            isinstance(v, np.ndarray) and v.dtype.name in _ML_TO_ONNX for v in feed.values()
+        )
         try:
-            values = self._session.run(names, feed)
+            if raw and all(isinstance(v, np.ndarray) for v in feed.values()):
+                # bfloat16, float8, int4 ...: numpy cannot pass them through onnxruntime's
+                # Python API, OrtValues built from their raw bytes can.
+                ort_feed = {k: _to_ortvalue(v) for k, v in feed.items()}
+                values = [
+                    _from_ortvalue(v) for v in self._session.run_with_ort_values(names, ort_feed)
+                ]
+            else:
+                values = self._session.run(names, feed)
         except Exception as e:
             raise self._failure("run", e) from None
         return dict(zip(names, values, strict=True))
@@ -185,6 +209,82 @@ def run(
     wanted = list(outputs) if outputs is not None else model.output_names
     session = Session(model, extra_outputs=wanted, options=options)
     return session.run(feeds, wanted)
+
+
+# Element types numpy cannot hand to (or take from) onnxruntime's Python API; ml_dtypes
+# arrays hold them, one element per byte. onnxruntime's type name -> (ml_dtypes name, onnx
+# TensorProto name, bits per element in onnxruntime's packed layout).
+_RAW_TYPES = {
+    "bfloat16": ("bfloat16", "BFLOAT16", 16),
+    "float8e4m3fn": ("float8_e4m3fn", "FLOAT8E4M3FN", 8),
+    "float8e4m3fnuz": ("float8_e4m3fnuz", "FLOAT8E4M3FNUZ", 8),
+    "float8e5m2": ("float8_e5m2", "FLOAT8E5M2", 8),
+    "float8e5m2fnuz": ("float8_e5m2fnuz", "FLOAT8E5M2FNUZ", 8),
+    "float8e8m0": ("float8_e8m0fnu", "FLOAT8E8M0", 8),
+    "int4": ("int4", "INT4", 4),
+    "uint4": ("uint4", "UINT4", 4),
+    "float4e2m1": ("float4_e2m1fn", "FLOAT4E2M1", 4),
+    "int2": ("int2", "INT2", 2),
+    "uint2": ("uint2", "UINT2", 2),
+}
+_ML_TO_ONNX = {ml: name for name, (ml, _, _) in _RAW_TYPES.items()}
+
+
+def _ort_type_name(type_str: str) -> str:
+    """``"tensor(bfloat16)"`` -> ``"bfloat16"`` (empty for non-tensors)."""
+    return type_str[len("tensor(") : -1] if type_str.startswith("tensor(") else ""
+
+
+def _to_ortvalue(value: np.ndarray):
+    """An OrtValue holding ``value``; ml_dtypes arrays are written as raw (packed) bytes."""
+    import ctypes
+
+    ort = _ort()
+    name = _ML_TO_ONNX.get(value.dtype.name)
+    if name is None:
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value))
+    _, elem_name, bits = _RAW_TYPES[name]
+    flat = np.ascontiguousarray(value).reshape(-1)
+    codes = flat.view(np.uint16 if bits == 16 else np.uint8)
+    if bits < 8:  # packed, the first element in the lowest bits of each byte
+        per = 8 // bits
+        codes = (codes & ((1 << bits) - 1)).astype(np.uint8)
+        codes = np.concatenate([codes, np.zeros((-len(codes)) % per, np.uint8)]).reshape(-1, per)
+        codes = np.bitwise_or.reduce(
+            [codes[:, k] << np.uint8(k * bits) for k in range(per)], axis=0
+        ).astype(np.uint8)
+    raw = codes.tobytes()
+    out = ort.OrtValue.ortvalue_from_shape_and_type(
+        list(value.shape), getattr(onnx.TensorProto, elem_name)
+    )
+    if raw:
+        ctypes.memmove(out.data_ptr(), raw, min(len(raw), out.tensor_size_in_bytes()))
+    return out
+
+
+def _from_ortvalue(value):
+    """A numpy array (ml_dtypes for the types numpy lacks) from an OrtValue."""
+    import ctypes
+
+    import ml_dtypes  # a dependency of onnx
+
+    name = _ort_type_name(value.data_type())
+    if name not in _RAW_TYPES:
+        return value.numpy()
+    ml_name, _, bits = _RAW_TYPES[name]
+    size = value.tensor_size_in_bytes()
+    raw = bytes((ctypes.c_char * size).from_address(value.data_ptr())) if size else b""
+    shape = value.shape()
+    dtype = np.dtype(getattr(ml_dtypes, ml_name))
+    if bits >= 8:
+        codes = np.frombuffer(raw, np.uint16 if bits == 16 else np.uint8)
+        return codes.view(dtype).reshape(shape).copy()
+    count = int(np.prod(shape)) if shape else 1
+    packed = np.frombuffer(raw, np.uint8)
+    mask = (1 << bits) - 1
+    codes = np.stack([(packed >> (k * bits)) & mask for k in range(8 // bits)], axis=1)
+    # ml_dtypes keeps the code in the low bits of its byte, signed types included.
+    return codes.reshape(-1)[:count].astype(np.uint8).view(dtype).reshape(shape).copy()
 
 
 def onnx_dtype_of(array: np.ndarray) -> int:

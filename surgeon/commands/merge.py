@@ -157,6 +157,8 @@ def run(args, ctx) -> int:
     else:
         second = load(args.second)
         io_map = parse_io_map(args.map, set(first.output_names), set(second.input_names))
+    # Again with the loaded models: -o must not hit their external data files either.
+    _common.check_output_early(args, [first, second])
     keep = False
     if args.keep_outputs == "*":
         keep = True
@@ -176,9 +178,7 @@ def run(args, ctx) -> int:
     report = result.report
     written = False
     if args.output and result.passed:
-        _common.save_output(
-            result.model, args, [args.first] + ([args.second] if args.second else [])
-        )
+        _common.save_output(result.model, args, [first, second])
         written = True
     info = {
         "schema": "surgeon.merge/1",

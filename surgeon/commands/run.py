@@ -118,6 +118,11 @@ def run(args, ctx) -> int:
                     f"recipe {label} produced {len(result.outputs)} models ({', '.join(result.outputs)}); "
                     "give a folder with -o, e.g. -o parts/"
                 )
+            if out.exists() and not out.is_dir():
+                raise OutputPathError(
+                    f"-o {out} is an existing file, not a folder: give OUT.onnx for one model "
+                    "or a folder for several"
+                )
             out.mkdir(parents=True, exist_ok=True)
             targets = {k: out / f"{k}.onnx" for k in result.outputs}
         for target in targets.values():

@@ -22,7 +22,7 @@ import onnx
 from surgeon.compare import EXACT, Tolerance
 from surgeon.edits import Edited
 from surgeon.errors import UsageError
-from surgeon.feeds import FeedOptions, make_feeds, resolve_shapes
+from surgeon.feeds import FeedOptions, make_feeds
 from surgeon.model import Model, TensorInfo, tensor_nbytes, value_info_to_tensor_info
 from surgeon.names import resolve_tensors
 from surgeon.runner import RunOptions
@@ -269,18 +269,32 @@ def inference_skeleton(model: Model) -> onnx.ModelProto:
 
 def infer_infos(model: Model) -> dict[str, TensorInfo]:
     """Everything ONNX shape inference can say about the main graph's tensors (empty if
-    inference gives up, which it does on some real models)."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(
-            inference_skeleton(model), check_type=False, strict_mode=False, data_prop=True
-        )
-    except Exception:
-        return {}
-    g = inferred.graph
-    return {
-        v.name: _clean(value_info_to_tensor_info(v))
-        for v in list(g.value_info) + list(g.input) + list(g.output)
-    }
+    inference gives up, which it does on some real models).
+
+    Inference keeps the value_info and output shapes a model declares even when they are
+    stale (exporters and older edits leave wrong ones, and onnxruntime runs such models),
+    so it runs twice: from the inputs alone, which wins wherever it can tell, and with the
+    declarations, which fills in what only they say (e.g. after a custom op).
+    """
+    fresh = inference_skeleton(model)
+    del fresh.graph.value_info[:]
+    for o in fresh.graph.output:
+        if o.type.HasField("tensor_type"):
+            o.type.tensor_type.ClearField("shape")
+    found: dict[str, TensorInfo] = {}
+    for skeleton in (fresh, inference_skeleton(model)):
+        try:
+            inferred = onnx.shape_inference.infer_shapes(
+                skeleton, check_type=False, strict_mode=False, data_prop=True
+            )
+        except Exception:
+            continue
+        g = inferred.graph
+        for v in list(g.value_info) + list(g.input) + list(g.output):
+            info = _clean(value_info_to_tensor_info(v))
+            if not _known(found.get(v.name)):
+                found[v.name] = info
+    return found
 
 
 def _ort_types(model: Model, names: Sequence[str], options: RunOptions) -> dict[str, TensorInfo]:
@@ -372,15 +386,15 @@ def learn_from_runs(
     from surgeon.runner import run
 
     notes: list[str] = []
-    if feeds is not None:
-        first_shapes = {k: tuple(getattr(v, "shape", ())) for k, v in feeds.items()}
-        first = run(model, feeds, outputs=names, options=options)
-    else:
-        first_shapes = resolve_shapes(model, feed_options)
-        first = run(model, make_feeds(model, feed_options), outputs=names, options=options)
+    caller_feeds = feeds is not None
+    if feeds is None:
+        feeds = make_feeds(model, feed_options)
+    # The shapes the feeds really have (an .npz may give an input of unknown rank).
+    first_shapes = {k: tuple(getattr(v, "shape", ())) for k, v in feeds.items()}
+    first = run(model, feeds, outputs=names, options=options)
     second = None
     dynamic = [i for i in model.inputs if i.is_dynamic]
-    if dynamic and not feed_options.npz and feeds is None:
+    if dynamic and not feed_options.npz and not caller_feeds:
         shapes2 = _second_sizes(model, first_shapes)
         try:
             feeds2 = make_feeds(model, FeedOptions(seed=feed_options.seed, shapes=shapes2))
@@ -404,6 +418,11 @@ def learn_from_runs(
                         by_values[key].append(d)
     learned = {}
     for n in names:
+        if first[n] is None or isinstance(first[n], (list, tuple, dict)):
+            # A sequence, optional or map: no dtype or shape; its ONNX type comes from
+            # non_tensor_types().
+            learned[n] = TensorInfo(n, None, None)
+            continue
         a = np.asarray(first[n])
         shape: tuple | None = tuple(int(d) for d in a.shape)
         if second is not None:
@@ -484,8 +503,45 @@ def _value_info(info: TensorInfo) -> onnx.ValueInfoProto:
 
 
 # ---------------------------------------------------------------------- the edit
-def build_subgraph(model: Model, plan: Mapping, infos: Mapping[str, TensorInfo]) -> Model:
-    """A new Model holding only what ``plan`` keeps, with typed inputs and outputs."""
+def non_tensor_types(model: Model, names: Sequence[str]) -> dict[str, onnx.TypeProto]:
+    """ONNX types of those ``names`` that are not tensors (sequences, optionals, maps),
+    from the model's declarations or ONNX shape inference; a TensorInfo cannot hold them,
+    so build_subgraph copies these to the boundary as they are."""
+    wanted = set(names)
+    g = model.proto.graph
+    candidates = list(g.input) + list(g.output) + list(g.value_info)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(
+            inference_skeleton(model), check_type=False, strict_mode=False
+        )
+        candidates += list(inferred.graph.value_info) + list(inferred.graph.output)
+    except Exception:  # inference gives up on some models
+        pass
+    found: dict[str, onnx.TypeProto] = {}
+    for vi in candidates:
+        kind = vi.type.WhichOneof("value")
+        if vi.name in wanted and vi.name not in found and kind not in (None, "tensor_type"):
+            found[vi.name] = vi.type
+    return found
+
+
+def build_subgraph(
+    model: Model,
+    plan: Mapping,
+    infos: Mapping[str, TensorInfo],
+    types: Mapping[str, onnx.TypeProto] | None = None,
+) -> Model:
+    """A new Model holding only what ``plan`` keeps, with typed inputs and outputs
+    (``types`` gives the boundary tensors that are sequences, optionals or maps)."""
+    types = types or {}
+
+    def boundary_value_info(name: str) -> onnx.ValueInfoProto:
+        if name in types:
+            vi = onnx.ValueInfoProto(name=name)
+            vi.type.CopyFrom(types[name])
+            return vi
+        return _value_info(infos[name])
+
     src = model.proto
     proto = onnx.ModelProto()
     for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
@@ -499,7 +555,7 @@ def build_subgraph(model: Model, plan: Mapping, infos: Mapping[str, TensorInfo])
     g.doc_string = sg.doc_string
     declared_inputs = {v.name: v for v in sg.input}
     for name in plan["inputs"]:
-        g.input.append(declared_inputs.get(name) or _value_info(infos[name]))
+        g.input.append(declared_inputs.get(name) or boundary_value_info(name))
     keep_inits = set(plan["initializers"])
     # CopyFrom, not a reference: the original Model keeps its own tensors (no aliasing).
     g.initializer.extend(t for t in sg.initializer if t.name in keep_inits)
@@ -507,7 +563,7 @@ def build_subgraph(model: Model, plan: Mapping, infos: Mapping[str, TensorInfo])
     g.sparse_initializer.extend(s for s in sg.sparse_initializer if s.values.name in keep_sparse)
     g.node.extend(sg.node[i] for i in plan["nodes"])
     for name in plan["outputs"]:
-        g.output.append(_value_info(infos[name]))
+        g.output.append(boundary_value_info(name))
     produced = {o for n in g.node for o in n.output if o}
     boundary = set(plan["inputs"]) | set(plan["outputs"])
     g.value_info.extend(v for v in sg.value_info if v.name in produced and v.name not in boundary)
@@ -566,7 +622,10 @@ def extract(
     plan = plan_extract(model, inputs, outputs)
     boundary = list(dict.fromkeys(plan["inputs"] + plan["outputs"]))
     infos, source, notes = boundary_infos(model, boundary, feed_options, options, feeds=feeds)
-    sub = build_subgraph(model, plan, infos)
+    untyped = [n for n in boundary if infos[n].dtype is None]
+    types = non_tensor_types(model, untyped) if untyped else {}
+    # (``types`` only when there are any: callers may wrap the three-argument form.)
+    sub = build_subgraph(model, plan, infos, types) if types else build_subgraph(model, plan, infos)
     params = {"inputs": plan["inputs"], "outputs": plan["outputs"]}
     sub.with_provenance("extract", params)
     report = None

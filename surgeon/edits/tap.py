@@ -8,6 +8,7 @@ tensor when it builds a session (no run needed).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -78,15 +79,24 @@ def not_tappable(model: Model) -> dict[str, str]:
     return subgraph_tensors(model)
 
 
-def learn_types(model: Model, names: Sequence[str]) -> dict[str, onnx.TypeProto]:
+def learn_types(
+    model: Model, names: Sequence[str], options: RunOptions | None = None
+) -> dict[str, onnx.TypeProto]:
     """Types for ``names``: ONNX shape inference first, onnxruntime for the rest.
 
     onnxruntime types every tensor while building a session, so asking it costs a session,
-    not a run.
+    not a run. ``options`` provides the custom op libraries that session needs (its
+    optimisation level is always "disabled": typing needs no optimisation).
     """
+    from surgeon.edits.extract import inference_skeleton
+
     found: dict[str, onnx.TypeProto] = {}
     try:
-        inferred = onnx.shape_inference.infer_shapes(model.proto, strict_mode=False, data_prop=True)
+        # The skeleton turns large initializers into typed inputs: inference serialises
+        # the model, which would copy every weight several times (and fail above 2 GB).
+        inferred = onnx.shape_inference.infer_shapes(
+            inference_skeleton(model), strict_mode=False, data_prop=True
+        )
         infos = list(inferred.graph.value_info) + list(inferred.graph.output)
     except Exception:  # inference gives up on some real models; onnxruntime still can type them
         infos = list(model.proto.graph.value_info) + list(model.proto.graph.output)
@@ -97,7 +107,12 @@ def learn_types(model: Model, names: Sequence[str]) -> dict[str, onnx.TypeProto]
     if rest:
         from surgeon.runner import Session
 
-        session = Session(model, extra_outputs=rest, options=RunOptions(optimization="disabled"))
+        libraries = options.custom_op_libraries if options is not None else ()
+        session = Session(
+            model,
+            extra_outputs=rest,
+            options=RunOptions(optimization="disabled", custom_op_libraries=libraries),
+        )
         for out in session._session.get_outputs():
             if out.name in rest:
                 t = _type_from_ort(out.type, out.shape)
@@ -160,6 +175,7 @@ def tap(
     feeds: Mapping[str, np.ndarray] | None = None,
     feed_options: FeedOptions = FeedOptions(),
     verify: bool = True,
+    custom_op_libraries: Sequence[str] = (),
 ) -> Edited:
     """Expose intermediate tensors of ``model`` as graph outputs.
 
@@ -169,6 +185,8 @@ def tap(
         ops: Op types whose every output is tapped (e.g. ``["Conv"]``).
         feeds, feed_options: Inputs for the verification run.
         verify: Check that every original output stays bit-identical.
+        custom_op_libraries: Shared libraries implementing the model's custom operators
+            (loaded only when given).
 
     Returns:
         Edited with the tapped model; ``details["taps"]`` lists the new outputs in
@@ -183,7 +201,10 @@ def tap(
     ops = list(ops)
     taps = select_taps(model, names, ops=ops)
     new_taps = [t for t in taps if t not in set(model.output_names)]
-    types = learn_types(model, new_taps) if new_taps else {}
+    run_options = dataclasses.replace(
+        VERIFY_OPTIONS, custom_op_libraries=tuple(custom_op_libraries)
+    )
+    types = learn_types(model, new_taps, run_options) if new_taps else {}
     tapped = add_outputs(model, new_taps, types)
     params = {"names": names, "ops": ops}
     tapped.with_provenance("tap", params)
@@ -196,7 +217,7 @@ def tap(
             feeds=feeds,
             feed_options=feed_options,
             tolerance=EXACT,
-            options=VERIFY_OPTIONS,
+            options=run_options,
             title="tap: original outputs unchanged",
         )
     untyped = [t for t in new_taps if t not in types]
