@@ -343,3 +343,31 @@ def test_json_keys(cli):
 def test_output_would_overwrite_input(cli, samples):
     res = cli("debug", samples / "two_conv.onnx", "-o", samples / "two_conv.onnx")
     assert res.status == 2 and "--inplace" in res.stderr
+
+
+@pytest.mark.parametrize("keep_values", [False, True])
+def test_declared_shapes_that_lie_are_reported(tmp_path, keep_values):
+    m = parse("""<ir_version: 8, opset_import: ["" : 17]>
+    agraph (float[2, 8] x) => (float[2, 4] y) {
+        a = Relu (x)
+        y = Identity (a)
+    }""")
+    m.graph.value_info.append(
+        onnx.helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [2, 3])
+    )
+    report = debug(load(write(m, tmp_path / "liar.onnx")), DebugOptions(keep_values=keep_values))
+    found = {(x.name, x.kind) for x in report.shape_mismatches}
+    assert found == {("a", "dim"), ("y", "dim")}
+    assert report  # informational: not a failure
+    assert report.to_dict()["declared_shape_mismatches"][0]["name"] == "a"
+
+
+def test_float16_tap_check_failure_explains_itself():
+    from surgeon.compare import DiffReport, TensorDiff
+    from surgeon.debugging import DebugReport
+
+    failing = DiffReport(
+        "tap check", "m", "m", [TensorDiff("y", "y", "mismatch", mismatches=3, size=8)]
+    )
+    report = DebugReport("m.onnx", [], failing, {}, {}, 0, "disabled", float16=True)
+    assert "float16 model" in report.verdict() and "--optimization all" in report.verdict()

@@ -165,6 +165,22 @@ def render_debug(console: Console, report, rows: int = 40) -> None:
                 style="dim",
             )
         )
+    if report.shape_mismatches:
+        console.print(
+            Text(
+                f"declared vs real: {len(report.shape_mismatches)} tensor(s) differ from what the model declares",
+                style="yellow",
+            )
+        )
+        for m in report.shape_mismatches[:5]:
+            console.print(Text("  - " + m.message, style="yellow"))
+        if len(report.shape_mismatches) > 5:
+            console.print(
+                Text(
+                    f"  ... and {len(report.shape_mismatches) - 5} more (--json lists all)",
+                    style="dim",
+                )
+            )
     if report.not_tappable:
         names = ", ".join(f"{t} (in {n})" for t, n in list(report.not_tappable.items())[:8])
         more = f" and {len(report.not_tappable) - 8} more" if len(report.not_tappable) > 8 else ""

@@ -164,6 +164,10 @@ def debug_html(report) -> str:
                 f"<td class='l'>{esc(', '.join(s.flags))}</td></tr>"
             )
         out.append("</table>")
+    if report.shape_mismatches:
+        out.append("<h2>Declared vs real shapes</h2><ul>")
+        out += [f"<li>{esc(m.message)}</li>" for m in report.shape_mismatches]
+        out.append("</ul>")
     if report.not_tappable:
         out.append(
             "<h2>Not tappable</h2><p>Tensors inside If/Loop/Scan bodies cannot be exposed from the main graph:</p><ul>"
