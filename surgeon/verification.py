@@ -10,6 +10,7 @@ sequence (what a merge must reproduce).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +19,7 @@ from surgeon.compare import DiffReport, Tolerance, compare_named, extra
 from surgeon.errors import SurgeonError, close_matches, did_you_mean
 from surgeon.feeds import FeedOptions, describe_feeds, make_feeds
 from surgeon.model import Model
-from surgeon.runner import RunOptions, run
+from surgeon.runner import RunOptions, Session, run
 
 
 @dataclass
@@ -161,7 +162,22 @@ def verify(
             f"cannot verify {candidate.name} against {reference.name}", problems=problems
         )
     ref_needed = [r for _, r in pairs] + list(candidate_inputs.values())
-    expected = _compute(reference, feeds, ref_needed, reference_options)
+    cand_names = set(candidate.tensor_names())
+    wanted = list(
+        dict.fromkeys([c for c, _ in pairs if c in cand_names] + [e for e in extras] + list(fetch))
+    )
+    # The reference runs in a worker thread while the candidate's session is built here:
+    # onnxruntime releases the GIL in both, so the two overlap (about one session's
+    # creation saved per verification, which users of `debug` wait for).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(_compute, reference, feeds, ref_needed, reference_options)
+        try:
+            session = Session(candidate, extra_outputs=wanted, options=options)
+        finally:
+            expected_error = pending.exception()
+        if expected_error is not None:
+            raise expected_error
+        expected = pending.result()
 
     cand_feeds = {}
     problems = []
@@ -196,9 +212,7 @@ def verify(
             "feeds each candidate input (candidate_inputs).",
         )
 
-    cand_names = set(candidate.tensor_names())
-    wanted = [c for c, _ in pairs if c in cand_names] + [e for e in extras] + list(fetch)
-    actual = run(candidate, cand_feeds, outputs=list(dict.fromkeys(wanted)), options=options)
+    actual = session.run(cand_feeds, wanted)
     if collect is not None:
         collect.update(actual)
     for c, _ in pairs:  # inputs passed straight through
