@@ -18,9 +18,10 @@ PARAMS = {
 }
 
 
-def plan_cut(model: surgeon.Model, at: str) -> tuple[list[str], list[str]]:
-    """The tensors that cross the cut (made on the head's side, read by the tail or an
-    output; `at` first) and the graph inputs the tail reads directly."""
+def plan_cut(model: surgeon.Model, at: str) -> tuple[list[str], list[str], list[str]]:
+    """The graph inputs the head reads, the tensors that cross the cut (made on the head's
+    side, read by the tail or an output; `at` first) and the graph inputs the tail reads
+    directly."""
     graph = model.proto.graph
     producer = {o: n for n in graph.node for o in n.output if o}
     head, stack = set(), [at]
@@ -36,19 +37,27 @@ def plan_cut(model: surgeon.Model, at: str) -> tuple[list[str], list[str]]:
     made_in_head = [o for n in graph.node if id(n) in head for o in n.output if o]
     cut = [at] + [t for t in made_in_head if t in read_by_tail and t != at]
     tail_graph_inputs = [i for i in model.input_names if i in read_by_tail and i not in cut]
-    return cut, tail_graph_inputs
+    read_by_head = {x for n in graph.node if id(n) in head for x in n.input}
+    head_graph_inputs = [i for i in model.input_names if i in read_by_head]
+    return head_graph_inputs, cut, tail_graph_inputs
 
 
 def recipe(models: list[surgeon.Model], at: str):
     """Return {"head": Edited, "tail": Edited}; the chain is verified as a step too."""
     model = models[0]
     model.require_tensor(at)
-    cut, tail_graph_inputs = plan_cut(model, at)
-    head = surgeon.extract(model, model.input_names, cut)
+    head_inputs, cut, tail_graph_inputs = plan_cut(model, at)
+    head = surgeon.extract(model, head_inputs, cut)
     tail = surgeon.extract(model, cut + tail_graph_inputs, model.output_names)
     chain = surgeon.Chain([head.model, tail.model])
+    # Feeds for every input of the original: the tail may read inputs the head does not.
+    feeds = surgeon.make_feeds(model)
     report = surgeon.verify(
-        model, chain, tolerance=surgeon.EXACT, title="split: head -> tail equals the original"
+        model,
+        chain,
+        feeds=feeds,
+        tolerance=surgeon.EXACT,
+        title="split: head -> tail equals the original",
     )
     surgeon.Edited(tail.model, report, "split-check", {"at": at, "cut": cut})
     return {"head": head, "tail": tail}

@@ -109,6 +109,11 @@ def recipe(
         exporter=exporter,
         sizes={"H": others, "W": others},
     )
+    # The export's own check (onnxruntime vs PyTorch at every size) is its verification:
+    # recorded as a step, so `surgeon run` shows it and saves only a checked model.
+    exported = surgeon.Edited(
+        check.model, check, "torch-export", {"exporter": exporter, "sizes": others}
+    )
     if not check:
         raise surgeon.VerificationFailed(check.summary())
     if reused:
@@ -122,4 +127,4 @@ def recipe(
     # 2. Capture activations keyed by ONNX tensor name; 3. compare layer by layer.
     captured = surgeon_torch.capture(module, (x,), onnx_model=check.model, path=acts or None)
     layers = surgeon.debug(check.model, surgeon.DebugOptions(reference=captured.arrays()))
-    return {"two_conv": check.model, "export_check": check, "layers": layers}
+    return {"two_conv": exported, "export_check": check, "layers": layers}

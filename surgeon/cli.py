@@ -76,7 +76,10 @@ def _common_parent() -> argparse.ArgumentParser:
 
 
 class _Parser(argparse.ArgumentParser):
+    last_error: str | None = None  # for --json: the usage error, written as a document
+
     def error(self, message):  # one paragraph, exit 2
+        _Parser.last_error = f"{self.prog}: {message}"
         self.print_usage(sys.stderr)
         self.exit(ExitStatus.BAD_INPUT, f"{self.prog}: error: {message}\n")
 
@@ -114,10 +117,28 @@ def main(argv: list[str] | None = None, console=None, err_console=None) -> int:
         err_console: rich Console for messages and progress (default: stderr).
     """
     parser = build_parser()
+    _Parser.last_error = None
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, or a usage error
-        return int(e.code or 0) if not isinstance(e.code, str) else ExitStatus.BAD_INPUT
+        code = int(e.code or 0) if not isinstance(e.code, str) else ExitStatus.BAD_INPUT
+        args_given = sys.argv[1:] if argv is None else argv
+        if code == ExitStatus.BAD_INPUT and "--json" in args_given and _Parser.last_error:
+            import json
+
+            doc = {
+                "schema": "surgeon.error/1",
+                "error": "UsageError",
+                "message": _Parser.last_error,
+                "problems": [],
+                "hint": "Run `surgeon COMMAND --help` for the options.",
+                "suggestions": [],
+                "exit_code": int(ExitStatus.BAD_INPUT),
+            }
+            out = console.file if console is not None else sys.stdout
+            out.write(json.dumps(doc, indent=2) + "\n")
+            out.flush()
+        return code
     if not getattr(args, "command", None):
         parser.print_help(sys.stdout)
         return ExitStatus.BAD_INPUT

@@ -21,7 +21,8 @@ DIFF_SCHEMA = "surgeon.diff/1"
 class Tolerance:
     """When two tensors count as equal.
 
-    An element matches when ``|actual - expected| <= atol + rtol * |expected|``; NaN
+    An element matches when ``|actual - expected| <= atol + rtol * |expected|`` (for
+    integer tensors ``<= atol``: no relative slack on ids and indices); NaN
     matches NaN and an infinity matches the same infinity. With ``exact`` the elements
     must be bit-identical instead (what edits that should not touch the maths promise).
 
@@ -33,6 +34,9 @@ class Tolerance:
     atol: float = 1e-5
     rtol: float = 1e-5
     exact: bool = False
+    # Compare numeric tensors of different dtypes by value (e.g. a float16 conversion
+    # against its float32 original); the dtype difference is then noted, not a failure.
+    cast: bool = False
 
     def __post_init__(self):
         # NaN would make every `diff <= limit` false and a negative value can never be
@@ -53,6 +57,7 @@ class Tolerance:
             "atol": json_number(self.atol),
             "rtol": json_number(self.rtol),
             "exact": self.exact,
+            "cast": self.cast,
         }
 
 
@@ -204,6 +209,10 @@ def compare_arrays(
         with np.errstate(invalid="ignore", over="ignore"):
             diff = np.abs(a_num - b_num)
             limit = tolerance.atol + tolerance.rtol * np.abs(b_num)
+            if b.dtype.kind in "iub" and a.dtype.kind in "iub":
+                # Integers (indices, classes, counts, token ids) get no relative slack:
+                # 200001 vs 200000 is a different id, whatever rtol says.
+                limit = tolerance.atol
             same = (a_num == b_num) | both_nan | (both_finite & (diff <= limit))
             if tolerance.exact:  # dtypes differ: values must be equal
                 same = (a_num == b_num) | both_nan
@@ -232,10 +241,17 @@ def compare_arrays(
         d.status = "mismatch"
         d.message = f"{d.mismatches} of {d.size} elements differ"
     if a.dtype != b.dtype:
-        d.status = "dtype"
-        d.message = f"dtype {a.dtype.name} != reference {b.dtype.name}" + (
-            f"; {d.message}" if d.message else ""
-        )
+        note = f"dtype {a.dtype.name} != reference {b.dtype.name}"
+        if (
+            tolerance.cast
+            and not tolerance.exact
+            and a.dtype.kind in "fiub"
+            and b.dtype.kind in "fiub"
+        ):
+            note = f"compared by value: {note}"
+        else:
+            d.status = "dtype"
+        d.message = note + (f"; {d.message}" if d.message else "")
     return d
 
 

@@ -173,6 +173,7 @@ class DebugReport:
     shape_mismatches: list = field(default_factory=list)  # declared vs real (ShapeMismatch)
     float16: bool = False  # the model computes in float16 (matters for the tap check)
     values: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    feed_values: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def diverged(self) -> list[LayerDiff]:
@@ -647,6 +648,7 @@ def debug(
         first_anomaly=first_anomaly,
         mode=mode,
     )
+    report.feed_values = dict(feeds)
     report.float16 = any(s.dtype == "float16" for s in stats)
     report.shape_mismatches = _declared_vs_real(
         model, feeds, stats, values if mode == "values" else collected
@@ -777,11 +779,13 @@ def _compare(report, model, taps, values, feeds, ref, options, info, origin, run
 
 
 def save_values(report: DebugReport, path: str | Path) -> Path:
-    """Write the tapped tensors to an ``.npz`` (keys = tensor names), atomically."""
+    """Write the tapped tensors and the inputs that produced them to an ``.npz`` (keys =
+    tensor names), atomically; the file can be given back as ``--ref``."""
     from surgeon.fileio import atomic_write
 
     # Tensors only: a sequence or an empty optional has no .npz form.
-    arrays = {k: v for k, v in report.values.items() if isinstance(v, np.ndarray)}
+    merged = {**report.feed_values, **report.values}
+    arrays = {k: v for k, v in merged.items() if isinstance(v, np.ndarray)}
     return atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 

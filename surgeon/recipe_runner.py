@@ -205,6 +205,7 @@ class Recorder:
     def __init__(self, keep_going: bool = False):
         self.keep_going = keep_going
         self.steps: list[Step] = []
+        self.models: list[Model] = []  # every model a verified edit produced
         self._last = time.perf_counter()
 
     def record(self, edited: Edited) -> None:
@@ -227,6 +228,7 @@ class Recorder:
         )
         self._last = now
         self.steps.append(step)
+        self.models.append(edited.model)
         if not step.passed and not self.keep_going:
             raise VerificationFailed(
                 f"step {step.index} ({step.edit}) failed verification: {summary}", report=report
@@ -344,6 +346,25 @@ def run_recipe(
         RECORDER.reset(token)
         result.seconds = time.perf_counter() - start
     result.outputs, result.reports = _normalise(value, label)
+    # A model handed back without going through a verified edit (e.g. edited with
+    # onnx-graphsurgeon directly) is a step that cannot pass: nothing unverified is saved.
+    for key, model in result.outputs.items():
+        if not any(model is m for m in recorder.models):
+            recorder.steps.append(
+                Step(
+                    index=len(recorder.steps) + 1,
+                    edit="unverified result",
+                    params={"output": key},
+                    passed=False,
+                    summary=f"`{key}` was not produced by a verified edit (return the Edited, not a bare Model)",
+                    seconds=0.0,
+                )
+            )
+    if not result.passed and not keep_going:
+        failed = next(s for s in recorder.steps if not s.passed)
+        err = VerificationFailed(f"step {failed.index} ({failed.edit}) failed: {failed.summary}")
+        err.result = result
+        raise err
     for model in result.outputs.values():
         model.with_provenance(f"recipe:{label}", params)
     return result

@@ -78,7 +78,8 @@ def _session_options(options: RunOptions):
         if not Path(lib).is_file():
             raise SurgeonError(f"custom op library {lib} does not exist")
         try:
-            so.register_custom_ops_library(str(lib))
+            # Absolute: dlopen does not search the current folder for a bare file name.
+            so.register_custom_ops_library(str(Path(lib).resolve()))
         except Exception as e:
             raise SurgeonError(f"cannot load custom op library {lib}: {_first_line(e)}") from None
     return so

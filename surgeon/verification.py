@@ -10,7 +10,6 @@ sequence (what a merge must reproduce).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -166,21 +165,15 @@ def verify(
     wanted = list(
         dict.fromkeys([c for c, _ in pairs if c in cand_names] + [e for e in extras] + list(fetch))
     )
-    # The reference runs in a worker thread while the candidate's session is built here:
-    # onnxruntime releases the GIL in both, so the two overlap (about one session's
-    # creation saved per verification, which users of `debug` wait for).
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(_compute, reference, feeds, ref_needed, reference_options)
-        try:
-            session = Session(candidate, extra_outputs=wanted, options=options)
-        finally:
-            expected_error = pending.exception()
-        if expected_error is not None:
-            raise expected_error
-        expected = pending.result()
+    expected = _compute(reference, feeds, ref_needed, reference_options)
+    # (Not overlapped with the candidate's session creation in a thread: the runner
+    # silences onnxruntime's stdout chatter with a process-wide redirect, which two
+    # threads would interleave and lose the CLI's own output.)
+    session = Session(candidate, extra_outputs=wanted, options=options)
 
     cand_feeds = {}
     problems = []
+    renamed_from = {v: k for k, v in name_map.items()}  # candidate name -> reference name
     for inp in candidate.input_names:
         source = candidate_inputs.get(inp)
         if source is not None:
@@ -188,22 +181,22 @@ def verify(
                 problems.append(f"the reference does not produce `{source}` to feed `{inp}`")
             else:
                 cand_feeds[inp] = expected[source]
-        elif inp in feeds:
+        elif inp in renamed_from and renamed_from[inp] in feeds:
+            # A renamed input takes the value of its reference name, even when another
+            # reference input has its new name (a swap: a->b, b->a).
+            cand_feeds[inp] = feeds[renamed_from[inp]]
+        elif inp in feeds and inp not in name_map:
             cand_feeds[inp] = feeds[inp]
         else:
-            ref_in = {v: k for k, v in name_map.items()}.get(inp)
-            if ref_in is not None and ref_in in feeds:
-                cand_feeds[inp] = feeds[ref_in]
-            else:
-                near = close_matches(inp, feeds)
-                problems.append(
-                    f"candidate input `{inp}` has no value: it is not a reference input and not mapped"
-                    + (
-                        "; reference inputs like it: " + ", ".join(f"`{n}`" for n in near)
-                        if near
-                        else ""
-                    )
+            near = close_matches(inp, feeds)
+            problems.append(
+                f"candidate input `{inp}` has no value: it is not a reference input and not mapped"
+                + (
+                    "; reference inputs like it: " + ", ".join(f"`{n}`" for n in near)
+                    if near
+                    else ""
                 )
+            )
     if problems:
         raise SurgeonError(
             f"cannot verify {candidate.name} against {reference.name}",
@@ -212,6 +205,23 @@ def verify(
             "feeds each candidate input (candidate_inputs).",
         )
 
+    notes = []
+    # The same values in the candidate's input dtype, e.g. a float16 conversion checked
+    # against its float32 original (the comparison then happens in the reference dtype).
+    declared = {i.name: i.dtype for i in candidate.inputs}
+    for inp, value in list(cand_feeds.items()):
+        want = declared.get(inp)
+        if (
+            want
+            and isinstance(value, np.ndarray)
+            and value.dtype.kind in "fiub"
+            and value.dtype.name != want
+        ):
+            try:
+                cand_feeds[inp] = value.astype(want)
+            except TypeError:
+                continue
+            notes.append(f"input `{inp}` fed as {want} (the reference's is {value.dtype.name})")
     actual = session.run(cand_feeds, wanted)
     if collect is not None:
         collect.update(actual)
@@ -220,7 +230,6 @@ def verify(
             actual[c] = cand_feeds[c]
     tensors = compare_named(actual, expected, pairs, tolerance)
     tensors += [extra(e, actual.get(e)) for e in extras]
-    notes = []
     if options.optimization != reference_options.optimization:
         notes.append(
             f"candidate ran with optimization={options.optimization}, reference with optimization={reference_options.optimization}"

@@ -81,3 +81,30 @@ def test_builtin_recipes_work_from_a_source_checkout():
     )
     assert res.returncode == 0, res.stdout + res.stderr
     assert '"split_model"' in res.stdout
+
+
+def test_usage_error_with_json_is_also_a_json_document(cli, capsys):
+    import json
+
+    res = cli("diff", "only_one.onnx", "--json")
+    assert res.status == 2
+    doc = json.loads(res.stdout)
+    assert doc["schema"] == "surgeon.error/1" and doc["exit_code"] == 2
+    assert "required" in doc["message"]
+
+
+def test_a_name_mapped_twice_is_an_error(cli, tmp_path):
+    from conftest import SAMPLES
+
+    res = cli(
+        "rename",
+        SAMPLES / "tiny_yolo.onnx",
+        "--io",
+        "images=a",
+        "--io",
+        "images=b",
+        "-o",
+        tmp_path / "o.onnx",
+    )
+    assert res.status == 2 and "mapped twice" in res.stderr
+    assert not (tmp_path / "o.onnx").exists()

@@ -211,7 +211,7 @@ def test_unusable_tolerance_is_a_user_error(atol, rtol):
 def test_infinite_tolerance_accepts_finite_values_and_serialises():
     tol = Tolerance(float("inf"), 0.0)
     assert compare_arrays(np.array([1e30], np.float32), np.array([0.0], np.float32), tol).passed
-    assert tol.to_dict() == {"atol": "inf", "rtol": 0.0, "exact": False}
+    assert tol.to_dict() == {"atol": "inf", "rtol": 0.0, "exact": False, "cast": False}
 
 
 def _report(tensors, tolerance=Tolerance()):

@@ -30,17 +30,13 @@ REGRESSIONS = [
     "test_split_to_sequence_1",  # sequence-typed boundary of an extraction
     "test_reduce_l2_do_not_keepdims_example_expanded",  # an input that is axes
     "test_affine_grid_2d_expanded",  # an input that is a size; data-dependent shapes
+    "test_affine_grid_3d_expanded",  # dims seen in one run, frozen into an untaken If branch
     "test_range_float_type_positive_delta_expanded",
     "test_attention_4d_fp16_expanded",  # onnxruntime's float16 rounding: not surgeon
 ]
 
 # Known failures attributed to surgeon, with the reason; excluded from the sample.
-KNOWN = {
-    # extract declares the dims it learned from one run of a data-dependent tensor; the
-    # If's untaken branch then fails onnxruntime's load-time shape inference.
-    "test_affine_grid_3d_expanded": "extract: dims learned from one run",
-    "test_affine_grid_3d_align_corners_expanded": "extract: dims learned from one run",
-}
+KNOWN: dict[str, str] = {}
 
 
 def _corpus_module():

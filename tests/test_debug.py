@@ -295,7 +295,7 @@ def test_outputs_written_and_consistent(cli, tmp_path):
     assert tapped.output_names == ["out", "conv0_out"]
     assert tapped.outputs[1].dtype == "float32"
     with np.load(tmp_path / "taps.npz") as z:
-        assert z.files == ["conv0_out"]
+        assert sorted(z.files) == ["conv0_out", "in"]  # the inputs too: usable as --ref
         feeds = make_feeds(
             load(SAMPLES / "two_conv.onnx"), FeedOptions(shapes={"in": (1, 3, 8, 8)})
         )
@@ -371,3 +371,37 @@ def test_float16_tap_check_failure_explains_itself():
     )
     report = DebugReport("m.onnx", [], failing, {}, {}, 0, "disabled", float16=True)
     assert "float16 model" in report.verdict() and "--optimization all" in report.verdict()
+
+
+def test_saved_taps_work_as_reference(cli, tmp_path):
+    res = cli(
+        "debug",
+        SAMPLES / "two_conv.onnx",
+        "--save",
+        tmp_path / "acts.npz",
+        "--shape",
+        "H=8",
+        "--shape",
+        "W=8",
+    )
+    assert res.status == 0, res.stderr
+    res = cli("debug", SAMPLES / "two_conv.onnx", "--ref", tmp_path / "acts.npz", "--json")
+    assert res.status == 0, res.stderr
+    assert len(res.json["comparison"]) == 2 and res.json["root_cause"] is None
+
+
+def test_outputs_may_not_replace_the_reference_or_weights(cli, samples, tmp_path):
+    ref = samples / "two_conv.onnx"
+    before = ref.read_bytes()
+    for flag in ("--html", "--save", "-o"):
+        res = cli("debug", samples / "two_conv.onnx", "--ref", ref, flag, ref)
+        assert res.status == 2, (flag, res.stdout)
+    assert ref.read_bytes() == before
+    data = samples / "ext_weights.onnx.data"
+    before = data.read_bytes()
+    res = cli("debug", samples / "ext_weights.onnx", "--save", data)
+    assert res.status == 2 and data.read_bytes() == before
+    res = cli(
+        "debug", samples / "two_conv.onnx", "--save", tmp_path / "x", "--html", tmp_path / "x"
+    )
+    assert res.status == 2 and "both write" in res.stderr

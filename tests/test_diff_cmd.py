@@ -100,6 +100,7 @@ def test_tolerances_decide(samples):
         "atol": 100.0,
         "rtol": 1e-5,
         "exact": False,
+        "cast": False,
     }
 
 
@@ -238,7 +239,7 @@ def test_json_keys_are_stable_and_documented(samples):
     data = run_cli("diff", model, model, "--json").json
     assert set(data) == DIFF_TOP
     assert set(data["tensors"][0]) == DIFF_TENSOR
-    assert set(data["tolerance"]) == {"atol", "rtol", "exact"}
+    assert set(data["tolerance"]) == {"atol", "rtol", "exact", "cast"}
     assert set(data["feeds"]["images"]) == {"shape", "dtype"}
     assert data["schema"] == "surgeon.diff/1"
     documented = readme_json_keys("diff")
@@ -354,3 +355,66 @@ def test_bad_input_as_json(samples):
     assert res.status == 2
     assert res.json["schema"] == "surgeon.error/1"
     assert res.json["suggestions"] == ["output0"]
+
+
+def test_float16_conversion_against_float32_original(samples, tmp_path):
+    # A float16 model takes float16 inputs: the feeds are cast, and --cast compares the
+    # float16 outputs with the float32 ones by value.
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(samples / "two_conv.onnx"))
+    for t in m.graph.initializer:
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
+    for v in list(m.graph.input) + list(m.graph.output):
+        v.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+    half = tmp_path / "half.onnx"
+    onnx.save(m, str(half))
+    strict = run_cli(
+        "diff", samples / "two_conv.onnx", half, "--atol", "5e-2", "--rtol", "5e-2", "--json"
+    )
+    assert strict.status == 1 and strict.json["tensors"][0]["status"] == "dtype"
+    loose = run_cli(
+        "diff",
+        samples / "two_conv.onnx",
+        half,
+        "--cast",
+        "--atol",
+        "5e-2",
+        "--rtol",
+        "5e-2",
+        "--json",
+    )
+    assert loose.status == 0, loose.stdout
+    assert "compared by value" in loose.json["tensors"][0]["message"]
+    assert any("fed as float16" in n for n in loose.json["notes"])
+
+
+def test_integers_get_no_relative_slack():
+    from surgeon.compare import Tolerance, compare_arrays
+
+    ids = np.array([200000, 7], np.int64)
+    assert not compare_arrays(ids + np.array([1, 0]), ids, Tolerance(atol=0.0, rtol=1e-5))
+    assert compare_arrays(ids + np.array([1, 0]), ids, Tolerance(atol=1.0, rtol=0.0))
+
+
+def test_swapped_inputs_verify(tmp_path):
+    import onnx
+
+    from surgeon.model import load
+    from surgeon.verification import verify
+
+    sub = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+    g (float[3] a, float[3] b) => (y) { y = Sub(a, b) }""")
+    swapped = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+    g (float[3] b, float[3] a) => (y) { y = Sub(b, a) }""")
+    onnx.save(sub, str(tmp_path / "sub.onnx"))
+    onnx.save(swapped, str(tmp_path / "swapped.onnx"))
+    report = verify(
+        load(tmp_path / "swapped.onnx"), load(tmp_path / "sub.onnx"), name_map={"a": "b", "b": "a"}
+    )
+    assert report, report.summary()
+    res = run_cli(
+        "diff", tmp_path / "sub.onnx", tmp_path / "swapped.onnx", "--map", "a=b", "--map", "b=a"
+    )
+    assert res.status == 0, res.stdout + res.stderr

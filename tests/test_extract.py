@@ -228,7 +228,7 @@ def test_types_that_only_a_run_can_tell_keep_symbolic_dims():
     }
 
 
-def test_types_learned_from_one_run_are_concrete_and_say_so():
+def test_dims_seen_in_one_run_only_are_left_unknown_and_say_so():
     model = Model(
         parse("""<ir_version: 8, opset_import: ["" : 17]>
     agraph (float[2, K, 1] x) => (y) {
@@ -240,10 +240,63 @@ def test_types_learned_from_one_run_are_concrete_and_say_so():
     model.proto.graph.initializer.append(
         onnx.numpy_helper.from_array(np.array([2, 4, 16], np.int64), "shp")
     )
-    # the second run (K moved to 96) cannot reshape to 2x4x16, so only one run counts
+    # the second run (K moved to 96) cannot reshape to 2x4x16, so only one run counts:
+    # the rank is learned, the dims are not (64 follows K; nothing says so)
     learned, notes = learn_from_runs(model, ["s"])
-    assert learned["s"].shape == (2, 64)
-    assert notes and "one run" in notes[0]
+    assert learned["s"].shape == (None, None)
+    assert notes and "one run" in notes[0] and "fails at other input sizes" in notes[0]
+
+
+# The shape of `t` follows the values of `size` (static shape, so there is no second run
+# at other sizes) and no static source knows its rank (Squeeze without axes). The If's
+# then-branch squeezes axis 1 of `t`; it never runs at these feeds (c is false), but
+# onnxruntime type-checks both branches when it loads a model.
+DATA_DEPENDENT_IF = """<ir_version: 8, opset_import: ["" : 17]>
+agraph (int64[3] size, bool c) => (y) {
+    full = ConstantOfShape <value = float[1] {1.5}> (size)
+    t = Squeeze(full)
+    axis = Constant <value = int64[1] {1}> ()
+    y = If(c) <
+        then_branch = g1 () => (float[] then_out) { then_out = Squeeze(t, axis) },
+        else_branch = g2 () => (float[] else_out) { else_out = Identity(t) }
+    >
+}"""
+
+
+def test_dims_of_a_data_dependent_cut_are_not_frozen_into_an_untaken_branch(tmp_path):
+    """Regression (onnx corpus: test_affine_grid_3d_expanded): the cut input was declared
+    with the dims of one run, and onnxruntime refused to load the subgraph because the If
+    branch that does not run squeezes an axis that is 4 there."""
+    import onnxruntime as ort
+
+    model = Model(parse(DATA_DEPENDENT_IF))
+    feeds = {"size": np.array([3, 4, 1], np.int64), "c": np.array(False)}
+    edited = extract(model, ["t", "c"], ["y"], feeds=feeds)
+    assert edited.passed, edited.report.summary()
+    t_info = edited.details["inputs"][0]
+    assert t_info == {"name": "t", "dtype": "float32", "shape": [None, None], "source": "run"}
+    assert "one run" in edited.details["notes"][0]
+    assert "`t`" in edited.details["notes"][0] and "static" in edited.details["notes"][0]
+
+    # a plain onnxruntime session loads the subgraph and gives the else-branch's value
+    path = surgeon.save(edited.model, tmp_path / "sub.onnx")
+    t = np.full((3, 4), 1.5, np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (y,) = session.run(["y"], {"t": t, "c": np.array(False)})
+    np.testing.assert_array_equal(y, t)
+    # ... and at other sizes, where the then-branch runs too (independent: numpy)
+    t2 = np.arange(6, dtype=np.float32).reshape(6, 1)
+    (y2,) = session.run(["y"], {"t": t2, "c": np.array(True)})
+    np.testing.assert_array_equal(y2, t2[:, 0])
+
+    # The model does exercise the failure: with the dims of the run declared, onnxruntime
+    # refuses to load the same subgraph.
+    frozen = onnx.ModelProto()
+    frozen.CopyFrom(edited.model.proto)
+    dims = frozen.graph.input[0].type.tensor_type.shape.dim
+    dims[0].dim_value, dims[1].dim_value = 3, 4
+    with pytest.raises(Exception, match="Squeeze"):
+        ort.InferenceSession(frozen.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 # ---------------------------------------------------------------------- errors
@@ -388,3 +441,20 @@ def test_cut_backbone_recipe(samples):
     assert set(cut_backbone.PARAMS) == {"prefix", "outputs", "inputs"}
     with pytest.raises(UsageError, match="no node"):
         cut_backbone.recipe([model], prefix="trunk/")
+
+
+def test_nothing_between_inputs_and_outputs_is_an_error(tmp_path):
+    from conftest import SAMPLES, run_cli
+
+    res = run_cli(
+        "extract",
+        SAMPLES / "tiny_yolo.onnx",
+        "--inputs",
+        "images",
+        "--outputs",
+        "images",
+        "-o",
+        tmp_path / "x.onnx",
+    )
+    assert res.status == 2 and "nothing to extract" in res.stderr
+    assert not (tmp_path / "x.onnx").exists()

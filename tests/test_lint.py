@@ -16,5 +16,7 @@ RUFF = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.whi
 
 @pytest.mark.skipif(RUFF is None, reason="ruff is installed by the [test] extra")
 def test_ruff_check_is_clean():
-    res = subprocess.run([RUFF, "check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True)
+    res = subprocess.run(
+        [RUFF, "check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True
+    )
     assert res.returncode == 0, res.stdout + res.stderr

@@ -15,14 +15,24 @@ def test_readme_recipe_runs(cli, tmp_path):
     block = README.split("A complete recipe file")[1].split("```python")[1].split("```")[0]
     recipe = tmp_path / "my_recipe.py"
     recipe.write_text(block)
-    res = cli("run", recipe, SAMPLES / "tiny_yolo.onnx", "--param", "node=backbone/conv1", "-o", tmp_path / "head.onnx")
+    res = cli(
+        "run",
+        recipe,
+        SAMPLES / "tiny_yolo.onnx",
+        "--param",
+        "node=backbone/conv1",
+        "-o",
+        tmp_path / "head.onnx",
+    )
     assert res.status == 0, res.stderr
     assert "PASS: recipe my_recipe.py: 2 step(s), every verification passed" in res.stdout
 
 
 def test_readme_tours_every_command():
     for name in COMMANDS:
-        assert re.search(rf"`surgeon {re.escape(name)}\b", README), f"README has no tour of `surgeon {name}`"
+        assert re.search(rf"`surgeon {re.escape(name)}\b", README), (
+            f"README has no tour of `surgeon {name}`"
+        )
 
 
 def test_ci_runs_the_readme_test_command():

@@ -153,7 +153,15 @@ def test_model_recipe_needs_output(cli, tmp_path):
 
 
 def test_output_may_not_overwrite_input(cli, samples):
-    res = cli("run", "split_model", samples / "tiny_yolo.onnx", "--param", "at=backbone/act2_out", "-o", samples / "tiny_yolo.onnx")
+    res = cli(
+        "run",
+        "split_model",
+        samples / "tiny_yolo.onnx",
+        "--param",
+        "at=backbone/act2_out",
+        "-o",
+        samples / "tiny_yolo.onnx",
+    )
     assert res.status == 2
 
 
@@ -169,14 +177,25 @@ def test_recipes_lists_every_builtin(cli):
 
 # ------------------------------------------------------------ the cookbook, on sample models
 def test_split_model_parts_chain_back(cli, tmp_path):
-    res = cli("run", "split_model", SAMPLES / "tiny_yolo.onnx", "--param", "at=backbone/act2_out", "-o", tmp_path / "parts", "--json")
+    res = cli(
+        "run",
+        "split_model",
+        SAMPLES / "tiny_yolo.onnx",
+        "--param",
+        "at=backbone/act2_out",
+        "-o",
+        tmp_path / "parts",
+        "--json",
+    )
     assert res.status == 0, res.stderr
     assert [s["edit"] for s in res.json["steps"]] == ["extract", "extract", "split-check"]
     head = surgeon.load(tmp_path / "parts" / "head.onnx")
     tail = surgeon.load(tmp_path / "parts" / "tail.onnx")
     assert head.output_names == ["backbone/act2_out"] and tail.input_names == ["backbone/act2_out"]
     original = surgeon.load(SAMPLES / "tiny_yolo.onnx")
-    feeds = surgeon.make_feeds(original, surgeon.FeedOptions(seed=3, shapes={"images": (2, 3, 64, 64)}))
+    feeds = surgeon.make_feeds(
+        original, surgeon.FeedOptions(seed=3, shapes={"images": (2, 3, 64, 64)})
+    )
     mid = surgeon.run(head, feeds)
     out = surgeon.run(tail, mid)["output0"]
     assert np.array_equal(out, surgeon.run(original, feeds)["output0"])
@@ -189,8 +208,76 @@ def test_find_first_nan_recipe(cli):
 
 
 def test_compare_layers_recipe(cli, tmp_path):
-    res = cli("run", "compare_layers", SAMPLES / "two_conv.onnx", SAMPLES / "two_conv.onnx", "--json")
+    res = cli(
+        "run", "compare_layers", SAMPLES / "two_conv.onnx", SAMPLES / "two_conv.onnx", "--json"
+    )
     assert res.status == 0, res.stderr
     assert res.json["reports"][0]["root_cause"] is None
     res = cli("run", "compare_layers", SAMPLES / "two_conv.onnx")
     assert res.status == 2 and "needs a reference" in res.stderr
+
+
+CATCHES = '''
+"""Catches the failed verification and carries on: the run must still fail, writing nothing."""
+import onnx
+import surgeon
+
+def recipe(models):
+    model = models[0]
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    proto.graph.initializer[0].raw_data = bytes(len(proto.graph.initializer[0].raw_data))
+    edited = model.with_proto(proto)
+    try:
+        surgeon.Edited(edited, surgeon.verify(edited, model, tolerance=surgeon.EXACT), "zero-weights")
+    except surgeon.SurgeonError:
+        pass
+    return surgeon.tap(model, ["conv0"])
+'''
+
+BARE = '''
+"""Returns a model edited behind surgeon's back: nothing verified it."""
+import surgeon
+
+def recipe(models):
+    graph = models[0].to_graph()
+    graph.nodes[0].name = "renamed"
+    return surgeon.Model.from_graph(graph, base=models[0])
+'''
+
+
+@pytest.mark.parametrize("text", [CATCHES, BARE], ids=["caught-failure", "bare-model"])
+def test_unverified_or_failed_results_are_never_written(cli, tmp_path, text):
+    recipe = _write(tmp_path, "r.py", text)
+    out = tmp_path / "out.onnx"
+    res = cli("run", recipe, SAMPLES / "two_conv.onnx", "-o", out, "--json")
+    assert res.status == 1
+    assert res.json["passed"] is False
+    assert not out.exists()
+
+
+def test_report_recipe_refuses_output(cli, tmp_path):
+    res = cli("run", "find_first_nan", SAMPLES / "tiny_yolo.onnx", "-o", tmp_path / "x.onnx")
+    assert res.status == 2 and "produces a report" in res.stderr
+
+
+def test_split_model_with_two_inputs(cli, tmp_path):
+    import onnx
+
+    m = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+    g (float[2, 3] a, float[2, 3] b) => (y) { t = Relu(a)
+     y = Add(t, b) }""")
+    onnx.save(m, str(tmp_path / "two_in.onnx"))
+    res = cli(
+        "run",
+        "split_model",
+        tmp_path / "two_in.onnx",
+        "--param",
+        "at=t",
+        "-o",
+        tmp_path / "sp",
+        "--json",
+    )
+    assert res.status == 0, res.stderr
+    assert surgeon.load(tmp_path / "sp" / "head.onnx").input_names == ["a"]
+    assert sorted(surgeon.load(tmp_path / "sp" / "tail.onnx").input_names) == ["b", "t"]

@@ -546,7 +546,7 @@ def test_sequence_outputs_go_through_every_command(tmp_path):
     got = surgeon.run(sub, {"s": [np.zeros(2, np.float32), w]})["z"]
     assert np.array_equal(got, w)
     with np.load(tmp_path / "taps.npz") as taps:  # tensors only: a sequence has no .npz form
-        assert set(taps.files) == {"y", "z"}
+        assert set(taps.files) == {"x", "w", "y", "z"}  # taps and the inputs that made them
 
 
 def test_compare_arrays_handles_sequences_optionals_and_maps():

@@ -93,32 +93,43 @@ def run(args, ctx) -> int:
     from pathlib import Path
 
     from surgeon.commands.diff import parse_map
-    from surgeon.debugging import DebugOptions, debug, save_values, tapped_model
+    from surgeon.debugging import DebugOptions, debug, save_values
+    from surgeon.edits.tap import tap
     from surgeon.errors import OutputPathError, UsageError
-    from surgeon.model import load
+    from surgeon.model import check_output_path, load
 
-    model_path = Path(args.model)
-    for flag, value in (("--save", args.save), ("--html", args.html)):
-        if (
-            value
-            and Path(value).exists()
-            and model_path.exists()
-            and Path(value).resolve() == model_path.resolve()
-        ):
-            raise OutputPathError(f"{flag} {value} would overwrite the input model")
     if args.rows < 0:
         raise UsageError("--rows must be 0 (all) or a positive number")
-    model = load(args.model)
-    _common.check_output_early(args, [model])
-    for value in (args.save, args.html):
-        if value and not Path(value).parent.exists():
+    outputs = [
+        (flag, value)
+        for flag, value in (("-o", args.output), ("--save", args.save), ("--html", args.html))
+        if value
+    ]
+    seen: dict = {}
+    for flag, value in outputs:
+        key = Path(value).resolve()
+        if key in seen:
             raise OutputPathError(
-                f"cannot write {value}: the folder {Path(value).parent} does not exist"
+                f"{flag} and {seen[key]} both write {value}; give them different paths"
             )
+        seen[key] = flag
+    model = load(args.model)
+    reference = args.ref
+    protected = [model]
+    if args.ref:
+        if Path(args.ref).suffix == ".npz":
+            protected.append(args.ref)
+        else:
+            reference = load(args.ref)  # loaded once, here, so its files are protected too
+            protected.append(reference)
+    for flag, value in outputs:
+        # Only -o may replace the input model (with --inplace); nothing may replace the
+        # reference, its weights, or the input's weights.
+        check_output_path(value, protected, inplace=args.inplace and flag == "-o")
     options = DebugOptions(
         taps=tuple(args.tap or (["all"] if not args.op else [])),
         ops=tuple(args.op),
-        reference=args.ref,
+        reference=reference,
         name_map=parse_map(args.map),
         reference_optimization=args.ref_optimization,
         tolerance=_common.tolerance(args),
@@ -127,18 +138,27 @@ def run(args, ctx) -> int:
         custom_op_libraries=tuple(args.custom_op_library),
         feed_options=_common.feed_options(args),
     )
-    if args.ref and args.ref_optimization:
-        pass  # both: the reference model runs at --ref-optimization
     from surgeon.report import status
 
     with status(ctx, f"debug {model.name}") as update:
         report = debug(model, options, progress=update)
+        tapped = None
+        if args.output and (report.tap_check is None or report.tap_check.passed):
+            # The model -o writes is verified itself (its original outputs bit-identical on
+            # the same feeds), not only the statistics model the report came from.
+            update("verifying the tapped model for -o")
+            tapped = tap(
+                model,
+                options.taps,
+                ops=options.ops,
+                feeds=report.feed_values,
+                custom_op_libraries=options.custom_op_libraries,
+            )
     written = []
-    if report.tap_check is None or report.tap_check.passed:
-        if args.output:
-            written.append(str(_common.save_output(tapped_model(model, options), args, [model])))
-        if args.save:
-            written.append(str(save_values(report, args.save)))
+    if tapped is not None and tapped.passed:
+        written.append(str(_common.save_output(tapped.model, args, [model])))
+    if args.save and (report.tap_check is None or report.tap_check.passed):
+        written.append(str(save_values(report, args.save)))
     if args.html:
         from surgeon.report.html import write_debug_html
 
@@ -146,11 +166,18 @@ def run(args, ctx) -> int:
     if ctx.json:
         data = report.to_dict()
         data["written"] = written
+        if tapped is not None:
+            data["tapped_model_check"] = tapped.report.to_dict() if tapped.report else None
         ctx.emit_json(data)
     else:
         from surgeon.report.debug import render_debug
 
         render_debug(ctx.console, report, rows=args.rows)
+        if tapped is not None and not tapped.passed:
+            ctx.console.print(
+                f"not written: the tapped model for -o failed its check: {tapped.report.summary()}"
+            )
         for w in written:
             ctx.console.print(f"wrote {w}")
-    return 0 if report.passed else 1
+    failed = tapped is not None and not tapped.passed
+    return 0 if report.passed and not failed else 1

@@ -9,7 +9,7 @@ DESCRIPTION = (
     HELP
     + "\n\nThe first model is the reference. Outputs are paired by name; --map OLD=NEW pairs a\n"
     "reference output OLD with the candidate's NEW. Exit 0 when every output matches, 1 when\n"
-    "any differs, 2 on bad input.\n\nexample:\n  surgeon diff model.onnx model_fp16.onnx --atol 1e-2 --rtol 1e-2"
+    "any differs, 2 on bad input.\n\nexample:\n  surgeon diff model.onnx model_fp16.onnx --cast --atol 1e-2 --rtol 1e-2"
 )
 
 
@@ -24,20 +24,36 @@ def add_arguments(parser) -> None:
         help="pair reference tensor OLD with candidate tensor NEW; repeatable",
     )
     parser.add_argument("--exact", action="store_true", help="require bit-identical outputs")
+    parser.add_argument(
+        "--cast",
+        action="store_true",
+        help="compare outputs of different numeric dtypes by value (e.g. float16 vs float32) instead of failing",
+    )
     _common.add_feed_arguments(parser)
     _common.add_tolerance_arguments(parser)
     _common.add_runtime_arguments(parser)
 
 
 def parse_map(items, what: str = "--map") -> dict[str, str]:
+    """``OLD=NEW`` strings into a dict; a name given twice (on either side) is an error."""
     from surgeon.errors import UsageError
 
-    mapping = {}
+    mapping: dict[str, str] = {}
+    problems = []
     for item in items:
         old, sep, new = item.partition("=")
         if not sep or not old or not new:
             raise UsageError(f"cannot read `{what} {item}`: expected OLD=NEW")
+        if old in mapping:
+            problems.append(f"`{old}` is mapped twice: to `{mapping[old]}` and to `{new}`")
+            continue
+        if new in mapping.values():
+            first = next(k for k, v in mapping.items() if v == new)
+            problems.append(f"`{new}` is the target of both `{first}` and `{old}`")
+            continue
         mapping[old] = new
+    if problems:
+        raise UsageError(f"conflicting {what} entries", problems=problems)
     return mapping
 
 
@@ -50,6 +66,10 @@ def run(args, ctx) -> int:
     # Arguments first, so a typo fails before any model is read or run.
     name_map = parse_map(args.map)
     tol = EXACT if args.exact else _common.tolerance(args)
+    if args.cast and not args.exact:
+        import dataclasses
+
+        tol = dataclasses.replace(tol, cast=True)
     feed_options = _common.feed_options(args)
     run_options = _common.run_options(args)
     reference = load(args.reference)

@@ -82,6 +82,10 @@ def run(args, ctx) -> int:
         raise UsageError(
             f"recipe {label} writes a model: give -o OUT.onnx (or -o FOLDER/ for several)"
         )
+    if getattr(module, "PRODUCES", "model") == "report" and args.output:
+        raise UsageError(
+            f"recipe {label} produces a report, not a model: drop -o (use --json to keep the report)"
+        )
     if args.output:
         out = Path(args.output)
         if not out.suffix == ".onnx" and not out.is_dir() and not out.parent.exists():
@@ -107,7 +111,8 @@ def run(args, ctx) -> int:
             render_run(ctx.console, result)
         raise
     written = []
-    if failure is None and args.output:
+    # Written only when every step passed, or when the user asked to keep going.
+    if failure is None and args.output and (result.passed or args.keep_going):
         external = {"auto": None, "always": True, "never": False}[args.external_data]
         out = Path(args.output)
         if len(result.outputs) == 1 and out.suffix == ".onnx":

@@ -9,7 +9,9 @@ needed nodes are kept in their original order, with the initializers they read, 
 the outer-scope tensors that If/Loop/Scan bodies read. Types at the new boundaries come
 from the model's declarations, then ONNX shape inference (on a copy whose large weights
 are replaced by typed inputs, so it stays small), then onnxruntime's typing of the
-session, and only then from runs of the original.
+session, and only then from runs of the original: two runs at different input sizes
+tell which dims are static and which follow an input dim; a dim seen in a single run is
+left unknown (only the rank is declared).
 """
 
 from __future__ import annotations
@@ -201,6 +203,14 @@ def plan_extract(model: Model, inputs: Iterable[str] | str, outputs: Iterable[st
             problems=problems,
             hint=hint,
         )
+    if not keep_nodes:
+        # Every output is one of the inputs (or a constant): a 0-node model would "verify"
+        # by comparing the feed with itself, a check that cannot fail.
+        raise UsageError(
+            f"nothing to extract from {model.name}: no node lies between the inputs and the outputs "
+            f"({', '.join(f'`{o}`' for o in cut_outputs)})",
+            hint="Name outputs computed from the inputs (e.g. a node's output further down the graph).",
+        )
     return {
         "inputs": [i for i in cut_inputs if i in used_inputs],
         "outputs": cut_outputs,
@@ -374,10 +384,11 @@ def learn_from_runs(
     The model runs once on ``feed_options``' inputs and, when its inputs have dynamic
     dims, once more with every dynamic dim changed: a dim that changes with an input
     symbol gets that symbol, one that changes otherwise is left unnamed, and one that
-    stays put is static. When the second run is impossible (the model fails at other
-    sizes, or the feeds come from a file or from ``feeds``) the dims of the first run are
-    kept as they are, and a note says so. ``feeds``, when given, are the first run's
-    inputs (random values could be invalid axes, indices or sizes for the model).
+    stays put is static. When there is no second run (the inputs have static shapes,
+    the model fails at other sizes, or the feeds come from a file or from ``feeds``) only
+    the rank is learned: every dim is left unknown, and a note says so. ``feeds``, when
+    given, are the first run's inputs (random values could be invalid axes, indices or
+    sizes for the model).
 
     Returns:
         The learned infos and notes for the report.
@@ -401,12 +412,6 @@ def learn_from_runs(
             second = run(model, feeds2, outputs=names, options=options)
         except SurgeonError:
             second = None
-    if dynamic and second is None:
-        notes.append(
-            "shapes of " + ", ".join(f"`{n}`" for n in names) + " were learned from one run "
-            f"at input shapes {_shapes_text(first_shapes)}; their dims are concrete there, "
-            "even where they may follow a dynamic input dim"
-        )
     # Value of each input symbol in each run, to name the dims that follow one.
     by_values: dict[tuple[int, int], list[str]] = {}
     if second is not None:
@@ -417,6 +422,7 @@ def learn_from_runs(
                     if d not in by_values.setdefault(key, []):
                         by_values[key].append(d)
     learned = {}
+    unconfirmed: list[str] = []  # names with dims a single run could not confirm
     for n in names:
         if first[n] is None or isinstance(first[n], (list, tuple, dict)):
             # A sequence, optional or map: no dtype or shape; its ONNX type comes from
@@ -425,7 +431,19 @@ def learn_from_runs(
             continue
         a = np.asarray(first[n])
         shape: tuple | None = tuple(int(d) for d in a.shape)
-        if second is not None:
+        if second is None:
+            # One run shows the dims for these input values and sizes only: a shape that
+            # depends on them (a size read from an input, NonZero, a dynamic dim) would
+            # be frozen. Declared concrete, such dims can break the subgraph: an If branch
+            # that never runs is still type-checked when onnxruntime loads the model,
+            # and a Squeeze there of an axis that is not 1 at these sizes refuses to load.
+            # Unknown dims cost nothing at run time. Nothing static is lost either: runs
+            # are asked only when the declarations, ONNX shape inference and onnxruntime
+            # do not even know the rank (boundary_infos).
+            shape = (None,) * len(shape)
+            if shape:
+                unconfirmed.append(n)
+        else:
             b = np.asarray(second[n])
             if b.ndim != a.ndim:
                 shape = None
@@ -441,6 +459,18 @@ def learn_from_runs(
                 shape = tuple(dims)
         dtype = "str" if a.dtype.kind in "OUS" else a.dtype.name
         learned[n] = TensorInfo(n, dtype, shape)
+    if unconfirmed:
+        if not dynamic:
+            why = "the model's input shapes are static, but a shape can follow input values"
+        elif feed_options.npz or caller_feeds:
+            why = "the inputs were given, so there is no second run at other sizes"
+        else:
+            why = "the model fails at other input sizes, so there is no second run"
+        notes.append(
+            "shapes of " + ", ".join(f"`{n}`" for n in unconfirmed) + " were seen in one run "
+            f"only, at input shapes {_shapes_text(first_shapes)} ({why}); their rank is "
+            "declared, their dims are left unknown"
+        )
     return learned, notes
 
 
