@@ -121,7 +121,7 @@ def main(argv=None) -> int:
             "surgeon debug --tap all": surgeon,
             "surgeon debug --tap all --save": surgeon + ["--save", str(tmp / "taps.npz")],
         }
-        poly = shutil.which("polygraphy")
+        poly = shutil.which("polygraphy", path=str(Path(sys.executable).parent)) or shutil.which("polygraphy")
         if poly:
             runs["polygraphy mark all"] = [poly, "run", str(model), "--onnxrt", "--onnx-outputs", "mark", "all", "--input-shapes", shape]
         print(f"model: {model} ({n_nodes} nodes), input {shape}, {args.repeat} runs each, median wall / max peak RSS")

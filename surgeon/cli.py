@@ -10,7 +10,9 @@ module level, so ``surgeon --help`` imports neither onnxruntime nor rich.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import json
 import sys
 from enum import IntEnum
 
@@ -53,14 +55,71 @@ class Context:
 
     def emit_json(self, data: dict) -> None:
         """Write one JSON document to stdout (no wrapping, no highlighting)."""
-        from surgeon.report import write_json
-
-        write_json(self.console, data)
+        write_json(self.console.file, data)
 
     @property
     def interactive(self) -> bool:
         """True when progress bars may be shown (a terminal, not --json)."""
         return bool(getattr(self.err_console, "is_terminal", False)) and not self.json
+
+    def status(self, text: str):
+        """A spinner with phase text on a terminal (yields ``update(text)``); a no-op
+        otherwise, without importing rich."""
+        if not self.interactive:
+            return contextlib.nullcontext(lambda text: None)
+        from surgeon.report import status
+
+        return status(self, text)
+
+
+def write_json(file, data: dict) -> None:
+    """One JSON document, exactly as serialised (NaN is not valid JSON: refused)."""
+    file.write(json.dumps(data, indent=2, allow_nan=False, default=_json_default) + "\n")
+    file.flush()
+
+
+def _json_default(value):
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+class _PlainConsole:
+    """Where --json output goes when no console was given: rich is not imported at all
+    (it costs a tenth of a second that scripts wait for)."""
+
+    is_terminal = False
+
+    def __init__(self, file):
+        self._file = file
+
+    @property
+    def file(self):
+        return self._file
+
+    def print(self, *objects, **_):
+        self._file.write(" ".join(str(o) for o in objects) + "\n")
+
+
+def _render_error_plain(ctx, error) -> None:
+    lines = [f"error: {error.message}"] + [f"  - {p}" for p in error.problems]
+    if error.hint:
+        lines.append(error.hint)
+    ctx.err_console.file.write("\n".join(lines) + "\n")
+    write_json(
+        ctx.console.file,
+        {
+            "schema": "surgeon.error/1",
+            "error": type(error).__name__,
+            "message": error.message,
+            "problems": list(error.problems),
+            "hint": error.hint,
+            "suggestions": list(getattr(error, "suggestions", [])),
+            "exit_code": error.exit_code,
+        },
+    )
 
 
 def _common_parent() -> argparse.ArgumentParser:
@@ -142,10 +201,31 @@ def main(argv: list[str] | None = None, console=None, err_console=None) -> int:
     if not getattr(args, "command", None):
         parser.print_help(sys.stdout)
         return ExitStatus.BAD_INPUT
-    from surgeon.report import make_consoles, render_error, render_internal_error
+    json_mode = bool(getattr(args, "json", False))
+    if json_mode and console is None and err_console is None:
+        console, err_console = _PlainConsole(sys.stdout), _PlainConsole(sys.stderr)
+        ctx = Context(console, err_console, json_mode)
+        render_error = _render_error_plain
 
-    console, err_console = make_consoles(console, err_console)
-    ctx = Context(console, err_console, bool(getattr(args, "json", False)))
+        def render_internal_error(ctx, e):
+            ctx.err_console.file.write(
+                f"internal error: {type(e).__name__}: {e}. This is a bug in surgeon, not in your model or "
+                "command; rerun with --traceback and report the output.\n"
+            )
+            write_json(
+                ctx.console.file,
+                {
+                    "schema": "surgeon.error/1",
+                    "error": "InternalError",
+                    "message": f"{type(e).__name__}: {e}",
+                    "exit_code": 3,
+                },
+            )
+    else:
+        from surgeon.report import make_consoles, render_error, render_internal_error
+
+        console, err_console = make_consoles(console, err_console)
+        ctx = Context(console, err_console, json_mode)
     try:
         return int(args._module.run(args, ctx))
     except SurgeonError as e:

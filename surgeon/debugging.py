@@ -553,7 +553,8 @@ def debug(
 
     say = progress or (lambda phase: None)
     say(f"typing {len(taps)} tapped tensors")
-    types = learn_types(model, [t for t in taps if t not in set(model.output_names)], run_opts)
+    graph_outputs = set(model.output_names)
+    types = learn_types(model, [t for t in taps if t not in graph_outputs], run_opts)
     say(f"running {model.name} with {len(taps)} taps and the tap check")
     for vi in model.proto.graph.output:
         if vi.type.tensor_type.elem_type:
@@ -792,7 +793,8 @@ def save_values(report: DebugReport, path: str | Path) -> Path:
 def tapped_model(model: Model, options: DebugOptions) -> Model:
     """The model with the selected taps as typed outputs (what ``-o`` writes)."""
     taps = select_taps(model, options.taps, ops=options.ops)
-    new = [t for t in taps if t not in set(model.output_names)]
+    graph_outputs = set(model.output_names)
+    new = [t for t in taps if t not in graph_outputs]
     run_opts = RunOptions(custom_op_libraries=tuple(options.custom_op_libraries))
     out = add_outputs(model, new, learn_types(model, new, run_opts))
     return out.with_provenance("tap", {"names": list(options.taps), "ops": list(options.ops)})

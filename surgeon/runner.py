@@ -10,6 +10,7 @@ import contextlib
 import io
 import re
 import tempfile
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ import onnx
 from surgeon.errors import RuntimeFailure, SurgeonError, unknown_name
 from surgeon.model import PROTO_LIMIT, Model, save
 
+_CREATE_LOCK = threading.Lock()
 OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
 # Models with more weights than this reach onnxruntime as a temporary file with external
 # data rather than as serialised bytes: serialising costs two transient copies of the
@@ -112,7 +114,8 @@ class Session:
     ):
         self.model = model
         self.options = options or RunOptions()
-        extra = [n for n in dict.fromkeys(extra_outputs) if n not in set(model.output_names)]
+        graph_outputs = set(model.output_names)
+        extra = [n for n in dict.fromkeys(extra_outputs) if n not in graph_outputs]
         if extra:
             names = set(model.tensor_names())
             for n in extra:
@@ -141,7 +144,9 @@ class Session:
         try:
             # onnxruntime prints "EP Error ... Falling back" to stdout on some failures
             # (then retries on the same CPU provider): keep stdout for our output (--json).
-            with contextlib.redirect_stdout(io.StringIO()):
+            # The redirect is process-wide, so session creations take turns (a run in
+            # another thread may overlap; it prints nothing).
+            with _CREATE_LOCK, contextlib.redirect_stdout(io.StringIO()):
                 self._session = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise self._failure("load", e) from None
@@ -175,7 +180,8 @@ class Session:
             raise SurgeonError(
                 f"no value for input(s) {', '.join(f'`{m}`' for m in missing)} of {self.model.name}"
             )
-        feed = {k: v for k, v in feeds.items() if k in set(self.input_names)}
+        accepted = set(self.input_names)
+        feed = {k: v for k, v in feeds.items() if k in accepted}
         raw = any(n in self._raw_outputs for n in names) or any(
             isinstance(v, np.ndarray) and v.dtype.name in _ML_TO_ONNX for v in feed.values()
         )

@@ -108,3 +108,47 @@ def test_a_name_mapped_twice_is_an_error(cli, tmp_path):
     )
     assert res.status == 2 and "mapped twice" in res.stderr
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_json_mode_does_not_import_rich_and_prints_only_json(tmp_path):
+    # Scripts parse stdout: one JSON document, nothing else, and no rich import cost.
+    import json
+
+    from conftest import SAMPLES
+
+    code = (
+        "import sys\nfrom surgeon.cli import main\n"
+        f"status = main(['debug', {str(SAMPLES / 'two_conv.onnx')!r}, '--json', '--shape', 'H=8', '--shape', 'W=8'])\n"
+        "sys.stderr.write('RICH %s STATUS %s' % ('rich' in sys.modules, status))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert "RICH False STATUS 0" in res.stderr, res.stderr
+    assert json.loads(res.stdout)["schema"] == "surgeon.debug/1"
+    bad = subprocess.run(
+        [sys.executable, "-m", "surgeon", "inspect", str(tmp_path / "missing.onnx"), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert bad.returncode == 2 and json.loads(bad.stdout)["exit_code"] == 2
+    assert bad.stderr.startswith("error: ")
+
+
+def test_console_script_output_is_never_lost():
+    # Regression: a process-wide stdout redirect in one thread once swallowed the CLI's
+    # output at random; run the real entry point several times, piped.
+    from conftest import SAMPLES
+
+    for _ in range(4):
+        res = subprocess.run(
+            [sys.executable, "-m", "surgeon", "diff", str(SAMPLES / "tiny_yolo.onnx"), str(SAMPLES / "tiny_yolo.onnx"), "--json"],
+            capture_output=True,
+            text=True,
+        )
+        assert res.returncode == 0 and res.stdout.startswith("{"), res.stdout + res.stderr
+        res = subprocess.run(
+            [sys.executable, "-m", "surgeon", "diff", str(SAMPLES / "tiny_yolo.onnx"), str(SAMPLES / "tiny_yolo.onnx")],
+            capture_output=True,
+            text=True,
+        )
+        assert "PASS" in res.stdout, res.stdout + res.stderr

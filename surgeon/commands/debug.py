@@ -138,9 +138,7 @@ def run(args, ctx) -> int:
         custom_op_libraries=tuple(args.custom_op_library),
         feed_options=_common.feed_options(args),
     )
-    from surgeon.report import status
-
-    with status(ctx, f"debug {model.name}") as update:
+    with ctx.status(f"debug {model.name}") as update:
         report = debug(model, options, progress=update)
         tapped = None
         if args.output and (report.tap_check is None or report.tap_check.passed):

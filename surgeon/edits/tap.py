@@ -200,7 +200,8 @@ def tap(
     names = list(names)
     ops = list(ops)
     taps = select_taps(model, names, ops=ops)
-    new_taps = [t for t in taps if t not in set(model.output_names)]
+    graph_outputs = set(model.output_names)
+    new_taps = [t for t in taps if t not in graph_outputs]
     run_options = dataclasses.replace(
         VERIFY_OPTIONS, custom_op_libraries=tuple(custom_op_libraries)
     )

@@ -6,7 +6,6 @@ and the CLI picks a rendering (terminal table or ``--json``).
 
 from __future__ import annotations
 
-import json
 import math
 from contextlib import contextmanager
 
@@ -27,17 +26,9 @@ def make_consoles(console=None, err_console=None):
 
 def write_json(console: Console, data: dict) -> None:
     """One JSON document on the console's file, exactly as serialised."""
-    text = json.dumps(data, indent=2, allow_nan=False, default=_json_default)
-    console.file.write(text + "\n")
-    console.file.flush()
+    from surgeon.cli import write_json as write
 
-
-def _json_default(value):
-    if hasattr(value, "to_dict"):
-        return value.to_dict()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
+    write(console.file, data)
 
 
 def fmt(x, digits: int = 3) -> str:
