@@ -650,6 +650,8 @@ def debug(
         mode=mode,
     )
     report.feed_values = dict(feeds)
+    if tap_check is not None:  # name the two sides apart in the report
+        tap_check.candidate = f"{model.name} (tapped)"
     report.float16 = any(s.dtype == "float16" for s in stats)
     report.shape_mismatches = _declared_vs_real(
         model, feeds, stats, values if mode == "values" else collected

@@ -418,3 +418,16 @@ def test_swapped_inputs_verify(tmp_path):
         "diff", tmp_path / "sub.onnx", tmp_path / "swapped.onnx", "--map", "a=b", "--map", "b=a"
     )
     assert res.status == 0, res.stdout + res.stderr
+
+
+def test_common_only_compares_shared_outputs(samples, tmp_path):
+    tapped = tmp_path / "tapped.onnx"
+    assert (
+        run_cli("debug", samples / "tiny_yolo.onnx", "--tap", "backbone/conv0", "-o", tapped).status
+        == 0
+    )
+    assert run_cli("diff", samples / "tiny_yolo.onnx", tapped).status == 1  # an extra output
+    res = run_cli("diff", samples / "tiny_yolo.onnx", tapped, "--common-only", "--json")
+    assert res.status == 0
+    assert [t["name"] for t in res.json["tensors"]] == ["output0"]
+    assert any("backbone/conv0_out" in n for n in res.json["notes"])

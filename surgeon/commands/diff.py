@@ -25,6 +25,11 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--exact", action="store_true", help="require bit-identical outputs")
     parser.add_argument(
+        "--common-only",
+        action="store_true",
+        help="compare only the outputs both models have; list the others instead of failing",
+    )
+    parser.add_argument(
         "--cast",
         action="store_true",
         help="compare outputs of different numeric dtypes by value (e.g. float16 vs float32) instead of failing",
@@ -117,6 +122,14 @@ def run(args, ctx) -> int:
 
         paired = {c for c, _ in pairs}
         report.tensors += [extra(o) for o in candidate.output_names if o not in paired]
+    if args.common_only:
+        # Outputs only one side has are listed, not failed (e.g. a tapped model against
+        # its original): only the outputs both models produce decide.
+        one_sided = [t for t in report.tensors if t.status in ("missing", "extra")]
+        report.tensors = [t for t in report.tensors if t.status not in ("missing", "extra")]
+        for t in one_sided:
+            side = "the reference" if t.status == "missing" else "the candidate"
+            report.notes.append(f"`{t.name}` is only in {side}: not compared (--common-only)")
     if ctx.json:
         ctx.emit_json(report.to_dict())
     else:

@@ -221,6 +221,8 @@ def tap(
             options=run_options,
             title="tap: original outputs unchanged",
         )
+    if report is not None:
+        report.candidate = f"{model.name} (tapped)"
     untyped = [t for t in new_taps if t not in types]
     return Edited(
         tapped,
