@@ -17,7 +17,7 @@ import sys
 from enum import IntEnum
 
 from surgeon._version import __version__
-from surgeon.errors import SurgeonError
+from surgeon.errors import SurgeonError, error_document
 
 
 class ExitStatus(IntEnum):
@@ -108,18 +108,7 @@ def _render_error_plain(ctx, error) -> None:
     if error.hint:
         lines.append(error.hint)
     ctx.err_console.file.write("\n".join(lines) + "\n")
-    write_json(
-        ctx.console.file,
-        {
-            "schema": "surgeon.error/1",
-            "error": type(error).__name__,
-            "message": error.message,
-            "problems": list(error.problems),
-            "hint": error.hint,
-            "suggestions": list(getattr(error, "suggestions", [])),
-            "exit_code": error.exit_code,
-        },
-    )
+    write_json(ctx.console.file, error_document(error))
 
 
 def _common_parent() -> argparse.ArgumentParser:

@@ -141,3 +141,16 @@ def collect_unknown_names(
         suggestions=errors[0].suggestions,
         problems=[e.message for e in errors],
     )
+
+
+def error_document(error: SurgeonError) -> dict:
+    """The ``surgeon.error/1`` JSON document the CLI prints for an error with --json."""
+    return {
+        "schema": "surgeon.error/1",
+        "error": type(error).__name__,
+        "message": error.message,
+        "problems": list(error.problems),
+        "hint": error.hint,
+        "suggestions": list(getattr(error, "suggestions", [])),
+        "exit_code": error.exit_code,
+    }

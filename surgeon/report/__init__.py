@@ -62,18 +62,9 @@ def render_error(ctx, error) -> None:
     if error.hint:
         err.print(Text(error.hint, style="dim"))
     if ctx.json:
-        write_json(
-            ctx.console,
-            {
-                "schema": "surgeon.error/1",
-                "error": type(error).__name__,
-                "message": error.message,
-                "problems": list(error.problems),
-                "hint": error.hint,
-                "suggestions": list(getattr(error, "suggestions", [])),
-                "exit_code": error.exit_code,
-            },
-        )
+        from surgeon.errors import error_document
+
+        write_json(ctx.console, error_document(error))
 
 
 def render_internal_error(ctx, exc: BaseException) -> None:
