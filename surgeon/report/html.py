@@ -82,9 +82,11 @@ def _plot(
             parts.append(
                 f"<circle cx='{x:.1f}' cy='{y:.1f}' r='3' fill='{color}'><title>{html.escape(label)}: {v:.3g}</title></circle>"
             )
-    parts.append(
-        f"<text x='{left}' y='{height - 10}'>tensor index in topological order (0 … {len(points) - 1})</text>"
-    )
+    zeros = sum(1 for _, v, _, _ in points if v == 0)
+    caption = f"tensor index in topological order (0 … {len(points) - 1})"
+    if zeros:
+        caption += f"; {zeros} value(s) of exactly 0 are not drawn (log scale)"
+    parts.append(f"<text x='{left}' y='{height - 10}'>{html.escape(caption)}</text>")
     parts.append("</svg>")
     return "".join(parts)
 
