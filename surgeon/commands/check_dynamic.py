@@ -34,7 +34,9 @@ def run(args, ctx) -> int:
     sizes = parse_sizes(args.sizes)
     options = _common.run_options(args)
     model = load(args.model)
-    check = check_dynamic(model, sizes=sizes, seed=args.seed, options=options)
+    # a spinner on a terminal while onnxruntime works; silent when piped or --json
+    with ctx.status(f"check-dynamic {model.name}: running it at several sizes"):
+        check = check_dynamic(model, sizes=sizes, seed=args.seed, options=options)
     if ctx.json:
         ctx.emit_json(check.to_dict())
     else:

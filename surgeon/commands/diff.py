@@ -107,16 +107,18 @@ def run(args, ctx) -> int:
             for old, new in name_map.items()
             if old not in reference.output_names and old not in reference.input_names
         ]
-    report = verify(
-        candidate,
-        reference,
-        pairs=pairs,
-        name_map=name_map,
-        feed_options=feed_options,
-        tolerance=tol,
-        options=run_options,
-        title=f"diff {reference.name} -> {candidate.name}",
-    )
+    # a spinner on a terminal while onnxruntime works; silent when piped or --json
+    with ctx.status(f"diff: running {reference.name} and {candidate.name}"):
+        report = verify(
+            candidate,
+            reference,
+            pairs=pairs,
+            name_map=name_map,
+            feed_options=feed_options,
+            tolerance=tol,
+            options=run_options,
+            title=f"diff {reference.name} -> {candidate.name}",
+        )
     if pairs is not None:
         from surgeon.compare import extra
 

@@ -95,9 +95,11 @@ def run(args, ctx) -> int:
     _common.check_output_early(args, [args.model])
     model = load(args.model)
     _common.check_output_early(args, [model])
-    edited = extract(
-        model, args.inputs, args.outputs, feed_options=feeds, tolerance=tol, options=options
-    )
+    # a spinner on a terminal while onnxruntime works; silent when piped or --json
+    with ctx.status("extract: cutting and verifying against the original"):
+        edited = extract(
+            model, args.inputs, args.outputs, feed_options=feeds, tolerance=tol, options=options
+        )
     written = False
     if edited.passed and args.output:
         _common.save_output(edited.model, args, [model])

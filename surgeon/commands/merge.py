@@ -164,17 +164,19 @@ def run(args, ctx) -> int:
         keep = True
     elif args.keep_outputs:
         keep = [k.strip() for k in args.keep_outputs.split(",") if k.strip()]
-    result = merge(
-        first,
-        second,
-        io_map or None,
-        prefix1=args.prefix1,
-        prefix2=args.prefix2,
-        keep_outputs=keep,
-        verify=not args.no_verify,
-        feed_options=feed_options,
-        options=_common.run_options(args),
-    )
+    # a spinner on a terminal while onnxruntime works; silent when piped or --json
+    with ctx.status("merge: connecting and verifying against the two models in sequence"):
+        result = merge(
+            first,
+            second,
+            io_map or None,
+            prefix1=args.prefix1,
+            prefix2=args.prefix2,
+            keep_outputs=keep,
+            verify=not args.no_verify,
+            feed_options=feed_options,
+            options=_common.run_options(args),
+        )
     report = result.report
     written = False
     if args.output and result.passed:

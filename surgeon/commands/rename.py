@@ -56,15 +56,17 @@ def run(args, ctx) -> int:
     _common.check_output_early(args, [args.model])
     model = load(args.model)
     _common.check_output_early(args, [model])
-    edited = rename(
-        model,
-        mapping,
-        prefix=args.prefix,
-        regex=args.regex,
-        nodes=args.nodes,
-        feed_options=feeds,
-        options=options,
-    )
+    # a spinner on a terminal while onnxruntime works; silent when piped or --json
+    with ctx.status("rename: renaming and verifying"):
+        edited = rename(
+            model,
+            mapping,
+            prefix=args.prefix,
+            regex=args.regex,
+            nodes=args.nodes,
+            feed_options=feeds,
+            options=options,
+        )
     written = False
     if edited.passed and args.output:
         _common.save_output(edited.model, args, [model])

@@ -101,14 +101,16 @@ def run(args, ctx) -> int:
     _common.check_output_early(args, [args.model])
     model = load(args.model)
     _common.check_output_early(args, [model])
-    edited = reshape_io(
-        model,
-        inputs,
-        outputs,
-        sizes=sizes,
-        feed_options=FeedOptions(seed=args.seed),
-        options=options,
-    )
+    # a spinner on a terminal while onnxruntime works; silent when piped or --json
+    with ctx.status("reshape-io: editing and checking sizes"):
+        edited = reshape_io(
+            model,
+            inputs,
+            outputs,
+            sizes=sizes,
+            feed_options=FeedOptions(seed=args.seed),
+            options=options,
+        )
     written = False
     if edited.passed and args.output:
         _common.save_output(edited.model, args, [model])

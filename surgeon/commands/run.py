@@ -96,7 +96,9 @@ def run(args, ctx) -> int:
     models = [load(p) for p in model_paths]
     failure = None
     try:
-        result = run_recipe(label, module, models, params, keep_going=args.keep_going)
+        # a spinner on a terminal while onnxruntime works; silent when piped or --json
+        with ctx.status(f"recipe {label}: running"):
+            result = run_recipe(label, module, models, params, keep_going=args.keep_going)
     except VerificationFailed as e:
         failure = e
         result = getattr(e, "result", None)  # (not `or`: a failed RunResult is falsy)
