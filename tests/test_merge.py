@@ -454,3 +454,20 @@ def test_cli_no_verify_and_no_output(cli, samples, tmp_path):
     assert res.json["verification"] is None and res.json["written"] is True
     res = cli("merge", samples / "tiny_yolo.onnx", "--nms", "yolov8", "--json")
     assert res.status == 0 and res.json["written"] is False and res.json["passed"] is True
+
+
+def test_map_accepts_the_equals_form_of_other_commands(tmp_path):
+    from conftest import SAMPLES, run_cli
+
+    res = run_cli(
+        "merge",
+        SAMPLES / "tiny_yolo.onnx",
+        "--nms",
+        "yolov8",
+        "--map",
+        "output0=predictions",
+        "-o",
+        tmp_path / "m.onnx",
+        "--json",
+    )
+    assert res.status == 0, res.stderr

@@ -71,18 +71,22 @@ def add_arguments(parser) -> None:
 
 
 def parse_io_map(items, outputs, inputs) -> list[tuple[str, str]]:
-    """Read ``OUTPUT:INPUT`` pairs. Names may hold colons (``onnx::Sigmoid_5``): the split
-    point where both sides are known names wins, else the last colon."""
+    """Read ``OUTPUT:INPUT`` pairs (``OUTPUT=INPUT`` too, the form ``--map`` takes in the
+    other commands). Names may hold colons (``onnx::Sigmoid_5``): the split point where
+    both sides are known names wins, else the last colon, else the last ``=``."""
     from surgeon.errors import UsageError
 
     pairs = []
     for item in items:
         splits = [i for i, ch in enumerate(item) if ch == ":"]
-        known = [i for i in splits if item[:i] in outputs and item[i + 1 :] in inputs]
+        equals = [i for i, ch in enumerate(item) if ch == "="]
+        known = [i for i in splits + equals if item[:i] in outputs and item[i + 1 :] in inputs]
         if known:
             at = known[0]
         elif splits:
             at = splits[-1]
+        elif equals:
+            at = equals[-1]
         else:
             raise UsageError(f"cannot read `--map {item}`: expected OUTPUT:INPUT")
         out, inp = item[:at], item[at + 1 :]
