@@ -33,7 +33,7 @@ from surgeon.compare import EXACT, DiffReport, TensorDiff, Tolerance, compare_ar
 from surgeon.edits.tap import add_outputs, learn_types, not_tappable, select_taps
 from surgeon.errors import SurgeonError, UsageError, collect_unknown_names
 from surgeon.feeds import FeedOptions, describe_feeds, load_npz, make_feeds
-from surgeon.model import Model
+from surgeon.model import Model, dtype_name
 from surgeon.runner import RunOptions, run
 from surgeon.verification import verify
 
@@ -564,53 +564,44 @@ def debug(
     stats: list[TensorStats] = []
     values: dict[str, np.ndarray] = {}
     collected: dict[str, np.ndarray] = {}
+    # Values mode taps the tensors themselves; statistics mode a model whose only extra
+    # outputs are per-tensor statistics. Either way one verified run gives the tap check
+    # and the numbers.
     if want_values:
         mode = "values"
-        tapped = add_outputs(model, taps, types)
-        tap_check = verify(
-            tapped,
-            model,
-            pairs=[(o, o) for o in model.output_names],
-            feeds=feeds,
-            tolerance=tap_tol,
-            options=run_opts,
-            title="tap check: original outputs unchanged",
-            fetch=taps,
-            collect=values,
-        )
+        candidate, fetch, cand_opts, sink = add_outputs(model, taps, types), taps, run_opts, values
+    else:
+        mode = "statistics"
+        candidate, outs = build_stats_model(model, taps, types)
+        fetch = [x for pair in outs.values() for x in pair]
+        # Priority-based order runs each statistics node right after its tensor's producer,
+        # so onnxruntime frees activations as in a plain run (its default order delays the
+        # reductions and keeps every activation alive).
+        cand_opts = stats_opts = dataclasses.replace(run_opts, execution_order="priority")
+        sink = collected
+    tap_check = verify(
+        candidate,
+        model,
+        pairs=[(o, o) for o in model.output_names],
+        feeds=feeds,
+        tolerance=tap_tol,
+        options=cand_opts,
+        reference_options=run_opts,
+        title="tap check: original outputs unchanged",
+        fetch=fetch,
+        collect=sink,
+    )
+    if want_values:
         for t in taps:
             if t in values:
                 node, op, _ = info.get(t, ("?", "?", []))
                 stats.append(stats_from_array(t, node, op, order[t], values[t]))
     else:
-        mode = "statistics"
-        stats_model, outs = build_stats_model(model, taps, types)
-        fetch = [x for pair in outs.values() for x in pair]
-        # Priority-based order runs each statistics node right after its tensor's producer,
-        # so onnxruntime frees activations as in a plain run (its default order delays the
-        # reductions and keeps every activation alive).
-        stats_opts = dataclasses.replace(run_opts, execution_order="priority")
-        tap_check = verify(
-            stats_model,
-            model,
-            pairs=[(o, o) for o in model.output_names],
-            feeds=feeds,
-            tolerance=tap_tol,
-            options=stats_opts,
-            reference_options=run_opts,
-            title="tap check: original outputs unchanged",
-            fetch=fetch,
-            collect=collected,
-        )
         for t in taps:
             node, op, _ = info.get(t, ("?", "?", []))
             if t in outs:
                 stats_name, shape_name = outs[t]
-                dtype = None
-                if t in types:
-                    from surgeon.model import dtype_name
-
-                    dtype = dtype_name(types[t].tensor_type.elem_type)
+                dtype = dtype_name(types[t].tensor_type.elem_type) if t in types else None
                 stats.append(
                     _stats_from_numbers(
                         t, node, op, order[t], collected[stats_name], collected[shape_name], dtype
@@ -790,16 +781,6 @@ def save_values(report: DebugReport, path: str | Path) -> Path:
     merged = {**report.feed_values, **report.values}
     arrays = {k: v for k, v in merged.items() if isinstance(v, np.ndarray)}
     return atomic_write(path, lambda fh: np.savez(fh, **arrays))
-
-
-def tapped_model(model: Model, options: DebugOptions) -> Model:
-    """The model with the selected taps as typed outputs (what ``-o`` writes)."""
-    taps = select_taps(model, options.taps, ops=options.ops)
-    graph_outputs = set(model.output_names)
-    new = [t for t in taps if t not in graph_outputs]
-    run_opts = RunOptions(custom_op_libraries=tuple(options.custom_op_libraries))
-    out = add_outputs(model, new, learn_types(model, new, run_opts))
-    return out.with_provenance("tap", {"names": list(options.taps), "ops": list(options.ops)})
 
 
 __all__ = ["DebugOptions", "DebugReport", "TensorStats", "LayerDiff", "debug", "stats_from_array"]
