@@ -39,12 +39,23 @@ def build_cnn(path: Path, size: int = 224) -> tuple[Path, str]:
     def conv(x, cin, cout, stride=1):
         i = count[0]
         count[0] += 1
-        w = (rng.standard_normal((cout, cin, 3, 3)) * np.sqrt(2.0 / (cin * 9)) * 0.7).astype(np.float32)
+        w = (rng.standard_normal((cout, cin, 3, 3)) * np.sqrt(2.0 / (cin * 9)) * 0.7).astype(
+            np.float32
+        )
         b = (rng.standard_normal(cout) * 0.01).astype(np.float32)
-        inits.extend([numpy_helper.from_array(w, f"conv{i}.w"), numpy_helper.from_array(b, f"conv{i}.b")])
+        inits.extend(
+            [numpy_helper.from_array(w, f"conv{i}.w"), numpy_helper.from_array(b, f"conv{i}.b")]
+        )
         out = f"conv{i}_out"
         nodes.append(
-            helper.make_node("Conv", [x, f"conv{i}.w", f"conv{i}.b"], [out], name=f"conv{i}", pads=[1, 1, 1, 1], strides=[stride, stride])
+            helper.make_node(
+                "Conv",
+                [x, f"conv{i}.w", f"conv{i}.b"],
+                [out],
+                name=f"conv{i}",
+                pads=[1, 1, 1, 1],
+                strides=[stride, stride],
+            )
         )
         return out
 
@@ -115,16 +126,41 @@ def main(argv=None) -> int:
         else:
             model, shape = build_cnn(tmp / "cnn.onnx")
         n_nodes = len(onnx.load(str(model), load_external_data=False).graph.node)
-        surgeon = [sys.executable, "-m", "surgeon", "debug", str(model), "--tap", "all", "--shape", shape, "--json"]
+        surgeon = [
+            sys.executable,
+            "-m",
+            "surgeon",
+            "debug",
+            str(model),
+            "--tap",
+            "all",
+            "--shape",
+            shape,
+            "--json",
+        ]
         runs = {
             "plain onnxruntime run": [sys.executable, "-c", PLAIN, str(model), shape],
             "surgeon debug --tap all": surgeon,
             "surgeon debug --tap all --save": surgeon + ["--save", str(tmp / "taps.npz")],
         }
-        poly = shutil.which("polygraphy", path=str(Path(sys.executable).parent)) or shutil.which("polygraphy")
+        poly = shutil.which("polygraphy", path=str(Path(sys.executable).parent)) or shutil.which(
+            "polygraphy"
+        )
         if poly:
-            runs["polygraphy mark all"] = [poly, "run", str(model), "--onnxrt", "--onnx-outputs", "mark", "all", "--input-shapes", shape]
-        print(f"model: {model} ({n_nodes} nodes), input {shape}, {args.repeat} runs each, median wall / max peak RSS")
+            runs["polygraphy mark all"] = [
+                poly,
+                "run",
+                str(model),
+                "--onnxrt",
+                "--onnx-outputs",
+                "mark",
+                "all",
+                "--input-shapes",
+                shape,
+            ]
+        print(
+            f"model: {model} ({n_nodes} nodes), input {shape}, {args.repeat} runs each, median wall / max peak RSS"
+        )
         results = {}
         for label, cmd in runs.items():
             samples = [measure(cmd) for _ in range(args.repeat)]

@@ -263,7 +263,8 @@ def build_all(out_dir: Path) -> list[Path]:
     """Write every sample model into ``out_dir``; return the files written."""
     # Imported here so the script also documents surgeon's saver as the way to write
     # external data (atomic, page-aligned, relative location).
-    from surgeon.model import Model, save
+    from surgeon.model import Model
+    from surgeon.saving import save
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

@@ -32,8 +32,8 @@ from surgeon.errors import (
 _LAZY = {
     "Model": "surgeon.model",
     "TensorInfo": "surgeon.model",
-    "load": "surgeon.model",
-    "save": "surgeon.model",
+    "load": "surgeon.loading",
+    "save": "surgeon.saving",
     "verify": "surgeon.verification",
     "Chain": "surgeon.verification",
     "Tolerance": "surgeon.compare",

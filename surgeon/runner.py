@@ -19,7 +19,8 @@ import numpy as np
 import onnx
 
 from surgeon.errors import RuntimeFailure, SurgeonError, unknown_name
-from surgeon.model import PROTO_LIMIT, Model, save
+from surgeon.model import PROTO_LIMIT, Model
+from surgeon.saving import save
 
 _CREATE_LOCK = threading.Lock()
 OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")

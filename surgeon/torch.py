@@ -35,7 +35,8 @@ import numpy as np
 
 from surgeon.compare import DiffReport, TensorDiff, Tolerance, compare_arrays
 from surgeon.errors import OutputPathError, RuntimeFailure, SurgeonError, UsageError, did_you_mean
-from surgeon.model import Model, check_output_path, save
+from surgeon.model import Model
+from surgeon.saving import check_output_path, save
 
 INSTALL_HINT = "install the [torch] extra: pip install torch==2.13.0 onnxscript"
 EXPORTERS = ("dynamo", "torchscript")
@@ -618,7 +619,7 @@ def _signature(torch, module, args, input_names, output_names, dynamic_axes, exp
 
 def _run_exporter(torch, module, args, sig: _Signature, exporter, opset, pitfalls):
     """``torch.onnx.export`` into a scratch folder, quietly; (Model in memory, seconds)."""
-    from surgeon.model import load
+    from surgeon.loading import load
 
     kwargs = dict(
         input_names=sig.export_names,
@@ -1363,7 +1364,7 @@ def capture(
         A :class:`Capture`.
     """
     torch = _torch()
-    from surgeon.model import load
+    from surgeon.loading import load
     from surgeon.origin import match_activations
 
     if not isinstance(module, torch.nn.Module):

@@ -141,13 +141,28 @@ def test_console_script_output_is_never_lost():
 
     for _ in range(4):
         res = subprocess.run(
-            [sys.executable, "-m", "surgeon", "diff", str(SAMPLES / "tiny_yolo.onnx"), str(SAMPLES / "tiny_yolo.onnx"), "--json"],
+            [
+                sys.executable,
+                "-m",
+                "surgeon",
+                "diff",
+                str(SAMPLES / "tiny_yolo.onnx"),
+                str(SAMPLES / "tiny_yolo.onnx"),
+                "--json",
+            ],
             capture_output=True,
             text=True,
         )
         assert res.returncode == 0 and res.stdout.startswith("{"), res.stdout + res.stderr
         res = subprocess.run(
-            [sys.executable, "-m", "surgeon", "diff", str(SAMPLES / "tiny_yolo.onnx"), str(SAMPLES / "tiny_yolo.onnx")],
+            [
+                sys.executable,
+                "-m",
+                "surgeon",
+                "diff",
+                str(SAMPLES / "tiny_yolo.onnx"),
+                str(SAMPLES / "tiny_yolo.onnx"),
+            ],
             capture_output=True,
             text=True,
         )

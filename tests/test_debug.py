@@ -11,11 +11,12 @@ import pytest
 from conftest import SAMPLES, parse, write
 from onnx import numpy_helper
 
-from surgeon.debugging import DebugOptions, debug, stats_from_array
+from surgeon.debugging import DebugOptions, debug
 from surgeon.edits.tap import select_taps, tap
 from surgeon.errors import NameNotFoundError
 from surgeon.feeds import FeedOptions, make_feeds
-from surgeon.model import load
+from surgeon.loading import load
+from surgeon.statistics import stats_from_array
 
 NAN_MODEL = """<ir_version: 8, opset_import: ["" : 17]>
 agraph (float[2, 8] x) => (y) {

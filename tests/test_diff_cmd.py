@@ -401,7 +401,7 @@ def test_integers_get_no_relative_slack():
 def test_swapped_inputs_verify(tmp_path):
     import onnx
 
-    from surgeon.model import load
+    from surgeon.loading import load
     from surgeon.verification import verify
 
     sub = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>

@@ -12,12 +12,13 @@ from onnx.reference import ReferenceEvaluator
 from surgeon.recipes import cut_backbone
 
 import surgeon
-import surgeon.model as model_module
 import surgeon.runner as runner_module
+import surgeon.saving as saving_module
 from surgeon.edits import extract as extract_module
 from surgeon.edits.extract import extract, inference_skeleton, learn_from_runs
 from surgeon.errors import NameNotFoundError, UsageError
-from surgeon.model import Model, load
+from surgeon.loading import load
+from surgeon.model import Model
 
 
 def reference_values(proto: onnx.ModelProto, feeds: dict, names: list[str]) -> dict:
@@ -191,7 +192,7 @@ def test_large_model_path_never_serialises_the_whole_model(samples, tmp_path, mo
         len(t.raw_data) > extract_module.INFERENCE_WEIGHT_LIMIT for t in skeleton.graph.initializer
     )
     assert "fc0.weight" in {i.name for i in skeleton.graph.input}
-    monkeypatch.setattr(model_module, "PROTO_LIMIT", 1024)
+    monkeypatch.setattr(saving_module, "PROTO_LIMIT", 1024)
     monkeypatch.setattr(runner_module, "PROTO_LIMIT", 1024)
     edited = extract(model, "x", "act0")
     assert edited.passed

@@ -11,7 +11,8 @@ import pytest
 from conftest import ROOT, parse, run_cli, write
 from onnx import numpy_helper
 
-from surgeon.model import Model, save
+from surgeon.model import Model
+from surgeon.saving import save
 
 SAMPLE_NAMES = ["two_conv.onnx", "tiny_yolo.onnx", "if_model.onnx", "ext_weights.onnx"]
 

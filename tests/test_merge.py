@@ -17,7 +17,8 @@ from surgeon.edits.merge import merge, verify_merge
 from surgeon.edits.nms import build_nms
 from surgeon.errors import SurgeonError, UsageError
 from surgeon.feeds import FeedOptions
-from surgeon.model import Model, load
+from surgeon.loading import load
+from surgeon.model import Model
 from surgeon.runner import run
 from surgeon.verification import Chain, verify
 

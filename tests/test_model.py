@@ -12,7 +12,9 @@ from conftest import SAMPLES, parse, write
 import surgeon
 from surgeon.compare import EXACT
 from surgeon.errors import ModelLoadError, OutputPathError, UnsafePathError
-from surgeon.model import Model, load, save
+from surgeon.loading import load
+from surgeon.model import Model
+from surgeon.saving import save
 from surgeon.verification import verify
 
 SMALL = """<ir_version: 8, opset_import: ["" : 17]>

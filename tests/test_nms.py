@@ -15,7 +15,7 @@ import pytest
 
 from surgeon.edits.nms import build_nms
 from surgeon.errors import UsageError
-from surgeon.model import load
+from surgeon.loading import load
 from surgeon.runner import run
 
 F32 = np.float32

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from surgeon.debugging import DebugOptions, debug
 from surgeon.edits.shapes import check_dynamic
-from surgeon.model import load
+from surgeon.loading import load
 
 
 def _torchscript_style(tmp_path, baked: bool = True):

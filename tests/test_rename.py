@@ -11,7 +11,7 @@ from surgeon.recipes import rename_for_deployment
 
 from surgeon.edits.rename import parse_regex, rename
 from surgeon.errors import NameNotFoundError, UsageError
-from surgeon.model import load
+from surgeon.loading import load
 
 
 def without_provenance(proto: onnx.ModelProto) -> onnx.ModelProto:

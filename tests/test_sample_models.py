@@ -7,7 +7,7 @@ import sys
 
 from conftest import SAMPLES
 
-from surgeon.model import load
+from surgeon.loading import load
 
 sys.path.insert(0, str(SAMPLES))
 import build  # noqa: E402

@@ -12,7 +12,8 @@ from surgeon.recipes import make_dynamic
 
 from surgeon.edits.shapes import check_dynamic, parse_dims, parse_io_spec, parse_sizes, reshape_io
 from surgeon.errors import NameNotFoundError, UsageError
-from surgeon.model import Model, load
+from surgeon.loading import load
+from surgeon.model import Model
 
 
 def named(text: str, **names: str) -> onnx.ModelProto:

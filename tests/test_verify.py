@@ -12,7 +12,8 @@ from onnx import numpy_helper
 from surgeon.compare import EXACT, Tolerance
 from surgeon.errors import SurgeonError
 from surgeon.feeds import FeedOptions, make_feeds
-from surgeon.model import Model, load
+from surgeon.loading import load
+from surgeon.model import Model
 from surgeon.runner import RunOptions
 from surgeon.verification import Chain, verify
 

@@ -102,7 +102,7 @@ def run_options(args):
 
 def save_output(model, args, inputs=()):
     """Save ``model`` to ``args.output`` atomically, honouring --inplace/--external-data."""
-    from surgeon.model import save
+    from surgeon.saving import save
 
     check_output_early(args, inputs)
     external = {"auto": None, "always": True, "never": False}[args.external_data]
@@ -112,6 +112,6 @@ def save_output(model, args, inputs=()):
 def check_output_early(args, inputs):
     """Fail before any work when -o would overwrite an input or cannot be written."""
     if getattr(args, "output", None):
-        from surgeon.model import check_output_path
+        from surgeon.saving import check_output_path
 
         check_output_path(args.output, inputs, inplace=getattr(args, "inplace", False))

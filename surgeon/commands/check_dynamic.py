@@ -29,7 +29,7 @@ def add_arguments(parser) -> None:
 def run(args, ctx) -> int:
     from surgeon.commands import _common
     from surgeon.edits.shapes import check_dynamic, parse_sizes
-    from surgeon.model import load
+    from surgeon.loading import load
 
     sizes = parse_sizes(args.sizes)
     options = _common.run_options(args)

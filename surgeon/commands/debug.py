@@ -96,7 +96,8 @@ def run(args, ctx) -> int:
     from surgeon.debugging import DebugOptions, debug, save_values
     from surgeon.edits.tap import tap
     from surgeon.errors import OutputPathError, UsageError
-    from surgeon.model import check_output_path, load
+    from surgeon.loading import load
+    from surgeon.saving import check_output_path
 
     if args.rows < 0:
         raise UsageError("--rows must be 0 (all) or a positive number")

@@ -65,7 +65,7 @@ def parse_map(items, what: str = "--map") -> dict[str, str]:
 def run(args, ctx) -> int:
     from surgeon.compare import EXACT
     from surgeon.errors import NameNotFoundError, unknown_name
-    from surgeon.model import load
+    from surgeon.loading import load
     from surgeon.verification import verify
 
     # Arguments first, so a typo fails before any model is read or run.

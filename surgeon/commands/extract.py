@@ -87,7 +87,7 @@ def feed_options(args):
 
 def run(args, ctx) -> int:
     from surgeon.edits.extract import extract
-    from surgeon.model import load
+    from surgeon.loading import load
 
     tol = tolerance(args)
     feeds = feed_options(args)

@@ -15,7 +15,7 @@ def add_arguments(parser) -> None:
 
 def run(args, ctx) -> int:
     from surgeon.inspection import describe
-    from surgeon.model import load
+    from surgeon.loading import load
 
     model = load(args.model)
     info = describe(model)

@@ -123,7 +123,7 @@ def _nms_second(args, first, io_map):
 def run(args, ctx) -> int:
     from surgeon.edits.merge import merge
     from surgeon.errors import UsageError
-    from surgeon.model import load
+    from surgeon.loading import load
 
     if args.nms and args.second:
         raise UsageError(

@@ -136,7 +136,7 @@ def describe_nms(model, spec_params: dict, output) -> dict:
 
 def run(args, ctx) -> int:
     from surgeon.edits.nms import build_nms
-    from surgeon.model import check_output_path, save
+    from surgeon.saving import check_output_path, save
 
     check_output_path(args.output, [])
     model = build_nms(

@@ -46,7 +46,7 @@ def run(args, ctx) -> int:
     from surgeon.commands.diff import parse_map
     from surgeon.commands.extract import _render
     from surgeon.edits.rename import parse_regex, rename
-    from surgeon.model import load
+    from surgeon.loading import load
 
     mapping = parse_map(args.io, "--io")
     if args.regex is not None:

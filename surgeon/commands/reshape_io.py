@@ -92,7 +92,7 @@ def run(args, ctx) -> int:
     from surgeon.commands.extract import _render
     from surgeon.edits.shapes import parse_sizes, reshape_io
     from surgeon.feeds import FeedOptions
-    from surgeon.model import load
+    from surgeon.loading import load
 
     inputs = parse_specs(args.input_specs, "--input")
     outputs = parse_specs(args.output_specs, "--output")

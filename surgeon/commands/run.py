@@ -68,8 +68,9 @@ def run(args, ctx) -> int:
     from pathlib import Path
 
     from surgeon.errors import OutputPathError, SurgeonError, UsageError, VerificationFailed
-    from surgeon.model import check_output_path, load, save
+    from surgeon.loading import load
     from surgeon.recipe_runner import RunResult, load_recipe, parse_params, run_recipe
+    from surgeon.saving import check_output_path, save
 
     model_paths, extra = _split(args.models)
     if not model_paths:

@@ -37,13 +37,7 @@ from surgeon.compare import EXACT
 from surgeon.edits import Edited
 from surgeon.errors import SurgeonError, UsageError, close_matches
 from surgeon.feeds import FeedOptions, make_feeds
-from surgeon.model import (
-    PROVENANCE_KEY,
-    Model,
-    TensorInfo,
-    copy_model_metadata,
-    iter_graphs,
-)
+from surgeon.model import PROVENANCE_KEY, Model, TensorInfo, copy_model_metadata, iter_graphs
 from surgeon.runner import RunOptions
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -476,7 +470,7 @@ def merge(
     del proto.functions[:]
     proto.functions.extend(functions.values())
 
-    from surgeon.model import check_structure
+    from surgeon.validation import check_structure
 
     structure = check_structure(proto)
     if structure:  # a bug in the merge, not in the user's models

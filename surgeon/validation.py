@@ -1,0 +1,153 @@
+"""Structural validation of a model: every problem found, as readable sentences."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from surgeon.model import _known_elem_type, dtype_name, iter_graphs
+
+
+def check_structure(proto: onnx.ModelProto) -> list[str]:
+    """Structural problems of a model: every one found, as readable sentences."""
+    problems: list[str] = []
+    if proto.ir_version <= 0:
+        problems.append("the model has no IR version (ir_version is missing)")
+    if not len(proto.opset_import):
+        problems.append("the model declares no opset_import")
+    max_opset = onnx.defs.onnx_opset_version()
+    for o in proto.opset_import:
+        if o.domain in ("", "ai.onnx") and not (1 <= o.version <= max_opset):
+            problems.append(
+                f"default-domain opset {o.version} is outside what onnx {onnx.__version__} knows (1..{max_opset})"
+            )
+    _check_graph(proto.graph, set(), "main graph", problems)
+    return problems
+
+
+# Element types packed below one byte per element: their raw size is not count * itemsize.
+_PACKED_TYPES = {
+    getattr(onnx.TensorProto, name)
+    for name in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
+    if hasattr(onnx.TensorProto, name)
+}
+
+
+def _raw_data_size_problem(t: onnx.TensorProto) -> str | None:
+    """A sentence when ``t``'s raw bytes do not fit its shape and type (a damaged file)."""
+    if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type in _PACKED_TYPES:
+        return None
+    if t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return None
+    size = len(t.raw_data)
+    if not size:
+        return None  # values in the typed fields (float_data, ...), or an empty tensor
+    try:
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    except Exception:  # a type this onnx does not know: nothing to compare with
+        return None
+    count = int(np.prod(t.dims)) if len(t.dims) else 1
+    if size == count * itemsize:
+        return None
+    return (
+        f"initializer `{t.name}` holds {size} bytes, but its shape {list(t.dims)} of "
+        f"{dtype_name(t.data_type)} needs {count * itemsize}"
+    )
+
+
+def _check_graph(graph: onnx.GraphProto, outer: set[str], where: str, problems: list[str]) -> None:
+    defined: dict[str, str] = {}
+    for v in graph.input:
+        if defined.get(v.name) == "graph input":
+            problems.append(f"{where}: graph input `{v.name}` is declared twice")
+        defined.setdefault(v.name, "graph input")
+    for v in [*graph.input, *graph.output, *graph.value_info]:
+        if v.type.HasField("tensor_type") and not _known_elem_type(v.type.tensor_type.elem_type):
+            problems.append(
+                f"{where}: `{v.name}` has element type {v.type.tensor_type.elem_type}, which "
+                f"onnx {onnx.__version__} does not know"
+            )
+    initializers: set[str] = set()
+    for t in graph.initializer:
+        if not _known_elem_type(t.data_type):
+            problems.append(
+                f"{where}: initializer `{t.name}` has element type {t.data_type}, which "
+                f"onnx {onnx.__version__} does not know"
+            )
+        # Two values under one name: which one a runtime uses is anyone's guess.
+        if t.name in initializers:
+            problems.append(f"{where}: initializer `{t.name}` is defined twice")
+        initializers.add(t.name)
+        size_problem = _raw_data_size_problem(t)
+        if size_problem:
+            problems.append(f"{where}: {size_problem}")
+        defined.setdefault(t.name, "initializer")
+    for s in graph.sparse_initializer:
+        defined.setdefault(s.values.name, "initializer")
+    producers: dict[str, str] = {}
+    for i, n in enumerate(graph.node):
+        label = f"node `{n.name}` ({n.op_type})" if n.name else f"node #{i} ({n.op_type})"
+        for o in n.output:
+            if not o:
+                continue
+            if o in producers:
+                problems.append(
+                    f"{where}: tensor `{o}` is produced twice, by {producers[o]} and {label}"
+                )
+            elif o in defined:
+                problems.append(f"{where}: {label} writes `{o}`, which is already a {defined[o]}")
+            producers[o] = label
+    known = set(defined) | set(producers) | outer
+    for i, n in enumerate(graph.node):
+        label = f"node `{n.name}` ({n.op_type})" if n.name else f"node #{i} ({n.op_type})"
+        for name in n.input:
+            if name and name not in known:
+                problems.append(
+                    f"{where}: {label} reads `{name}`, which no node, input or initializer defines"
+                )
+        for attr in n.attribute:
+            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for sub in subs:
+                _check_graph(sub, known, f"{where} > {label}.{attr.name}", problems)
+    for o in graph.output:
+        if o.name not in known:
+            problems.append(f"{where}: output `{o.name}` has no producer")
+    # Cycles: Kahn's algorithm over main-graph nodes; leftovers sit on a cycle.
+    indeg = []
+    consumers: dict[str, list[int]] = {}
+    for i, n in enumerate(graph.node):
+        deps = {x for x in n.input if x in producers}
+        deps |= _subgraph_reads(n) & set(producers)
+        indeg.append(len(deps))
+        for d in deps:
+            consumers.setdefault(d, []).append(i)
+    ready = [i for i, d in enumerate(indeg) if d == 0]
+    seen = 0
+    while ready:
+        i = ready.pop()
+        seen += 1
+        for o in graph.node[i].output:
+            for c in consumers.get(o, ()):
+                indeg[c] -= 1
+                if indeg[c] == 0:
+                    ready.append(c)
+    if seen < len(graph.node):
+        stuck = [
+            graph.node[i].name or f"#{i} ({graph.node[i].op_type})"
+            for i, d in enumerate(indeg)
+            if d > 0
+        ]
+        problems.append(
+            f"{where}: the graph has a cycle through {len(stuck)} node(s): " + ", ".join(stuck[:5])
+        )
+
+
+def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    reads: set[str] = set()
+    for attr in node.attribute:
+        subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for sub in subs:
+            for g in iter_graphs(sub):
+                for n in g.node:
+                    reads.update(x for x in n.input if x)
+    return reads
