@@ -9,7 +9,6 @@ import onnx
 import pytest
 from conftest import parse, write
 from onnx.reference import ReferenceEvaluator
-from surgeon.recipes import cut_backbone
 
 import surgeon
 import surgeon.runner as runner_module
@@ -19,6 +18,7 @@ from surgeon.edits.extract import extract, inference_skeleton, learn_from_runs
 from surgeon.errors import NameNotFoundError, UsageError
 from surgeon.loading import load
 from surgeon.model import Model
+from surgeon.recipes import cut_backbone
 
 
 def reference_values(proto: onnx.ModelProto, feeds: dict, names: list[str]) -> dict:

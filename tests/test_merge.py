@@ -8,7 +8,6 @@ import numpy as np
 import onnx
 import pytest
 from conftest import SAMPLES, parse, write
-from surgeon.recipes import detector_nms
 from test_nms import expected_outputs, reference_nms
 
 import surgeon
@@ -19,6 +18,7 @@ from surgeon.errors import SurgeonError, UsageError
 from surgeon.feeds import FeedOptions
 from surgeon.loading import load
 from surgeon.model import Model
+from surgeon.recipes import detector_nms
 from surgeon.runner import run
 from surgeon.verification import Chain, verify
 

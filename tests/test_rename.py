@@ -7,11 +7,11 @@ import numpy as np
 import onnx
 import pytest
 from onnx.reference import ReferenceEvaluator
-from surgeon.recipes import rename_for_deployment
 
 from surgeon.edits.rename import parse_regex, rename
 from surgeon.errors import NameNotFoundError, UsageError
 from surgeon.loading import load
+from surgeon.recipes import rename_for_deployment
 
 
 def without_provenance(proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -7,10 +7,10 @@ import textwrap
 import numpy as np
 import pytest
 from conftest import SAMPLES
-from surgeon.recipes import BUILTIN
 
 import surgeon
 from surgeon.recipe_runner import load_recipe, parse_params
+from surgeon.recipes import BUILTIN
 
 GOOD = '''
 """Tap the first conv (a user recipe)."""

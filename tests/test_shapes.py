@@ -8,12 +8,12 @@ import onnx
 import pytest
 from conftest import parse, write
 from onnx.reference import ReferenceEvaluator
-from surgeon.recipes import make_dynamic
 
 from surgeon.edits.shapes import check_dynamic, parse_dims, parse_io_spec, parse_sizes, reshape_io
 from surgeon.errors import NameNotFoundError, UsageError
 from surgeon.loading import load
 from surgeon.model import Model
+from surgeon.recipes import make_dynamic
 
 
 def named(text: str, **names: str) -> onnx.ModelProto:
