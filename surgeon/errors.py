@@ -9,6 +9,8 @@ a hint to rerun with ``--traceback``.
 from __future__ import annotations
 
 import difflib
+import re
+import unicodedata
 from collections.abc import Iterable
 
 
@@ -76,6 +78,53 @@ class VerificationFailed(SurgeonError):
     def __init__(self, message: str, *, report=None, **kwargs):
         super().__init__(message, **kwargs)
         self.report = report
+
+
+# Everything outside printable ASCII is looked at; of that, only characters that steer a
+# terminal or reorder text are escaped, so names in any script still show as themselves.
+_NOT_PLAIN_ASCII = re.compile(r"[^\x20-\x7e]")
+# Cc: C0, DEL and C1 controls (ESC starts every ANSI sequence; U+009B is a one-byte CSI).
+# Cf: format characters, among them the bidi overrides U+202A..U+202E and U+2066..U+2069
+# and zero-width characters. Zl/Zp: line and paragraph separators. Cs: lone surrogates
+# (a non-UTF-8 file name decoded with surrogateescape), which cannot be encoded at all.
+_STEERING_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_character(match: re.Match) -> str:
+    char = match.group()
+    if unicodedata.category(char) not in _STEERING_CATEGORIES:
+        return char
+    if char in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[char]
+    code = ord(char)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def printable(text: str) -> str:
+    """``text`` made safe for a terminal: every control character shown as an escape.
+
+    Text from a model (names, metadata, doc strings, error messages quoting them) and
+    from paths is untrusted: an ESC could set the terminal's title or clear the screen,
+    a newline could fake a ``PASS:`` line, a bidi override could reverse what is shown.
+    C0/C1 controls, DEL, format characters (bidi overrides, zero-width characters),
+    line/paragraph separators and lone surrogates become Python-style escapes
+    (``\\x1b``, ``\\n``, ``\\u202e``); everything else, any script included, is kept.
+    A backslash is kept as it is (escaping it would make every Windows path unreadable),
+    so ``\\x1b`` typed literally looks the same as an escaped ESC; ``--json`` keeps the
+    exact string.
+
+    This is plain text, not rich markup: ``surgeon.report.shown`` wraps it in a rich
+    ``Text`` so that markup in the text is never interpreted either.
+    """
+    text = str(text)
+    if not _NOT_PLAIN_ASCII.search(text):
+        return text  # the common case: nothing to look at
+    return _NOT_PLAIN_ASCII.sub(_escape_character, text)
 
 
 def close_matches(name: str, candidates: Iterable[str], limit: int = 3) -> list[str]:

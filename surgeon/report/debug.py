@@ -6,11 +6,9 @@ import math
 
 from rich import box
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 from rich.text import Text
 
-from surgeon.report import diff_table, fmt
+from surgeon.report import SafeTable, diff_table, fmt, shown
 
 
 def _bar(value: float | None, lo: float, hi: float, width: int = 12) -> str:
@@ -40,7 +38,7 @@ def _rows(items, rows: int, keep) -> list:
 
 def render_debug(console: Console, report, rows: int = 40) -> None:
     style = "bold green" if report.passed else "bold red"
-    console.print(Text(report.verdict(), style=style))
+    console.print(shown(report.verdict(), style))
     if report.tap_check is not None and not report.tap_check.passed:
         console.print(diff_table(report.tap_check))
 
@@ -49,7 +47,7 @@ def render_debug(console: Console, report, rows: int = 40) -> None:
         finite = [e for e in errs if e and math.isfinite(e)]
         lo = math.log10(min(finite)) if finite else 0.0
         hi = math.log10(max(finite)) if finite else 1.0
-        table = Table(
+        table = SafeTable(
             title=f"layer-wise comparison against {report.reference}",
             title_justify="left",
             box=box.SIMPLE_HEAD,
@@ -62,18 +60,19 @@ def render_debug(console: Console, report, rows: int = 40) -> None:
                 col, justify="left" if col in ("status", "error growth") else "right", no_wrap=True
             )
         root = report.root_cause.diff.name if report.root_cause else None
-        shown = _rows(report.layers, rows, lambda layer: layer.diverged and layer.diff.name == root)
-        for layer in shown:
+        rows_shown = _rows(
+            report.layers, rows, lambda layer: layer.diverged and layer.diff.name == root
+        )
+        for layer in rows_shown:
             d = layer.diff
             status = "ROOT CAUSE" if d.name == root else ("diverged" if layer.diverged else "ok")
-            label = Text(d.name)
-            label.append(f" ({layer.node}, {layer.op})", style="dim")
+            label = Text.assemble(shown(d.name), shown(f" ({layer.node}, {layer.op})", "dim"))
             table.add_row(
                 str(layer.index),
                 label,
-                Text(
+                shown(
                     status,
-                    style="bold red" if d.name == root else ("red" if layer.diverged else "green"),
+                    "bold red" if d.name == root else ("red" if layer.diverged else "green"),
                 ),
                 fmt(d.max_abs),
                 fmt(d.max_rel),
@@ -82,36 +81,38 @@ def render_debug(console: Console, report, rows: int = 40) -> None:
                 _bar(d.max_abs, lo, hi),
             )
         console.print(table)
-        if len(shown) < len(report.layers):
+        if len(rows_shown) < len(report.layers):
             console.print(
-                Text(
-                    f"{len(report.layers) - len(shown)} more rows: --rows 0 shows all; --json or --html has everything",
-                    style="dim",
+                shown(
+                    f"{len(report.layers) - len(rows_shown)} more rows: --rows 0 shows all; --json or --html has everything",
+                    "dim",
                 )
             )
         if report.other_roots:
             console.print(
-                "other nodes that diverge while their inputs match: "
-                + ", ".join(f"`{escape(r.node)}` ({r.op})" for r in report.other_roots[:5])
+                shown(
+                    "other nodes that diverge while their inputs match: "
+                    + ", ".join(f"`{r.node}` ({r.op})" for r in report.other_roots[:5])
+                )
             )
         if report.uncompared_inputs:
             console.print(
-                Text(
+                shown(
                     "note: the root cause's inputs "
                     + ", ".join(report.uncompared_inputs)
                     + " have no reference value; the divergence may start before it",
-                    style="yellow",
+                    "yellow",
                 )
             )
         if report.unmatched:
             console.print(
-                Text(
+                shown(
                     f"{len(report.unmatched)} tapped tensor(s) have no reference value (not compared)",
-                    style="dim",
+                    "dim",
                 )
             )
 
-    table = Table(
+    table = SafeTable(
         title="tapped tensors (topological order)",
         title_justify="left",
         box=box.SIMPLE_HEAD,
@@ -132,14 +133,13 @@ def render_debug(console: Console, report, rows: int = 40) -> None:
             justify="left" if col in ("shape", "dtype", "flags") else "right",
             no_wrap=col != "flags",
         )
-    shown = _rows(
+    rows_shown = _rows(
         report.stats,
         rows if not report.layers else min(rows, 15) if rows else 0,
         lambda s: bool(s.flags),
     )
-    for s in shown:
-        label = Text(s.name)
-        label.append(f" ({s.op})", style="dim")
+    for s in rows_shown:
+        label = Text.assemble(shown(s.name), shown(f" ({s.op})", "dim"))
         shape = "x".join(map(str, s.shape)) if s.shape is not None else "?"
         cells = [
             str(s.index),
@@ -154,39 +154,37 @@ def render_debug(console: Console, report, rows: int = 40) -> None:
         cells += [
             f"{s.nan}/{s.inf}",
             f"{s.zeros:.0%}" if s.zeros is not None else "-",
-            Text(", ".join(s.flags), style=flag_style),
+            shown(", ".join(s.flags), flag_style),
         ]
         table.add_row(*cells)
     console.print(table)
-    if len(shown) < len(report.stats):
+    if len(rows_shown) < len(report.stats):
         console.print(
-            Text(
-                f"{len(report.stats) - len(shown)} more tapped tensors: --rows 0 shows all",
-                style="dim",
+            shown(
+                f"{len(report.stats) - len(rows_shown)} more tapped tensors: --rows 0 shows all",
+                "dim",
             )
         )
     if report.shape_mismatches:
         console.print(
-            Text(
+            shown(
                 f"declared vs real: {len(report.shape_mismatches)} tensor(s) differ from what the model declares",
-                style="yellow",
+                "yellow",
             )
         )
         for m in report.shape_mismatches[:5]:
-            console.print(Text("  - " + m.message, style="yellow"))
+            console.print(shown("  - " + m.message, "yellow"))
         if len(report.shape_mismatches) > 5:
             console.print(
-                Text(
+                shown(
                     f"  ... and {len(report.shape_mismatches) - 5} more (--json lists all)",
-                    style="dim",
+                    "dim",
                 )
             )
     if report.not_tappable:
         names = ", ".join(f"{t} (in {n})" for t, n in list(report.not_tappable.items())[:8])
         more = f" and {len(report.not_tappable) - 8} more" if len(report.not_tappable) > 8 else ""
-        console.print(
-            Text(f"not tappable (inside If/Loop/Scan bodies): {names}{more}", style="yellow")
-        )
+        console.print(shown(f"not tappable (inside If/Loop/Scan bodies): {names}{more}", "yellow"))
     feeds = ", ".join(
         f"{k}: {d['dtype']}[{'x'.join(map(str, d['shape']))}]" for k, d in report.feeds.items()
     )
@@ -203,8 +201,8 @@ def render_debug(console: Console, report, rows: int = 40) -> None:
             else report.tap_check.summary()
         )
     console.print(
-        Text(
+        shown(
             f"{report.model} · seed={report.seed} · feeds {feeds} · optimization={report.optimization}{tol}{tap_note}",
-            style="dim",
+            "dim",
         )
     )

@@ -14,11 +14,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from surgeon.report import diff_table, settings_text
+from surgeon.report import SafeTable, diff_table, settings_text, shown
 
 EDIT_SCHEMA = "surgeon.edit/1"
 
@@ -39,16 +38,14 @@ def edit_document(edited, model_path: str, output: str | None, written: bool) ->
 
 
 def _dims(shape) -> str:
-    """``[batch, 3, 64, 64]``, escaped: rich would read the brackets as markup."""
+    """``[batch, 3, 64, 64]`` (plain text: SafeTable and shown never read it as markup)."""
     if shape is None:
         return "?"
-    return escape("[" + ", ".join("?" if d is None else str(d) for d in shape) + "]")
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
 def _verdict(passed: bool, text: str) -> Text:
-    return Text(
-        ("PASS: " if passed else "FAIL: ") + text, style="bold green" if passed else "bold red"
-    )
+    return shown(("PASS: " if passed else "FAIL: ") + text, "bold green" if passed else "bold red")
 
 
 def _footer(console: Console, edited, output: str | None, written: bool) -> None:
@@ -61,16 +58,16 @@ def _footer(console: Console, edited, output: str | None, written: bool) -> None
         console.print(diff_table(report))
         console.print(settings_text(report))
         for note in report.notes:
-            console.print(Text("note: " + note, style="yellow"))
+            console.print(shown("note: " + note, "yellow"))
     for note in edited.details.get("notes", []):
         if report is None or note not in report.notes:
-            console.print(Text("note: " + note, style="yellow"))
+            console.print(shown("note: " + note, "yellow"))
     if written:
-        console.print(Text(f"wrote {output}", style="bold"))
+        console.print(shown(f"wrote {output}", "bold"))
     elif output and not edited.passed:
-        console.print(Text(f"not written: {output} (verification failed)", style="red"))
+        console.print(shown(f"not written: {output} (verification failed)", "red"))
     elif not output:
-        console.print(Text("not written: no -o/--output given", style="dim"))
+        console.print(shown("not written: no -o/--output given", "dim"))
 
 
 def render_extract(console: Console, edited, output: str | None, written: bool) -> None:
@@ -84,23 +81,21 @@ def render_extract(console: Console, edited, output: str | None, written: bool) 
             + ", ".join(f"`{o['name']}`" for o in d["outputs"]),
         )
     )
-    table = Table(title="boundary", title_justify="left")
+    table = SafeTable(title="boundary", title_justify="left")
     for col in ("", "tensor", "dtype", "shape", "from"):
         table.add_column(col, overflow="fold")
     for role in ("inputs", "outputs"):
         for t in d[role]:
-            table.add_row(
-                role[:-1], escape(t["name"]), t["dtype"] or "?", _dims(t["shape"]), t["source"]
-            )
+            table.add_row(role[:-1], t["name"], t["dtype"] or "?", _dims(t["shape"]), t["source"])
     console.print(table)
     init = d["initializers"]
-    console.print(Text(f"{init['kept']} initializers ({init['bytes']:,} bytes) kept", style="dim"))
+    console.print(shown(f"{init['kept']} initializers ({init['bytes']:,} bytes) kept", "dim"))
     if d.get("dropped_inputs"):
         console.print(
-            Text(
+            shown(
                 "unused outputs of the named input node(s), not made inputs: "
                 + ", ".join(d["dropped_inputs"]),
-                style="dim",
+                "dim",
             )
         )
     _footer(console, edited, output, written)
@@ -112,13 +107,13 @@ def render_rename(console: Console, edited, output: str | None, written: bool) -
     console.print(
         _verdict(edited.passed, f"{count} name(s) changed; same values under the new names")
     )
-    table = Table(title="renamed", title_justify="left")
+    table = SafeTable(title="renamed", title_justify="left")
     for col in ("kind", "old", "new"):
         table.add_column(col, overflow="fold")
     for t in d["tensors"]:
-        table.add_row(t["role"], escape(t["old"]), escape(t["new"]))
+        table.add_row(t["role"], t["old"], t["new"])
     for n in d["nodes"]:
-        table.add_row("node", escape(n["old"]), escape(n["new"]))
+        table.add_row("node", n["old"], n["new"])
     console.print(table)
     _footer(console, edited, output, written)
 
@@ -128,21 +123,21 @@ def render_reshape_io(console: Console, edited, output: str | None, written: boo
     dyn = d.get("dynamic")
     what = dyn["summary"].split(": ", 1)[-1] if dyn else "dims set (runtime check skipped)"
     console.print(_verdict(edited.passed, what))
-    table = Table(title="dims", title_justify="left")
+    table = SafeTable(title="dims", title_justify="left")
     for col in ("", "tensor", "before", "after"):
         table.add_column(col, overflow="fold")
     for t in d["inputs"]:
-        table.add_row("input", escape(t["name"]), _dims(t["old"]), _dims(t["new"]))
+        table.add_row("input", t["name"], _dims(t["old"]), _dims(t["new"]))
     for t in d["outputs"]:
         after = _dims(t["new"]) + ("" if t["given"] else " (inferred)")
-        table.add_row("output", escape(t["name"]), _dims(t["old"]), after)
+        table.add_row("output", t["name"], _dims(t["old"]), after)
     console.print(table)
     vi = d["value_info"]
     console.print(
-        Text(
+        shown(
             f"shape inference: {vi['refreshed']} value_info refreshed, {vi['added']} added, "
             f"{vi['cleared']} stale shapes cleared",
-            style="dim",
+            "dim",
         )
     )
     if dyn:
@@ -152,44 +147,42 @@ def render_reshape_io(console: Console, edited, output: str | None, written: boo
 
 def dynamic_table(check: dict) -> Table:
     """One row per size tried: did it run, and the output shapes against expectations."""
-    table = Table(title="sizes tried", title_justify="left")
+    table = SafeTable(title="sizes tried", title_justify="left")
     for col in ("sizes", "ran", "outputs", "problem"):
         table.add_column(col, overflow="fold")
     for case in check["cases"]:
         label = case["label"] + (f" ({case['varied']} varied)" if case["varied"] else "")
         if not case["ran"]:
             where = f"in node `{case['failed_node']}`: " if case["failed_node"] else ""
-            table.add_row(
-                escape(label), Text("no", style="red"), "-", escape(where + (case["error"] or ""))
-            )
+            table.add_row(label, shown("no", "red"), "-", where + (case["error"] or ""))
             continue
-        shapes = ", ".join(f"{escape(o['name'])} {_dims(o['shape'])}" for o in case["outputs"])
+        shapes = ", ".join(f"{o['name']} {_dims(o['shape'])}" for o in case["outputs"])
         problems = "; ".join(f"{o['name']}: {o['problem']}" for o in case["outputs"] if not o["ok"])
         table.add_row(
-            escape(label),
-            Text("yes", style="green"),
+            label,
+            shown("yes", "green"),
             shapes,
-            Text(problems or "ok", style="red" if problems else "green"),
+            shown(problems or "ok", "red" if problems else "green"),
         )
     return table
 
 
 def render_check_dynamic(console: Console, check: dict) -> None:
     passed = check["passed"]
-    console.print(Text(check["summary"], style="bold green" if passed else "bold red"))
-    dims = Table(title="dynamic dims", title_justify="left")
+    console.print(shown(check["summary"], "bold green" if passed else "bold red"))
+    dims = SafeTable(title="dynamic dims", title_justify="left")
     for col in ("dim", "where", "kind", "sizes"):
         dims.add_column(col, overflow="fold")
     for d in check["dims"]:
         sizes = ", ".join(str(v) for v in d["values"])
         if d["export"]:
             sizes += f" (export {d['export']})"
-        dims.add_row(escape(d["name"]), escape(", ".join(d["axes"])), d["kind"], sizes)
+        dims.add_row(d["name"], ", ".join(d["axes"]), d["kind"], sizes)
     if check["dims"]:
         console.print(dims)
     console.print(dynamic_table(check))
     for s in check["suspects"]:
-        console.print(Text("suspect: " + s["message"], style="yellow"))
+        console.print(shown("suspect: " + s["message"], "yellow"))
     for note in check["notes"]:
-        console.print(Text("note: " + note, style="yellow"))
-    console.print(Text(f"{check['model']} · seed={check['seed']}", style="dim"))
+        console.print(shown("note: " + note, "yellow"))
+    console.print(shown(f"{check['model']} · seed={check['seed']}", "dim"))

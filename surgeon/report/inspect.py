@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
+
+from surgeon.report import SafeTable, shown
 
 
 def _shape(shape) -> str:
@@ -28,78 +27,83 @@ def render_inspect(console: Console, info: dict) -> None:
         " ".join(x for x in (info["producer"]["name"], info["producer"]["version"]) if x)
         or "unknown"
     )
-    console.print(Text(info["file"] or info["graph_name"] or "model", style="bold"))
-    console.print(
-        f"IR version {info['ir_version']} · opsets {escape(opsets)} · producer {escape(producer)}"
-    )
+    console.print(shown(info["file"] or info["graph_name"] or "model", "bold"))
+    console.print(shown(f"IR version {info['ir_version']} · opsets {opsets} · producer {producer}"))
     p = info["parameters"]
     console.print(
-        f"{info['nodes']} nodes ({info['nodes_including_subgraphs']} with subgraphs) · "
-        f"{p['count']:,} parameters ({_bytes(p['bytes'])})"
+        shown(
+            f"{info['nodes']} nodes ({info['nodes_including_subgraphs']} with subgraphs) · "
+            f"{p['count']:,} parameters ({_bytes(p['bytes'])})"
+        )
     )
-    io = Table(title="inputs and outputs", title_justify="left")
+    io = SafeTable(title="inputs and outputs", title_justify="left")
     io.add_column("kind")
     io.add_column("name", overflow="fold")
     io.add_column("dtype")
     io.add_column("shape", no_wrap=True)
     for kind in ("inputs", "outputs"):
         for t in info[kind]:
-            io.add_row(kind[:-1], escape(t["name"]), t["dtype"] or "?", escape(_shape(t["shape"])))
+            io.add_row(kind[:-1], t["name"], t["dtype"] or "?", _shape(t["shape"]))
     console.print(io)
-    ops = Table(title="op types", title_justify="left")
+    ops = SafeTable(title="op types", title_justify="left")
     ops.add_column("op")
     ops.add_column("count", justify="right")
     for op, n in info["op_types"].items():
-        ops.add_row(escape(op), str(n))
+        ops.add_row(op, str(n))
     console.print(ops)
     if info["initializers_as_inputs"]:
         console.print(
-            f"{len(info['initializers_as_inputs'])} initializer(s) are also listed as graph inputs (old exporter style)"
+            shown(
+                f"{len(info['initializers_as_inputs'])} initializer(s) are also listed as graph "
+                "inputs (old exporter style)"
+            )
         )
     if info["custom_domains"]:
         console.print(
-            Text(
+            shown(
                 "custom domains: "
                 + ", ".join(f"{d} ({n} nodes)" for d, n in info["custom_domains"].items())
                 + "; onnxruntime needs --custom-op-library to run them",
-                style="yellow",
+                "yellow",
             )
         )
     if info["external_data"]:
-        console.print("external data: " + escape(", ".join(info["external_data"])))
+        console.print(shown("external data: " + ", ".join(info["external_data"])))
     for node in info["subgraph_nodes"]:
         for sub in node["subgraphs"]:
             reads = ", ".join(sub["outer_scope_reads"]) or "nothing"
             console.print(
-                f"subgraph: {escape(node['node'] or '?')} ({escape(node['op'])}).{escape(sub['attribute'])}: "
-                f"{sub['nodes']} nodes, reads {escape(reads)} from the outer scope"
-                + (f" (from {escape(node['origin'])})" if node.get("origin") else "")
+                shown(
+                    f"subgraph: {node['node'] or '?'} ({node['op']}).{sub['attribute']}: "
+                    f"{sub['nodes']} nodes, reads {reads} from the outer scope"
+                    + (f" (from {node['origin']})" if node.get("origin") else "")
+                )
             )
     torch_info = info.get("pytorch")
     if torch_info:
         examples = "; ".join(f"{k} = {v}" for k, v in list(torch_info["examples"].items())[:3])
         console.print(
-            f"PyTorch export ({escape(str(torch_info['exporter']))}): {torch_info['nodes_with_origin']} nodes map to "
-            f"{torch_info['modules']} modules, e.g. {escape(examples)}"
+            shown(
+                f"PyTorch export ({torch_info['exporter']}): {torch_info['nodes_with_origin']} "
+                f"nodes map to {torch_info['modules']} modules, e.g. {examples}"
+            )
         )
     if info["functions"]:
-        console.print("local functions: " + escape(", ".join(info["functions"])))
+        console.print(shown("local functions: " + ", ".join(info["functions"])))
     if info["metadata"]:
-        meta = Table(title="metadata", title_justify="left")
+        meta = SafeTable(title="metadata", title_justify="left")
         meta.add_column("key")
         meta.add_column("value", overflow="fold")
         for k, v in info["metadata"].items():
-            meta.add_row(escape(k), escape(v if len(v) < 200 else v[:200] + "…"))
+            meta.add_row(k, v if len(v) < 200 else v[:200] + "…")
         console.print(meta)
     if info["history"]:
-        hist = Table(title="edit history (surgeon provenance)", title_justify="left")
+        hist = SafeTable(title="edit history (surgeon provenance)", title_justify="left")
         hist.add_column("#", justify="right")
         hist.add_column("edit")
         hist.add_column("parameters", overflow="fold")
         hist.add_column("surgeon")
         for i, rec in enumerate(info["history"], 1):
             params = ", ".join(f"{k}={v}" for k, v in (rec.get("params") or {}).items())
-            hist.add_row(
-                str(i), escape(str(rec.get("edit"))), escape(params), str(rec.get("surgeon", ""))
-            )
+            hist.add_row(str(i), str(rec.get("edit")), params, str(rec.get("surgeon", "")))
         console.print(hist)

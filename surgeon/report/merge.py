@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
-from rich.text import Text
 
-from surgeon.report import render_diff
+from surgeon.report import SafeTable, render_diff, shown
 
 _HOW = {
     "map": "as mapped",
@@ -23,14 +21,14 @@ def _shape(shape) -> str:
 
 
 def io_table(title: str, inputs: list[dict], outputs: list[dict]) -> Table:
-    table = Table(title=title, title_justify="left")
+    table = SafeTable(title=title, title_justify="left")
     table.add_column("kind")
     table.add_column("name", overflow="fold")
     table.add_column("dtype")
     table.add_column("shape", no_wrap=True)
     for kind, items in (("input", inputs), ("output", outputs)):
         for t in items:
-            table.add_row(kind, escape(t["name"]), t["dtype"] or "?", escape(_shape(t["shape"])))
+            table.add_row(kind, t["name"], t["dtype"] or "?", _shape(t["shape"]))
     return table
 
 
@@ -40,17 +38,17 @@ def render_nms(console: Console, info: dict) -> None:
     mode = "class-agnostic" if p["agnostic"] else "per-class"
     what = "top-k (no NMS)" if p["layout"] == "detr" else f"{mode} NMS"
     console.print(
-        Text(
+        shown(
             f"{p['layout']} head, {p['classes']} classes: {what}, iou > {p['iou']:g} suppresses, "
             f"score > {p['score']:g} kept, up to {p['max_det']} per image, {p['output_format']} outputs",
-            style="bold",
+            "bold",
         )
     )
     console.print(io_table("inputs and outputs", info["inputs"], info["outputs"]))
     ops = ", ".join(f"{k} {v}" for k, v in info["op_types"].items())
-    console.print(Text(f"{info['nodes']} nodes, opset {info['opset']}: {ops}", style="dim"))
+    console.print(shown(f"{info['nodes']} nodes, opset {info['opset']}: {ops}", "dim"))
     if info.get("output"):
-        console.print(Text(f"wrote {info['output']}", style="green"))
+        console.print(shown(f"wrote {info['output']}", "green"))
 
 
 def render_merge(console: Console, info: dict, report=None) -> None:
@@ -59,55 +57,55 @@ def render_merge(console: Console, info: dict, report=None) -> None:
     if info.get("nms"):
         n = info["nms"]
         title += f" ({n['layout']} NMS, {n['classes']} classes, {n['output_format']} outputs)"
-    console.print(Text(title, style="bold"))
-    console.print(f"connected {_HOW.get(info['how'], info['how'])}:")
+    console.print(shown(title, "bold"))
+    console.print(shown(f"connected {_HOW.get(info['how'], info['how'])}:"))
     for c in info["connections"]:
         console.print(
-            Text(f"  {c['output']} {c['output_type']}  ->  {c['input']} {c['input_type']}")
+            shown(f"  {c['output']} {c['output_type']}  ->  {c['input']} {c['input_type']}")
         )
     for name in info["shared_inputs"]:
-        console.print(Text(f"  input {name} is shared by both models"))
+        console.print(shown(f"  input {name} is shared by both models"))
     renamed = info["renamed"]
     for old, new in renamed["first"].items():
         console.print(
-            Text(
+            shown(
                 f"renamed {old} -> {new} in {info['first']} (an output of the merged model keeps the name)",
-                style="yellow",
+                "yellow",
             )
         )
     for old, new in renamed["second"].items():
-        console.print(Text(f"renamed {old} -> {new} in {info['second']}", style="yellow"))
+        console.print(shown(f"renamed {old} -> {new} in {info['second']}", "yellow"))
     if renamed["second_nodes"]:
         console.print(
-            Text(
+            shown(
                 f"renamed {len(renamed['second_nodes'])} node(s) of {info['second']} that shared names",
-                style="yellow",
+                "yellow",
             )
         )
     o = info["opset"]
     if o["converted"]:
         which = info["first"] if o["converted"] == "first" else info["second"]
         console.print(
-            Text(
+            shown(
                 f"upgraded {which} from opset {min(o['first'], o['second'])} to {o['merged']}",
-                style="yellow",
+                "yellow",
             )
         )
     else:
-        console.print(Text(f"opset {o['merged']}", style="dim"))
+        console.print(shown(f"opset {o['merged']}", "dim"))
     if info["kept_outputs"]:
-        console.print(Text(f"kept outputs of {info['first']}: {', '.join(info['kept_outputs'])}"))
+        console.print(shown(f"kept outputs of {info['first']}: {', '.join(info['kept_outputs'])}"))
     console.print(io_table("merged model", info["inputs"], info["outputs"]))
     if report is not None:
         render_diff(console, report)
     else:
-        console.print(Text("verification skipped (--no-verify)", style="yellow"))
+        console.print(shown("verification skipped (--no-verify)", "yellow"))
     if info.get("written"):
-        console.print(Text(f"wrote {info['output']}", style="green"))
+        console.print(shown(f"wrote {info['output']}", "green"))
     elif report is not None and not report.passed:
         console.print(
-            Text(
+            shown(
                 "nothing written: the merged model differs from the two models run in sequence",
-                style="red",
+                "red",
             )
         )

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from rich import box
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
+
+from surgeon.report import SafeTable, shown
 
 
 def _params(params: dict) -> str:
@@ -24,8 +23,8 @@ def render_run(console: Console, result) -> None:
     else:
         failed = sum(not s.passed for s in result.steps)
         verdict = f"FAIL: recipe {result.recipe}: {failed} of {len(result.steps)} step(s) failed verification"
-    console.print(Text(verdict, style=style))
-    table = Table(
+    console.print(shown(verdict, style))
+    table = SafeTable(
         title=f"recipe {result.recipe}" + (f" ({_params(result.params)})" if result.params else ""),
         title_justify="left",
         box=box.SIMPLE_HEAD,
@@ -39,17 +38,17 @@ def render_run(console: Console, result) -> None:
     for s in result.steps:
         table.add_row(
             str(s.index),
-            escape(s.edit),
-            escape(_params(s.params)),
-            Text(s.summary, style="green" if s.passed else "red"),
+            s.edit,
+            _params(s.params),
+            shown(s.summary, "green" if s.passed else "red"),
             f"{s.seconds:.2f}s",
         )
     console.print(table)
-    console.print(Text(f"total {result.seconds:.2f}s", style="dim"))
+    console.print(shown(f"total {result.seconds:.2f}s", "dim"))
 
 
 def render_recipes(console: Console, rows: list[dict]) -> None:
-    table = Table(
+    table = SafeTable(
         title="built-in recipes (surgeon run NAME MODEL -o OUT)",
         title_justify="left",
         box=box.SIMPLE_HEAD,
@@ -62,5 +61,5 @@ def render_recipes(console: Console, rows: list[dict]) -> None:
         params = ", ".join(
             f"{k}" + ("" if p["required"] else f"={p['default']!r}") for k, p in r["params"].items()
         )
-        table.add_row(escape(r["name"]), escape(r["summary"]), escape(params))
+        table.add_row(r["name"], r["summary"], params)
     console.print(table)

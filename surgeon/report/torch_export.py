@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from rich import box
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 from rich.text import Text
 
-from surgeon.report import fmt
+from surgeon.report import SafeTable, fmt, shown
 
 
 def _shapes(shapes: dict) -> str:
@@ -18,8 +16,8 @@ def _shapes(shapes: dict) -> str:
 
 def render_export_check(console: Console, check) -> None:
     """Print an ExportCheck (the library returns it; this only draws it)."""
-    console.print(Text(check.summary(), style="bold green" if check.passed else "bold red"))
-    table = Table(
+    console.print(shown(check.summary(), "bold green" if check.passed else "bold red"))
+    table = SafeTable(
         title=f"ONNX ({check.exporter} export) vs PyTorch",
         title_justify="left",
         box=box.SIMPLE_HEAD,
@@ -31,29 +29,28 @@ def render_export_check(console: Console, check) -> None:
     table.add_column("max abs", justify="right", no_wrap=True)
     for r in check.runs:
         if r.skipped:
-            status, worst = Text("skipped", style="yellow"), ""
+            status, worst = shown("skipped", "yellow"), ""
         elif r.error:
-            status, worst = Text("onnxruntime failed", style="red"), ""
+            status, worst = shown("onnxruntime failed", "red"), ""
         else:
             ok = r.report.passed
-            status = Text("ok" if ok else "differs", style="green" if ok else "red")
+            status = shown("ok" if ok else "differs", "green" if ok else "red")
             values = [t.max_abs for t in r.report.tensors if t.max_abs is not None]
             worst = fmt(max(values)) if values else ""
-        table.add_row(escape(r.label), escape(_shapes(r.shapes)), status, worst)
+        table.add_row(r.label, _shapes(r.shapes), status, worst)
     console.print(table)
     for p in check.pitfalls:
         style = "red" if p.severity == "error" else "yellow"
-        line = Text(f"{p.severity}: ", style=style)
-        line.append(f"[{p.kind}] {p.message}")
+        line = Text.assemble(shown(f"{p.severity}: ", style), shown(f"[{p.kind}] {p.message}"))
         if p.origin:
-            line.append(f" (PyTorch: {p.origin})", style="cyan")
+            line.append_text(shown(f" (PyTorch: {p.origin})", "cyan"))
         console.print(line)
     for note in check.notes:
-        console.print(Text(note, style="dim"))
+        console.print(shown(note, "dim"))
     console.print(
-        Text(
+        shown(
             f"export {check.export_seconds:.2f}s, check {check.check_seconds:.2f}s"
             + (f"; wrote {check.path}" if check.path else ""),
-            style="dim",
+            "dim",
         )
     )
