@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from surgeon.compare import json_number
+from surgeon.errors import printable
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
@@ -23,6 +24,12 @@ tr.flag td { background: #fff6e0; } tr.bad td { background: #fdecea; } tr.root t
 .meta { color: #666; font-size: .85em; }
 svg text { font-size: 11px; fill: #444; }
 """
+
+
+def _text(value) -> str:
+    """Model text for the page: HTML-escaped, and its control characters shown as escapes
+    (a bidi override would reorder what the browser shows, as it would on a terminal)."""
+    return html.escape(printable(value))
 
 
 def _num(x) -> str:
@@ -80,7 +87,7 @@ def _plot(
             x, y = xy(i, v)
             color = "#d93025" if bad else "#3366cc"
             parts.append(
-                f"<circle cx='{x:.1f}' cy='{y:.1f}' r='3' fill='{color}'><title>{html.escape(label)}: {v:.3g}</title></circle>"
+                f"<circle cx='{x:.1f}' cy='{y:.1f}' r='3' fill='{color}'><title>{_text(label)}: {v:.3g}</title></circle>"
             )
     zeros = sum(1 for _, v, _, _ in points if v == 0)
     caption = f"tensor index in topological order (0 … {len(points) - 1})"
@@ -93,7 +100,7 @@ def _plot(
 
 def debug_html(report) -> str:
     """The whole page as a string."""
-    esc = html.escape
+    esc = _text
     status = "pass" if report.passed else "fail"
     out = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
