@@ -500,3 +500,34 @@ def test_commands_print_composed_text_through_shown(path):
         and any(_is_text_expression(a) and not isinstance(a, ast.Constant) for a in node.args)
     ]
     assert not problems, "\n".join(problems)
+
+
+def test_export_check_and_recipe_list_render_hostile_text_escaped():
+    """The two renderings the command walk above does not reach (PyTorch, recipe files)."""
+    from types import SimpleNamespace
+
+    from surgeon.report.run import render_recipes
+    from surgeon.report.torch_export import render_export_check
+
+    run = SimpleNamespace(label=HOSTILE, shapes={HOSTILE: (1, 3)}, skipped=False, error=HOSTILE)
+    pitfall = SimpleNamespace(severity="warning", kind=HOSTILE, message=HOSTILE, origin=HOSTILE)
+    check = SimpleNamespace(
+        summary=lambda: f"PASS: {HOSTILE}",
+        passed=True,
+        exporter=HOSTILE,
+        runs=[run],
+        pitfalls=[pitfall],
+        notes=[HOSTILE],
+        export_seconds=0.1,
+        check_seconds=0.2,
+        path=HOSTILE_PATH,
+    )
+    out = io.StringIO()
+    console = Console(file=out, width=2000, color_system=None)
+    render_export_check(console, check)
+    render_recipes(
+        console, [{"name": HOSTILE, "summary": HOSTILE, "params": {HOSTILE: {"required": True}}}]
+    )
+    text = out.getvalue()
+    assert_safe(text)
+    assert text.count("[red]r[/red]") >= 8
