@@ -37,7 +37,7 @@ from surgeon.compare import EXACT, DiffReport, TensorDiff
 from surgeon.edits import Edited
 from surgeon.errors import NameNotFoundError, SurgeonError, UsageError, unknown_name
 from surgeon.feeds import FeedOptions, make_feeds, resolve_shapes
-from surgeon.model import Model, TensorInfo, value_info_to_tensor_info
+from surgeon.model import Model, TensorInfo, dim_param_name, value_info_to_tensor_info
 from surgeon.runner import RunOptions
 
 DYNAMIC_SCHEMA = "surgeon.check-dynamic/1"
@@ -114,8 +114,8 @@ def _as_dims(spec: str | Sequence[Dim]) -> tuple[Dim, ...]:
             dims.append(None)
         elif isinstance(d, (int, np.integer)) and d >= 0:
             dims.append(int(d))
-        elif isinstance(d, str) and d:
-            dims.append(None if d == "?" else d)
+        elif isinstance(d, str) and d.strip():
+            dims.append(dim_param_name(d))  # `?` and `-1` are unnamed, as in a spec
         else:
             raise UsageError(f"dim {d!r} is not an integer >= 0, a name, or None")
     return tuple(dims)
