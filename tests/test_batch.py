@@ -244,3 +244,15 @@ def test_batch_errors_and_notes(cli, tmp_path):
     res = cli("check-dynamic", path, "--sizes", "N=1", "--json")
     assert res.status == 0 and res.json["items"] == []
     assert "ran at no size above 1" in res.json["notes"][0]
+
+
+def test_an_output_the_same_for_every_item_must_also_be_the_batchs():
+    # Shape(image) is [1, 3, 8, 8] for every item alone but [3, 3, 8, 8] for the batch:
+    # item i of the batch run is not what item i gives alone. A constant output passes
+    # (see MOVED's `anchors`).
+    proto = dynamic("out = Shape(image)", "int64[4] out")
+    check = check_dynamic(Model(proto))
+    assert not check
+    (out,) = check.items[0].outputs
+    assert "has no batch axis: it is [4] at N=3 as for one item" in out.problem
+    assert check_dynamic(Model(MOVED)).items[0].outputs[1].batch_axis is None

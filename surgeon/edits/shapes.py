@@ -14,6 +14,12 @@ it at two or more sizes of every dynamic dim with outputs of the expected shapes
   value, 64 and 96 (multiples of 32, what strided backbones need);
 - any other dim: the export value, 16 and 24.
 
+A dim is a *batch* dim when it is named like one (N, B, batch, bs, anything containing
+"batch"), or when it is axis 0 of an input of rank 2 or more and not named like a
+sequence (seq_len, time, T, tokens, ...); ``batch`` overrides the rule. Unnamed dims
+(``?``, ``-1``, blank, or no dim_param at all) are each their own dim, named
+``input[axis]``.
+
 The export value (the static size the dim had before ``reshape_io`` made it dynamic) comes
 first when known; duplicates are dropped. It runs the first value of every dim once, then
 varies one dim at a time, so a failure points at the dim that caused it. Outputs must have
@@ -21,6 +27,16 @@ their declared rank, their static dims, and, for a dim named like an input dim, 
 dim's value. When something fails, the nodes onnxruntime names in its errors and the
 Reshape/Expand/Tile/Resize/ConstantOfShape/Slice nodes whose shape-like input is a
 constant holding an export value (or a product of them) are reported as suspects.
+
+A batch means independent items. For each batch dim, its largest run (among the first
+run and the runs that vary it) is split into its items, and each item runs alone (batch
+1, the other dims unchanged): every output must stack the items' results on one axis
+(the axis the output declares with the batch symbol, else the one that is 1 for an item
+and B for the batch), or be the same for every item and the batch. Tolerance
+``BATCH_TOLERANCE`` (atol=rtol=1e-5) unless given. When it fails, every main-graph
+tensor is compared the same way, and the first node whose inputs follow the batch and
+whose output does not is named: "baked constant in node `head/fold` (Reshape): shape
+[1, -1, 6] folds the batch ..." or "node `bn` (ReduceMean) mixes the batch items ...".
 """
 
 from __future__ import annotations
@@ -771,7 +787,7 @@ class _BatchRelation:
         if shape == item:
             return (
                 f"has no batch axis: it is {shape} at {at} as for one item, and not the same "
-                "for every item, so the items are mixed"
+                "for every item and the batch, so the items are mixed"
             )
         folded = [
             k
@@ -844,7 +860,16 @@ def check_items(
             check.outputs.append(ItemOutput(n, True, problem="not a tensor: not compared"))
             continue
         axis = rel.stacked_axis
-        ok = rel.follows and not (rel.declared_axis is not None and axis is None)
+        # An output without a batch axis passes only when it is the same for every item
+        # and for the batch (a constant); invariance alone is enough only inside the
+        # graph, where a Shape of the batch differs from an item's and is still right.
+        shared = (
+            axis is None
+            and rel.declared_axis is None
+            and rel.invariant
+            and bool(compare_arrays(rel.whole, rel.first, tolerance))
+        )
+        ok = axis is not None or shared
         worst = rel.axes.get(axis, 0.0) if axis is not None else None
         if axis is None and rel.failure is not None:  # the axis the items were compared on
             axis, worst = rel.failure[0], rel.failure[2].max_abs
