@@ -79,7 +79,20 @@ def _known_elem_type(elem_type: int) -> bool:
     return elem_type in onnx.TensorProto.DataType.values()
 
 
+# dim_param texts that exporters write for "unknown" (Paddle and some converters write
+# `?` for every unknown dim): they name nothing, so two of them are not the same dim.
+UNNAMED_DIM_PARAMS = {"", "?", "-1"}
+
+
+def dim_param_name(text: str) -> str | None:
+    """The symbol a ``dim_param`` names, or None for an unnamed dim (``?``, ``-1``, blank)."""
+    text = text.strip()
+    return None if text in UNNAMED_DIM_PARAMS else text
+
+
 def value_info_to_tensor_info(vi: onnx.ValueInfoProto) -> TensorInfo:
+    """Name, dtype and shape of a value_info. Unknown dims (no value, a negative value, or a
+    ``dim_param`` of ``?``/``-1``/blank) are None, each one its own unknown."""
     t = vi.type
     if not t.HasField("tensor_type"):
         return TensorInfo(vi.name, None, None)
@@ -88,10 +101,10 @@ def value_info_to_tensor_info(vi: onnx.ValueInfoProto) -> TensorInfo:
     if tt.HasField("shape"):
         dims = []
         for d in tt.shape.dim:
-            if d.HasField("dim_value"):
+            if d.HasField("dim_value") and d.dim_value >= 0:
                 dims.append(int(d.dim_value))
-            elif d.HasField("dim_param") and d.dim_param:
-                dims.append(d.dim_param)
+            elif d.HasField("dim_param"):
+                dims.append(dim_param_name(d.dim_param))
             else:
                 dims.append(None)
         shape = tuple(dims)

@@ -264,3 +264,70 @@ def test_make_dynamic_recipe(samples):
     assert detector
     with pytest.raises(UsageError, match="rank-4"):
         make_dynamic.recipe([load(samples / "ext_weights.onnx")])
+
+
+# ---------------------------------------------------------------------- `?` is not a name
+def question_marks(text: str, unnamed=("?",)) -> onnx.ModelProto:
+    """Parse a model, then write its input dims named U* as the unnamed tokens exporters
+    use (Paddle writes `?` for every unknown dim; some converters `-1` or a blank)."""
+    proto = parse(text)
+    tokens = iter(unnamed * 4)
+    for vi in list(proto.graph.input) + list(proto.graph.output):
+        for d in vi.type.tensor_type.shape.dim:
+            if d.dim_param.startswith("U"):
+                d.dim_param = next(tokens) if vi in proto.graph.input else "?"
+    return proto
+
+
+# Every unknown dim of the input and the output is `?` (or `-1`, blank): none is tied.
+QUESTION_MARKS = """<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[U0, 3, U1, U2] x) => (float[U3, 3, U4, U5] y) {
+    y = Relu(x)
+}"""
+
+
+def test_question_mark_dims_are_independent(cli, tmp_path):
+    model = Model(question_marks(QUESTION_MARKS))
+    assert model.inputs[0].shape == (None, 3, None, None)
+    check = check_dynamic(model)
+    assert check, check.summary()
+    # Three unknowns, varied one at a time (old code: one dim `?` for x[0], x[2], x[3])
+    assert [(d.name, d.kind) for d in check.dims] == [
+        ("x[0]", "batch"),
+        ("x[2]", "spatial"),
+        ("x[3]", "spatial"),
+    ]
+    shapes = {tuple(c.input_shapes["x"]) for c in check.cases}
+    assert shapes == {(1, 3, 64, 64), (3, 3, 64, 64), (1, 3, 96, 64), (1, 3, 64, 96)}
+    path = write(model.proto, tmp_path / "q.onnx")
+    # old code: "--shape gives `x` dim 2 (?) = 48, but ... already sets ? = 1"
+    res = cli("reshape-io", path, "--input", "x:Bx3x48xW", "--json")
+    assert res.status == 0, res.stdout + res.stderr
+    doc = res.json
+    assert doc["details"]["outputs"][0]["new"] == ["B", 3, 48, "W"]
+    assert doc["verification"]["feeds"]["x"]["shape"] == [1, 3, 48, 64]
+    # --shape with different values for two `?` dims, and `--sizes x[2]=...`
+    res = cli("debug", path, "--shape", "x:2x3x48x100", "--json")
+    assert res.status == 0, res.stderr
+    res = cli("check-dynamic", path, "--sizes", "x[2]=32,48", "--json")
+    assert res.status == 0 and [c["input_shapes"]["x"] for c in res.json["cases"]][:2] == [
+        [1, 3, 32, 64],
+        [3, 3, 32, 64],
+    ]
+
+
+@pytest.mark.parametrize("unnamed", [("?",), ("?", "-1", " ")], ids=["all-?", "?-minus1-blank"])
+def test_question_mark_dims_in_declarations_are_not_one_symbol(unnamed):
+    from surgeon.feeds import FeedOptions, resolve_shapes
+    from surgeon.shapecheck import declared_vs_actual
+
+    model = Model(question_marks(QUESTION_MARKS, unnamed))
+    assert model.inputs[0].shape == (None, 3, None, None)
+    shapes = resolve_shapes(model, FeedOptions(shapes={"x": (2, 3, 48, 100)}))
+    assert shapes == {"x": (2, 3, 48, 100)}
+    x = np.zeros((2, 3, 48, 100), np.float32)
+    assert declared_vs_actual(model, {"x": x, "y": x}) == []  # `?` = 2 and `?` = 48 is fine
+    # a real symbol still binds: N = 2 in x but 3 in y is a disagreement
+    tied = Model(parse(QUESTION_MARKS.replace("U0", "N").replace("U3", "N")))
+    found = declared_vs_actual(tied, {"x": x, "y": np.zeros((3, 3, 48, 100), np.float32)})
+    assert [m.kind for m in found] == ["symbol"]

@@ -7,14 +7,20 @@ DESCRIPTION = (
     HELP + "\n\nSizes per dim: batch dims 1 and 3, spatial dims 64 and 96, other dims 16 and 24;\n"
     "--sizes H=224,320 overrides. The first size of every dim runs once, then one dim varies\n"
     "at a time. Outputs must have their declared rank and static dims, and a dim named like an\n"
-    "input dim must take that dim's size. When a size fails, the node holding a baked size\n"
-    "(a Reshape/Expand/Tile/Resize/ConstantOfShape/Slice constant, or the node onnxruntime\n"
-    "names) is reported. Exit 0 when every size ran with the expected shapes, 1 when not, 2 on\n"
-    "bad input.\n\n"
+    "input dim must take that dim's size. A batch dim (named like batch/N/B, or axis 0 of a\n"
+    "rank-2+ input unless named like a sequence; --batch overrides, --batch none skips) means\n"
+    "independent items: at its largest size, item i of every output must equal the batch-1\n"
+    "run of item i, stacked on one axis (--batch-atol/--batch-rtol, default 1e-05). When a\n"
+    "check fails, the node holding a baked size (a Reshape/Expand/Tile/Resize/\n"
+    "ConstantOfShape/Slice constant, or the node onnxruntime names) or folding/mixing the\n"
+    "batch items is reported. Exit 0 when every size ran with the expected shapes and the\n"
+    "items are independent, 1 when not, 2 on bad input.\n\n"
     "JSON (--json): schema surgeon.check-dynamic/1: model, passed, summary, seed, dims [{name,\n"
     "axes, kind, values, export}], cases [{label, dims, varied, input_shapes, ran, passed,\n"
     "error, failed_node, outputs [{name, shape, expected, ok, problem}]}], suspects [{node,\n"
-    "op_type, constant, role, values, reason, source, message}], notes.\n\n"
+    "op_type, constant, role, values, reason, source, message}], notes, items [{dim, size,\n"
+    "label, passed, summary, tolerance, error, outputs [{name, ok, batch_axis, shape,\n"
+    "item_shape, max_abs, problem}]}].\n\n"
     "example:\n  surgeon check-dynamic model.onnx --sizes H=320,480 --sizes W=320,640"
 )
 
@@ -28,15 +34,17 @@ def add_arguments(parser) -> None:
 
 def run(args, ctx) -> int:
     from surgeon.commands import _common
+    from surgeon.commands.reshape_io import batch_arguments
     from surgeon.edits.shapes import check_dynamic, parse_sizes
     from surgeon.loading import load
 
     sizes = parse_sizes(args.sizes)
+    batch = batch_arguments(args)
     options = _common.run_options(args)
     model = load(args.model)
     # a spinner on a terminal while onnxruntime works; silent when piped or --json
     with ctx.status(f"check-dynamic {model.name}: running it at several sizes"):
-        check = check_dynamic(model, sizes=sizes, seed=args.seed, options=options)
+        check = check_dynamic(model, sizes=sizes, seed=args.seed, options=options, **batch)
     if ctx.json:
         ctx.emit_json(check.to_dict())
     else:

@@ -14,6 +14,10 @@ DESCRIPTION = (
     "shapes (batch dims: export value, 1, 3; spatial: export value, 64, 96; others: export\n"
     "value, 16, 24; --sizes H=224,320 overrides). A size baked into a Reshape/Expand/Tile/\n"
     "Resize/ConstantOfShape/Slice constant is reported with the node that holds it.\n"
+    "A batch dim (named like batch/N/B, or axis 0 of a rank-2+ input unless named like a\n"
+    "sequence; --batch overrides) means independent items: at its largest size each item of\n"
+    "each output must equal the batch-1 run of that item (--batch-atol/--batch-rtol, default\n"
+    "1e-05), stacked on one axis; the node that folds or mixes the items is named.\n"
     "onnxruntime runs with graph optimisations off by default (--optimization changes it).\n"
     "Exit 0 when both pass (and -o was written), 1 when not (nothing written), 2 on bad input.\n\n"
     "JSON (--json): schema surgeon.edit/1 with details.inputs / details.outputs [{name, old,\n"
@@ -71,7 +75,45 @@ def add_check_arguments(parser, optimization: str = "all") -> None:
         help="sizes to try for a dynamic dim, e.g. H=224,320; repeatable",
     )
     group.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    group.add_argument(
+        "--batch",
+        action="append",
+        default=[],
+        metavar="DIM",
+        help="the batch dim(s) whose items must be independent (default: dims named like "
+        "batch/N/B, and unnamed-or-other axis 0 of inputs of rank 2+); --batch none: no item check",
+    )
+    group.add_argument(
+        "--batch-atol",
+        type=float,
+        default=1e-5,
+        help="absolute tolerance of an item against its batch-1 run (default 1e-05)",
+    )
+    group.add_argument(
+        "--batch-rtol",
+        type=float,
+        default=1e-5,
+        help="relative tolerance of an item against its batch-1 run (default 1e-05)",
+    )
     _common.add_runtime_arguments(parser, optimization=optimization)
+
+
+def batch_arguments(args) -> dict:
+    """The batch dims and the item tolerance from the parsed arguments, as keywords of
+    check_dynamic / reshape_io."""
+    from surgeon.compare import Tolerance
+    from surgeon.edits.shapes import parse_batch
+    from surgeon.errors import UsageError
+
+    if not (args.batch_atol >= 0 and args.batch_rtol >= 0):  # also refuses NaN
+        raise UsageError(
+            f"--batch-atol {args.batch_atol:g} --batch-rtol {args.batch_rtol:g}: both must be "
+            "non-negative numbers, e.g. --batch-atol 1e-4 --batch-rtol 1e-3"
+        )
+    return {
+        "batch": parse_batch(args.batch),
+        "batch_tolerance": Tolerance(atol=args.batch_atol, rtol=args.batch_rtol),
+    }
 
 
 def parse_specs(items, flag: str) -> dict:
@@ -97,6 +139,7 @@ def run(args, ctx) -> int:
     inputs = parse_specs(args.input_specs, "--input")
     outputs = parse_specs(args.output_specs, "--output")
     sizes = parse_sizes(args.sizes)
+    batch = batch_arguments(args)
     options = _common.run_options(args)
     _common.check_output_early(args, [args.model])
     model = load(args.model)
@@ -110,6 +153,7 @@ def run(args, ctx) -> int:
             sizes=sizes,
             feed_options=FeedOptions(seed=args.seed),
             options=options,
+            **batch,
         )
     written = False
     if edited.passed and args.output:

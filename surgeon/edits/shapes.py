@@ -14,6 +14,12 @@ it at two or more sizes of every dynamic dim with outputs of the expected shapes
   value, 64 and 96 (multiples of 32, what strided backbones need);
 - any other dim: the export value, 16 and 24.
 
+A dim is a *batch* dim when it is named like one (N, B, batch, bs, anything containing
+"batch"), or when it is axis 0 of an input of rank 2 or more and not named like a
+sequence (seq_len, time, T, tokens, ...); ``batch`` overrides the rule. Unnamed dims
+(``?``, ``-1``, blank, or no dim_param at all) are each their own dim, named
+``input[axis]``.
+
 The export value (the static size the dim had before ``reshape_io`` made it dynamic) comes
 first when known; duplicates are dropped. It runs the first value of every dim once, then
 varies one dim at a time, so a failure points at the dim that caused it. Outputs must have
@@ -21,6 +27,16 @@ their declared rank, their static dims, and, for a dim named like an input dim, 
 dim's value. When something fails, the nodes onnxruntime names in its errors and the
 Reshape/Expand/Tile/Resize/ConstantOfShape/Slice nodes whose shape-like input is a
 constant holding an export value (or a product of them) are reported as suspects.
+
+A batch means independent items. For each batch dim, its largest run (among the first
+run and the runs that vary it) is split into its items, and each item runs alone (batch
+1, the other dims unchanged): every output must stack the items' results on one axis
+(the axis the output declares with the batch symbol, else the one that is 1 for an item
+and B for the batch), or be the same for every item and the batch. Tolerance
+``BATCH_TOLERANCE`` (atol=rtol=1e-5) unless given. When it fails, every main-graph
+tensor is compared the same way, and the first node whose inputs follow the batch and
+whose output does not is named: "baked constant in node `head/fold` (Reshape): shape
+[1, -1, 6] folds the batch ..." or "node `bn` (ReduceMean) mixes the batch items ...".
 """
 
 from __future__ import annotations
@@ -33,11 +49,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from surgeon.compare import EXACT, DiffReport, TensorDiff
+from surgeon.compare import EXACT, DiffReport, TensorDiff, Tolerance, compare_arrays, json_number
 from surgeon.edits import Edited
 from surgeon.errors import NameNotFoundError, SurgeonError, UsageError, unknown_name
 from surgeon.feeds import FeedOptions, make_feeds, resolve_shapes
-from surgeon.model import Model, TensorInfo, value_info_to_tensor_info
+from surgeon.model import Model, TensorInfo, dim_param_name, value_info_to_tensor_info
 from surgeon.runner import RunOptions
 
 DYNAMIC_SCHEMA = "surgeon.check-dynamic/1"
@@ -45,7 +61,15 @@ Dim = int | str | None
 
 BATCH_NAMES = {"n", "b", "batch", "batch_size", "batchsize", "bs", "num_batches"}
 SPATIAL_NAMES = {"h", "w", "height", "width", "d", "depth", "x", "y", "img_h", "img_w"}
+SEQUENCE_NAMES = {"t", "l", "s", "len", "seq", "time"}
+SEQUENCE_WORDS = ("seq", "length", "time", "token", "frame", "step")
 DEFAULT_SIZES = {"batch": (1, 3), "spatial": (64, 96), "other": (16, 24)}
+# Item i of a batch-B run must equal the batch-1 run of item i. Measured with onnxruntime
+# 1.32 on the CPU (Conv, MatMul, Gemm, attention, Resize, InstanceNormalization, the
+# sample detector; optimisations off and on, 1 and 4 threads, B up to 16): bit-identical.
+# Kernels elsewhere may block their loops by batch size and round differently, so the
+# default allows what reassociating a float32 sum can cost; mixing items costs far more.
+BATCH_TOLERANCE = Tolerance(atol=1e-5, rtol=1e-5)
 
 # The input of each op whose values are a shape (or a slice range): a constant there is
 # how an export bakes a size into the graph.
@@ -114,8 +138,8 @@ def _as_dims(spec: str | Sequence[Dim]) -> tuple[Dim, ...]:
             dims.append(None)
         elif isinstance(d, (int, np.integer)) and d >= 0:
             dims.append(int(d))
-        elif isinstance(d, str) and d:
-            dims.append(None if d == "?" else d)
+        elif isinstance(d, str) and d.strip():
+            dims.append(dim_param_name(d))  # `?` and `-1` are unnamed, as in a spec
         else:
             raise UsageError(f"dim {d!r} is not an integer >= 0, a name, or None")
     return tuple(dims)
@@ -259,10 +283,15 @@ class DynamicCheck:
     suspects: list[Suspect] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seed: int = 0
+    items: list[ItemCheck] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
-        return bool(self.cases) and all(c.passed for c in self.cases)
+        return (
+            bool(self.cases)
+            and all(c.passed for c in self.cases)
+            and all(i.passed for i in self.items)
+        )
 
     def __bool__(self) -> bool:
         return self.passed
@@ -270,14 +299,22 @@ class DynamicCheck:
     def summary(self) -> str:
         ok = sum(c.passed for c in self.cases)
         dims = ", ".join(f"{d.name} in {d.values}" for d in self.dims) or "no dynamic dims"
+        items = "".join(f"; {i.summary()}" for i in self.items)
         if self.passed:
-            return f"PASS: {ok} of {len(self.cases)} size(s) ran with the expected output shapes ({dims})"
+            return (
+                f"PASS: {ok} of {len(self.cases)} size(s) ran with the expected output shapes "
+                f"({dims}){items}"
+            )
         failed = [c for c in self.cases if not c.passed]
+        if not failed:
+            bad = "; ".join(i.summary() for i in self.items if not i.passed)
+            return f"FAIL: {len(self.cases)} size(s) ran with the expected output shapes, but {bad}"
         what = "; ".join(
             f"{c.label}: {'did not run' if not c.ran else 'wrong output shapes'}"
             for c in failed[:3]
         )
-        return f"FAIL: {len(failed)} of {len(self.cases)} size(s) failed ({what})"
+        bad = "".join(f"; {i.summary()}" for i in self.items if not i.passed)
+        return f"FAIL: {len(failed)} of {len(self.cases)} size(s) failed ({what}){bad}"
 
     def to_dict(self) -> dict:
         return {
@@ -290,6 +327,7 @@ class DynamicCheck:
             "cases": [c.to_dict() for c in self.cases],
             "suspects": [s.to_dict() for s in self.suspects],
             "notes": list(self.notes),
+            "items": [i.to_dict() for i in self.items],
         }
 
     def tensor_diffs(self) -> list[TensorDiff]:
@@ -321,17 +359,42 @@ class DynamicCheck:
                         message=f"did not run: {case.error}",
                     )
                 )
+        for item in self.items:
+            where = f"{item.dim}={item.size} items"
+            if item.error is not None:
+                rows.append(
+                    TensorDiff(
+                        name=f"run @ {where}", reference="", status="missing", message=item.error
+                    )
+                )
+            for out in item.outputs:
+                shape_problem = out.problem and out.batch_axis is None
+                rows.append(
+                    TensorDiff(
+                        name=f"{out.name} @ {where}",
+                        reference=f"{out.name} @ {item.dim}=1 per item",
+                        status="ok" if out.ok else ("shape" if shape_problem else "mismatch"),
+                        shape=out.shape,
+                        max_abs=out.max_abs,
+                        message=out.problem,
+                    )
+                )
         return rows
 
 
 # ---------------------------------------------------------------------- check_dynamic
-def _kind(name: str, axis: int, rank: int) -> str:
+def _kind(name: str, axis: int, rank: int, named: bool) -> str:
+    """batch, spatial or other (the module docstring's rule)."""
     low = name.lower()
-    if low in BATCH_NAMES:
+    if low in BATCH_NAMES or "batch" in low:
         return "batch"
     if low in SPATIAL_NAMES or "height" in low or "width" in low:
         return "spatial"
-    if axis == 0:
+    if named and (low in SEQUENCE_NAMES or any(w in low for w in SEQUENCE_WORDS)):
+        # [seq, batch, C] layouts: axis 0 is time there, and time steps are not items.
+        return "other"
+    if axis == 0 and rank >= 2:
+        # Rank 1 is excluded: a lone [N] axis is as often samples or tokens as items.
         return "batch"
     if rank in (4, 5) and axis >= 2:
         return "spatial"
@@ -342,11 +405,17 @@ def dynamic_dims(
     model: Model,
     sizes: Mapping[str, Sequence[int]] | None = None,
     export: Mapping[str, int] | None = None,
+    batch: Sequence[str] | None = None,
 ) -> list[DimVariable]:
     """The dynamic dims of ``model``'s inputs with the sizes to try (module docstring).
 
+    Args:
+        batch: The dims that are batch dims, overriding the naming rule (an empty list:
+            none is).
+
     Raises:
-        UsageError: ``sizes`` names a dim the inputs do not have, or gives a size < 1.
+        UsageError: ``sizes`` or ``batch`` names a dim the inputs do not have, or
+            ``sizes`` gives a size < 1.
     """
     sizes = dict(sizes or {})
     export = dict(export or {})
@@ -359,9 +428,20 @@ def dynamic_dims(
                 continue
             name = d if isinstance(d, str) else f"{info.name}[{axis}]"
             if name not in found:
-                found[name] = DimVariable(name, [], _kind(name, axis, len(info.shape)), [])
+                kind = _kind(name, axis, len(info.shape), isinstance(d, str))
+                found[name] = DimVariable(name, [], kind, [])
             found[name].axes.append((info.name, axis))
     problems = []
+    for name in batch or ():
+        if name not in found:
+            err = unknown_name("dynamic dim", name, list(found), model.name)
+            problems.append(f"--batch: {err.message}")
+    if batch is not None:
+        for var in found.values():
+            if var.name in batch:
+                var.kind = "batch"
+            elif var.kind == "batch":
+                var.kind = "other"
     for name, values in sizes.items():
         if name not in found:
             err = unknown_name("dynamic dim", name, list(found), model.name)
@@ -457,6 +537,8 @@ def check_dynamic(
     export: Mapping[str, int] | None = None,
     seed: int = 0,
     options: RunOptions | None = None,
+    batch: Sequence[str] | None = None,
+    batch_tolerance: Tolerance = BATCH_TOLERANCE,
 ) -> DynamicCheck:
     """Run ``model`` at several sizes of each dynamic input dim and check output shapes.
 
@@ -468,13 +550,18 @@ def check_dynamic(
             recognise baked constants).
         seed: Seed of the random inputs.
         options: onnxruntime settings.
+        batch: The batch dims, overriding the rule of the module docstring (``[]``:
+            none, which skips the item check).
+        batch_tolerance: How close item i of a batch run must be to the batch-1 run of
+            item i.
 
     Returns:
-        A DynamicCheck, truthy when every size ran with the expected output shapes; when
-        not, ``suspects`` names the nodes that likely hold a baked size.
+        A DynamicCheck, truthy when every size ran with the expected output shapes and
+        the items of every batch dim are independent; when not, ``suspects`` names the
+        nodes that likely hold a baked size or fold/mix the batch.
 
     Raises:
-        UsageError: ``sizes`` names unknown dims or gives sizes < 1.
+        UsageError: ``sizes`` or ``batch`` names unknown dims, or ``sizes`` gives sizes < 1.
     """
     from surgeon.runner import Session
 
@@ -485,7 +572,7 @@ def check_dynamic(
             "have unknown rank",
             hint="Declare their dims first: surgeon reshape-io model.onnx --input NAME:DIMS",
         )
-    variables = dynamic_dims(model, sizes, export)
+    variables = dynamic_dims(model, sizes, export, batch)
     cases = _cases(model, variables)
     notes = []
     if not variables:
@@ -495,6 +582,8 @@ def check_dynamic(
     # damaged weights) is not a size problem: the RuntimeFailure, with its hint, goes to
     # the caller (exit 2) instead of a table of sizes that "did not run".
     session = Session(model, options=options)
+    batch_vars = [v for v in variables if v.kind == "batch"]
+    runs: dict[int, tuple[dict, dict]] = {}  # id(case) -> (feeds, values), batch checks only
     for case in cases:
         feeds = make_feeds(
             model,
@@ -512,9 +601,39 @@ def check_dynamic(
             _check_output(n, values[n], declared.get(n, TensorInfo(n, None, None)), case.dims)
             for n in model.output_names
         ]
+        if any(case.dims[v.name] > 1 for v in batch_vars):
+            runs[id(case)] = (feeds, values)
     check = DynamicCheck(model.name, variables, cases, notes=notes, seed=seed)
+    # Batch means independent items: each batch dim's largest run, split into its items.
+    mixers: list[Suspect] = []
+    for var in batch_vars:
+        case = _batch_case(var, cases)
+        if case is None:
+            if any(c.ran for c in cases):
+                check.notes.append(
+                    f"batch dim `{var.name}` ran at no size above 1 with the others at their "
+                    "first sizes, so its items were not checked"
+                )
+            continue
+        feeds, values = runs[id(case)]
+        item = check_items(model, session, var, case, feeds, values, batch_tolerance)
+        check.items.append(item)
+        if not item.passed and item.error is None:
+            mixer = find_batch_mixer(model, var, feeds, item.size, batch_tolerance, options)
+            if mixer is not None:
+                mixers.append(mixer)
+            else:
+                check.notes.append(
+                    f"the node where the items of `{var.name}` stop being independent "
+                    "could not be named"
+                )
+    runs.clear()
     if not check.passed:
-        check.suspects = find_suspects(model, variables, cases)
+        check.suspects = mixers + [
+            s
+            for s in find_suspects(model, variables, cases)
+            if (s.node, s.constant) not in {(m.node, m.constant) for m in mixers}
+        ]
         _add_origins(model, check.suspects)
         if not check.suspects:
             check.notes.append(
@@ -522,6 +641,308 @@ def check_dynamic(
                 "inputs; see onnxruntime's message for the failing node"
             )
     return check
+
+
+# ---------------------------------------------------------------------- batch items
+
+
+@dataclass
+class ItemOutput:
+    """One output of a batch run against the batch-1 runs of its items."""
+
+    name: str
+    ok: bool
+    batch_axis: int | None = None
+    shape: list[int] | None = None
+    item_shape: list[int] | None = None
+    max_abs: float | None = None
+    problem: str = ""
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "ok": self.ok,
+            "batch_axis": self.batch_axis,
+            "shape": self.shape,
+            "item_shape": self.item_shape,
+            "max_abs": json_number(self.max_abs),
+            "problem": self.problem,
+        }
+
+
+@dataclass
+class ItemCheck:
+    """Batch independence of one batch dim: the run at ``dim=size`` split into its items,
+    each against the run of that item alone (the other dims at the same sizes)."""
+
+    dim: str
+    size: int
+    label: str
+    tolerance: Tolerance
+    outputs: list[ItemOutput] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and all(o.ok for o in self.outputs)
+
+    def worst(self) -> float | None:
+        diffs = [o.max_abs for o in self.outputs if o.max_abs is not None]
+        return max(diffs) if diffs else None
+
+    def summary(self) -> str:
+        tol = f"atol={self.tolerance.atol:g}, rtol={self.tolerance.rtol:g}"
+        if self.passed:
+            worst = self.worst()
+            how = "bit-identical" if worst == 0 else f"max abs diff {worst:.3g}"
+            return f"at {self.dim}={self.size} each item equals its {self.dim}=1 run ({how}; {tol})"
+        if self.error is not None:
+            return f"at {self.dim}={self.size} the items were not checked: {self.error}"
+        bad = ", ".join(f"`{o.name}`" for o in self.outputs if not o.ok)
+        return f"at {self.dim}={self.size} the items are not independent: {bad} ({tol})"
+
+    def to_dict(self) -> dict:
+        return {
+            "dim": self.dim,
+            "size": self.size,
+            "label": self.label,
+            "passed": self.passed,
+            "summary": self.summary(),
+            "tolerance": self.tolerance.to_dict(),
+            "error": self.error,
+            "outputs": [o.to_dict() for o in self.outputs],
+        }
+
+
+class _BatchRelation:
+    """How one tensor of a batch-B run relates to the same tensor of B batch-1 runs, fed
+    item by item (so that only one batch-1 run is held at a time).
+
+    The tensor *follows the batch* when it stacks the items' values on one axis (size 1
+    for an item, B for the batch), or when every item gives the same value (constants,
+    and shapes: ``Shape`` of a batch differs from an item's but depends on no item).
+    """
+
+    def __init__(self, whole, size: int, tolerance: Tolerance, axis: int | None = None):
+        self.whole = whole
+        self.size = size
+        self.tolerance = tolerance
+        self.tensor = isinstance(whole, np.ndarray)
+        self.first = None
+        self.item_shape: list[int] | None = None
+        self.same_shapes = True
+        self.invariant = True
+        self.axes: dict[int, float] = {}  # stacking axis -> worst max abs so far
+        self.failure: tuple[int, int, TensorDiff] | None = None  # (axis, item, diff)
+        self.declared_axis = axis
+
+    def add(self, index: int, value) -> None:
+        if not self.tensor or not isinstance(value, np.ndarray) or not self.same_shapes:
+            return
+        if self.first is None:
+            self.first = value
+            self.item_shape = list(value.shape)
+            shape, item = list(self.whole.shape), self.item_shape
+            if len(shape) == len(item):
+                for k in range(len(shape)):
+                    others = all(shape[j] == item[j] for j in range(len(shape)) if j != k)
+                    if item[k] == 1 and shape[k] == self.size and others:
+                        self.axes[k] = 0.0
+            if self.declared_axis is not None:
+                self.axes = {k: v for k, v in self.axes.items() if k == self.declared_axis}
+        elif list(value.shape) != self.item_shape:
+            self.same_shapes = False
+            self.invariant = False
+            self.axes = {}
+            return
+        elif self.invariant:
+            self.invariant = bool(compare_arrays(value, self.first, self.tolerance))
+        for k in list(self.axes):
+            d = compare_arrays(np.take(self.whole, [index], axis=k), value, self.tolerance)
+            if d.passed:
+                self.axes[k] = max(self.axes[k], d.max_abs or 0.0)
+            else:
+                del self.axes[k]
+                if self.failure is None:
+                    self.failure = (k, index, d)
+
+    @property
+    def stacked_axis(self) -> int | None:
+        return min(self.axes) if self.axes else None
+
+    @property
+    def follows(self) -> bool:
+        return not self.tensor or self.stacked_axis is not None or self.invariant
+
+    def problem(self, dim: str) -> str:
+        """Why the tensor does not follow the batch, in words ('' when it does)."""
+        shape, item = list(self.whole.shape), self.item_shape
+        at = f"{dim}={self.size}"
+        if not self.same_shapes:
+            return f"the items' {dim}=1 runs give different shapes, which no batch of {self.size} can stack"
+        if self.failure is not None:
+            k, i, d = self.failure
+            worst = f", max abs diff {d.max_abs:.3g}" if d.max_abs is not None else ""
+            return f"item {i} (axis {k}) differs from its {dim}=1 run: {d.message}{worst}"
+        if shape == item:
+            return (
+                f"has no batch axis: it is {shape} at {at} as for one item, and not the same "
+                "for every item and the batch, so the items are mixed"
+            )
+        folded = [
+            k
+            for k in range(len(shape))
+            if len(shape) == len(item)
+            and shape[k] == self.size * item[k]
+            and all(shape[j] == item[j] for j in range(len(shape)) if j != k)
+        ]
+        text = f"does not carry the batch: it is {shape} at {at}, where one item gives {item}"
+        if self.declared_axis is not None:
+            text += f" (declared with {dim} on axis {self.declared_axis})"
+        if folded:
+            text += f"; the {self.size} items are folded into axis {folded[0]}"
+        return text
+
+
+def _item_feeds(feeds: Mapping[str, np.ndarray], var: DimVariable, index: int) -> dict:
+    """The feeds of item ``index`` alone: each input cut to size 1 on the batch axes."""
+    out = dict(feeds)
+    for name, axis in var.axes:
+        out[name] = np.take(out[name], [index], axis=axis)
+    return out
+
+
+def _batch_case(var: DimVariable, cases: Sequence[SizeCase]) -> SizeCase | None:
+    """The run whose items are checked: the largest size of ``var`` (above 1) among the
+    first run and the runs that vary ``var``."""
+    eligible = [
+        c
+        for c in cases
+        if c.ran and c.dims[var.name] > 1 and (c.varied is None or c.varied == var.name)
+    ]
+    return max(eligible, key=lambda c: c.dims[var.name], default=None)
+
+
+def _declared_batch_axis(info: TensorInfo | None, var: DimVariable) -> int | None:
+    if info is None or info.shape is None:
+        return None
+    return next((k for k, d in enumerate(info.shape) if d == var.name), None)
+
+
+def check_items(
+    model: Model,
+    session,
+    var: DimVariable,
+    case: SizeCase,
+    feeds: Mapping[str, np.ndarray],
+    values: Mapping[str, np.ndarray],
+    tolerance: Tolerance = BATCH_TOLERANCE,
+) -> ItemCheck:
+    """Split the run ``case`` (``feeds`` gave ``values``) into its items along ``var``
+    and check each output against the run of each item alone."""
+    size = case.dims[var.name]
+    check = ItemCheck(var.name, size, case.label, tolerance)
+    declared = {o.name: o for o in model.outputs}
+    relations = {
+        n: _BatchRelation(values[n], size, tolerance, _declared_batch_axis(declared.get(n), var))
+        for n in model.output_names
+    }
+    for i in range(size):
+        try:
+            item = session.run(_item_feeds(feeds, var, i))
+        except SurgeonError as e:
+            check.error = f"item {i} alone ({var.name}=1) did not run: {_short_error(e.message)}"
+            return check
+        for n, rel in relations.items():
+            rel.add(i, item[n])
+    for n, rel in relations.items():
+        if not rel.tensor:
+            check.outputs.append(ItemOutput(n, True, problem="not a tensor: not compared"))
+            continue
+        axis = rel.stacked_axis
+        # An output without a batch axis passes only when it is the same for every item
+        # and for the batch (a constant); invariance alone is enough only inside the
+        # graph, where a Shape of the batch differs from an item's and is still right.
+        shared = (
+            axis is None
+            and rel.declared_axis is None
+            and rel.invariant
+            and bool(compare_arrays(rel.whole, rel.first, tolerance))
+        )
+        ok = axis is not None or shared
+        worst = rel.axes.get(axis, 0.0) if axis is not None else None
+        if axis is None and rel.failure is not None:  # the axis the items were compared on
+            axis, worst = rel.failure[0], rel.failure[2].max_abs
+        check.outputs.append(
+            ItemOutput(
+                n,
+                ok,
+                axis,
+                list(rel.whole.shape),
+                rel.item_shape,
+                worst,
+                "" if ok else rel.problem(var.name),
+            )
+        )
+    return check
+
+
+def find_batch_mixer(
+    model: Model,
+    var: DimVariable,
+    feeds: Mapping[str, np.ndarray],
+    size: int,
+    tolerance: Tolerance = BATCH_TOLERANCE,
+    options: RunOptions | None = None,
+) -> Suspect | None:
+    """The node where the items of a batch first stop being independent: the first node
+    whose inputs all follow the batch (see ``_BatchRelation``) and whose output does not.
+    None when no main-graph node can be named (or the tapped model does not run)."""
+    from surgeon.edits.extract import subgraph_reads
+    from surgeon.runner import Session
+
+    g = model.proto.graph
+    names = [o for n in g.node for o in n.output if o]
+    try:
+        session = Session(model, extra_outputs=names, options=options)
+        whole = session.run(feeds, names)
+        relations = {n: _BatchRelation(whole[n], size, tolerance) for n in names}
+        del whole
+        for i in range(size):
+            item = session.run(_item_feeds(feeds, var, i), names)
+            for n, rel in relations.items():
+                rel.add(i, item[n])
+    except SurgeonError:
+        return None
+    constants = _constants(model)
+    broken: set[str] = set()
+    for node in g.node:
+        bad = [o for o in node.output if o in relations and not relations[o].follows]
+        if not bad:
+            continue
+        if any(x in broken for x in list(node.input) + subgraph_reads(node)):
+            broken.update(bad)
+            continue
+        rel = relations[bad[0]]
+        label = node.name or bad[0]
+        at = f"{var.name}={size}"
+        shape, item = list(rel.whole.shape), rel.item_shape
+        for index, role in SHAPE_INPUTS.get(node.op_type, {}).items():
+            if index < len(node.input) and node.input[index] in constants:
+                values = [int(v) for v in np.ravel(constants[node.input[index]])]
+                reason = (
+                    f"folds the batch: at {at} its output is {shape}, where one item gives {item}"
+                )
+                return Suspect(
+                    label, node.op_type, reason, node.input[index], role, values, source="batch"
+                )
+        return Suspect(
+            label,
+            node.op_type,
+            f"mixes the batch items: its output `{bad[0]}` {rel.problem(var.name)}",
+            source="batch",
+        )
+    return None
 
 
 # ---------------------------------------------------------------------- baked constants
@@ -777,6 +1198,8 @@ def reshape_io(
     sizes: Mapping[str, Sequence[int]] | None = None,
     feed_options: FeedOptions = FeedOptions(),
     options: RunOptions | None = None,
+    batch: Sequence[str] | None = None,
+    batch_tolerance: Tolerance = BATCH_TOLERANCE,
 ) -> Edited:
     """Set the dims of inputs and outputs static or symbolic, then prove the model runs.
 
@@ -791,6 +1214,8 @@ def reshape_io(
         feed_options: Inputs for the comparison with the original at its sizes.
         options: onnxruntime settings for both checks (default: the value comparison
             runs with optimisations off, the runtime check with onnxruntime's defaults).
+        batch, batch_tolerance: The batch dims and the tolerance of their item check
+            (see :func:`check_dynamic`).
 
     Returns:
         Edited whose report holds the value comparison with the original at the
@@ -951,7 +1376,13 @@ def reshape_io(
     dynamic = None
     if check:
         dynamic = check_dynamic(
-            edited, sizes=sizes, export=export, seed=feed_options.seed, options=options
+            edited,
+            sizes=sizes,
+            export=export,
+            seed=feed_options.seed,
+            options=options,
+            batch=batch,
+            batch_tolerance=batch_tolerance,
         )
         report.tensors += dynamic.tensor_diffs()
         report.notes += [s.message() for s in dynamic.suspects] + dynamic.notes
@@ -983,6 +1414,25 @@ def reshape_io(
 
 def _dims_list(dims: Sequence[Dim] | None) -> list | None:
     return list(dims) if dims is not None else None
+
+
+def parse_batch(items: Iterable[str]) -> list[str] | None:
+    """Parse ``--batch B`` arguments (repeatable, or comma-separated): None when none is
+    given (the naming rule decides), ``[]`` for ``--batch none``.
+
+    Raises:
+        UsageError: ``none`` together with dim names, or an empty name.
+    """
+    names = [n.strip() for item in items for n in item.split(",")]
+    if not names:
+        return None
+    if "none" in names:
+        if names != ["none"]:
+            raise UsageError("`--batch none` cannot be combined with batch dim names")
+        return []
+    if not all(names):
+        raise UsageError("cannot read `--batch`: expected DIM[,DIM...] or none, e.g. --batch B")
+    return list(dict.fromkeys(names))
 
 
 def parse_sizes(items: Iterable[str]) -> dict[str, list[int]]:

@@ -142,6 +142,8 @@ def render_reshape_io(console: Console, edited, output: str | None, written: boo
     )
     if dyn:
         console.print(dynamic_table(dyn))
+        if dyn.get("items"):
+            console.print(items_table(dyn))
     _footer(console, edited, output, written)
 
 
@@ -167,6 +169,30 @@ def dynamic_table(check: dict) -> Table:
     return table
 
 
+def items_table(check: dict) -> Table:
+    """One row per output per batch dim: item i of the batch run against item i alone."""
+    tol = check["items"][0]["tolerance"]
+    table = Table(
+        title=f"batch items, each against its batch-1 run (atol={tol['atol']:g}, "
+        f"rtol={tol['rtol']:g})",
+        title_justify="left",
+    )
+    for col in ("batch", "output", "batch axis", "max abs", "problem"):
+        table.add_column(col, overflow="fold")
+    for item in check["items"]:
+        label = f"{item['dim']}={item['size']}"
+        if item["error"]:
+            table.add_row(escape(label), "-", "-", "-", Text(item["error"], style="red"))
+        for o in item["outputs"]:
+            axis = "-" if o["batch_axis"] is None else str(o["batch_axis"])
+            worst = "-" if o["max_abs"] is None else f"{o['max_abs']:.3g}"
+            style = "green" if o["ok"] else "red"
+            table.add_row(
+                escape(label), escape(o["name"]), axis, worst, Text(o["problem"] or "ok", style)
+            )
+    return table
+
+
 def render_check_dynamic(console: Console, check: dict) -> None:
     passed = check["passed"]
     console.print(shown(check["summary"], "bold green" if passed else "bold red"))
@@ -181,6 +207,8 @@ def render_check_dynamic(console: Console, check: dict) -> None:
     if check["dims"]:
         console.print(dims)
     console.print(dynamic_table(check))
+    if check.get("items"):
+        console.print(items_table(check))
     for s in check["suspects"]:
         console.print(shown("suspect: " + s["message"], "yellow"))
     for note in check["notes"]:
