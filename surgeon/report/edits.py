@@ -172,7 +172,7 @@ def dynamic_table(check: dict) -> Table:
 def items_table(check: dict) -> Table:
     """One row per output per batch dim: item i of the batch run against item i alone."""
     tol = check["items"][0]["tolerance"]
-    table = Table(
+    table = SafeTable(
         title=f"batch items, each against its batch-1 run (atol={tol['atol']:g}, "
         f"rtol={tol['rtol']:g})",
         title_justify="left",
@@ -182,14 +182,12 @@ def items_table(check: dict) -> Table:
     for item in check["items"]:
         label = f"{item['dim']}={item['size']}"
         if item["error"]:
-            table.add_row(escape(label), "-", "-", "-", Text(item["error"], style="red"))
+            table.add_row(label, "-", "-", "-", shown(item["error"], "red"))
         for o in item["outputs"]:
             axis = "-" if o["batch_axis"] is None else str(o["batch_axis"])
             worst = "-" if o["max_abs"] is None else f"{o['max_abs']:.3g}"
             style = "green" if o["ok"] else "red"
-            table.add_row(
-                escape(label), escape(o["name"]), axis, worst, Text(o["problem"] or "ok", style)
-            )
+            table.add_row(label, o["name"], axis, worst, shown(o["problem"] or "ok", style))
     return table
 
 
