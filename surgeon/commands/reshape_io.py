@@ -98,9 +98,9 @@ def run(args, ctx) -> int:
     outputs = parse_specs(args.output_specs, "--output")
     sizes = parse_sizes(args.sizes)
     options = _common.run_options(args)
-    _common.check_output_early(args, [args.model])
+    _common.check_files(args, [(args.model, "the input model")])
     model = load(args.model)
-    _common.check_output_early(args, [model])
+    _common.check_files(args, [(model, "the input model")])
     # a spinner on a terminal while onnxruntime works; silent when piped or --json
     with ctx.status("reshape-io: editing and checking sizes"):
         edited = reshape_io(
@@ -113,7 +113,7 @@ def run(args, ctx) -> int:
         )
     written = False
     if edited.passed and args.output:
-        _common.save_output(edited.model, args, [model])
+        _common.save_output(edited.model, args)
         written = True
     _render(ctx, edited, args, written, "render_reshape_io")
     return 0 if edited.passed else 1
