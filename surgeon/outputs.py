@@ -342,17 +342,19 @@ def _temp_prefix(name: str) -> str:
 def probe_writable(path: str | os.PathLike) -> str | None:
     """Why ``path`` cannot be written (as a sentence), or None: it is a folder, its folder
     is missing, its name is too long, or a temp file cannot be created beside it."""
+    # os.path's tests, not Path's: they answer False for a name too long to stat.
     out = Path(path)
-    if out.is_dir():
-        return f"{out} is a folder; give a file name such as {out / 'model.onnx'}"
     folder = out.parent
-    if not folder.exists():
+    if not os.path.exists(folder):
         return f"cannot write {out}: the folder {folder} does not exist"
-    if not folder.is_dir():
+    if not os.path.isdir(folder):
         return f"cannot write {out}: {folder} is not a folder"
     limit = _name_max(str(folder))
-    if len(os.fsencode(out.name)) > limit:
-        return f"cannot write {out}: the file name is {len(os.fsencode(out.name))} bytes, over this file system's {limit}"
+    size = len(os.fsencode(out.name))
+    if size > limit:
+        return f"cannot write {out}: the file name is {size} bytes, over this file system's {limit}"
+    if os.path.isdir(out):
+        return f"{out} is a folder; give a file name such as {out / 'model.onnx'}"
     try:
         fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(out.name), suffix=".tmp", dir=folder)
     except OSError as e:
