@@ -355,13 +355,14 @@ def probe_writable(path: str | os.PathLike) -> str | None:
         return f"cannot write {out}: the file name is {size} bytes, over this file system's {limit}"
     if os.path.isdir(out):
         return f"{out} is a folder; give a file name such as {out / 'model.onnx'}"
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(out.name), suffix=".tmp", dir=folder)
-    except OSError as e:
-        return f"cannot write {out}: {e.strerror or e} (in the folder {folder})"
-    os.close(fd)
-    with contextlib.suppress(OSError):
-        os.unlink(tmp)
+    with signals_deferred():  # a signal must not leave the probe behind
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(out.name), suffix=".tmp", dir=folder)
+        except OSError as e:
+            return f"cannot write {out}: {e.strerror or e} (in the folder {folder})"
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
     return None
 
 
