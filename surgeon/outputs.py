@@ -21,6 +21,7 @@ never left half done.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import signal
 import tempfile
@@ -418,25 +419,68 @@ def _set_aside(final: Path) -> Path | None:
     return backup
 
 
-def write_files(items: Iterable[tuple[str | os.PathLike, Callable]]) -> list[Path]:
+_pending: contextvars.ContextVar[list | None] = contextvars.ContextVar(
+    "surgeon_pending_writes", default=None
+)
+
+
+@contextlib.contextmanager
+def transaction() -> Iterator[None]:
+    """Make every :func:`write_files` call inside one transaction: their temp files are
+    written as they come, and all renamed into place when the block ends without an
+    error (or all removed when it raises). Nested blocks join the outer one.
+
+    Raises:
+        OutputPathError: A rename at the end failed (everything was put back).
+    """
+    if _pending.get() is not None:
+        yield
+        return
+    pending: list[tuple[Path, Path]] = []
+    token = _pending.set(pending)
+    try:
+        yield
+    except BaseException:
+        _roll_back([], pending)
+        raise
+    finally:
+        _pending.reset(token)
+    _commit(pending)
+
+
+def write_files(
+    items: Iterable[tuple[str | os.PathLike, Callable]], *, durable: bool = True
+) -> list[Path]:
     """Write several files as one transaction: all replaced, or none.
 
     Each ``write(fh)`` is called on a binary temp file in its target's folder (in the
     given order, so a later writer may use what an earlier one produced); the temp files
     are fsynced, then renamed over their targets in order. If anything fails, the
-    targets already replaced get their old files back and no temp file is left.
+    targets already replaced get their old files back and no temp file is left. Inside
+    :func:`transaction`, the renames wait for the end of the block.
+
+    Args:
+        durable: fsync the files and their folders (False for scratch files that are
+            deleted right after, where the flush to disk would only cost time).
 
     Raises:
         OutputPathError: A file cannot be written (full disk, read-only folder, ...),
             naming the path and the reason.
     """
-    items = [(Path(p), w) for p, w in items]
-    temps: list[tuple[Path, Path]] = []  # (temp, final)
-    done: list[tuple[Path, Path | None]] = []  # (final, its old file set aside)
-    current = None
+    temps = _write_temps([(Path(p), w) for p, w in items], durable)
+    pending = _pending.get()
+    if pending is not None:
+        pending.extend(temps)
+        return [final for _, final in temps]
+    return _commit(temps, durable)
+
+
+def _write_temps(items: list[tuple[Path, Callable]], durable: bool) -> list[tuple[Path, Path]]:
+    """Write each item to a temp file beside its target; (temp, target) pairs."""
+    temps: list[tuple[Path, Path]] = []
+    final = None
     try:
         for final, write in items:
-            current = final
             with signals_deferred():  # no window where a temp file exists unrecorded
                 fd, tmp = tempfile.mkstemp(
                     prefix=_temp_prefix(final.name), suffix=".tmp", dir=final.parent
@@ -445,11 +489,30 @@ def write_files(items: Iterable[tuple[str | os.PathLike, Callable]]) -> list[Pat
             with os.fdopen(fd, "wb") as fh:
                 write(fh)
                 fh.flush()
-                os.fsync(fh.fileno())
+                if durable:
+                    os.fsync(fh.fileno())
             os.chmod(tmp, _umask_mode())
+    except OSError as e:
+        _roll_back([], temps)
+        raise _write_error(final, e) from None
+    except BaseException:
+        _roll_back([], temps)
+        raise
+    return temps
+
+
+def _write_error(path, e: OSError) -> OutputPathError:
+    return OutputPathError(f"cannot write {path}: {e.strerror or e}; nothing was written")
+
+
+def _commit(temps: list[tuple[Path, Path]], durable: bool = True) -> list[Path]:
+    """Rename every temp file over its target, keeping the old files aside until all
+    renames succeeded; on any failure put every old file back."""
+    done: list[tuple[Path, Path | None]] = []  # (target, its old file set aside)
+    final = None
+    try:
         with signals_deferred():
             for tmp, final in temps:
-                current = final
                 backup = _set_aside(final)
                 try:
                     os.replace(tmp, final)
@@ -461,23 +524,23 @@ def write_files(items: Iterable[tuple[str | os.PathLike, Callable]]) -> list[Pat
                         os.unlink(backup)
                     raise
                 done.append((final, backup))
-            temps.clear()
+            temps = []
             for _, backup in done:
                 if backup is not None:
                     with contextlib.suppress(OSError):
                         os.unlink(backup)
-            committed = list(done)
+            committed = [target for target, _ in done]
             done.clear()
     except OSError as e:
         _roll_back(done, temps)
-        reason = e.strerror or str(e)
-        raise OutputPathError(f"cannot write {current}: {reason}; nothing was written") from None
+        raise _write_error(final, e) from None
     except BaseException:
         _roll_back(done, temps)
         raise
-    for folder in dict.fromkeys(final.parent for final, _ in committed):
-        _fsync_folder(folder)
-    return [final for final, _ in committed]
+    if durable:
+        for folder in dict.fromkeys(target.parent for target in committed):
+            _fsync_folder(folder)
+    return committed
 
 
 def _roll_back(done: list[tuple[Path, Path | None]], temps: list[tuple[Path, Path]]) -> None:

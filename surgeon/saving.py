@@ -66,6 +66,7 @@ def save(
     external_data: bool | None = None,
     data_name: str | None = None,
     inplace: bool = False,
+    durable: bool = True,
 ) -> Path:
     """Write ``model`` to ``path`` atomically, with its weights file as one unit.
 
@@ -80,13 +81,18 @@ def save(
             ``path``.
         inplace: Allow ``path`` to be the model's own source file (and the side file its
             own weights file).
+        durable: fsync the files (False for scratch copies deleted right after).
 
     Raises:
         OutputPathError: The path cannot be written, or it or the side file would
             overwrite the model's own files (or each other).
     """
     return save_models(
-        [(model, path)], external_data=external_data, data_name=data_name, inplace=inplace
+        [(model, path)],
+        external_data=external_data,
+        data_name=data_name,
+        inplace=inplace,
+        durable=durable,
     )[0]
 
 
@@ -98,6 +104,7 @@ def save_models(
     inplace: bool = False,
     plan: FilePlan | None = None,
     replaces: Iterable[int] = (),
+    durable: bool = True,
 ) -> list[Path]:
     """Save several models as one transaction: every file is replaced, or none is.
 
@@ -106,6 +113,7 @@ def save_models(
         plan: The caller's plan of reads, checked with these writes added (default: a
             plan holding each model's own files).
         replaces: With ``plan`` and ``inplace``: the plan's groups the outputs may replace.
+        durable: fsync the files (False for scratch copies deleted right after).
 
     Raises:
         OutputPathError: As :func:`save`; nothing is written.
@@ -131,7 +139,7 @@ def save_models(
     items = []
     for (model, out), external in zip(targets, choices, strict=True):
         items += _model_writers(model, out, external, data_name)
-    return _models_only(write_files(items), targets)
+    return _models_only(write_files(items, durable=durable), targets)
 
 
 def _models_only(written: list[Path], targets) -> list[Path]:

@@ -320,6 +320,47 @@ def test_folder_output_made_for_the_results_is_removed_on_failure(tmp_path, samp
     assert not (tmp_path / "new").exists()
 
 
+def test_debug_outputs_are_all_or_nothing(tmp_path, monkeypatch):
+    model = _ext_model(tmp_path, "m.onnx", "m.onnx.data")
+    real_fsync, calls = os.fsync, []
+
+    def fsync(fd):  # -o, then --save, then --html: the disk is full at the third
+        calls.append(fd)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(outputs.os, "fsync", fsync)
+    outs = ["-o", tmp_path / "t.onnx", "--save", tmp_path / "t.npz", "--html", tmp_path / "r.html"]
+    result = run_cli("debug", model, *outs)
+    _refused(result, "r.html", "No space left on device")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
+    monkeypatch.undo()
+    assert run_cli("debug", model, *outs).status == 0
+    assert {"t.onnx", "t.npz", "r.html"} <= {p.name for p in tmp_path.iterdir()}
+
+
+def test_transaction_puts_back_every_file_when_a_late_rename_fails(tmp_path, monkeypatch):
+    for name in ("a", "b", "c"):
+        (tmp_path / name).write_bytes(b"old " + name.encode())
+    before = _hashes(tmp_path)
+    real_replace = os.replace
+
+    def replace(src, dst, *a, **k):
+        if Path(dst).name == "c" and str(src).endswith(".tmp"):
+            raise OSError(errno.EIO, "Input/output error")
+        return real_replace(src, dst, *a, **k)
+
+    monkeypatch.setattr(outputs.os, "replace", replace)
+    with pytest.raises(OutputPathError, match="c: Input/output error"):
+        with outputs.transaction():
+            outputs.write_files([(tmp_path / "a", lambda fh: fh.write(b"new a"))])
+            outputs.write_files([(tmp_path / "new", lambda fh: fh.write(b"new"))])
+            outputs.write_files([(tmp_path / "b", lambda fh: fh.write(b"new b"))])
+            outputs.write_files([(tmp_path / "c", lambda fh: fh.write(b"new c"))])
+    assert _hashes(tmp_path) == before
+
+
 def test_unwritable_output_folder_is_found_before_the_work(tmp_path, no_work, monkeypatch):
     model = _ext_model(tmp_path, "m.onnx", "m.onnx.data")
     ro = tmp_path / "ro"

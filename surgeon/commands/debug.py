@@ -150,15 +150,18 @@ def run(args, ctx) -> int:
                 feeds=report.feed_values,
                 custom_op_libraries=options.custom_op_libraries,
             )
-    written = []
-    if tapped is not None and tapped.passed:
-        written.append(str(_common.save_output(tapped.model, args)))
-    if args.save and (report.tap_check is None or report.tap_check.passed):
-        written.append(str(save_values(report, args.save)))
-    if args.html:
-        from surgeon.report.html import write_debug_html
+    from surgeon.outputs import transaction
 
-        written.append(str(write_debug_html(report, args.html)))
+    written = []
+    with transaction():  # -o (and its weights), --save and --html: all written, or none
+        if tapped is not None and tapped.passed:
+            written.append(str(_common.save_output(tapped.model, args)))
+        if args.save and (report.tap_check is None or report.tap_check.passed):
+            written.append(str(save_values(report, args.save)))
+        if args.html:
+            from surgeon.report.html import write_debug_html
+
+            written.append(str(write_debug_html(report, args.html)))
     if ctx.json:
         data = report.to_dict()
         data["written"] = written
