@@ -356,11 +356,17 @@ def probe_writable(path: str | os.PathLike) -> str | None:
         return f"cannot write {out}: the file name is {size} bytes, over this file system's {limit}"
     if os.path.isdir(out):
         return f"{out} is a folder; give a file name such as {out / 'model.onnx'}"
+    reason = _probe(folder, out.name)
+    return f"cannot write {out}: {reason} (in the folder {folder})" if reason else None
+
+
+def _probe(folder: Path, name: str) -> str | None:
+    """Create and remove a temp file in ``folder``; the reason it failed, or None."""
     with signals_deferred():  # a signal must not leave the probe behind
         try:
-            fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(out.name), suffix=".tmp", dir=folder)
+            fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(name), suffix=".tmp", dir=folder)
         except OSError as e:
-            return f"cannot write {out}: {e.strerror or e} (in the folder {folder})"
+            return str(e.strerror or e)
         os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -380,9 +386,10 @@ def probe_folder(folder: str | os.PathLike) -> str | None:
         existing = existing.parent
     if not existing.is_dir():
         return f"cannot create the folder {folder}: {existing} is a file"
-    problem = probe_writable(existing / "surgeon-output")
-    if problem:
-        return f"cannot write into the folder {folder}: {problem}"
+    reason = _probe(existing, "surgeon-output")
+    if reason:
+        where = "" if existing == folder else f" (probed in {existing}, where it would be made)"
+        return f"cannot write into the folder {folder}: {reason}{where}"
     return None
 
 

@@ -149,11 +149,16 @@ def test_save_cannot_write_over_the_new_models_weights(tmp_path, no_work):
 @pytest.mark.parametrize("victim", ["--inputs", "--custom-op-library"])
 def test_side_outputs_cannot_replace_feeds_or_libraries(tmp_path, no_work, flag, victim):
     model = _ext_model(tmp_path, "m.onnx", "m.onnx.data")
-    target = tmp_path / ("feeds.npz" if victim == "--inputs" else "libcustom.so")
-    target.write_bytes(b"precious")
+    if victim == "--inputs":  # valid feeds: only the refusal stops the command
+        target = tmp_path / "feeds.npz"
+        np.savez(target, x=W)
+    else:
+        target = tmp_path / "libcustom.so"
+        target.write_bytes(b"precious")
+    before = target.read_bytes()
     result = run_cli("debug", model, victim, target, flag, target)
     _refused(result, target.name)
-    assert target.read_bytes() == b"precious"
+    assert target.read_bytes() == before
 
 
 def test_extract_output_cannot_replace_its_feeds(tmp_path, no_work):
@@ -192,14 +197,14 @@ def test_inplace_replaces_the_model_and_its_weights_together(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
 
 
-@pytest.mark.parametrize("target", ["m.onnx.data", "other.onnx"])
+@pytest.mark.parametrize("target", ["m.onnx.data", "feeds.npz"])
 def test_inplace_lets_only_the_model_file_be_replaced(tmp_path, no_work, target):
     model = _ext_model(tmp_path, "m.onnx", "m.onnx.data")
-    _ext_model(tmp_path, "other.onnx", "other.onnx.data")
+    np.savez(tmp_path / "feeds.npz", x=W)
     before = _hashes(tmp_path)
     out = tmp_path / target
     args = ["rename", model, "--io", "y=z", "-o", out, "--inplace"]
-    if target == "other.onnx":  # the feeds file of the command, not the model it edits
+    if target == "feeds.npz":  # the feeds of the command, not the model it edits
         args += ["--inputs", out]
     _refused(run_cli(*args))
     assert _hashes(tmp_path) == before
