@@ -17,6 +17,8 @@ import numpy as np
 import onnx
 import pytest
 from conftest import parse, run_cli
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import surgeon
 from surgeon import outputs
@@ -239,6 +241,47 @@ def test_same_file_through_symlinks_hard_links_and_dotdot(tmp_path):
     # not yet existing: through a symlinked folder
     assert outputs.same_file(tmp_path / "d" / "new.onnx", tmp_path / "dl" / "new.onnx")
     assert not outputs.same_file(a, tmp_path / "b.onnx")
+
+
+def _spellings(root: Path) -> list[Path]:
+    """Many names for few files: a, its hard link, a symlink to it, b, names that do not
+    exist yet, each also through a symlinked folder and through `..`."""
+    if not (root / "d").exists():
+        (root / "d").mkdir()
+        (root / "d" / "a").write_bytes(b"a")
+        (root / "d" / "b").write_bytes(b"b")
+        os.link(root / "d" / "a", root / "d" / "hard-a")
+        os.symlink(root / "d" / "a", root / "d" / "sym-a")
+        os.symlink("a", root / "d" / "rel-a")
+        os.symlink(root / "d", root / "dl")
+        (root / "e").mkdir()
+    names = ["a", "hard-a", "sym-a", "rel-a", "b", "new", "new2"]
+    folders = [root / "d", root / "dl", root / "e" / ".." / "d", root / "dl" / ".." / "d"]
+    return [f / n for f in folders for n in names]
+
+
+def _reference_same(p: Path, q: Path) -> bool:
+    """Independent answer: samefile for existing files; for new names, the same name in
+    the same physical folder (os.stat of the folders)."""
+    if p.exists() and q.exists():
+        return os.path.samefile(p, q)
+    if p.exists() != q.exists():
+        return False
+    return p.name == q.name and os.path.samefile(p.parent, q.parent)
+
+
+@settings(max_examples=60, deadline=None)
+@given(i=st.integers(0, 27), j=st.integers(0, 27))
+def test_same_file_agrees_with_samefile(tmp_path_factory, i, j):
+    root = tmp_path_factory.getbasetemp() / "spellings"
+    root.mkdir(exist_ok=True)
+    paths = _spellings(root)
+    p, q = paths[i], paths[j]
+    assert outputs.same_file(p, q) == _reference_same(p, q), (p, q)
+    plan = outputs.FilePlan()
+    plan.reads(p, "the input")
+    plan.writes(q, "-o")
+    assert bool(plan.clashes()) == _reference_same(p, q)
 
 
 # ------------------------------------------------------------------ transactions

@@ -185,6 +185,8 @@ def _write_all(args, outputs, targets, models, reads):
     from surgeon.outputs import FilePlan
     from surgeon.saving import save_models
 
+    if not targets:
+        return []
     plan = FilePlan()
     groups = [plan.reads_model(m, "an input model", replaceable=True) for m in models]
     for what, path in reads:
