@@ -2,6 +2,12 @@
 
 ``main(argv, console, err_console) -> int`` parses arguments, runs one command and turns
 :class:`~surgeon.errors.SurgeonError` into a one-paragraph message and an exit code.
+Signals end a command the way Ctrl-C does: SIGINT, SIGTERM and SIGHUP raise in the main
+thread, the stack unwinds (temp files and folders are removed) and the exit code is
+128 + the signal number (130, 143, 129). A closed output pipe (``surgeon inspect m.onnx |
+head -1``) ends the command quietly with 141, what a shell reports for a tool that
+SIGPIPE killed; the signal itself stays ignored (Python's default) so that the write
+raises and the same unwinding cleans up, which dying at the write would not.
 Command modules are listed explicitly in ``COMMANDS``; each defines ``HELP``,
 ``add_arguments(parser)`` and ``run(args, ctx) -> int``, and imports nothing heavy at
 module level, so ``surgeon --help`` imports neither onnxruntime nor rich.
@@ -13,6 +19,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import os
 import sys
 from enum import IntEnum
 
@@ -27,6 +34,10 @@ class ExitStatus(IntEnum):
     VERIFICATION_FAILED = 1
     BAD_INPUT = 2
     INTERNAL_ERROR = 3  # a bug in surgeon: please report it with --traceback
+    HANGUP = 129  # SIGHUP: 128 + the signal number, as shells report it
+    INTERRUPTED = 130  # Ctrl-C (SIGINT)
+    BROKEN_PIPE = 141  # stdout (or stderr) was closed by the reader, e.g. `| head -1`
+    TERMINATED = 143  # SIGTERM
 
 
 # One explicit table, in the order `surgeon --help` lists them.
@@ -136,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="surgeon",
         description="ONNX graph surgery and debugging; every edit is verified against the original with onnxruntime.",
-        epilog="Exit codes: 0 success, 1 verification failed, 2 bad usage or input, 3 internal error. "
+        epilog="Exit codes: 0 success, 1 verification failed, 2 bad usage or input, 3 internal error, "
+        "130 interrupted (143 SIGTERM, 129 SIGHUP), 141 output pipe closed. "
         "Run `surgeon COMMAND --help` for a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"surgeon {__version__}")
@@ -164,6 +176,40 @@ def main(argv: list[str] | None = None, console=None, err_console=None) -> int:
         console: rich Console for results (default: stdout).
         err_console: rich Console for messages and progress (default: stderr).
     """
+    from surgeon.outputs import exit_code_for, handle_signals
+
+    try:
+        with handle_signals():
+            return _main(argv, console, err_console)
+    except KeyboardInterrupt as e:  # before a command ran (parsing), or while reporting
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(_interrupted_text(e) + "\n")
+        return exit_code_for(e)
+    except BrokenPipeError:
+        _silence_stdout()
+        return ExitStatus.BROKEN_PIPE
+
+
+def _interrupted_text(e: KeyboardInterrupt) -> str:
+    name = getattr(e, "signum", None)
+    return "interrupted" if name is None else f"terminated ({e})"
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of a closed pipe
+    prints nothing (the recipe of Python's signal documentation, "Note on SIGPIPE")."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+def _raise_broken_pipe() -> None:
+    # rich's default exits with status 1 ("verification failed"): raise instead, and let
+    # main() end quietly with 141.
+    raise BrokenPipeError
+
+
+def _main(argv, console, err_console) -> int:
     parser = build_parser()
     _Parser.last_error = None
     try:
@@ -214,6 +260,8 @@ def main(argv: list[str] | None = None, console=None, err_console=None) -> int:
         from surgeon.report import make_consoles, render_error, render_internal_error
 
         console, err_console = make_consoles(console, err_console)
+        for c in (console, err_console):
+            c.on_broken_pipe = _raise_broken_pipe
         ctx = Context(console, err_console, json_mode)
     try:
         return int(args._module.run(args, ctx))
@@ -222,9 +270,15 @@ def main(argv: list[str] | None = None, console=None, err_console=None) -> int:
             raise
         render_error(ctx, e)
         return e.exit_code
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP: cleaned up while unwinding
+        from surgeon.outputs import exit_code_for
+
+        with contextlib.suppress(OSError, ValueError):
+            err_console.print(_interrupted_text(e))
+        return exit_code_for(e)
+    except BrokenPipeError:
+        _silence_stdout()
+        return ExitStatus.BROKEN_PIPE
     except Exception as e:  # a bug: say so plainly, never a bare traceback
         if args.traceback:
             raise
@@ -234,7 +288,13 @@ def main(argv: list[str] | None = None, console=None, err_console=None) -> int:
 
 def entry_point() -> None:
     """The ``surgeon`` console script."""
-    sys.exit(main())
+    code = main()
+    try:  # what is still buffered for a closed pipe fails here, not at exit
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        code = ExitStatus.BROKEN_PIPE
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
-"""Saving a model atomically (temp file, then rename), with external data when needed."""
+"""Saving models: a model and its weights file replaced as one unit (temp files, fsync,
+renames with roll-back), with external data when needed."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -18,20 +18,7 @@ from surgeon.model import (
     iter_tensors,
     tensor_nbytes,
 )
-
-
-def _umask_mode() -> int:
-    """The mode a plainly created file gets (mkstemp's 0600 would hide saved models)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return a.resolve() == b.resolve()
+from surgeon.outputs import FilePlan, data_file_name, write_files
 
 
 def check_output_path(
@@ -39,33 +26,37 @@ def check_output_path(
 ) -> Path:
     """Check that ``path`` can be written and would not overwrite an input.
 
+    Args:
+        inputs: Models (their file and each external-data file is protected) or paths.
+        inplace: ``path`` may replace a model among ``inputs`` (never its weights or
+            another file).
+
     Raises:
-        OutputPathError: The folder does not exist, the path is a folder, or it is one of
-            the inputs (or their external data files) and ``inplace`` is not set.
+        OutputPathError: The folder does not exist or cannot be written, the path is a
+            folder, or it is one of the inputs (or their external data files) and
+            ``inplace`` does not allow it.
     """
-    out = Path(path)
-    if out.is_dir():
-        raise OutputPathError(
-            f"output path {out} is a folder; give a file name such as {out / 'model.onnx'}"
-        )
-    if not out.parent.exists():
-        raise OutputPathError(f"cannot write {out}: the folder {out.parent} does not exist")
-    if not inplace:
-        for item in inputs:
-            if isinstance(item, Model):
-                src_paths = []
-                if item.path is not None:
-                    src_paths.append(item.path)
-                    src_paths += [item.path.parent / f for f in item.external_data_files]
-            else:
-                src_paths = [Path(item)]
-            for src in src_paths:
-                if _same_file(out, src) or out.resolve() == src.resolve():
-                    raise OutputPathError(
-                        f"refusing to overwrite the input {src} with the output",
-                        hint="Choose another -o/--output path, or pass --inplace to replace the input on purpose.",
-                    )
-    return out
+    plan = FilePlan()
+    groups = [plan.reads_model(item, _describe(item), replaceable=True) for item in inputs]
+    plan.writes_model(
+        path, "-o", external_data=False, replaces=groups if inplace else (), inplace_flag=True
+    )
+    plan.check()
+    return Path(path)
+
+
+def _describe(item) -> str:
+    if isinstance(item, Model) and item.path is None:
+        return "the model"
+    return "the input model"
+
+
+def external_data_choice(model: Model, external_data: bool | None) -> bool:
+    """Whether ``model`` is saved with external data (``None``: only when its proto
+    would pass protobuf's 2 GB limit)."""
+    if external_data is None:
+        return model.weight_bytes() + 16 * 2**20 > PROTO_LIMIT
+    return external_data
 
 
 def save(
@@ -75,67 +66,112 @@ def save(
     external_data: bool | None = None,
     data_name: str | None = None,
     inplace: bool = False,
+    durable: bool = True,
 ) -> Path:
-    """Write ``model`` to ``path`` atomically (temp file, then rename).
+    """Write ``model`` to ``path`` atomically, with its weights file as one unit.
+
+    Both files are written to temp files and fsynced, then renamed into place; if the
+    second rename fails the first is undone, so the model and its weights are replaced
+    together or not at all.
 
     Args:
         external_data: Write weights to a side file. ``None`` (default) does so only when
             the model would pass protobuf's 2 GB limit.
         data_name: The side file's name (default ``<model file name>.data``), next to
             ``path``.
-        inplace: Allow ``path`` to be the model's own source file.
+        inplace: Allow ``path`` to be the model's own source file (and the side file its
+            own weights file).
+        durable: fsync the files (False for scratch copies deleted right after).
 
     Raises:
-        OutputPathError: The path cannot be written or would overwrite the input.
+        OutputPathError: The path cannot be written, or it or the side file would
+            overwrite the model's own files (or each other).
     """
-    out = check_output_path(path, [model], inplace=inplace)
-    if external_data is None:
-        external_data = model.weight_bytes() + 16 * 2**20 > PROTO_LIMIT
-    folder = out.parent
-    tmp_files: list[Path] = []
-    try:
-        if external_data:
-            data_name = data_name or out.name + ".data"
-            if "/" in data_name or "\\" in data_name or data_name in ("", ".", ".."):
-                raise OutputPathError(f"external data name `{data_name}` must be a plain file name")
-            data_final = folder / data_name
-            if not inplace:
-                check_output_path(data_final, [model])
-            fd, tmp_data = tempfile.mkstemp(prefix=f".{data_name}.", suffix=".tmp", dir=folder)
-            tmp_files.append(Path(tmp_data))
-            with os.fdopen(fd, "wb") as fh:
-                skeleton = external_copy(model.proto, fh, data_name)
-            payload = skeleton.SerializeToString()
-            del skeleton
-        else:
+    return save_models(
+        [(model, path)],
+        external_data=external_data,
+        data_name=data_name,
+        inplace=inplace,
+        durable=durable,
+    )[0]
+
+
+def save_models(
+    targets: Iterable[tuple[Model, str | os.PathLike]],
+    *,
+    external_data: bool | None = None,
+    data_name: str | None = None,
+    inplace: bool = False,
+    plan: FilePlan | None = None,
+    replaces: Iterable[int] = (),
+    durable: bool = True,
+) -> list[Path]:
+    """Save several models as one transaction: every file is replaced, or none is.
+
+    Args:
+        targets: (model, path) pairs.
+        plan: The caller's plan of reads, checked with these writes added (default: a
+            plan holding each model's own files).
+        replaces: With ``plan`` and ``inplace``: the plan's groups the outputs may replace.
+        durable: fsync the files (False for scratch copies deleted right after).
+
+    Raises:
+        OutputPathError: As :func:`save`; nothing is written.
+    """
+    targets = [(m, Path(p)) for m, p in targets]
+    if plan is None:
+        plan = FilePlan()
+        replaces = [plan.reads_model(m, _describe(m), replaceable=True) for m, _ in targets]
+    groups = list(replaces)
+    choices = []
+    for model, out in targets:
+        external = external_data_choice(model, external_data)
+        choices.append(external)
+        plan.writes_model(
+            out,
+            "-o" if len(targets) == 1 else f"the output {out.name}",
+            external_data=external,
+            data_name=data_name,
+            replaces=groups if inplace else (),
+            inplace_flag=True,
+        )
+    plan.check()
+    items = []
+    for (model, out), external in zip(targets, choices, strict=True):
+        items += _model_writers(model, out, external, data_name)
+    return _models_only(write_files(items, durable=durable), targets)
+
+
+def _models_only(written: list[Path], targets) -> list[Path]:
+    finals = {os.fspath(out) for _, out in targets}
+    return [p for p in written if os.fspath(p) in finals]
+
+
+def _model_writers(model: Model, out: Path, external: bool, data_name: str | None) -> list:
+    """(path, write) pairs for write_files: the weights file first (its writer builds the
+    skeleton the model file then holds)."""
+    if not external:
+
+        def write_model(fh):
             try:
                 payload = model.proto.SerializeToString()
             except ValueError as e:  # protobuf refuses > 2 GB
                 raise OutputPathError(
                     f"cannot write {out} as a single file: {e}", hint="Save with external data."
                 ) from None
-        fd, tmp_model = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder)
-        tmp_files.append(Path(tmp_model))
-        with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        del payload
-        for f in tmp_files:
-            os.chmod(f, _umask_mode())
-        if external_data:
-            os.replace(tmp_files[0], data_final)
-        os.replace(tmp_model, out)
-        tmp_files.clear()
-    except OSError as e:
-        raise OutputPathError(f"cannot write {out}: {e.strerror or e}") from None
-    finally:
-        for f in tmp_files:
-            try:
-                f.unlink()
-            except OSError:
-                pass
-    return out
+
+        return [(out, write_model)]
+    name = data_file_name(out, data_name)
+    built = {}
+
+    def write_data(fh):
+        built["skeleton"] = external_copy(model.proto, fh, name)
+
+    def write_skeleton(fh):
+        fh.write(built.pop("skeleton").SerializeToString())
+
+    return [(out.parent / name, write_data), (out, write_skeleton)]
 
 
 # The fields of a TensorProto that hold its values (or say where they are).

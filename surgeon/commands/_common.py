@@ -100,18 +100,60 @@ def run_options(args):
     )
 
 
-def save_output(model, args, inputs=()):
-    """Save ``model`` to ``args.output`` atomically, honouring --inplace/--external-data."""
+EXTERNAL_CHOICES = {"auto": None, "always": True, "never": False}
+
+
+def check_files(args, models, *, edited: int = 1, reads=(), writes=()):
+    """Refuse, before any work, every write that would land on a file the command reads
+    or on another of its writes (see :class:`surgeon.outputs.FilePlan`).
+
+    Args:
+        models: (model or path, description) of every model read; a loaded Model brings
+            its external-data files too. The first ``edited`` are the models -o may
+            replace with --inplace.
+        reads: (description, path) of other files read (feeds, references).
+        writes: (flag, path) of files written besides -o (and its weights file).
+
+    Raises:
+        OutputPathError: Every clash in one message, or an output that cannot be written.
+    """
+    from surgeon.outputs import FilePlan
+
+    plan = FilePlan()
+    groups = []
+    for i, (model, what) in enumerate(models):
+        if model is None:
+            continue
+        group = plan.reads_model(model, what, replaceable=i < edited)
+        if i < edited:
+            groups.append(group)
+    for what, path in reads:
+        plan.reads(path, what)
+    for lib in getattr(args, "custom_op_library", None) or ():
+        plan.reads(lib, "the custom-op library")
+    output = getattr(args, "output", None)
+    if output:
+        plan.writes_model(
+            output,
+            "-o",
+            external_data=EXTERNAL_CHOICES[getattr(args, "external_data", "auto")],
+            replaces=groups if getattr(args, "inplace", False) else (),
+            inplace_flag=hasattr(args, "inplace"),
+        )
+    for flag, path in writes:
+        plan.writes(path, flag)
+    plan.check()
+    return plan
+
+
+def save_output(model, args):
+    """Save ``model`` to ``args.output`` atomically (with its weights file as one unit),
+    honouring --inplace/--external-data. Call :func:`check_files` before the work."""
     from surgeon.saving import save
 
-    check_output_early(args, inputs)
-    external = {"auto": None, "always": True, "never": False}[args.external_data]
-    return save(model, args.output, external_data=external, inplace=args.inplace)
-
-
-def check_output_early(args, inputs):
-    """Fail before any work when -o would overwrite an input or cannot be written."""
-    if getattr(args, "output", None):
-        from surgeon.saving import check_output_path
-
-        check_output_path(args.output, inputs, inplace=getattr(args, "inplace", False))
+    return save(
+        model,
+        args.output,
+        external_data=EXTERNAL_CHOICES[args.external_data],
+        inplace=args.inplace,
+    )

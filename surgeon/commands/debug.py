@@ -95,38 +95,35 @@ def run(args, ctx) -> int:
     from surgeon.commands.diff import parse_map
     from surgeon.debugging import DebugOptions, debug, save_values
     from surgeon.edits.tap import tap
-    from surgeon.errors import OutputPathError, UsageError
+    from surgeon.errors import UsageError
     from surgeon.loading import load
-    from surgeon.saving import check_output_path
 
     if args.rows < 0:
         raise UsageError("--rows must be 0 (all) or a positive number")
-    outputs = [
-        (flag, value)
-        for flag, value in (("-o", args.output), ("--save", args.save), ("--html", args.html))
-        if value
-    ]
-    seen: dict = {}
-    for flag, value in outputs:
-        key = Path(value).resolve()
-        if key in seen:
-            raise OutputPathError(
-                f"{flag} and {seen[key]} both write {value}; give them different paths"
-            )
-        seen[key] = flag
+    # Every file read and written, checked before any work (again once the models are
+    # loaded, for their weights files). Only -o may replace the input model (with
+    # --inplace); nothing may replace the reference, the feeds or a library.
+    ref_is_npz = bool(args.ref) and Path(args.ref).suffix == ".npz"
+    reads = [("the --inputs file", args.inputs)]
+    reads += [("the --ref activations", args.ref)] if ref_is_npz else []
+    side = [("--save", args.save), ("--html", args.html)]
+    ref_model = args.ref if args.ref and not ref_is_npz else None
+    _common.check_files(
+        args,
+        [(args.model, "the input model"), (ref_model, "the reference model")],
+        reads=reads,
+        writes=side,
+    )
     model = load(args.model)
     reference = args.ref
-    protected = [model]
-    if args.ref:
-        if Path(args.ref).suffix == ".npz":
-            protected.append(args.ref)
-        else:
-            reference = load(args.ref)  # loaded once, here, so its files are protected too
-            protected.append(reference)
-    for flag, value in outputs:
-        # Only -o may replace the input model (with --inplace); nothing may replace the
-        # reference, its weights, or the input's weights.
-        check_output_path(value, protected, inplace=args.inplace and flag == "-o")
+    if ref_model:
+        reference = load(args.ref)  # loaded once, here, so its files are protected too
+    _common.check_files(
+        args,
+        [(model, "the input model"), (reference if ref_model else None, "the reference model")],
+        reads=reads,
+        writes=side,
+    )
     options = DebugOptions(
         taps=tuple(args.tap or (["all"] if not args.op else [])),
         ops=tuple(args.op),
@@ -153,15 +150,18 @@ def run(args, ctx) -> int:
                 feeds=report.feed_values,
                 custom_op_libraries=options.custom_op_libraries,
             )
-    written = []
-    if tapped is not None and tapped.passed:
-        written.append(str(_common.save_output(tapped.model, args, [model])))
-    if args.save and (report.tap_check is None or report.tap_check.passed):
-        written.append(str(save_values(report, args.save)))
-    if args.html:
-        from surgeon.report.html import write_debug_html
+    from surgeon.outputs import transaction
 
-        written.append(str(write_debug_html(report, args.html)))
+    written = []
+    with transaction():  # -o (and its weights), --save and --html: all written, or none
+        if tapped is not None and tapped.passed:
+            written.append(str(_common.save_output(tapped.model, args)))
+        if args.save and (report.tap_check is None or report.tap_check.passed):
+            written.append(str(save_values(report, args.save)))
+        if args.html:
+            from surgeon.report.html import write_debug_html
+
+            written.append(str(write_debug_html(report, args.html)))
     if ctx.json:
         data = report.to_dict()
         data["written"] = written

@@ -92,9 +92,10 @@ def run(args, ctx) -> int:
     tol = tolerance(args)
     feeds = feed_options(args)
     options = _common.run_options(args)
-    _common.check_output_early(args, [args.model])
+    reads = [("the --feeds file", args.feeds)]
+    _common.check_files(args, [(args.model, "the input model")], reads=reads)
     model = load(args.model)
-    _common.check_output_early(args, [model])
+    _common.check_files(args, [(model, "the input model")], reads=reads)
     # a spinner on a terminal while onnxruntime works; silent when piped or --json
     with ctx.status("extract: cutting and verifying against the original"):
         edited = extract(
@@ -102,7 +103,7 @@ def run(args, ctx) -> int:
         )
     written = False
     if edited.passed and args.output:
-        _common.save_output(edited.model, args, [model])
+        _common.save_output(edited.model, args)
         written = True
     _render(ctx, edited, args, written, "render_extract")
     return 0 if edited.passed else 1

@@ -151,7 +151,14 @@ def run(args, ctx) -> int:
                 f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} with --nms LAYOUT",
                 hint="Set NMS options when building SECOND with `surgeon nms`, or use --nms.",
             )
-    _common.check_output_early(args, [args.first] + ([args.second] if args.second else []))
+    # -o may replace FIRST or SECOND with --inplace (the merge edits both).
+    reads = [("the --inputs file", args.inputs)]
+    _common.check_files(
+        args,
+        [(args.first, "the first model"), (args.second, "the second model")],
+        edited=2,
+        reads=reads,
+    )
     feed_options = _common.feed_options(args)
     first = load(args.first)
     nms_params = None
@@ -162,7 +169,12 @@ def run(args, ctx) -> int:
         second = load(args.second)
         io_map = parse_io_map(args.map, set(first.output_names), set(second.input_names))
     # Again with the loaded models: -o must not hit their external data files either.
-    _common.check_output_early(args, [first, second])
+    _common.check_files(
+        args,
+        [(first, "the first model"), (second if args.second else None, "the second model")],
+        edited=2,
+        reads=reads,
+    )
     keep = False
     if args.keep_outputs == "*":
         keep = True
@@ -184,7 +196,7 @@ def run(args, ctx) -> int:
     report = result.report
     written = False
     if args.output and result.passed:
-        _common.save_output(result.model, args, [first, second])
+        _common.save_output(result.model, args)
         written = True
     info = {
         "schema": "surgeon.merge/1",

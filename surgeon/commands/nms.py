@@ -135,10 +135,11 @@ def describe_nms(model, spec_params: dict, output) -> dict:
 
 
 def run(args, ctx) -> int:
+    from surgeon.commands import _common
     from surgeon.edits.nms import build_nms
-    from surgeon.saving import check_output_path, save
+    from surgeon.saving import save
 
-    check_output_path(args.output, [])
+    _common.check_files(args, [])
     model = build_nms(
         args.layout,
         args.classes,

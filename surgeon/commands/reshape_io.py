@@ -141,9 +141,9 @@ def run(args, ctx) -> int:
     sizes = parse_sizes(args.sizes)
     batch = batch_arguments(args)
     options = _common.run_options(args)
-    _common.check_output_early(args, [args.model])
+    _common.check_files(args, [(args.model, "the input model")])
     model = load(args.model)
-    _common.check_output_early(args, [model])
+    _common.check_files(args, [(model, "the input model")])
     # a spinner on a terminal while onnxruntime works; silent when piped or --json
     with ctx.status("reshape-io: editing and checking sizes"):
         edited = reshape_io(
@@ -157,7 +157,7 @@ def run(args, ctx) -> int:
         )
     written = False
     if edited.passed and args.output:
-        _common.save_output(edited.model, args, [model])
+        _common.save_output(edited.model, args)
         written = True
     _render(ctx, edited, args, written, "render_reshape_io")
     return 0 if edited.passed else 1

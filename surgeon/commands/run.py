@@ -70,7 +70,6 @@ def run(args, ctx) -> int:
     from surgeon.errors import OutputPathError, SurgeonError, UsageError, VerificationFailed
     from surgeon.loading import load
     from surgeon.recipe_runner import RunResult, load_recipe, parse_params, run_recipe
-    from surgeon.saving import check_output_path, save
 
     model_paths, extra = _split(args.models)
     if not model_paths:
@@ -87,14 +86,12 @@ def run(args, ctx) -> int:
         raise UsageError(
             f"recipe {label} produces a report, not a model: drop -o (use --json to keep the report)"
         )
+    reads = [("the recipe file", args.recipe)] if Path(args.recipe).is_file() else []
     if args.output:
-        out = Path(args.output)
-        if not out.suffix == ".onnx" and not out.is_dir() and not out.parent.exists():
-            raise OutputPathError(f"cannot write {out}: the folder {out.parent} does not exist")
-        for p in model_paths:
-            if out.suffix == ".onnx":
-                check_output_path(out, [p], inplace=args.inplace)
+        _check_outputs(args, model_paths, reads)
     models = [load(p) for p in model_paths]
+    if args.output:
+        _check_outputs(args, models, reads)  # again, with the models' weights files
     failure = None
     try:
         # a spinner on a terminal while onnxruntime works; silent when piped or --json
@@ -116,7 +113,6 @@ def run(args, ctx) -> int:
     written = []
     # Written only when every step passed, or when the user asked to keep going.
     if failure is None and args.output and (result.passed or args.keep_going):
-        external = {"auto": None, "always": True, "never": False}[args.external_data]
         out = Path(args.output)
         if len(result.outputs) == 1 and out.suffix == ".onnx":
             targets = {next(iter(result.outputs)): out}
@@ -126,19 +122,8 @@ def run(args, ctx) -> int:
                     f"recipe {label} produced {len(result.outputs)} models ({', '.join(result.outputs)}); "
                     "give a folder with -o, e.g. -o parts/"
                 )
-            if out.exists() and not out.is_dir():
-                raise OutputPathError(
-                    f"-o {out} is an existing file, not a folder: give OUT.onnx for one model "
-                    "or a folder for several"
-                )
-            out.mkdir(parents=True, exist_ok=True)
             targets = {k: out / f"{k}.onnx" for k in result.outputs}
-        for target in targets.values():
-            check_output_path(target, models, inplace=args.inplace)
-        for key, target in targets.items():
-            written.append(
-                str(save(result.outputs[key], target, external_data=external, inplace=args.inplace))
-            )
+        written = [str(p) for p in _write_all(args, result.outputs, targets, models, reads)]
     elif failure is None and result.outputs and not args.output:
         raise UsageError(
             f"recipe {label} produced a model but no -o was given; nothing was written"
@@ -165,3 +150,64 @@ def run(args, ctx) -> int:
         for w in written:
             ctx.console.print(f"wrote {w}")
     return 0 if result.passed and failure is None else 1
+
+
+def _check_outputs(args, models, reads) -> None:
+    """Before any work: -o OUT.onnx (and its weights file) must not hit a model, its
+    weights or the recipe file; -o FOLDER/ must be a folder that can be written."""
+    from pathlib import Path
+
+    from surgeon.commands import _common
+    from surgeon.errors import OutputPathError
+    from surgeon.outputs import probe_folder
+
+    out = Path(args.output)
+    described = [(m, "an input model") for m in models]
+    if out.suffix == ".onnx":
+        _common.check_files(args, described, edited=len(described), reads=reads)
+        return
+    if out.exists() and not out.is_dir():
+        raise OutputPathError(
+            f"-o {out} is an existing file, not a folder: give OUT.onnx for one model "
+            "or a folder for several"
+        )
+    problem = probe_folder(out)
+    if problem:
+        raise OutputPathError(problem)
+
+
+def _write_all(args, outputs, targets, models, reads):
+    """Write every result as one transaction (all files or none), after checking the
+    exact files against everything read; a folder made for them is removed on failure."""
+    import contextlib
+
+    from surgeon.commands import _common
+    from surgeon.outputs import FilePlan
+    from surgeon.saving import save_models
+
+    if not targets:
+        return []
+    plan = FilePlan()
+    groups = [plan.reads_model(m, "an input model", replaceable=True) for m in models]
+    for what, path in reads:
+        plan.reads(path, what)
+    folder = next(iter(targets.values())).parent
+    made = []  # the folders created here, innermost last
+    while not folder.exists():
+        made.insert(0, folder)
+        folder = folder.parent
+    try:
+        for f in made:
+            f.mkdir()
+        return save_models(
+            [(outputs[k], t) for k, t in targets.items()],
+            external_data=_common.EXTERNAL_CHOICES[args.external_data],
+            inplace=args.inplace,
+            plan=plan,
+            replaces=groups,
+        )
+    except BaseException:
+        for f in reversed(made):  # all or nothing: not even an empty folder stays
+            with contextlib.suppress(OSError):
+                f.rmdir()
+        raise
