@@ -24,7 +24,7 @@ import sys
 from enum import IntEnum
 
 from surgeon._version import __version__
-from surgeon.errors import SurgeonError, error_document
+from surgeon.errors import SurgeonError, error_document, printable
 
 
 class ExitStatus(IntEnum):
@@ -118,7 +118,7 @@ def _render_error_plain(ctx, error) -> None:
     lines = [f"error: {error.message}"] + [f"  - {p}" for p in error.problems]
     if error.hint:
         lines.append(error.hint)
-    ctx.err_console.file.write("\n".join(lines) + "\n")
+    ctx.err_console.file.write("\n".join(map(printable, lines)) + "\n")
     write_json(ctx.console.file, error_document(error))
 
 
@@ -244,8 +244,11 @@ def _main(argv, console, err_console) -> int:
 
         def render_internal_error(ctx, e):
             ctx.err_console.file.write(
-                f"internal error: {type(e).__name__}: {e}. This is a bug in surgeon, not in your model or "
-                "command; rerun with --traceback and report the output.\n"
+                printable(
+                    f"internal error: {type(e).__name__}: {e}. This is a bug in surgeon, not in your "
+                    "model or command; rerun with --traceback and report the output."
+                )
+                + "\n"
             )
             write_json(
                 ctx.console.file,

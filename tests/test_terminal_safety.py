@@ -208,18 +208,9 @@ def run_wide(*argv) -> tuple[int, str]:
     return status, out.getvalue() + err.getvalue()
 
 
-# commands/run.py prints its "wrote" lines itself, as markup (see the report of issue 12)
-PENDING = {"run-split"}
-
-
 @pytest.mark.parametrize(
     "command",
-    [
-        pytest.param(c, marks=pytest.mark.xfail(strict=True, reason="commands/run.py 'wrote'"))
-        if c in PENDING
-        else c
-        for c in sorted(COMMAND_LINES)
-    ],
+    sorted(COMMAND_LINES),
 )
 def test_every_command_shows_hostile_text_escaped_and_literally(command, hostile):
     status, both = run_wide(*COMMAND_LINES[command](hostile))
@@ -302,9 +293,7 @@ def test_output_path_markup_is_printed_as_given(command, hostile, tmp_path):
     assert f"wrote {target}" in result.stdout
 
 
-# The "wrote" lines of debug and run are printed by the command modules, not through
-# surgeon.report; they pass once those lines print shown(f"wrote {w}") (see the report).
-@pytest.mark.xfail(strict=True, reason="commands/debug.py and run.py print f'wrote {w}' as markup")
+# The "wrote" lines of debug and run are printed by the command modules themselves.
 @pytest.mark.parametrize("command", ["debug", "run-split"])
 def test_written_files_are_printed_as_given_by_debug_and_run(command, hostile, tmp_path):
     argv = [str(a) for a in COMMAND_LINES[command](hostile)]
@@ -318,7 +307,6 @@ def test_written_files_are_printed_as_given_by_debug_and_run(command, hostile, t
     assert f"wrote {target}" in result.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="cli._render_error_plain writes the message raw (h5)")
 def test_plain_json_error_path_escapes_too(hostile, capsys):
     """``--json`` without consoles (a script) writes the error paragraph without rich."""
     status = main([str(a) for a in COMMAND_LINES["unknown-name"](hostile)] + ["--json"])
@@ -475,19 +463,11 @@ def test_error_boundary_escapes_message_problems_hint_and_internal_errors():
 
 
 COMMANDS_DIR = REPORT.parent / "commands"
-# debug.py and run.py print their "wrote" lines as f-strings (the report of issue 12 gives
-# the one-line fixes); the marker goes when they print shown(f"wrote {w}").
-PRINTS_PENDING = {"debug.py", "run.py"}
 
 
 @pytest.mark.parametrize(
     "path",
-    [
-        pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="prints an f-string"))
-        if p.name in PRINTS_PENDING
-        else p
-        for p in sorted(COMMANDS_DIR.glob("*.py"))
-    ],
+    sorted(COMMANDS_DIR.glob("*.py")),
     ids=lambda p: p.name,
 )
 def test_commands_print_composed_text_through_shown(path):

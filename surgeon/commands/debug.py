@@ -169,14 +169,17 @@ def run(args, ctx) -> int:
             data["tapped_model_check"] = tapped.report.to_dict() if tapped.report else None
         ctx.emit_json(data)
     else:
+        from surgeon.report import shown
         from surgeon.report.debug import render_debug
 
         render_debug(ctx.console, report, rows=args.rows)
         if tapped is not None and not tapped.passed:
             ctx.console.print(
-                f"not written: the tapped model for -o failed its check: {tapped.report.summary()}"
+                shown(
+                    f"not written: the tapped model for -o failed its check: {tapped.report.summary()}"
+                )
             )
         for w in written:
-            ctx.console.print(f"wrote {w}")
+            ctx.console.print(shown(f"wrote {w}"))
     failed = tapped is not None and not tapped.passed
     return 0 if report.passed and not failed else 1

@@ -133,6 +133,7 @@ def run(args, ctx) -> int:
         data["written"] = written
         ctx.emit_json(data)
     else:
+        from surgeon.report import shown
         from surgeon.report.run import render_run
 
         for report in result.reports:
@@ -145,10 +146,10 @@ def run(args, ctx) -> int:
 
                 render_export_check(ctx.console, report)
             else:
-                ctx.console.print(str(report.to_dict()))
+                ctx.console.print(shown(str(report.to_dict())))
         render_run(ctx.console, result)
         for w in written:
-            ctx.console.print(f"wrote {w}")
+            ctx.console.print(shown(f"wrote {w}"))
     return 0 if result.passed and failure is None else 1
 
 
