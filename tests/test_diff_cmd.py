@@ -431,3 +431,31 @@ def test_common_only_compares_shared_outputs(samples, tmp_path):
     assert res.status == 0
     assert [t["name"] for t in res.json["tensors"]] == ["output0"]
     assert any("backbone/conv0_out" in n for n in res.json["notes"])
+
+
+# ---------------------------------------------------------------- integers
+def _int64_constant(tmp_path: Path, name: str, value: int) -> Path:
+    return write(
+        parse(
+            f"""<ir_version: 8, opset_import: ["" : 17]>
+            g (int64[1] x) => (int64[2] y) {{
+                c = Constant <value = int64[1] {{{value}}}> ()
+                y = Concat <axis = 0> (x, c)
+            }}"""
+        ),
+        tmp_path / name,
+    )
+
+
+@pytest.mark.parametrize("tolerance", [[], ["--atol", "0", "--rtol", "0"], ["--rtol", "0.5"]])
+def test_int64_outputs_differing_by_one_near_2_pow_60_fail(tmp_path, tolerance):
+    # Through float64 both values are 2**60: the old diff passed them at every tolerance.
+    a = _int64_constant(tmp_path, "a.onnx", 2**60)
+    b = _int64_constant(tmp_path, "b.onnx", 2**60 + 1)
+    res = run_cli("diff", a, b, "--json", *tolerance)
+    assert res.status == 1, res.stdout
+    (y,) = res.json["tensors"]
+    assert y["status"] == "mismatch" and y["mismatches"] == 1
+    assert y["max_abs"] == 1 and isinstance(y["max_abs"], int)
+    assert run_cli("diff", a, a).status == 0
+    assert run_cli("diff", a, b, "--atol", "1").status == 0  # an integer atol of 1
