@@ -556,7 +556,9 @@ def extra(name: str, actual: np.ndarray | None = None, why: str = "") -> TensorD
 class DiffReport:
     """The result of a verification: one TensorDiff per compared tensor.
 
-    Truthy when every tensor passed. ``report.outputs["boxes"].max_abs`` reads one entry.
+    Truthy when every tensor passed and there is at least one: zero compared tensors is
+    never a pass (a check that compared nothing proves nothing), whoever built the
+    report. ``report.outputs["boxes"].max_abs`` reads one entry.
     """
 
     title: str
@@ -570,7 +572,7 @@ class DiffReport:
 
     @property
     def passed(self) -> bool:
-        return all(t.passed for t in self.tensors)
+        return bool(self.tensors) and all(t.passed for t in self.tensors)
 
     def __bool__(self) -> bool:
         return self.passed
@@ -585,6 +587,8 @@ class DiffReport:
 
     def summary(self) -> str:
         """One line: the verdict and what failed."""
+        if not self.tensors:
+            return "FAIL: no tensor was compared (zero compared tensors is never a pass)"
         if self.passed:
             how = (
                 "bit-identical"
