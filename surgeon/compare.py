@@ -23,12 +23,12 @@ class Tolerance:
     """When two tensors count as equal.
 
     An element matches when ``|actual - expected| <= atol + rtol * |expected|``; NaN
-    matches NaN and an infinity matches the same infinity. Integer and bool tensors
-    compare in exact integer arithmetic with ``|actual - expected| <= atol`` (no relative
-    slack on ids and indices; int64 near 2**60 or uint64 beyond 2**63 never round).
-    With ``cast``, an integer tensor against a float one compares by exact value too.
-    With ``exact`` the elements must be bit-identical instead (what edits that should
-    not touch the maths promise).
+    matches NaN and an infinity matches the same infinity. Integer tensors compare in
+    exact integer arithmetic with ``|actual - expected| <= atol`` (no relative slack on
+    ids and indices; int64 near 2**60 or uint64 beyond 2**63 never round); bool tensors
+    must be equal. With ``cast``, an integer tensor against a float one compares by
+    exact value too. With ``exact`` the elements must be bit-identical instead (what
+    edits that should not touch the maths promise).
 
     Raises:
         UsageError: ``atol`` or ``rtol`` is negative or NaN (an infinite tolerance is
@@ -288,9 +288,11 @@ def _measure(
         return _Measures(np.ones(a.shape, bool), 0.0, 0.0, 1.0)
     if kind_a == kind_b == "int":
         diff = _int_abs_diff(a, b)
-        limit = 0 if tolerance.exact else _int_tolerance(tolerance.atol)
         # Integers (indices, classes, counts, token ids) get no relative slack:
-        # 200001 vs 200000 is a different id, whatever rtol says.
+        # 200001 vs 200000 is a different id, whatever rtol says. Bools get no slack at
+        # all: an atol of 1 would otherwise accept True for False.
+        bools = a.dtype == np.bool_ and b.dtype == np.bool_
+        limit = 0 if tolerance.exact or bools else _int_tolerance(tolerance.atol)
         if limit is None:
             same = np.ones(a.shape, bool)
         elif diff.dtype == object:

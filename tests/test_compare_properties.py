@@ -137,7 +137,8 @@ def test_integers_compare_exactly_in_python_ints(pair, tol):
     xs, ys = [int(x) for x in a.tolist()], [int(y) for y in b.tolist()]
     diffs = [abs(x - y) for x, y in zip(xs, ys, strict=True)]
     # Integers get no relative slack; an atol applies to the exact difference.
-    bad = sum(1 for e in diffs if (e != 0 if tol.exact else e > tol.atol))
+    bools = a.dtype == b.dtype == np.bool_  # no atol slack: True is not False
+    bad = sum(1 for e in diffs if (e != 0 if tol.exact or bools else e > tol.atol))
     if tol.exact and a.dtype == b.dtype:
         bad = sum(1 for x, y in zip(xs, ys, strict=True) if x != y)
     assert d.mismatches == bad
@@ -256,6 +257,12 @@ def test_integer_atol_applies_in_integer_arithmetic():
     # int64 max against int64 min: a difference of 2**64 - 1, no wrap-around
     d = compare_arrays(a[:1], b[1:2], Tolerance(0.0, 0.0))
     assert d.max_abs == 2**64 - 3 and d.mismatches == 1
+
+
+def test_bools_must_be_equal_whatever_the_atol():
+    a, b = np.array([True, False]), np.array([False, False])
+    assert compare_arrays(a, b, Tolerance(1.0, 1.0)).mismatches == 1
+    assert compare_arrays(a, a, Tolerance(1.0, 1.0))
 
 
 def test_uint64_beyond_2_pow_63_against_int64():
