@@ -4,6 +4,8 @@ onnx.helper edits), every error path, external data and the large-model code pat
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -541,3 +543,6 @@ def test_a_failed_extract_reads_as_a_failure(tmp_path, cli):
     assert "1 of 1 tensor(s) differ" in first
     assert "reproduces" not in res.stdout + res.stderr
     assert not (tmp_path / "sub.onnx").exists()
+    doc = cli("extract", path, "--inputs", "r", "--outputs", "y", "--json").json
+    assert doc["passed"] is False and doc["verification"]["summary"].startswith("FAIL")
+    assert "reproduces" not in json.dumps(doc)
