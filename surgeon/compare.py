@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 
@@ -21,10 +22,13 @@ DIFF_SCHEMA = "surgeon.diff/1"
 class Tolerance:
     """When two tensors count as equal.
 
-    An element matches when ``|actual - expected| <= atol + rtol * |expected|`` (for
-    integer tensors ``<= atol``: no relative slack on ids and indices); NaN
-    matches NaN and an infinity matches the same infinity. With ``exact`` the elements
-    must be bit-identical instead (what edits that should not touch the maths promise).
+    An element matches when ``|actual - expected| <= atol + rtol * |expected|``; NaN
+    matches NaN and an infinity matches the same infinity. Integer tensors compare in
+    exact integer arithmetic with ``|actual - expected| <= atol`` (no relative slack on
+    ids and indices; int64 near 2**60 or uint64 beyond 2**63 never round); bool tensors
+    must be equal. With ``cast``, an integer tensor against a float one compares by
+    exact value too. With ``exact`` the elements must be bit-identical instead (what
+    edits that should not touch the maths promise).
 
     Raises:
         UsageError: ``atol`` or ``rtol`` is negative or NaN (an infinite tolerance is
@@ -82,7 +86,7 @@ class TensorDiff:
     reference_dtype: str | None = None
     size: int = 0
     mismatches: int = 0
-    max_abs: float | None = None
+    max_abs: float | int | None = None  # an int for integer tensors (exact)
     max_rel: float | None = None
     cosine: float | None = None
     nan: int = 0
@@ -122,9 +126,12 @@ class TensorDiff:
 
 
 def json_number(x: float | None):
-    """Floats for JSON: NaN becomes null, infinities the strings "inf" / "-inf"."""
+    """Floats for JSON: NaN becomes null, infinities the strings "inf" / "-inf";
+    integers (exact integer differences) stay integers."""
     if x is None:
         return None
+    if isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_)):
+        return int(x)
     if math.isnan(x):
         return None
     if math.isinf(x):
@@ -134,6 +141,251 @@ def json_number(x: float | None):
 
 def _count(mask: np.ndarray) -> int:
     return int(np.count_nonzero(mask))
+
+
+# Magnitudes up to here convert to float64 exactly; beyond it an integer may round.
+_FLOAT64_EXACT_INT = 2**53
+
+
+def _value_kind(dtype: np.dtype) -> str | None:
+    """``"int"`` (integers and bool), ``"float"``, ``"complex"``, or None (not a number).
+
+    ml_dtypes' types count by what they hold: int4/uint4/int2/uint2 are integers,
+    bfloat16 and the float8/float4 types floats (numpy reports most of them as kind V).
+    """
+    if dtype.kind in "iub":
+        return "int"
+    if dtype.kind == "f":
+        return "float"
+    if dtype.kind == "c":
+        return "complex"
+    if dtype.kind == "V" and dtype.names is None:
+        if dtype.name.startswith(("int", "uint")):
+            return "int"
+        if dtype.name.startswith(("bfloat", "float")):
+            return "float"
+    return None
+
+
+def _nonfinite_counts(x: np.ndarray, kind: str | None) -> tuple[int, int]:
+    """(NaN count, Inf count); integers have neither."""
+    if kind not in ("float", "complex"):
+        return 0, 0
+    wide = x.astype(np.complex128 if kind == "complex" else np.float64)
+    return _count(np.isnan(wide)), _count(np.isinf(wide))
+
+
+def _as_wide_int(x: np.ndarray) -> np.ndarray:
+    """``x`` as int64, or uint64 for uint64 (whose values int64 cannot hold)."""
+    return x.astype(np.uint64 if x.dtype == np.uint64 else np.int64)
+
+
+def _int_magnitude(x: np.ndarray) -> np.ndarray:
+    """Exact ``|x|`` of a wide integer array, as uint64 (|int64 min| = 2**63 fits)."""
+    if x.dtype == np.uint64:
+        return x
+    # Two's complement: for x < 0, |x| = ~x + 1 in uint64, exact for every int64.
+    u = x.view(np.uint64)
+    with np.errstate(over="ignore"):  # the unused branch wraps for x >= 0 (0-d arrays warn)
+        return np.where(x < 0, ~u + np.uint64(1), u)
+
+
+def _int_abs_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact ``|a - b|`` of two integer arrays: uint64, or Python ints (an object array)
+    when a difference passes 2**64 - 1 (uint64 against a negative int64).
+
+    float64 cannot do this: 2**60 + 1 and 2**60 are the same float64.
+    """
+    a, b = _as_wide_int(a), _as_wide_int(b)
+    if a.dtype == b.dtype:
+        # hi - lo is in [0, 2**64): the wrapping uint64 subtraction gives it exactly.
+        hi, lo = np.maximum(a, b), np.minimum(a, b)
+        return hi.view(np.uint64) - lo.view(np.uint64) if hi.dtype == np.int64 else hi - lo
+    u, i = (a, b) if a.dtype == np.uint64 else (b, a)
+    if not (i < 0).any():
+        i = i.view(np.uint64)
+        return np.maximum(u, i) - np.minimum(u, i)
+    # uint64 against negative int64: up to 2**64 + 2**63, beyond uint64. astype(object)
+    # gives Python ints, whose arithmetic is exact (rare, so the speed does not matter).
+    return np.abs(u.astype(object) - i.astype(object))
+
+
+def _int_tolerance(atol: float) -> int | None:
+    """``atol`` for integer differences (which are whole numbers): ``|d| <= atol`` exactly
+    when ``|d| <= floor(atol)``; None when it accepts every difference."""
+    if math.isinf(atol) or atol >= 2**64:
+        return None
+    return math.floor(atol)
+
+
+def _scaled_cosine(af: np.ndarray, bf: np.ndarray) -> float:
+    """Cosine similarity of two finite float64 vectors, free of overflow and underflow.
+
+    Each side is scaled by a power of two near its largest magnitude first (exact), so
+    1e300-sized values do not overflow the dot product and denormals do not vanish.
+    """
+    if af.dtype.kind == "c":  # C^n as R^2n: the real inner product
+        af, bf = af.view(np.float64), bf.view(np.float64)
+    ma = max(float(af.max(initial=0.0)), -float(af.min(initial=0.0)))
+    mb = max(float(bf.max(initial=0.0)), -float(bf.min(initial=0.0)))
+    if ma == 0 and mb == 0:
+        return 1.0
+    if ma == 0 or mb == 0:
+        return 0.0
+    # Between 2**-300 and 2**300 neither the products nor their sum can overflow or
+    # vanish; outside, scale (cheap to skip: it copies both vectors).
+    if not (2.0**-300 < ma < 2.0**300):
+        af = np.ldexp(af, -math.frexp(ma)[1])
+    if not (2.0**-300 < mb < 2.0**300):
+        bf = np.ldexp(bf, -math.frexp(mb)[1])
+    na, nb = float(np.linalg.norm(af)), float(np.linalg.norm(bf))
+    return float(np.clip(np.dot(af.ravel(), bf.ravel()) / (na * nb), -1.0, 1.0))
+
+
+@dataclass
+class _Measures:
+    same: np.ndarray
+    max_abs: float | int | None
+    max_rel: float | None
+    cosine: float | None
+    nan: int = 0
+    reference_nan: int = 0
+    inf: int = 0
+    reference_inf: int = 0
+
+
+def _summarise(
+    err: np.ndarray, rel: np.ndarray, nonzero_ref: np.ndarray, cosine: float | None
+) -> tuple[float | int | None, float | None, float | None]:
+    """max_abs, max_rel (over elements whose reference is not 0) and cosine."""
+    if err.size == 0:
+        return None, None, None
+    max_abs = err.max()
+    max_abs = int(max_abs) if isinstance(max_abs, (int, np.integer)) else float(max_abs)
+    if nonzero_ref.any():
+        max_rel = float(rel[nonzero_ref].max())
+    else:
+        max_rel = 0.0 if max_abs == 0 else math.inf
+    return max_abs, max_rel, cosine
+
+
+def _measure(
+    a: np.ndarray, b: np.ndarray, kind_a: str | None, kind_b: str | None, tolerance: Tolerance
+) -> _Measures:
+    """Which elements match, and max_abs / max_rel / cosine, each computed where it is
+    exact: integer pairs in integer arithmetic, float pairs in float64 (complex128),
+    integer-float pairs in float64 except for integers float64 cannot hold, which are
+    compared exactly (Python ints and fractions)."""
+    if kind_a is None or kind_b is None:
+        # Not numbers (e.g. structured records): only byte equality means anything.
+        view = np.ascontiguousarray(a).view(np.uint8).reshape(a.shape + (-1,))
+        other = np.ascontiguousarray(b).view(np.uint8).reshape(b.shape + (-1,))
+        same = (
+            (view == other).all(axis=-1) if view.shape == other.shape else np.zeros(a.shape, bool)
+        )
+        return _Measures(same, None, None, None)
+    if a.size == 0:
+        return _Measures(np.ones(a.shape, bool), 0.0, 0.0, 1.0)
+    if kind_a == kind_b == "int":
+        diff = _int_abs_diff(a, b)
+        # Integers (indices, classes, counts, token ids) get no relative slack:
+        # 200001 vs 200000 is a different id, whatever rtol says. Bools get no slack at
+        # all: an atol of 1 would otherwise accept True for False.
+        bools = a.dtype == np.bool_ and b.dtype == np.bool_
+        limit = 0 if tolerance.exact or bools else _int_tolerance(tolerance.atol)
+        if limit is None:
+            same = np.ones(a.shape, bool)
+        elif diff.dtype == object:
+            same = np.array([x <= limit for x in diff.ravel()], bool).reshape(a.shape)
+        else:
+            same = diff <= np.uint64(limit)
+        # max_abs stays a Python int (exact); the ratio is float64 of two exact ints.
+        magnitude = _int_magnitude(_as_wide_int(b)).astype(np.float64)
+        err_float = diff.astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = err_float / magnitude
+        cosine = _scaled_cosine(a.astype(np.float64), b.astype(np.float64))
+        max_abs, max_rel, cosine = _summarise(
+            diff.ravel(), rel.ravel(), magnitude.ravel() != 0, cosine
+        )
+        return _Measures(same, max_abs, max_rel, cosine)
+
+    wide = np.complex128 if "complex" in (kind_a, kind_b) else np.float64
+    a_num, b_num = a.astype(wide).ravel(), b.astype(wide).ravel()
+    m = _Measures(np.zeros(a.shape, bool), None, None, None)
+    nan_a, nan_b = np.isnan(a_num), np.isnan(b_num)
+    m.nan, m.reference_nan = _count(nan_a), _count(nan_b)
+    m.inf, m.reference_inf = _count(np.isinf(a_num)), _count(np.isinf(b_num))
+    # The tolerance applies to finite pairs only: with an infinite reference the limit
+    # atol + rtol*|ref| is infinite too and would accept any value (even the opposite
+    # infinity). Non-finite values must be equal (NaN matches NaN).
+    finite = np.isfinite(a_num) & np.isfinite(b_num)
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(a_num - b_num)
+        same = (a_num == b_num) | (nan_a & nan_b)
+        if not tolerance.exact:
+            same |= finite & (diff <= tolerance.atol + tolerance.rtol * np.abs(b_num))
+    # Pairs whose difference float64 gets wrong are redone: index -> relative error.
+    redone: dict[int, float] = {}
+    over = np.flatnonzero(finite & np.isinf(diff))
+    if over.size:
+        # Finite values whose difference overflows float64 (1e308 - -1e308): judged and
+        # related in halves, exact at such magnitudes; max_abs is then honestly inf.
+        half = np.abs(a_num[over] * 0.5 - b_num[over] * 0.5)
+        half_ref = np.abs(b_num[over]) * 0.5
+        if not tolerance.exact:
+            same[over] = half <= tolerance.atol * 0.5 + tolerance.rtol * half_ref
+        redone.update(zip(over.tolist(), (half / half_ref).tolist(), strict=True))
+    int_side = a if kind_a == "int" else b if kind_b == "int" else None
+    if int_side is not None and wide == np.float64:
+        # Integers beyond 2**53 round on their way into float64 (2**60 + 1 becomes 2**60):
+        # those pairs are redone exactly with Python ints and fractions.
+        beyond = _int_magnitude(_as_wide_int(int_side)).ravel() > np.uint64(_FLOAT64_EXACT_INT)
+        flat_a, flat_b = a.ravel(), b.ravel()
+        for k in np.flatnonzero(beyond & finite).tolist():
+            x, y = _exact_number(flat_a[k]), _exact_number(flat_b[k])
+            exact_diff = abs(x - y)
+            diff[k] = _to_float(exact_diff)
+            redone[k] = _to_float(exact_diff / abs(y)) if y != 0 else math.inf
+            if tolerance.exact:
+                same[k] = exact_diff == 0
+            else:
+                allowed = Fraction(tolerance.atol) + Fraction(tolerance.rtol) * abs(y)
+                same[k] = exact_diff <= allowed
+    m.same = same.reshape(a.shape)
+    if finite.any():
+        all_finite = bool(finite.all())
+        af = a_num if all_finite else a_num[finite]
+        bf = b_num if all_finite else b_num[finite]
+        err = diff if all_finite else diff[finite]
+        m.max_abs = float(err.max())
+        plain = finite & (b_num != 0)
+        if redone:
+            plain[list(redone)] = False
+        with np.errstate(over="ignore"):  # a ratio beyond float64 is inf
+            rels = [float((diff[plain] / np.abs(b_num[plain])).max())] if plain.any() else []
+        rels += [r for k, r in redone.items() if b_num[k] != 0]
+        if rels:
+            m.max_rel = max(rels)
+        else:
+            m.max_rel = 0.0 if m.max_abs == 0 else math.inf
+        m.cosine = _scaled_cosine(af, bf)
+    return m
+
+
+def _to_float(x: Fraction) -> float:
+    """``x`` rounded to float64; inf beyond its range (e.g. 2**63 / 1e-308)."""
+    try:
+        return float(x)
+    except OverflowError:
+        return math.inf
+
+
+def _exact_number(x) -> Fraction:
+    """A numpy scalar as an exact fraction (integers as ints, floats by their bits)."""
+    if isinstance(x, (np.integer, np.bool_, int, bool)):
+        return Fraction(int(x))
+    return Fraction(float(x))
 
 
 def compare_arrays(
@@ -146,8 +398,12 @@ def compare_arrays(
 ) -> TensorDiff:
     """Compare ``actual`` against ``expected`` element by element.
 
-    Max errors and cosine similarity are computed in float64 over the elements that are
-    finite in both; NaN and Inf are counted separately for each side. Sequences (lists of
+    Max errors and cosine similarity are computed over the elements that are finite in
+    both, each where it is exact: integer pairs in integer arithmetic (``max_abs`` is
+    then a Python int), float pairs in float64 (differences beyond float64's range are
+    judged in halves, the cosine is scaled against overflow), and integers beyond 2**53
+    against floats with exact fractions. NaN and Inf are counted separately for each
+    side. Sequences (lists of
     arrays), empty optionals (None) and maps, as onnxruntime returns them for non-tensor
     outputs, are compared element by element (see :func:`_compare_containers`).
     """
@@ -183,71 +439,30 @@ def compare_arrays(
                 f"; {d.message}" if d.message else ""
             )
         return d
-    a_num = a.astype(np.float64)
-    b_num = b.astype(np.float64)
-    d.nan, d.reference_nan = _count(np.isnan(a_num)), _count(np.isnan(b_num))
-    d.inf, d.reference_inf = _count(np.isinf(a_num)), _count(np.isinf(b_num))
+    kind_a, kind_b = _value_kind(a.dtype), _value_kind(b.dtype)
     if a.shape != b.shape:
+        d.nan, d.inf = _nonfinite_counts(a, kind_a)
+        d.reference_nan, d.reference_inf = _nonfinite_counts(b, kind_b)
         d.status = "shape"
         d.message = f"shape {list(a.shape)} != reference {list(b.shape)}"
         d.mismatches = d.size
         return d
+    m = _measure(a, b, kind_a, kind_b, tolerance)
+    d.nan, d.reference_nan, d.inf, d.reference_inf = m.nan, m.reference_nan, m.inf, m.reference_inf
+    same = m.same
     if tolerance.exact and a.dtype == b.dtype:
         # Bitwise: compare the raw bytes of each element (NaN payloads included).
-        width = a.dtype.itemsize
-        view = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}.get(width)
+        view = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}.get(a.dtype.itemsize)
         if view is not None:
             same = np.ascontiguousarray(a).view(view) == np.ascontiguousarray(b).view(view)
-        else:
-            same = (a == b) | (np.isnan(a_num) & np.isnan(b_num))
-    else:
-        both_nan = np.isnan(a_num) & np.isnan(b_num)
-        # The tolerance applies to finite pairs only: with an infinite reference the
-        # limit atol + rtol*|ref| is infinite too and would accept any value (even the
-        # opposite infinity). Non-finite values must be equal (NaN matches NaN).
-        both_finite = np.isfinite(a_num) & np.isfinite(b_num)
-        with np.errstate(invalid="ignore", over="ignore"):
-            diff = np.abs(a_num - b_num)
-            limit = tolerance.atol + tolerance.rtol * np.abs(b_num)
-            if b.dtype.kind in "iub" and a.dtype.kind in "iub":
-                # Integers (indices, classes, counts, token ids) get no relative slack:
-                # 200001 vs 200000 is a different id, whatever rtol says.
-                limit = tolerance.atol
-            same = (a_num == b_num) | both_nan | (both_finite & (diff <= limit))
-            if tolerance.exact:  # dtypes differ: values must be equal
-                same = (a_num == b_num) | both_nan
     d.mismatches = int(same.size - _count(same))
-    finite = np.isfinite(a_num) & np.isfinite(b_num)
-    if finite.any():
-        af, bf = a_num[finite], b_num[finite]
-        err = np.abs(af - bf)
-        d.max_abs = float(err.max())
-        nz = bf != 0
-        d.max_rel = (
-            float((err[nz] / np.abs(bf[nz])).max())
-            if nz.any()
-            else (0.0 if d.max_abs == 0 else math.inf)
-        )
-        na, nb = float(np.linalg.norm(af)), float(np.linalg.norm(bf))
-        if na == 0 and nb == 0:
-            d.cosine = 1.0
-        elif na == 0 or nb == 0:
-            d.cosine = 0.0
-        else:
-            d.cosine = float(np.clip(np.dot(af.ravel(), bf.ravel()) / (na * nb), -1.0, 1.0))
-    elif d.size == 0:
-        d.max_abs, d.max_rel, d.cosine = 0.0, 0.0, 1.0
+    d.max_abs, d.max_rel, d.cosine = m.max_abs, m.max_rel, m.cosine
     if d.mismatches:
         d.status = "mismatch"
         d.message = f"{d.mismatches} of {d.size} elements differ"
     if a.dtype != b.dtype:
         note = f"dtype {a.dtype.name} != reference {b.dtype.name}"
-        if (
-            tolerance.cast
-            and not tolerance.exact
-            and a.dtype.kind in "fiub"
-            and b.dtype.kind in "fiub"
-        ):
+        if tolerance.cast and not tolerance.exact and kind_a and kind_b:
             note = f"compared by value: {note}"
         else:
             d.status = "dtype"
@@ -343,7 +558,9 @@ def extra(name: str, actual: np.ndarray | None = None, why: str = "") -> TensorD
 class DiffReport:
     """The result of a verification: one TensorDiff per compared tensor.
 
-    Truthy when every tensor passed. ``report.outputs["boxes"].max_abs`` reads one entry.
+    Truthy when every tensor passed and there is at least one: zero compared tensors is
+    never a pass (a check that compared nothing proves nothing), whoever built the
+    report. ``report.outputs["boxes"].max_abs`` reads one entry.
     """
 
     title: str
@@ -357,7 +574,7 @@ class DiffReport:
 
     @property
     def passed(self) -> bool:
-        return all(t.passed for t in self.tensors)
+        return bool(self.tensors) and all(t.passed for t in self.tensors)
 
     def __bool__(self) -> bool:
         return self.passed
@@ -372,6 +589,8 @@ class DiffReport:
 
     def summary(self) -> str:
         """One line: the verdict and what failed."""
+        if not self.tensors:
+            return "FAIL: no tensor was compared (zero compared tensors is never a pass)"
         if self.passed:
             how = (
                 "bit-identical"

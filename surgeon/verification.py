@@ -75,7 +75,8 @@ def _compute(reference: Model | Chain, feeds, names, options) -> dict[str, np.nd
         return reference.compute(feeds, names, options)
     available = set(reference.tensor_names())
     wanted = [n for n in dict.fromkeys(names) if n in available]
-    values = run(reference, feeds, outputs=wanted, options=options)
+    # (Nothing asked, nothing run: onnxruntime reads an empty list as "every output".)
+    values = run(reference, feeds, outputs=wanted, options=options) if wanted else {}
     for n in wanted:  # graph inputs asked for by name come straight from the feeds
         if n not in values and n in feeds:
             values[n] = feeds[n]
@@ -122,7 +123,8 @@ def verify(
             caller (e.g. debug) can use the verified run's values without a second run.
 
     Returns:
-        A DiffReport; truthy when every pair matched.
+        A DiffReport; truthy when every pair matched and there was at least one (with
+        no pair at all the report fails: a check that compared nothing proves nothing).
     """
     options = options or RunOptions()
     reference_options = reference_options or options
@@ -222,7 +224,7 @@ def verify(
             except TypeError:
                 continue
             notes.append(f"input `{inp}` fed as {want} (the reference's is {value.dtype.name})")
-    actual = session.run(cand_feeds, wanted)
+    actual = session.run(cand_feeds, wanted) if wanted else {}
     if collect is not None:
         collect.update(actual)
     for c, _ in pairs:  # inputs passed straight through
@@ -230,6 +232,8 @@ def verify(
             actual[c] = cand_feeds[c]
     tensors = compare_named(actual, expected, pairs, tolerance)
     tensors += [extra(e, actual.get(e)) for e in extras]
+    if not tensors:  # the report fails (zero compared tensors is never a pass): say why
+        notes.append("nothing was compared: there was no (candidate, reference) tensor pair")
     if options.optimization != reference_options.optimization:
         notes.append(
             f"candidate ran with optimization={options.optimization}, reference with optimization={reference_options.optimization}"

@@ -230,6 +230,15 @@ def test_report_truthiness_outputs_and_failures():
     assert [t.name for t in report.failures] == ["b"]
 
 
+def test_a_report_that_compared_nothing_never_passes():
+    # The rule sits in DiffReport, so every verification (diff, extract, tap, debug's tap
+    # check, merge, rename, reshape-io) inherits it.
+    empty = _report([])
+    assert not empty and not empty.passed
+    assert empty.summary().startswith("FAIL: no tensor was compared")
+    assert empty.to_dict()["passed"] is False
+
+
 def test_summary_lines():
     ok = compare_arrays(np.ones(3), np.ones(3), name="a")
     assert _report([ok]).summary() == "PASS: 1 tensor(s) within atol=1e-05, rtol=1e-05"

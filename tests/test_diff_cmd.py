@@ -431,3 +431,73 @@ def test_common_only_compares_shared_outputs(samples, tmp_path):
     assert res.status == 0
     assert [t["name"] for t in res.json["tensors"]] == ["output0"]
     assert any("backbone/conv0_out" in n for n in res.json["notes"])
+
+
+# ---------------------------------------------------------------- integers
+def _int64_constant(tmp_path: Path, name: str, value: int) -> Path:
+    return write(
+        parse(
+            f"""<ir_version: 8, opset_import: ["" : 17]>
+            g (int64[1] x) => (int64[2] y) {{
+                c = Constant <value = int64[1] {{{value}}}> ()
+                y = Concat <axis = 0> (x, c)
+            }}"""
+        ),
+        tmp_path / name,
+    )
+
+
+@pytest.mark.parametrize("tolerance", [[], ["--atol", "0", "--rtol", "0"], ["--rtol", "0.5"]])
+def test_int64_outputs_differing_by_one_near_2_pow_60_fail(tmp_path, tolerance):
+    # Through float64 both values are 2**60: the old diff passed them at every tolerance.
+    a = _int64_constant(tmp_path, "a.onnx", 2**60)
+    b = _int64_constant(tmp_path, "b.onnx", 2**60 + 1)
+    res = run_cli("diff", a, b, "--json", *tolerance)
+    assert res.status == 1, res.stdout
+    (y,) = res.json["tensors"]
+    assert y["status"] == "mismatch" and y["mismatches"] == 1
+    assert y["max_abs"] == 1 and isinstance(y["max_abs"], int)
+    assert run_cli("diff", a, a).status == 0
+    assert run_cli("diff", a, b, "--atol", "1").status == 0  # an integer atol of 1
+
+
+# ---------------------------------------------------------------- nothing compared
+def _two_outputs(tmp_path: Path, name: str, first: str, second: str) -> Path:
+    return write(
+        parse(
+            f"""<ir_version: 8, opset_import: ["" : 17]>
+            g (float[2, 3] x) => (float[2, 3] {first}, float[2, 3] {second}) {{
+                {first} = Relu(x)
+                {second} = Sigmoid(x)
+            }}"""
+        ),
+        tmp_path / name,
+    )
+
+
+def test_common_only_with_no_shared_output_fails_and_lists_both_sides(tmp_path):
+    ref = _two_outputs(tmp_path, "ref.onnx", "boxes", "scores")
+    cand = _two_outputs(tmp_path, "cand.onnx", "boxes_out", "logits")
+    res = run_cli("diff", ref, cand, "--common-only", "--json")
+    # A verification that compared nothing proves nothing: exit 1 (as plain diff does for
+    # the same pair), not "PASS: 0 tensor(s)".
+    assert res.status == 1, res.stdout
+    doc = res.json
+    assert doc["passed"] is False and doc["tensors"] == []
+    assert doc["summary"].startswith("FAIL: no tensor was compared")
+    notes = " ".join(doc["notes"])
+    assert "the reference's: `boxes`, `scores`" in notes
+    assert "the candidate's: `boxes_out`, `logits`" in notes
+    assert "pair them with --map boxes=boxes_out" in notes
+    text = run_cli("diff", ref, cand, "--common-only")
+    assert text.status == 1
+    out = _settings(text.stdout)
+    assert "FAIL: no tensor was compared" in out and "PASS" not in out
+    assert "--map boxes=boxes_out" in out
+    # Without --common-only the same models fail too, with the same hints.
+    plain = run_cli("diff", ref, cand, "--json")
+    assert plain.status == 1 and "--map boxes=boxes_out" in " ".join(plain.json["notes"])
+    # and the suggested --map pairs them (`scores` and `logits` stay out: --common-only)
+    mapped = run_cli("diff", ref, cand, "--map", "boxes=boxes_out", "--common-only", "--json")
+    assert mapped.status == 0, mapped.stdout
+    assert [t["name"] for t in mapped.json["tensors"]] == ["boxes_out"]

@@ -4,6 +4,8 @@ onnx.helper edits), every error path, external data and the large-model code pat
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -459,3 +461,88 @@ def test_nothing_between_inputs_and_outputs_is_an_error(tmp_path):
     )
     assert res.status == 2 and "nothing to extract" in res.stderr
     assert not (tmp_path / "x.onnx").exists()
+
+
+# ---------------------------------------------------------------------- old-style models
+def old_style_model(ir_version: int) -> onnx.ModelProto:
+    """Convs, a MatMul and a Gemm large enough for onnxruntime to pre-pack their weights,
+    with every initializer also listed as a graph input (how IR 3/4 exporters wrote it)."""
+    rng = np.random.default_rng(0)
+    h = onnx.helper
+    weights = {
+        "w0": rng.standard_normal((64, 3, 3, 3)).astype(np.float32),
+        "w1": (rng.standard_normal((64, 64, 3, 3)) * 0.1).astype(np.float32),
+        "m": (rng.standard_normal((64 * 16 * 16, 128)) * 0.01).astype(np.float32),
+        "g": rng.standard_normal((128, 64)).astype(np.float32),
+        "gb": rng.standard_normal(64).astype(np.float32),
+    }
+    nodes = [
+        h.make_node("Conv", ["x", "w0"], ["c0"], pads=[1, 1, 1, 1], name="conv0"),
+        h.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+        h.make_node("Conv", ["r0", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        h.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        h.make_node("Flatten", ["r1"], ["f"], name="flat"),
+        h.make_node("MatMul", ["f", "m"], ["mm"], name="mm"),
+        h.make_node("Gemm", ["mm", "g", "gb"], ["y"], name="gemm"),
+    ]
+    inits = [onnx.numpy_helper.from_array(v, k) for k, v in weights.items()]
+    inputs = [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 16, 16])]
+    inputs += [
+        h.make_tensor_value_info(k, onnx.TensorProto.FLOAT, v.shape) for k, v in weights.items()
+    ]
+    graph = h.make_graph(
+        nodes,
+        "old",
+        inputs,
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 64])],
+        inits,
+    )
+    proto = h.make_model(graph, opset_imports=[h.make_opsetid("", 9)])
+    proto.ir_version = ir_version
+    return proto
+
+
+@pytest.mark.parametrize("ir_version", [3, 4])
+def test_old_style_model_with_initializers_as_inputs_extracts_bit_exactly(ir_version):
+    # From IR 4 on, onnxruntime treats an initializer that is also a graph input as
+    # overridable and does not pre-pack it; a subgraph holding it as a plain initializer
+    # got pre-packed kernels and differed in the last bits (max_abs 2e-4 here).
+    model = Model(old_style_model(ir_version))
+    edited = extract(model, "r0", "y")
+    assert edited.passed and edited.report.tolerance.exact, edited.report.summary()
+    sub = edited.model.proto
+    onnx.checker.check_model(sub)
+    # The subgraph lists its weights as inputs exactly as the original does.
+    assert [v.name for v in sub.graph.input] == ["r0", "w1", "m", "g", "gb"]
+    assert edited.model.input_names == ["r0"]
+    # Independent check: plain onnxruntime runs of both, optimisations off.
+    options = extract_module.VERIFY_OPTIONS
+    x = np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    want = surgeon.run(model, {"x": x}, outputs=["r0", "y"], options=options)
+    got = surgeon.run(edited.model, {"r0": want["r0"]}, options=options)
+    assert np.array_equal(got["y"], want["y"])
+
+
+def test_a_failed_extract_reads_as_a_failure(tmp_path, cli):
+    # RandomNormalLike without a seed: the subgraph cannot reproduce the original.
+    path = write(
+        parse(
+            """<ir_version: 8, opset_import: ["" : 17]>
+            g (float[2, 8] x) => (float[2, 8] y) {
+                r = Relu(x)
+                noise = RandomNormalLike(r)
+                y = Add(r, noise)
+            }"""
+        ),
+        tmp_path / "noisy.onnx",
+    )
+    res = cli("extract", path, "--inputs", "r", "--outputs", "y", "-o", tmp_path / "sub.onnx")
+    assert res.status == 1, res.stdout + res.stderr
+    first = res.stdout.strip().splitlines()[0]
+    assert first.startswith("FAIL: subgraph of 2 of 3 nodes does not reproduce the original")
+    assert "1 of 1 tensor(s) differ" in first
+    assert "reproduces" not in res.stdout + res.stderr
+    assert not (tmp_path / "sub.onnx").exists()
+    doc = cli("extract", path, "--inputs", "r", "--outputs", "y", "--json").json
+    assert doc["passed"] is False and doc["verification"]["summary"].startswith("FAIL")
+    assert "reproduces" not in json.dumps(doc)

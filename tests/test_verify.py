@@ -61,6 +61,13 @@ def test_model_against_itself_passes(yolo):
     assert report.feeds == {"images": {"shape": [1, 3, 64, 64], "dtype": "float32"}}
 
 
+def test_verify_with_nothing_to_compare_fails(yolo):
+    report = verify(yolo, yolo, pairs=[], tolerance=EXACT)
+    assert not report and report.tensors == []
+    assert report.summary().startswith("FAIL: no tensor was compared")
+    assert any("nothing was compared" in n for n in report.notes)
+
+
 def test_perturbed_weight_fails_naming_the_output_with_the_right_numbers(yolo):
     bad = _perturbed(yolo, "head/conv.weight", 0.5)
     report = verify(bad, yolo, feed_options=FeedOptions(seed=5))

@@ -9,7 +9,7 @@ DESCRIPTION = (
     HELP
     + "\n\nThe first model is the reference. Outputs are paired by name; --map OLD=NEW pairs a\n"
     "reference output OLD with the candidate's NEW. Exit 0 when every output matches, 1 when\n"
-    "any differs, 2 on bad input.\n\nexample:\n  surgeon diff model.onnx model_fp16.onnx --cast --atol 1e-2 --rtol 1e-2"
+    "any differs or nothing was compared (--common-only with no shared output), 2 on bad input.\n\nexample:\n  surgeon diff model.onnx model_fp16.onnx --cast --atol 1e-2 --rtol 1e-2"
 )
 
 
@@ -60,6 +60,29 @@ def parse_map(items, what: str = "--map") -> dict[str, str]:
     if problems:
         raise UsageError(f"conflicting {what} entries", problems=problems)
     return mapping
+
+
+def unmatched_notes(reference_only: list[str], candidate_only: list[str]) -> list[str]:
+    """Notes for a diff that paired nothing: each side's outputs, and the candidate
+    outputs that look like each reference output (with the --map that pairs them)."""
+
+    def names(items: list[str]) -> str:
+        return ", ".join(f"`{n}`" for n in items) if items else "none"
+
+    from surgeon.errors import close_matches
+
+    notes = [
+        "no output was compared: the models have no output in common "
+        f"(the reference's: {names(reference_only)}; the candidate's: {names(candidate_only)})"
+    ]
+    for ref in reference_only:
+        near = close_matches(ref, candidate_only)
+        if near:
+            notes.append(
+                f"reference output `{ref}` looks like the candidate's {names(near)}; "
+                f"pair them with --map {ref}={near[0]}"
+            )
+    return notes
 
 
 def run(args, ctx) -> int:
@@ -124,14 +147,21 @@ def run(args, ctx) -> int:
 
         paired = {c for c, _ in pairs}
         report.tensors += [extra(o) for o in candidate.output_names if o not in paired]
+    one_sided = [t for t in report.tensors if t.status in ("missing", "extra")]
     if args.common_only:
         # Outputs only one side has are listed, not failed (e.g. a tapped model against
         # its original): only the outputs both models produce decide.
-        one_sided = [t for t in report.tensors if t.status in ("missing", "extra")]
         report.tensors = [t for t in report.tensors if t.status not in ("missing", "extra")]
         for t in one_sided:
             side = "the reference" if t.status == "missing" else "the candidate"
             report.notes.append(f"`{t.name}` is only in {side}: not compared (--common-only)")
+    if not [t for t in report.tensors if t.status not in ("missing", "extra")]:
+        # Nothing compared fails (DiffReport's rule, which an empty --common-only report
+        # meets); say what did not pair, and what looks alike.
+        report.notes += unmatched_notes(
+            [t.reference or t.name for t in one_sided if t.status == "missing"],
+            [t.name for t in one_sided if t.status == "extra"],
+        )
     if ctx.json:
         ctx.emit_json(report.to_dict())
     else:

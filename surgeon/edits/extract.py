@@ -11,7 +11,9 @@ from the model's declarations, then ONNX shape inference (on a copy whose large 
 are replaced by typed inputs, so it stays small), then onnxruntime's typing of the
 session, and only then from runs of the original: two runs at different input sizes
 tell which dims are static and which follow an input dim; a dim seen in a single run is
-left unknown (only the rank is declared).
+left unknown (only the rank is declared). Weights the original also lists as graph
+inputs (old-style exports) stay listed so in the subgraph: onnxruntime pre-packs only
+weights that cannot be overridden, and both sides must get the same kernels.
 """
 
 from __future__ import annotations
@@ -587,6 +589,12 @@ def build_subgraph(
     for name in plan["inputs"]:
         g.input.append(declared_inputs.get(name) or boundary_value_info(name))
     keep_inits = set(plan["initializers"])
+    # Initializers the original also lists as graph inputs (old-style exports, IR 3/4)
+    # stay listed in the subgraph, in the original's order: onnxruntime treats such a
+    # weight as overridable (from IR 4 on) and does not pre-pack it, while a plain
+    # initializer gets pre-packed kernels that differ in the last bits. Both sides must
+    # see each weight the same way for the cut to be bit-exact.
+    g.input.extend(v for v in sg.input if v.name in keep_inits)
     # CopyFrom, not a reference: the original Model keeps its own tensors (no aliasing).
     g.initializer.extend(t for t in sg.initializer if t.name in keep_inits)
     keep_sparse = set(plan.get("sparse_initializers", ()))

@@ -237,7 +237,8 @@ def settings_text(report: DiffReport) -> Text:
 def render_diff(console: Console, report: DiffReport) -> None:
     """A diff report for a person: the verdict first, then the table and the settings."""
     console.print(verdict_text(report))
-    console.print(diff_table(report))
+    if report.tensors:  # an empty table says nothing the verdict and notes do not
+        console.print(diff_table(report))
     console.print(settings_text(report))
     for note in report.notes:
         console.print(shown("note: " + note, "yellow"))

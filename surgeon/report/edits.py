@@ -74,11 +74,14 @@ def render_extract(console: Console, edited, output: str | None, written: bool) 
     d = edited.details
     nodes = d["nodes"]
     total = nodes["kept"] + nodes["removed"]
+    # A failed check must read as one: "FAIL: ... reproduces" would say the opposite.
+    verb = "reproduces" if edited.passed else "does not reproduce"
     console.print(
         _verdict(
             edited.passed,
-            f"subgraph of {nodes['kept']} of {total} nodes reproduces the original at "
-            + ", ".join(f"`{o['name']}`" for o in d["outputs"]),
+            f"subgraph of {nodes['kept']} of {total} nodes {verb} the original at "
+            + ", ".join(f"`{o['name']}`" for o in d["outputs"])
+            + ("" if edited.passed else ": " + edited.report.summary().removeprefix("FAIL: ")),
         )
     )
     table = SafeTable(title="boundary", title_justify="left")
