@@ -12,9 +12,13 @@ Two ways to look at taps:
 * **Values** (``--ref`` or ``--save``): the tapped tensors become outputs and are compared
   or saved; statistics are computed with numpy from the same values.
 
-The verdict names the first anomalous tensor in topological order, and with a reference
-the *root-cause node*: the first node whose output diverges while all its compared inputs
-still match the reference.
+The verdict blames a NaN/Inf where it is born: at the first node (in topological order)
+that is not computed from constants only and turns finite inputs into a NaN/Inf (see
+:func:`blame_nonfinite`). NaN/Inf in the user's inputs, and deliberate ones computed from
+constants only (the ``-inf`` of an attention mask), are reported as such and do not fail
+the run; neither do values that merely inherit them. With a reference it names the
+*root-cause node*: the first node whose output diverges while all its compared inputs
+still match the reference. A reference that pairs with no tapped tensor is an error.
 """
 
 from __future__ import annotations
@@ -343,6 +347,15 @@ def _root_cause_text(rc: LayerDiff) -> str:
 # ---------------------------------------------------------------------- NaN/Inf blame
 # Ops whose output is the same whatever the values of their inputs (only shapes count).
 _VALUE_FREE_OPS = {"Constant", "ConstantOfShape"}
+# Ops whose values are random even when their inputs are constants.
+_RANDOM_OPS = {
+    "RandomNormal",
+    "RandomUniform",
+    "RandomNormalLike",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+}
 
 
 def constant_tensors(model: Model) -> set[str]:
@@ -366,16 +379,6 @@ def constant_tensors(model: Model) -> set[str]:
         elif all(x in constant for x in reads) and node.op_type not in _RANDOM_OPS:
             constant.update(o for o in node.output if o)
     return constant
-
-
-_RANDOM_OPS = {
-    "RandomNormal",
-    "RandomUniform",
-    "RandomNormalLike",
-    "RandomUniformLike",
-    "Multinomial",
-    "Bernoulli",
-}
 
 
 def _count_nonfinite(value) -> tuple[int, int] | None:
