@@ -11,7 +11,12 @@ surgeon's verifier, which is exercised as well and must agree):
    untouched model's on the stored inputs;
 2. ``tap(model, ["all"])``: surgeon's verification passes, and a plain run of the tapped
    model gives the original outputs bit for bit and produces every tap;
-3. ``extract`` of each main-graph node's first output, cut where the node's inputs (and
+3. ``debug(model)`` (every tensor tapped, statistics mode) on the stored inputs: it
+   runs, and its NaN/Inf verdict agrees with one worked out here from a plain run that
+   exposes every tensor: the run fails exactly when some node that is not computed from
+   constants only turns finite inputs into a NaN/Inf (operator tests that divide by zero
+   do; the expanded Attention tests, whose ``-inf`` masks come from Constants, do not);
+4. ``extract`` of each main-graph node's first output, cut where the node's inputs (and
    the outer-scope tensors its If/Loop/Scan bodies read) depend on a graph input:
    surgeon's verification passes, and the extracted model, fed with the values a plain
    run of the original gives at the cut (exposed by a plain proto edit), reproduces the
@@ -56,7 +61,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-STEPS = ("load_save", "tap", "extract")
+STEPS = ("load_save", "tap", "debug", "extract")
 CASE_TIMEOUT = 120  # seconds; a case that takes longer is reported as a failure
 
 
@@ -111,6 +116,7 @@ class CaseResult:
     failures: list[Failure] = field(default_factory=list)
     extracts: int = 0
     seconds: float = 0.0
+    debug_failed: bool = False  # surgeon debug blames a NaN/Inf born in the model (exit 1)
 
 
 # ---------------------------------------------------------------------- comparisons
@@ -530,7 +536,10 @@ def _check(case, folder: Path, result: CaseResult) -> None:
         result.failures += failures
         result.steps["tap"] = "fail" if _failed(result, "tap") else "pass"
 
-    # 3. extract each node's first output, cut where its inputs depend on graph inputs.
+    # 3. debug: the NaN/Inf verdict against one worked out here from a plain run.
+    _check_debug(case, model, feeds, result, low_precision)
+
+    # 4. extract each node's first output, cut where its inputs depend on graph inputs.
     if "extract" not in COMMANDS:
         result.steps["extract"] = "n/a"
         return
@@ -608,6 +617,110 @@ def _check(case, folder: Path, result: CaseResult) -> None:
         result.steps["extract"] = "fail" if _failed(result, "extract") else "pass"
 
 
+def _nonfinite(value) -> bool | None:
+    """True when a value holds NaN/Inf, False when not, None when it cannot be told."""
+    if value is None:
+        return False
+    if isinstance(value, list):
+        flags = [_nonfinite(v) for v in value]
+        return None if None in flags else any(flags)
+    if isinstance(value, dict):
+        return _nonfinite(list(value.values()))
+    value = np.asarray(value)
+    if value.dtype.kind in "biuOUS":
+        return False
+    try:
+        return not bool(np.isfinite(value.astype(np.float64)).all())
+    except (TypeError, ValueError):
+        return None
+
+
+def expected_births(proto: onnx.ModelProto, values: dict) -> list[str]:
+    """Main-graph tensors whose NaN/Inf are born at their producer, worked out from a
+    plain run's values: the producer is not computed from constants only (initializers,
+    Constant, ConstantOfShape and what only they feed), and every tensor it reads is
+    finite. Written here independently of surgeon's ``blame_nonfinite``."""
+    from onnx import numpy_helper
+
+    from surgeon.edits.extract import subgraph_reads
+
+    g = proto.graph
+    known = dict(values)
+    for t in g.initializer:
+        known.setdefault(t.name, numpy_helper.to_array(t))
+    inits = {t.name for t in g.initializer}
+    feeds = {v.name for v in g.input if v.name not in inits}
+    constant = set(inits)
+    born = []
+    for node in g.node:
+        reads = [x for x in [*node.input, *subgraph_reads(node)] if x]
+        outs = [o for o in node.output if o]
+        if node.op_type in ("Constant", "ConstantOfShape") or (
+            reads and all(x in constant for x in reads) and not node.op_type.startswith("Random")
+        ):
+            constant.update(outs)
+            continue
+        if not any(_nonfinite(known.get(o)) for o in outs if o in known):
+            continue
+        if all(
+            x in known and _nonfinite(known[x]) is False for x in reads if x not in feeds
+        ) and all(_nonfinite(known.get(x)) is False for x in reads if x in feeds):
+            born += [o for o in outs if o in known and _nonfinite(known[o])]
+    return born
+
+
+def _check_debug(case, model, feeds: dict, result: CaseResult, low_precision: bool) -> None:
+    """Step 3: surgeon's debug verdict on the stored inputs."""
+    from surgeon.debugging import DebugOptions, debug
+
+    try:
+        report = debug(model, DebugOptions(), feeds=feeds)
+    except Exception as e:
+        _crash(result, "debug", e)
+        return
+    if report.tap_check is not None and not report.tap_check.passed:
+        # onnxruntime's float16 rounding moves with the taps (see rounding_only); the
+        # tap step judges that on its own, so here it is listed only.
+        result.failures.append(
+            Failure(
+                case.name,
+                "debug",
+                "tap check failed: "
+                + report.tap_check.summary()
+                + (f" ({FP16_NOTE})" if low_precision else ""),
+                not low_precision,
+            )
+        )
+    if result.deterministic:
+        names = [o for n in case.model.graph.node for o in n.output if o]
+        try:
+            values = ort_run(with_outputs(case.model, names), feeds)
+        except Exception as e:  # onnxruntime cannot expose them all: no independent verdict
+            result.failures.append(
+                Failure(
+                    case.name,
+                    "debug",
+                    "plain run with every tensor exposed: " + _first_line(e),
+                    False,
+                )
+            )
+        else:
+            values.update(feeds)
+            expected = expected_births(case.model, values)
+            got = [x.tensor for x in report.born]
+            if bool(expected) != bool(got):
+                result.failures.append(
+                    Failure(
+                        case.name,
+                        "debug",
+                        f"NaN/Inf verdict: surgeon blames {got[:3] or 'nothing'}, the plain run "
+                        f"{expected[:3] or 'nothing'} ({report.verdict()[:200]})",
+                    )
+                )
+    result.debug_failed = bool(report.born)
+    result.steps["debug"] = "fail" if _failed(result, "debug") else "pass"
+
+
 def _failed(result: CaseResult, step: str) -> bool:
     """True when ``step`` has a failure attributed to surgeon (onnxruntime's own
     behaviour is listed, but does not fail the step)."""
@@ -678,6 +791,9 @@ def summarise(results: list[CaseResult]) -> dict:
             "n/a": c["n/a"],
             "onnxruntime_only": ort,
         }
+    # Cases where `surgeon debug` would exit 1 on a model onnx ships as healthy: each one
+    # must be a NaN/Inf the plain run also sees born from finite inputs.
+    counts["debug_exit_1"] = sum(1 for r in runnable if r.debug_failed)
     failures = [f for r in results for f in r.failures]
     counts["failures"] = len(failures)
     counts["surgeon_failures"] = sum(1 for f in failures if f.surgeon)
@@ -732,6 +848,10 @@ def main(argv: list[str] | None = None) -> int:
             f"onnxruntime-only differences)   failed {s['fail']:>4}   n/a {s['n/a']:>4}"
         )
     print(f"extractions checked:       {counts['extractions']}")
+    print(
+        f"debug finds a NaN/Inf born: {counts['debug_exit_1']} case(s) "
+        "(from finite inputs, as the plain run confirms: e.g. a division by zero)"
+    )
     print(
         f"failures:                  {counts['failures']} "
         f"({counts['surgeon_failures']} attributed to surgeon)"

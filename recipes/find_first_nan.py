@@ -2,8 +2,9 @@
 
 Every intermediate tensor is tapped, but only a few statistics per tensor leave
 onnxruntime, so this costs about one run even on a large model. The verdict names the
-first NaN/Inf in topological order and its producing node; the exit code is 1 if there
-is one. Give real inputs with `--param inputs=feeds.npz` when random ones do not trigger
+node where a NaN/Inf is born (its inputs finite, its output not); the exit code is 1 if
+there is one. NaN/Inf in the inputs, or computed from constants only (attention masks),
+are reported but do not fail. Give real inputs with `--param inputs=feeds.npz` when random ones do not trigger
 the problem.
 
     surgeon run find_first_nan model.onnx --param inputs=feeds.npz

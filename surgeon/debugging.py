@@ -12,14 +12,19 @@ Two ways to look at taps:
 * **Values** (``--ref`` or ``--save``): the tapped tensors become outputs and are compared
   or saved; statistics are computed with numpy from the same values.
 
-The verdict names the first anomalous tensor in topological order, and with a reference
-the *root-cause node*: the first node whose output diverges while all its compared inputs
-still match the reference.
+The verdict blames a NaN/Inf where it is born: at the first node (in topological order)
+that is not computed from constants only and turns finite inputs into a NaN/Inf (see
+:func:`blame_nonfinite`). NaN/Inf in the user's inputs, and deliberate ones computed from
+constants only (the ``-inf`` of an attention mask), are reported as such and do not fail
+the run; neither do values that merely inherit them. With a reference it names the
+*root-cause node*: the first node whose output diverges while all its compared inputs
+still match the reference. A reference that pairs with no tapped tensor is an error.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +108,53 @@ class LayerDiff:
 
 
 @dataclass
+class NonFinite:
+    """Where the NaN/Inf of one tensor comes from.
+
+    ``kind`` is one of:
+
+    * ``born``: produced by a node whose inputs are all finite (a real anomaly: the
+      run fails);
+    * ``unknown``: produced by a computed node some of whose inputs were not tapped, so
+      it may be born there or earlier (the run fails: tap the inputs to find out);
+    * ``inherited``: an input of its node already holds NaN/Inf;
+    * ``input``: a graph input fed with NaN/Inf (the user's data, not the model);
+    * ``constant``: a value computed from constants only (initializers, Constant,
+      ConstantOfShape), such as the ``-inf`` of an attention mask: deliberate.
+    """
+
+    tensor: str
+    kind: str
+    nan: int
+    inf: int
+    node: str | None = None
+    op: str | None = None
+    untapped_inputs: list[str] = field(default_factory=list)
+    origin: str | None = None
+
+    @property
+    def fails(self) -> bool:
+        return self.kind in ("born", "unknown")
+
+    def describe(self) -> str:
+        """``3 NaN and 1 Inf`` (the counts only)."""
+        parts = [f"{n} {label}" for n, label in ((self.nan, "NaN"), (self.inf, "Inf")) if n]
+        return " and ".join(parts) or "no NaN/Inf"
+
+    def to_dict(self) -> dict:
+        return {
+            "tensor": self.tensor,
+            "kind": self.kind,
+            "nan": self.nan,
+            "inf": self.inf,
+            "node": self.node,
+            "op": self.op,
+            "untapped_inputs": self.untapped_inputs,
+            "origin": self.origin,
+        }
+
+
+@dataclass
 class DebugReport:
     """Everything ``debug`` found. Truthy when nothing failed: the tap check passed, no
     NaN/Inf appeared, and (with a reference) no tensor diverged."""
@@ -125,6 +177,11 @@ class DebugReport:
     mode: str = "statistics"
     shape_mismatches: list = field(default_factory=list)  # declared vs real (ShapeMismatch)
     float16: bool = False  # the model computes in float16 (matters for the tap check)
+    # Where each NaN/Inf comes from (born, inherited, input, constant), in graph order.
+    nonfinite: list[NonFinite] = field(default_factory=list)
+    # Keys of a reference (.npz or model tensors) no tapped tensor was compared with.
+    unused_reference: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # e.g. inputs cast to the model's dtype
     values: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     feed_values: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
@@ -133,10 +190,16 @@ class DebugReport:
         return [layer for layer in self.layers if layer.diverged]
 
     @property
+    def born(self) -> list[NonFinite]:
+        """The NaN/Inf that fail the run: born in a computed node from finite inputs, or
+        in one whose inputs were not tapped."""
+        return [x for x in self.nonfinite if x.fails]
+
+    @property
     def passed(self) -> bool:
         if self.tap_check is not None and not self.tap_check.passed:
             return False
-        if any(f in SEVERE for s in self.stats for f in s.flags):
+        if self.born:
             return False
         return not self.diverged
 
@@ -150,7 +213,7 @@ class DebugReport:
             text = f"tap check FAILED: tapping changed the original outputs ({self.tap_check.summary()})"
             if self.float16:
                 # Seen on the onnx operator corpus: onnxruntime's CPU computes float16
-                # chains in float32 and rounds only where a tensor leaves the graph.
+                # chains in float32 and rounds only where a tensor is exposed.
                 text += (
                     ". This is a float16 model: onnxruntime rounds intermediate float16 results only "
                     "where a tensor is exposed, so tapping can move the last bits; to accept that, "
@@ -159,32 +222,70 @@ class DebugReport:
             parts.append(text)
         if self.reference is not None:
             if self.root_cause is not None:
-                rc = self.root_cause
-                where = f"`{rc.node}` ({rc.op})" + (f" = {rc.origin}" if rc.origin else "")
-                parts.append(
-                    f"root cause: {where}: its output `{rc.diff.name}` diverges from the reference "
-                    f"(max abs {rc.diff.max_abs:.3g}, cosine {rc.diff.cosine if rc.diff.cosine is not None else float('nan'):.6f}) "
-                    "while all its inputs match"
-                )
+                parts.append(_root_cause_text(self.root_cause))
             elif self.layers:
                 parts.append(f"all {len(self.layers)} compared tensors match the reference")
             else:
                 parts.append("no tapped tensor has a reference value to compare with")
-        severe = next((s for s in self.stats if any(f in SEVERE for f in s.flags)), None)
-        other = next((s for s in self.stats if s.flags), None)
-        if severe is not None:
-            kind = "NaN" if "nan" in severe.flags else "Inf"
-            origin = f" = {severe.origin}" if severe.origin else ""
-            parts.append(
-                f"first {kind} at `{severe.name}`, produced by `{severe.node}` ({severe.op}){origin}"
-            )
-        elif other is not None:
-            parts.append(
-                f"no NaN/Inf; first anomaly: {', '.join(other.flags)} at `{other.name}`, produced by `{other.node}` ({other.op})"
-            )
-        elif self.stats:
-            parts.append(f"no anomaly in {len(self.stats)} tapped tensors")
+        parts += self._nonfinite_text()
         return "; ".join(parts) if parts else "nothing tapped"
+
+    def _nonfinite_text(self) -> list[str]:
+        parts = []
+        by_kind: dict[str, list[NonFinite]] = {}
+        for x in self.nonfinite:
+            by_kind.setdefault(x.kind, []).append(x)
+        for x in by_kind.get("input", []):
+            parts.append(f"input `{x.tensor}` contains {x.describe()}")
+        born = self.born
+        if born:
+            first = born[0]
+            kind = "NaN" if first.nan else "Inf"
+            origin = f" = {first.origin}" if first.origin else ""
+            text = (
+                f"first {kind} at `{first.tensor}`, produced by `{first.node}` ({first.op}){origin}"
+            )
+            if first.kind == "born":
+                text += " from finite inputs"
+            else:
+                text += (
+                    f"; its input(s) {_names(first.untapped_inputs)} were not tapped, so the "
+                    "NaN/Inf may be born earlier (tap them, or --tap all)"
+                )
+            if len(born) > 1:
+                text += (
+                    f" (and {len(born) - 1} more node(s) where NaN/Inf appears from finite inputs)"
+                )
+            parts.append(text)
+        constants = by_kind.get("constant", [])
+        if constants:
+            shown = ", ".join(f"`{x.tensor}` ({x.describe()})" for x in constants[:3])
+            more = f" and {len(constants) - 3} more" if len(constants) > 3 else ""
+            parts.append(
+                f"deliberate non-finite values in constants: {shown}{more} (computed from "
+                "constants only, e.g. an attention mask; not an anomaly)"
+            )
+        if not born:
+            if self.nonfinite:
+                parts.append("no NaN/Inf is born inside the model")
+            anomaly = self.first_anomaly
+            if anomaly is not None and not any(f in SEVERE for f in anomaly.flags):
+                parts.append(
+                    f"{'no NaN/Inf; ' if not self.nonfinite else ''}first anomaly: "
+                    f"{', '.join(anomaly.flags)} at `{anomaly.name}`, produced by "
+                    f"`{anomaly.node}` ({anomaly.op})"
+                )
+            elif not self.nonfinite and self.stats:
+                minor = sum(1 for st in self.stats if st.flags)
+                parts.append(
+                    f"no anomaly in {len(self.stats)} tapped tensors"
+                    + (
+                        f" ({minor} flag(s) on constants or integer tensors, listed below)"
+                        if minor
+                        else ""
+                    )
+                )
+        return parts
 
     def to_dict(self) -> dict:
         return {
@@ -198,6 +299,7 @@ class DebugReport:
             "optimization": self.optimization,
             "tap_check": self.tap_check.to_dict() if self.tap_check is not None else None,
             "first_anomaly": self.first_anomaly.to_dict() if self.first_anomaly else None,
+            "nonfinite": [x.to_dict() for x in self.nonfinite],
             "taps": [s.to_dict() for s in self.stats],
             "not_tappable": [{"tensor": t, "node": n} for t, n in self.not_tappable.items()],
             "reference": self.reference,
@@ -207,8 +309,201 @@ class DebugReport:
             "uncompared_inputs": self.uncompared_inputs,
             "comparison": [layer.to_dict() for layer in self.layers],
             "unmatched": self.unmatched,
+            "unused_reference": self.unused_reference,
+            "notes": self.notes,
             "declared_shape_mismatches": [m.to_dict() for m in self.shape_mismatches],
         }
+
+
+def _number(x, spec: str = ".3g") -> str:
+    """A float for a sentence; None (not measured) and NaN/Inf never crash the format."""
+    if x is None:
+        return "n/a"
+    x = float(x)
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return format(x, spec)
+
+
+def _names(names, limit: int = 5) -> str:
+    shown = ", ".join(f"`{n}`" for n in list(names)[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _root_cause_text(rc: LayerDiff) -> str:
+    where = f"`{rc.node}` ({rc.op})" + (f" = {rc.origin}" if rc.origin else "")
+    d = rc.diff
+    if d.status in ("shape", "dtype"):
+        what = d.message or f"its {d.status} differs from the reference"
+        return f"root cause: {where}: its output `{d.name}` does not fit the reference ({what}) while all its inputs match"
+    return (
+        f"root cause: {where}: its output `{d.name}` diverges from the reference "
+        f"(max abs {_number(d.max_abs)}, cosine {_number(d.cosine, '.6f')}) while all its inputs match"
+    )
+
+
+# ---------------------------------------------------------------------- NaN/Inf blame
+# Ops whose output is the same whatever the values of their inputs (only shapes count).
+_VALUE_FREE_OPS = {"Constant", "ConstantOfShape"}
+# Ops whose values are random even when their inputs are constants.
+_RANDOM_OPS = {
+    "RandomNormal",
+    "RandomUniform",
+    "RandomNormalLike",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+}
+
+
+def constant_tensors(model: Model) -> set[str]:
+    """Main-graph tensors computed from constants only: initializers, Constant and
+    ConstantOfShape outputs (whose fill value does not depend on the data, even when
+    the shape does), and outputs of nodes whose inputs (and outer-scope reads of their
+    bodies) are all such tensors. A NaN/Inf in one is put there on purpose (the
+    ``-inf`` of an attention mask), not produced by the data."""
+    from surgeon.edits.extract import subgraph_reads
+
+    graph = model.proto.graph
+    feeds = set(model.input_names)
+    constant = {t.name for t in graph.initializer if t.name not in feeds}
+    constant |= {t.values.name for t in graph.sparse_initializer}
+    for (
+        node
+    ) in graph.node:  # ONNX requires topological order; an unsorted graph only loses precision
+        reads = [x for x in [*node.input, *subgraph_reads(node)] if x]
+        if node.op_type in _VALUE_FREE_OPS and node.domain in ("", "ai.onnx"):
+            constant.update(o for o in node.output if o)
+        elif all(x in constant for x in reads) and node.op_type not in _RANDOM_OPS:
+            constant.update(o for o in node.output if o)
+    return constant
+
+
+def _count_nonfinite(value) -> tuple[int, int] | None:
+    """(NaN count, Inf count) of a value; None when it cannot be told."""
+    if value is None:
+        return (0, 0)
+    if isinstance(value, (list, tuple)):
+        counts = [_count_nonfinite(v) for v in value]
+        if any(c is None for c in counts):
+            return None
+        return (sum(c[0] for c in counts), sum(c[1] for c in counts))
+    if isinstance(value, dict):
+        return _count_nonfinite(list(value.values()))
+    if not isinstance(value, np.ndarray):
+        return None
+    if value.dtype.kind in "biuOUSb":
+        return (0, 0)
+    try:
+        # float64 holds every narrower float exactly (bfloat16 and float8 included).
+        x = value.astype(np.float64)
+    except (TypeError, ValueError):
+        return None
+    return (int(np.isnan(x).sum()), int(np.isinf(x).sum()))
+
+
+def blame_nonfinite(
+    model: Model, stats: list[TensorStats], feeds: Mapping[str, object]
+) -> list[NonFinite]:
+    """Say where the NaN/Inf of each tapped tensor (and each graph input) comes from.
+
+    A tensor's NaN/Inf are *born* at its producer only when every input of that node
+    (and every outer-scope tensor its If/Loop/Scan bodies read) is finite: graph inputs
+    are judged from the feeds, initializers and Constant values from their values, the
+    rest from the statistics of tapped tensors. Values computed from constants only are
+    deliberate (see :func:`constant_tensors`), not born. A node with an input that was
+    not tapped and is not known otherwise is ``unknown``: it may be where the NaN/Inf is
+    born, and the run fails, with a hint to tap its inputs.
+    """
+    from onnx import numpy_helper
+
+    from surgeon.edits.extract import subgraph_reads
+
+    graph = model.proto.graph
+    found: list[NonFinite] = []
+    known: dict[str, tuple[int, int] | None] = {}
+    for name in model.input_names:
+        if name in feeds:
+            known[name] = counts = _count_nonfinite(feeds[name])
+            if counts and (counts[0] or counts[1]):
+                found.append(NonFinite(name, "input", counts[0], counts[1]))
+    for s in stats:
+        known[s.name] = None if s.flags == ["needs-counts"] else (s.nan, s.inf)
+    initializers = {t.name: t for t in graph.initializer}
+    constant_nodes = {
+        o: n
+        for n in graph.node
+        if n.op_type == "Constant" and n.domain in ("", "ai.onnx")
+        for o in n.output
+    }
+    base = str(model.path.parent) if getattr(model, "path", None) is not None else None
+
+    def lookup(name: str) -> tuple[int, int] | None:
+        if name in known:
+            return known[name]
+        counts = None
+        try:
+            if name in initializers:
+                counts = _count_nonfinite(numpy_helper.to_array(initializers[name], base or ""))
+            elif name in constant_nodes:
+                for a in constant_nodes[name].attribute:
+                    if a.name == "value":
+                        counts = _count_nonfinite(numpy_helper.to_array(a.t, base or ""))
+                    elif a.name in ("value_float", "value_floats"):
+                        counts = _count_nonfinite(
+                            np.asarray(a.f if a.name == "value_float" else list(a.floats))
+                        )
+                    elif a.name.startswith("value_"):
+                        counts = (0, 0)  # integers and strings are always finite
+        except Exception:  # an unreadable constant: its finiteness is unknown
+            counts = None
+        known[name] = counts
+        return counts
+
+    constant = constant_tensors(model)
+    producer = {o: n for n in graph.node for o in n.output if o}
+    labels = {id(n): n.name or f"#{i}" for i, n in enumerate(graph.node)}
+    for s in stats:
+        if not (s.nan or s.inf) or s.flags == ["needs-counts"]:
+            continue
+        node = producer.get(s.name)
+        label = labels[id(node)] if node is not None else s.node
+        op = node.op_type if node is not None else s.op
+        if s.name in constant:
+            found.append(NonFinite(s.name, "constant", s.nan, s.inf, label, op))
+            continue
+        reads = [] if node is None else [x for x in [*node.input, *subgraph_reads(node)] if x]
+        counts = {x: lookup(x) for x in dict.fromkeys(reads)}
+        if any(c is not None and (c[0] or c[1]) for c in counts.values()):
+            kind, untapped = "inherited", []
+        else:
+            untapped = [x for x, c in counts.items() if c is None]
+            kind = "unknown" if untapped else "born"
+        found.append(NonFinite(s.name, kind, s.nan, s.inf, label, op, untapped))
+    return found
+
+
+def rank_anomaly(stats: list[TensorStats], nonfinite: list[NonFinite], constant: set[str]):
+    """The first anomaly worth a user's attention: the first NaN/Inf born in the model;
+    else the first flag (all-zero, constant, beyond-float16) on a computed float tensor.
+    Flags on values computed from constants only (a Constant of zeros) or on integer
+    tensors (an index accumulator beyond float16's range) are kept in the table but
+    ranked below, and never lead the verdict."""
+    by_name = {s.name: s for s in stats}
+    for x in nonfinite:
+        if x.fails and x.tensor in by_name:
+            return by_name[x.tensor]
+    for s in stats:
+        if not s.flags or s.name in constant:
+            continue
+        if any(f in SEVERE for f in s.flags):
+            continue  # inherited or deliberate NaN/Inf: explained, not the first anomaly
+        is_float = s.dtype is not None and ("float" in s.dtype)
+        if is_float:
+            return s
+    return None
 
 
 # ---------------------------------------------------------------------- references
@@ -289,22 +584,21 @@ def debug(
 
     # Feeds: for saved activations, the model's inputs must come from the same file.
     feed_options = options.feed_options
+    notes: list[str] = []
+    if ref is not None:
+        _check_pairing(model, taps, ref, options)
     if feeds is None:
         if ref is not None and ref[0] == "arrays":
             arrays = ref[2]
-            given = {i: arrays[i] for i in model.input_names if i in arrays}
             user = make_feeds(model, feed_options) if feed_options.npz else {}
-            missing = [
-                i
-                for i in model.input_names
-                if i not in given and i not in (user if feed_options.npz else {})
-            ]
+            missing = [i for i in model.input_names if i not in arrays and i not in user]
             if missing:
                 raise SurgeonError(
                     f"{ref[1]} holds no values for input(s) {', '.join(f'`{m}`' for m in missing)} of {model.name}; "
                     "the activations can only be compared on the inputs that produced them",
                     hint="Save the inputs in the .npz under the input names, or pass them with --inputs feeds.npz.",
                 )
+            given, notes = _feeds_from_activations(model, arrays, ref[1])
             feeds = {**user, **given}
         else:
             feeds = make_feeds(model, feed_options)
@@ -385,9 +679,11 @@ def debug(
     for s in stats:
         if s.flags:
             s.origin = origin(s.node)
-    first_anomaly = next((s for s in stats if any(f in SEVERE for f in s.flags)), None) or next(
-        (s for s in stats if s.flags), None
-    )
+    nonfinite = blame_nonfinite(model, stats, feeds)
+    for x in nonfinite:
+        if x.fails:
+            x.origin = origin(x.node)
+    first_anomaly = rank_anomaly(stats, nonfinite, constant_tensors(model))
     report = DebugReport(
         model=model.name,
         stats=stats,
@@ -398,6 +694,8 @@ def debug(
         optimization=options.optimization,
         first_anomaly=first_anomaly,
         mode=mode,
+        nonfinite=nonfinite,
+        notes=notes,
     )
     report.feed_values = dict(feeds)
     if tap_check is not None:  # name the two sides apart in the report
@@ -439,6 +737,101 @@ def _declared_vs_real(model: Model, feeds, stats: list[TensorStats], values) -> 
         return declared_vs_actual(model, seen)
     except Exception:  # a best-effort diagnostic must never fail the debug run
         return []
+
+
+def _feeds_from_activations(
+    model: Model, arrays: Mapping[str, np.ndarray], label: str
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The model's inputs taken from saved activations, checked against the model.
+
+    Float values for an input of another float dtype (float32 activations saved from
+    PyTorch for a float16 model) are cast to the model's dtype, with a note in the
+    report: that is how the user would feed them. Any other dtype, or a shape that
+    contradicts a fixed dim, is an error naming each input, not onnxruntime's raw one.
+    """
+    from surgeon.feeds import numpy_dtype
+
+    feeds, notes, problems = {}, [], []
+    for info_in in model.inputs:
+        if info_in.name not in arrays:
+            continue
+        value = arrays[info_in.name]
+        wanted = numpy_dtype(info_in.dtype) if info_in.dtype and info_in.dtype != "str" else None
+        if isinstance(value, np.ndarray) and wanted is not None and value.dtype != wanted:
+            if value.dtype.kind == "V" and value.dtype.itemsize == wanted.itemsize:
+                value = value.view(wanted)  # np.savez stores bfloat16/float8 as raw void
+            elif value.dtype.kind == "f" and _is_float_dtype(wanted):
+                notes.append(
+                    f"input `{info_in.name}`: {value.dtype.name} values from {label} fed as "
+                    f"{wanted.name}, the model's dtype"
+                )
+                value = value.astype(wanted)
+            else:
+                problems.append(
+                    f"`{info_in.name}` in {label} is {value.dtype.name}; {model.name} wants {info_in.dtype}"
+                )
+        if isinstance(value, np.ndarray) and info_in.shape is not None:
+            fixed = [d if isinstance(d, int) and d > 0 else None for d in info_in.shape]
+            if value.ndim != len(fixed) or any(
+                d is not None and d != v for d, v in zip(fixed, value.shape, strict=True)
+            ):
+                problems.append(
+                    f"`{info_in.name}` in {label} has shape {list(value.shape)}; {model.name} wants {info_in.shape_text()}"
+                )
+        feeds[info_in.name] = value
+    if problems:
+        raise UsageError(
+            f"the inputs saved in {label} do not fit {model.name}",
+            problems=problems,
+            hint="Save the activations from the same model, or convert the inputs to the dtypes and shapes the model declares.",
+        )
+    return feeds, notes
+
+
+def _is_float_dtype(dtype: np.dtype) -> bool:
+    return dtype.kind == "f" or "float" in dtype.name
+
+
+def _check_pairing(model: Model, taps: list[str], ref, options: DebugOptions) -> None:
+    """Refuse, before any run, a reference that pairs with none of the tapped tensors:
+    zero compared tensors is never a pass. The message lists the reference's unused
+    names with close matches among the model's tappable tensors."""
+    from surgeon.errors import close_matches
+
+    kind, label, obj = ref
+    if kind == "self":
+        return
+    to_ref = {v: k for k, v in dict(options.name_map).items()}
+    if kind == "arrays":
+        available = set(obj)
+    else:
+        available = set(obj.tensor_names()) - set(obj.input_names)
+    if any(to_ref.get(t, t) in available for t in taps):
+        return
+    inputs = set(model.input_names)
+    unused = [k for k in (obj if kind == "arrays" else _node_outputs(obj)) if k not in inputs]
+    pool = _node_outputs(model)
+    problems = []
+    for key in unused[:10]:
+        matches = close_matches(key, pool)
+        problems.append(
+            f"`{key}`"
+            + (f": did you mean {', '.join(f'`{m}`' for m in matches)}?" if matches else "")
+        )
+    if len(unused) > 10:
+        problems.append(f"... and {len(unused) - 10} more")
+    what = "its keys" if kind == "arrays" else "its tensors"
+    raise UsageError(
+        f"nothing to compare: none of the {len(taps)} tapped tensor(s) of {model.name} has a "
+        f"value in the reference {label}"
+        + (f"; {what} that are not inputs:" if problems else f" ({label} holds only inputs)"),
+        problems=problems,
+        hint="Tap the tensors the reference holds (--tap NAME), or pair names with --map REF=MODEL.",
+    )
+
+
+def _node_outputs(model: Model) -> list[str]:
+    return [o for n in model.proto.graph.node for o in n.output if o]
 
 
 def _compare(report, model, taps, values, feeds, ref, options, info, origin, run_opts) -> None:
@@ -515,6 +908,9 @@ def _compare(report, model, taps, values, feeds, ref, options, info, origin, run
         if layer.diverged:
             diverged_set.add(t)
         report.layers.append(layer)
+    if kind == "arrays":
+        used = {to_ref.get(t, t) for t in compared} | set(model.input_names)
+        report.unused_reference = [k for k in expected if k not in used]
     roots = []
     for layer in report.layers:
         if not layer.diverged:
@@ -539,7 +935,22 @@ def save_values(report: DebugReport, path: str | Path) -> Path:
     # Tensors only: a sequence or an empty optional has no .npz form.
     merged = {**report.feed_values, **report.values}
     arrays = {k: v for k, v in merged.items() if isinstance(v, np.ndarray)}
-    return atomic_write(path, lambda fh: np.savez(fh, **arrays))
+    return atomic_write(path, lambda fh: write_npz(fh, arrays))
+
+
+def write_npz(fh, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write ``arrays`` as an ``.npz`` that ``np.load`` reads back with every key.
+
+    Not ``np.savez(fh, **arrays)``: a tensor named ``file`` or ``allow_pickle`` (any name
+    of savez's own parameters) would collide with them and be lost or crash. Each array
+    is written with numpy's own ``.npy`` format into the zip, under ``<name>.npy``.
+    """
+    import zipfile
+
+    with zipfile.ZipFile(fh, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, value in arrays.items():
+            with zf.open(f"{name}.npy", mode="w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
 
 
 __all__ = ["DebugOptions", "DebugReport", "TensorStats", "LayerDiff", "debug", "stats_from_array"]

@@ -8,7 +8,10 @@ default of a required parameter, and one entry point::
 
 While it runs, every edit it makes (every :class:`~surgeon.edits.Edited` created) is
 recorded as a step; the first step whose verification fails stops the recipe, unless
-``keep_going``. A single result is saved to ``-o OUT.onnx``; a dict of results (e.g. the
+``keep_going``. A recipe that reports findings (``find_first_nan``, ``compare_layers``)
+records each report as a *check* step, either by returning it or with
+:func:`record_check` mid-run: a check that finds something (a NaN born in the model, a
+layer that diverges) fails the run like a failed edit, with the report's verdict. A single result is saved to ``-o OUT.onnx``; a dict of results (e.g. the
 two halves of a split) to ``-o FOLDER/`` as ``<key>.onnx``.
 """
 
@@ -186,10 +189,12 @@ class Step:
     summary: str
     seconds: float
     report: dict | None = None
+    kind: str = "edit"  # "edit" (a verified edit) or "check" (a report of findings)
 
     def to_dict(self) -> dict:
         return {
             "index": self.index,
+            "kind": self.kind,
             "edit": self.edit,
             "params": self.params,
             "passed": self.passed,
@@ -206,6 +211,7 @@ class Recorder:
         self.keep_going = keep_going
         self.steps: list[Step] = []
         self.models: list[Model] = []  # every model a verified edit produced
+        self.checked: list = []  # every report recorded as a check
         self._last = time.perf_counter()
 
     def record(self, edited: Edited) -> None:
@@ -233,6 +239,62 @@ class Recorder:
             raise VerificationFailed(
                 f"step {step.index} ({step.edit}) failed verification: {summary}", report=report
             )
+
+    def record_check(self, report, name: str | None = None, *, stop: bool = True) -> Step:
+        """Record a report of findings (truthy when nothing was found) as a check step.
+
+        Raises:
+            VerificationFailed: The check found something, ``stop`` is set and the run
+                does not keep going.
+        """
+        now = time.perf_counter()
+        step = Step(
+            index=len(self.steps) + 1,
+            edit=name or _check_name(report),
+            params={},
+            passed=bool(report),
+            summary=_report_summary(report),
+            seconds=now - self._last,
+            report=report.to_dict(),
+            kind="check",
+        )
+        self._last = now
+        self.steps.append(step)
+        self.checked.append(report)
+        if not step.passed and stop and not self.keep_going:
+            raise VerificationFailed(_failure_message(step), report=report)
+        return step
+
+
+def _check_name(report) -> str:
+    if hasattr(report, "stats") and hasattr(report, "verdict"):
+        return "debug"
+    return type(report).__name__
+
+
+def _report_summary(report) -> str:
+    for attr in ("verdict", "summary"):
+        if callable(getattr(report, attr, None)):
+            return str(getattr(report, attr)())
+    return "found something" if not report else "nothing found"
+
+
+def _failure_message(step: Step) -> str:
+    if step.kind == "check":
+        return f"step {step.index} (check: {step.edit}) found a problem: {step.summary}"
+    return f"step {step.index} ({step.edit}) failed: {step.summary}"
+
+
+def record_check(report, name: str | None = None):
+    """Record ``report`` (a DebugReport, a DiffReport, any object with ``to_dict`` that
+    is truthy when nothing was found) as a check step of the recipe run in progress, and
+    return it. A failed check stops the run (exit 1) unless ``--keep-going``. Outside a
+    recipe run it only returns the report. A report the recipe returns is recorded the
+    same way, once."""
+    recorder = RECORDER.get()
+    if recorder is not None:
+        recorder.record_check(report, name)
+    return report
 
 
 @dataclass
@@ -360,9 +422,19 @@ def run_recipe(
                     seconds=0.0,
                 )
             )
+    # A report the recipe hands back is a check of its own, counted as a step like an
+    # edit (a finding is a failed step, not an edit that failed).
+    for report in result.reports:
+        if not any(report is r for r in recorder.checked):
+            recorder.record_check(report, stop=False)
     if not result.passed and not keep_going:
-        failed = next(s for s in recorder.steps if not s.passed)
-        err = VerificationFailed(f"step {failed.index} ({failed.edit}) failed: {failed.summary}")
+        failed = next((s for s in recorder.steps if not s.passed), None)
+        message = (
+            _failure_message(failed)
+            if failed is not None
+            else f"recipe {label} failed: {result.error}"
+        )
+        err = VerificationFailed(message)
         err.result = result
         raise err
     for model in result.outputs.values():

@@ -406,3 +406,27 @@ def test_outputs_may_not_replace_the_reference_or_weights(cli, samples, tmp_path
         "debug", samples / "two_conv.onnx", "--save", tmp_path / "x", "--html", tmp_path / "x"
     )
     assert res.status == 2 and "both write" in res.stderr
+
+
+def test_save_keeps_tensors_named_like_savez_arguments(cli, tmp_path):
+    """np.savez(file, *args, allow_pickle=..., **kwds): tensors named `file` or
+    `allow_pickle` must not collide with its parameters (issue 12)."""
+    path = write(
+        parse(
+            """<ir_version: 8, opset_import: ["" : 17]>
+            agraph (float[2] file) => (float[2] allow_pickle) {
+                args = Abs (file)
+                kwds = Neg (args)
+                allow_pickle = Relu (kwds)
+            }"""
+        ),
+        tmp_path / "m.onnx",
+    )
+    res = cli("debug", path, "--save", tmp_path / "taps.npz")
+    assert res.status == 0, res.stderr
+    with np.load(tmp_path / "taps.npz", allow_pickle=False) as data:
+        assert sorted(data.files) == ["allow_pickle", "args", "file", "kwds"]
+        assert np.array_equal(data["kwds"], -np.abs(data["file"]))
+    # and the file works as a reference
+    res = cli("debug", path, "--ref", tmp_path / "taps.npz")
+    assert res.status == 0, res.stderr

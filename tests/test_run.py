@@ -5,8 +5,9 @@ from __future__ import annotations
 import textwrap
 
 import numpy as np
+import onnx
 import pytest
-from conftest import SAMPLES
+from conftest import SAMPLES, parse, write
 
 import surgeon
 from surgeon.recipe_runner import load_recipe, parse_params
@@ -28,6 +29,7 @@ def recipe(models, node="conv0", times=1):
 BAD_EDIT = '''
 """An edit that changes the maths: verification must catch it."""
 import numpy as np
+import onnx
 import onnx
 import surgeon
 
@@ -281,3 +283,96 @@ def test_split_model_with_two_inputs(cli, tmp_path):
     assert res.status == 0, res.stderr
     assert surgeon.load(tmp_path / "sp" / "head.onnx").input_names == ["a"]
     assert sorted(surgeon.load(tmp_path / "sp" / "tail.onnx").input_names) == ["b", "t"]
+
+
+NAN_MODEL = """<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[2, 8] x) => (float[2, 8] y) {
+    a = Abs (x)
+    b = Neg (a)
+    one = Constant <value = float {1.0}> ()
+    c = Sub (b, one)
+    d = Sqrt (c)
+    y = Add (d, x)
+}"""
+
+
+@pytest.mark.parametrize("keep_going", [False, True])
+def test_find_first_nan_with_a_nan_prints_the_verdict_and_exits_1(cli, tmp_path, keep_going):
+    path = write(parse(NAN_MODEL), tmp_path / "nan.onnx")
+    args = ["run", "find_first_nan", path] + (["--keep-going"] if keep_going else [])
+    res = cli(*args)
+    assert res.status == 1, res.stderr
+    text = " ".join(res.stdout.split())
+    assert text.startswith("first NaN at `d`, produced by `#4` (Sqrt) from finite inputs")
+    if keep_going:
+        assert "1 of 1 step(s) failed" in text
+    else:
+        assert "FAIL: step 1 (check: debug) found a problem: first NaN at `d`" in text
+    res = cli(*args, "--json")
+    assert res.status == 1
+    (step,) = res.json["steps"]
+    assert step["kind"] == "check" and step["passed"] is False
+    assert res.json["reports"][0]["first_anomaly"]["name"] == "d"
+
+
+def test_compare_layers_with_a_divergence_exits_1(cli, tmp_path):
+    from onnx import numpy_helper
+
+    m = onnx.load(str(SAMPLES / "two_conv.onnx"))
+    for t in m.graph.initializer:
+        if t.name == "conv1.weight":
+            a = numpy_helper.to_array(t).copy()
+            a.flat[0] += 0.5
+            t.CopyFrom(numpy_helper.from_array(a, t.name))
+    broken = write(m, tmp_path / "broken.onnx")
+    res = cli("run", "compare_layers", broken, "--param", f"ref={SAMPLES / 'two_conv.onnx'}")
+    assert res.status == 1, res.stderr
+    text = " ".join(res.stdout.split())
+    assert text.startswith("root cause: `conv1` (Conv)")
+    assert "internal error" not in res.stderr
+    res = cli("run", "compare_layers", broken, SAMPLES / "two_conv.onnx", "--keep-going")
+    assert res.status == 1 and "1 of 1 step(s) failed" in " ".join(res.stdout.split())
+
+
+RECORDS_CHECKS = '''
+"""Records a failing check mid-run, then an edit: the check stops the run."""
+import surgeon
+from surgeon.recipe_runner import record_check
+
+class Finding:
+    def __bool__(self):
+        return False
+    def verdict(self):
+        return "found a planted problem"
+    def to_dict(self):
+        return {"found": True}
+
+def recipe(models):
+    record_check(Finding(), "planted")
+    return surgeon.tap(models[0], ["conv0"])
+'''
+
+
+def test_a_recipe_records_a_finding_as_a_check_step(cli, tmp_path):
+    recipe = tmp_path / "finds.py"
+    recipe.write_text(RECORDS_CHECKS)
+    res = cli("run", recipe, SAMPLES / "two_conv.onnx", "-o", tmp_path / "out.onnx")
+    assert res.status == 1
+    assert "step 1 (check: planted) found a problem: found a planted problem" in " ".join(
+        res.stdout.split()
+    )
+    assert not (tmp_path / "out.onnx").exists()
+    res = cli(
+        "run",
+        recipe,
+        SAMPLES / "two_conv.onnx",
+        "-o",
+        tmp_path / "out.onnx",
+        "--keep-going",
+        "--json",
+    )
+    assert res.status == 1
+    assert [(s["kind"], s["passed"]) for s in res.json["steps"]] == [
+        ("check", False),
+        ("edit", True),
+    ]

@@ -13,10 +13,12 @@ Taps are tensor names, node names (meaning their outputs), globs ('backbone/*') 
 (the default); --op Conv adds every output of every Conv. Without --ref or --save, only
 per-tensor statistics leave onnxruntime, so `--tap all` costs about one plain run.
 
-The verdict names the first NaN/Inf (or other anomaly) in topological order and, with a
-reference, the root-cause node: the first node whose output diverges while all its inputs
-still match. Exit 0 when nothing is wrong, 1 when the tap check fails, a NaN/Inf appears
-or a tensor diverges from the reference, 2 on bad input.
+The verdict names the node where a NaN/Inf is born (its inputs are finite, its output is
+not) and, with a reference, the root-cause node: the first node whose output diverges
+while all its inputs still match. NaN/Inf in your inputs and deliberate ones computed
+from constants only (attention masks) are reported, not failures. Exit 0 when nothing is
+wrong, 1 when the tap check fails, a NaN/Inf is born or a tensor diverges from the
+reference, 2 on bad input (a reference that pairs with no tapped tensor included).
 
 examples:
   surgeon debug model.onnx --tap conv0

@@ -10,6 +10,56 @@ from rich.text import Text
 
 from surgeon.report import SafeTable, diff_table, fmt, shown
 
+# Why a flagged NaN/Inf is there (see surgeon.debugging.NonFinite): shown beside the flag.
+KIND_LABELS = {
+    "born": "born here",
+    "unknown": "inputs not tapped",
+    "inherited": "from an input",
+    "input": "user input",
+    "constant": "deliberate constant",
+}
+
+
+def flags_text(flags, kind: str | None) -> str:
+    """The flags of a tapped tensor, with where its NaN/Inf comes from."""
+    text = ", ".join(flags)
+    if kind in KIND_LABELS and any(f in ("nan", "inf") for f in flags):
+        text += f" ({KIND_LABELS[kind]})"
+    return text
+
+
+def layer_status(layer, root: str | None) -> str:
+    """``ok``, ``diverged``, ``ROOT CAUSE``, or the kind of misfit (``shape``, ``dtype``,
+    ``missing``) when the tensor cannot be compared value by value."""
+    d = layer.diff
+    misfit = d.status not in ("ok", "mismatch")
+    if d.name == root:
+        return "ROOT CAUSE" + (f" ({d.status})" if misfit else "")
+    if misfit:
+        return d.status
+    return "diverged" if layer.diverged else "ok"
+
+
+def percent(x, digits: int = 0) -> str:
+    """A fraction as a percentage; ``-`` when not measured, ``nan`` when undefined."""
+    if x is None:
+        return "-"
+    if isinstance(x, float) and not math.isfinite(x):
+        return fmt(x)
+    return f"{x:.{digits}%}"
+
+
+def feeds_text(feeds: dict) -> str:
+    """``name: dtype[shape]`` for each feed (sequences and optionals have no shape)."""
+
+    def one(name: str, d: dict) -> str:
+        shape = d.get("shape")
+        return f"{name}: {d.get('dtype')}" + (
+            f"[{'x'.join(map(str, shape))}]" if shape is not None else ""
+        )
+
+    return ", ".join(one(k, d) for k, d in feeds.items())
+
 
 def _bar(value: float | None, lo: float, hi: float, width: int = 12) -> str:
     """A text bar of log10(value) between lo and hi: how the error grows along the graph."""
@@ -44,7 +94,7 @@ def render_debug(console: Console, report, rows: int = 40) -> None:
 
     if report.layers:
         errs = [layer.diff.max_abs for layer in report.layers if layer.diff.max_abs]
-        finite = [e for e in errs if e and math.isfinite(e)]
+        finite = [e for e in errs if e and math.isfinite(e) and e > 0]
         lo = math.log10(min(finite)) if finite else 0.0
         hi = math.log10(max(finite)) if finite else 1.0
         table = SafeTable(
@@ -57,7 +107,11 @@ def render_debug(console: Console, report, rows: int = 40) -> None:
         table.add_column("tensor (node, op)", overflow="fold", ratio=1, min_width=16)
         for col in ("status", "max abs", "max rel", "cosine", "mismatch", "error growth"):
             table.add_column(
-                col, justify="left" if col in ("status", "error growth") else "right", no_wrap=True
+                col,
+                justify="left" if col in ("status", "error growth") else "right",
+                # "ROOT CAUSE (shape)" may wrap rather than squeeze the tensor names out
+                no_wrap=col != "status",
+                min_width=10 if col == "status" else None,
             )
         root = report.root_cause.diff.name if report.root_cause else None
         rows_shown = _rows(
@@ -65,7 +119,7 @@ def render_debug(console: Console, report, rows: int = 40) -> None:
         )
         for layer in rows_shown:
             d = layer.diff
-            status = "ROOT CAUSE" if d.name == root else ("diverged" if layer.diverged else "ok")
+            status = layer_status(layer, root)
             label = Text.assemble(shown(d.name), shown(f" ({layer.node}, {layer.op})", "dim"))
             table.add_row(
                 str(layer.index),
@@ -78,7 +132,7 @@ def render_debug(console: Console, report, rows: int = 40) -> None:
                 fmt(d.max_rel),
                 fmt(d.cosine, 6),
                 f"{d.mismatches}/{d.size}",
-                _bar(d.max_abs, lo, hi),
+                _bar(d.max_abs, lo, hi) if d.status in ("ok", "mismatch") else "",
             )
         console.print(table)
         if len(rows_shown) < len(report.layers):
@@ -111,6 +165,17 @@ def render_debug(console: Console, report, rows: int = 40) -> None:
                     "dim",
                 )
             )
+    unused = getattr(report, "unused_reference", [])
+    if unused:
+        names = ", ".join(unused[:8]) + (f" and {len(unused) - 8} more" if len(unused) > 8 else "")
+        console.print(
+            shown(
+                f"{len(unused)} reference value(s) matched no tapped tensor (not compared): {names}",
+                "yellow",
+            )
+        )
+    for note in getattr(report, "notes", []):
+        console.print(shown("note: " + note, "yellow"))
 
     table = SafeTable(
         title="tapped tensors (topological order)",
@@ -133,6 +198,7 @@ def render_debug(console: Console, report, rows: int = 40) -> None:
             justify="left" if col in ("shape", "dtype", "flags") else "right",
             no_wrap=col != "flags",
         )
+    kinds = {x.tensor: x.kind for x in getattr(report, "nonfinite", [])}
     rows_shown = _rows(
         report.stats,
         rows if not report.layers else min(rows, 15) if rows else 0,
@@ -150,11 +216,12 @@ def render_debug(console: Console, report, rows: int = 40) -> None:
         ]
         if not narrow:
             cells += [fmt(s.mean, 2), fmt(s.std, 2)]
-        flag_style = "red" if any(f in ("nan", "inf") for f in s.flags) else "yellow"
+        kind = kinds.get(s.name)
+        flag_style = "red" if kind in ("born", "unknown") else "yellow" if s.flags else ""
         cells += [
             f"{s.nan}/{s.inf}",
-            f"{s.zeros:.0%}" if s.zeros is not None else "-",
-            shown(", ".join(s.flags), flag_style),
+            percent(s.zeros, 0),
+            shown(flags_text(s.flags, kind), flag_style),
         ]
         table.add_row(*cells)
     console.print(table)
@@ -185,11 +252,9 @@ def render_debug(console: Console, report, rows: int = 40) -> None:
         names = ", ".join(f"{t} (in {n})" for t, n in list(report.not_tappable.items())[:8])
         more = f" and {len(report.not_tappable) - 8} more" if len(report.not_tappable) > 8 else ""
         console.print(shown(f"not tappable (inside If/Loop/Scan bodies): {names}{more}", "yellow"))
-    feeds = ", ".join(
-        f"{k}: {d['dtype']}[{'x'.join(map(str, d['shape']))}]" for k, d in report.feeds.items()
-    )
+    feeds = feeds_text(report.feeds)
     tol = (
-        f" · atol={report.tolerance.atol:g} rtol={report.tolerance.rtol:g}"
+        f" · atol={fmt(report.tolerance.atol)} rtol={fmt(report.tolerance.rtol)}"
         if report.tolerance
         else ""
     )

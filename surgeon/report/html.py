@@ -45,6 +45,38 @@ def _num(x) -> str:
     return f"{x:.4g}" if 1e-3 <= abs(x) < 1e5 else f"{x:.3e}"
 
 
+def _magnitude(lo, hi) -> float | None:
+    """max(|min|, |max|) over the finite ones, for the magnitude plot; None if neither."""
+    finite = [abs(v) for v in (lo, hi) if isinstance(v, (int, float)) and math.isfinite(v)]
+    return max(finite) if finite else None
+
+
+def _percent(x) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float) and not math.isfinite(x):
+        return _num(x)
+    return f"{x:.1%}"
+
+
+def _feeds_text(feeds: dict) -> str:
+    from surgeon.report.debug import feeds_text
+
+    return feeds_text(feeds)
+
+
+def _flags_text(flags, kind) -> str:
+    from surgeon.report.debug import flags_text
+
+    return flags_text(flags, kind)
+
+
+def _layer_status(layer, root) -> str:
+    from surgeon.report.debug import layer_status
+
+    return layer_status(layer, root)
+
+
 def _plot(
     points: list[tuple[int, float | None, str, bool]],
     title: str,
@@ -55,15 +87,18 @@ def _plot(
     values = [v for _, v, _, _ in points if v is not None and math.isfinite(v) and v > 0]
     if not values:
         return f"<p class='meta'>{html.escape(title)}: nothing to plot (all values are zero or missing).</p>"
-    lo, hi = math.floor(math.log10(min(values))), math.ceil(math.log10(max(values)))
-    if hi == lo:
-        hi = lo + 1
+    # Decades within float64's normal range: 10.0**e must neither overflow nor round to 0.
+    lo = max(math.floor(math.log10(min(values))), -307)
+    hi = min(math.ceil(math.log10(max(values))), 308)
+    if hi <= lo:
+        lo, hi = (hi - 1, hi) if hi >= 308 else (lo, lo + 1)
     left, right, top, bottom = 60, 20, 25, 40
     n = max(len(points) - 1, 1)
 
     def xy(i, v):
         x = left + (width - left - right) * i / n
-        y = top + (height - top - bottom) * (1 - (math.log10(v) - lo) / (hi - lo))
+        level = min(max(math.log10(v), lo), hi)  # denormals are drawn at the bottom
+        y = top + (height - top - bottom) * (1 - (level - lo) / (hi - lo))
         return x, y
 
     parts = [
@@ -108,18 +143,23 @@ def debug_html(report) -> str:
         f"<h1>surgeon debug: {esc(report.model)}</h1>",
         f"<p class='verdict {status}'>{esc(report.verdict())}</p>",
     ]
-    feeds = ", ".join(
-        f"{k}: {d['dtype']}[{'x'.join(map(str, d['shape']))}]" for k, d in report.feeds.items()
-    )
+    feeds = _feeds_text(report.feeds)
+    tol = report.tolerance
     out.append(
-        f"<p class='meta'>seed {report.seed} · feeds {esc(feeds)} · onnxruntime optimization={esc(report.optimization)}"
-        + (
-            f" · reference {esc(report.reference)} · atol={report.tolerance.atol:g} rtol={report.tolerance.rtol:g}"
-            if report.reference
-            else ""
-        )
+        f"<p class='meta'>seed {esc(str(report.seed))} · feeds {esc(feeds)} · onnxruntime optimization={esc(str(report.optimization))}"
+        + (f" · reference {esc(str(report.reference))}" if report.reference else "")
+        + (f" · atol={_num(tol.atol)} rtol={_num(tol.rtol)}" if report.reference and tol else "")
         + "</p>"
     )
+    for note in getattr(report, "notes", []):
+        out.append(f"<p class='meta'>note: {esc(note)}</p>")
+    unused = getattr(report, "unused_reference", [])
+    if unused:
+        out.append(
+            f"<p class='meta'>{len(unused)} reference value(s) matched no tapped tensor (not compared): "
+            + esc(", ".join(unused))
+            + "</p>"
+        )
     if report.layers:
         root = report.root_cause.diff.name if report.root_cause else None
         pts = [
@@ -135,11 +175,11 @@ def debug_html(report) -> str:
         for lay in report.layers:
             d = lay.diff
             cls = "root" if d.name == root else ("bad" if lay.diverged else "")
-            st = "ROOT CAUSE" if d.name == root else ("diverged" if lay.diverged else "ok")
+            st = _layer_status(lay, root)
             out.append(
                 f"<tr class='{cls}'><td>{lay.index}</td><td class='l'>{esc(d.name)}</td><td class='l'>{esc(lay.node)} ({esc(lay.op)})"
                 + (f"<br>{esc(lay.origin)}" if lay.origin else "")
-                + f"</td><td class='l'>{st}</td><td>{_num(d.max_abs)}</td><td>{_num(d.max_rel)}</td><td>{_num(d.cosine)}</td>"
+                + f"</td><td class='l'>{esc(st)}</td><td>{_num(d.max_abs)}</td><td>{_num(d.max_rel)}</td><td>{_num(d.cosine)}</td>"
                 f"<td>{d.mismatches}/{d.size}</td></tr>"
             )
         out.append("</table>")
@@ -147,9 +187,7 @@ def debug_html(report) -> str:
         pts = [
             (
                 s.index,
-                max(abs(v) for v in (s.min, s.max))
-                if s.min is not None and s.max is not None and not math.isnan(s.min)
-                else None,
+                _magnitude(s.min, s.max),
                 s.name,
                 bool(s.flags),
             )
@@ -162,15 +200,17 @@ def debug_html(report) -> str:
             "<th class='l'>dtype</th><th>min</th><th>max</th><th>mean</th><th>std</th><th>NaN</th><th>Inf</th><th>zeros</th>"
             "<th class='l'>flags</th></tr>"
         )
+        kinds = {x.tensor: x.kind for x in getattr(report, "nonfinite", [])}
         for s in report.stats:
-            cls = "bad" if ("nan" in s.flags or "inf" in s.flags) else ("flag" if s.flags else "")
+            kind = kinds.get(s.name)
+            cls = "bad" if kind in ("born", "unknown") else ("flag" if s.flags else "")
             shape = "x".join(map(str, s.shape)) if s.shape is not None else "?"
-            zeros = f"{s.zeros:.1%}" if s.zeros is not None else "–"
+            zeros = _percent(s.zeros)
             out.append(
                 f"<tr class='{cls}'><td>{s.index}</td><td class='l'>{esc(s.name)}</td><td class='l'>{esc(s.node)} ({esc(s.op)})</td>"
-                f"<td class='l'>{shape}</td><td class='l'>{esc(s.dtype or '?')}</td><td>{_num(s.min)}</td><td>{_num(s.max)}</td>"
+                f"<td class='l'>{esc(shape)}</td><td class='l'>{esc(s.dtype or '?')}</td><td>{_num(s.min)}</td><td>{_num(s.max)}</td>"
                 f"<td>{_num(s.mean)}</td><td>{_num(s.std)}</td><td>{s.nan}</td><td>{s.inf}</td><td>{zeros}</td>"
-                f"<td class='l'>{esc(', '.join(s.flags))}</td></tr>"
+                f"<td class='l'>{esc(_flags_text(s.flags, kind))}</td></tr>"
             )
         out.append("</table>")
     if report.shape_mismatches:
