@@ -423,8 +423,9 @@ def _declared_vs_real(model: Model, feeds, stats: list[TensorStats], values) -> 
     from surgeon.shapecheck import declared_vs_actual
 
     seen: dict = dict(feeds)
+    wanted = {s.name for s in stats} | set(model.output_names)  # once, not per value
     for name, value in values.items():
-        if name in {s.name for s in stats} or name in model.output_names:
+        if name in wanted:
             seen[name] = value
     for s in stats:
         if s.name not in seen and s.shape is not None and s.dtype not in (None, "str"):
