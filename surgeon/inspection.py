@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
-import numpy as np
 import onnx
 
 from surgeon.model import (
@@ -83,7 +83,7 @@ def describe(model: Model) -> dict:
     param_bytes = 0
     by_dtype: Counter = Counter()
     for t in iter_tensors(proto):
-        count = int(np.prod(t.dims)) if len(t.dims) else 1
+        count = math.prod(t.dims)  # exact; np.prod costs ~30 us per tensor
         params += count
         param_bytes += tensor_nbytes(t)
         # numpy names ("float32"), the same spelling as the inputs' and outputs' dtypes.
