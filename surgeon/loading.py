@@ -140,10 +140,52 @@ def open_regular_file(path: str | os.PathLike, what: str, error=ModelLoadError):
         raise
 
 
+_TEXT_PLANS: dict[str, tuple[tuple[str, bool], ...]] = {}
+
+
+def _text_plan(descriptor) -> tuple[tuple[tuple[str, bool], ...], tuple[tuple[str, bool], ...]]:
+    """(string fields, message fields) of a message type, each as (name, repeated)."""
+    plan = _TEXT_PLANS.get(descriptor.full_name)
+    if plan is None:
+        strings = tuple(
+            (f.name, _is_repeated(f)) for f in descriptor.fields if f.type == f.TYPE_STRING
+        )
+        messages = tuple(
+            (f.name, _is_repeated(f)) for f in descriptor.fields if f.message_type is not None
+        )
+        plan = _TEXT_PLANS[descriptor.full_name] = (strings, messages)
+    return plan
+
+
+def _has_non_utf8(message) -> bool:
+    """Whether any text field below ``message`` is not valid UTF-8: the fast check that
+    runs on every load (no paths are built, and bytes fields such as raw_data are never
+    read, so no weight is copied)."""
+    stack = [message]
+    while stack:
+        m = stack.pop()
+        strings, messages = _text_plan(m.DESCRIPTOR)
+        for name, repeated in strings:
+            value = getattr(m, name)
+            if repeated:
+                if any(isinstance(v, bytes) for v in value):
+                    return True
+            elif isinstance(value, bytes):
+                return True
+        for name, repeated in messages:
+            if repeated:
+                stack.extend(getattr(m, name))
+            elif m.HasField(name):
+                stack.append(getattr(m, name))
+    return False
+
+
 def non_utf8_fields(message, where: str = "model") -> list[str]:
     """Text fields of ``message`` (recursively) that are not valid UTF-8, as readable
     paths. onnx.proto is proto2, so protobuf does not check its strings when parsing; the
     upb backend then hands invalid ones out as bytes, which no name lookup expects."""
+    if where == "model" and not _has_non_utf8(message):
+        return []  # the common case, without building a path for every message
     found: list[str] = []
     for field, value in message.ListFields():
         values = value if _is_repeated(field) else [value]

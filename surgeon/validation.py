@@ -110,8 +110,13 @@ def _check_graph(
     here.update(producers)
     scopes = (*outer, here)
 
-    def known(name: str) -> bool:
-        return any(name in scope for scope in scopes)
+    if outer:
+
+        def known(name: str) -> bool:
+            return any(name in scope for scope in scopes)
+
+    else:  # the main graph: one set, no chain to walk
+        known = here.__contains__
 
     for i, n in enumerate(graph.node):
         label = f"node `{n.name}` ({n.op_type})" if n.name else f"node #{i} ({n.op_type})"
