@@ -505,14 +505,19 @@ def check_feed_size(
         nbytes = math.prod(shape) * _itemsize(info.dtype)
         declared = info.shape or ()
         chosen = []  # the dims that were chosen for this run, not declared by the model
+        fixed = []
         for axis, d in enumerate(shape):
             want = declared[axis] if axis < len(declared) else None
             if not (isinstance(want, int) and want > 0):
                 label = f" ({want})" if isinstance(want, str) else ""
                 chosen.append(f"dim {axis}{label} = {d}")
+            elif d > 1:
+                fixed.append(f"dim {axis} = {d}")
         any_chosen = any_chosen or bool(chosen)
         if chosen:
             cause = "chosen for this run (--shape or the default): " + ", ".join(chosen)
+            if fixed:
+                cause += "; fixed by the model: " + ", ".join(fixed)
         else:
             cause = "every dim is fixed by the model"
         sizes.append(
