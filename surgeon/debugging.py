@@ -212,7 +212,7 @@ class DebugReport:
 
 
 # ---------------------------------------------------------------------- references
-def _load_reference(reference, model: Model):
+def _load_reference(reference, model: Model, max_bytes: int | None = None):
     """A reference as (kind, description, object): ("model", name, Model) or
     ("arrays", name, dict)."""
     from surgeon.loading import load
@@ -225,7 +225,7 @@ def _load_reference(reference, model: Model):
         return ("arrays", "activations", dict(reference))
     path = Path(reference)
     if path.suffix == ".npz":
-        return ("arrays", path.name, load_npz(path))
+        return ("arrays", path.name, load_npz(path, max_bytes=max_bytes))
     if path.suffix == ".onnx" or path.exists():
         return ("model", path.name, load(path))
     raise UsageError(f"reference {reference}: expected a .onnx model or an .npz of activations")
@@ -280,7 +280,7 @@ def debug(
     run_opts = RunOptions(
         optimization=options.optimization, custom_op_libraries=tuple(options.custom_op_libraries)
     )
-    ref = _load_reference(options.reference, model)
+    ref = _load_reference(options.reference, model, options.feed_options.max_feed_bytes)
     if ref is None and options.reference_optimization:
         ref = ("self", f"{model.name} at optimization={options.reference_optimization}", model)
     info = _node_info(model)
