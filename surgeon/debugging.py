@@ -507,7 +507,7 @@ def rank_anomaly(stats: list[TensorStats], nonfinite: list[NonFinite], constant:
 
 
 # ---------------------------------------------------------------------- references
-def _load_reference(reference, model: Model):
+def _load_reference(reference, model: Model, max_bytes: int | None = None):
     """A reference as (kind, description, object): ("model", name, Model) or
     ("arrays", name, dict)."""
     from surgeon.loading import load
@@ -520,7 +520,7 @@ def _load_reference(reference, model: Model):
         return ("arrays", "activations", dict(reference))
     path = Path(reference)
     if path.suffix == ".npz":
-        return ("arrays", path.name, load_npz(path))
+        return ("arrays", path.name, load_npz(path, max_bytes=max_bytes))
     if path.suffix == ".onnx" or path.exists():
         return ("model", path.name, load(path))
     raise UsageError(f"reference {reference}: expected a .onnx model or an .npz of activations")
@@ -575,7 +575,7 @@ def debug(
     run_opts = RunOptions(
         optimization=options.optimization, custom_op_libraries=tuple(options.custom_op_libraries)
     )
-    ref = _load_reference(options.reference, model)
+    ref = _load_reference(options.reference, model, options.feed_options.max_feed_bytes)
     if ref is None and options.reference_optimization:
         ref = ("self", f"{model.name} at optimization={options.reference_optimization}", model)
     info = _node_info(model)
@@ -721,8 +721,9 @@ def _declared_vs_real(model: Model, feeds, stats: list[TensorStats], values) -> 
     from surgeon.shapecheck import declared_vs_actual
 
     seen: dict = dict(feeds)
+    wanted = {s.name for s in stats} | set(model.output_names)  # once, not per value
     for name, value in values.items():
-        if name in {s.name for s in stats} or name in model.output_names:
+        if name in wanted:
             seen[name] = value
     for s in stats:
         if s.name not in seen and s.shape is not None and s.dtype not in (None, "str"):

@@ -5,10 +5,17 @@ Dynamic dims are resolved, in order, from: an explicit shape for the input
 (``--shape images:1x3x640x640``), a value for the dim's symbolic name (``--shape H=480``),
 then the defaults: the first axis (batch) is 1, every other dynamic axis is 64. A symbolic
 name gets one value across all inputs, so inputs that share ``N`` stay consistent.
+
+Feeds are bounded: before any array is made or decompressed, their total size (from the
+resolved shapes, and from the ``.npy`` headers inside an ``.npz``) is checked against
+``FeedOptions.max_feed_bytes`` (4 GiB by default), so a dim of 10^20 or a zip bomb is a
+clear refusal instead of a MemoryError.
 """
 
 from __future__ import annotations
 
+import math
+import zipfile
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +28,9 @@ from surgeon.model import Model, TensorInfo
 
 DEFAULT_BATCH = 1
 DEFAULT_DIM = 64
+# The most feed data surgeon makes or reads by default: far above what test inputs of
+# real models need, far below what takes a workstation down.
+DEFAULT_MAX_FEED_BYTES = 4 * 2**30
 
 
 @dataclass(frozen=True)
@@ -33,12 +43,15 @@ class FeedOptions:
         shapes: Full shapes per input name.
         dims: Values per symbolic dim name.
         npz: An ``.npz`` file whose arrays (keyed by input name) are used as given.
+        max_feed_bytes: The most bytes all feeds together may take; larger feeds are
+            refused before anything is allocated or decompressed. None means no limit.
     """
 
     seed: int = 0
     shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     dims: Mapping[str, int] = field(default_factory=dict)
     npz: str | None = None
+    max_feed_bytes: int | None = DEFAULT_MAX_FEED_BYTES
 
 
 def parse_shape_args(args: Iterable[str]) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
@@ -249,77 +262,352 @@ def random_array(info: TensorInfo, shape: tuple[int, ...], seed: int) -> np.ndar
     )
 
 
-def load_npz(path: str | Path) -> dict[str, np.ndarray]:
-    """Read an ``.npz`` file into a dict, with a clear error for anything unreadable."""
-    p = Path(path)
-    if not p.is_file():
-        raise SurgeonError(f"{path}: no such file")
+def parse_size(text: str) -> int:
+    """A byte count from ``4G``, ``512M``, ``1.5GiB``, ``1000000`` (binary units: K = 1024).
+
+    Raises:
+        UsageError: The text is not a size.
+    """
+    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    cleaned = text.strip().upper().replace(" ", "")
+    for suffix in ("IB", "B"):
+        if cleaned.endswith(suffix) and cleaned[: -len(suffix)][-1:] in units:
+            cleaned = cleaned[: -len(suffix)]
+            break
+    unit = cleaned[-1:] if cleaned[-1:] in units and cleaned[-1:] else ""
+    number = cleaned[: -len(unit)] if unit else cleaned
     try:
-        with np.load(p, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except Exception as e:
-        raise SurgeonError(f"{path} is not a readable .npz file ({e})") from None
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if not math.isfinite(value) or value <= 0:
+        raise UsageError(
+            f"cannot read the size `{text}`: expected e.g. 4G, 512M or 1000000 (bytes)"
+        )
+    return int(value * units[unit])
+
+
+def format_bytes(count: int) -> str:
+    """``4294967296`` -> ``"4 GiB"``; exact for small counts, 3 digits for large ones."""
+    if count < 1024:
+        return f"{count} bytes"
+    value = float(count)
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        value /= 1024
+        if value < 1024 or unit == "EiB":
+            return f"{value:.3g} {unit}"
+    return f"{count} bytes"  # unreachable
+
+
+@dataclass(frozen=True)
+class NpzEntry:
+    """One array of an ``.npz``, as its ``.npy`` header describes it (nothing decompressed).
+
+    Attributes:
+        key: The array's name (the member name without ``.npy``).
+        shape: Its shape.
+        dtype: Its dtype.
+        fortran_order: Whether the values are stored column-major.
+    """
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran_order: bool = False
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes its values take once read (a Python int: no overflow)."""
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def _npz_error(path, why: str) -> SurgeonError:
+    return SurgeonError(f"{path} is not a readable .npz file ({why})")
+
+
+def _read_npy_header(stream, path, member: str) -> tuple[tuple[int, ...], np.dtype, bool]:
+    """Shape, dtype and order from the start of a ``.npy`` stream; the stream is left at
+    the first byte of the values. Only the header is read (and decompressed)."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = fmt.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran, dtype = fmt.read_array_header_2_0(stream)
+        else:  # (3, 0): a UTF-8 header; numpy's reader for it is not public
+            shape, fortran, dtype = fmt._read_array_header(stream, version)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, AttributeError) as e:
+        raise _npz_error(path, f"`{member}` has no valid .npy header: {e}") from None
+    if dtype.hasobject:
+        # Object arrays are pickles, which can run code: never read from a file.
+        raise _npz_error(path, f"`{member}` holds Python objects (a pickle), which are not read")
+    return tuple(int(d) for d in shape), dtype, bool(fortran)
+
+
+def _open_npz(path):
+    from surgeon.loading import open_regular_file
+
+    fh, _ = open_regular_file(path, "an .npz file", SurgeonError)
+    try:
+        return fh, zipfile.ZipFile(fh)
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        fh.close()
+        raise _npz_error(path, f"not a zip archive: {e}") from None
+
+
+def _npz_members(path, archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
+    members: dict[str, zipfile.ZipInfo] = {}
+    for info in archive.infolist():
+        if info.is_dir():
+            continue
+        if not info.filename.endswith(".npy"):
+            raise _npz_error(path, f"member `{info.filename}` is not a .npy array")
+        key = info.filename[: -len(".npy")]
+        if key in members:
+            raise _npz_error(path, f"it holds `{key}` twice")
+        members[key] = info
+    return members
+
+
+def read_npz_index(path: str | Path) -> dict[str, NpzEntry]:
+    """What an ``.npz`` holds, from each member's ``.npy`` header only.
+
+    Nothing beyond the headers is decompressed, so a compressed file that would inflate
+    to terabytes costs no more to inspect than a small one.
+
+    Raises:
+        SurgeonError: The file is missing, not a regular file, not a zip of ``.npy``
+            arrays, or holds pickled objects.
+    """
+    fh, archive = _open_npz(path)
+    with fh, archive:
+        index = {}
+        for key, info in _npz_members(path, archive).items():
+            try:
+                with archive.open(info) as stream:
+                    shape, dtype, fortran = _read_npy_header(stream, path, info.filename)
+            except (zipfile.BadZipFile, OSError, NotImplementedError, RuntimeError) as e:
+                raise _npz_error(path, f"`{info.filename}`: {e}") from None
+            index[key] = NpzEntry(key, shape, dtype, fortran)
+        return index
+
+
+def _too_large(path, entries: Iterable[NpzEntry], limit: int) -> SurgeonError:
+    entries = sorted(entries, key=lambda e: -e.nbytes)
+    total = sum(e.nbytes for e in entries)
+    return SurgeonError(
+        f"{path} holds {format_bytes(total)} of arrays, more than the limit of {format_bytes(limit)}",
+        problems=[
+            f"`{e.key}`: {list(e.shape)} {e.dtype.name} = {format_bytes(e.nbytes)}"
+            for e in entries[:5]
+        ],
+        hint="Nothing was decompressed. If the file is what you meant, raise the limit with --max-feed-size.",
+    )
+
+
+def load_npz(
+    path: str | Path,
+    keys: Iterable[str] | None = None,
+    *,
+    max_bytes: int | None = DEFAULT_MAX_FEED_BYTES,
+) -> dict[str, np.ndarray]:
+    """Read an ``.npz`` file into a dict, with a clear error for anything unreadable.
+
+    Args:
+        keys: Read only these arrays (default: all).
+        max_bytes: Refuse, before decompressing anything, when the arrays to read take
+            more than this many bytes together (None: no limit).
+
+    Raises:
+        SurgeonError: The file cannot be read, or holds more than ``max_bytes``.
+    """
+    fh, archive = _open_npz(path)
+    with fh, archive:
+        members = _npz_members(path, archive)
+        wanted = list(members) if keys is None else [k for k in keys if k in members]
+        headers = {}
+        for key in wanted:
+            with archive.open(members[key]) as stream:
+                headers[key] = NpzEntry(key, *_read_npy_header(stream, path, members[key].filename))
+        if max_bytes is not None and sum(e.nbytes for e in headers.values()) > max_bytes:
+            raise _too_large(path, headers.values(), max_bytes)
+        out = {}
+        for key in wanted:
+            entry = headers[key]
+            try:
+                with archive.open(members[key]) as stream:
+                    # The header is read again from the stream the values come from, so
+                    # the size checked above is the size read, whatever the file does.
+                    shape, dtype, fortran = _read_npy_header(stream, path, members[key].filename)
+                    if (shape, dtype, fortran) != (entry.shape, entry.dtype, entry.fortran_order):
+                        raise _npz_error(path, f"`{key}` changed while it was read")
+                    out[key] = _read_values(stream, path, entry)
+            except (zipfile.BadZipFile, OSError, zlib.error, EOFError) as e:
+                raise _npz_error(path, f"`{key}`: {e}") from None
+        return out
+
+
+def _read_values(stream, path, entry: NpzEntry) -> np.ndarray:
+    """Exactly ``entry.nbytes`` bytes from ``stream`` as an array: a member whose data is
+    longer than its header says is never inflated past that."""
+    buffer = bytearray(entry.nbytes)
+    view = memoryview(buffer)
+    filled = 0
+    while filled < len(buffer):
+        got = stream.readinto(view[filled : filled + 2**24])
+        if not got:
+            raise _npz_error(path, f"`{entry.key}` is truncated: {filled} of {entry.nbytes} bytes")
+        filled += got
+    array = np.frombuffer(buffer, dtype=entry.dtype)
+    order = "F" if entry.fortran_order else "C"
+    return array.reshape(entry.shape, order=order)
+
+
+def _itemsize(dtype: str | None) -> int:
+    """Bytes per element of a random input of this dtype name (strings: one pointer)."""
+    if dtype == "str":
+        return 8
+    found = numpy_dtype(dtype or "float32")
+    return found.itemsize if found is not None else 1
+
+
+def check_feed_size(
+    model: Model,
+    shapes: Mapping[str, tuple[int, ...]],
+    given: Mapping[str, NpzEntry],
+    limit: int | None,
+) -> None:
+    """Refuse feeds that together take more than ``limit`` bytes, naming the inputs and
+    the dims that make them so large (and where each dim came from).
+
+    Raises:
+        UsageError: The feeds are over the limit.
+    """
+    if limit is None:
+        return
+    sizes: list[tuple[int, str]] = []
+    any_chosen = False
+    for info in model.inputs:
+        if info.name in given:
+            entry = given[info.name]
+            sizes.append(
+                (
+                    entry.nbytes,
+                    f"`{info.name}` {list(entry.shape)} {entry.dtype.name} from the .npz = "
+                    f"{format_bytes(entry.nbytes)}",
+                )
+            )
+            continue
+        shape = shapes.get(info.name)
+        if shape is None:
+            continue
+        nbytes = math.prod(shape) * _itemsize(info.dtype)
+        declared = info.shape or ()
+        chosen = []  # the dims that were chosen for this run, not declared by the model
+        fixed = []
+        for axis, d in enumerate(shape):
+            want = declared[axis] if axis < len(declared) else None
+            if not (isinstance(want, int) and want > 0):
+                label = f" ({want})" if isinstance(want, str) else ""
+                chosen.append(f"dim {axis}{label} = {d}")
+            elif d > 1:
+                fixed.append(f"dim {axis} = {d}")
+        any_chosen = any_chosen or bool(chosen)
+        if chosen:
+            cause = "chosen for this run (--shape or the default): " + ", ".join(chosen)
+            if fixed:
+                cause += "; fixed by the model: " + ", ".join(fixed)
+        else:
+            cause = "every dim is fixed by the model"
+        sizes.append(
+            (
+                nbytes,
+                f"`{info.name}` {list(shape)} {info.dtype or 'float32'} = {format_bytes(nbytes)}; {cause}",
+            )
+        )
+    total = sum(n for n, _ in sizes)
+    if total <= limit:
+        return
+    sizes.sort(key=lambda item: -item[0])
+    raise UsageError(
+        f"the inputs of {model.name} would take {format_bytes(total)}, more than the limit "
+        f"of {format_bytes(limit)}",
+        problems=[text for _, text in sizes[:5]]
+        + ([f"... and {len(sizes) - 5} more inputs"] if len(sizes) > 5 else []),
+        hint=(
+            "Give smaller dims with --shape (e.g. --shape batch=1), or raise the limit with "
+            "--max-feed-size (e.g. --max-feed-size 16G)."
+            if any_chosen
+            else "The model itself declares these sizes; if they are meant, raise the limit "
+            "with --max-feed-size (e.g. --max-feed-size 16G)."
+        ),
+    )
 
 
 def make_feeds(model: Model, options: FeedOptions = FeedOptions()) -> dict[str, np.ndarray]:
     """Values for every input of ``model``: from ``options.npz`` where given, else random.
 
     The shapes of the ``.npz`` arrays fix the symbolic dims they use, so random inputs
-    that share a dim with them get the same value.
+    that share a dim with them get the same value. Everything is checked before any
+    value is made or decompressed: the ``.npz`` keys and headers against the model's
+    inputs, and the total size against ``options.max_feed_bytes``.
 
     Raises:
         SurgeonError: The seed is negative, the ``.npz`` has keys that are not inputs, or
             values whose dtype or static dims do not match the model.
+        UsageError: The feeds would take more than ``options.max_feed_bytes``.
     """
     if options.seed < 0:
         # numpy's seed sequence takes non-negative integers only.
         raise UsageError(f"--seed {options.seed} is negative; use a seed >= 0")
-    user = load_npz(options.npz) if options.npz else {}
+    index = read_npz_index(options.npz) if options.npz else {}
     inputs = model.inputs
     names = [i.name for i in inputs]
     problems = []
-    for key in user:
+    for key in index:
         if key not in names:
             hint = did_you_mean(key, names)
             problems.append(
                 f"{options.npz} has `{key}`, which is not an input of {model.name}"
                 + (f"; {hint}" if hint else "")
             )
+    void_as: dict[str, np.dtype] = {}
     for info in inputs:
-        if info.name not in user:
+        if info.name not in index:
             continue
-        value = user[info.name]
+        entry = index[info.name]
+        dtype = entry.dtype
         wanted = numpy_dtype(info.dtype) if info.dtype and info.dtype != "str" else None
-        if (
-            wanted is not None
-            and value.dtype.kind == "V"
-            and value.dtype.itemsize == wanted.itemsize
-        ):
+        if wanted is not None and dtype.kind == "V" and dtype.itemsize == wanted.itemsize:
             # np.savez stores bfloat16/float8/int4 arrays as raw void: read them back.
-            value = user[info.name] = value.view(wanted)
-        if info.dtype and info.dtype != "str" and value.dtype.name != info.dtype:
+            void_as[info.name] = dtype = wanted
+        if info.dtype and info.dtype != "str" and dtype.name != info.dtype:
             problems.append(
-                f"`{info.name}` in {options.npz} is {value.dtype.name}; the model wants {info.dtype}"
+                f"`{info.name}` in {options.npz} is {dtype.name}; the model wants {info.dtype}"
             )
         if info.shape is not None:
-            if value.ndim != len(info.shape):
+            if len(entry.shape) != len(info.shape):
                 problems.append(
-                    f"`{info.name}` in {options.npz} has shape {list(value.shape)}; the model wants {info.shape_text()}"
+                    f"`{info.name}` in {options.npz} has shape {list(entry.shape)}; the model wants {info.shape_text()}"
                 )
             else:
                 for axis, want in enumerate(info.shape):
-                    if isinstance(want, int) and want > 0 and value.shape[axis] != want:
+                    if isinstance(want, int) and want > 0 and entry.shape[axis] != want:
                         problems.append(
-                            f"`{info.name}` in {options.npz} has shape {list(value.shape)}; the model wants {info.shape_text()}"
+                            f"`{info.name}` in {options.npz} has shape {list(entry.shape)}; the model wants {info.shape_text()}"
                         )
                         break
     if problems:
         raise SurgeonError(f"the feeds in {options.npz} do not fit {model.name}", problems=problems)
     # The user's arrays fix the symbolic dims of the random inputs too (unless --shape
     # says otherwise), and --shape is still checked when every input is in the file.
-    shapes = resolve_shapes(
-        model, options, given={name: value.shape for name, value in user.items()}
-    )
+    shapes = resolve_shapes(model, options, given={k: e.shape for k, e in index.items()})
+    check_feed_size(model, shapes, index, options.max_feed_bytes)
+    # No limit here: check_feed_size has counted these arrays with the random ones.
+    user = load_npz(options.npz, index, max_bytes=None) if options.npz else {}
+    for name, dtype in void_as.items():
+        user[name] = user[name].view(dtype)
     feeds = {}
     for info in inputs:
         feeds[info.name] = (

@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
 
 from surgeon.errors import ModelLoadError, UnsafePathError
-from surgeon.model import Model, _is_repeated, iter_tensors
+from surgeon.model import Model, _is_repeated, iter_all_tensors
 from surgeon.validation import check_structure
 
 
@@ -40,10 +41,19 @@ def load(path: str | os.PathLike, *, validate: bool = True) -> Model:
         raise ModelLoadError(f"{path}: no such file", hint=hint)
     if p.is_dir():
         raise ModelLoadError(f"{path} is a folder, not an ONNX model file")
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise ModelLoadError(f"{path}: cannot read the file ({e.strerror})") from None
+    fh, size = open_regular_file(p, "an ONNX model", ModelLoadError)
+    with fh:
+        if size > 2**31:
+            # protobuf cannot parse a message above 2 GiB: reading it all would only
+            # cost the memory before the same failure.
+            raise ModelLoadError(
+                f"{path} is {size / 2**30:.1f} GiB, more than an ONNX file can hold (2 GiB); "
+                "it is not an ONNX model, or its weights belong in an external data file"
+            )
+        try:
+            data = fh.read()
+        except OSError as e:
+            raise ModelLoadError(f"{path}: cannot read the file ({e.strerror})") from None
     if not data:
         raise ModelLoadError(f"{path} is empty, not an ONNX model")
     proto = onnx.ModelProto()
@@ -81,10 +91,101 @@ def load(path: str | os.PathLike, *, validate: bool = True) -> Model:
     return model
 
 
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISDIR, "a folder"),
+)
+
+
+def open_regular_file(path: str | os.PathLike, what: str, error=ModelLoadError):
+    """Open ``path`` for reading only if it is a regular file; return ``(file, size)``.
+
+    A FIFO would block the open (or the read) forever and a device such as /dev/zero
+    never ends, so neither may be read as a model, a data file or an ``.npz``. The file
+    is opened with O_NONBLOCK (a FIFO opens at once instead of waiting for a writer),
+    then checked with fstat on the open descriptor, so nothing can swap the file between
+    the check and the read.
+
+    Args:
+        path: The file.
+        what: What the file should be, for the message ("an ONNX model").
+        error: The SurgeonError subclass to raise.
+
+    Raises:
+        error: The file is missing, unreadable, or not a regular file.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read the file ({e.strerror or e})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = next((k for test, k in _FILE_KINDS if test(info.st_mode)), "not a regular file")
+            raise error(
+                f"{path} is {kind}, not {what}; only regular files are read",
+                hint="Copy the data into a regular file and pass that.",
+            )
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb"), info.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+_TEXT_PLANS: dict[str, tuple[tuple[str, bool], ...]] = {}
+
+
+def _text_plan(descriptor) -> tuple[tuple[tuple[str, bool], ...], tuple[tuple[str, bool], ...]]:
+    """(string fields, message fields) of a message type, each as (name, repeated)."""
+    plan = _TEXT_PLANS.get(descriptor.full_name)
+    if plan is None:
+        strings = tuple(
+            (f.name, _is_repeated(f)) for f in descriptor.fields if f.type == f.TYPE_STRING
+        )
+        messages = tuple(
+            (f.name, _is_repeated(f)) for f in descriptor.fields if f.message_type is not None
+        )
+        plan = _TEXT_PLANS[descriptor.full_name] = (strings, messages)
+    return plan
+
+
+def _has_non_utf8(message) -> bool:
+    """Whether any text field below ``message`` is not valid UTF-8: the fast check that
+    runs on every load (no paths are built, and bytes fields such as raw_data are never
+    read, so no weight is copied)."""
+    stack = [message]
+    while stack:
+        m = stack.pop()
+        strings, messages = _text_plan(m.DESCRIPTOR)
+        for name, repeated in strings:
+            value = getattr(m, name)
+            if repeated:
+                if any(isinstance(v, bytes) for v in value):
+                    return True
+            elif isinstance(value, bytes):
+                return True
+        for name, repeated in messages:
+            if repeated:
+                stack.extend(getattr(m, name))
+            elif m.HasField(name):
+                stack.append(getattr(m, name))
+    return False
+
+
 def non_utf8_fields(message, where: str = "model") -> list[str]:
     """Text fields of ``message`` (recursively) that are not valid UTF-8, as readable
     paths. onnx.proto is proto2, so protobuf does not check its strings when parsing; the
     upb backend then hands invalid ones out as bytes, which no name lookup expects."""
+    if where == "model" and not _has_non_utf8(message):
+        return []  # the common case, without building a path for every message
     found: list[str] = []
     for field, value in message.ListFields():
         values = value if _is_repeated(field) else [value]
@@ -147,7 +248,10 @@ def load_external_data(proto: onnx.ModelProto, base_dir: Path, where: str) -> li
     sizes: dict[Path, int] = {}
     used: list[str] = []
     try:
-        for t in iter_tensors(proto):
+        # Every place a tensor can live (sparse-tensor attributes, subgraphs, functions):
+        # none may keep an external reference that a runtime would resolve against the
+        # current folder.
+        for t in iter_all_tensors(proto):
             if t.data_location != onnx.TensorProto.EXTERNAL:
                 continue
             fields = _external_fields(t)
@@ -156,14 +260,21 @@ def load_external_data(proto: onnx.ModelProto, base_dir: Path, where: str) -> li
             if location not in used:
                 used.append(location)
             if target not in handles:
-                if not target.is_file():
+                if not target.exists() or target.is_dir():
                     problems.append(
                         f"tensor `{t.name}`: external data file `{location}` is missing (looked in {base_dir})"
+                        + (": that name is a folder" if target.is_dir() else "")
                     )
                     handles[target] = None
                     continue
-                handles[target] = open(target, "rb")  # noqa: SIM115 - closed below
-                sizes[target] = target.stat().st_size
+                try:
+                    handles[target], sizes[target] = open_regular_file(
+                        target, "an external data file", ModelLoadError
+                    )
+                except ModelLoadError as e:
+                    problems.append(f"tensor `{t.name}`: {e.message}")
+                    handles[target] = None
+                    continue
             fh = handles[target]
             if fh is None:
                 continue

@@ -337,7 +337,29 @@ def _frames_from_chain(module: str, levels: list[str], known: set[str]):
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _scopes(model) -> list[_NodeScope]:
+@dataclass(frozen=True)
+class _Index:
+    """A scanned model: its node scopes, and where to find a node or tensor among them
+    (so that asking for every node's origin stays linear in the model's size)."""
+
+    scopes: list[_NodeScope]
+    by_node: dict[str, _NodeScope]
+    by_tensor: dict[str, _NodeScope]
+
+
+def _build_index(proto: onnx.ModelProto) -> _Index:
+    scanned = _scan(proto)
+    by_node: dict[str, _NodeScope] = {}
+    by_tensor: dict[str, _NodeScope] = {}
+    for s in scanned:
+        # setdefault: the first node wins, as a search in node order would find it.
+        by_node.setdefault(s.node.name, s)
+        for t in s.node.output:
+            by_tensor.setdefault(t, s)
+    return _Index(scanned, by_node, by_tensor)
+
+
+def _index(model) -> _Index:
     proto = _proto(model)
     key = model if hasattr(model, "proto") else None
     if key is not None:
@@ -345,10 +367,14 @@ def _scopes(model) -> list[_NodeScope]:
         # The node count guards against a proto edited in place since it was scanned.
         if cached is not None and cached[0] is proto and cached[1] == len(proto.graph.node):
             return cached[2]
-    scanned = _scan(proto)
+    index = _build_index(proto)
     if key is not None:
-        _CACHE[key] = (proto, len(proto.graph.node), scanned)
-    return scanned
+        _CACHE[key] = (proto, len(proto.graph.node), index)
+    return index
+
+
+def _scopes(model) -> list[_NodeScope]:
+    return _index(model).scopes
 
 
 def origins(model) -> dict[str, Origin]:
@@ -371,21 +397,19 @@ def node_origin(model, node_name: str) -> Origin | None:
     Raises:
         NameNotFoundError: No node has that name.
     """
-    scanned = _scopes(model)
-    for s in scanned:
-        if s.node.name == node_name:
-            return s.origin
+    index = _index(model)
+    found = index.by_node.get(node_name)
+    if found is not None:
+        return found.origin
     where = getattr(model, "name", None) or "the model"
-    raise unknown_name("node", node_name, [s.node.name for s in scanned if s.node.name], where)
+    raise unknown_name("node", node_name, [n for n in index.by_node if n], where)
 
 
 def tensor_origin(model, tensor_name: str) -> Origin | None:
     """The origin of the node that produces ``tensor_name`` (None for graph inputs,
     initializers and nodes without exporter traces)."""
-    for s in _scopes(model):
-        if tensor_name in s.node.output:
-            return s.origin
-    return None
+    found = _index(model).by_tensor.get(tensor_name)
+    return found.origin if found is not None else None
 
 
 class ActivationMatch(dict):

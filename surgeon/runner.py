@@ -107,6 +107,38 @@ def custom_domains(model: Model) -> list[str]:
     return found
 
 
+def _inline_external_data(model: Model) -> Model:
+    """``model``, or a copy of it whose external data is read into memory.
+
+    onnxruntime, handed a model as bytes, resolves external data locations against the
+    process's current folder: a crafted location (in any tensor: a sparse-tensor
+    attribute, a subgraph, a function) would then read a file of the user's into the
+    run. :func:`surgeon.load` already reads every external tensor from inside the model's
+    own folder; a Model built in memory with references left in it is read the same way
+    here (from its own folder, with the same checks), or refused when it has no folder.
+    """
+    from surgeon.errors import ModelLoadError
+    from surgeon.model import iter_all_tensors
+
+    external = [
+        t for t in iter_all_tensors(model.proto) if t.data_location == onnx.TensorProto.EXTERNAL
+    ]
+    if not external:
+        return model
+    if model.path is None:
+        raise ModelLoadError(
+            f"{model.name}: tensor `{external[0].name}` keeps its values in an external data file, "
+            "but the model was not loaded from a file, so there is no folder to read it from",
+            hint="Load the model with surgeon.load(path), which reads its external data from the model's folder.",
+        )
+    from surgeon.loading import load_external_data
+
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    files = load_external_data(proto, model.path.parent, str(model.path))
+    return Model(proto, model.path, files)
+
+
 class Session:
     """An onnxruntime session over a Model, optionally exposing intermediate tensors."""
 
@@ -125,6 +157,7 @@ class Session:
         self.output_names = list(model.output_names) + extra
         ort = _ort()
         so = _session_options(self.options)
+        model = _inline_external_data(model)
         graph_outputs = model.proto.graph.output
         # Untyped extra outputs are fine: onnxruntime infers their type. They are added
         # to the shared proto only for serialisation and removed right after.

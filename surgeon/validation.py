@@ -21,7 +21,7 @@ def check_structure(proto: onnx.ModelProto) -> list[str]:
             problems.append(
                 f"default-domain opset {o.version} is outside what onnx {onnx.__version__} knows (1..{max_opset})"
             )
-    _check_graph(proto.graph, set(), "main graph", problems)
+    _check_graph(proto.graph, (), "main graph", problems)
     return problems
 
 
@@ -55,7 +55,16 @@ def _raw_data_size_problem(t: onnx.TensorProto) -> str | None:
     )
 
 
-def _check_graph(graph: onnx.GraphProto, outer: set[str], where: str, problems: list[str]) -> None:
+def _check_graph(
+    graph: onnx.GraphProto, outer: tuple[set[str], ...], where: str, problems: list[str]
+) -> None:
+    """Append the problems of ``graph`` to ``problems``.
+
+    ``outer`` holds the names each enclosing graph defines, innermost last. It is a chain
+    of the enclosing scopes' own sets rather than one merged copy: copying the outer names
+    into every subgraph made a model with many If/Loop nodes quadratic to check. Every
+    step here is linear in the graph's size (a name lookup costs the nesting depth).
+    """
     defined: dict[str, str] = {}
     for v in graph.input:
         if defined.get(v.name) == "graph input":
@@ -97,27 +106,38 @@ def _check_graph(graph: onnx.GraphProto, outer: set[str], where: str, problems: 
             elif o in defined:
                 problems.append(f"{where}: {label} writes `{o}`, which is already a {defined[o]}")
             producers[o] = label
-    known = set(defined) | set(producers) | outer
+    here = set(defined)
+    here.update(producers)
+    scopes = (*outer, here)
+
+    if outer:
+
+        def known(name: str) -> bool:
+            return any(name in scope for scope in scopes)
+
+    else:  # the main graph: one set, no chain to walk
+        known = here.__contains__
+
     for i, n in enumerate(graph.node):
         label = f"node `{n.name}` ({n.op_type})" if n.name else f"node #{i} ({n.op_type})"
         for name in n.input:
-            if name and name not in known:
+            if name and not known(name):
                 problems.append(
                     f"{where}: {label} reads `{name}`, which no node, input or initializer defines"
                 )
         for attr in n.attribute:
-            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-            for sub in subs:
-                _check_graph(sub, known, f"{where} > {label}.{attr.name}", problems)
+            for sub in _subgraphs(attr):
+                _check_graph(sub, scopes, f"{where} > {label}.{attr.name}", problems)
     for o in graph.output:
-        if o.name not in known:
+        if not known(o.name):
             problems.append(f"{where}: output `{o.name}` has no producer")
     # Cycles: Kahn's algorithm over main-graph nodes; leftovers sit on a cycle.
     indeg = []
     consumers: dict[str, list[int]] = {}
     for i, n in enumerate(graph.node):
         deps = {x for x in n.input if x in producers}
-        deps |= _subgraph_reads(n) & set(producers)
+        if any(_subgraphs(attr) for attr in n.attribute):
+            deps.update(x for x in _subgraph_reads(n) if x in producers)
         indeg.append(len(deps))
         for d in deps:
             consumers.setdefault(d, []).append(i)
@@ -142,11 +162,18 @@ def _check_graph(graph: onnx.GraphProto, outer: set[str], where: str, problems: 
         )
 
 
+def _subgraphs(attr: onnx.AttributeProto) -> list[onnx.GraphProto]:
+    if attr.type == onnx.AttributeProto.GRAPH:
+        return [attr.g]
+    if attr.type == onnx.AttributeProto.GRAPHS:
+        return list(attr.graphs)
+    return []
+
+
 def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
     reads: set[str] = set()
     for attr in node.attribute:
-        subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-        for sub in subs:
+        for sub in _subgraphs(attr):
             for g in iter_graphs(sub):
                 for n in g.node:
                     reads.update(x for x in n.input if x)

@@ -24,6 +24,12 @@ def add_feed_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: batch 1, other dynamic dims 64)",
     )
     group.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    group.add_argument(
+        "--max-feed-size",
+        metavar="SIZE",
+        default="4G",
+        help="refuse inputs that would take more than SIZE together, e.g. 16G (default 4G)",
+    )
 
 
 def add_tolerance_arguments(
@@ -77,10 +83,16 @@ def add_output_arguments(parser: argparse.ArgumentParser, required: bool = False
 
 
 def feed_options(args):
-    from surgeon.feeds import FeedOptions, parse_shape_args
+    from surgeon.feeds import FeedOptions, parse_shape_args, parse_size
 
     shapes, dims = parse_shape_args(args.shape or [])
-    return FeedOptions(seed=args.seed, shapes=shapes, dims=dims, npz=args.inputs)
+    return FeedOptions(
+        seed=args.seed,
+        shapes=shapes,
+        dims=dims,
+        npz=args.inputs,
+        max_feed_bytes=parse_size(args.max_feed_size),
+    )
 
 
 def tolerance(args):
