@@ -163,30 +163,34 @@ class Session:
         # to the shared proto only for serialisation and removed right after.
         for n in extra:
             graph_outputs.add(name=n)
-        tmpdir = None
-        try:
-            if model.weight_bytes() > FILE_THRESHOLD:
-                tmpdir = tempfile.TemporaryDirectory(prefix="surgeon-run-")
-                path = Path(tmpdir.name) / "model.onnx"
-                save(Model(model.proto), path, external_data=True)
-                source = str(path)
-            else:
-                source = model.proto.SerializeToString()
-        finally:
-            if extra:
-                del graph_outputs[len(graph_outputs) - len(extra) :]
-        try:
-            # onnxruntime prints "EP Error ... Falling back" to stdout on some failures
-            # (then retries on the same CPU provider): keep stdout for our output (--json).
-            # The redirect is process-wide, so session creations take turns (a run in
-            # another thread may overlap; it prints nothing).
-            with _CREATE_LOCK, contextlib.redirect_stdout(io.StringIO()):
-                self._session = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
-        except Exception as e:
-            raise self._failure("load", e) from None
-        finally:
-            if tmpdir is not None:
-                tmpdir.cleanup()
+        # The scratch folder is a context manager around both the save and the session
+        # creation, so a signal (raised as an exception by the CLI) removes it at once.
+        with contextlib.ExitStack() as scratch:
+            try:
+                if model.weight_bytes() > FILE_THRESHOLD:
+                    folder = scratch.enter_context(
+                        tempfile.TemporaryDirectory(prefix="surgeon-run-")
+                    )
+                    path = Path(folder) / "model.onnx"
+                    # durable=False: a scratch copy deleted right after needs no fsync
+                    save(Model(model.proto), path, external_data=True, durable=False)
+                    source = str(path)
+                else:
+                    source = model.proto.SerializeToString()
+            finally:
+                if extra:
+                    del graph_outputs[len(graph_outputs) - len(extra) :]
+            try:
+                # onnxruntime prints "EP Error ... Falling back" to stdout on some failures
+                # (then retries on the same CPU provider): keep stdout for our output
+                # (--json). The redirect is process-wide, so session creations take turns
+                # (a run in another thread may overlap; it prints nothing).
+                with _CREATE_LOCK, contextlib.redirect_stdout(io.StringIO()):
+                    self._session = ort.InferenceSession(
+                        source, so, providers=["CPUExecutionProvider"]
+                    )
+            except Exception as e:
+                raise self._failure("load", e) from None
         self.input_names = [i.name for i in self._session.get_inputs()]
         self._raw_outputs = {
             o.name for o in self._session.get_outputs() if _ort_type_name(o.type) in _RAW_TYPES

@@ -346,7 +346,12 @@ def test_wellformed_provenance_is_still_listed(tmp_path, cli):
 
 def test_a_reference_npz_is_bounded_by_the_same_limit(tmp_path, cli):
     onnx.save(_relu([1, 3]), str(tmp_path / "m.onnx"))
-    np.savez(tmp_path / "acts.npz", images=np.zeros((1, 3), np.float32), big=np.zeros(2**19))
+    np.savez(
+        tmp_path / "acts.npz",
+        images=np.zeros((1, 3), np.float32),
+        y=np.zeros((1, 3), np.float32),  # one tensor pairs: a reference pairing none is exit 2
+        big=np.zeros(2**19),
+    )
     res = cli("debug", tmp_path / "m.onnx", "--ref", tmp_path / "acts.npz", "--max-feed-size", "1M")
     assert res.status == 2 and "more than the limit of 1 MiB" in _flat(res.stderr)
     assert "`big`: [524288] float64 = 4 MiB" in _flat(res.stderr)
