@@ -221,6 +221,11 @@ class StatsOutputs:
 _NATIVE = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.INT64)
 
 
+# Fetched whole rather than measured in the graph: no numbers (strings), no known type
+# (sequences, maps, untyped), or no exact float64 form and no ReduceMin kernel (uint64).
+_FETCHED = (TensorProto.STRING, TensorProto.UNDEFINED, TensorProto.UINT64)
+
+
 @dataclass(frozen=True)
 class _Constants:
     prefix: str
@@ -379,12 +384,12 @@ def build_stats_model(
                 continue
             elem = types[t].tensor_type.elem_type if t in types else TensorProto.UNDEFINED
             if (
-                elem in (TensorProto.STRING, TensorProto.UNDEFINED)
+                elem in _FETCHED
                 or model.opset < 11
                 or not _onnxruntime_builds(elem, model.opset, model.proto.ir_version, counts)
             ):
-                # Strings, sequences, maps, untyped tensors and dtypes without kernels:
-                # the value itself (the runner exposes it; types are inferred).
+                # Strings, sequences, maps, untyped tensors, uint64 and dtypes without
+                # kernels: the value itself (the runner exposes it; types are inferred).
                 outputs[t] = StatsOutputs(value=t)
                 continue
             new, outs, infos = _stats_nodes(
