@@ -14,8 +14,10 @@ values converted to float64 (exact for every ONNX type except 64-bit integers be
   every element, in float64 and centered (``std`` is the root of the mean squared
   deviation from the mean, never ``E[x^2] - mean^2``). Non-finite elements are spelled out:
   a NaN makes both NaN; otherwise an Inf makes ``std`` NaN and ``mean`` that Inf, or NaN
-  when both +Inf and -Inf are present. Finite values whose squares overflow float64 give
-  ``std`` = Inf, as numpy does.
+  when both +Inf and -Inf are present (the exact arithmetic's answer; numpy's own sum can
+  turn NaN when finite values overflow first). Finite values whose squares overflow
+  float64 give ``std`` = Inf, as numpy does; finite values whose sum overflows give Inf or
+  NaN depending on the order of the additions, which neither mode promises.
 * An empty tensor has ``size`` 0 and none of the numbers above (they are None).
 * Strings, sequences, maps and empty optionals have a kind and a size but no numbers.
 
@@ -42,6 +44,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from surgeon.errors import SurgeonError
 from surgeon.model import Model, dtype_name
 
 FLOAT16_MAX = 65504.0
@@ -215,9 +218,8 @@ class StatsOutputs:
         )
 
 
-# Element types whose extremes and zero count are taken on the tensor itself: float32 (the
-# common case; half the bytes of its float64 copy), float64 (that copy), and 64-bit
-# integers, which float64 cannot hold exactly. Others are measured on the float64 copy.
+# Element types whose extremes and zero count are taken on the tensor itself, not on its
+# float64 copy (float64 is that copy).
 _NATIVE = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.INT64)
 
 
@@ -278,20 +280,20 @@ def _stats_nodes(
     d = x if elem == TensorProto.DOUBLE else add("Cast", [x], f"{p}/double", to=TensorProto.DOUBLE)
     shape = add("Shape", [d], f"{p}/shape")
     infos.append(helper.make_tensor_value_info(shape, TensorProto.INT64, [None]))
-    native = elem in _NATIVE and not counts
-    work, work_elem = (x, elem) if native else (d, TensorProto.DOUBLE)
+    # Extremes and zeros on the tensor itself where that is exact and cheaper: int64
+    # (float64 rounds beyond 2**53) and float32 (half the bytes of the copy).
+    native = x if elem in _NATIVE else d
+    native_elem = elem if elem in _NATIVE else TensorProto.DOUBLE
+    low = high = native
+    extreme_elem = native_elem
     if counts:
-        # min/max ignore NaN: a NaN is replaced by the neutral element of each reduction.
         nan_mask = add("IsNaN", [d], f"{p}/nan_mask")
-        low = add("Where", [nan_mask, c.pos_inf, d], f"{p}/nan_as_pos_inf")
-        high = add("Where", [nan_mask, c.neg_inf, d], f"{p}/nan_as_neg_inf")
-    else:
-        # Without counts a NaN shows as a NaN mean; that tensor is measured again.
-        low = high = work
-    extreme_elem = work_elem if elem in _NATIVE else TensorProto.DOUBLE
-    if counts and elem == TensorProto.INT64:  # no NaN in integers: exact extremes
-        low = high = x
-        extreme_elem = elem
+        if elem != TensorProto.INT64:  # integers hold no NaN
+            # min/max ignore NaN: a NaN becomes the neutral element of each reduction.
+            low = add("Where", [nan_mask, c.pos_inf, d], f"{p}/nan_as_pos_inf")
+            high = add("Where", [nan_mask, c.neg_inf, d], f"{p}/nan_as_neg_inf")
+            extreme_elem = TensorProto.DOUBLE
+    # Without counts, a NaN shows as a NaN mean and that tensor is measured again.
     numbers = [
         reduce("ReduceMin", low, f"{p}/min", extreme_elem),
         reduce("ReduceMax", high, f"{p}/max", extreme_elem),
@@ -304,13 +306,13 @@ def _stats_nodes(
         mean,
         reduce("ReduceSumSquare", centered, f"{p}/squared_deviations", TensorProto.DOUBLE),
     ]
-    masks = [("zero", add("Equal", [work, c.zero(work_elem)], f"{p}/zero_mask"))]
+    masks = [("zero", add("Equal", [native, c.zero(native_elem)], f"{p}/zero_mask"))]
     if counts:
         masks += [("nan", nan_mask), ("inf", add("IsInf", [d], f"{p}/inf_mask"))]
     # Counts: mask -> Cast -> ReduceSum (measured 2.3x faster than ReduceL1(Sign(x)) on
     # onnxruntime's CPU). float32 sums are exact below 2**24 and twice as fast as float64,
     # which is exact below 2**53; int64 is 8x slower (no vectorised kernel).
-    count_elem = TensorProto.FLOAT if small else TensorProto.DOUBLE
+    count_elem = TensorProto.FLOAT if small and not counts else TensorProto.DOUBLE
     for label, mask in masks:
         as_number = add("Cast", [mask], f"{p}/{label}_as_number", to=count_elem)
         numbers.append(reduce("ReduceSum", as_number, f"{p}/{label}_count", count_elem))
@@ -330,7 +332,6 @@ def _onnxruntime_builds(elem: int, opset: int, ir_version: int, counts: bool) ->
     """Whether onnxruntime has kernels for the statistics nodes of an ``elem`` tensor at
     this opset (one session on a tiny model, cached). Kernels are registered per opset
     and dtype, so a type a model computes with may still lack a Cast or Reduce here."""
-    from surgeon.errors import SurgeonError
     from surgeon.runner import RunOptions, Session
 
     c = _Constants("const")
@@ -452,8 +453,14 @@ def stats_from_outputs(
     """
     if outputs.value is not None:
         return stats_from_array(name, node, op, index, values[outputs.value])
-    numbers = [np.asarray(values[n]).item() for n in outputs.numbers]
-    return _stats_from_numbers(name, node, op, index, numbers, values[outputs.shape], dtype)
+    arrays = [np.asarray(values[n]) for n in outputs.numbers]
+    s = _stats_from_numbers(
+        name, node, op, index, [a.item() for a in arrays], values[outputs.shape], dtype
+    )
+    if arrays[-1].dtype == np.float32 and s.size >= 2**24:
+        # Counted in float32 on a declared shape smaller than the real one: not exact.
+        s.flags = [NEEDS_COUNTS]
+    return s
 
 
 def recount_stats(
@@ -476,7 +483,13 @@ def recount_stats(
         progress(f"counting NaN/Inf in {len(recount)} tensors")
     count_model, count_outs = build_stats_model(model, list(recount), types, counts=True)
     names = list(dict.fromkeys(x for outs in count_outs.values() for x in outs))
-    again = run(count_model, feeds, outputs=names, options=options)
+    try:
+        again = run(count_model, feeds, outputs=names, options=options)
+    except SurgeonError:
+        # The model itself just ran on these feeds, so the failure is in the nodes surgeon
+        # inserted: never blame the model for them; fetch the tensors and use numpy.
+        count_outs = {t: StatsOutputs(value=t) for t in recount}
+        again = run(model, feeds, outputs=list(recount), options=options)
     stats = list(stats)
     for t, i in recount.items():
         old = stats[i]
