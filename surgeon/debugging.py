@@ -40,9 +40,10 @@ from surgeon.runner import RunOptions, run
 from surgeon.statistics import (
     SEVERE,
     TensorStats,
-    _stats_from_numbers,
     build_stats_model,
+    recount_stats,
     stats_from_array,
+    stats_from_outputs,
 )
 from surgeon.verification import verify
 
@@ -652,30 +653,9 @@ def debug(
     else:
         for t in taps:
             node, op, _ = info.get(t, ("?", "?", []))
-            if t in outs:
-                stats_name, shape_name = outs[t]
-                dtype = dtype_name(types[t].tensor_type.elem_type) if t in types else None
-                stats.append(
-                    _stats_from_numbers(
-                        t, node, op, order[t], collected[stats_name], collected[shape_name], dtype
-                    )
-                )
-            else:  # strings or untyped: listed without numbers
-                stats.append(TensorStats(t, node, op, order[t], None, None))
-        recount = {s.name: i for i, s in enumerate(stats) if s.flags == ["needs-counts"]}
-        if recount:
-            # Exact NaN/Inf/zero counts for the few tensors that need them, still without
-            # keeping activations alive.
-            count_model, count_outs = build_stats_model(model, list(recount), types, counts=True)
-            names = [x for pair in count_outs.values() for x in pair]
-            say(f"counting NaN/Inf in {len(recount)} tensors")
-            again = run(count_model, feeds, outputs=names, options=stats_opts)
-            for t, i in recount.items():
-                old = stats[i]
-                stats_name, shape_name = count_outs[t]
-                stats[i] = _stats_from_numbers(
-                    t, old.node, old.op, old.index, again[stats_name], again[shape_name], old.dtype
-                )
+            dtype = dtype_name(types[t].tensor_type.elem_type) if t in types else None
+            stats.append(stats_from_outputs(t, node, op, order[t], outs[t], collected, dtype))
+        stats = recount_stats(model, stats, types, feeds, stats_opts, say)
     for s in stats:
         if s.flags:
             s.origin = origin(s.node)
@@ -727,13 +707,14 @@ def _declared_vs_real(model: Model, feeds, stats: list[TensorStats], values) -> 
             seen[name] = value
     for s in stats:
         if s.name not in seen and s.shape is not None and s.dtype not in (None, "str"):
-            try:
-                dtype = np.dtype(s.dtype)
+            try:  # as_strided too: it rejects ml_dtypes' float8_e5m2 ("'<f1' not understood")
+                seen[s.name] = np.lib.stride_tricks.as_strided(
+                    np.zeros(1, np.dtype(s.dtype)),
+                    shape=tuple(s.shape),
+                    strides=(0,) * len(s.shape),
+                )
             except TypeError:
                 continue
-            seen[s.name] = np.lib.stride_tricks.as_strided(
-                np.zeros(1, dtype), shape=tuple(s.shape), strides=(0,) * len(s.shape)
-            )
     try:
         return declared_vs_actual(model, seen)
     except Exception:  # a best-effort diagnostic must never fail the debug run

@@ -1,31 +1,69 @@
 """Statistics of tapped tensors: with numpy over values, or with reduction nodes placed in
 the graph right after each tensor's producer (so activations are freed as in a plain run).
+
+Both ways give the same numbers. For a tensor ``x`` of ``size`` elements, with ``v`` its
+values converted to float64 (exact for every ONNX type except 64-bit integers beyond 2**53):
+
+* ``nan``, ``inf``: how many elements are NaN, and +Inf or -Inf.
+* ``zeros``: the fraction of elements equal to zero (``-0.0`` included, NaN excluded).
+* ``min``, ``max``: the smallest and largest element that is not NaN (``numpy.nanmin`` /
+  ``nanmax``), so an Inf shows here. Integer and bool tensors give Python ints, exact at any
+  magnitude (``int64`` near 2**60 included); float tensors give floats, exact too (every
+  float type converts to float64 without rounding). NaN when every element is NaN.
+* ``mean``, ``std``: ``numpy.mean(v)`` and ``numpy.std(v)`` (population, ``ddof=0``) over
+  every element, in float64 and centered (``std`` is the root of the mean squared
+  deviation from the mean, never ``E[x^2] - mean^2``). Non-finite elements are spelled out:
+  a NaN makes both NaN; otherwise an Inf makes ``std`` NaN and ``mean`` that Inf, or NaN
+  when both +Inf and -Inf are present (the exact arithmetic's answer; numpy's own sum can
+  turn NaN when finite values overflow first). Finite values whose squares overflow
+  float64 give ``std`` = Inf, as numpy does; finite values whose sum overflows give Inf or
+  NaN depending on the order of the additions, which neither mode promises.
+* An empty tensor has ``size`` 0 and none of the numbers above (they are None).
+* Strings, sequences, maps and empty optionals have a kind and a size but no numbers.
+
+Values mode (:func:`stats_from_array`) computes these with numpy on the fetched values.
+Statistics mode (:func:`build_stats_model`) computes them in the graph, in float64 (and the
+extremes of 64-bit integers in their own dtype), so only a few numbers per tensor leave
+onnxruntime; the rare tensor holding NaN/Inf is measured again with exact counts
+(:func:`recount_stats`). The two agree up to float64 rounding of the sums (numpy sums
+pairwise, onnxruntime in its own order); counts, min and max are identical.
+
+A tensor whose statistics nodes onnxruntime cannot build at the model's opset (an exotic
+dtype, a 64-bit unsigned integer, an untyped tensor) is fetched whole instead and measured
+with numpy: every tensor onnxruntime can compute can be tapped.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from surgeon.model import Model
+from surgeon.errors import SurgeonError
+from surgeon.model import Model, dtype_name
 
 FLOAT16_MAX = 65504.0
 STATS_PREFIX = "surgeon_stats"
-# Order of the numbers each statistics output carries.
-STAT_FIELDS = ("min", "max", "sum", "sumsq", "zeros")
-COUNT_FIELDS = ("min", "max", "sum", "sumsq", "nan", "inf", "zeros")
+# The scalars each tapped tensor's statistics nodes output, in this order; with
+# counts=True the NaN and Inf counts follow.
+STAT_FIELDS = ("min", "max", "mean", "squared_deviations", "zeros")
+COUNT_FIELDS = (*STAT_FIELDS, "nan", "inf")
 SEVERE = ("nan", "inf")
+NEEDS_COUNTS = "needs-counts"
+INTEGER_DTYPES = frozenset(
+    {"bool", "int2", "uint2", "int4", "uint4"}
+    | {f"{s}int{b}" for s in ("", "u") for b in (8, 16, 32, 64)}
+)
 
 
 @dataclass
 class TensorStats:
-    """Statistics of one tapped tensor (min/max ignore NaN; mean/std include everything,
-    so a NaN or Inf shows there too)."""
+    """Statistics of one tapped tensor (definitions in the module docstring)."""
 
     name: str
     node: str
@@ -34,8 +72,8 @@ class TensorStats:
     shape: list[int] | None
     dtype: str | None
     size: int = 0
-    min: float | None = None
-    max: float | None = None
+    min: float | int | None = None
+    max: float | int | None = None
     mean: float | None = None
     std: float | None = None
     nan: int = 0
@@ -47,6 +85,9 @@ class TensorStats:
     def to_dict(self) -> dict:
         from surgeon.compare import json_number
 
+        def number(x):  # integer extremes stay exact in JSON
+            return x if isinstance(x, int) else json_number(x)
+
         return {
             "name": self.name,
             "node": self.node,
@@ -55,8 +96,8 @@ class TensorStats:
             "shape": self.shape,
             "dtype": self.dtype,
             "size": self.size,
-            "min": json_number(self.min),
-            "max": json_number(self.max),
+            "min": number(self.min),
+            "max": number(self.max),
             "mean": json_number(self.mean),
             "std": json_number(self.std),
             "nan": self.nan,
@@ -67,8 +108,40 @@ class TensorStats:
         }
 
 
-def stats_from_array(name: str, node: str, op: str, index: int, value: np.ndarray) -> TensorStats:
-    """Statistics of one tensor computed with numpy (float64 accumulation)."""
+# ------------------------------------------------------------------ the definition
+def _moments(
+    s: TensorStats, mn: float, mx: float, mean: float, squared_deviations: float
+) -> TensorStats:
+    """Fill min/max/mean/std of ``s`` (whose size, dtype and counts are set) per the
+    module's definition, from the raw extremes, float64 mean and sum of squared
+    deviations however they were computed."""
+    if s.dtype in INTEGER_DTYPES:
+        s.min, s.max = int(mn), int(mx)
+    elif s.nan == s.size:
+        s.min = s.max = math.nan
+    else:
+        s.min, s.max = float(mn), float(mx)
+    if s.nan:
+        s.mean = s.std = math.nan
+    elif s.inf:
+        # Written out rather than left to the arithmetic: inf - inf inside a sum depends on
+        # the order the sum is taken in, and the two modes sum in different orders.
+        s.mean = (
+            math.nan
+            if (s.min == -math.inf and s.max == math.inf)
+            else float(s.max if s.max == math.inf else s.min)
+        )
+        s.std = math.nan
+    else:
+        s.mean = float(mean)
+        with np.errstate(over="ignore"):
+            s.std = math.sqrt(squared_deviations / s.size)
+    return s
+
+
+def stats_from_array(name: str, node: str, op: str, index: int, value) -> TensorStats:
+    """Statistics of one fetched value computed with numpy in float64 (the reference
+    definition, see the module docstring)."""
     if value is None or isinstance(value, (list, tuple, dict)):
         # A sequence, map or empty optional: no single shape, no statistics.
         kind = (
@@ -79,64 +152,30 @@ def stats_from_array(name: str, node: str, op: str, index: int, value: np.ndarra
             else "map"
         )
         return TensorStats(name, node, op, index, None, kind, size=len(value or ()))
-    s = TensorStats(
-        name, node, op, index, list(value.shape), value.dtype.name, size=int(value.size)
-    )
-    if value.dtype.kind in "OUS" or value.size == 0:
+    value = np.asarray(value)
+    dtype = "str" if value.dtype.kind in "OUS" else value.dtype.name
+    s = TensorStats(name, node, op, index, list(value.shape), dtype, size=int(value.size))
+    if dtype == "str" or value.size == 0:
         return _flag(s)
-    x = value.astype(np.float64)
-    nan = np.isnan(x)
-    s.nan = int(nan.sum())
-    s.inf = int(np.isinf(x).sum())
-    s.zeros = float((x == 0).sum()) / x.size
-    if s.nan < x.size:
-        s.min = float(np.nanmin(x))
-        s.max = float(np.nanmax(x))
-    else:
-        s.min = s.max = math.nan
     with np.errstate(invalid="ignore", over="ignore"):
-        s.mean = float(x.mean())
-        s.std = float(x.std())
-    return _flag(s)
-
-
-def _stats_from_numbers(
-    name: str, node: str, op: str, index: int, numbers: np.ndarray, shape, dtype
-) -> TensorStats:
-    size = int(np.prod(shape)) if shape is not None else 0
-    s = TensorStats(
-        name,
-        node,
-        op,
-        index,
-        [int(d) for d in shape] if shape is not None else None,
-        dtype,
-        size=size,
-    )
-    if size == 0:
-        return _flag(s)
-    values = [float(v) for v in numbers]
-    if len(values) == len(COUNT_FIELDS):
-        mn, mx, total, sumsq, nan, inf, zeros = values
-        s.nan, s.inf = int(round(nan)), int(round(inf))
-    else:
-        mn, mx, total, sumsq, zeros = values
-        if not all(math.isfinite(v) for v in values):
-            s.flags = ["needs-counts"]  # NaN/Inf (or overflow): measured again with counts
-            return s
-    s.zeros = zeros / size
-    if s.nan == size:
-        s.min = s.max = math.nan
-    else:
-        s.min, s.max = mn, mx
-    s.mean = total / size
-    with np.errstate(invalid="ignore"):
-        var = sumsq / size - s.mean * s.mean
-    s.std = math.sqrt(var) if var > 0 else (0.0 if var == var else math.nan)
-    if s.nan or s.inf:
-        s.mean = math.nan if s.nan or (mn == -math.inf and mx == math.inf) else s.mean
-        s.std = math.nan
-    return _flag(s)
+        v = value.astype(np.float64)
+        nan = np.isnan(v)
+        s.nan = int(nan.sum())
+        s.inf = int(np.isinf(v).sum())
+        s.zeros = float(np.count_nonzero(v == 0)) / v.size
+        if dtype in INTEGER_DTYPES:
+            # In the integer's own dtype (int4/uint4 widened exactly): float64 rounds
+            # 64-bit integers beyond 2**53.
+            native = value if value.dtype.kind in "iub" else value.astype(np.int64)
+            mn, mx = native.min(), native.max()
+        elif s.nan < v.size:
+            mn, mx = np.nanmin(v), np.nanmax(v)
+        else:
+            mn = mx = math.nan
+        finite = not (s.nan or s.inf)
+        mean = float(v.mean()) if finite else math.nan
+        squared = float(np.square(v - mean).sum()) if finite else math.nan
+    return _flag(_moments(s, mn, mx, mean, squared))
 
 
 def _flag(s: TensorStats) -> TensorStats:
@@ -158,13 +197,173 @@ def _flag(s: TensorStats) -> TensorStats:
     return s
 
 
+# ------------------------------------------------------------------ in the graph
+@dataclass(frozen=True)
+class StatsOutputs:
+    """The graph outputs that carry one tapped tensor's statistics: either ``numbers``
+    (scalars, one per field of STAT_FIELDS or COUNT_FIELDS) and ``shape``, or ``value``,
+    the tensor itself, measured with numpy. Iterating gives the output names."""
+
+    numbers: tuple[str, ...] = ()
+    shape: str | None = None
+    value: str | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(
+            [
+                *self.numbers,
+                *([self.shape] if self.shape else ()),
+                *([self.value] if self.value else ()),
+            ]
+        )
+
+
+# Element types whose extremes and zero count are taken on the tensor itself, not on its
+# float64 copy (float64 is that copy).
+_NATIVE = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.INT64)
+
+
+# Fetched whole rather than measured in the graph: no numbers (strings), no known type
+# (sequences, maps, untyped), or no exact float64 form and no ReduceMin kernel (uint64).
+_FETCHED = (TensorProto.STRING, TensorProto.UNDEFINED, TensorProto.UINT64)
+
+
+@dataclass(frozen=True)
+class _Constants:
+    prefix: str
+
+    def zero(self, elem: int) -> str:
+        return f"{self.prefix}/zero_{elem}"
+
+    @property
+    def pos_inf(self) -> str:
+        return f"{self.prefix}/pos_inf"
+
+    @property
+    def neg_inf(self) -> str:
+        return f"{self.prefix}/neg_inf"
+
+    def initializers(self) -> list[onnx.TensorProto]:
+        zeros = [(e, np.zeros((), helper.tensor_dtype_to_np_dtype(e))) for e in _NATIVE]
+        return [onnx.numpy_helper.from_array(z, self.zero(e)) for e, z in zeros] + [
+            onnx.numpy_helper.from_array(np.array(math.inf), self.pos_inf),
+            onnx.numpy_helper.from_array(np.array(-math.inf), self.neg_inf),
+        ]
+
+
+def _stats_nodes(
+    p: str, x: str, elem: int, counts: bool, c: _Constants, small: bool = False
+) -> tuple[list[onnx.NodeProto], StatsOutputs, list[onnx.ValueInfoProto]]:
+    """Nodes computing the statistics of tensor ``x`` (element type ``elem``), names under
+    ``p``; with the outputs they define and those outputs' types. ``small``: the tensor
+    is known to hold fewer than 2**24 elements (float32 counts it exactly).
+
+    Each statistic is its own scalar output (keepdims=0): no Reshape/Concat nodes, whose
+    per-node cost shows at a few thousand nodes.
+    """
+    nodes = []
+    infos = []
+
+    def add(op: str, inputs: list[str], out: str, **attrs) -> str:
+        nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
+        return out
+
+    def reduce(op: str, x: str, out: str, elem: int) -> str:
+        add(op, [x], out, keepdims=0)
+        infos.append(helper.make_tensor_value_info(out, elem, []))
+        return out
+
+    # The sums are taken on a float64 copy: exact for every type but 64-bit integers
+    # (whose extremes are taken in their own dtype), and sums of float32 values keep their
+    # low digits. Its Shape is the tensor's; taking it from the copy keeps Shape off
+    # exotic dtypes (onnxruntime has no Shape(19) kernel for float8).
+    d = x if elem == TensorProto.DOUBLE else add("Cast", [x], f"{p}/double", to=TensorProto.DOUBLE)
+    shape = add("Shape", [d], f"{p}/shape")
+    infos.append(helper.make_tensor_value_info(shape, TensorProto.INT64, [None]))
+    # Extremes and zeros on the tensor itself where that is exact and cheaper: int64
+    # (float64 rounds beyond 2**53) and float32 (half the bytes of the copy).
+    native = x if elem in _NATIVE else d
+    native_elem = elem if elem in _NATIVE else TensorProto.DOUBLE
+    low = high = native
+    extreme_elem = native_elem
+    if counts:
+        nan_mask = add("IsNaN", [d], f"{p}/nan_mask")
+        if elem != TensorProto.INT64:  # integers hold no NaN
+            # min/max ignore NaN: a NaN becomes the neutral element of each reduction.
+            low = add("Where", [nan_mask, c.pos_inf, d], f"{p}/nan_as_pos_inf")
+            high = add("Where", [nan_mask, c.neg_inf, d], f"{p}/nan_as_neg_inf")
+            extreme_elem = TensorProto.DOUBLE
+    # Without counts, a NaN shows as a NaN mean and that tensor is measured again.
+    numbers = [
+        reduce("ReduceMin", low, f"{p}/min", extreme_elem),
+        reduce("ReduceMax", high, f"{p}/max", extreme_elem),
+    ]
+    # Centered second moment (two passes): sum((x - mean)^2), stable where
+    # sum(x^2)/n - mean^2 cancels catastrophically (a constant -8.764 gave std 0.075).
+    mean = reduce("ReduceMean", d, f"{p}/mean", TensorProto.DOUBLE)
+    centered = add("Sub", [d, mean], f"{p}/centered")
+    numbers += [
+        mean,
+        reduce("ReduceSumSquare", centered, f"{p}/squared_deviations", TensorProto.DOUBLE),
+    ]
+    masks = [("zero", add("Equal", [native, c.zero(native_elem)], f"{p}/zero_mask"))]
+    if counts:
+        masks += [("nan", nan_mask), ("inf", add("IsInf", [d], f"{p}/inf_mask"))]
+    # Counts: mask -> Cast -> ReduceSum (measured 2.3x faster than ReduceL1(Sign(x)) on
+    # onnxruntime's CPU). float32 sums are exact below 2**24 and twice as fast as float64,
+    # which is exact below 2**53; int64 is 8x slower (no vectorised kernel).
+    count_elem = TensorProto.FLOAT if small and not counts else TensorProto.DOUBLE
+    for label, mask in masks:
+        as_number = add("Cast", [mask], f"{p}/{label}_as_number", to=count_elem)
+        numbers.append(reduce("ReduceSum", as_number, f"{p}/{label}_count", count_elem))
+    return nodes, StatsOutputs(numbers=tuple(numbers), shape=shape), infos
+
+
+def _static_size(t: onnx.TypeProto) -> float:
+    """The element count of a tensor type with a fully static shape, else infinity."""
+    tt = t.tensor_type
+    if not tt.HasField("shape") or not all(d.HasField("dim_value") for d in tt.shape.dim):
+        return math.inf
+    return math.prod(d.dim_value for d in tt.shape.dim)
+
+
+@functools.cache
+def _onnxruntime_builds(elem: int, opset: int, ir_version: int, counts: bool) -> bool:
+    """Whether onnxruntime has kernels for the statistics nodes of an ``elem`` tensor at
+    this opset (one session on a tiny model, cached). Kernels are registered per opset
+    and dtype, so a type a model computes with may still lack a Cast or Reduce here."""
+    from surgeon.runner import RunOptions, Session
+
+    c = _Constants("const")
+    nodes, outs, infos = _stats_nodes("probe", "x", elem, counts, c)
+    graph = helper.make_graph(
+        nodes, "probe", [helper.make_tensor_value_info("x", elem, None)], infos, c.initializers()
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    proto.ir_version = ir_version
+    try:
+        Session(Model(proto), options=RunOptions(optimization="disabled"))
+    except SurgeonError:
+        return False
+    return True
+
+
 def build_stats_model(
     model: Model, taps: list[str], types: Mapping[str, onnx.TypeProto], *, counts: bool = False
-) -> tuple[Model, dict[str, tuple[str, str]]]:
+) -> tuple[Model, dict[str, StatsOutputs]]:
     """A copy of ``model`` with, after each tapped tensor's producer, reduction nodes whose
-    only outputs are the tensor's statistics (a float vector, see STAT_FIELDS) and shape.
+    only outputs are the tensor's statistics, extremes and shape.
 
-    Returns the new model and ``tap -> (stats output, shape output)``.
+    A tensor whose statistics onnxruntime cannot compute in the graph (see the module
+    docstring) is fetched as it is instead (``StatsOutputs.value``): a slower path, never
+    an error from a node surgeon inserted.
+
+    Args:
+        counts: Also count NaN and Inf exactly, and take min/max ignoring NaN (the second
+            pass, for the few tensors whose first-pass numbers are not finite).
+
+    Returns:
+        The new model and ``tap -> StatsOutputs`` for every tap.
     """
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)
@@ -173,14 +372,10 @@ def build_stats_model(
     prefix = STATS_PREFIX
     while any(t.startswith(prefix) for t in taken):
         prefix += "_"
-    graph.initializer.append(
-        onnx.numpy_helper.from_array(np.array([-1], np.int64), f"{prefix}/flat")
-    )
-    graph.initializer.append(
-        onnx.numpy_helper.from_array(np.array(0.0, np.float32), f"{prefix}/zero")
-    )
+    c = _Constants(prefix)
+    graph.initializer.extend(c.initializers())
     wanted = set(taps)
-    outputs: dict[str, tuple[str, str]] = {}
+    outputs: dict[str, StatsOutputs] = {}
     nodes = list(graph.node)
     del graph.node[:]
     for node in nodes:
@@ -188,73 +383,116 @@ def build_stats_model(
         for t in node.output:
             if t not in wanted or t in outputs:
                 continue
-            i = len(outputs)
-            p = f"{prefix}/{i}"
             elem = types[t].tensor_type.elem_type if t in types else TensorProto.UNDEFINED
-            if elem in (TensorProto.STRING, TensorProto.UNDEFINED):
+            if (
+                elem in _FETCHED
+                or model.opset < 11
+                or not _onnxruntime_builds(elem, model.opset, model.proto.ir_version, counts)
+            ):
+                # Strings, sequences, maps, untyped tensors, uint64 and dtypes without
+                # kernels: the value itself (the runner exposes it; types are inferred).
+                outputs[t] = StatsOutputs(value=t)
                 continue
-            new = []
-            x = t
-            if elem != TensorProto.FLOAT:
-                new.append(
-                    helper.make_node(
-                        "Cast", [t], [f"{p}/float"], name=f"{p}/cast", to=TensorProto.FLOAT
-                    )
-                )
-                x = f"{p}/float"
-            new.append(
-                helper.make_node(
-                    "Reshape", [x, f"{prefix}/flat"], [f"{p}/flat"], name=f"{p}/flatten"
-                )
+            new, outs, infos = _stats_nodes(
+                f"{prefix}/{len(outputs)}", t, elem, counts, c, _static_size(types[t]) < 2**24
             )
-            f = f"{p}/flat"
-            parts = []
-            for op in ("ReduceMin", "ReduceMax", "ReduceSum", "ReduceSumSquare"):
-                out = f"{p}/{op}"
-                new.append(helper.make_node(op, [f], [out], name=out, keepdims=1))
-                parts.append(out)
-            if counts:
-                # Exact NaN / Inf / zero counts: mask, cast, sum (three passes each).
-                for label, op in (("nan", "IsNaN"), ("inf", "IsInf"), ("zero", "Equal")):
-                    mask, as_float, count = (
-                        f"{p}/{label}_mask",
-                        f"{p}/{label}_float",
-                        f"{p}/{label}_count",
-                    )
-                    inputs = [f, f"{prefix}/zero"] if op == "Equal" else [f]
-                    new.append(helper.make_node(op, inputs, [mask], name=mask))
-                    new.append(
-                        helper.make_node(
-                            "Cast", [mask], [as_float], name=as_float, to=TensorProto.FLOAT
-                        )
-                    )
-                    new.append(
-                        helper.make_node("ReduceSum", [as_float], [count], name=count, keepdims=1)
-                    )
-                    parts.append(count)
-            else:
-                # Zero count: Equal -> Cast -> ReduceSum (measured 2.3x faster than
-                # ReduceL1(Sign(x)) on onnxruntime's CPU, and exact even with NaN). NaN
-                # shows in the sum and Inf in min/max; the rare tensor with either is
-                # measured again with exact counts (counts=True) in a second run.
-                mask, as_float, count = f"{p}/zero_mask", f"{p}/zero_float", f"{p}/zero_count"
-                new.append(helper.make_node("Equal", [f, f"{prefix}/zero"], [mask], name=mask))
-                new.append(
-                    helper.make_node(
-                        "Cast", [mask], [as_float], name=as_float, to=TensorProto.FLOAT
-                    )
-                )
-                new.append(
-                    helper.make_node("ReduceSum", [as_float], [count], name=count, keepdims=1)
-                )
-                parts.append(count)
-            stats_out, shape_out = f"{p}/stats", f"{p}/shape"
-            new.append(helper.make_node("Concat", parts, [stats_out], name=stats_out, axis=0))
-            new.append(helper.make_node("Shape", [t], [shape_out], name=shape_out))
             graph.node.extend(new)
-            graph.output.append(
-                helper.make_tensor_value_info(stats_out, TensorProto.FLOAT, [len(parts)])
-            )
-            graph.output.append(helper.make_tensor_value_info(shape_out, TensorProto.INT64, [None]))
-            outputs[t] = (stats_out, shape_out)
+            graph.output.extend(infos)
+            outputs[t] = outs
+    for t in taps:  # graph inputs or names no node produces: nothing to insert after
+        outputs.setdefault(t, StatsOutputs(value=t))
     return model.with_proto(proto), outputs
+
+
+def _stats_from_numbers(
+    name: str, node: str, op: str, index: int, numbers: list, shape, dtype: str | None
+) -> TensorStats:
+    """TensorStats from the scalars of :func:`_stats_nodes` (STAT_FIELDS or COUNT_FIELDS
+    order; Python ints for 64-bit integer extremes and counts)."""
+    size = int(np.prod(shape)) if shape is not None else 0
+    s = TensorStats(
+        name,
+        node,
+        op,
+        index,
+        [int(d) for d in shape] if shape is not None else None,
+        dtype,
+        size=size,
+    )
+    if size == 0:
+        return _flag(s)
+    if len(numbers) == len(COUNT_FIELDS):
+        mn, mx, mean, squared, zeros, nan, inf = numbers
+        s.nan, s.inf = int(nan), int(inf)
+    else:
+        mn, mx, mean, squared, zeros = numbers
+        if dtype not in INTEGER_DTYPES and not all(
+            math.isfinite(v) for v in (mean, squared, mn, mx)
+        ):
+            s.flags = [NEEDS_COUNTS]  # NaN/Inf (or overflow): measured again with counts
+            return s
+    s.zeros = zeros / size
+    return _flag(_moments(s, mn, mx, mean, squared))
+
+
+def stats_from_outputs(
+    name: str,
+    node: str,
+    op: str,
+    index: int,
+    outputs: StatsOutputs,
+    values: Mapping[str, object],
+    dtype: str | None,
+) -> TensorStats:
+    """TensorStats of one tap from a run of :func:`build_stats_model`'s model.
+
+    Args:
+        outputs: The tap's entry in the mapping ``build_stats_model`` returned.
+        values: The run's outputs by name.
+        dtype: The tap's dtype name (``dtype_name`` of its element type), if known.
+    """
+    if outputs.value is not None:
+        return stats_from_array(name, node, op, index, values[outputs.value])
+    arrays = [np.asarray(values[n]) for n in outputs.numbers]
+    s = _stats_from_numbers(
+        name, node, op, index, [a.item() for a in arrays], values[outputs.shape], dtype
+    )
+    if arrays[-1].dtype == np.float32 and s.size >= 2**24:
+        # Counted in float32 on a declared shape smaller than the real one: not exact.
+        s.flags = [NEEDS_COUNTS]
+    return s
+
+
+def recount_stats(
+    model: Model,
+    stats: list[TensorStats],
+    types: Mapping[str, onnx.TypeProto],
+    feeds: Mapping[str, np.ndarray],
+    options,
+    progress: Callable[[str], None] | None = None,
+) -> list[TensorStats]:
+    """``stats`` with each entry flagged ``needs-counts`` measured again, with exact NaN/Inf
+    counts and NaN-ignoring extremes, in one more run (still without keeping activations
+    alive). The first pass leaves those counts out because almost no tensor needs them."""
+    from surgeon.runner import run
+
+    recount = {s.name: i for i, s in enumerate(stats) if s.flags == [NEEDS_COUNTS]}
+    if not recount:
+        return stats
+    if progress is not None:
+        progress(f"counting NaN/Inf in {len(recount)} tensors")
+    count_model, count_outs = build_stats_model(model, list(recount), types, counts=True)
+    names = list(dict.fromkeys(x for outs in count_outs.values() for x in outs))
+    try:
+        again = run(count_model, feeds, outputs=names, options=options)
+    except SurgeonError:
+        # The model itself just ran on these feeds, so the failure is in the nodes surgeon
+        # inserted: never blame the model for them; fetch the tensors and use numpy.
+        count_outs = {t: StatsOutputs(value=t) for t in recount}
+        again = run(model, feeds, outputs=list(recount), options=options)
+    stats = list(stats)
+    for t, i in recount.items():
+        old = stats[i]
+        dtype = dtype_name(types[t].tensor_type.elem_type) if t in types else old.dtype
+        stats[i] = stats_from_outputs(t, old.node, old.op, old.index, count_outs[t], again, dtype)
+    return stats

@@ -145,7 +145,10 @@ def _type_from_ort(type_str: str, shape) -> onnx.TypeProto | None:
     if elem is None:
         return None
     dims = None
-    if isinstance(shape, (list, tuple)):
+    # onnxruntime reports an unknown shape as [], the shape of a scalar: a scalar written
+    # from it would be a wrong rank (ZipMap's input in a classic classifier export then
+    # fails to load), so [] stays unknown; the type alone is all a tap needs.
+    if isinstance(shape, (list, tuple)) and len(shape) > 0:
         dims = [d if isinstance(d, (int, str)) and d != -1 else None for d in shape]
     vi = onnx.helper.make_tensor_value_info("_", elem, dims)
     return vi.type
