@@ -215,3 +215,26 @@ def test_recipe_output_names_stay_inside_the_output_folder(tmp_path):
     assert "../escaped" in _text(result)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["escape.py", "m.onnx", "parts"]
     assert list((tmp_path / "parts").iterdir()) == []
+
+
+def test_atomic_write_refuses_a_folder_spelling(tmp_path):
+    from surgeon.fileio import atomic_write
+
+    with pytest.raises(OutputPathError, match="names a folder"):
+        atomic_write(str(tmp_path / "newdir") + "/", lambda fh: fh.write(b"x"))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["file", "allow_pickle", "a/b", "x.npy"])
+def test_save_npz_keeps_names_that_np_savez_takes_as_its_own_arguments(tmp_path, name):
+    """np.savez(fh, **arrays) raised for a tensor named `file` and silently dropped one
+    named `allow_pickle`; fileio.save_npz keeps every name."""
+    from surgeon.fileio import save_npz
+
+    arrays = {name: np.arange(3, dtype=np.float32), "other": np.ones((2, 2), np.int64)}
+    out = save_npz(tmp_path / "t.npz", arrays)
+    with np.load(out) as loaded:
+        assert sorted(loaded.files) == sorted(arrays)
+        for k, v in arrays.items():
+            np.testing.assert_array_equal(loaded[k], v)
+            assert loaded[k].dtype == v.dtype
