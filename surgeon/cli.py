@@ -138,9 +138,50 @@ class _Parser(argparse.ArgumentParser):
     last_error: str | None = None  # for --json: the usage error, written as a document
 
     def error(self, message):  # one paragraph, exit 2
-        _Parser.last_error = f"{self.prog}: {message}"
+        _Parser.last_error = f"{self.prog}: {message}"  # exact, for the JSON document
         self.print_usage(sys.stderr)
-        self.exit(ExitStatus.BAD_INPUT, f"{self.prog}: error: {message}\n")
+        # argparse quotes the user's arguments (`unrecognized arguments: ...`) raw: an
+        # ESC or newline in one must not reach the terminal.
+        self.exit(ExitStatus.BAD_INPUT, printable(f"{self.prog}: error: {message}") + "\n")
+
+
+# Arguments that name files, by their argparse dest, as the user spells them.
+_PATH_ARGUMENTS = {
+    "output": "-o",
+    "save": "--save",
+    "html": "--html",
+    "inputs": "--inputs",
+    "feeds": "--feeds",
+    "ref": "--ref",
+    "custom_op_library": "--custom-op-library",
+    "model": "MODEL",
+    "first": "FIRST",
+    "second": "SECOND",
+    "recipe": "RECIPE",
+}
+
+
+def check_empty_paths(args) -> None:
+    """Refuse a file argument given as an empty string.
+
+    ``-o "$OUT"`` with OUT unset passes ``-o ''``, which read as "no -o": the whole
+    command ran, wrote nothing and exited 0.
+
+    Raises:
+        UsageError: Naming the argument.
+    """
+    from surgeon.errors import UsageError
+
+    for dest, flag in _PATH_ARGUMENTS.items():
+        value = getattr(args, dest, None)
+        # (a list is a file list only for --custom-op-library: extract's --inputs lists
+        # tensor names)
+        values = value if isinstance(value, list) and dest == "custom_op_library" else [value]
+        if any(isinstance(v, str) and not v.strip() for v in values):
+            raise UsageError(
+                f"{flag} was given an empty path",
+                hint="Give a file name (is a shell variable unset?), or leave the option out.",
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -267,6 +308,7 @@ def _main(argv, console, err_console) -> int:
             c.on_broken_pipe = _raise_broken_pipe
         ctx = Context(console, err_console, json_mode)
     try:
+        check_empty_paths(args)
         return int(args._module.run(args, ctx))
     except SurgeonError as e:
         if args.traceback:

@@ -24,6 +24,7 @@ import contextlib
 import contextvars
 import os
 import signal
+import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -159,6 +160,9 @@ class _Write:
     what: str
     replaces: tuple | None  # the read tag this write is allowed to land on
     inplace_flag: bool  # the command has --inplace, and it would allow this write
+    given: str = ""  # as spelled (Path drops a trailing "/" that says "a folder")
+    probe: bool = True  # False: written only in a case not known yet (auto weights file)
+    model_path: Path | None = None  # for a weights file: the model file it belongs to
 
 
 class FilePlan:
@@ -214,7 +218,7 @@ class FilePlan:
     def writes(self, path: str | os.PathLike | None, what: str) -> None:
         """A file the command writes."""
         if path:
-            self._writes.append(_Write(Path(path), what, None, False))
+            self._writes.append(_Write(Path(path), what, None, False, os.fspath(path)))
 
     def writes_model(
         self,
@@ -236,9 +240,9 @@ class FilePlan:
         """
         if not path:
             return
-        path = Path(path)
+        given, path = os.fspath(path), Path(path)
         groups = list(replaces)
-        self._writes.append(_Write(path, what, ("model", tuple(groups)), inplace_flag))
+        self._writes.append(_Write(path, what, ("model", tuple(groups)), inplace_flag, given))
         if external_data is not False:
             name = data_file_name(path, data_name)
             when = "" if external_data else " (with --external-data auto, above 2 GB)"
@@ -248,25 +252,40 @@ class FilePlan:
                     f"the weights file of {what}{when}",
                     ("data", tuple(groups)),
                     False,
+                    os.fspath(path.parent / name),
+                    # With 'auto' the weights file exists only above 2 GB: protected from
+                    # clashes, but its name is checked (probed) once the choice is made.
+                    probe=external_data is not None,
+                    model_path=path,
                 )
             )
 
     # ---------------------------------------------------------------- checking
     @staticmethod
-    def _allowed(w: _Write, r: _Read) -> bool:
+    def _allowed(w: _Write, r: _Read, replaced: set) -> bool:
+        """--inplace lets a model write replace a replaceable model file, and that
+        model's weights file replace the weights files of the model it replaces (its
+        ``replaced`` groups) only: a weights file another input shares stays read-only."""
         if w.replaces is None or r.tag is None:
             return False
         kind, groups = w.replaces
-        return r.tag[1] == kind and r.tag[0] in groups
+        if r.tag[1] != kind or r.tag[0] not in groups:
+            return False
+        return kind == "model" or r.tag[0] in replaced
 
     def clashes(self) -> list[tuple[_Write, object]]:
         """Every (write, read-or-write) pair naming one file."""
         found = []
         read_ids = [(r, _identities(r.path)) for r in self._reads]
         write_ids = [(w, _identities(w.path)) for w in self._writes]
+        model_reads = [(r.tag[0], rid) for r, rid in read_ids if r.tag and r.tag[1] == "model"]
         for i, (w, wid) in enumerate(write_ids):
+            replaced = set()
+            if w.model_path is not None:
+                mid = _identities(w.model_path)
+                replaced = {group for group, rid in model_reads if rid & mid}
             for r, rid in read_ids:
-                if wid & rid and not self._allowed(w, r):
+                if wid & rid and not self._allowed(w, r, replaced):
                     found.append((w, r))
             for other, oid in write_ids[:i]:
                 if wid & oid:
@@ -312,7 +331,7 @@ class FilePlan:
             )
         if probe:
             for w in self._writes:
-                problem = probe_writable(w.path)
+                problem = probe_writable(w.given or w.path) if w.probe else None
                 if problem:
                     problems.append(f"{w.what}: {problem}")
             if problems:
@@ -341,11 +360,16 @@ def _temp_prefix(name: str) -> str:
 
 
 def probe_writable(path: str | os.PathLike) -> str | None:
-    """Why ``path`` cannot be written (as a sentence), or None: it is a folder, its folder
-    is missing, its name is too long, or a temp file cannot be created beside it."""
+    """Why ``path`` cannot be written (as a sentence), or None: it is (or is spelled as)
+    a folder, it is a device, FIFO or socket, its folder is missing, its name is too
+    long, or a temp file cannot be created beside it."""
     # os.path's tests, not Path's: they answer False for a name too long to stat.
+    given = os.fspath(path)
     out = Path(path)
     folder = out.parent
+    if os.path.basename(given) in ("", ".", ".."):
+        # Path("newdir/") is Path("newdir"): without this, a file named newdir is written.
+        return f"{given} names a folder; give a file name such as {out / 'model.onnx'}"
     if not os.path.exists(folder):
         return f"cannot write {out}: the folder {folder} does not exist"
     if not os.path.isdir(folder):
@@ -356,8 +380,33 @@ def probe_writable(path: str | os.PathLike) -> str | None:
         return f"cannot write {out}: the file name is {size} bytes, over this file system's {limit}"
     if os.path.isdir(out):
         return f"{out} is a folder; give a file name such as {out / 'model.onnx'}"
+    kind = _special_kind(out)
+    if kind:
+        # Files are replaced by a rename, which would put a regular file in the place of
+        # /dev/null (as root) or of a FIFO another program reads.
+        return f"{out} is not a regular file ({kind}); surgeon replaces files, so give a file path"
     reason = _probe(folder, out.name)
     return f"cannot write {out}: {reason} (in the folder {folder})" if reason else None
+
+
+def _special_kind(path: Path) -> str | None:
+    """What ``path`` is when it exists and is neither a regular file nor a symlink (a
+    symlink itself is replaced, never what it points at)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISLNK(mode) or stat.S_ISDIR(mode):
+        return None
+    for test, name in (
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "a special file"
 
 
 def _probe(folder: Path, name: str) -> str | None:
@@ -401,6 +450,16 @@ def _umask_mode() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask
+
+
+def _mode_for(final: Path) -> int:
+    """The mode of the file being replaced (a private 0600 model stays private), else
+    the mode a plainly created file gets."""
+    try:
+        st = os.stat(final)
+    except OSError:
+        return _umask_mode()
+    return stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else _umask_mode()
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -498,7 +557,7 @@ def _write_temps(items: list[tuple[Path, Callable]], durable: bool) -> list[tupl
                 fh.flush()
                 if durable:
                     os.fsync(fh.fileno())
-            os.chmod(tmp, _umask_mode())
+            os.chmod(tmp, _mode_for(final))
     except OSError as e:
         _roll_back([], temps)
         raise _write_error(final, e) from None

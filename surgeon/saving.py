@@ -118,17 +118,18 @@ def save_models(
     Raises:
         OutputPathError: As :func:`save`; nothing is written.
     """
-    targets = [(m, Path(p)) for m, p in targets]
+    given = [(m, p) for m, p in targets]  # as spelled: "out/" must stay a folder spelling
+    targets = [(m, Path(p)) for m, p in given]
     if plan is None:
         plan = FilePlan()
         replaces = [plan.reads_model(m, _describe(m), replaceable=True) for m, _ in targets]
     groups = list(replaces)
     choices = []
-    for model, out in targets:
+    for (model, out), (_, spelled) in zip(targets, given, strict=True):
         external = external_data_choice(model, external_data)
         choices.append(external)
         plan.writes_model(
-            out,
+            spelled,
             "-o" if len(targets) == 1 else f"the output {out.name}",
             external_data=external,
             data_name=data_name,

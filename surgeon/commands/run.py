@@ -122,6 +122,7 @@ def run(args, ctx) -> int:
                     f"recipe {label} produced {len(result.outputs)} models ({', '.join(result.outputs)}); "
                     "give a folder with -o, e.g. -o parts/"
                 )
+            _check_output_names(label, result.outputs)
             targets = {k: out / f"{k}.onnx" for k in result.outputs}
         written = [str(p) for p in _write_all(args, result.outputs, targets, models, reads)]
     elif failure is None and result.outputs and not args.output:
@@ -175,6 +176,27 @@ def _check_outputs(args, models, reads) -> None:
     problem = probe_folder(out)
     if problem:
         raise OutputPathError(problem)
+
+
+def _check_output_names(label, outputs) -> None:
+    """Each result becomes FOLDER/<name>.onnx: a name with a path separator (or `..`)
+    would land outside -o FOLDER/.
+
+    Raises:
+        UsageError: Every such name, before anything is written.
+    """
+    import os
+
+    from surgeon.errors import UsageError
+
+    bad = [k for k in outputs if os.path.basename(k) != k or k in ("", ".", "..") or "\\" in k]
+    if bad:
+        raise UsageError(
+            f"recipe {label} returned results named "
+            + ", ".join(f"`{k}`" for k in bad)
+            + ": each becomes FOLDER/NAME.onnx, so a name must be a plain file name",
+            hint="Return a dict keyed by plain names such as head and tail.",
+        )
 
 
 def _write_all(args, outputs, targets, models, reads):
