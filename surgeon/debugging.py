@@ -911,28 +911,12 @@ def _compare(report, model, taps, values, feeds, ref, options, info, origin, run
 
 def save_values(report: DebugReport, path: str | Path) -> Path:
     """Write the tapped tensors and the inputs that produced them to an ``.npz`` (keys =
-    tensor names), atomically; the file can be given back as ``--ref``."""
-    from surgeon.fileio import atomic_write
+    tensor names, whatever they are), atomically; the file can be given back as ``--ref``."""
+    from surgeon.fileio import save_npz
 
     # Tensors only: a sequence or an empty optional has no .npz form.
     merged = {**report.feed_values, **report.values}
-    arrays = {k: v for k, v in merged.items() if isinstance(v, np.ndarray)}
-    return atomic_write(path, lambda fh: write_npz(fh, arrays))
-
-
-def write_npz(fh, arrays: Mapping[str, np.ndarray]) -> None:
-    """Write ``arrays`` as an ``.npz`` that ``np.load`` reads back with every key.
-
-    Not ``np.savez(fh, **arrays)``: a tensor named ``file`` or ``allow_pickle`` (any name
-    of savez's own parameters) would collide with them and be lost or crash. Each array
-    is written with numpy's own ``.npy`` format into the zip, under ``<name>.npy``.
-    """
-    import zipfile
-
-    with zipfile.ZipFile(fh, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for name, value in arrays.items():
-            with zf.open(f"{name}.npy", mode="w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+    return save_npz(path, {k: v for k, v in merged.items() if isinstance(v, np.ndarray)})
 
 
 __all__ = ["DebugOptions", "DebugReport", "TensorStats", "LayerDiff", "debug", "stats_from_array"]

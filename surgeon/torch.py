@@ -1258,17 +1258,9 @@ def _save_npz(arrays: Mapping[str, np.ndarray], path) -> Path:
             f"activations go to an .npz file; got {out}", hint=f"Use {out.with_suffix('.npz')}."
         )
     check_output_path(out, [])
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp.npz", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **dict(arrays))
-        os.replace(tmp, out)
-    except OSError as e:
-        raise OutputPathError(f"cannot write {out}: {e.strerror or e}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+    from surgeon.fileio import save_npz
+
+    return save_npz(out, dict(arrays))
 
 
 @dataclass

@@ -41,12 +41,15 @@ def _model(folder: Path) -> Path:
 
 
 # Runs surgeon's console script with os.fsync hanging, so a save stops while its temp
-# files exist; with RUNNER_FILES, every onnxruntime session goes through a temp folder.
+# files exist; with RUNNER_FILES, every onnxruntime session goes through a temp folder and
+# its creation hangs (the runner's scratch copy is not fsynced).
 DRIVER = textwrap.dedent("""
     import os, sys, time
     if os.environ.get("RUNNER_FILES"):
+        import onnxruntime
         import surgeon.runner
         surgeon.runner.FILE_THRESHOLD = -1
+        onnxruntime.InferenceSession.__init__ = lambda self, *a, **k: time.sleep(60)
     os.fsync = lambda fd: time.sleep(60)
     sys.argv = ["surgeon"] + sys.argv[1:]
     from surgeon.cli import entry_point

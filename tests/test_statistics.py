@@ -12,6 +12,7 @@ import ml_dtypes
 import numpy as np
 import onnx
 import pytest
+from conftest import parse, write
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
@@ -21,7 +22,6 @@ from surgeon.edits.tap import learn_types
 from surgeon.loading import load
 from surgeon.model import Model
 from surgeon.statistics import build_stats_model
-from tests.conftest import parse, write
 
 # ---------------------------------------------------------------- the reference
 INTEGERS = {"bool", "int4", "uint4"} | {f"{s}int{b}" for s in ("", "u") for b in (8, 16, 32, 64)}
