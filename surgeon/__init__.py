@@ -53,6 +53,7 @@ _LAZY = {
     "DebugReport": "surgeon.debugging",
     "load_recipe": "surgeon.recipe_runner",
     "run_recipe": "surgeon.recipe_runner",
+    "record_check": "surgeon.recipe_runner",
     "build_nms": "surgeon.edits.nms",
     "merge": "surgeon.edits.merge",
     "extract": "surgeon.edits.extract",

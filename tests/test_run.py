@@ -305,7 +305,7 @@ def test_find_first_nan_with_a_nan_prints_the_verdict_and_exits_1(cli, tmp_path,
     text = " ".join(res.stdout.split())
     assert text.startswith("first NaN at `d`, produced by `#4` (Sqrt) from finite inputs")
     if keep_going:
-        assert "1 of 1 step(s) failed" in text
+        assert "1 of 1 step(s) found a problem" in text
     else:
         assert "FAIL: step 1 (check: debug) found a problem: first NaN at `d`" in text
     res = cli(*args, "--json")
@@ -331,7 +331,7 @@ def test_compare_layers_with_a_divergence_exits_1(cli, tmp_path):
     assert text.startswith("root cause: `conv1` (Conv)")
     assert "internal error" not in res.stderr
     res = cli("run", "compare_layers", broken, SAMPLES / "two_conv.onnx", "--keep-going")
-    assert res.status == 1 and "1 of 1 step(s) failed" in " ".join(res.stdout.split())
+    assert res.status == 1 and "1 of 1 step(s) found a problem" in " ".join(res.stdout.split())
 
 
 RECORDS_CHECKS = '''

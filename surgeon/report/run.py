@@ -21,8 +21,14 @@ def render_run(console: Console, result) -> None:
             f"PASS: recipe {result.recipe}: {len(result.steps)} step(s), every verification passed"
         )
     else:
-        failed = sum(not s.passed for s in result.steps)
-        verdict = f"FAIL: recipe {result.recipe}: {failed} of {len(result.steps)} step(s) failed verification"
+        failed = [s for s in result.steps if not s.passed]
+        # An edit fails its verification; a check step (a debug report) finds a problem.
+        how = " and ".join(
+            what
+            for what, kind in (("failed verification", "edit"), ("found a problem", "check"))
+            if any(getattr(s, "kind", "edit") == kind for s in failed)
+        )
+        verdict = f"FAIL: recipe {result.recipe}: {len(failed)} of {len(result.steps)} step(s) {how or 'failed'}"
     console.print(shown(verdict, style))
     table = SafeTable(
         title=f"recipe {result.recipe}" + (f" ({_params(result.params)})" if result.params else ""),
