@@ -33,7 +33,7 @@ import numpy as np
 
 from surgeon.compare import EXACT, DiffReport, TensorDiff, Tolerance, compare_arrays
 from surgeon.edits.tap import add_outputs, learn_types, not_tappable, select_taps
-from surgeon.errors import SurgeonError, UsageError, collect_unknown_names
+from surgeon.errors import RuntimeFailure, SurgeonError, UsageError, collect_unknown_names
 from surgeon.feeds import FeedOptions, describe_feeds, load_npz, make_feeds
 from surgeon.model import Model, dtype_name
 from surgeon.runner import RunOptions, run
@@ -633,18 +633,37 @@ def debug(
         # reductions and keeps every activation alive).
         cand_opts = stats_opts = dataclasses.replace(run_opts, execution_order="priority")
         sink = collected
-    tap_check = verify(
-        candidate,
-        model,
-        pairs=[(o, o) for o in model.output_names],
-        feeds=feeds,
-        tolerance=tap_tol,
-        options=cand_opts,
-        reference_options=run_opts,
-        title="tap check: original outputs unchanged",
-        fetch=fetch,
-        collect=sink,
-    )
+
+    def checked_run():
+        return verify(
+            candidate,
+            model,
+            pairs=[(o, o) for o in model.output_names],
+            feeds=feeds,
+            tolerance=tap_tol,
+            options=cand_opts,
+            reference_options=run_opts,
+            title="tap check: original outputs unchanged",
+            fetch=fetch,
+            collect=sink,
+        )
+
+    try:
+        tap_check = checked_run()
+    except RuntimeFailure as e:
+        if want_values:
+            raise
+        # The statistics nodes are surgeon's, not the user's: if onnxruntime cannot run
+        # them (a kernel missing at run time), measure the tensors themselves instead of
+        # blaming the model. A failure of the model itself fails this run as well.
+        mode, want_values = "values", True
+        candidate, fetch, cand_opts, sink = add_outputs(model, taps, types), taps, run_opts, values
+        collected.clear()
+        tap_check = checked_run()
+        notes.append(
+            "onnxruntime could not run surgeon's statistics nodes "
+            f"({e.message}); the tapped tensors were measured with numpy instead"
+        )
     if want_values:
         for t in taps:
             if t in values:

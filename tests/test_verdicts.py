@@ -365,3 +365,40 @@ def test_reports_render_whatever_numbers_they_hold(stats_numbers, diff_numbers, 
     buffer = io.StringIO()
     write_json(buffer, report.to_dict())  # allow_nan=False: NaN must not reach JSON
     json.loads(buffer.getvalue())
+
+
+# ---------------------------------------------------------------- surgeon's own nodes
+def test_statistics_nodes_onnxruntime_cannot_run_fall_back_to_numpy(tmp_path, monkeypatch):
+    """A run-time failure in the statistics model is surgeon's, not the model's: the
+    tensors are measured with numpy instead, with a note, and the numbers are the same."""
+    import surgeon.debugging as debugging
+    from surgeon.errors import RuntimeFailure
+
+    model = load(SAMPLES / "two_conv.onnx")
+    expected = debug(model, DebugOptions(keep_values=True))
+    real_verify = debugging.verify
+
+    def failing_statistics(candidate, *args, options=None, **kwargs):
+        if options is not None and options.execution_order == "priority":
+            raise RuntimeFailure("onnxruntime could not run it: no kernel for surgeon_stats/0")
+        return real_verify(candidate, *args, options=options, **kwargs)
+
+    monkeypatch.setattr(debugging, "verify", failing_statistics)
+    report = debug(model)
+    assert report.passed and report.mode == "values"
+    assert any("statistics nodes" in n for n in report.notes)
+    got = {s.name: (s.min, s.max, s.mean) for s in report.stats}
+    assert got == {s.name: (s.min, s.max, s.mean) for s in expected.stats}
+
+
+def test_a_model_onnxruntime_cannot_run_is_still_an_error(tmp_path):
+    from surgeon.errors import RuntimeFailure
+
+    model = _model(
+        """<ir_version: 8, opset_import: ["" : 17]>
+        agraph (float[2] x) => (y) { s = Constant <value = int64[1] {3}> ()
+                                     y = Reshape(x, s) }""",
+        tmp_path,
+    )
+    with pytest.raises(RuntimeFailure):
+        debug(model)
