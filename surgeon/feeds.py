@@ -31,6 +31,18 @@ DEFAULT_DIM = 64
 # The most feed data surgeon makes or reads by default: far above what test inputs of
 # real models need, far below what takes a workstation down.
 DEFAULT_MAX_FEED_BYTES = 4 * 2**30
+# ONNX stores dims (and onnxruntime shapes) as int64: a larger number is no dim at all.
+MAX_DIM = 2**63 - 1
+
+
+def too_large_dim(value: int, where: str) -> UsageError | None:
+    """The error for a dim that does not fit an int64 (None when it fits)."""
+    if value <= MAX_DIM:
+        return None
+    return UsageError(
+        f"{where}: {value} is larger than any tensor dim can be "
+        f"(at most 2^63-1 = {MAX_DIM}, the int64 of ONNX)"
+    )
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,9 @@ def parse_shape_args(args: Iterable[str]) -> tuple[dict[str, tuple[int, ...]], d
                 ) from None
             if not name or any(d < 0 for d in shape):
                 raise UsageError(f"cannot read `--shape {arg}`: expected NAME:1x3x224x224")
+            for d in shape:
+                if error := too_large_dim(d, f"`--shape {arg}`"):
+                    raise error
             shapes[name] = shape
         elif "=" in arg:
             name, _, value = arg.partition("=")
@@ -92,6 +107,8 @@ def parse_shape_args(args: Iterable[str]) -> tuple[dict[str, tuple[int, ...]], d
                 )
             if dims[name] < 0:
                 raise UsageError(f"`--shape {arg}`: a dim cannot be negative")
+            if error := too_large_dim(dims[name], f"`--shape {arg}`"):
+                raise error
         else:
             raise UsageError(
                 f"cannot read `--shape {arg}`: use INPUT:1x3x224x224 for an input's shape or DIM=224 for a named dim"
@@ -477,9 +494,15 @@ def check_feed_size(
     shapes: Mapping[str, tuple[int, ...]],
     given: Mapping[str, NpzEntry],
     limit: int | None,
+    *,
+    flag: str = "--shape",
 ) -> None:
     """Refuse feeds that together take more than ``limit`` bytes, naming the inputs and
     the dims that make them so large (and where each dim came from).
+
+    Args:
+        flag: The option that chose the dynamic dims (``--sizes`` in check-dynamic),
+            named in the message.
 
     Raises:
         UsageError: The feeds are over the limit.
@@ -515,7 +538,7 @@ def check_feed_size(
                 fixed.append(f"dim {axis} = {d}")
         any_chosen = any_chosen or bool(chosen)
         if chosen:
-            cause = "chosen for this run (--shape or the default): " + ", ".join(chosen)
+            cause = f"chosen for this run ({flag} or the default): " + ", ".join(chosen)
             if fixed:
                 cause += "; fixed by the model: " + ", ".join(fixed)
         else:
@@ -536,7 +559,7 @@ def check_feed_size(
         problems=[text for _, text in sizes[:5]]
         + ([f"... and {len(sizes) - 5} more inputs"] if len(sizes) > 5 else []),
         hint=(
-            "Give smaller dims with --shape (e.g. --shape batch=1), or raise the limit with "
+            f"Give smaller dims with {flag} (e.g. {flag} batch=1), or raise the limit with "
             "--max-feed-size (e.g. --max-feed-size 16G)."
             if any_chosen
             else "The model itself declares these sizes; if they are meant, raise the limit "

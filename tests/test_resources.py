@@ -16,6 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
+from surgeon.edits.extract import learn_from_runs
+from surgeon.edits.shapes import check_dynamic, reshape_io
 from surgeon.errors import SurgeonError, UsageError
 from surgeon.feeds import FeedOptions, load_npz, make_feeds, parse_size, read_npz_index
 from surgeon.inspection import describe
@@ -49,16 +51,36 @@ def test_declared_dims_too_large_are_refused(tmp_path, cli):
     assert "every dim is fixed by the model" in text and "--max-feed-size" in text
 
 
+BIG = 2**63 - 1  # the largest dim ONNX can hold: valid, and far beyond any feed limit
+CUT = ("--inputs", "images", "--outputs", "y")
+
+
 @pytest.mark.parametrize(
-    "args",
+    "args,cause",
     [
-        ("debug", "--shape", "batch=99999999999999999999"),
-        ("diff", "--shape", "images:99999999999999999999x3x64x64"),
-        ("check-dynamic", "--sizes", "batch=100000000"),
-        ("reshape-io", "--input", "images:100000000x3x64x64", "-o", "{tmp}/o.onnx"),
+        (("debug", "--shape", f"batch={BIG}"), f"dim 0 (batch) = {BIG}"),
+        (("diff", "--shape", "images:100000000000x3x64x64"), "dim 0 (batch) = 100000000000"),
+        (("extract", *CUT, "--shape", f"batch={BIG}"), f"dim 0 (batch) = {BIG}"),
+        (("extract", *CUT, "--shape", f"images:{BIG}x3x64x64"), f"dim 0 (batch) = {BIG}"),
+        (("check-dynamic", "--sizes", "batch=100000000"), "dim 0 (batch) = 100000000"),
+        (("check-dynamic", "--sizes", f"batch=1,{BIG}"), f"dim 0 (batch) = {BIG}"),
+        (
+            ("reshape-io", "--input", "images:100000000x3x64x64", "-o", "{tmp}/o.onnx"),
+            "every dim is fixed by the model",
+        ),
+        (
+            ("reshape-io", "--input", f"images:{BIG}x3x64x64", "-o", "{tmp}/o.onnx"),
+            "every dim is fixed by the model",
+        ),
+        (
+            ("reshape-io", "--input", "images:Bx3x64x64", "--sizes", f"B={BIG}"),
+            f"dim 0 (B) = {BIG}",
+        ),
     ],
 )
-def test_chosen_dims_too_large_are_refused(tmp_path, cli, args):
+def test_chosen_dims_too_large_are_refused(tmp_path, cli, args, cause):
+    """Dims that fit an int64 but not in memory: exit 2 with the size and the dim that
+    makes it, never a MemoryError (exit 3)."""
     model = tmp_path / "m.onnx"
     onnx.save(_relu(["batch", 3, 64, 64]), str(model))
     command, *rest = args
@@ -67,8 +89,141 @@ def test_chosen_dims_too_large_are_refused(tmp_path, cli, args):
     assert res.status == 2, (res.stdout, res.stderr)
     text = _flat(res.stdout + res.stderr)
     assert "more than the limit of 4 GiB" in text and "Traceback" not in text
-    assert "dim 0 (batch) =" in text
+    assert cause in text
+    flag = "--sizes" if command in ("check-dynamic", "reshape-io") else "--shape"
+    assert "fixed by the model" in cause or f"Give smaller dims with {flag}" in text
     assert not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    "args,where",
+    [
+        (("debug", "--shape", "batch=99999999999999999999"), "`--shape batch="),
+        (("diff", "--shape", "images:99999999999999999999x3x64x64"), "`--shape images:"),
+        (("extract", *CUT, "--shape", "batch=99999999999999999999"), "`--shape batch="),
+        (("extract", *CUT, "--shape", "images:99999999999999999999x3"), "`--shape images:"),
+        (("check-dynamic", "--sizes", "batch=1,99999999999999999999"), "`--sizes batch="),
+        (
+            ("reshape-io", "--input", "images:99999999999999999999x3x64x64", "-o", "{tmp}/o.onnx"),
+            "`--input images:",
+        ),
+        (("reshape-io", "--input", "images:Bx3x64x64", "--sizes", "B=2**70"), None),
+        (
+            ("reshape-io", "--input", "images:Bx3x64x64", "--sizes", f"B={2**63}"),
+            "`--sizes B=",
+        ),
+    ],
+)
+def test_dims_beyond_int64_are_refused_when_read(tmp_path, cli, args, where):
+    """A dim ONNX cannot hold (int64) is refused with its value before anything is made
+    (reshape-io failed with exit 3 writing it into the model)."""
+    model = tmp_path / "m.onnx"
+    onnx.save(_relu(["batch", 3, 64, 64]), str(model))
+    command, *rest = args
+    extra = (model,) if command == "diff" else ()
+    res = cli(command, model, *extra, *(a.format(tmp=tmp_path) for a in rest))
+    assert res.status == 2, (res.stdout, res.stderr)
+    text = _flat(res.stderr)
+    if where is None:  # not a number at all: the ordinary parse error
+        assert "cannot read `--sizes B=2**70`" in text
+    else:
+        assert where in text and "is larger than any tensor dim can be" in text
+        assert str(2**63 - 1) in text
+    assert not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    "dims", [[0, 3, 64, 64], [2**63, 3, 64, 64], "0x3x64x64", f"{2**63}x3x64x64"]
+)
+def test_reshape_io_refuses_static_dims_it_cannot_hold(dims):
+    """0 would read back as "not static" (dynamic), 2^63 does not fit the proto: both are
+    refused by the library too, naming the dim."""
+    with pytest.raises(
+        UsageError, match=f"dim {dims[0] if isinstance(dims, list) else dims.split('x')[0]} "
+    ):
+        reshape_io(Model(_relu(["batch", 3, 64, 64])), {"images": dims}, check=False)
+
+
+def test_check_dynamic_refuses_sizes_beyond_int64():
+    with pytest.raises(UsageError, match="below 2\\^63"):
+        check_dynamic(Model(_relu(["batch", 3, 64, 64])), sizes={"batch": [1, 2**63]})
+
+
+@pytest.mark.parametrize(
+    "command,args",
+    [
+        ("extract", CUT),
+        ("check-dynamic", ()),
+        ("reshape-io", ("--input", "images:Bx3x64x64")),
+    ],
+)
+def test_every_command_takes_max_feed_size(tmp_path, cli, command, args):
+    """One batch-1 input is 48 KiB (and batch 3, tried by the dynamic checks, 144 KiB)."""
+    onnx.save(_relu(["batch", 3, 64, 64]), str(tmp_path / "m.onnx"))
+    res = cli(command, tmp_path / "m.onnx", *args, "--max-feed-size", "40k")
+    assert res.status == 2, (res.stdout, res.stderr)
+    assert "more than the limit of 40 KiB" in _flat(res.stderr)
+    res = cli(command, tmp_path / "m.onnx", *args, "--max-feed-size", "1M")
+    assert res.status == 0, (res.stdout, res.stderr)
+    res = cli(command, tmp_path / "m.onnx", *args, "--max-feed-size", "lots")
+    assert res.status == 2 and "cannot read the size `lots`" in res.stderr
+
+
+@pytest.mark.parametrize("command", ["check-dynamic", "reshape-io"])
+def test_dynamic_checks_refuse_before_running(tmp_path, cli, command, monkeypatch):
+    """Batch 1 (48 KiB) fits 100 KiB, batch 3 (144 KiB) does not: refused before any size
+    runs (and before reshape-io's value comparison), naming the batch-3 inputs."""
+    import surgeon.runner
+
+    onnx.save(_relu(["batch", 3, 64, 64]), str(tmp_path / "m.onnx"))
+    ran = []
+    monkeypatch.setattr(surgeon.runner.Session, "run", lambda *a, **k: ran.append(a))
+    args = ("--input", "images:Bx3x64x64") if command == "reshape-io" else ()
+    res = cli(command, tmp_path / "m.onnx", *args, "--max-feed-size", "100k")
+    assert res.status == 2, (res.stdout, res.stderr)
+    text = _flat(res.stderr)
+    assert "more than the limit of 100 KiB" in text and "[3, 3, 64, 64]" in text
+    assert "Give smaller dims with --sizes" in text
+    assert ran == []
+
+
+def test_reshape_io_keeps_what_the_caller_set(tmp_path):
+    """The library's reshape_io carries feed_options (limit, seed, values) into every run."""
+    model = Model(_relu(["batch", 3, 64, 64]))
+    with pytest.raises(UsageError, match="more than the limit of 100 KiB"):
+        reshape_io(
+            model, {"images": "Bx3x64x64"}, feed_options=FeedOptions(max_feed_bytes=100 * 1024)
+        )
+    values = np.full((2, 3, 64, 64), -1.0, np.float32)
+    np.savez(tmp_path / "f.npz", images=values)
+    edited = reshape_io(
+        model,
+        {"images": "Bx3x64x64"},
+        feed_options=FeedOptions(seed=7, npz=str(tmp_path / "f.npz"), max_feed_bytes=None),
+        sizes={"B": [1, 2]},
+    )
+    # The values came from the npz (so the comparison has no seed); the runtime check's
+    # random inputs use the caller's seed.
+    assert edited.passed and edited.report.seed is None
+    assert edited.details["dynamic"]["seed"] == 7
+    assert edited.report.feeds["images"]["shape"] == [2, 3, 64, 64]
+
+
+def test_check_dynamic_takes_a_limit():
+    model = Model(_relu(["batch", 3, 64, 64]))
+    with pytest.raises(UsageError, match="more than the limit of 100 KiB"):
+        check_dynamic(model, max_feed_bytes=100 * 1024)
+    assert check_dynamic(model, max_feed_bytes=None, sizes={"batch": [1, 2]}).passed
+
+
+def test_extract_second_run_keeps_the_limit():
+    """extract learns dims from a second run at larger sizes (batch 2 = 96 KiB): it keeps
+    the caller's limit (it used the 4 GiB default), and is skipped when over it."""
+    model = Model(_relu(["batch", 3, 64, 64]))
+    learned, _ = learn_from_runs(model, ["y"], FeedOptions(max_feed_bytes=1 << 20))
+    assert learned["y"].shape == ("batch", 3, 64, 64)
+    learned, notes = learn_from_runs(model, ["y"], FeedOptions(max_feed_bytes=60 * 1024))
+    assert learned["y"].shape == (None, None, None, None) and notes
 
 
 def test_the_limit_is_adjustable(tmp_path, cli):

@@ -24,12 +24,29 @@ def add_feed_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: batch 1, other dynamic dims 64)",
     )
     group.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    add_max_feed_size_argument(group)
+
+
+def add_max_feed_size_argument(group) -> None:
+    """--max-feed-size, on its own: commands that build their feeds differently (extract,
+    check-dynamic, reshape-io) take it too. Read it back with :func:`max_feed_bytes`."""
     group.add_argument(
         "--max-feed-size",
         metavar="SIZE",
         default="4G",
         help="refuse inputs that would take more than SIZE together, e.g. 16G (default 4G)",
     )
+
+
+def max_feed_bytes(args) -> int:
+    """The byte limit of --max-feed-size.
+
+    Raises:
+        UsageError: The size does not parse.
+    """
+    from surgeon.feeds import parse_size
+
+    return parse_size(args.max_feed_size)
 
 
 def add_tolerance_arguments(
@@ -83,7 +100,7 @@ def add_output_arguments(parser: argparse.ArgumentParser, required: bool = False
 
 
 def feed_options(args):
-    from surgeon.feeds import FeedOptions, parse_shape_args, parse_size
+    from surgeon.feeds import FeedOptions, parse_shape_args
 
     shapes, dims = parse_shape_args(args.shape or [])
     return FeedOptions(
@@ -91,7 +108,7 @@ def feed_options(args):
         shapes=shapes,
         dims=dims,
         npz=args.inputs,
-        max_feed_bytes=parse_size(args.max_feed_size),
+        max_feed_bytes=max_feed_bytes(args),
     )
 
 

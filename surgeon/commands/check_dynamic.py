@@ -40,11 +40,19 @@ def run(args, ctx) -> int:
 
     sizes = parse_sizes(args.sizes)
     batch = batch_arguments(args)
+    limit = _common.max_feed_bytes(args)
     options = _common.run_options(args)
     model = load(args.model)
     # a spinner on a terminal while onnxruntime works; silent when piped or --json
     with ctx.status(f"check-dynamic {model.name}: running it at several sizes"):
-        check = check_dynamic(model, sizes=sizes, seed=args.seed, options=options, **batch)
+        check = check_dynamic(
+            model,
+            sizes=sizes,
+            seed=args.seed,
+            max_feed_bytes=limit,
+            options=options,
+            **batch,
+        )
     if ctx.json:
         ctx.emit_json(check.to_dict())
     else:

@@ -62,6 +62,7 @@ def add_feed_arguments(parser) -> None:
         help="resolve dynamic dims: INPUT:1x3x640x640 or DIM=640; repeatable",
     )
     group.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    _common.add_max_feed_size_argument(group)
 
 
 def add_optional_tolerance(parser) -> None:
@@ -82,7 +83,13 @@ def feed_options(args):
     from surgeon.feeds import FeedOptions, parse_shape_args
 
     shapes, dims = parse_shape_args(args.shape or [])
-    return FeedOptions(seed=args.seed, shapes=shapes, dims=dims, npz=args.feeds)
+    return FeedOptions(
+        seed=args.seed,
+        shapes=shapes,
+        dims=dims,
+        npz=args.feeds,
+        max_feed_bytes=_common.max_feed_bytes(args),
+    )
 
 
 def run(args, ctx) -> int:

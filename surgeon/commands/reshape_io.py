@@ -75,6 +75,7 @@ def add_check_arguments(parser, optimization: str = "all") -> None:
         help="sizes to try for a dynamic dim, e.g. H=224,320; repeatable",
     )
     group.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    _common.add_max_feed_size_argument(group)
     group.add_argument(
         "--batch",
         action="append",
@@ -140,6 +141,7 @@ def run(args, ctx) -> int:
     outputs = parse_specs(args.output_specs, "--output")
     sizes = parse_sizes(args.sizes)
     batch = batch_arguments(args)
+    limit = _common.max_feed_bytes(args)
     options = _common.run_options(args)
     _common.check_files(args, [(args.model, "the input model")])
     model = load(args.model)
@@ -151,7 +153,7 @@ def run(args, ctx) -> int:
             inputs,
             outputs,
             sizes=sizes,
-            feed_options=FeedOptions(seed=args.seed),
+            feed_options=FeedOptions(seed=args.seed, max_feed_bytes=limit),
             options=options,
             **batch,
         )

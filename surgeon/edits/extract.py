@@ -19,6 +19,7 @@ weights that cannot be overridden, and both sides must get the same kernels.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -410,7 +411,8 @@ def learn_from_runs(
     if dynamic and not feed_options.npz and not caller_feeds:
         shapes2 = _second_sizes(model, first_shapes)
         try:
-            feeds2 = make_feeds(model, FeedOptions(seed=feed_options.seed, shapes=shapes2))
+            # replace: the caller's size limit holds for this run too (no npz here).
+            feeds2 = make_feeds(model, replace(feed_options, shapes=shapes2, dims={}))
             second = run(model, feeds2, outputs=names, options=options)
         except SurgeonError:
             second = None

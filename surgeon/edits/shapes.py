@@ -44,7 +44,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -52,7 +52,15 @@ import onnx
 from surgeon.compare import EXACT, DiffReport, TensorDiff, Tolerance, compare_arrays, json_number
 from surgeon.edits import Edited
 from surgeon.errors import NameNotFoundError, SurgeonError, UsageError, unknown_name
-from surgeon.feeds import FeedOptions, make_feeds, resolve_shapes
+from surgeon.feeds import (
+    DEFAULT_MAX_FEED_BYTES,
+    MAX_DIM,
+    FeedOptions,
+    check_feed_size,
+    make_feeds,
+    resolve_shapes,
+    too_large_dim,
+)
 from surgeon.model import Model, TensorInfo, dim_param_name, value_info_to_tensor_info
 from surgeon.runner import RunOptions
 
@@ -92,7 +100,8 @@ def parse_dims(text: str, *, what: str = "shape") -> tuple[Dim, ...]:
     (``batch,max_len``).
 
     Raises:
-        UsageError: An empty spec, or a dim that is neither an integer >= 0 nor a name.
+        UsageError: An empty spec, or a dim that is neither an integer from 1 to 2^63-1
+            nor a name.
     """
     spec = text.strip().strip("[]()").strip()
     if not spec:
@@ -103,6 +112,9 @@ def parse_dims(text: str, *, what: str = "shape") -> tuple[Dim, ...]:
         if p in ("?", "-1"):
             dims.append(None)
         elif re.fullmatch(r"\d+", p):
+            where = f"the {what}" + ("" if text in what else f" `{text}`")
+            if error := _static_dim_error(int(p), where):
+                raise error
             dims.append(int(p))
         elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", p):
             dims.append(p)
@@ -129,6 +141,17 @@ def parse_io_spec(arg: str, *, flag: str = "--input") -> tuple[str, tuple[Dim, .
     return name.strip(), parse_dims(dims, what=f"dims of `{flag} {arg}`")
 
 
+def _static_dim_error(value: int, where: str) -> UsageError | None:
+    """Why ``value`` cannot be a static dim, or None. 0 is refused too: surgeon (like most
+    tools) reads a dim_value of 0 as "not static", so it would silently mean dynamic."""
+    if value < 1:
+        return UsageError(
+            f"dim {value} in {where} cannot be a static dim: use an integer >= 1, or a name "
+            "or ? for a dynamic dim"
+        )
+    return too_large_dim(value, f"dim {value} in {where}")
+
+
 def _as_dims(spec: str | Sequence[Dim]) -> tuple[Dim, ...]:
     if isinstance(spec, str):
         return parse_dims(spec)
@@ -136,12 +159,14 @@ def _as_dims(spec: str | Sequence[Dim]) -> tuple[Dim, ...]:
     for d in spec:
         if d is None or (isinstance(d, int) and d == -1):
             dims.append(None)
-        elif isinstance(d, (int, np.integer)) and d >= 0:
+        elif isinstance(d, (int, np.integer)) and not isinstance(d, bool):
+            if error := _static_dim_error(int(d), f"{list(spec)}"):
+                raise error
             dims.append(int(d))
         elif isinstance(d, str) and d.strip():
             dims.append(dim_param_name(d))  # `?` and `-1` are unnamed, as in a spec
         else:
-            raise UsageError(f"dim {d!r} is not an integer >= 0, a name, or None")
+            raise UsageError(f"dim {d!r} is not an integer >= 1, a name, or None")
     return tuple(dims)
 
 
@@ -446,8 +471,10 @@ def dynamic_dims(
         if name not in found:
             err = unknown_name("dynamic dim", name, list(found), model.name)
             problems.append(err.message + ("" if found else " (its inputs have no dynamic dims)"))
-        elif not values or any(int(v) < 1 for v in values):
-            problems.append(f"sizes for `{name}` must be integers >= 1, got {list(values)}")
+        elif not values or any(not 1 <= int(v) <= MAX_DIM for v in values):
+            problems.append(
+                f"sizes for `{name}` must be integers >= 1 (and below 2^63), got {list(values)}"
+            )
     if problems:
         raise UsageError(f"cannot check {model.name} at the given sizes", problems=problems)
     for var in found.values():
@@ -478,6 +505,14 @@ def _cases(model: Model, variables: Sequence[DimVariable]) -> list[SizeCase]:
             shapes[info.name] = shape
         cases.append(SizeCase(dict(dims), varied, shapes))
     return cases
+
+
+def _refuse_large_cases(model: Model, cases: Sequence[SizeCase], limit: int | None) -> None:
+    """Refuse, before anything runs, when the inputs of any case would pass ``limit``
+    (rather than after the small sizes have run)."""
+    for case in cases:
+        shapes = {k: tuple(v) for k, v in case.input_shapes.items()}
+        check_feed_size(model, shapes, {}, limit, flag="--sizes")
 
 
 def _expected(info: TensorInfo, dims: Mapping[str, int]) -> list[int | None] | None:
@@ -536,6 +571,7 @@ def check_dynamic(
     sizes: Mapping[str, Sequence[int]] | None = None,
     export: Mapping[str, int] | None = None,
     seed: int = 0,
+    max_feed_bytes: int | None = DEFAULT_MAX_FEED_BYTES,
     options: RunOptions | None = None,
     batch: Sequence[str] | None = None,
     batch_tolerance: Tolerance = BATCH_TOLERANCE,
@@ -549,6 +585,8 @@ def check_dynamic(
         export: The size each dim had at export, when known (tried first, and used to
             recognise baked constants).
         seed: Seed of the random inputs.
+        max_feed_bytes: The most bytes the inputs of one run may take (see
+            :class:`surgeon.feeds.FeedOptions`); None means no limit.
         options: onnxruntime settings.
         batch: The batch dims, overriding the rule of the module docstring (``[]``:
             none, which skips the item check).
@@ -561,7 +599,8 @@ def check_dynamic(
         nodes that likely hold a baked size or fold/mix the batch.
 
     Raises:
-        UsageError: ``sizes`` or ``batch`` names unknown dims, or ``sizes`` gives sizes < 1.
+        UsageError: ``sizes`` or ``batch`` names unknown dims, ``sizes`` gives sizes < 1 or
+            beyond int64, or the inputs of a run would take more than ``max_feed_bytes``.
     """
     from surgeon.runner import Session
 
@@ -574,6 +613,7 @@ def check_dynamic(
         )
     variables = dynamic_dims(model, sizes, export, batch)
     cases = _cases(model, variables)
+    _refuse_large_cases(model, cases, max_feed_bytes)
     notes = []
     if not variables:
         notes.append("the inputs have no dynamic dims: the model ran once, at its static shapes")
@@ -587,7 +627,11 @@ def check_dynamic(
     for case in cases:
         feeds = make_feeds(
             model,
-            FeedOptions(seed=seed, shapes={k: tuple(v) for k, v in case.input_shapes.items()}),
+            FeedOptions(
+                seed=seed,
+                shapes={k: tuple(v) for k, v in case.input_shapes.items()},
+                max_feed_bytes=max_feed_bytes,
+            ),
         )
         try:
             values = session.run(feeds)
@@ -1211,7 +1255,8 @@ def reshape_io(
             shape inference, or keep theirs with input symbols renamed along.
         check: Run :func:`check_dynamic` on the result (its rows join the report).
         sizes: Sizes to try per dim name (see :func:`check_dynamic`).
-        feed_options: Inputs for the comparison with the original at its sizes.
+        feed_options: Inputs for the comparison with the original at its sizes; its
+            seed and ``max_feed_bytes`` apply to the runtime check too.
         options: onnxruntime settings for both checks (default: the value comparison
             runs with optimisations off, the runtime check with onnxruntime's defaults).
         batch, batch_tolerance: The batch dims and the tolerance of their item check
@@ -1329,6 +1374,11 @@ def reshape_io(
     # static dims onnxruntime may pick other kernels than with symbolic ones (see
     # surgeon.edits.extract.VERIFY_OPTIONS), and bit-identity is the promise here.
     verify_options = options or RunOptions(optimization="disabled")
+    if check:
+        # The sizes the runtime check will try are refused (too large, unknown dims) now,
+        # before the value comparison runs.
+        variables = dynamic_dims(edited, sizes, export, batch)
+        _refuse_large_cases(edited, _cases(edited, variables), feed_options.max_feed_bytes)
     notes = []
     report = None
     try:
@@ -1340,15 +1390,17 @@ def reshape_io(
         shapes = ref_shapes
     else:
         try:
-            new_shapes = resolve_shapes(edited, FeedOptions(seed=feed_options.seed))
+            # The caller's shapes, dims and values were for the original, which these
+            # dims do not fit: the edited model's own defaults decide.
+            new_shapes = resolve_shapes(edited, replace(feed_options, shapes={}, dims={}, npz=None))
         except SurgeonError:
             new_shapes = None
         if new_shapes is not None and _fits(new_shapes, model):
             shapes = new_shapes
     if shapes is not None:
-        feeds = make_feeds(
-            model, FeedOptions(seed=feed_options.seed, shapes=shapes, npz=feed_options.npz)
-        )
+        # replace, not a fresh FeedOptions: the seed, values and size limit the caller
+        # set all hold. dims={}: ``shapes`` already resolves every dim of every input.
+        feeds = make_feeds(model, replace(feed_options, shapes=shapes, dims={}))
         report = run_verify(
             edited,
             model,
@@ -1380,6 +1432,7 @@ def reshape_io(
             sizes=sizes,
             export=export,
             seed=feed_options.seed,
+            max_feed_bytes=feed_options.max_feed_bytes,
             options=options,
             batch=batch,
             batch_tolerance=batch_tolerance,
@@ -1439,7 +1492,7 @@ def parse_sizes(items: Iterable[str]) -> dict[str, list[int]]:
     """Parse ``--sizes H=224,320`` arguments.
 
     Raises:
-        UsageError: An item is not ``DIM=INT[,INT...]``.
+        UsageError: An item is not ``DIM=INT[,INT...]``, or a size does not fit an int64.
     """
     out: dict[str, list[int]] = {}
     for item in items:
@@ -1452,5 +1505,8 @@ def parse_sizes(items: Iterable[str]) -> dict[str, list[int]]:
             raise UsageError(
                 f"cannot read `--sizes {item}`: expected DIM=SIZE[,SIZE...], e.g. H=224,320"
             )
+        for value in parsed:
+            if error := too_large_dim(value, f"`--sizes {item}`"):
+                raise error
         out[name.strip()] = parsed
     return out
