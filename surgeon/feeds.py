@@ -633,11 +633,19 @@ def make_feeds(model: Model, options: FeedOptions = FeedOptions()) -> dict[str, 
         user[name] = user[name].view(dtype)
     feeds = {}
     for info in inputs:
-        feeds[info.name] = (
-            user[info.name]
-            if info.name in user
-            else random_array(info, shapes[info.name], options.seed)
-        )
+        try:
+            feeds[info.name] = (
+                user[info.name]
+                if info.name in user
+                else random_array(info, shapes[info.name], options.seed)
+            )
+        except MemoryError:
+            # Within --max-feed-size but beyond what this machine can allocate.
+            raise SurgeonError(
+                f"not enough memory for the input `{info.name}` of {model.name} "
+                f"(shape {list(shapes[info.name])}, {info.dtype})",
+                hint="Choose smaller dims with --shape, or a lower --max-feed-size.",
+            ) from None
     return feeds
 
 

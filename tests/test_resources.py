@@ -512,3 +512,16 @@ def test_a_reference_npz_is_bounded_by_the_same_limit(tmp_path, cli):
     assert "`big`: [524288] float64 = 4 MiB" in _flat(res.stderr)
     res = cli("debug", tmp_path / "m.onnx", "--ref", tmp_path / "acts.npz")
     assert res.status == 0, res.stderr
+
+
+def test_memory_the_machine_lacks_is_exit_2_not_a_crash(tmp_path, cli, monkeypatch):
+    """A limit raised past the machine's memory: the allocation failure is a clear error."""
+    import surgeon.feeds as feeds
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(feeds, "random_array", no_memory)
+    onnx.save(_relu([1, 3]), str(tmp_path / "m.onnx"))
+    res = cli("debug", tmp_path / "m.onnx")
+    assert res.status == 2 and "not enough memory for the input `images`" in _flat(res.stderr)
