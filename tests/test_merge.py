@@ -472,3 +472,25 @@ def test_map_accepts_the_equals_form_of_other_commands(tmp_path):
         "--json",
     )
     assert res.status == 0, res.stderr
+
+
+@pytest.mark.parametrize("fmt", ["efficient", "ultralytics", "mmdeploy"])
+@pytest.mark.parametrize("score", [0.999, 0.01])
+def test_an_nms_that_kept_no_box_says_it_was_not_exercised(cli, fmt, score):
+    """Bit-identity of zero padding proves nothing about the NMS: say so."""
+    res = cli(
+        "merge",
+        SAMPLES / "tiny_yolo.onnx",
+        "--nms",
+        "yolov8",
+        "--classes",
+        "3",
+        "--score",
+        str(score),
+        "--format",
+        fmt,
+        "--json",
+    )
+    assert res.status == 0, res.stderr
+    notes = " ".join(res.json["verification"]["notes"])
+    assert ("NMS was not exercised" in notes) == (score > 0.5)
