@@ -221,6 +221,8 @@ class StatsOutputs:
 # Element types whose extremes and zero count are taken on the tensor itself, not on its
 # float64 copy (float64 is that copy).
 _NATIVE = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.INT64)
+# Narrow floats onnxruntime's CPU computes in float32 behind casts it inserts.
+_ROUNDED = (TensorProto.FLOAT16, TensorProto.BFLOAT16)
 
 
 # Fetched whole rather than measured in the graph: no numbers (strings), no known type
@@ -236,6 +238,10 @@ class _Constants:
         return f"{self.prefix}/zero_{elem}"
 
     @property
+    def flat(self) -> str:
+        return f"{self.prefix}/flat"
+
+    @property
     def pos_inf(self) -> str:
         return f"{self.prefix}/pos_inf"
 
@@ -246,6 +252,7 @@ class _Constants:
     def initializers(self) -> list[onnx.TensorProto]:
         zeros = [(e, np.zeros((), helper.tensor_dtype_to_np_dtype(e))) for e in _NATIVE]
         return [onnx.numpy_helper.from_array(z, self.zero(e)) for e, z in zeros] + [
+            onnx.numpy_helper.from_array(np.array([-1], np.int64), self.flat),
             onnx.numpy_helper.from_array(np.array(math.inf), self.pos_inf),
             onnx.numpy_helper.from_array(np.array(-math.inf), self.neg_inf),
         ]
@@ -277,8 +284,23 @@ def _stats_nodes(
     # (whose extremes are taken in their own dtype), and sums of float32 values keep their
     # low digits. Its Shape is the tensor's; taking it from the copy keeps Shape off
     # exotic dtypes (onnxruntime has no Shape(19) kernel for float8).
-    d = x if elem == TensorProto.DOUBLE else add("Cast", [x], f"{p}/double", to=TensorProto.DOUBLE)
-    shape = add("Shape", [d], f"{p}/shape")
+    source = x
+    if elem in _ROUNDED:
+        # onnxruntime's CPU runs most float16/bfloat16 ops in float32 and inserts casts
+        # around them; a Cast of ours right after one is fused with it (float32 -> double),
+        # which skips the rounding to float16 and gives numbers the tensor never held
+        # (seen on every Conv of a converted OCR model). A Reshape in between keeps the
+        # tensor materialised in its own dtype at every optimisation level (measured;
+        # an Identity is removed at level basic and above).
+        source = add("Reshape", [x, c.flat], f"{p}/rounded")
+    d = (
+        source
+        if elem == TensorProto.DOUBLE
+        else add("Cast", [source], f"{p}/double", to=TensorProto.DOUBLE)
+    )
+    # (The Reshape above flattened a narrow float: its Shape comes from the tensor, which
+    # onnxruntime's Shape kernel takes for float16 and bfloat16.)
+    shape = add("Shape", [x if elem in _ROUNDED else d], f"{p}/shape")
     infos.append(helper.make_tensor_value_info(shape, TensorProto.INT64, [None]))
     # Extremes and zeros on the tensor itself where that is exact and cheaper: int64
     # (float64 rounds beyond 2**53) and float32 (half the bytes of the copy).

@@ -391,3 +391,30 @@ def test_failing_statistics_nodes_are_not_blamed_on_the_model(monkeypatch):
     stats = next(s for s in report.stats if s.name == "a_0")
     assert (stats.nan, stats.inf, stats.min, stats.max) == (1, 1, 1.0, math.inf)
     assert broken_runs and report.stats[-1].nan == 1
+
+
+@pytest.mark.parametrize("optimization", ["disabled", "all"])
+def test_float16_computed_in_float32_is_measured_as_stored(optimization):
+    """onnxruntime's CPU runs a float16 Conv in float32 between casts it inserts; the
+    statistics must be those of the float16 tensor, not of the float32 it came from.
+    (bfloat16 has no Conv in ONNX and few CPU kernels; it gets the same Reshape.)"""
+    elem, npdt = TensorProto.FLOAT16, np.float16
+    rng = np.random.default_rng(0)
+    w = onnx.numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(npdt), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+            helper.make_node("Relu", ["c"], ["y"], name="relu"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", elem, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", elem, None)],
+        [w],
+    )
+    model = Model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]))
+    feeds = {"x": rng.standard_normal((1, 3, 8, 8)).astype(npdt)}
+    lean = debug(model, DebugOptions(optimization=optimization), feeds=feeds)
+    full = debug(model, DebugOptions(keep_values=True, optimization=optimization), feeds=feeds)
+    for s in lean.stats:
+        check(s, full.values[s.name])
+        assert s.min == float(npdt(s.min)) and s.max == float(npdt(s.max)), s.name
