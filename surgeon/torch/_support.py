@@ -181,6 +181,19 @@ def _quiet(fd_level: bool):
             lg.setLevel(level)
 
 
+def _run_module(torch, module, args: tuple, failure: str):
+    """The module's output on ``args`` without autograd.
+
+    Raises:
+        SurgeonError: ``failure``, then why, when the module raises on these inputs.
+    """
+    try:
+        with torch.no_grad():
+            return module(*args)
+    except Exception as e:  # anything the user's forward raises is theirs to fix
+        raise SurgeonError(f"{failure}: {_torch_error_text(e)}") from None
+
+
 def _torch_error_text(e: BaseException) -> str:
     """The informative part of an exporter exception (torch wraps them in long notes)."""
     chain = []

@@ -17,8 +17,8 @@ from surgeon.torch._support import (
     _flatten,
     _input_leaves,
     _onnx_name,
+    _run_module,
     _torch,
-    _torch_error_text,
 )
 
 
@@ -224,12 +224,7 @@ def capture(
     was_training = module.training
     module.eval()
     try:
-        with torch.no_grad():
-            result = module(*args)
-    except Exception as e:
-        raise SurgeonError(
-            f"the module fails on the given inputs: {_torch_error_text(e)}"
-        ) from None
+        result = _run_module(torch, module, args, "the module fails on the given inputs")
     finally:
         for h in handles:
             h.remove()

@@ -25,6 +25,7 @@ from surgeon.torch._support import (
     _Leaf,
     _onnx_name,
     _quiet,
+    _run_module,
     _Signature,
     _torch,
     _torch_error_text,
@@ -215,13 +216,9 @@ def _eval_mode(module, pitfalls: list[Pitfall]):
 
 def _signature(torch, module, args, input_names, output_names, dynamic_axes, exporter, pitfalls):
     """Run the module once: the reference outputs, their structure, and the names."""
-    try:
-        with torch.no_grad():
-            reference = module(*args)
-    except Exception as e:
-        raise SurgeonError(
-            f"the module fails on the example inputs before any export: {_torch_error_text(e)}"
-        ) from None
+    reference = _run_module(
+        torch, module, args, "the module fails on the example inputs before any export"
+    )
     leaves = _flatten(reference, "")
     tensor_leaves = [leaf for leaf in leaves if isinstance(leaf.value, torch.Tensor)]
     arg_leaves = _input_leaves(module, args)
