@@ -59,7 +59,7 @@ _LAZY = {
     "extract": "surgeon.edits.extract",
     "rename": "surgeon.edits.rename",
     "reshape_io": "surgeon.edits.shapes",
-    "check_dynamic": "surgeon.edits.shapes",
+    "check_dynamic": "surgeon.dynamic",
     "declared_vs_actual": "surgeon.shapecheck",
     "node_origin": "surgeon.origin",
     "match_activations": "surgeon.origin",

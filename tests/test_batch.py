@@ -13,7 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx.reference import ReferenceEvaluator
 
-from surgeon.edits.shapes import check_dynamic, dynamic_dims, parse_batch, reshape_io
+from surgeon.dims import parse_batch
+from surgeon.dynamic import check_dynamic, dynamic_dims
+from surgeon.edits.shapes import reshape_io
 from surgeon.errors import UsageError
 from surgeon.model import Model
 

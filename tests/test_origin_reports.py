@@ -9,7 +9,7 @@ from conftest import write
 from onnx import TensorProto, helper, numpy_helper
 
 from surgeon.debugging import DebugOptions, debug
-from surgeon.edits.shapes import check_dynamic
+from surgeon.dynamic import check_dynamic
 from surgeon.loading import load
 
 

@@ -9,7 +9,9 @@ import pytest
 from conftest import parse, write
 from onnx.reference import ReferenceEvaluator
 
-from surgeon.edits.shapes import check_dynamic, parse_dims, parse_io_spec, parse_sizes, reshape_io
+from surgeon.dims import parse_dims, parse_io_spec, parse_sizes
+from surgeon.dynamic import check_dynamic
+from surgeon.edits.shapes import reshape_io
 from surgeon.errors import NameNotFoundError, UsageError
 from surgeon.loading import load
 from surgeon.model import Model

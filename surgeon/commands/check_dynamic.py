@@ -35,7 +35,8 @@ def add_arguments(parser) -> None:
 def run(args, ctx) -> int:
     from surgeon.commands import _common
     from surgeon.commands.reshape_io import batch_arguments
-    from surgeon.edits.shapes import check_dynamic, parse_sizes
+    from surgeon.dims import parse_sizes
+    from surgeon.dynamic import check_dynamic
     from surgeon.loading import load
 
     sizes = parse_sizes(args.sizes)

@@ -103,7 +103,7 @@ def batch_arguments(args) -> dict:
     """The batch dims and the item tolerance from the parsed arguments, as keywords of
     check_dynamic / reshape_io."""
     from surgeon.compare import Tolerance
-    from surgeon.edits.shapes import parse_batch
+    from surgeon.dims import parse_batch
     from surgeon.errors import UsageError
 
     if not (args.batch_atol >= 0 and args.batch_rtol >= 0):  # also refuses NaN
@@ -118,7 +118,7 @@ def batch_arguments(args) -> dict:
 
 
 def parse_specs(items, flag: str) -> dict:
-    from surgeon.edits.shapes import parse_io_spec
+    from surgeon.dims import parse_io_spec
     from surgeon.errors import UsageError
 
     specs = {}
@@ -133,7 +133,8 @@ def parse_specs(items, flag: str) -> dict:
 def run(args, ctx) -> int:
     from surgeon.commands import _common
     from surgeon.commands.extract import _render
-    from surgeon.edits.shapes import parse_sizes, reshape_io
+    from surgeon.dims import parse_sizes
+    from surgeon.edits.shapes import reshape_io
     from surgeon.feeds import FeedOptions
     from surgeon.loading import load
 

@@ -1,0 +1,160 @@
+"""Dims of inputs and outputs as users write them: ``Bx3xHxW`` specs, ``NAME:DIMS``
+I/O specs, ``--sizes`` and ``--batch`` arguments, and their text form.
+
+A dim is an integer (static, 1 to 2^63-1), a symbol (named dynamic) or None (unnamed
+dynamic). Shared by ``reshape-io``, ``check-dynamic`` and their Python twins.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from surgeon.errors import UsageError
+from surgeon.feeds import (
+    too_large_dim,
+)
+from surgeon.model import dim_param_name
+
+Dim = int | str | None
+
+
+def parse_dims(text: str, *, what: str = "shape") -> tuple[Dim, ...]:
+    """Parse ``Bx3xHxW`` (or ``B,3,H,W``, ``[B, 3, H, W]``) into dims.
+
+    Each dim is an integer (static), a symbol (named dynamic), or ``?``/``-1`` (unnamed
+    dynamic, returned as None). Use commas when a symbol contains an ``x``
+    (``batch,max_len``).
+
+    Raises:
+        UsageError: An empty spec, or a dim that is neither an integer from 1 to 2^63-1
+            nor a name.
+    """
+    spec = text.strip().strip("[]()").strip()
+    if not spec:
+        raise UsageError(f"cannot read the {what} `{text}`: it has no dims; expected e.g. Bx3xHxW")
+    parts = [p.strip() for p in (spec.split(",") if "," in spec else spec.split("x"))]
+    dims: list[Dim] = []
+    for p in parts:
+        if p in ("?", "-1"):
+            dims.append(None)
+        elif re.fullmatch(r"\d+", p):
+            where = f"the {what}" + ("" if text in what else f" `{text}`")
+            if error := _static_dim_error(int(p), where):
+                raise error
+            dims.append(int(p))
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", p):
+            dims.append(p)
+        else:
+            raise UsageError(
+                f"cannot read dim `{p}` in the {what} `{text}`: each dim is an integer, a name "
+                "(symbolic) or ? for an unnamed dynamic dim, e.g. Bx3xHxW or 1x3x640x640"
+            )
+    return tuple(dims)
+
+
+def parse_io_spec(arg: str, *, flag: str = "--input") -> tuple[str, tuple[Dim, ...]]:
+    """Parse ``NAME:DIMS`` (split at the last ``:``, so names like ``input:0`` work).
+
+    Raises:
+        UsageError: No ``:`` or no name.
+    """
+    name, sep, dims = arg.rpartition(":")
+    if not sep or not name.strip():
+        raise UsageError(
+            f"cannot read `{flag} {arg}`: expected NAME:DIMS, e.g. images:Bx3xHxW",
+            hint="The output file is given with -o." if flag == "--output" else None,
+        )
+    return name.strip(), parse_dims(dims, what=f"dims of `{flag} {arg}`")
+
+
+def _static_dim_error(value: int, where: str) -> UsageError | None:
+    """Why ``value`` cannot be a static dim, or None. 0 is refused too: surgeon (like most
+    tools) reads a dim_value of 0 as "not static", so it would silently mean dynamic."""
+    if value < 1:
+        return UsageError(
+            f"dim {value} in {where} cannot be a static dim: use an integer >= 1, or a name "
+            "or ? for a dynamic dim"
+        )
+    return too_large_dim(value, f"dim {value} in {where}")
+
+
+def as_dims(spec: str | Sequence[Dim]) -> tuple[Dim, ...]:
+    """Dims from a spec string or a sequence of ints, names and None (``-1``/``?``:
+    unnamed dynamic).
+
+    Raises:
+        UsageError: A dim that is not an integer >= 1 (below 2^63), a name, or None.
+    """
+    if isinstance(spec, str):
+        return parse_dims(spec)
+    dims = []
+    for d in spec:
+        if d is None or (isinstance(d, int) and d == -1):
+            dims.append(None)
+        elif isinstance(d, (int, np.integer)) and not isinstance(d, bool):
+            if error := _static_dim_error(int(d), f"{list(spec)}"):
+                raise error
+            dims.append(int(d))
+        elif isinstance(d, str) and d.strip():
+            dims.append(dim_param_name(d))  # `?` and `-1` are unnamed, as in a spec
+        else:
+            raise UsageError(f"dim {d!r} is not an integer >= 1, a name, or None")
+    return tuple(dims)
+
+
+def dims_text(dims: Sequence[Dim] | None) -> str:
+    """``1x3xHx?`` (``?`` for unknown rank, ``scalar`` for rank 0)."""
+    if dims is None:
+        return "?"
+    return "x".join("?" if d is None else str(d) for d in dims) if dims else "scalar"
+
+
+def dims_list(dims: Sequence[Dim] | None) -> list | None:
+    """Dims as a JSON list (None for unknown rank)."""
+    return list(dims) if dims is not None else None
+
+
+def parse_batch(items: Iterable[str]) -> list[str] | None:
+    """Parse ``--batch B`` arguments (repeatable, or comma-separated): None when none is
+    given (the naming rule decides), ``[]`` for ``--batch none``.
+
+    Raises:
+        UsageError: ``none`` together with dim names, or an empty name.
+    """
+    names = [n.strip() for item in items for n in item.split(",")]
+    if not names:
+        return None
+    if "none" in names:
+        if names != ["none"]:
+            raise UsageError("`--batch none` cannot be combined with batch dim names")
+        return []
+    if not all(names):
+        raise UsageError("cannot read `--batch`: expected DIM[,DIM...] or none, e.g. --batch B")
+    return list(dict.fromkeys(names))
+
+
+def parse_sizes(items: Iterable[str]) -> dict[str, list[int]]:
+    """Parse ``--sizes H=224,320`` arguments.
+
+    Raises:
+        UsageError: An item is not ``DIM=INT[,INT...]``, or a size does not fit an int64.
+    """
+    out: dict[str, list[int]] = {}
+    for item in items:
+        name, sep, values = item.rpartition("=")
+        try:
+            parsed = [int(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            parsed = []
+        if not sep or not name.strip() or not parsed:
+            raise UsageError(
+                f"cannot read `--sizes {item}`: expected DIM=SIZE[,SIZE...], e.g. H=224,320"
+            )
+        for value in parsed:
+            if error := too_large_dim(value, f"`--sizes {item}`"):
+                raise error
+        out[name.strip()] = parsed
+    return out

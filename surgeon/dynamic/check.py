@@ -1,0 +1,305 @@
+"""The size check of :func:`check_dynamic`: which dims are dynamic and what sizes to try
+(the rule is in :mod:`surgeon.dynamic`), one run per size, and the output shapes each
+run must have."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from surgeon.baked import SHAPE_INPUTS
+from surgeon.compare import Tolerance
+from surgeon.dims import dims_text
+from surgeon.dynamic.batch import BATCH_TOLERANCE, batch_case, check_items, find_batch_mixer
+from surgeon.dynamic.results import (
+    ORT_NODE,
+    DimVariable,
+    DynamicCheck,
+    OutputCheck,
+    SizeCase,
+    Suspect,
+    short_error,
+)
+from surgeon.dynamic.suspects import add_origins, find_suspects
+from surgeon.errors import SurgeonError, UsageError, unknown_name
+from surgeon.feeds import (
+    DEFAULT_MAX_FEED_BYTES,
+    MAX_DIM,
+    FeedOptions,
+    check_feed_size,
+    make_feeds,
+)
+from surgeon.model import Model, TensorInfo
+from surgeon.runner import RunOptions
+
+BATCH_NAMES = {"n", "b", "batch", "batch_size", "batchsize", "bs", "num_batches"}
+SPATIAL_NAMES = {"h", "w", "height", "width", "d", "depth", "x", "y", "img_h", "img_w"}
+SEQUENCE_NAMES = {"t", "l", "s", "len", "seq", "time"}
+SEQUENCE_WORDS = ("seq", "length", "time", "token", "frame", "step")
+DEFAULT_SIZES = {"batch": (1, 3), "spatial": (64, 96), "other": (16, 24)}
+
+
+# ---------------------------------------------------------------------- check_dynamic
+def _kind(name: str, axis: int, rank: int, named: bool) -> str:
+    """batch, spatial or other (the module docstring's rule)."""
+    low = name.lower()
+    if low in BATCH_NAMES or "batch" in low:
+        return "batch"
+    if low in SPATIAL_NAMES or "height" in low or "width" in low:
+        return "spatial"
+    if named and (low in SEQUENCE_NAMES or any(w in low for w in SEQUENCE_WORDS)):
+        # [seq, batch, C] layouts: axis 0 is time there, and time steps are not items.
+        return "other"
+    if axis == 0 and rank >= 2:
+        # Rank 1 is excluded: a lone [N] axis is as often samples or tokens as items.
+        return "batch"
+    if rank in (4, 5) and axis >= 2:
+        return "spatial"
+    return "other"
+
+
+def dynamic_dims(
+    model: Model,
+    sizes: Mapping[str, Sequence[int]] | None = None,
+    export: Mapping[str, int] | None = None,
+    batch: Sequence[str] | None = None,
+) -> list[DimVariable]:
+    """The dynamic dims of ``model``'s inputs with the sizes to try (module docstring).
+
+    Args:
+        batch: The dims that are batch dims, overriding the naming rule (an empty list:
+            none is).
+
+    Raises:
+        UsageError: ``sizes`` or ``batch`` names a dim the inputs do not have, or
+            ``sizes`` gives a size < 1.
+    """
+    sizes = dict(sizes or {})
+    export = dict(export or {})
+    found: dict[str, DimVariable] = {}
+    for info in model.inputs:
+        if info.shape is None:
+            continue
+        for axis, d in enumerate(info.shape):
+            if isinstance(d, int) and d > 0:
+                continue
+            name = d if isinstance(d, str) else f"{info.name}[{axis}]"
+            if name not in found:
+                kind = _kind(name, axis, len(info.shape), isinstance(d, str))
+                found[name] = DimVariable(name, [], kind, [])
+            found[name].axes.append((info.name, axis))
+    problems = []
+    for name in batch or ():
+        if name not in found:
+            err = unknown_name("dynamic dim", name, list(found), model.name)
+            problems.append(f"--batch: {err.message}")
+    if batch is not None:
+        for var in found.values():
+            if var.name in batch:
+                var.kind = "batch"
+            elif var.kind == "batch":
+                var.kind = "other"
+    for name, values in sizes.items():
+        if name not in found:
+            err = unknown_name("dynamic dim", name, list(found), model.name)
+            problems.append(err.message + ("" if found else " (its inputs have no dynamic dims)"))
+        elif not values or any(not 1 <= int(v) <= MAX_DIM for v in values):
+            problems.append(
+                f"sizes for `{name}` must be integers >= 1 (and below 2^63), got {list(values)}"
+            )
+    if problems:
+        raise UsageError(f"cannot check {model.name} at the given sizes", problems=problems)
+    for var in found.values():
+        var.export = export.get(var.name)
+        if var.name in sizes:
+            var.values = list(dict.fromkeys(int(v) for v in sizes[var.name]))
+        else:
+            first = [var.export] if var.export else []
+            var.values = list(dict.fromkeys(first + list(DEFAULT_SIZES[var.kind])))
+    return list(found.values())
+
+
+def size_cases(model: Model, variables: Sequence[DimVariable]) -> list[SizeCase]:
+    """The runs to make: every dim at its first size, then one dim varied at a time."""
+    base = {v.name: v.values[0] for v in variables}
+    plans: list[tuple[dict[str, int], str | None]] = [(base, None)]
+    for v in variables:
+        for value in v.values[1:]:
+            plans.append(({**base, v.name: value}, v.name))
+    axis_var = {ax: v.name for v in variables for ax in v.axes}
+    cases = []
+    for dims, varied in plans:
+        shapes = {}
+        for info in model.inputs:
+            shape = []
+            for axis, d in enumerate(info.shape or ()):
+                var = axis_var.get((info.name, axis))
+                shape.append(dims[var] if var is not None else int(d))
+            shapes[info.name] = shape
+        cases.append(SizeCase(dict(dims), varied, shapes))
+    return cases
+
+
+def refuse_large_cases(model: Model, cases: Sequence[SizeCase], limit: int | None) -> None:
+    """Refuse, before anything runs, when the inputs of any case would pass ``limit``
+    (rather than after the small sizes have run)."""
+    for case in cases:
+        shapes = {k: tuple(v) for k, v in case.input_shapes.items()}
+        check_feed_size(model, shapes, {}, limit, flag="--sizes")
+
+
+def _expected(info: TensorInfo, dims: Mapping[str, int]) -> list[int | None] | None:
+    if info.shape is None:
+        return None
+    return [
+        d if isinstance(d, int) and d > 0 else (dims.get(d) if isinstance(d, str) else None)
+        for d in info.shape
+    ]
+
+
+def _check_output(
+    name: str, value: np.ndarray, info: TensorInfo, dims: Mapping[str, int]
+) -> OutputCheck:
+    if value is None or isinstance(value, (list, tuple, dict)):
+        return OutputCheck(name, None, None, True)  # a sequence or optional: no shape to check
+    shape = [int(s) for s in np.shape(value)]
+    expected = _expected(info, dims)
+    if expected is None:
+        return OutputCheck(name, shape, None, True)
+    if len(shape) != len(expected):
+        return OutputCheck(
+            name,
+            shape,
+            expected,
+            False,
+            f"rank {len(shape)}, but the model declares {dims_text(info.shape)}",
+        )
+    wrong = []
+    for axis, (got, want, declared) in enumerate(zip(shape, expected, info.shape, strict=True)):
+        if want is not None and got != want:
+            why = f"{declared}={want}" if isinstance(declared, str) else "static"
+            wrong.append(f"dim {axis} is {got}, expected {want} ({why})")
+    return OutputCheck(name, shape, expected, not wrong, "; ".join(wrong))
+
+
+def check_dynamic(
+    model: Model,
+    *,
+    sizes: Mapping[str, Sequence[int]] | None = None,
+    export: Mapping[str, int] | None = None,
+    seed: int = 0,
+    max_feed_bytes: int | None = DEFAULT_MAX_FEED_BYTES,
+    options: RunOptions | None = None,
+    batch: Sequence[str] | None = None,
+    batch_tolerance: Tolerance = BATCH_TOLERANCE,
+) -> DynamicCheck:
+    """Run ``model`` at several sizes of each dynamic input dim and check output shapes.
+
+    Args:
+        model: The model to check.
+        sizes: Sizes to try per dim name (``{"H": [224, 320]}``); unnamed dims are named
+            ``input[axis]``. Other dims follow the rule in the module docstring.
+        export: The size each dim had at export, when known (tried first, and used to
+            recognise baked constants).
+        seed: Seed of the random inputs.
+        max_feed_bytes: The most bytes the inputs of one run may take (see
+            :class:`surgeon.feeds.FeedOptions`); None means no limit.
+        options: onnxruntime settings.
+        batch: The batch dims, overriding the rule of the module docstring (``[]``:
+            none, which skips the item check).
+        batch_tolerance: How close item i of a batch run must be to the batch-1 run of
+            item i.
+
+    Returns:
+        A DynamicCheck, truthy when every size ran with the expected output shapes and
+        the items of every batch dim are independent; when not, ``suspects`` names the
+        nodes that likely hold a baked size or fold/mix the batch.
+
+    Raises:
+        UsageError: ``sizes`` or ``batch`` names unknown dims, ``sizes`` gives sizes < 1 or
+            beyond int64, or the inputs of a run would take more than ``max_feed_bytes``.
+    """
+    from surgeon.runner import Session
+
+    unknown_rank = [i.name for i in model.inputs if i.shape is None]
+    if unknown_rank:
+        raise UsageError(
+            f"cannot check {model.name}: input(s) {', '.join(f'`{n}`' for n in unknown_rank)} "
+            "have unknown rank",
+            hint="Declare their dims first: surgeon reshape-io model.onnx --input NAME:DIMS",
+        )
+    variables = dynamic_dims(model, sizes, export, batch)
+    cases = size_cases(model, variables)
+    refuse_large_cases(model, cases, max_feed_bytes)
+    notes = []
+    if not variables:
+        notes.append("the inputs have no dynamic dims: the model ran once, at its static shapes")
+    declared = {o.name: o for o in model.outputs}
+    # A model onnxruntime cannot load at all (an unknown op, a missing custom op library,
+    # damaged weights) is not a size problem: the RuntimeFailure, with its hint, goes to
+    # the caller (exit 2) instead of a table of sizes that "did not run".
+    session = Session(model, options=options)
+    batch_vars = [v for v in variables if v.kind == "batch"]
+    runs: dict[int, tuple[dict, dict]] = {}  # id(case) -> (feeds, values), batch checks only
+    for case in cases:
+        feeds = make_feeds(
+            model,
+            FeedOptions(
+                seed=seed,
+                shapes={k: tuple(v) for k, v in case.input_shapes.items()},
+                max_feed_bytes=max_feed_bytes,
+            ),
+        )
+        try:
+            values = session.run(feeds)
+        except SurgeonError as e:
+            match = ORT_NODE.search(e.message)
+            case.failed_node = match.group(2) if match else None
+            case.error = short_error(e.message)
+            continue
+        case.ran = True
+        case.outputs = [
+            _check_output(n, values[n], declared.get(n, TensorInfo(n, None, None)), case.dims)
+            for n in model.output_names
+        ]
+        if any(case.dims[v.name] > 1 for v in batch_vars):
+            runs[id(case)] = (feeds, values)
+    check = DynamicCheck(model.name, variables, cases, notes=notes, seed=seed)
+    # Batch means independent items: each batch dim's largest run, split into its items.
+    mixers: list[Suspect] = []
+    for var in batch_vars:
+        case = batch_case(var, cases)
+        if case is None:
+            if any(c.ran for c in cases):
+                check.notes.append(
+                    f"batch dim `{var.name}` ran at no size above 1 with the others at their "
+                    "first sizes, so its items were not checked"
+                )
+            continue
+        feeds, values = runs[id(case)]
+        item = check_items(model, session, var, case, feeds, values, batch_tolerance)
+        check.items.append(item)
+        if not item.passed and item.error is None:
+            mixer = find_batch_mixer(model, var, feeds, item.size, batch_tolerance, options)
+            if mixer is not None:
+                mixers.append(mixer)
+            else:
+                check.notes.append(
+                    f"the node where the items of `{var.name}` stop being independent "
+                    "could not be named"
+                )
+    runs.clear()
+    if not check.passed:
+        check.suspects = mixers + [
+            s
+            for s in find_suspects(model, variables, cases)
+            if (s.node, s.constant) not in {(m.node, m.constant) for m in mixers}
+        ]
+        add_origins(model, check.suspects)
+        if not check.suspects:
+            check.notes.append(
+                f"no baked constant was found in {'/'.join(SHAPE_INPUTS)} inputs; see "
+                "onnxruntime's message for the failing node"
+            )
+    return check
