@@ -14,7 +14,8 @@ surgeon's verifier, which is exercised as well and must agree):
 3. ``debug(model)`` (every tensor tapped, statistics mode) on the stored inputs: it
    runs, and its NaN/Inf verdict agrees with one worked out here from a plain run that
    exposes every tensor: the run fails exactly when some node that is not computed from
-   constants only turns finite inputs into a NaN/Inf (operator tests that divide by zero
+   constants only turns finite inputs into a NaN/Inf, or inputs without NaN into a NaN
+   (``0 * -inf``) (operator tests that divide by zero
    do; the expanded Attention tests, whose ``-inf`` masks come from Constants, do not);
 4. ``extract`` of each main-graph node's first output, cut where the node's inputs (and
    the outer-scope tensors its If/Loop/Scan bodies read) depend on a graph input:
@@ -635,6 +636,34 @@ def _nonfinite(value) -> bool | None:
         return None
 
 
+def _has_nan(value) -> bool:
+    """True when a value holds a NaN (None, integers and strings never do)."""
+    if value is None:
+        return False
+    if isinstance(value, list):
+        return any(_has_nan(v) for v in value)
+    if isinstance(value, dict):
+        return _has_nan(list(value.values()))
+    value = np.asarray(value)
+    if value.dtype.kind in "biuOUS":
+        return False
+    try:
+        return bool(np.isnan(value.astype(np.float64)).any())
+    except (TypeError, ValueError):
+        return False
+
+
+def _nan_reaches_output(g: onnx.GraphProto, start: str, known: dict) -> bool:
+    """True when NaN-holding tensors lead from ``start`` to a graph output holding NaN."""
+    from surgeon.edits.extract import subgraph_reads
+
+    carrying = {start}
+    for node in g.node:
+        if any(x in carrying for x in [*node.input, *subgraph_reads(node)]):
+            carrying |= {o for o in node.output if o and _has_nan(known.get(o))}
+    return any(o.name in carrying and _has_nan(known.get(o.name)) for o in g.output)
+
+
 def expected_births(proto: onnx.ModelProto, values: dict) -> list[str]:
     """Main-graph tensors whose NaN/Inf are born at their producer, worked out from a
     plain run's values: the producer is not computed from constants only (initializers,
@@ -662,6 +691,15 @@ def expected_births(proto: onnx.ModelProto, values: dict) -> list[str]:
             continue
         if not any(_nonfinite(known.get(o)) for o in outs if o in known):
             continue
+        # A NaN from inputs that hold Inf but no NaN (0 * -inf) is born here too when a
+        # chain of NaN-holding tensors carries it to a graph output.
+        if all(x in known and not _has_nan(known[x]) for x in reads if x not in feeds) and all(
+            not _has_nan(known.get(x)) for x in reads if x in feeds
+        ):
+            nan_born = [o for o in outs if o in known and _has_nan(known[o])]
+            if nan_born:
+                born += [o for o in nan_born if _nan_reaches_output(g, o, known)]
+                continue
         if all(
             x in known and _nonfinite(known[x]) is False for x in reads if x not in feeds
         ) and all(_nonfinite(known.get(x)) is False for x in reads if x in feeds):

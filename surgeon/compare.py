@@ -452,9 +452,12 @@ def compare_arrays(
     same = m.same
     if tolerance.exact and a.dtype == b.dtype:
         # Bitwise: compare the raw bytes of each element (NaN payloads included).
-        view = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}.get(a.dtype.itemsize)
-        if view is not None:
-            same = np.ascontiguousarray(a).view(view) == np.ascontiguousarray(b).view(view)
+        # Bytes of each element, whatever its size (complex128 is 16: -0.0 != 0.0 there
+        # too); the 0-d case is reshaped since ascontiguousarray makes it 1-d.
+        if a.dtype.itemsize and a.size:
+            bytes_a = np.ascontiguousarray(a).view(np.uint8).reshape(a.shape + (-1,))
+            bytes_b = np.ascontiguousarray(b).view(np.uint8).reshape(b.shape + (-1,))
+            same = (bytes_a == bytes_b).all(axis=-1)
     d.mismatches = int(same.size - _count(same))
     d.max_abs, d.max_rel, d.cosine = m.max_abs, m.max_rel, m.cosine
     if d.mismatches:

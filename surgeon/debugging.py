@@ -121,7 +121,14 @@ class NonFinite:
     * ``inherited``: an input of its node already holds NaN/Inf;
     * ``input``: a graph input fed with NaN/Inf (the user's data, not the model);
     * ``constant``: a value computed from constants only (initializers, Constant,
-      ConstantOfShape), such as the ``-inf`` of an attention mask: deliberate.
+      ConstantOfShape), such as the ``-inf`` of an attention mask: deliberate;
+    * ``weights``: a computed tensor where the NaN of a constant (a weight, a Constant)
+      enters the data and goes on to reach a graph output (the run fails: a ``-inf`` mask
+      is deliberate, a NaN weight that spoils the outputs is not).
+
+    A NaN from inputs that hold Inf but no NaN (``0 * -inf``, Softmax of a fully masked
+    row) is ``born`` (``from_inf``) when it reaches a graph output, and ``inherited``
+    from the deliberate Inf when something (a Where) removes it before.
     """
 
     tensor: str
@@ -132,10 +139,13 @@ class NonFinite:
     op: str | None = None
     untapped_inputs: list[str] = field(default_factory=list)
     origin: str | None = None
+    constants: list[str] = field(default_factory=list)  # ``weights``: the NaN constants
+    outputs: list[str] = field(default_factory=list)  # ``weights``: the outputs they reach
+    from_inf: bool = False  # ``born``: a NaN from inputs holding Inf (but no NaN)
 
     @property
     def fails(self) -> bool:
-        return self.kind in ("born", "unknown")
+        return self.kind in ("born", "unknown", "weights")
 
     def describe(self) -> str:
         """``3 NaN and 1 Inf`` (the counts only)."""
@@ -152,6 +162,9 @@ class NonFinite:
             "op": self.op,
             "untapped_inputs": self.untapped_inputs,
             "origin": self.origin,
+            "constants": self.constants,
+            "outputs": self.outputs,
+            "from_inf": self.from_inf,
         }
 
 
@@ -247,7 +260,19 @@ class DebugReport:
                 f"first {kind} at `{first.tensor}`, produced by `{first.node}` ({first.op}){origin}"
             )
             if first.kind == "born":
-                text += " from finite inputs"
+                text += (
+                    " from inputs that hold Inf but no NaN (e.g. 0 * inf, inf - inf), and it "
+                    f"reaches output(s) {_names(first.outputs)}"
+                    if first.from_inf
+                    else " from finite inputs"
+                )
+            elif first.kind == "weights":
+                text = (
+                    f"NaN of constant(s) {_names(first.constants)} enters the data at "
+                    f"`{first.tensor}`, produced by `{first.node}` ({first.op}){origin}, and "
+                    f"reaches output(s) {_names(first.outputs)}: a NaN in weights is not "
+                    "deliberate"
+                )
             else:
                 text += (
                     f"; its input(s) {_names(first.untapped_inputs)} were not tapped, so the "
@@ -477,13 +502,95 @@ def blame_nonfinite(
             continue
         reads = [] if node is None else [x for x in [*node.input, *subgraph_reads(node)] if x]
         counts = {x: lookup(x) for x in dict.fromkeys(reads)}
-        if any(c is not None and (c[0] or c[1]) for c in counts.values()):
-            kind, untapped = "inherited", []
-        else:
-            untapped = [x for x, c in counts.items() if c is None]
+        nan_in = any(c is not None and c[0] for c in counts.values())
+        any_in = any(c is not None and (c[0] or c[1]) for c in counts.values())
+        untapped = [x for x, c in counts.items() if c is None]
+        from_inf = False
+        if s.inf and not any_in:
             kind = "unknown" if untapped else "born"
+        elif s.nan and not nan_in and any_in:
+            # A NaN from Inf inputs (0 * -inf, Softmax of a fully masked row): born here,
+            # but an anomaly only if it reaches an output (see _blame_nan_sources).
+            kind, from_inf, untapped = "born", True, []
+        elif s.nan and not nan_in:
+            kind = "unknown" if untapped else "born"
+        else:
+            kind, untapped = "inherited", []
         found.append(NonFinite(s.name, kind, s.nan, s.inf, label, op, untapped))
+        found[-1].from_inf = from_inf
+    _blame_nan_sources(model, found, constant, known, lookup)
     return found
+
+
+def _blame_nan_sources(model: Model, found: list[NonFinite], constant, known, lookup) -> None:
+    """Judge the NaN that deliberate non-finite values give rise to by whether they
+    reach a graph output.
+
+    A deliberate ``-inf`` mask is absorbed before the outputs (Softmax turns it into 0;
+    the NaN of a fully masked row is replaced by a Where), while a NaN weight in a Conv
+    or a ``0 * -inf`` spoils everything after it. So two NaN sources fail the run only
+    when some graph output holds NaN that a chain of NaN-holding tensors carries from
+    them (a tapped tensor without NaN ends the chain: ``Where(IsNaN(t), 0, t)``):
+
+    * a constant holding NaN: blamed (kind ``weights``) at the first tapped computed
+      tensor that reads it directly;
+    * a NaN born from inputs that hold Inf but no NaN (``from_inf``): kept ``born``;
+      otherwise it is ``inherited`` from the deliberate Inf.
+    """
+    from surgeon.edits.extract import subgraph_reads
+
+    from_inf = {x.tensor for x in found if x.from_inf}
+    carries: dict[str, list[str]] = {}  # tensor -> NaN sources it may carry
+    for node in model.proto.graph.node:
+        outs = [o for o in node.output if o]
+        if not outs or all(o in constant for o in outs):
+            continue
+        sources: list[str] = []
+        for x in (x for x in [*node.input, *subgraph_reads(node)] if x):
+            if x in carries:
+                sources += carries[x]
+            elif x in constant:
+                c = lookup(x)
+                if c is not None and c[0]:
+                    sources.append(x)
+        for o in outs:
+            mine = [o] if o in from_inf else []
+            c = known.get(o)
+            if not (sources or mine) or (c is not None and not c[0]):
+                continue  # tapped and free of NaN: the chain ends here
+            carries[o] = list(dict.fromkeys([*sources, *mine]))
+    reached: dict[str, list[str]] = {}  # source -> outputs its NaN reaches
+    for o in model.output_names:
+        c = known.get(o)
+        if o in carries and c is not None and c[0]:
+            for k in carries[o]:
+                reached.setdefault(k, []).append(o)
+    for x in found:
+        if x.from_inf and x.tensor not in reached:
+            x.kind, x.from_inf = "inherited", False
+        elif x.from_inf:
+            x.outputs = reached.pop(x.tensor)
+    reached = {k: v for k, v in reached.items() if k not in from_inf}
+    if not reached:
+        return
+    graph = model.proto.graph
+    producer = {o: n for n in graph.node for o in n.output if o}
+    for x in found:
+        if x.kind != "inherited" or not x.nan or x.tensor not in producer:
+            continue
+        node = producer[x.tensor]
+        direct = [k for k in dict.fromkeys([*node.input, *subgraph_reads(node)]) if k in reached]
+        if direct:
+            x.kind, x.constants = "weights", direct
+            x.outputs = list(dict.fromkeys(o for k in direct for o in reached[k]))
+            for k in direct:
+                reached.pop(k)
+    # An entry point that was not tapped: blame the output the NaN reaches.
+    for k, outs in reached.items():
+        for x in found:
+            if x.tensor == outs[0] and not x.fails:
+                x.kind, x.constants, x.outputs = "weights", [k], outs
+                break
 
 
 def rank_anomaly(stats: list[TensorStats], nonfinite: list[NonFinite], constant: set[str]):

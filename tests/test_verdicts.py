@@ -86,6 +86,9 @@ def test_nan_in_the_users_input_is_reported_as_such(cli, tmp_path, keep_values):
         "op": None,
         "untapped_inputs": [],
         "origin": None,
+        "constants": [],
+        "outputs": [],
+        "from_inf": False,
     }
 
 

@@ -17,6 +17,7 @@ KIND_LABELS = {
     "inherited": "from an input",
     "input": "user input",
     "constant": "deliberate constant",
+    "weights": "NaN from a constant",
 }
 
 
@@ -217,7 +218,9 @@ def render_debug(console: Console, report, rows: int = 40) -> None:
         if not narrow:
             cells += [fmt(s.mean, 2), fmt(s.std, 2)]
         kind = kinds.get(s.name)
-        flag_style = "red" if kind in ("born", "unknown") else "yellow" if s.flags else ""
+        flag_style = (
+            "red" if kind in ("born", "unknown", "weights") else "yellow" if s.flags else ""
+        )
         cells += [
             f"{s.nan}/{s.inf}",
             percent(s.zeros, 0),
