@@ -17,8 +17,11 @@ that is not computed from constants only and turns finite inputs into a NaN/Inf 
 :func:`blame_nonfinite`). NaN/Inf in the user's inputs, and deliberate ones computed from
 constants only (the ``-inf`` of an attention mask), are reported as such and do not fail
 the run; neither do values that merely inherit them. With a reference it names the
-*root-cause node*: the first node whose output diverges while all its compared inputs
-still match the reference. A reference that pairs with no tapped tensor is an error.
+*root-cause node*: a node whose output diverges while none of its compared inputs does,
+and says which inputs had no reference value; a node whose inputs were all compared
+ranks before one with uncompared inputs (graph order within a rank). A reference model's
+own inputs, which the model lacks, are fed from ``--inputs`` or at random by the seed
+rule. A reference that pairs with no tapped tensor is an error.
 """
 
 from __future__ import annotations
