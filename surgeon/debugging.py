@@ -17,8 +17,11 @@ that is not computed from constants only and turns finite inputs into a NaN/Inf 
 :func:`blame_nonfinite`). NaN/Inf in the user's inputs, and deliberate ones computed from
 constants only (the ``-inf`` of an attention mask), are reported as such and do not fail
 the run; neither do values that merely inherit them. With a reference it names the
-*root-cause node*: the first node whose output diverges while all its compared inputs
-still match the reference. A reference that pairs with no tapped tensor is an error.
+*root-cause node*: a node whose output diverges while none of its compared inputs does,
+and says which inputs had no reference value; a node whose inputs were all compared
+ranks before one with uncompared inputs (graph order within a rank). A reference model's
+own inputs, which the model lacks, are fed from ``--inputs`` or at random by the seed
+rule. A reference that pairs with no tapped tensor is an error.
 """
 
 from __future__ import annotations
@@ -92,6 +95,45 @@ class LayerDiff:
     inputs: list[str]
     diverged: bool
     origin: str | None = None
+    # For a root-cause candidate: inputs known to match the reference (compared and
+    # within tolerance, or graph inputs, fed the same on both sides; constants too when
+    # the reference is this model), and activations that were not compared (no
+    # reference value). Constants of another reference model are in neither list.
+    matched_inputs: list[str] = field(default_factory=list)
+    uncompared_inputs: list[str] = field(default_factory=list)
+
+    @property
+    def evidence_rank(self) -> int:
+        """0: every input that could be compared matches; 1: some match, some were not
+        compared; 2: no input was compared (or matched)."""
+        if not self.uncompared_inputs:
+            return 0 if self.matched_inputs else 2
+        return 1 if self.matched_inputs else 2
+
+    def inputs_text(self) -> str:
+        """What the check shows about the inputs, as the end of a sentence (with its
+        leading separator): `` while all its inputs match`` or ``; its inputs were not
+        compared ...``."""
+        missing = (
+            f"{len(self.uncompared_inputs)} input(s) had no reference value: "
+            f"{_names(self.uncompared_inputs)}"
+        )
+        if self.evidence_rank == 2:
+            if not self.uncompared_inputs:
+                return "; its inputs were not compared"
+            return (
+                f"; its inputs were not compared ({missing}), so the divergence may start before it"
+            )
+        if self.uncompared_inputs:
+            return f" while all its compared inputs match ({missing})"
+        if self._unjudged:  # another model's weights: nothing is said about them
+            return " while all its compared inputs match"
+        return " while all its inputs match"
+
+    @property
+    def _unjudged(self) -> bool:
+        """Inputs in neither list: constants of another reference model."""
+        return len(set(self.matched_inputs) | set(self.uncompared_inputs)) < len(set(self.inputs))
 
     def to_dict(self) -> dict:
         d = self.diff.to_dict()
@@ -103,6 +145,8 @@ class LayerDiff:
                 "inputs": self.inputs,
                 "diverged": self.diverged,
                 "origin": self.origin,
+                "matched_inputs": self.matched_inputs,
+                "uncompared_inputs": self.uncompared_inputs,
             }
         )
         return d
@@ -196,6 +240,8 @@ class DebugReport:
     # Keys of a reference (.npz or model tensors) no tapped tensor was compared with.
     unused_reference: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # e.g. inputs cast to the model's dtype
+    # Reference model input -> where its value came from (a model input, --inputs, random).
+    reference_feeds: dict[str, str] = field(default_factory=dict)
     values: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     feed_values: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
@@ -337,6 +383,7 @@ class DebugReport:
             "unmatched": self.unmatched,
             "unused_reference": self.unused_reference,
             "notes": self.notes,
+            "reference_feeds": self.reference_feeds,
             "declared_shape_mismatches": [m.to_dict() for m in self.shape_mismatches],
         }
 
@@ -363,10 +410,10 @@ def _root_cause_text(rc: LayerDiff) -> str:
     d = rc.diff
     if d.status in ("shape", "dtype"):
         what = d.message or f"its {d.status} differs from the reference"
-        return f"root cause: {where}: its output `{d.name}` does not fit the reference ({what}) while all its inputs match"
+        return f"root cause: {where}: its output `{d.name}` does not fit the reference ({what}){rc.inputs_text()}"
     return (
         f"root cause: {where}: its output `{d.name}` diverges from the reference "
-        f"(max abs {_number(d.max_abs)}, cosine {_number(d.cosine, '.6f')}) while all its inputs match"
+        f"(max abs {_number(d.max_abs)}, cosine {_number(d.cosine, '.6f')}){rc.inputs_text()}"
     )
 
 
@@ -695,6 +742,12 @@ def debug(
     notes: list[str] = []
     if ref is not None:
         _check_pairing(model, taps, ref, options)
+    if ref is not None and ref[0] == "model":
+        # The reference's own inputs (a sample rate the model holds as a constant) may be
+        # given in --inputs too; the model's feeds leave them out.
+        feed_options = dataclasses.replace(
+            feed_options, other_inputs=frozenset(_reference_only_inputs(model, ref[2], options))
+        )
     if feeds is None:
         if ref is not None and ref[0] == "arrays":
             arrays = ref[2]
@@ -814,8 +867,17 @@ def debug(
         report.values = {t: values[t] for t in taps if t in values}
     if ref is not None:
         say(f"running the reference {ref[1]}")
-        _compare(report, model, taps, values, feeds, ref, options, info, origin, run_opts)
+        _compare(
+            report, model, taps, values, feeds, ref, options, info, origin, run_opts, feed_options
+        )
     return report
+
+
+def _reference_only_inputs(model: Model, reference: Model, options: DebugOptions) -> list[str]:
+    """Inputs of a reference model that no input of ``model`` feeds (by name or --map)."""
+    name_map = dict(options.name_map)  # reference name -> model name
+    inputs = set(model.input_names)
+    return [i for i in reference.input_names if name_map.get(i, i) not in inputs]
 
 
 def _declared_vs_real(model: Model, feeds, stats: list[TensorStats], values) -> list:
@@ -942,7 +1004,9 @@ def _node_outputs(model: Model) -> list[str]:
     return [o for n in model.proto.graph.node for o in n.output if o]
 
 
-def _compare(report, model, taps, values, feeds, ref, options, info, origin, run_opts) -> None:
+def _compare(
+    report, model, taps, values, feeds, ref, options, info, origin, run_opts, feed_options
+) -> None:
     kind, name, obj = ref
     name_map = dict(options.name_map)  # reference name -> model name
     to_ref = {v: k for k, v in name_map.items()}
@@ -965,12 +1029,12 @@ def _compare(report, model, taps, values, feeds, ref, options, info, origin, run
                 custom_op_libraries=run_opts.custom_op_libraries,
             )
         ref_feeds = {}
-        missing = []
+        own = _reference_only_inputs(model, ref_model, options) if kind == "model" else []
         for info_in in ref_model.inputs:
             source = name_map.get(info_in.name, info_in.name)  # reference input <- model input
-            if source not in feeds:
-                missing.append(info_in.name)
+            if info_in.name in own:
                 continue
+            report.reference_feeds[info_in.name] = f"model input `{source}`"
             value = feeds[source]
             # e.g. a float16 model against its float32 original: same values, the reference's dtype
             if (
@@ -981,12 +1045,38 @@ def _compare(report, model, taps, values, feeds, ref, options, info, origin, run
             ):
                 value = value.astype(info_in.dtype)
             ref_feeds[info_in.name] = value
-        if missing:
-            raise SurgeonError(
-                f"the reference {ref_model.name} has input(s) {', '.join(f'`{m}`' for m in missing)} that {model.name} does not",
-                hint="Map them with --map REF_INPUT=MODEL_INPUT.",
-            )
-        expected = run(ref_model, ref_feeds, outputs=wanted, options=ref_opts)
+        if own:
+            # Inputs only the reference has: from --inputs when it holds them, else random
+            # by the same seed rule as any input; the report says which.
+            from surgeon.feeds import make_other_feeds
+
+            extra, how = make_other_feeds(ref_model, own, feed_options, ref_feeds)
+            ref_feeds.update(extra)
+            for input_name, source in how.items():
+                report.reference_feeds[input_name] = (
+                    f"--inputs {Path(feed_options.npz).name}"
+                    if source != "random"
+                    else f"random (seed {feed_options.seed})"
+                )
+            randoms = [n for n, source in how.items() if source == "random"]
+            if randoms:
+                report.notes.append(
+                    f"the reference {ref_model.name} has input(s) {_names(randoms)} that "
+                    f"{model.name} does not; fed random values (seed {feed_options.seed}): "
+                    "give their values in --inputs (keys = the reference's input names) if "
+                    "the reference needs particular ones"
+                )
+        try:
+            expected = run(ref_model, ref_feeds, outputs=wanted, options=ref_opts)
+        except RuntimeFailure as e:
+            randoms = [n for n in own if report.reference_feeds.get(n, "").startswith("random")]
+            if randoms:
+                raise RuntimeFailure(
+                    f"{e.message} (the reference ran on random values for its input(s) "
+                    f"{_names(randoms)}, which {model.name} does not have)",
+                    hint="Give their values in --inputs feeds.npz under the reference's input names.",
+                ) from None
+            raise
     report.reference = name
     report.tolerance = options.tolerance
     diverged_set: set[str] = set()
@@ -1019,20 +1109,33 @@ def _compare(report, model, taps, values, feeds, ref, options, info, origin, run
     if kind == "arrays":
         used = {to_ref.get(t, t) for t in compared} | set(model.input_names)
         report.unused_reference = [k for k in expected if k not in used]
+    # A root-cause candidate: a diverged tensor none of whose compared inputs diverged.
+    # What that shows depends on which inputs were compared: graph inputs are the same
+    # values on both sides (the reference's own, or the model's feeds), constants are the
+    # same only when the reference is this very model, and an activation with no
+    # reference value shows nothing (the divergence may start before it).
+    constants = constant_tensors(model)
+    graph_inputs = set(model.input_names)
     roots = []
     for layer in report.layers:
-        if not layer.diverged:
+        if not layer.diverged or any(x in diverged_set for x in layer.inputs):
             continue
-        if any(x in diverged_set for x in layer.inputs):
-            continue
+        for x in dict.fromkeys(layer.inputs):
+            if x in compared or x in graph_inputs or (x in constants and kind == "self"):
+                layer.matched_inputs.append(x)
+            elif x not in constants:
+                layer.uncompared_inputs.append(x)
         roots.append(layer)
+    # Ranked by what the check shows (graph order within a rank): every input that could
+    # be compared matches; some match and some were not compared; none was compared.
+    # A node's own isolated error would judge them better; this claims only what holds.
+    roots.sort(key=lambda layer: (layer.evidence_rank, layer.index))
     for layer in roots:
         layer.origin = origin(layer.node)
     if roots:
         report.root_cause = roots[0]
         report.other_roots = roots[1:]
-        activation_inputs = [x for x in roots[0].inputs if x in set(info) and x not in compared]
-        report.uncompared_inputs = activation_inputs
+        report.uncompared_inputs = list(roots[0].uncompared_inputs)
 
 
 def save_values(report: DebugReport, path: str | Path) -> Path:

@@ -57,6 +57,9 @@ class FeedOptions:
         npz: An ``.npz`` file whose arrays (keyed by input name) are used as given.
         max_feed_bytes: The most bytes all feeds together may take; larger feeds are
             refused before anything is allocated or decompressed. None means no limit.
+        other_inputs: Inputs of another model run on the same feeds (a reference model's
+            own inputs, which this model lacks): ``npz`` and ``shapes`` may name them,
+            and this model's feeds leave them out (see :func:`make_other_feeds`).
     """
 
     seed: int = 0
@@ -64,6 +67,7 @@ class FeedOptions:
     dims: Mapping[str, int] = field(default_factory=dict)
     npz: str | None = None
     max_feed_bytes: int | None = DEFAULT_MAX_FEED_BYTES
+    other_inputs: frozenset[str] = frozenset()
 
 
 def parse_shape_args(args: Iterable[str]) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
@@ -139,7 +143,7 @@ def resolve_shapes(
     names = [i.name for i in inputs]
     problems = []
     for name in options.shapes:
-        if name not in names:
+        if name not in names and name not in options.other_inputs:
             hint = did_you_mean(name, names)
             problems.append(
                 f"--shape names `{name}`, which is not an input of {model.name}"
@@ -589,38 +593,17 @@ def make_feeds(model: Model, options: FeedOptions = FeedOptions()) -> dict[str, 
     names = [i.name for i in inputs]
     problems = []
     for key in index:
-        if key not in names:
-            hint = did_you_mean(key, names)
+        if key not in names and key not in options.other_inputs:
+            hint = did_you_mean(key, [*names, *sorted(options.other_inputs)])
             problems.append(
                 f"{options.npz} has `{key}`, which is not an input of {model.name}"
+                + (" (nor of the reference)" if options.other_inputs else "")
                 + (f"; {hint}" if hint else "")
             )
-    void_as: dict[str, np.dtype] = {}
-    for info in inputs:
-        if info.name not in index:
-            continue
-        entry = index[info.name]
-        dtype = entry.dtype
-        wanted = numpy_dtype(info.dtype) if info.dtype and info.dtype != "str" else None
-        if wanted is not None and dtype.kind == "V" and dtype.itemsize == wanted.itemsize:
-            # np.savez stores bfloat16/float8/int4 arrays as raw void: read them back.
-            void_as[info.name] = dtype = wanted
-        if info.dtype and info.dtype != "str" and dtype.name != info.dtype:
-            problems.append(
-                f"`{info.name}` in {options.npz} is {dtype.name}; the model wants {info.dtype}"
-            )
-        if info.shape is not None:
-            if len(entry.shape) != len(info.shape):
-                problems.append(
-                    f"`{info.name}` in {options.npz} has shape {list(entry.shape)}; the model wants {info.shape_text()}"
-                )
-            else:
-                for axis, want in enumerate(info.shape):
-                    if isinstance(want, int) and want > 0 and entry.shape[axis] != want:
-                        problems.append(
-                            f"`{info.name}` in {options.npz} has shape {list(entry.shape)}; the model wants {info.shape_text()}"
-                        )
-                        break
+    # Another model's inputs are neither checked against this model nor read for it.
+    index = {k: e for k, e in index.items() if k in names}
+    void_as, problems2 = _check_npz_entries(model, index, options.npz)
+    problems += problems2
     if problems:
         raise SurgeonError(f"the feeds in {options.npz} do not fit {model.name}", problems=problems)
     # The user's arrays fix the symbolic dims of the random inputs too (unless --shape
@@ -647,6 +630,93 @@ def make_feeds(model: Model, options: FeedOptions = FeedOptions()) -> dict[str, 
                 hint="Choose smaller dims with --shape, or a lower --max-feed-size.",
             ) from None
     return feeds
+
+
+def make_other_feeds(
+    model: Model,
+    names: Iterable[str],
+    options: FeedOptions,
+    known: Mapping[str, np.ndarray],
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Values for the inputs ``names`` of ``model``, a reference model that has inputs the
+    compared model lacks (e.g. a sample rate the other model holds as a constant).
+
+    Each comes from ``options.npz`` when the file holds its name, else it is random by
+    the same seed rule as any input (:func:`random_array`). Symbolic dims follow the
+    values ``known`` already fed to ``model`` (and ``--shape``).
+
+    Returns:
+        The values, and for each name where it came from (``the --inputs file`` or
+        ``random``).
+
+    Raises:
+        SurgeonError: The ``.npz`` value does not fit the input's dtype or shape.
+    """
+    names = list(names)
+    if not names:
+        return {}, {}
+    index = read_npz_index(options.npz) if options.npz else {}
+    index = {k: e for k, e in index.items() if k in names}
+    void_as, problems = _check_npz_entries(model, index, options.npz)
+    if problems:
+        raise SurgeonError(
+            f"the reference inputs in {options.npz} do not fit {model.name}", problems=problems
+        )
+    symbols = {d for i in model.inputs if i.shape for d in i.shape if isinstance(d, str)}
+    own = FeedOptions(
+        seed=options.seed,
+        shapes={k: v for k, v in options.shapes.items() if k in names},
+        dims={k: v for k, v in options.dims.items() if k in symbols},
+    )
+    given = {k: tuple(np.shape(v)) for k, v in known.items() if isinstance(v, np.ndarray)}
+    given.update({k: e.shape for k, e in index.items()})
+    shapes = resolve_shapes(model, own, given=given)
+    random_names = [n for n in names if n not in index]
+    check_feed_size(model, {n: shapes[n] for n in random_names}, index, options.max_feed_bytes)
+    values = load_npz(options.npz, index, max_bytes=None) if index else {}
+    for name, dtype in void_as.items():
+        values[name] = values[name].view(dtype)
+    how = {n: "the --inputs file" for n in values}
+    infos = {i.name: i for i in model.inputs}
+    for name in random_names:
+        values[name] = random_array(infos[name], shapes[name], options.seed)
+        how[name] = "random"
+    return {n: values[n] for n in names}, {n: how[n] for n in names}
+
+
+def _check_npz_entries(
+    model: Model, index: Mapping[str, NpzEntry], label
+) -> tuple[dict[str, np.dtype], list[str]]:
+    """Check ``.npz`` headers against the inputs of ``model`` they are for: the dtypes
+    to read raw void members as, and the problems (dtype, rank, static dims)."""
+    problems = []
+    void_as: dict[str, np.dtype] = {}
+    for info in model.inputs:
+        if info.name not in index:
+            continue
+        entry = index[info.name]
+        dtype = entry.dtype
+        wanted = numpy_dtype(info.dtype) if info.dtype and info.dtype != "str" else None
+        if wanted is not None and dtype.kind == "V" and dtype.itemsize == wanted.itemsize:
+            # np.savez stores bfloat16/float8/int4 arrays as raw void: read them back.
+            void_as[info.name] = dtype = wanted
+        if info.dtype and info.dtype != "str" and dtype.name != info.dtype:
+            problems.append(
+                f"`{info.name}` in {label} is {dtype.name}; the model wants {info.dtype}"
+            )
+        if info.shape is not None:
+            if len(entry.shape) != len(info.shape):
+                problems.append(
+                    f"`{info.name}` in {label} has shape {list(entry.shape)}; the model wants {info.shape_text()}"
+                )
+            else:
+                for axis, want in enumerate(info.shape):
+                    if isinstance(want, int) and want > 0 and entry.shape[axis] != want:
+                        problems.append(
+                            f"`{info.name}` in {label} has shape {list(entry.shape)}; the model wants {info.shape_text()}"
+                        )
+                        break
+    return void_as, problems
 
 
 def describe_feeds(feeds: Mapping[str, np.ndarray]) -> dict[str, dict]:

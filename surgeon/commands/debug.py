@@ -14,8 +14,10 @@ Taps are tensor names, node names (meaning their outputs), globs ('backbone/*') 
 per-tensor statistics leave onnxruntime, so `--tap all` costs about one plain run.
 
 The verdict names the node where a NaN/Inf is born (its inputs are finite, its output is
-not) and, with a reference, the root-cause node: the first node whose output diverges
-while all its inputs still match. NaN/Inf in your inputs and deliberate ones computed
+not) and, with a reference, the root-cause node: a node whose output diverges while
+none of its compared inputs does; it says which inputs had no reference value (a node
+whose inputs were all compared ranks first). A reference model's own inputs (ones the
+model lacks) come from --inputs under their names, else random. NaN/Inf in your inputs and deliberate ones computed
 from constants only (attention masks) are reported, not failures. Exit 0 when nothing is
 wrong, 1 when the tap check fails, a NaN/Inf is born or a tensor diverges from the
 reference, 2 on bad input (a reference that pairs with no tapped tensor included).

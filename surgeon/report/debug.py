@@ -41,6 +41,40 @@ def layer_status(layer, root: str | None) -> str:
     return "diverged" if layer.diverged else "ok"
 
 
+def other_roots_text(roots) -> str:
+    """The other root-cause candidates, saying as much as their check shows."""
+    return (
+        "other nodes that diverge while none of their compared inputs does: "
+        + ", ".join(
+            f"`{r.node}` ({r.op})" + (" (inputs not compared)" if r.evidence_rank == 2 else "")
+            for r in roots[:5]
+        )
+        + (f" and {len(roots) - 5} more" if len(roots) > 5 else "")
+    )
+
+
+def uncompared_hint(report) -> str:
+    """How to check the root cause's inputs that had no reference value (the verdict
+    already says they were not compared); empty when there are none."""
+    names = getattr(report, "uncompared_inputs", [])
+    if not names:
+        return ""
+    shown_names = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return (
+        f"to check the root cause's input(s) {shown_names}, give the reference values for "
+        "them (tap them in the reference model, or save them in the activations .npz)"
+    )
+
+
+def reference_feeds_text(report) -> str:
+    """Where each input of a reference model came from, when one is not simply the
+    model's input of the same name; empty otherwise."""
+    fed = getattr(report, "reference_feeds", {}) or {}
+    if all(how == f"model input `{name}`" for name, how in fed.items()):
+        return ""
+    return "reference inputs: " + ", ".join(f"{name} <- {how}" for name, how in fed.items())
+
+
 def percent(x, digits: int = 0) -> str:
     """A fraction as a percentage; ``-`` when not measured, ``nan`` when undefined."""
     if x is None:
@@ -144,21 +178,10 @@ def render_debug(console: Console, report, rows: int = 40) -> None:
                 )
             )
         if report.other_roots:
-            console.print(
-                shown(
-                    "other nodes that diverge while their inputs match: "
-                    + ", ".join(f"`{r.node}` ({r.op})" for r in report.other_roots[:5])
-                )
-            )
-        if report.uncompared_inputs:
-            console.print(
-                shown(
-                    "note: the root cause's inputs "
-                    + ", ".join(report.uncompared_inputs)
-                    + " have no reference value; the divergence may start before it",
-                    "yellow",
-                )
-            )
+            console.print(shown(other_roots_text(report.other_roots)))
+        hint = uncompared_hint(report)
+        if hint:
+            console.print(shown(hint, "yellow"))
         if report.unmatched:
             console.print(
                 shown(
@@ -175,6 +198,9 @@ def render_debug(console: Console, report, rows: int = 40) -> None:
                 "yellow",
             )
         )
+    fed = reference_feeds_text(report)
+    if fed:
+        console.print(shown(fed, "dim"))
     for note in getattr(report, "notes", []):
         console.print(shown("note: " + note, "yellow"))
 

@@ -151,6 +151,13 @@ def debug_html(report) -> str:
         + (f" · atol={_num(tol.atol)} rtol={_num(tol.rtol)}" if report.reference and tol else "")
         + "</p>"
     )
+    from surgeon.report.debug import other_roots_text, reference_feeds_text, uncompared_hint
+
+    for line in (reference_feeds_text(report), uncompared_hint(report)):
+        if line:
+            out.append(f"<p class='meta'>{esc(line)}</p>")
+    if report.other_roots:
+        out.append(f"<p class='meta'>{esc(other_roots_text(report.other_roots))}</p>")
     for note in getattr(report, "notes", []):
         out.append(f"<p class='meta'>note: {esc(note)}</p>")
     unused = getattr(report, "unused_reference", [])
