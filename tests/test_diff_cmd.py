@@ -501,3 +501,20 @@ def test_common_only_with_no_shared_output_fails_and_lists_both_sides(tmp_path):
     mapped = run_cli("diff", ref, cand, "--map", "boxes=boxes_out", "--common-only", "--json")
     assert mapped.status == 0, mapped.stdout
     assert [t["name"] for t in mapped.json["tensors"]] == ["boxes_out"]
+
+
+def test_one_renamed_output_on_each_side_gets_its_map(tmp_path):
+    """Names that look nothing alike (output0 -> preds): one output each, one --map."""
+    model = """<ir_version: 8, opset_import: ["" : 17]>
+        g (float[2, 3] x) => (float[2, 3] {name}) {{ {name} = Relu(x) }}"""
+    ref = write(parse(model.format(name="output0")), tmp_path / "ref.onnx")
+    cand = write(parse(model.format(name="preds")), tmp_path / "cand.onnx")
+    res = run_cli("diff", ref, cand, "--common-only", "--json")
+    assert res.status == 1
+    assert "pair the two outputs with --map output0=preds" in " ".join(res.json["notes"])
+    assert run_cli("diff", ref, cand, "--map", "output0=preds").status == 0
+
+
+def test_debug_help_shows_the_optimization_it_uses(capsys):
+    run_cli("debug", "--help")  # argparse writes --help to sys.stdout itself
+    assert "(default disabled)" in " ".join(capsys.readouterr().out.split())

@@ -75,6 +75,11 @@ def unmatched_notes(reference_only: list[str], candidate_only: list[str]) -> lis
         "no output was compared: the models have no output in common "
         f"(the reference's: {names(reference_only)}; the candidate's: {names(candidate_only)})"
     ]
+    if len(reference_only) == 1 and len(candidate_only) == 1:
+        # One output on each side: a renamed output, whatever the names look like.
+        ref, cand = reference_only[0], candidate_only[0]
+        notes.append(f"pair the two outputs with --map {ref}={cand}")
+        return notes
     for ref in reference_only:
         near = close_matches(ref, candidate_only)
         if near:
