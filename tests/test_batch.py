@@ -158,7 +158,7 @@ def test_a_head_that_folds_the_batch_fails_naming_the_reshape(cli, tmp_path):
     # old code: "PASS: 2 of 2 size(s)" and the file written
     assert res.status == 1 and not out.exists(), res.stdout
     text = " ".join(res.stdout.split())
-    assert "at B=3 the items are not independent: `out` (atol=0.0001 x max(1, max|item|)" in text
+    assert "at B=3 the items are not independent: `out` (atol=0.001 x max(1, max|item|)" in text
     # the "sizes tried" row says the output is folded too (old code: "ok")
     assert text.startswith("FAIL: 1 of 2 size(s) failed (B=3: wrong output shapes)")
     assert (
@@ -171,7 +171,7 @@ def test_a_head_that_folds_the_batch_fails_naming_the_reshape(cli, tmp_path):
     assert item["outputs"][0]["problem"].endswith("the 3 items are folded into axis 1")
     (row,) = [c for c in doc["details"]["dynamic"]["cases"] if c["dims"]["B"] == 3]
     assert row["outputs"][0]["problem"].startswith("does not carry the batch")
-    assert item["tolerance"]["atol"] == 1e-4
+    assert item["tolerance"]["atol"] == 1e-3
     failures = [t for t in doc["verification"]["tensors"] if not t["passed"]]
     # the node judged alone is a row too, so a one-line verdict (surgeon run) names it
     assert [t["name"] for t in failures] == [
@@ -189,7 +189,7 @@ def test_a_healthy_head_passes_with_its_items_checked(cli, tmp_path, shape):
     res = cli("reshape-io", path, "--input", "image:Bx3x16x16", "-o", tmp_path / "dyn.onnx")
     assert res.status == 0, res.stdout
     text = " ".join(res.stdout.split())
-    assert "at B=3 each item equals its B=1 run (bit-identical; atol=0.0001 x max(1," in text
+    assert "at B=3 each item equals its B=1 run (bit-identical; atol=0.001 x max(1," in text
     doc = cli("check-dynamic", tmp_path / "dyn.onnx", "--json").json
     (item,) = doc["items"]
     assert item["passed"] and item["outputs"][0]["batch_axis"] == 0

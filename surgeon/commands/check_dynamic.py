@@ -10,7 +10,7 @@ DESCRIPTION = (
     "input dim must take that dim's size. A batch dim (named like batch/N/B, or axis 0 of a\n"
     "rank-2+ input unless named like a sequence; --batch overrides, --batch none skips) means\n"
     "independent items: at its largest size, item i of every output must equal the batch-1\n"
-    "run of item i, stacked on one axis (--batch-atol/--batch-rtol, default 1e-04; atol is\n"
+    "run of item i, stacked on one axis (--batch-atol/--batch-rtol, default 1e-03; atol is\n"
     "multiplied by the tensor's max(1, max|item|), so that summation-order rounding passes). When a\n"
     "check fails, the node holding a baked size (a Reshape/Expand/Tile/Resize/\n"
     "ConstantOfShape/Slice constant, or the node onnxruntime names) or folding/mixing the\n"

@@ -17,7 +17,7 @@ DESCRIPTION = (
     "A batch dim (named like batch/N/B, or axis 0 of a rank-2+ input unless named like a\n"
     "sequence; --batch overrides) means independent items: at its largest size each item of\n"
     "each output must equal the batch-1 run of that item (--batch-atol/--batch-rtol, default\n"
-    "1e-04, atol times the tensor's max(1, max|item|)), stacked on one axis; the node that\n"
+    "1e-03, atol times the tensor's max(1, max|item|)), stacked on one axis; the node that\n"
     "folds or mixes the items on its own (run alone on its items' inputs) is named.\n"
     "onnxruntime runs with graph optimisations off by default (--optimization changes it).\n"
     "Exit 0 when both pass (and -o was written), 1 when not (nothing written), 2 on bad input.\n\n"
@@ -90,13 +90,13 @@ def add_check_arguments(parser, optimization: str = "all") -> None:
         type=float,
         default=None,
         help="absolute tolerance of an item against its batch-1 run, times the tensor's "
-        "max(1, max|item|) (default 1e-04)",
+        "max(1, max|item|) (default 1e-03)",
     )
     group.add_argument(
         "--batch-rtol",
         type=float,
         default=None,
-        help="relative tolerance of an item against its batch-1 run (default 1e-04)",
+        help="relative tolerance of an item against its batch-1 run (default 1e-03)",
     )
     _common.add_runtime_arguments(parser, optimization=optimization)
 

@@ -27,19 +27,20 @@ from surgeon.runner import RunOptions
 
 # Item i of a batch-B run must equal the batch-1 run of item i, up to rounding. An element
 # matches when |batch - item| <= atol * scale + rtol * |item|, where scale is
-# max(1, max |item|) over the tensor's items: onnxruntime's CPU reductions and MatMuls
-# block their loops by batch size, so a float32 sum is reassociated and its error grows
-# with the magnitude of the tensor, not of the element (magika's LayerNorm Sum: 1.8e-4
-# absolute at a magnitude near 1e3). Measured with onnxruntime 1.32, seed 0, B=3 against
-# 1 (see tests/test_batch.py): summation-order noise reaches 2.2e-5 x scale at magika's
-# output and 8e-4 x scale inside it (a Tanh that saturates keeps its input's absolute
-# error while its own scale drops to 1); the OCR and detector models are bit-identical.
-# Mixing items costs the order of the values themselves: ReduceMean or Softmax over the
-# batch axis, BatchNormalization in training mode give 0.3 to 3 x scale on the test
-# models. 1e-4 x scale sits 4x above the output noise and 3000x below mixing; inside
-# the graph each node is judged alone (fed its items' own inputs), where only its own
-# rounding counts, so the 8e-4 of a propagated chain never blames a node.
-BATCH_TOLERANCE = Tolerance(atol=1e-4, rtol=1e-4)
+# max(1, max |item|) over the tensor's items: onnxruntime's CPU reductions block their
+# loops by batch size, so a float32 sum is reassociated and its error grows with the
+# magnitude of the tensor, not of the element (magika's LayerNorm Sum: 1.8e-4 absolute
+# at a magnitude near 1e3). Measured with onnxruntime 1.32 on the CPU, B against 1:
+# - rounding at magika's output (probabilities, scale 1): 2.2e-5 (seed 0) to 5.6e-5
+#   (the worst of seeds 0-20 and B=2, 3, 8, 16); inside it up to 8e-4 x scale (a Tanh
+#   that saturates keeps its input's absolute error while its own scale drops to 1);
+#   the OCR det/cls models and the detector heads: bit-identical;
+# - mixing (tests/test_batch.py): ReduceMean over the batch axis 2.3 at scale ~3.5,
+#   Softmax over it 0.99 at scale 1, i.e. the order of the values themselves.
+# 1e-3 x scale sits 18x above the worst output rounding seen and 300x below mixing.
+# Inside the graph each node is judged alone (fed its items' own inputs), where only its
+# own rounding counts, so rounding propagated along a chain never blames a node.
+BATCH_TOLERANCE = Tolerance(atol=1e-3, rtol=1e-3)
 
 
 @dataclass
