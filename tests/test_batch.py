@@ -5,6 +5,8 @@ check catches them, and it names the node that folds (or mixes) the items."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -13,7 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx.reference import ReferenceEvaluator
 
+from surgeon.compare import Tolerance
 from surgeon.dims import parse_batch
+from surgeon.dynamic import batch as batch_module
 from surgeon.dynamic import check_dynamic, dynamic_dims
 from surgeon.edits.shapes import reshape_io
 from surgeon.errors import UsageError
@@ -154,7 +158,9 @@ def test_a_head_that_folds_the_batch_fails_naming_the_reshape(cli, tmp_path):
     # old code: "PASS: 2 of 2 size(s)" and the file written
     assert res.status == 1 and not out.exists(), res.stdout
     text = " ".join(res.stdout.split())
-    assert "at B=3 the items are not independent: `out` (atol=1e-05, rtol=1e-05)" in text
+    assert "at B=3 the items are not independent: `out` (atol=0.001 x max(1, max|item|)" in text
+    # the "sizes tried" row says the output is folded too (old code: "ok")
+    assert text.startswith("FAIL: 1 of 2 size(s) failed (B=3: wrong output shapes)")
     assert (
         "baked constant in node `head/fold` (Reshape): shape [1, -1, 6] folds the batch: at "
         "B=3 its output is [1, 768, 6], where one item gives [1, 256, 6]"
@@ -163,9 +169,17 @@ def test_a_head_that_folds_the_batch_fails_naming_the_reshape(cli, tmp_path):
     (item,) = doc["details"]["dynamic"]["items"]
     assert (item["dim"], item["size"], item["passed"]) == ("B", 3, False)
     assert item["outputs"][0]["problem"].endswith("the 3 items are folded into axis 1")
-    assert item["tolerance"]["atol"] == 1e-5
+    (row,) = [c for c in doc["details"]["dynamic"]["cases"] if c["dims"]["B"] == 3]
+    assert row["outputs"][0]["problem"].startswith("does not carry the batch")
+    assert item["tolerance"]["atol"] == 1e-3
     failures = [t for t in doc["verification"]["tensors"] if not t["passed"]]
-    assert [t["name"] for t in failures] == ["out @ B=3 items"]
+    # the node judged alone is a row too, so a one-line verdict (surgeon run) names it
+    assert [t["name"] for t in failures] == [
+        "out @ B=3",
+        "out @ B=3 items",
+        "node head/fold alone @ B=3 items",
+    ]
+    assert failures[2]["status"] == "shape" and "head/fold" in failures[2]["message"]
     assert doc["details"]["dynamic"]["suspects"][0]["source"] == "batch"
 
 
@@ -175,7 +189,7 @@ def test_a_healthy_head_passes_with_its_items_checked(cli, tmp_path, shape):
     res = cli("reshape-io", path, "--input", "image:Bx3x16x16", "-o", tmp_path / "dyn.onnx")
     assert res.status == 0, res.stdout
     text = " ".join(res.stdout.split())
-    assert "at B=3 each item equals its B=1 run (bit-identical; atol=1e-05, rtol=1e-05)" in text
+    assert "at B=3 each item equals its B=1 run (bit-identical; atol=0.001 x max(1," in text
     doc = cli("check-dynamic", tmp_path / "dyn.onnx", "--json").json
     (item,) = doc["items"]
     assert item["passed"] and item["outputs"][0]["batch_axis"] == 0
@@ -188,7 +202,7 @@ def test_an_op_that_mixes_items_is_named(cli, tmp_path):
     assert res.status == 1  # old code: shapes are right, so it passed
     text = " ".join(res.stdout.split())
     assert "at N=3 the items are not independent: `out`" in text
-    assert "item 0 (axis 0) differs from its N=1 run" in text
+    assert re.search(r"item \d \(axis 0\) differs from its N=1 run", text)
     assert "suspect: node `batch_stats` (ReduceMean) mixes the batch items: its output `m`" in text
     # No constant to blame: the node that folds is named by what it does.
     check = check_dynamic(Model(FLATTENED))
@@ -196,7 +210,9 @@ def test_an_op_that_mixes_items_is_named(cli, tmp_path):
     assert "mixes the batch items" in check.suspects[0].message()
     # A looser tolerance is the user's call, and is printed.
     res = cli("check-dynamic", path, "--batch-atol", "100", "--batch-rtol", "0")
-    assert res.status == 0 and "atol=100, rtol=0" in " ".join(res.stdout.split())
+    assert res.status == 0 and "atol=100 x max(1, max|item|), rtol=0" in " ".join(
+        res.stdout.split()
+    )
 
 
 def test_which_dims_are_batch():
@@ -258,3 +274,77 @@ def test_an_output_the_same_for_every_item_must_also_be_the_batchs():
     (out,) = check.items[0].outputs
     assert "has no batch axis: it is [4] at N=3 as for one item" in out.problem
     assert check_dynamic(Model(MOVED)).items[0].outputs[1].batch_axis is None
+
+
+# Batch dependence that is only rounding: onnxruntime's CPU ReduceSum over the middle axis
+# of [N, 256, 64] blocks its loop by N, so the sums of a batch of 3 differ from each item's
+# in the last bits (2e-5 at a magnitude of 50 on the machine these tests were written
+# on; like magika's LayerNorm Sum). Exp turns that into a large absolute difference.
+NOISE = """<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[N, 256, 64] x) => (float[N, 64] out) {
+    axes = Constant<value = int64[1] {1}>()
+    s = ReduceSum<keepdims = 0>(x, axes)
+    e = Exp(s)
+    out = OUT
+}"""
+
+
+def noise(out: str = "Identity(e)") -> Model:
+    proto = parse(NOISE.replace("OUT", out))
+    for n in proto.graph.node:
+        n.name = n.output[0]
+    return Model(proto)
+
+
+def test_summation_order_noise_is_not_mixing():
+    check = check_dynamic(noise())
+    # old code: FAIL at atol=rtol=1e-5 (an absolute 1e-5 on values up to 1e20)
+    assert check, check.summary()
+    worst = check.items[0].worst()
+    if worst == 0:
+        pytest.skip("this CPU's ReduceSum does not depend on the batch size")
+    assert worst > 1e-5
+    # Tighter than that rounding, the output fails; the node judged alone is the only
+    # one whose own result moves with the batch size, and it is worded as rounding.
+    # Exp, whose output first crosses the tolerance, is innocent: run alone on its
+    # items' own inputs it is exact (old code: "node `e` (Exp) mixes the batch items").
+    tight = check_dynamic(noise(), batch_tolerance=Tolerance(1e-8, 0))
+    assert not tight
+    assert [s.node for s in tight.suspects] == ["s"]
+    assert "changes with the batch size by rounding only" in tight.suspects[0].message()
+    loose = check_dynamic(noise(), batch_tolerance=Tolerance(1e-6, 0))
+    if not loose:  # the output crosses 1e-6 while the ReduceSum alone does not
+        assert loose.suspects == []
+        assert any("no single node mixes the items of `N`" in n for n in loose.notes)
+
+
+def test_the_worst_node_alone_is_named_not_the_first_to_cross():
+    # A real mixer after the rounding: Softmax over the batch axis. Whether or not Exp's
+    # output crosses the tolerance first, the node named is the one that mixes on its own.
+    model = noise("Softmax<axis = 0>(e)")
+    for tolerance in (batch_module.BATCH_TOLERANCE, Tolerance(1e-6, 0)):
+        check = check_dynamic(model, batch_tolerance=tolerance)
+        assert not check and [s.node for s in check.suspects] == ["out"], check.suspects
+        assert "(Softmax) mixes the batch items" in check.suspects[0].message()
+
+
+def test_the_item_check_is_cheap_when_items_are_bit_identical(monkeypatch):
+    # The full comparison (cosine, norms) runs only for tensors that differ: before, the
+    # mixer search called it for every tensor of every item (14.7 s of 26.6 s on a YOLO
+    # head); a bit-identical tensor is now one equality pass.
+    def refuse(*args, **kwargs):
+        raise AssertionError("compare_arrays called on a float tensor")
+
+    monkeypatch.setattr(batch_module, "compare_arrays", refuse)
+    edited = reshape_io(Model(head("1, -1, 6")), {"image": "Bx3x16x16"})
+    suspects = edited.details["dynamic"]["suspects"]
+    assert suspects[0]["node"] == "head/fold" and suspects[0]["constant"] is not None
+
+
+def test_make_dynamic_names_the_node_that_folds(cli, tmp_path):
+    path = write(head("1, -1, 6"), tmp_path / "fold.onnx")
+    res = cli("run", "make_dynamic", path, "spatial=false", "-o", tmp_path / "out.onnx")
+    text = " ".join(res.stdout.split()) + " ".join(res.stderr.split())
+    assert res.status == 1
+    # old code: only "`out @ batch=3 items` (shape)", no node
+    assert "`node head/fold alone @ batch=3 items` (shape)" in text

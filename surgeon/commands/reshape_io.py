@@ -17,7 +17,8 @@ DESCRIPTION = (
     "A batch dim (named like batch/N/B, or axis 0 of a rank-2+ input unless named like a\n"
     "sequence; --batch overrides) means independent items: at its largest size each item of\n"
     "each output must equal the batch-1 run of that item (--batch-atol/--batch-rtol, default\n"
-    "1e-05), stacked on one axis; the node that folds or mixes the items is named.\n"
+    "1e-03, atol times the tensor's max(1, max|item|)), stacked on one axis; the node that\n"
+    "folds or mixes the items on its own (run alone on its items' inputs) is named.\n"
     "onnxruntime runs with graph optimisations off by default (--optimization changes it).\n"
     "Exit 0 when both pass (and -o was written), 1 when not (nothing written), 2 on bad input.\n\n"
     "JSON (--json): schema surgeon.edit/1 with details.inputs / details.outputs [{name, old,\n"
@@ -87,14 +88,15 @@ def add_check_arguments(parser, optimization: str = "all") -> None:
     group.add_argument(
         "--batch-atol",
         type=float,
-        default=1e-5,
-        help="absolute tolerance of an item against its batch-1 run (default 1e-05)",
+        default=None,
+        help="absolute tolerance of an item against its batch-1 run, times the tensor's "
+        "max(1, max|item|) (default 1e-03)",
     )
     group.add_argument(
         "--batch-rtol",
         type=float,
-        default=1e-5,
-        help="relative tolerance of an item against its batch-1 run (default 1e-05)",
+        default=None,
+        help="relative tolerance of an item against its batch-1 run (default 1e-03)",
     )
     _common.add_runtime_arguments(parser, optimization=optimization)
 
@@ -104,8 +106,13 @@ def batch_arguments(args) -> dict:
     check_dynamic / reshape_io."""
     from surgeon.compare import Tolerance
     from surgeon.dims import parse_batch
+    from surgeon.dynamic.batch import BATCH_TOLERANCE
     from surgeon.errors import UsageError
 
+    if args.batch_atol is None:
+        args.batch_atol = BATCH_TOLERANCE.atol
+    if args.batch_rtol is None:
+        args.batch_rtol = BATCH_TOLERANCE.rtol
     if not (args.batch_atol >= 0 and args.batch_rtol >= 0):  # also refuses NaN
         raise UsageError(
             f"--batch-atol {args.batch_atol:g} --batch-rtol {args.batch_rtol:g}: both must be "

@@ -28,9 +28,15 @@ run and the runs that vary it) is split into its items, and each item runs alone
 1, the other dims unchanged): every output must stack the items' results on one axis
 (the axis the output declares with the batch symbol, else the one that is 1 for an item
 and B for the batch), or be the same for every item and the batch. Tolerance
-``BATCH_TOLERANCE`` (atol=rtol=1e-5) unless given. When it fails, every main-graph
-tensor is compared the same way, and the first node whose inputs follow the batch and
-whose output does not is named: "baked constant in node `head/fold` (Reshape): shape
+``BATCH_TOLERANCE`` unless given: an element matches when |batch - item| <= atol *
+max(1, max|item|) + rtol * |item|, atol = rtol = 1e-3, so that onnxruntime's
+summation-order rounding (its reductions block by batch size) passes and mixing does
+not. When it fails, every main-graph tensor is compared the same way, and each node
+whose output does not follow the batch is judged by its own behaviour: run alone on the
+batch assembled from its items' own batch-1 inputs, it must reproduce their batch-1
+outputs. The node with the worst such error beyond tolerance is named (not the first in
+node order, where rounding that crossed the tolerance downstream would blame an
+innocent elementwise node): "baked constant in node `head/fold` (Reshape): shape
 [1, -1, 6] folds the batch ..." or "node `bn` (ReduceMean) mixes the batch items ...".
 
 Modules: :mod:`~surgeon.dynamic.check` (the sizes and runs), :mod:`~surgeon.dynamic.batch`

@@ -183,6 +183,22 @@ def _check_output(
     return OutputCheck(name, shape, expected, not wrong, "; ".join(wrong))
 
 
+def _mark_folded_outputs(case: SizeCase, item) -> None:
+    """An output the item check found without the batch (its shape is not the items'
+    stacked) has the wrong shape at that size, whatever its declaration allowed: the
+    "sizes tried" row says so too, instead of "ok" beside a folded output."""
+    for out in item.outputs:
+        if out.ok or out.batch_axis is not None or out.shape == out.item_shape:
+            continue
+        for row in case.outputs:
+            if row.name == out.name and row.ok:
+                row.ok = False
+                row.problem = (
+                    f"does not carry the batch: one item gives {out.item_shape} "
+                    "(see the batch items)"
+                )
+
+
 def check_dynamic(
     model: Model,
     *,
@@ -280,14 +296,19 @@ def check_dynamic(
         feeds, values = runs[id(case)]
         item = check_items(model, session, var, case, feeds, values, batch_tolerance)
         check.items.append(item)
+        _mark_folded_outputs(case, item)
         if not item.passed and item.error is None:
             mixer = find_batch_mixer(model, var, feeds, item.size, batch_tolerance, options)
             if mixer is not None:
+                item.mixer = mixer
                 mixers.append(mixer)
             else:
                 check.notes.append(
-                    f"the node where the items of `{var.name}` stop being independent "
-                    "could not be named"
+                    f"no single node mixes the items of `{var.name}`: each node whose output "
+                    "differs, run alone on its items' own inputs stacked, reproduced their "
+                    f"{var.name}=1 outputs within tolerance (or could not run alone, e.g. "
+                    "a subgraph); the difference is rounding accumulated along the graph "
+                    "(see --batch-atol/--batch-rtol) or lies inside a subgraph"
                 )
     runs.clear()
     if not check.passed:

@@ -101,6 +101,9 @@ class Suspect:
     values: list | None = None
     source: str = "scan"  # "scan" (constant inspection) or "onnxruntime" (named in an error)
     origin: str | None = None  # the PyTorch module and line, from exporter metadata
+    # For a node judged alone by the batch-item check: "shape" (it folds the batch) or
+    # "mismatch" (it mixes the items' values); not part of the JSON (the reason says it).
+    batch_status: str | None = None
 
     def message(self) -> str:
         where = f" = {self.origin}" if self.origin else ""
@@ -239,6 +242,18 @@ class DynamicCheck:
                         message=out.problem,
                     )
                 )
+            if item.mixer is not None:
+                # The node's own isolated check is a compared tensor too, and so a run's
+                # one-line verdict (`surgeon run make_dynamic`) names the node to fix.
+                m = item.mixer
+                rows.append(
+                    TensorDiff(
+                        name=f"node {m.node} alone @ {where}",
+                        reference=f"its output @ {item.dim}=1 per item",
+                        status=m.batch_status or "mismatch",
+                        message=m.message(),
+                    )
+                )
         return rows
 
 
@@ -277,6 +292,7 @@ class ItemCheck:
     tolerance: Tolerance
     outputs: list[ItemOutput] = field(default_factory=list)
     error: str | None = None
+    mixer: Suspect | None = None  # the node that mixes or folds the items, judged alone
 
     @property
     def passed(self) -> bool:
@@ -287,7 +303,7 @@ class ItemCheck:
         return max(diffs) if diffs else None
 
     def summary(self) -> str:
-        tol = f"atol={self.tolerance.atol:g}, rtol={self.tolerance.rtol:g}"
+        tol = tolerance_text(self.tolerance)
         if self.passed:
             worst = self.worst()
             how = "bit-identical" if worst == 0 else f"max abs diff {worst:.3g}"
@@ -304,10 +320,17 @@ class ItemCheck:
             "label": self.label,
             "passed": self.passed,
             "summary": self.summary(),
-            "tolerance": self.tolerance.to_dict(),
+            # atol_scale: atol is multiplied by the tensor's max(1, max |item value|)
+            "tolerance": {**self.tolerance.to_dict(), "atol_scale": "max(1, max|item|)"},
             "error": self.error,
             "outputs": [o.to_dict() for o in self.outputs],
         }
+
+
+def tolerance_text(tolerance: Tolerance) -> str:
+    """How the item tolerance reads in reports: its atol scales with the tensor's
+    magnitude (see :data:`surgeon.dynamic.batch.BATCH_TOLERANCE`)."""
+    return f"atol={tolerance.atol:g} x max(1, max|item|), rtol={tolerance.rtol:g}"
 
 
 ORT_NODE = re.compile(r"running (\w+) node\. Name:'([^']*)'")

@@ -176,8 +176,8 @@ def items_table(check: dict) -> Table:
     """One row per output per batch dim: item i of the batch run against item i alone."""
     tol = check["items"][0]["tolerance"]
     table = SafeTable(
-        title=f"batch items, each against its batch-1 run (atol={tol['atol']:g}, "
-        f"rtol={tol['rtol']:g})",
+        title=f"batch items, each against its batch-1 run (atol={tol['atol']:g} x "
+        f"max(1, max|item|), rtol={tol['rtol']:g})",
         title_justify="left",
     )
     for col in ("batch", "output", "batch axis", "max abs", "problem"):
