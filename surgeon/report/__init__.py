@@ -124,6 +124,25 @@ class SafeTable(Table):
             column.min_width = max(column.min_width or 0, need)
         super().add_row(*cells, **kwargs)
 
+    def _calculate_column_widths(self, console, options):
+        # rich honours min widths even past the terminal's edge, and the console then cuts
+        # the line silently. When they cannot all fit, names give way first (they fold),
+        # then numbers (they end in an ellipsis), so nothing is lost without a mark.
+        widths = super()._calculate_column_widths(console, options)
+        saved = [column.min_width for column in self.columns]
+        try:
+            for give_way in ("name", "number"):
+                if sum(widths) + self._extra_width <= options.max_width:
+                    break
+                for column, kind in zip(self.columns, self._kinds, strict=False):
+                    if kind == give_way:
+                        column.min_width = None
+                widths = super()._calculate_column_widths(console, options)
+        finally:
+            for column, width in zip(self.columns, saved, strict=True):
+                column.min_width = width
+        return widths
+
 
 # Width of a console that writes to a pipe or a file: wide enough that no name or number
 # is ever wrapped or cut (rich would otherwise assume 80 columns).
