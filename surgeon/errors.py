@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import shlex
 import unicodedata
 from collections.abc import Iterable
 
@@ -153,14 +154,31 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
     return "did you mean " + ", ".join(f"`{m}`" for m in matches) + "?"
 
 
-def unknown_name(kind: str, name: str, candidates: Iterable[str], where: str) -> NameNotFoundError:
+def names_hint(model_path=None) -> str:
+    """The command that lists a model's node and tensor names, ready to copy.
+
+    Args:
+        model_path: The model's file; without one the command says ``MODEL.onnx``.
+    """
+    target = shlex.quote(str(model_path)) if model_path is not None else "MODEL.onnx"
+    return (
+        f"Run `surgeon inspect {target} --names` to list the node and tensor names "
+        f"(`--names 'GLOB'` filters them, e.g. `--names '*conv*'`)."
+    )
+
+
+def unknown_name(
+    kind: str, name: str, candidates: Iterable[str], where: str, *, model_path=None
+) -> NameNotFoundError:
     """Build the standard error for a name that is not in a model.
 
     Args:
         kind: What was looked for ("tensor", "input", "node or tensor").
         name: The name the user gave.
-        candidates: Every valid name, for suggestions.
+        candidates: Every name the option accepts (only those: a suggestion must work).
         where: The model's file name or description.
+        model_path: The model's file, for a hint with the exact ``surgeon inspect``
+            command that lists its names.
     """
     pool = list(candidates)
     matches = close_matches(name, pool)
@@ -169,17 +187,19 @@ def unknown_name(kind: str, name: str, candidates: Iterable[str], where: str) ->
         message += "; did you mean " + ", ".join(f"`{m}`" for m in matches) + "?"
     hint = None
     if not matches and pool:
-        hint = "Run `surgeon inspect` to list the names in the model."
+        hint = names_hint(model_path)
     return NameNotFoundError(message, name=name, suggestions=matches, hint=hint)
 
 
 def collect_unknown_names(
-    kind: str, names: Iterable[str], candidates: Iterable[str], where: str
+    kind: str, names: Iterable[str], candidates: Iterable[str], where: str, *, model_path=None
 ) -> None:
     """Raise one error listing every unknown name at once (or return if all are known)."""
     pool = list(candidates)
     known = set(pool)
-    errors = [unknown_name(kind, n, pool, where) for n in names if n not in known]
+    errors = [
+        unknown_name(kind, n, pool, where, model_path=model_path) for n in names if n not in known
+    ]
     if not errors:
         return
     if len(errors) == 1:
@@ -189,6 +209,7 @@ def collect_unknown_names(
         name=errors[0].name,
         suggestions=errors[0].suggestions,
         problems=[e.message for e in errors],
+        hint=names_hint(model_path) if pool else None,
     )
 
 

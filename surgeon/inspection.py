@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from collections import Counter
 
@@ -158,4 +159,82 @@ def describe(model: Model) -> dict:
     }
 
 
-__all__ = ["describe", "value_info_to_tensor_info"]
+def _known_types(model: Model) -> dict[str, dict]:
+    """dtype and shape of every main-graph tensor ONNX shape inference can tell (plus the
+    declared inputs, outputs and value_info); best-effort, never fails."""
+    from surgeon.edits.extract import inference_skeleton
+
+    proto = model.proto
+    infos = [*proto.graph.input, *proto.graph.value_info, *proto.graph.output]
+    try:
+        # The skeleton keeps inference cheap on models with large weights.
+        inferred = onnx.shape_inference.infer_shapes(
+            inference_skeleton(model), strict_mode=False, data_prop=True
+        )
+        infos += [*inferred.graph.value_info, *inferred.graph.output]
+    except Exception:  # inference gives up on some real models; the declared types remain
+        pass
+    known: dict[str, dict] = {}
+    for vi in infos:
+        info = value_info_to_tensor_info(vi)
+        if info.dtype is not None or info.shape is not None:
+            known.setdefault(vi.name, {"dtype": info.dtype, "shape": info.shape})
+    return known
+
+
+def list_names(model: Model, pattern: str = "*") -> dict:
+    """The node and tensor names of the main graph that ``pattern`` (a glob) matches.
+
+    These are the names the commands accept (``debug --tap``, ``extract --inputs/--outputs``,
+    ``rename --io``): tensors are the graph inputs and every node output (weights are not
+    listed; ``inspect`` counts them under parameters), each with the node that produces it,
+    its op, and its dtype/shape where ONNX shape inference can tell; nodes carry their op,
+    inputs and outputs. Matching is case-sensitive, the same as in the commands.
+
+    Returns:
+        ``{"pattern", "tensors": [{name, node, op, dtype, shape}], "nodes": [{name, op,
+        inputs, outputs}]}`` in graph order.
+    """
+    proto = model.proto
+    types = _known_types(model)
+    initializers = {t.name for t in proto.graph.initializer}
+    tensors = []
+    seen: set[str] = set()
+
+    def add(name: str, node, op) -> None:
+        if name in seen or not fnmatch.fnmatchcase(name, pattern):
+            return
+        seen.add(name)
+        known = types.get(name, {})
+        shape = known.get("shape")
+        tensors.append(
+            {
+                "name": name,
+                "node": node,
+                "op": op,
+                "dtype": known.get("dtype"),
+                "shape": list(shape) if shape is not None else None,
+            }
+        )
+
+    for v in proto.graph.input:
+        if v.name not in initializers:
+            add(v.name, None, None)
+    for n in proto.graph.node:
+        for o in n.output:
+            if o:
+                add(o, n.name, n.op_type)
+    nodes = [
+        {
+            "name": n.name,
+            "op": n.op_type,
+            "inputs": list(n.input),
+            "outputs": list(n.output),
+        }
+        for n in proto.graph.node
+        if n.name and fnmatch.fnmatchcase(n.name, pattern)
+    ]
+    return {"pattern": pattern, "tensors": tensors, "nodes": nodes}
+
+
+__all__ = ["describe", "list_names", "value_info_to_tensor_info"]

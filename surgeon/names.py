@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable
 
-from surgeon.errors import NameNotFoundError, UsageError, unknown_name
+from surgeon.errors import NameNotFoundError, UsageError, close_matches, names_hint, unknown_name
 from surgeon.model import Model
 
 GLOB_CHARS = set("*?[")
@@ -60,6 +60,8 @@ def resolve_tensors(
     Each spec is ``all`` (every node output), a tensor name, a node name (its outputs),
     or a glob over node and tensor names. ``ops`` adds every output of every node of
     those op types. A name that is both a node and a tensor means the tensor.
+    With ``allow_inputs=False`` only node outputs and node names are accepted (and
+    suggested); a graph input or weight named there is an error that says so.
 
     Raises:
         NameNotFoundError: Some names match nothing (all of them are listed, with
@@ -73,6 +75,9 @@ def resolve_tensors(
     out: list[str] = []
     problems: list[NameNotFoundError] = []
     inner = None
+    graph_inputs = {v.name for v in proto.graph.input}
+    weights = {t.name for t in proto.graph.initializer}
+    hint = names_hint(model.path)
     for spec in specs:
         if spec == "all":
             out += intermediate_tensors(model)
@@ -90,10 +95,23 @@ def resolve_tensors(
             if not found:
                 problems.append(
                     NameNotFoundError(
-                        f"`{spec}` matches no node or tensor in {model.name}", name=spec
+                        f"`{spec}` matches no node or tensor in {model.name}"
+                        + ("" if allow_inputs else " output"),
+                        name=spec,
+                        hint=hint,
                     )
                 )
             out += found
+        elif not allow_inputs and (spec in graph_inputs or spec in weights):
+            what_it_is = "a weight (initializer)" if spec in weights else "a graph input"
+            problems.append(
+                NameNotFoundError(
+                    f"`{spec}` is {what_it_is} of {model.name}, not a node output: its value "
+                    "is known without running the model; name node outputs or nodes",
+                    name=spec,
+                    hint=hint,
+                )
+            )
         else:
             inner = subgraph_tensors(model) if inner is None else inner
             if spec in inner:
@@ -104,14 +122,34 @@ def resolve_tensors(
                     )
                 )
             else:
-                problems.append(unknown_name(what, spec, list(nodes) + sorted(tensors), model.name))
+                problems.append(
+                    unknown_name(
+                        what,
+                        spec,
+                        list(nodes) + sorted(tensors),
+                        model.name,
+                        model_path=model.path,
+                    )
+                )
     op_list = list(ops)
     if op_list:
         present = sorted({n.op_type for n in proto.graph.node})
         for op in op_list:
             matched = [n for n in proto.graph.node if n.op_type == op]
             if not matched:
-                problems.append(unknown_name("op type", op, present, model.name))
+                problems.append(
+                    NameNotFoundError(
+                        f"no op type `{op}` in {model.name}"
+                        + (
+                            "; did you mean " + ", ".join(f"`{m}`" for m in near) + "?"
+                            if (near := close_matches(op, present))
+                            else ""
+                        ),
+                        name=op,
+                        suggestions=near,
+                        hint="Ops in the model: " + ", ".join(present) if present else None,
+                    )
+                )
             for n in matched:
                 out += [o for o in n.output if o]
     if problems:
@@ -122,6 +160,7 @@ def resolve_tensors(
             name=problems[0].name,
             suggestions=problems[0].suggestions,
             problems=[p.message for p in problems],
+            hint=hint,
         )
     return list(dict.fromkeys(out))
 

@@ -6,11 +6,22 @@ HELP = "show a model's inputs, outputs, opsets, ops, weights, subgraphs and edit
 DESCRIPTION = (
     HELP
     + "\n\nexample:\n  surgeon inspect model.onnx\n  surgeon inspect model.onnx --json | jq .op_types"
+    + "\n  surgeon inspect model.onnx --names 'backbone/*'"
 )
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("model", help="the .onnx file")
+    parser.add_argument(
+        "--names",
+        nargs="?",
+        const="*",
+        default=None,
+        metavar="GLOB",
+        help="list the node and tensor names (graph inputs and node outputs) the commands "
+        "accept, those matching GLOB if given (case-sensitive, e.g. 'conv*'); "
+        "with --json under the key `names`",
+    )
 
 
 def run(args, ctx) -> int:
@@ -19,8 +30,17 @@ def run(args, ctx) -> int:
 
     model = load(args.model)
     info = describe(model)
+    if args.names is not None:
+        from surgeon.inspection import list_names
+
+        info["names"] = list_names(model, args.names)
     if ctx.json:
         ctx.emit_json(info)
+    elif args.names is not None:
+        # Only the listing: the person asked for names, and the summary would push them away.
+        from surgeon.report.inspect import render_names
+
+        render_names(ctx.console, info)
     else:
         from surgeon.report.inspect import render_inspect
 

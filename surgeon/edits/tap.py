@@ -33,12 +33,16 @@ def select_taps(
     """Resolve tap names (tensor or node names, globs, ``all``) plus op types into tensor
     names of the main graph, in topological order.
 
-    Graph inputs and initializers are not tapped (they are known without a run).
+    Graph inputs and initializers are not tapped (they are known without a run), so
+    they are neither accepted nor suggested.
 
     Raises:
-        NameNotFoundError: Unknown names, with suggestions.
+        NameNotFoundError: Unknown names, with suggestions among node outputs and node
+            names; a graph input or weight named explicitly (the error says why).
     """
-    chosen = set(resolve_tensors(model, list(names), ops=ops))
+    chosen = set(
+        resolve_tensors(model, list(names), ops=ops, allow_inputs=False, what="node or node output")
+    )
     order = intermediate_tensors(model)
     return [t for t in topological_tensors(model, order) if t in chosen]
 

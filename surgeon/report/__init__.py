@@ -18,8 +18,10 @@ tests/test_terminal_safety.py holds the rendering modules to these rules.
 from __future__ import annotations
 
 import math
+import os
 from contextlib import contextmanager
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 from rich.text import Span, Text
@@ -73,10 +75,24 @@ def _safe_cell(cell):
     return cell  # another renderable (a nested table): made safe where it was built
 
 
+# A name column keeps at least this many cells before it folds: beside a long no-wrap
+# shape, rich would otherwise squeeze it to nothing.
+NAME_MIN_WIDTH = 16
+# Numbers longer than this are rare; the cap keeps one freak cell from starving the rest.
+NUMBER_MAX_WIDTH = 32
+
+
 class SafeTable(Table):
     """A rich ``Table`` whose title, headers and cells are never markup and never carry
     control characters: strings go through :func:`shown`, ``Text`` through
-    :func:`safe_text`. Use it for every table (tests/test_terminal_safety.py checks)."""
+    :func:`safe_text`. Use it for every table (tests/test_terminal_safety.py checks).
+
+    ``add_column(..., kind="name")`` makes a column that folds (never cuts) and keeps at
+    least :data:`NAME_MIN_WIDTH` cells (or its longest cell, if shorter);
+    ``kind="number"`` a column that never wraps, is as wide as its longest cell, and, if
+    the terminal is too narrow even so, ends in an ellipsis rather than losing digits
+    silently (``0/409600`` must never read ``0/40960``).
+    """
 
     def __init__(self, *headers, title=None, caption=None, **kwargs):
         super().__init__(
@@ -85,19 +101,87 @@ class SafeTable(Table):
             caption=_safe_cell(caption),
             **kwargs,
         )
+        self._kinds: list[str | None] = [None] * len(headers)
 
-    def add_column(self, header="", *args, **kwargs) -> None:
+    def add_column(self, header="", *args, kind: str | None = None, **kwargs) -> None:
+        if kind == "name":
+            kwargs.setdefault("overflow", "fold")
+        elif kind == "number":
+            kwargs.setdefault("no_wrap", True)
+            kwargs["overflow"] = "ellipsis"
+        elif kind is not None:
+            raise ValueError(f"unknown column kind {kind!r}")
         super().add_column(_safe_cell(header), *args, **kwargs)
+        self._kinds.append(kind)
 
     def add_row(self, *renderables, **kwargs) -> None:
-        super().add_row(*(_safe_cell(r) for r in renderables), **kwargs)
+        cells = [_safe_cell(r) for r in renderables]
+        for column, kind, cell in zip(self.columns, self._kinds, cells, strict=False):
+            if kind is None or not isinstance(cell, Text):
+                continue
+            width = max((cell_len(line) for line in cell.plain.splitlines()), default=0)
+            need = min(width, NAME_MIN_WIDTH if kind == "name" else NUMBER_MAX_WIDTH)
+            column.min_width = max(column.min_width or 0, need)
+        super().add_row(*cells, **kwargs)
+
+    def _calculate_column_widths(self, console, options):
+        # rich honours min widths even past the terminal's edge, and the console then cuts
+        # the line silently. When they cannot all fit, names give way first (they fold),
+        # then numbers (they end in an ellipsis), so nothing is lost without a mark.
+        widths = super()._calculate_column_widths(console, options)
+        saved = [column.min_width for column in self.columns]
+        try:
+            for give_way in ("name", "number"):
+                if sum(widths) + self._extra_width <= options.max_width:
+                    break
+                for column, kind in zip(self.columns, self._kinds, strict=False):
+                    if kind == give_way:
+                        column.min_width = None
+                widths = super()._calculate_column_widths(console, options)
+        finally:
+            for column, width in zip(self.columns, saved, strict=True):
+                column.min_width = width
+        return widths
 
 
-def make_consoles(console=None, err_console=None):
-    """The stdout and stderr consoles (created when not given, e.g. by tests)."""
-    console = console or Console(highlight=False)
-    err_console = err_console or Console(stderr=True, highlight=False)
+# Width of a console that writes to a pipe or a file: wide enough that no name or number
+# is ever wrapped or cut (rich would otherwise assume 80 columns).
+PIPE_WIDTH = 100_000
+
+
+def _made_console(file=None, *, stderr: bool = False) -> Console:
+    console = Console(file=file, stderr=stderr, highlight=False)
+    # A log or a `| grep` wants whole lines, not a terminal's layout; an explicit COLUMNS
+    # is the user's choice and is kept.
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console.width = PIPE_WIDTH
+    return console
+
+
+def make_consoles(console=None, err_console=None, *, file=None, err_file=None):
+    """The stdout and stderr consoles (created when not given; tests pass their own).
+
+    A console surgeon makes for a terminal follows the terminal's size; one that writes
+    to a pipe or a file renders wide (:data:`PIPE_WIDTH`), so no line is wrapped or cut.
+
+    Args:
+        console: The stdout console to use as it is, if given.
+        err_console: The stderr console to use as it is, if given.
+        file: Where a created stdout console writes (default ``sys.stdout``).
+        err_file: Where a created stderr console writes (default ``sys.stderr``).
+    """
+    console = console or _made_console(file)
+    err_console = err_console or _made_console(err_file, stderr=err_file is None)
     return console, err_console
+
+
+def taller_than_terminal(console: Console, renderable) -> bool:
+    """Whether ``renderable`` scrolls a terminal's first lines out of sight (a long table
+    pushes the verdict printed above it away); always False off a terminal."""
+    if not console.is_terminal:
+        return False
+    lines = console.render_lines(renderable, console.options, pad=False)
+    return len(lines) + 2 > console.height
 
 
 def write_json(console: Console, data: dict) -> None:
@@ -191,7 +275,10 @@ def diff_table(report: DiffReport, title: str | None = None) -> Table:
         ("nan/inf", "right"),
     ):
         table.add_column(
-            col, justify=justify, overflow="fold", no_wrap=col in ("shape", "status", "mismatch")
+            col,
+            justify=justify,
+            kind="name" if col == "tensor" else "number" if justify == "right" else None,
+            no_wrap=col in ("shape", "status"),
         )
     for t in report.tensors:
         name = t.name if t.reference in (t.name, "") else f"{t.name} ← {t.reference}"
@@ -237,11 +324,16 @@ def settings_text(report: DiffReport) -> Text:
 def render_diff(console: Console, report: DiffReport) -> None:
     """A diff report for a person: the verdict first, then the table and the settings."""
     console.print(verdict_text(report))
+    tall = False
     if report.tensors:  # an empty table says nothing the verdict and notes do not
-        console.print(diff_table(report))
+        table = diff_table(report)
+        tall = taller_than_terminal(console, table)
+        console.print(table)
     console.print(settings_text(report))
     for note in report.notes:
         console.print(shown("note: " + note, "yellow"))
+    if tall:  # the verdict above has scrolled away: say it again where the eye is
+        console.print(verdict_text(report))
 
 
 @contextmanager

@@ -8,7 +8,7 @@ from rich import box
 from rich.console import Console
 from rich.text import Text
 
-from surgeon.report import SafeTable, diff_table, fmt, shown
+from surgeon.report import SafeTable, diff_table, fmt, shown, taller_than_terminal
 
 # Why a flagged NaN/Inf is there (see surgeon.debugging.NonFinite): shown beside the flag.
 KIND_LABELS = {
@@ -124,6 +124,7 @@ def _rows(items, rows: int, keep) -> list:
 def render_debug(console: Console, report, rows: int = 40) -> None:
     style = "bold green" if report.passed else "bold red"
     console.print(shown(report.verdict(), style))
+    tall = False  # a table taller than the terminal: the verdict is repeated at the end
     if report.tap_check is not None and not report.tap_check.passed:
         console.print(diff_table(report.tap_check))
 
@@ -138,12 +139,14 @@ def render_debug(console: Console, report, rows: int = 40) -> None:
             box=box.SIMPLE_HEAD,
             pad_edge=False,
         )
-        table.add_column("#", justify="right", no_wrap=True)
-        table.add_column("tensor (node, op)", overflow="fold", ratio=1, min_width=16)
+        table.add_column("#", justify="right", kind="number")
+        table.add_column("tensor (node, op)", kind="name", ratio=1, min_width=16)
         for col in ("status", "max abs", "max rel", "cosine", "mismatch", "error growth"):
+            numeric = col not in ("status", "error growth")
             table.add_column(
                 col,
-                justify="left" if col in ("status", "error growth") else "right",
+                justify="right" if numeric else "left",
+                kind="number" if numeric else None,
                 # "ROOT CAUSE (shape)" may wrap rather than squeeze the tensor names out
                 no_wrap=col != "status",
                 min_width=10 if col == "status" else None,
@@ -169,6 +172,7 @@ def render_debug(console: Console, report, rows: int = 40) -> None:
                 f"{d.mismatches}/{d.size}",
                 _bar(d.max_abs, lo, hi) if d.status in ("ok", "mismatch") else "",
             )
+        tall = tall or taller_than_terminal(console, table)
         console.print(table)
         if len(rows_shown) < len(report.layers):
             console.print(
@@ -210,9 +214,9 @@ def render_debug(console: Console, report, rows: int = 40) -> None:
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
-    table.add_column("#", justify="right", no_wrap=True)
-    table.add_column("tensor (op)", overflow="fold", ratio=1, min_width=16)
-    # A narrow terminal (or a pipe, 80 columns) drops mean and std; JSON and HTML keep them.
+    table.add_column("#", justify="right", kind="number")
+    table.add_column("tensor (op)", kind="name", ratio=1, min_width=16)
+    # A narrow terminal drops mean and std (JSON and HTML keep them); a pipe is wide.
     narrow = console.width < 110
     cols = (
         ("shape", "min", "max", "nan/inf", "zeros", "flags")
@@ -220,10 +224,12 @@ def render_debug(console: Console, report, rows: int = 40) -> None:
         else ("shape", "min", "max", "mean", "std", "nan/inf", "zeros", "flags")
     )
     for col in cols:
+        numeric = col not in ("shape", "flags")
         table.add_column(
             col,
-            justify="left" if col in ("shape", "dtype", "flags") else "right",
-            no_wrap=col != "flags",
+            justify="right" if numeric else "left",
+            kind="number" if numeric else "name" if col == "flags" else None,
+            no_wrap=col == "shape",
         )
     kinds = {x.tensor: x.kind for x in getattr(report, "nonfinite", [])}
     rows_shown = _rows(
@@ -253,6 +259,7 @@ def render_debug(console: Console, report, rows: int = 40) -> None:
             shown(flags_text(s.flags, kind), flag_style),
         ]
         table.add_row(*cells)
+    tall = tall or taller_than_terminal(console, table)
     console.print(table)
     if len(rows_shown) < len(report.stats):
         console.print(
@@ -300,3 +307,5 @@ def render_debug(console: Console, report, rows: int = 40) -> None:
             "dim",
         )
     )
+    if tall:
+        console.print(shown(report.verdict(), style))

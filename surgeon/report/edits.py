@@ -86,7 +86,7 @@ def render_extract(console: Console, edited, output: str | None, written: bool) 
     )
     table = SafeTable(title="boundary", title_justify="left")
     for col in ("", "tensor", "dtype", "shape", "from"):
-        table.add_column(col, overflow="fold")
+        table.add_column(col, kind="name" if col in ("tensor", "from") else None, overflow="fold")
     for role in ("inputs", "outputs"):
         for t in d[role]:
             table.add_row(role[:-1], t["name"], t["dtype"] or "?", _dims(t["shape"]), t["source"])
@@ -112,7 +112,7 @@ def render_rename(console: Console, edited, output: str | None, written: bool) -
     )
     table = SafeTable(title="renamed", title_justify="left")
     for col in ("kind", "old", "new"):
-        table.add_column(col, overflow="fold")
+        table.add_column(col, kind="name" if col != "kind" else None, overflow="fold")
     for t in d["tensors"]:
         table.add_row(t["role"], t["old"], t["new"])
     for n in d["nodes"]:
@@ -128,7 +128,7 @@ def render_reshape_io(console: Console, edited, output: str | None, written: boo
     console.print(_verdict(edited.passed, what))
     table = SafeTable(title="dims", title_justify="left")
     for col in ("", "tensor", "before", "after"):
-        table.add_column(col, overflow="fold")
+        table.add_column(col, kind="name" if col == "tensor" else None, overflow="fold")
     for t in d["inputs"]:
         table.add_row("input", t["name"], _dims(t["old"]), _dims(t["new"]))
     for t in d["outputs"]:

@@ -38,7 +38,7 @@ def render_inspect(console: Console, info: dict) -> None:
     )
     io = SafeTable(title="inputs and outputs", title_justify="left")
     io.add_column("kind")
-    io.add_column("name", overflow="fold")
+    io.add_column("name", kind="name")
     io.add_column("dtype")
     io.add_column("shape", no_wrap=True)
     for kind in ("inputs", "outputs"):
@@ -47,7 +47,7 @@ def render_inspect(console: Console, info: dict) -> None:
     console.print(io)
     ops = SafeTable(title="op types", title_justify="left")
     ops.add_column("op")
-    ops.add_column("count", justify="right")
+    ops.add_column("count", justify="right", kind="number")
     for op, n in info["op_types"].items():
         ops.add_row(op, str(n))
     console.print(ops)
@@ -107,3 +107,42 @@ def render_inspect(console: Console, info: dict) -> None:
             params = ", ".join(f"{k}={v}" for k, v in (rec.get("params") or {}).items())
             hist.add_row(str(i), str(rec.get("edit")), params, str(rec.get("surgeon", "")))
         console.print(hist)
+
+
+def render_names(console: Console, info: dict) -> None:
+    """``surgeon inspect --names``: the tensors and nodes whose names match the glob."""
+    names = info["names"]
+    pattern = names["pattern"]
+    console.print(shown(info["file"] or info["graph_name"] or "model", "bold"))
+    tensors = SafeTable(
+        title=f"tensors matching '{pattern}' ({len(names['tensors'])}; graph inputs and node "
+        "outputs, weights not listed)",
+        title_justify="left",
+    )
+    tensors.add_column("tensor", kind="name")
+    tensors.add_column("produced by", kind="name")
+    tensors.add_column("op")
+    tensors.add_column("dtype")
+    tensors.add_column("shape", kind="name")
+    for t in names["tensors"]:
+        producer = "(graph input)" if t["op"] is None else t["node"] or "(unnamed node)"
+        tensors.add_row(t["name"], producer, t["op"] or "", t["dtype"] or "?", _shape(t["shape"]))
+    nodes = SafeTable(
+        title=f"nodes matching '{pattern}' ({len(names['nodes'])})", title_justify="left"
+    )
+    nodes.add_column("node", kind="name")
+    nodes.add_column("op")
+    nodes.add_column("inputs", kind="name")
+    nodes.add_column("outputs", kind="name")
+    for n in names["nodes"]:
+        nodes.add_row(n["name"], n["op"], ", ".join(n["inputs"]), ", ".join(n["outputs"]))
+    if names["tensors"]:
+        console.print(tensors)
+    if names["nodes"]:
+        console.print(nodes)
+    if not names["tensors"] and not names["nodes"]:
+        console.print(
+            shown(
+                f"no node or tensor name matches '{pattern}' (globs are case-sensitive)", "yellow"
+            )
+        )

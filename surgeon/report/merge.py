@@ -23,7 +23,7 @@ def _shape(shape) -> str:
 def io_table(title: str, inputs: list[dict], outputs: list[dict]) -> Table:
     table = SafeTable(title=title, title_justify="left")
     table.add_column("kind")
-    table.add_column("name", overflow="fold")
+    table.add_column("name", kind="name")
     table.add_column("dtype")
     table.add_column("shape", no_wrap=True)
     for kind, items in (("input", inputs), ("output", outputs)):

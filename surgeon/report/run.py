@@ -36,11 +36,11 @@ def render_run(console: Console, result) -> None:
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
-    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("#", justify="right", kind="number")
     table.add_column("edit", no_wrap=True)
-    table.add_column("parameters", overflow="fold", ratio=1)
+    table.add_column("parameters", kind="name", ratio=1)
     table.add_column("verification", overflow="fold", ratio=1)
-    table.add_column("time", justify="right", no_wrap=True)
+    table.add_column("time", justify="right", kind="number")
     for s in result.steps:
         table.add_row(
             str(s.index),
@@ -62,7 +62,7 @@ def render_recipes(console: Console, rows: list[dict]) -> None:
     )
     table.add_column("name", no_wrap=True)
     table.add_column("what it does", overflow="fold", ratio=2)
-    table.add_column("parameters", overflow="fold", ratio=1)
+    table.add_column("parameters", kind="name", ratio=1)
     for r in rows:
         params = ", ".join(
             f"{k}" + ("" if p["required"] else f"={p['default']!r}") for k, p in r["params"].items()
