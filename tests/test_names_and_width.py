@@ -11,13 +11,13 @@ import re
 import subprocess
 import sys
 
+from conftest import ROOT, parse, write
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
 from surgeon.cli import main
 from surgeon.report import PIPE_WIDTH, SafeTable, make_consoles
-from tests.conftest import ROOT, parse, write
 
 LONG = "backbone/stage_three/block_seven/attention/query_projection/MatMul_output_0"
 
