@@ -1010,7 +1010,9 @@ def _compare(
     kind, name, obj = ref
     name_map = dict(options.name_map)  # reference name -> model name
     to_ref = {v: k for k, v in name_map.items()}
-    collect_unknown_names("tensor", name_map.values(), model.tensor_names(), model.name)
+    collect_unknown_names(
+        "tensor", name_map.values(), model.tensor_names(), model.name, model_path=model.path
+    )
     if kind == "arrays":
         expected = obj
         collect_unknown_names("tensor", name_map.keys(), list(expected), name)
@@ -1018,7 +1020,11 @@ def _compare(
         ref_model: Model = obj
         if kind == "model":
             collect_unknown_names(
-                "tensor", name_map.keys(), ref_model.tensor_names(), ref_model.name
+                "tensor",
+                name_map.keys(),
+                ref_model.tensor_names(),
+                ref_model.name,
+                model_path=ref_model.path,
             )
         available = set(ref_model.tensor_names())
         wanted = [to_ref.get(t, t) for t in taps if to_ref.get(t, t) in available]

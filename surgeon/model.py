@@ -327,7 +327,7 @@ class Model:
         """Raise a NameNotFoundError with suggestions unless ``name`` is a tensor here."""
         names = self.tensor_names()
         if name not in names:
-            raise unknown_name("tensor", name, names, self.name)
+            raise unknown_name("tensor", name, names, self.name, model_path=self.path)
 
     def weight_bytes(self) -> int:
         return sum(tensor_nbytes(t) for t in iter_tensors(self.proto))

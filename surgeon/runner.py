@@ -153,7 +153,7 @@ class Session:
             names = set(model.tensor_names())
             for n in extra:
                 if n not in names:
-                    raise unknown_name("tensor", n, names, model.name)
+                    raise unknown_name("tensor", n, names, model.name, model_path=model.path)
         self.output_names = list(model.output_names) + extra
         ort = _ort()
         so = _session_options(self.options)

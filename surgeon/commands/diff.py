@@ -108,11 +108,23 @@ def run(args, ctx) -> int:
     reference = load(args.reference)
     candidate = load(args.candidate)
     unknown = [
-        unknown_name("tensor", old, reference.tensor_names(), f"the reference {reference.name}")
+        unknown_name(
+            "tensor",
+            old,
+            reference.tensor_names(),
+            f"the reference {reference.name}",
+            model_path=reference.path,
+        )
         for old in name_map
         if old not in set(reference.tensor_names())
     ] + [
-        unknown_name("tensor", new, candidate.tensor_names(), f"the candidate {candidate.name}")
+        unknown_name(
+            "tensor",
+            new,
+            candidate.tensor_names(),
+            f"the candidate {candidate.name}",
+            model_path=candidate.path,
+        )
         for new in name_map.values()
         if new not in set(candidate.tensor_names())
     ]

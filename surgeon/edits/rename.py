@@ -108,7 +108,7 @@ def plan_rename(
     roles = _all_tensor_names(proto)
     main_tensors = model.tensor_names()
     unknown = [
-        unknown_name("tensor", old, main_tensors, model.name)
+        unknown_name("tensor", old, main_tensors, model.name, model_path=model.path)
         for old in mapping
         if old not in set(main_tensors)
     ]

@@ -76,7 +76,7 @@ def _collect_specs(
     problems: list[str] = []
     for name, spec in specs.items():
         if name not in infos:
-            errors.append(unknown_name(role, name, list(infos), model.name))
+            errors.append(unknown_name(role, name, list(infos), model.name, model_path=model.path))
             continue
         try:
             dims = as_dims(spec)
