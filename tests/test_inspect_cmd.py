@@ -199,9 +199,12 @@ def test_history_metadata_and_initializers_as_inputs(tmp_path):
 
 def test_readme_json_keys_exist(samples):
     documented = readme_json_keys("inspect")
-    assert documented - {"count", "bytes", "by_dtype"} <= INSPECT_KEYS
+    assert documented - {"count", "bytes", "by_dtype", "names"} <= INSPECT_KEYS
     info = run_cli("inspect", samples / "tiny_yolo.onnx", "--json").json
     assert {"count", "bytes", "by_dtype"} <= set(info["parameters"])
+    # `names` is documented as present with --names only
+    assert "names" in documented and "names" not in info
+    assert "names" in run_cli("inspect", samples / "tiny_yolo.onnx", "--names", "--json").json
 
 
 @pytest.mark.parametrize("kind", ["junk", "truncated", "missing external data"])
