@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import surgeon
 
-PRODUCES = "report"
+MODELS = ("model", "reference?")
+MODELS_HELP = "the model to check, then optionally the reference model to compare it with"
+OUTPUTS = ()  # a report, no model
 PARAMS = {
     "ref": (
         str,

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import surgeon
 
+MODELS = ("detector",)
+OUTPUTS = ("backbone",)
 PARAMS = {
     "prefix": (str, "backbone/", "node-name prefix of the backbone's nodes"),
     "outputs": (

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import surgeon
 
+MODELS = ("detector",)
+OUTPUTS = ("deployable",)
 PARAMS = {
     "layout": (str, "yolov8", "head layout: yolov8, yolov5, boxes-scores or detr"),
     "classes": (int, 0, "number of classes (0: read it from the detector's output shape)"),

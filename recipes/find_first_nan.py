@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import surgeon
 
-PRODUCES = "report"
+MODELS = ("model",)
+OUTPUTS = ()  # a report, no model
 PARAMS = {
     "inputs": (str, "", ".npz with the model's inputs (default: seeded random inputs)"),
     "taps": (str, "all", "comma-separated taps: tensor or node names, globs, or all"),

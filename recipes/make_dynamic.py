@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import surgeon
 
+MODELS = ("model",)
+OUTPUTS = ("dynamic",)
 PARAMS = {
     "batch": (bool, True, "make axis 0 of every image input dynamic (`batch`)"),
     "spatial": (bool, True, "make axes 2 and 3 of every image input dynamic (`height`, `width`)"),

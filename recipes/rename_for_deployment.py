@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import surgeon
 
+MODELS = ("model",)
+OUTPUTS = ("renamed",)
 PARAMS = {
     "mapping": (str, "", "comma-separated OLD=NEW pairs for inputs and outputs"),
     "sanitize": (bool, True, "replace characters other than letters, digits and _ with _"),

@@ -1,27 +1,33 @@
 """Cut a model at a named tensor into two parts that chain back to the original.
 
-The head computes everything the tensor `at` needs; the tail computes the outputs from
-what crosses the cut (`at`, plus any other head tensor the tail still reads, such as a
-skip connection). Typical use: an operator the target runtime lacks sits after `at`, so
-the head runs there and the tail elsewhere. Three checks: each part against the original
-(bit-identical), and the chain head -> tail against the original.
+Writes ``before.onnx``, everything the tensor `at` needs, and ``after.onnx``, the
+outputs computed from what crosses the cut (`at`, plus any other tensor made before the
+cut that the rest still reads, such as a skip connection). Named by where they sit
+relative to the cut, not head/tail: a detector's own ``head/*`` nodes land in
+``after.onnx``, and a model may be split more than once. Typical use: an operator the
+target runtime lacks sits after `at`, so the part before runs there and the part after
+elsewhere. Three checks: each part against the original (bit-identical), and the chain
+before -> after against the original.
 
     surgeon run split_model tiny_yolo.onnx --param at=backbone/act2_out -o parts/
+    # parts/before.onnx, parts/after.onnx
 """
 
 from __future__ import annotations
 
 import surgeon
 
+MODELS = ("model",)
+OUTPUTS = ("before", "after")
 PARAMS = {
     "at": (str, ..., "the tensor (or single-output node) to cut at"),
 }
 
 
 def plan_cut(model: surgeon.Model, at: str) -> tuple[list[str], list[str], list[str]]:
-    """The graph inputs the head reads, the tensors that cross the cut (made on the head's
-    side, read by the tail or an output; `at` first) and the graph inputs the tail reads
-    directly."""
+    """The graph inputs the part before the cut reads, the tensors that cross the cut
+    (made before it, read after it or by an output; `at` first) and the graph inputs the
+    part after the cut reads directly."""
     graph = model.proto.graph
     producer = {o: n for n in graph.node for o in n.output if o}
     head, stack = set(), [at]
@@ -43,21 +49,22 @@ def plan_cut(model: surgeon.Model, at: str) -> tuple[list[str], list[str], list[
 
 
 def recipe(models: list[surgeon.Model], at: str):
-    """Return {"head": Edited, "tail": Edited}; the chain is verified as a step too."""
+    """Return {"before": Edited, "after": Edited}; the chain is verified as a step too."""
     model = models[0]
     model.require_tensor(at)
-    head_inputs, cut, tail_graph_inputs = plan_cut(model, at)
-    head = surgeon.extract(model, head_inputs, cut)
-    tail = surgeon.extract(model, cut + tail_graph_inputs, model.output_names)
-    chain = surgeon.Chain([head.model, tail.model])
-    # Feeds for every input of the original: the tail may read inputs the head does not.
+    before_inputs, cut, after_graph_inputs = plan_cut(model, at)
+    before = surgeon.extract(model, before_inputs, cut)
+    after = surgeon.extract(model, cut + after_graph_inputs, model.output_names)
+    chain = surgeon.Chain([before.model, after.model])
+    # Feeds for every input of the original: the part after may read inputs the part
+    # before does not.
     feeds = surgeon.make_feeds(model)
     report = surgeon.verify(
         model,
         chain,
         feeds=feeds,
         tolerance=surgeon.EXACT,
-        title="split: head -> tail equals the original",
+        title="split: before -> after equals the original",
     )
-    surgeon.Edited(tail.model, report, "split-check", {"at": at, "cut": cut})
-    return {"head": head, "tail": tail}
+    surgeon.Edited(after.model, report, "split-check", {"at": at, "cut": cut})
+    return {"before": before, "after": after}

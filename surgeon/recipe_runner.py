@@ -6,6 +6,13 @@ default of a required parameter, and one entry point::
 
     def recipe(models: list[surgeon.Model], **params) -> Edited | Model | dict[str, Edited | Model]
 
+and two declarations of what it needs and writes, checked before any work (see
+:class:`Needs`): ``MODELS``, the models it takes (a count, or a tuple of role names where a
+trailing ``?`` marks an optional one: ``("model", "reference?")``), and ``OUTPUTS``, the
+names of the models it writes (``()`` for a recipe that only reports; one name: saved to
+``-o OUT.onnx``; several: to ``-o FOLDER/`` as ``<name>.onnx``). ``MODELS_HELP`` says in
+a sentence what the models are, for the error when the count is wrong.
+
 While it runs, every edit it makes (every :class:`~surgeon.edits.Edited` created) is
 recorded as a step; the first step whose verification fails stops the recipe, unless
 ``keep_going``. A recipe that reports findings (``find_first_nan``, ``compare_layers``)
@@ -115,7 +122,131 @@ def load_recipe(spec: str) -> tuple[str, ModuleType]:
         not (isinstance(v, tuple) and len(v) == 3) for v in params.values()
     ):
         raise SurgeonError(f"recipe {label}: PARAMS must map each name to (type, default, help)")
+    recipe_needs(module, label)  # a bad MODELS/OUTPUTS declaration is found at load time
     return label, module
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a recipe takes and writes, from its ``MODELS`` and ``OUTPUTS``.
+
+    Attributes:
+        models: Role names of the models it takes, in order (``"model"`` when it
+            declared only a count); ``None`` when it declared nothing (then it takes one
+            or more, the rule before recipes declared it).
+        required: How many of ``models`` must be given (the rest are optional).
+        outputs: Names of the models it writes; ``()`` for a recipe that only reports;
+            ``None`` when undeclared (the names are known only once it returns).
+        help: ``MODELS_HELP``, what the models are, or "".
+    """
+
+    models: tuple[str, ...] | None
+    required: int
+    outputs: tuple[str, ...] | None
+    help: str = ""
+
+    def accepts(self, count: int) -> bool:
+        """Whether ``count`` models fit."""
+        if self.models is None:
+            return count >= 1
+        return self.required <= count <= len(self.models)
+
+    def describe_models(self) -> str:
+        """``no model``, ``1 model (detector)``, ``1 or 2 models (model, reference?)``."""
+        if self.models is None:
+            return "one or more models"
+        if not self.models:
+            return "no model"
+        low, high = self.required, len(self.models)
+        count = (
+            str(high)
+            if low == high
+            else f"{low} or {high}"
+            if high == low + 1
+            else f"{low} to {high}"
+        )
+        roles = ", ".join(m if i < low else f"{m}?" for i, m in enumerate(self.models))
+        plural = f"{count} model{'' if high == 1 else 's'}"
+        # role names only when they say more than "model"
+        return plural if set(self.models) == {"model"} and low == high else f"{plural} ({roles})"
+
+    def to_dict(self) -> dict:
+        return {
+            "models": None
+            if self.models is None
+            else [{"name": m, "required": i < self.required} for i, m in enumerate(self.models)],
+            "outputs": None if self.outputs is None else list(self.outputs),
+            "models_help": self.help,
+        }
+
+
+def recipe_needs(module: ModuleType, label: str) -> Needs:
+    """Read a recipe's ``MODELS``, ``OUTPUTS`` (or the older ``PRODUCES = "report"``) and
+    ``MODELS_HELP``.
+
+    Raises:
+        SurgeonError: A declaration of the wrong form (a bug in the recipe file).
+    """
+    declared = getattr(module, "MODELS", None)
+    if declared is None:
+        models, required = None, 1
+    elif isinstance(declared, int) and not isinstance(declared, bool) and declared >= 0:
+        models, required = ("model",) * declared, declared
+    elif isinstance(declared, tuple) and all(isinstance(m, str) and m.strip("?") for m in declared):
+        optional = [m.endswith("?") for m in declared]
+        if optional != sorted(optional):
+            raise SurgeonError(
+                f"recipe {label}: MODELS lists a required model after an optional one"
+            )
+        models, required = tuple(m.rstrip("?") for m in declared), optional.count(False)
+    else:
+        raise SurgeonError(
+            f'recipe {label}: MODELS must be a count or a tuple of names like ("model", "reference?")'
+        )
+    outputs = getattr(module, "OUTPUTS", None)
+    if outputs is None and getattr(module, "PRODUCES", None) == "report":
+        outputs = ()
+    if isinstance(outputs, str):
+        outputs = (outputs,)
+    if outputs is not None:
+        import os
+
+        if (
+            not isinstance(outputs, tuple)
+            or any(
+                not isinstance(o, str)
+                or not o
+                or o in (".", "..")
+                or os.path.basename(o) != o
+                or "\\" in o
+                for o in outputs
+            )
+            or len(set(outputs)) != len(outputs)
+        ):
+            raise SurgeonError(
+                f'recipe {label}: OUTPUTS must be a tuple of distinct plain file names like ("before", "after")'
+            )
+    return Needs(models, required, outputs, str(getattr(module, "MODELS_HELP", "") or ""))
+
+
+def check_model_count(module: ModuleType, label: str, count: int) -> Needs:
+    """Before any work: the number of models given fits what the recipe takes.
+
+    Raises:
+        UsageError: Too many or too few, saying what the recipe takes and why.
+    """
+    needs = recipe_needs(module, label)
+    if needs.accepts(count):
+        return needs
+    what = needs.describe_models()
+    got = "none" if count == 0 else str(count)
+    message = f"recipe {label} takes {what}, got {got}"
+    if needs.models == ():
+        message = f"recipe {label} takes no model, got {count}"
+    raise UsageError(
+        message + (f": {needs.help}" if needs.help else ""),
+        hint="Run `surgeon recipes` to see what each recipe takes and writes.",
+    )
 
 
 def _where(e: BaseException) -> str:
@@ -342,8 +473,9 @@ def _is_report(value) -> bool:
     )
 
 
-def _normalise(result, label: str) -> tuple[dict[str, Model], list]:
-    """Split a recipe's return value into models to save and reports to show."""
+def _normalise(result, label: str, single: str = "result") -> tuple[dict[str, Model], list]:
+    """Split a recipe's return value into models to save and reports to show; a single
+    model is keyed ``single`` (the recipe's one declared output)."""
     models: dict[str, Model] = {}
     reports: list = []
 
@@ -363,9 +495,9 @@ def _normalise(result, label: str) -> tuple[dict[str, Model], list]:
         for k, v in result.items():
             one(v, str(k))
     elif isinstance(result, (list, tuple)) and result:
-        one(result[-1], "result")
+        one(result[-1], single)
     elif result is not None and not isinstance(result, (list, tuple)):
-        one(result, "result")
+        one(result, single)
     if not models and not reports:
         raise SurgeonError(
             f"recipe {label} returned nothing: it must return an Edited, a Model, a dict of them, or a report"
@@ -407,7 +539,17 @@ def run_recipe(
     finally:
         RECORDER.reset(token)
         result.seconds = time.perf_counter() - start
-    result.outputs, result.reports = _normalise(value, label)
+    needs = recipe_needs(module, label)
+    single = needs.outputs[0] if needs.outputs and len(needs.outputs) == 1 else "result"
+    result.outputs, result.reports = _normalise(value, label, single)
+    if needs.outputs is not None and set(result.outputs) != set(needs.outputs):
+        # The CLI planned its files from OUTPUTS before the work: a recipe that writes
+        # something else breaks that plan, so nothing is saved.
+        raise SurgeonError(
+            f"recipe {label} declares OUTPUTS {', '.join(needs.outputs) or '(none)'} but returned "
+            f"{', '.join(result.outputs) or 'no model'}",
+            hint="Make OUTPUTS in the recipe file name exactly the models it returns.",
+        )
     # A model handed back without going through a verified edit (e.g. edited with
     # onnx-graphsurgeon directly) is a step that cannot pass: nothing unverified is saved.
     for key, model in result.outputs.items():

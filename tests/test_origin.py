@@ -314,7 +314,7 @@ def test_surgeon_torch_imports_without_torch_and_says_how_to_install(tmp_path):
         "    print('ERR', e)\n"
         "from surgeon.cli import main\n"
         f"status = main(['run', 'torch_export_check', {str(SAMPLES / 'two_conv.onnx')!r}, "
-        f"'-o', {str(out)!r}])\n"
+        f"'module={SAMPLES / 'two_conv.py'}:TwoConv', '-o', {str(out)!r}])\n"
         "print('STATUS', status)\n"
     )
     res = subprocess.run(

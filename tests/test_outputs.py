@@ -314,13 +314,13 @@ def test_failed_model_rename_rolls_back_the_weights_file(tmp_path, monkeypatch):
 def test_folder_output_is_all_or_nothing(tmp_path, samples, monkeypatch, fail_at):
     parts = tmp_path / "parts"
     parts.mkdir()
-    (parts / "head.onnx").write_bytes(b"old head")
-    (parts / "tail.onnx").write_bytes(b"old tail")
+    (parts / "before.onnx").write_bytes(b"old before")
+    (parts / "after.onnx").write_bytes(b"old after")
     real_replace, real_fsync = os.replace, os.fsync
     calls = {"fsync": 0}
 
     def replace(src, dst, *a, **k):
-        if Path(dst).name == "tail.onnx":
+        if Path(dst).name == "after.onnx":
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_replace(src, dst, *a, **k)
 
@@ -345,9 +345,9 @@ def test_folder_output_is_all_or_nothing(tmp_path, samples, monkeypatch, fail_at
         "--inplace",  # harmless: no input is in parts/
     )
     _refused(result, "No space left on device", "nothing was written")
-    assert (parts / "head.onnx").read_bytes() == b"old head"
-    assert (parts / "tail.onnx").read_bytes() == b"old tail"
-    assert sorted(p.name for p in parts.iterdir()) == ["head.onnx", "tail.onnx"]
+    assert (parts / "before.onnx").read_bytes() == b"old before"
+    assert (parts / "after.onnx").read_bytes() == b"old after"
+    assert sorted(p.name for p in parts.iterdir()) == ["after.onnx", "before.onnx"]
 
 
 def test_folder_output_made_for_the_results_is_removed_on_failure(tmp_path, samples, monkeypatch):

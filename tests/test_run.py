@@ -191,15 +191,20 @@ def test_split_model_parts_chain_back(cli, tmp_path):
     )
     assert res.status == 0, res.stderr
     assert [s["edit"] for s in res.json["steps"]] == ["extract", "extract", "split-check"]
-    head = surgeon.load(tmp_path / "parts" / "head.onnx")
-    tail = surgeon.load(tmp_path / "parts" / "tail.onnx")
-    assert head.output_names == ["backbone/act2_out"] and tail.input_names == ["backbone/act2_out"]
+    assert res.json["outputs"] == ["after", "before"]
+    before = surgeon.load(tmp_path / "parts" / "before.onnx")
+    after = surgeon.load(tmp_path / "parts" / "after.onnx")
+    assert before.output_names == ["backbone/act2_out"]
+    assert after.input_names == ["backbone/act2_out"]
+    # the detector's own head/* nodes are in the part after the cut
+    assert any(n.name.startswith("head/") for n in after.proto.graph.node)
+    assert not any(n.name.startswith("head/") for n in before.proto.graph.node)
     original = surgeon.load(SAMPLES / "tiny_yolo.onnx")
     feeds = surgeon.make_feeds(
         original, surgeon.FeedOptions(seed=3, shapes={"images": (2, 3, 64, 64)})
     )
-    mid = surgeon.run(head, feeds)
-    out = surgeon.run(tail, mid)["output0"]
+    mid = surgeon.run(before, feeds)
+    out = surgeon.run(after, mid)["output0"]
     assert np.array_equal(out, surgeon.run(original, feeds)["output0"])
 
 
@@ -281,8 +286,8 @@ def test_split_model_with_two_inputs(cli, tmp_path):
         "--json",
     )
     assert res.status == 0, res.stderr
-    assert surgeon.load(tmp_path / "sp" / "head.onnx").input_names == ["a"]
-    assert sorted(surgeon.load(tmp_path / "sp" / "tail.onnx").input_names) == ["b", "t"]
+    assert surgeon.load(tmp_path / "sp" / "before.onnx").input_names == ["a"]
+    assert sorted(surgeon.load(tmp_path / "sp" / "after.onnx").input_names) == ["b", "t"]
 
 
 NAN_MODEL = """<ir_version: 8, opset_import: ["" : 17]>

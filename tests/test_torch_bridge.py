@@ -435,6 +435,7 @@ def test_recipe_exports_checks_and_compares(tmp_path):
         "run",
         "torch_export_check",
         sample,
+        f"module={SAMPLES / 'two_conv.py'}:TwoConv",
         "exporter=torchscript",
         f"acts={acts}",
         "-o",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-HELP = "list the built-in recipes and their parameters"
+HELP = "list the built-in recipes: the models each takes, what it writes, its parameters"
 DESCRIPTION = (
     HELP
     + "\n\nRun one with `surgeon run NAME MODEL -o OUT`; copy its file from the recipes/ folder to make your own."
@@ -14,11 +14,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args, ctx) -> int:
-    from surgeon.recipe_runner import REQUIRED, builtin_recipes, load_recipe
+    from surgeon.recipe_runner import REQUIRED, builtin_recipes, load_recipe, recipe_needs
 
     rows = []
     for name in builtin_recipes():
-        _, module = load_recipe(name)
+        label, module = load_recipe(name)
+        needs = recipe_needs(module, label)
         doc = (module.__doc__ or "").strip().splitlines()
         params = {
             k: {
@@ -34,6 +35,10 @@ def run(args, ctx) -> int:
                 "name": name,
                 "summary": doc[0] if doc else "",
                 "params": params,
+                # models: [{name, required}] (null: undeclared, one or more); outputs:
+                # the models it writes (FOLDER/<name>.onnx when several; [] = a report)
+                **needs.to_dict(),
+                "takes": needs.describe_models(),
                 "file": module.__file__,
             }
         )

@@ -7,8 +7,11 @@ DESCRIPTION = (
     HELP
     + """
 
-A recipe is a Python module with a docstring, a PARAMS dict {name: (type, default, help)}
-and `def recipe(models, **params)`. Parameters are given as --param key=value (or as
+A recipe is a Python module with a docstring, a PARAMS dict {name: (type, default, help)},
+MODELS (how many models it takes: a count or role names such as ("model", "reference?")),
+OUTPUTS (the names of the models it writes; () when it only reports) and
+`def recipe(models, **params)`. The number of models and -o are checked against MODELS
+and OUTPUTS before any work; `surgeon recipes` shows them. Parameters are given as --param key=value (or as
 key=value arguments after the models) and are checked against PARAMS. The run ends with
 a table of the steps; the first failed verification stops it with exit 1 and nothing is
 written, unless --keep-going (then the outputs are written and the exit code is still 1).
@@ -17,7 +20,8 @@ examples:
   surgeon recipes
   surgeon run detector_nms sample_models/tiny_yolo.onnx -o deploy.onnx --param classes=3
   surgeon run my_recipe.py model.onnx -o out.onnx --param threshold=0.5
-  surgeon run split_model model.onnx --param at=backbone/act2_out -o parts/"""
+  surgeon run split_model model.onnx --param at=backbone/act2_out -o parts/
+      (writes parts/before.onnx and parts/after.onnx)"""
 )
 
 
@@ -25,9 +29,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("recipe", help="a recipe file (.py) or the name of a built-in recipe")
     parser.add_argument(
         "models",
-        nargs="+",
+        nargs="*",
         metavar="MODEL",
-        help="input model(s), then optional key=value parameters",
+        help="input model(s), as many as the recipe takes (see `surgeon recipes`), "
+        "then optional key=value parameters",
     )
     parser.add_argument(
         "-o", "--output", metavar="OUT", help="OUT.onnx for one result; a folder for several"
@@ -69,29 +74,38 @@ def run(args, ctx) -> int:
 
     from surgeon.errors import OutputPathError, SurgeonError, UsageError, VerificationFailed
     from surgeon.loading import load
-    from surgeon.recipe_runner import RunResult, load_recipe, parse_params, run_recipe
+    from surgeon.recipe_runner import (
+        RunResult,
+        check_model_count,
+        load_recipe,
+        parse_params,
+        run_recipe,
+    )
 
     model_paths, extra = _split(args.models)
-    if not model_paths:
-        raise UsageError("give at least one model after the recipe")
     label, module = load_recipe(args.recipe)
+    # What the recipe takes and writes (MODELS, OUTPUTS) is checked before any work.
+    needs = check_model_count(module, label, len(model_paths))
     params = parse_params(module, label, list(args.param) + extra)
-    # A recipe that only reports (PRODUCES = "report") needs no -o; all others do, and
-    # the path is checked before any work.
-    if getattr(module, "PRODUCES", "model") != "report" and not args.output:
-        raise UsageError(
-            f"recipe {label} writes a model: give -o OUT.onnx (or -o FOLDER/ for several)"
-        )
-    if getattr(module, "PRODUCES", "model") == "report" and args.output:
+    # A recipe that only reports (OUTPUTS = ()) takes no -o; all others need one.
+    if needs.outputs != () and not args.output:
+        raise UsageError(f"recipe {label} writes {_writes(needs)}: give {_o_hint(needs)}")
+    if needs.outputs == () and args.output:
         raise UsageError(
             f"recipe {label} produces a report, not a model: drop -o (use --json to keep the report)"
         )
+    if args.output and needs.outputs and len(needs.outputs) > 1 and args.output.endswith(".onnx"):
+        raise OutputPathError(
+            f"recipe {label} writes {len(needs.outputs)} models ({', '.join(needs.outputs)}): "
+            f"give a folder with -o, e.g. -o parts/ for {_folder_files(needs, 'parts')}"
+        )
     reads = [("the recipe file", args.recipe)] if Path(args.recipe).is_file() else []
     if args.output:
-        _check_outputs(args, model_paths, reads)
+        _check_outputs(args, model_paths, reads, needs.outputs)
     models = [load(p) for p in model_paths]
     if args.output:
-        _check_outputs(args, models, reads)  # again, with the models' weights files
+        # again, with the models' weights files
+        _check_outputs(args, models, reads, needs.outputs)
     failure = None
     try:
         # a spinner on a terminal while onnxruntime works; silent when piped or --json
@@ -154,14 +168,36 @@ def run(args, ctx) -> int:
     return 0 if result.passed and failure is None else 1
 
 
-def _check_outputs(args, models, reads) -> None:
+def _writes(needs) -> str:
+    if needs.outputs is None:
+        return "a model"
+    if len(needs.outputs) == 1:
+        return f"one model ({needs.outputs[0]})"
+    return f"{len(needs.outputs)} models ({', '.join(needs.outputs)})"
+
+
+def _folder_files(needs, folder: str) -> str:
+    return " and ".join(f"{folder}/{o}.onnx" for o in needs.outputs)
+
+
+def _o_hint(needs) -> str:
+    if needs.outputs and len(needs.outputs) > 1:
+        return f"-o FOLDER/ (it gets {_folder_files(needs, 'FOLDER')})"
+    if needs.outputs:
+        return "-o OUT.onnx"
+    return "-o OUT.onnx (or -o FOLDER/ for several)"
+
+
+def _check_outputs(args, models, reads, declared=None) -> None:
     """Before any work: -o OUT.onnx (and its weights file) must not hit a model, its
-    weights or the recipe file; -o FOLDER/ must be a folder that can be written."""
+    weights or the recipe file; -o FOLDER/ must be a folder that can be written, and when
+    the recipe declares its OUTPUTS, each FOLDER/<name>.onnx (and weights file) is
+    checked like -o OUT.onnx is."""
     from pathlib import Path
 
     from surgeon.commands import _common
     from surgeon.errors import OutputPathError
-    from surgeon.outputs import probe_folder
+    from surgeon.outputs import FilePlan, probe_folder
 
     out = Path(args.output)
     described = [(m, "an input model") for m in models]
@@ -176,6 +212,22 @@ def _check_outputs(args, models, reads) -> None:
     problem = probe_folder(out)
     if problem:
         raise OutputPathError(problem)
+    if declared:
+        plan = FilePlan()
+        groups = [plan.reads_model(m, what, replaceable=True) for m, what in described]
+        for what, path in reads:
+            plan.reads(path, what)
+        for name in declared:
+            plan.writes_model(
+                out / f"{name}.onnx",
+                f"-o {out / name}.onnx",
+                external_data=_common.EXTERNAL_CHOICES[args.external_data],
+                replaces=groups if args.inplace else (),
+                inplace_flag=True,
+            )
+        # Each file is probed only in an existing folder: a missing one is made at write
+        # time, and was probed above where it would be made.
+        plan.check(probe=out.is_dir())
 
 
 def _check_output_names(label, outputs) -> None:

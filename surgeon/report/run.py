@@ -62,10 +62,24 @@ def render_recipes(console: Console, rows: list[dict]) -> None:
     )
     table.add_column("name", no_wrap=True)
     table.add_column("what it does", overflow="fold", ratio=2)
+    table.add_column("takes", overflow="fold", ratio=1)
+    table.add_column("writes", overflow="fold", ratio=1)
     table.add_column("parameters", kind="name", ratio=1)
     for r in rows:
         params = ", ".join(
             f"{k}" + ("" if p["required"] else f"={p['default']!r}") for k, p in r["params"].items()
         )
-        table.add_row(r["name"], r["summary"], params)
+        takes = r.get("takes", "one or more models")  # rows from older callers
+        table.add_row(r["name"], r["summary"], takes, _writes(r.get("outputs")), params)
     console.print(table)
+
+
+def _writes(outputs) -> str:
+    """What `-o` gets: a report only, one OUT.onnx, or FOLDER/<name>.onnx for each."""
+    if outputs is None:
+        return "-o OUT.onnx or FOLDER/"
+    if not outputs:
+        return "a report (no -o)"
+    if len(outputs) == 1:
+        return f"-o OUT.onnx ({outputs[0]})"
+    return "-o FOLDER/: " + ", ".join(f"{o}.onnx" for o in outputs)
