@@ -199,6 +199,7 @@ def recipe(
             f"the export of {module} {weights} does not reproduce {given.name}: {same.summary()}",
             report=same,
         )
+    surgeon.record_check(same, f"reproduces {given.name}")  # shown as a step of its own
 
     # 3. Capture activations keyed by ONNX tensor name; compare layer by layer.
     captured = surgeon_torch.capture(net, (x,), onnx_model=check.model, path=acts or None)

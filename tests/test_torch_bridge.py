@@ -444,6 +444,7 @@ def test_recipe_exports_checks_and_compares(tmp_path):
     )
     assert result.status == 0, result.stderr
     check, layers = result.json["reports"]
+    assert "reproduces two_conv.onnx" in [s["edit"] for s in result.json["steps"]]
     assert check["passed"] and check["exporter"] == "torchscript"
     assert [r["label"] for r in check["runs"]] == [
         "export shape",
