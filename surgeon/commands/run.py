@@ -247,7 +247,7 @@ def _check_output_names(label, outputs) -> None:
             f"recipe {label} returned results named "
             + ", ".join(f"`{k}`" for k in bad)
             + ": each becomes FOLDER/NAME.onnx, so a name must be a plain file name",
-            hint="Return a dict keyed by plain names such as head and tail.",
+            hint="Return a dict keyed by plain names such as before and after.",
         )
 
 
