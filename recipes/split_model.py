@@ -30,22 +30,22 @@ def plan_cut(model: surgeon.Model, at: str) -> tuple[list[str], list[str], list[
     part after the cut reads directly."""
     graph = model.proto.graph
     producer = {o: n for n in graph.node for o in n.output if o}
-    head, stack = set(), [at]
+    before, stack = set(), [at]
     while stack:  # every node `at` depends on
         t = stack.pop()
         node = producer.get(t)
-        if node is None or id(node) in head:
+        if node is None or id(node) in before:
             continue
-        head.add(id(node))
+        before.add(id(node))
         stack.extend(x for x in node.input if x)
-    tail_nodes = [n for n in graph.node if id(n) not in head]
-    read_by_tail = {x for n in tail_nodes for x in n.input} | set(model.output_names)
-    made_in_head = [o for n in graph.node if id(n) in head for o in n.output if o]
-    cut = [at] + [t for t in made_in_head if t in read_by_tail and t != at]
-    tail_graph_inputs = [i for i in model.input_names if i in read_by_tail and i not in cut]
-    read_by_head = {x for n in graph.node if id(n) in head for x in n.input}
-    head_graph_inputs = [i for i in model.input_names if i in read_by_head]
-    return head_graph_inputs, cut, tail_graph_inputs
+    after_nodes = [n for n in graph.node if id(n) not in before]
+    read_after = {x for n in after_nodes for x in n.input} | set(model.output_names)
+    made_before = [o for n in graph.node if id(n) in before for o in n.output if o]
+    cut = [at] + [t for t in made_before if t in read_after and t != at]
+    after_graph_inputs = [i for i in model.input_names if i in read_after and i not in cut]
+    read_before = {x for n in graph.node if id(n) in before for x in n.input}
+    before_graph_inputs = [i for i in model.input_names if i in read_before]
+    return before_graph_inputs, cut, after_graph_inputs
 
 
 def recipe(models: list[surgeon.Model], at: str):
