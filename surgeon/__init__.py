@@ -10,6 +10,12 @@ The public API::
 
 Names are imported on first use (PEP 562), so ``import surgeon`` stays cheap and never
 imports onnxruntime until something runs a model.
+
+The API is the CLI's twin: every user error is a :class:`SurgeonError`, never a
+``TypeError``. Functions reached through ``surgeon.<name>`` check their arguments first
+(see :mod:`surgeon.arguments`); wherever they take a model, they also take an
+:class:`Edited` result (its ``.model``) or a path, which is loaded with :func:`load`
+(``save`` alone wants a model it is given, not a path).
 """
 
 from __future__ import annotations
@@ -83,7 +89,11 @@ def __getattr__(name: str):
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'surgeon' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    # Imported here, not at the top: surgeon.arguments is small, but the names it wraps
+    # are only known on first use.
+    from surgeon.arguments import public
+
+    value = public(name, getattr(importlib.import_module(module), name))
     globals()[name] = value
     return value
 

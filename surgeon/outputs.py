@@ -245,7 +245,11 @@ class FilePlan:
         self._writes.append(_Write(path, what, ("model", tuple(groups)), inplace_flag, given))
         if external_data is not False:
             name = data_file_name(path, data_name)
-            when = "" if external_data else " (with --external-data auto, above 2 GB)"
+            when = (
+                ""
+                if external_data
+                else (" (written only above 2 GB: external_data=None, --external-data auto)")
+            )
             self._writes.append(
                 _Write(
                     path.parent / name,
@@ -319,9 +323,15 @@ class FilePlan:
         if problems:
             hint = "Give each output its own path."
             if any(isinstance(other, _Read) for _, other in self.clashes()):
-                hint = "Choose other output paths: an input is only replaced by -o, with --inplace."
+                hint = (
+                    "Choose other output paths: an input is only replaced by the output model, "
+                    "with inplace=True (--inplace on the command line)."
+                )
             if hint_inplace:
-                hint = "Choose another -o path, or pass --inplace to replace the input model on purpose."
+                hint = (
+                    "Choose another output path, or pass inplace=True (--inplace on the "
+                    "command line) to replace the input model on purpose."
+                )
             raise OutputPathError(
                 f"refusing {len(problems)} writes that would overwrite an input or another output"
                 if len(problems) > 1

@@ -39,7 +39,11 @@ def check_output_path(
     plan = FilePlan()
     groups = [plan.reads_model(item, _describe(item), replaceable=True) for item in inputs]
     plan.writes_model(
-        path, "-o", external_data=False, replaces=groups if inplace else (), inplace_flag=True
+        path,
+        "the output",
+        external_data=False,
+        replaces=groups if inplace else (),
+        inplace_flag=True,
     )
     plan.check()
     return Path(path)
@@ -130,7 +134,7 @@ def save_models(
         choices.append(external)
         plan.writes_model(
             spelled,
-            "-o" if len(targets) == 1 else f"the output {out.name}",
+            "the output" if len(targets) == 1 else f"the output {out.name}",
             external_data=external,
             data_name=data_name,
             replaces=groups if inplace else (),

@@ -279,7 +279,7 @@ def test_recipe_makes_a_deployable_detector():
 
 
 def test_public_api():
-    assert surgeon.merge is merge and surgeon.build_nms is build_nms
+    assert surgeon.merge.__wrapped__ is merge and surgeon.build_nms.__wrapped__ is build_nms
 
 
 # ---------------------------------------------------------------------- CLI

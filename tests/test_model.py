@@ -221,6 +221,6 @@ def test_from_graph_keeps_metadata_and_does_not_touch_input():
 
 
 def test_public_api_is_lazy():
-    assert surgeon.load is load
+    assert surgeon.load.__wrapped__ is load
     with pytest.raises(AttributeError):
         surgeon.no_such_thing  # noqa: B018

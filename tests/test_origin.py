@@ -219,7 +219,7 @@ def test_origin_survives_a_graph_edit_and_works_by_tensor():
     assert node_origin(edited, "node_conv2d_1").describe() == "`conv1` (Conv2d), model.py:5"
     assert tensor_origin(edited, "y").module == "conv1"
     assert tensor_origin(edited, "x") is None
-    assert surgeon.node_origin is node_origin  # public name
+    assert surgeon.node_origin.__wrapped__ is node_origin  # public name
 
 
 # ---------------------------------------------------------------------- matching

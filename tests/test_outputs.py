@@ -181,10 +181,10 @@ def test_inplace_hint_only_where_inplace_works(tmp_path, no_work):
     for extra in ([], ["--inplace"]):
         result = run_cli("debug", model, "--save", model, *extra)
         _refused(result, "refusing to overwrite")
-        assert "pass --inplace" not in _text(result)
+        assert "to replace the input model on purpose" not in _text(result)
     # where the hint is given, following it works
     result = run_cli("rename", model, "--io", "y=z", "-o", model)
-    _refused(result, "pass --inplace")
+    _refused(result, "to replace the input model on purpose")
     assert _hashes(tmp_path) == before
 
 

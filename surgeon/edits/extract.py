@@ -114,7 +114,8 @@ def plan_extract(model: Model, inputs: Iterable[str] | str, outputs: Iterable[st
     if not in_specs or not out_specs:
         raise UsageError(
             f"extract from {model.name} needs at least one input and one output tensor",
-            hint="e.g. --inputs backbone/act0_out --outputs head/conv_out",
+            hint="e.g. inputs=['backbone/act0_out'], outputs=['head/conv_out'] "
+            "(--inputs ... --outputs ... on the command line)",
         )
     # Resolve everything once first, so every unknown name is reported together.
     resolve_tensors(model, in_specs + out_specs, what="node or tensor")
@@ -199,7 +200,7 @@ def plan_extract(model: Model, inputs: Iterable[str] | str, outputs: Iterable[st
         if swapped:
             hint = (
                 "; ".join(f"output `{o}` comes before input `{i}` in the graph" for o, i in swapped)
-                + ": are --inputs and --outputs the wrong way round?"
+                + ": are the inputs and outputs of the cut the wrong way round?"
             )
         raise UsageError(
             f"cannot extract from {model.name} between the given inputs and outputs",

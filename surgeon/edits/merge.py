@@ -165,7 +165,8 @@ def plan_connections(
             else ""
         ),
         problems=_candidates(first, second),
-        hint="Say which output feeds which input with --map OUTPUT:INPUT (repeatable).",
+        hint="Say which output feeds which input with io_map={OUTPUT: INPUT} "
+        "(--map OUTPUT:INPUT on the command line).",
     )
 
 
@@ -374,7 +375,7 @@ def merge(
             f"cannot merge {first.name} into {second.name}: "
             f"{len(problems)} problem{'s' if len(problems) > 1 else ''}",
             problems=problems,
-            hint="Check the connections with `surgeon inspect` on both models, or choose others with --map OUTPUT:INPUT.",
+            hint="Check the connections with `surgeon inspect` on both models, or choose others with io_map (--map OUTPUT:INPUT on the command line).",
         )
 
     p1_source, p2_source, opsets, opset_info = reconcile_opsets(first, second)
@@ -415,7 +416,7 @@ def merge(
             "an empty prefix cannot resolve the name clashes between "
             f"{first.name} and {second.name}: "
             + ", ".join(f"`{n}`" for n in list(rename1) + list(rename2)),
-            hint="Give a prefix such as --prefix2 nms/.",
+            hint="Give a prefix such as prefix2='nms/' (--prefix2 nms/ on the command line).",
         )
     node_namer = _Namer(nodes1 | nodes2)
     node_rename2 = {n: node_namer(prefix2, n) for n in sorted(nodes1 & nodes2)}
@@ -593,5 +594,5 @@ def _nms_not_exercised(second: Model, details: Mapping, values: Mapping) -> str 
     return (
         "the NMS was not exercised: no box scored above the threshold on these inputs "
         f"(score > {spec.get('score')}), so only zero padding was compared; pass real "
-        "inputs with --inputs images.npz to check detections"
+        "inputs (an .npz of real images) to check detections"
     )

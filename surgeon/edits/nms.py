@@ -283,7 +283,7 @@ def build_nms(
         where = f" from {detector.name}" if detector is not None else ""
         raise UsageError(
             f"the number of classes is needed: cannot read it{where}",
-            hint="Pass classes (--classes C).",
+            hint="Pass classes=C (--classes C on the command line).",
         )
     spec = check_spec(
         layout,

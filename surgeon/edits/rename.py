@@ -34,7 +34,7 @@ def parse_regex(spec: str | tuple[str, str]) -> tuple[re.Pattern, str]:
         pattern, sep, repl = spec.rpartition("=")
         if not sep or not pattern:
             raise UsageError(
-                f"cannot read `--regex {spec}`: expected PATTERN=REPLACEMENT, e.g. '^output(\\d+)$=preds\\1'"
+                f"cannot read the regex `{spec}`: expected PATTERN=REPLACEMENT, e.g. '^output(\\d+)$=preds\\1'"
             )
     else:
         pattern, repl = spec
@@ -101,9 +101,7 @@ def plan_rename(
     mapping = dict(mapping or {})
     compiled = parse_regex(regex) if regex is not None else None
     if not mapping and not prefix and compiled is None:
-        raise UsageError(
-            f"nothing to rename in {model.name}: give --io OLD=NEW, --prefix or --regex"
-        )
+        raise UsageError(f"nothing to rename in {model.name}: give a mapping, a prefix or a regex")
     proto = model.proto
     roles = _all_tensor_names(proto)
     main_tensors = model.tensor_names()
@@ -130,7 +128,9 @@ def plan_rename(
     node_map: dict[str, str] = {}
     if nodes:
         if not prefix and compiled is None:
-            raise UsageError("--nodes renames node names with --prefix or --regex; give one")
+            raise UsageError(
+                "renaming nodes (nodes=True, --nodes) needs a prefix or a regex; give one"
+            )
         for n in proto.graph.node:
             if n.name:
                 node_map[n.name] = _apply(n.name, prefix, compiled)
@@ -138,7 +138,7 @@ def plan_rename(
         targets = io_names + (list(node_map) if nodes else [])
         if not any(compiled[0].search(t) for t in targets):
             raise UsageError(
-                f"--regex `{compiled[0].pattern}` matches none of the "
+                f"the regex `{compiled[0].pattern}` matches none of the "
                 f"{'inputs, outputs or nodes' if nodes else 'inputs or outputs'} of {model.name}",
                 hint="Inputs and outputs: " + ", ".join(f"`{n}`" for n in io_names[:10]),
             )

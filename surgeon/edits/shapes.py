@@ -157,7 +157,7 @@ def reshape_io(
     out_specs = _collect_specs(model, outputs, "output")
     if not in_specs and not out_specs:
         raise UsageError(
-            f"nothing to change in {model.name}: give --input NAME:DIMS or --output NAME:DIMS"
+            f"nothing to change in {model.name}: give the dims of an input or an output"
         )
     old_inputs = {i.name: i for i in model.inputs}
     old_outputs = {o.name: o for o in model.outputs}

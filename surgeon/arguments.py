@@ -1,0 +1,223 @@
+"""Argument checks at the public API's edge: ``surgeon.<name>(...)`` is the CLI's twin.
+
+Every user error from the Python API is a :class:`~surgeon.errors.SurgeonError`, as it
+is from the command line. :func:`public` wraps each function of ``surgeon``'s public
+table once (in ``surgeon/__init__.py``), so one mechanism covers every entry point:
+
+* arguments that do not fit the signature (a missing ``path``, an unknown keyword)
+  become a :class:`~surgeon.errors.UsageError` naming the function and its signature,
+  instead of Python's ``TypeError``;
+* every model parameter goes through :func:`as_model`: a Model is taken as it is, an
+  :class:`~surgeon.edits.Edited` result gives its ``.model``, an ``onnx.ModelProto`` is
+  validated and wrapped, and a path is loaded with :func:`surgeon.load` (as Polygraphy
+  accepts a path wherever it wants a model); any other value is a UsageError naming the
+  parameter and the type it got.
+
+``surgeon.save`` is the exception to loading: its ``model`` must already be a model
+(``save("a.onnx", "b.onnx")`` is far more likely swapped arguments than a wish to copy a
+file), so a path there is an error that says so.
+
+Library code calls the modules' functions directly with Models and pays nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+from collections.abc import Callable, Mapping
+
+from surgeon.errors import UsageError
+
+# How each public function's model parameters are read. "model": Model, Edited or a
+# path (loaded); "saved": Model or Edited only; "models": a list of those; "optional":
+# like "model", None allowed; "reference": like "model", a Chain or a path to an .npz
+# allowed too (the callee tells them apart).
+MODEL_PARAMETERS: dict[str, dict[str, str]] = {
+    "save": {"model": "saved"},
+    "verify": {"candidate": "model", "reference": "reference"},
+    "make_feeds": {"model": "model"},
+    "run": {"model": "model"},
+    "describe": {"model": "model"},
+    "tap": {"model": "model"},
+    "debug": {"model": "model"},
+    "run_recipe": {"models": "models"},
+    "build_nms": {"detector": "optional"},
+    "merge": {"first": "model", "second": "model"},
+    "extract": {"model": "model"},
+    "rename": {"model": "model"},
+    "reshape_io": {"model": "model"},
+    "check_dynamic": {"model": "model"},
+    "declared_vs_actual": {"model": "model"},
+    "node_origin": {"model": "model"},
+    "match_activations": {"model": "model"},
+}
+
+# Parameters that name a file: a path (str or os.PathLike), nothing else.
+PATH_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "load": ("path",),
+    "save": ("path",),
+    "load_recipe": ("spec",),  # a built-in recipe's name or a .py path
+}
+
+
+def _type_name(value) -> str:
+    return "None" if value is None else type(value).__name__
+
+
+def as_model(value, parameter: str, function: str, *, load_paths: bool = True):
+    """``value`` as a Model, or a UsageError naming ``parameter`` of ``function``.
+
+    Args:
+        value: A Model; an Edited result (its ``.model`` is taken); an
+            ``onnx.ModelProto`` (validated, then wrapped); or, with
+            ``load_paths``, a path (str or os.PathLike) loaded with :func:`surgeon.load`.
+        parameter: The parameter's name, for the message.
+        function: The public function's name (``"tap"``), for the message.
+        load_paths: Whether a path is loaded (False: it is an error with a hint).
+
+    Raises:
+        UsageError: ``value`` is none of those.
+        ModelLoadError: The path cannot be loaded as a model.
+    """
+    # Imported here: surgeon.model imports onnx, and this module is imported by
+    # `import surgeon`, which must stay cheap.
+    import onnx
+
+    from surgeon.edits import Edited
+    from surgeon.model import Model
+
+    if isinstance(value, Model):
+        return value
+    if isinstance(value, Edited):
+        return value.model
+    if isinstance(value, onnx.ModelProto):
+        return _from_proto(value, parameter, function)
+    if isinstance(value, str | os.PathLike) and not isinstance(value, bytes):
+        if load_paths:
+            from surgeon.loading import load
+
+            return load(value)
+        raise UsageError(
+            f"surgeon.{function}(): `{parameter}` must be a Model, an Edited result or an "
+            f"onnx.ModelProto, not a path ({os.fspath(value)!r})",
+            hint=f"Load it first: surgeon.{function}(surgeon.load(path), ...)."
+            if function != "save"
+            else "The model comes first: surgeon.save(model, path); "
+            "load a file with surgeon.load(path).",
+        )
+    accepted = "a Model, an Edited result, an onnx.ModelProto or a path to an .onnx file"
+    if not load_paths:
+        accepted = "a Model, an Edited result or an onnx.ModelProto"
+    raise UsageError(
+        f"surgeon.{function}(): `{parameter}` must be {accepted}, not {_type_name(value)}",
+        hint="Load a model with surgeon.load(path).",
+    )
+
+
+def _from_proto(proto, parameter: str, function: str):
+    """An in-memory ModelProto (onnx.load, onnx.parser) as a Model, validated as
+    :func:`surgeon.load` validates a file."""
+    from surgeon.errors import ModelLoadError
+    from surgeon.model import Model
+    from surgeon.validation import check_structure
+
+    problems = check_structure(proto)
+    if problems:
+        raise ModelLoadError(
+            f"surgeon.{function}(): the ModelProto given as `{parameter}` is not a valid "
+            f"ONNX model ({len(problems)} problem{'s' if len(problems) > 1 else ''})",
+            problems=problems[:20],
+        )
+    return Model(proto)
+
+
+def _coerce(value, kind: str, parameter: str, function: str):
+    if kind == "saved":
+        return as_model(value, parameter, function, load_paths=False)
+    if kind == "optional" and value is None:
+        return None
+    if kind == "reference":
+        from surgeon.verification import Chain
+
+        if isinstance(value, Chain):
+            return value
+    if kind == "models":
+        if isinstance(value, str | os.PathLike) or not hasattr(value, "__iter__"):
+            raise UsageError(
+                f"surgeon.{function}(): `{parameter}` must be a list of models, "
+                f"not {_type_name(value)}"
+            )
+        return [as_model(v, f"{parameter}[{i}]", function) for i, v in enumerate(value)]
+    return as_model(value, parameter, function)
+
+
+def _check_path(value, parameter: str, function: str) -> None:
+    if isinstance(value, str | os.PathLike) and not isinstance(value, bytes):
+        if not os.fspath(value):
+            raise UsageError(f"surgeon.{function}(): `{parameter}` is an empty path")
+        return
+    hint = None
+    if function == "load" and _is_model_like(value):
+        hint = "It is already loaded; use it as it is."
+    raise UsageError(
+        f"surgeon.{function}(): `{parameter}` must be "
+        f"{'a recipe name or ' if function == 'load_recipe' else ''}a path (str or os.PathLike), "
+        f"not {_type_name(value)}",
+        hint=hint,
+    )
+
+
+def _is_model_like(value) -> bool:
+    from surgeon.edits import Edited
+    from surgeon.model import Model
+
+    return isinstance(value, Model | Edited)
+
+
+def _call_shape(signature: inspect.Signature) -> str:
+    """``model, path, *, inplace=...``: the parameters without annotations or long
+    default values (a FeedOptions repr is a line of its own)."""
+    parts = []
+    star = False
+    for p in signature.parameters.values():
+        if p.kind is p.KEYWORD_ONLY and not star:
+            parts.append("*")
+            star = True
+        parts.append(p.name if p.default is p.empty else f"{p.name}=...")
+    return ", ".join(parts)
+
+
+def public(name: str, function: Callable) -> Callable:
+    """``function`` with its arguments checked as described in the module docstring.
+
+    Classes are returned unchanged (their dataclass constructors check their fields).
+    Every function is wrapped, if only for the check of its arguments' shape.
+    """
+    models: Mapping[str, str] = MODEL_PARAMETERS.get(name, {})
+    paths = PATH_PARAMETERS.get(name, ())
+    if not inspect.isfunction(function):
+        return function
+    signature = inspect.signature(function)
+    shape = _call_shape(signature)
+
+    @functools.wraps(function)
+    def checked(*args, **kwargs):
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as error:
+            # Python's own message ("missing a required argument: 'path'") is the
+            # clearest account; the signature says what to write instead.
+            raise UsageError(
+                f"surgeon.{name}(): {error}", hint=f"Call it as surgeon.{name}({shape})."
+            ) from None
+        arguments = bound.arguments
+        for parameter in paths:
+            if parameter in arguments:
+                _check_path(arguments[parameter], parameter, name)
+        for parameter, kind in models.items():
+            if parameter in arguments:
+                arguments[parameter] = _coerce(arguments[parameter], kind, parameter, name)
+        return function(*bound.args, **bound.kwargs)
+
+    return checked
