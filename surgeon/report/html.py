@@ -11,6 +11,17 @@ from pathlib import Path
 from surgeon.compare import json_number
 from surgeon.errors import printable
 
+# The page says what the terminal report says, in the same words: one wording for both.
+# (Importing any surgeon.report module imports rich already, through the package.)
+from surgeon.report.debug import (
+    feeds_text,
+    flags_text,
+    layer_status,
+    other_roots_text,
+    reference_feeds_text,
+    uncompared_hint,
+)
+
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 2em; }
@@ -57,24 +68,6 @@ def _percent(x) -> str:
     if isinstance(x, float) and not math.isfinite(x):
         return _num(x)
     return f"{x:.1%}"
-
-
-def _feeds_text(feeds: dict) -> str:
-    from surgeon.report.debug import feeds_text
-
-    return feeds_text(feeds)
-
-
-def _flags_text(flags, kind) -> str:
-    from surgeon.report.debug import flags_text
-
-    return flags_text(flags, kind)
-
-
-def _layer_status(layer, root) -> str:
-    from surgeon.report.debug import layer_status
-
-    return layer_status(layer, root)
 
 
 def _plot(
@@ -143,7 +136,7 @@ def debug_html(report) -> str:
         f"<h1>surgeon debug: {esc(report.model)}</h1>",
         f"<p class='verdict {status}'>{esc(report.verdict())}</p>",
     ]
-    feeds = _feeds_text(report.feeds)
+    feeds = feeds_text(report.feeds)
     tol = report.tolerance
     out.append(
         f"<p class='meta'>seed {esc(str(report.seed))} · feeds {esc(feeds)} · onnxruntime optimization={esc(str(report.optimization))}"
@@ -151,8 +144,6 @@ def debug_html(report) -> str:
         + (f" · atol={_num(tol.atol)} rtol={_num(tol.rtol)}" if report.reference and tol else "")
         + "</p>"
     )
-    from surgeon.report.debug import other_roots_text, reference_feeds_text, uncompared_hint
-
     for line in (reference_feeds_text(report), uncompared_hint(report)):
         if line:
             out.append(f"<p class='meta'>{esc(line)}</p>")
@@ -182,7 +173,7 @@ def debug_html(report) -> str:
         for lay in report.layers:
             d = lay.diff
             cls = "root" if d.name == root else ("bad" if lay.diverged else "")
-            st = _layer_status(lay, root)
+            st = layer_status(lay, root)
             out.append(
                 f"<tr class='{cls}'><td>{lay.index}</td><td class='l'>{esc(d.name)}</td><td class='l'>{esc(lay.node)} ({esc(lay.op)})"
                 + (f"<br>{esc(lay.origin)}" if lay.origin else "")
@@ -217,7 +208,7 @@ def debug_html(report) -> str:
                 f"<tr class='{cls}'><td>{s.index}</td><td class='l'>{esc(s.name)}</td><td class='l'>{esc(s.node)} ({esc(s.op)})</td>"
                 f"<td class='l'>{esc(shape)}</td><td class='l'>{esc(s.dtype or '?')}</td><td>{_num(s.min)}</td><td>{_num(s.max)}</td>"
                 f"<td>{_num(s.mean)}</td><td>{_num(s.std)}</td><td>{s.nan}</td><td>{s.inf}</td><td>{zeros}</td>"
-                f"<td class='l'>{esc(_flags_text(s.flags, kind))}</td></tr>"
+                f"<td class='l'>{esc(flags_text(s.flags, kind))}</td></tr>"
             )
         out.append("</table>")
     if report.shape_mismatches:
