@@ -253,7 +253,22 @@ def numpy_dtype(name: str) -> np.dtype | None:
 
 def random_array(info: TensorInfo, shape: tuple[int, ...], seed: int) -> np.ndarray:
     """Seeded random values for one input: normal floats, small non-negative integers
-    (valid as indices in most models), full-range uint8 (images), random booleans."""
+    (valid as indices in most models), full-range uint8 (images), random booleans.
+
+    Raises:
+        SurgeonError: The type has no random values, or this machine cannot allocate
+            them (within --max-feed-size, beyond its memory).
+    """
+    try:
+        return _random_values(info, shape, seed)
+    except MemoryError:
+        raise SurgeonError(
+            f"not enough memory for the input `{info.name}` (shape {list(shape)}, {info.dtype})",
+            hint="Choose smaller dims with --shape, or a lower --max-feed-size.",
+        ) from None
+
+
+def _random_values(info: TensorInfo, shape: tuple[int, ...], seed: int) -> np.ndarray:
     rng = np.random.default_rng([seed, zlib.crc32(info.name.encode())])
     dtype = info.dtype or "float32"
     if dtype == "str":
@@ -616,19 +631,11 @@ def make_feeds(model: Model, options: FeedOptions = FeedOptions()) -> dict[str, 
         user[name] = user[name].view(dtype)
     feeds = {}
     for info in inputs:
-        try:
-            feeds[info.name] = (
-                user[info.name]
-                if info.name in user
-                else random_array(info, shapes[info.name], options.seed)
-            )
-        except MemoryError:
-            # Within --max-feed-size but beyond what this machine can allocate.
-            raise SurgeonError(
-                f"not enough memory for the input `{info.name}` of {model.name} "
-                f"(shape {list(shapes[info.name])}, {info.dtype})",
-                hint="Choose smaller dims with --shape, or a lower --max-feed-size.",
-            ) from None
+        feeds[info.name] = (
+            user[info.name]
+            if info.name in user
+            else random_array(info, shapes[info.name], options.seed)
+        )
     return feeds
 
 

@@ -522,7 +522,7 @@ def test_memory_the_machine_lacks_is_exit_2_not_a_crash(tmp_path, cli, monkeypat
     def no_memory(*args, **kwargs):
         raise MemoryError
 
-    monkeypatch.setattr(feeds, "random_array", no_memory)
+    monkeypatch.setattr(feeds, "_random_values", no_memory)
     onnx.save(_relu([1, 3]), str(tmp_path / "m.onnx"))
     res = cli("debug", tmp_path / "m.onnx")
     assert res.status == 2 and "not enough memory for the input `images`" in _flat(res.stderr)
