@@ -181,8 +181,8 @@ def recipe(
     )
     # The export's own check (onnxruntime vs PyTorch at every size) is its verification:
     # recorded as a step, so `surgeon run` shows it and saves only a checked model.
-    exported = surgeon.Edited(
-        check.model, check, "torch-export", {"exporter": exporter, "sizes": others}
+    exported = surgeon.record_edit(
+        surgeon.Edited(check.model, check, "torch-export", {"exporter": exporter, "sizes": others})
     )
     if not check:
         raise surgeon.VerificationFailed(check.summary())

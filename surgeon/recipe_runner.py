@@ -13,8 +13,9 @@ names of the models it writes (``()`` for a recipe that only reports; one name: 
 ``-o OUT.onnx``; several: to ``-o FOLDER/`` as ``<name>.onnx``). ``MODELS_HELP`` says in
 a sentence what the models are, for the error when the count is wrong.
 
-While it runs, every edit it makes (every :class:`~surgeon.edits.Edited` created) is
-recorded as a step; the first step whose verification fails stops the recipe, unless
+While it runs, every edit surgeon makes for it is recorded as a step (see
+:mod:`surgeon.recipe_steps`; an edit the recipe verifies by hand is recorded with
+:func:`record_edit`); the first step whose verification fails stops the recipe, unless
 ``keep_going``. A recipe that reports findings (``find_first_nan``, ``compare_layers``)
 records each report as a *check* step, either by returning it or with
 :func:`record_check` mid-run: a check that finds something (a NaN born in the model, a
@@ -34,9 +35,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
-from surgeon.edits import RECORDER, Edited
+from surgeon.edits import Edited
 from surgeon.errors import SurgeonError, UsageError, VerificationFailed, did_you_mean
 from surgeon.model import Model
+from surgeon.recipe_steps import (  # noqa: F401 - re-exported: record_check is public API
+    RECORDER,
+    Recorder,
+    Step,
+    _failure_message,
+    record_check,
+    record_edit,
+)
 
 RUN_SCHEMA = "surgeon.run/1"
 REQUIRED = ...
@@ -113,7 +122,7 @@ def load_recipe(spec: str) -> tuple[str, ModuleType]:
             loader()
     except SurgeonError:
         raise
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - a user's module may raise anything on import
         raise SurgeonError(f"recipe {label} failed to import: {_where(e)}") from None
     if not callable(getattr(module, "recipe", None)):
         raise SurgeonError(f"recipe {label} defines no `recipe(models, **params)` function")
@@ -310,125 +319,6 @@ def parse_params(module: ModuleType, label: str, items: list[str]) -> dict:
 
 
 @dataclass
-class Step:
-    """One edit a recipe made."""
-
-    index: int
-    edit: str
-    params: dict
-    passed: bool
-    summary: str
-    seconds: float
-    report: dict | None = None
-    kind: str = "edit"  # "edit" (a verified edit) or "check" (a report of findings)
-
-    def to_dict(self) -> dict:
-        return {
-            "index": self.index,
-            "kind": self.kind,
-            "edit": self.edit,
-            "params": self.params,
-            "passed": self.passed,
-            "summary": self.summary,
-            "seconds": round(self.seconds, 4),
-            "report": self.report,
-        }
-
-
-class Recorder:
-    """Collects the edits of a run; raises on the first failed verification."""
-
-    def __init__(self, keep_going: bool = False):
-        self.keep_going = keep_going
-        self.steps: list[Step] = []
-        self.models: list[Model] = []  # every model a verified edit produced
-        self.checked: list = []  # every report recorded as a check
-        self._last = time.perf_counter()
-
-    def record(self, edited: Edited) -> None:
-        now = time.perf_counter()
-        report = edited.report
-        if report is None:
-            summary = "not verified"
-        else:
-            summary = report.summary()
-        from surgeon.model import _jsonable
-
-        step = Step(
-            index=len(self.steps) + 1,
-            edit=edited.edit,
-            params=_jsonable(edited.params),
-            passed=edited.passed,
-            summary=summary,
-            seconds=now - self._last,
-            report=report.to_dict() if report is not None else None,
-        )
-        self._last = now
-        self.steps.append(step)
-        self.models.append(edited.model)
-        if not step.passed and not self.keep_going:
-            raise VerificationFailed(
-                f"step {step.index} ({step.edit}) failed verification: {summary}", report=report
-            )
-
-    def record_check(self, report, name: str | None = None, *, stop: bool = True) -> Step:
-        """Record a report of findings (truthy when nothing was found) as a check step.
-
-        Raises:
-            VerificationFailed: The check found something, ``stop`` is set and the run
-                does not keep going.
-        """
-        now = time.perf_counter()
-        step = Step(
-            index=len(self.steps) + 1,
-            edit=name or _check_name(report),
-            params={},
-            passed=bool(report),
-            summary=_report_summary(report),
-            seconds=now - self._last,
-            report=report.to_dict(),
-            kind="check",
-        )
-        self._last = now
-        self.steps.append(step)
-        self.checked.append(report)
-        if not step.passed and stop and not self.keep_going:
-            raise VerificationFailed(_failure_message(step), report=report)
-        return step
-
-
-def _check_name(report) -> str:
-    if hasattr(report, "stats") and hasattr(report, "verdict"):
-        return "debug"
-    return type(report).__name__
-
-
-def _report_summary(report) -> str:
-    for attr in ("verdict", "summary"):
-        if callable(getattr(report, attr, None)):
-            return str(getattr(report, attr)())
-    return "found something" if not report else "nothing found"
-
-
-def _failure_message(step: Step) -> str:
-    if step.kind == "check":
-        return f"step {step.index} (check: {step.edit}) found a problem: {step.summary}"
-    return f"step {step.index} ({step.edit}) failed: {step.summary}"
-
-
-def record_check(report, name: str | None = None):
-    """Record ``report`` (a DebugReport, a DiffReport, any object with ``to_dict`` that
-    is truthy when nothing was found) as a check step of the recipe run in progress, and
-    return it. A failed check stops the run (exit 1) unless ``--keep-going``. Outside a
-    recipe run it only returns the report. A report the recipe returns is recorded the
-    same way, once."""
-    recorder = RECORDER.get()
-    if recorder is not None:
-        recorder.record_check(report, name)
-    return report
-
-
-@dataclass
 class RunResult:
     """What ``run_recipe`` produced."""
 
@@ -529,7 +419,7 @@ def run_recipe(
         e.message = f"recipe {label}, step {step} (after {len(recorder.steps)} verified step(s)): {e.message}"
         e.result = result
         raise
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - a recipe's bug: reported with file and line
         err = SurgeonError(
             f"recipe {label} raised {_where(e)}", hint="Rerun with --traceback to see where."
         )

@@ -43,7 +43,7 @@ def recipe(models):
     w.CopyFrom(onnx.numpy_helper.from_array(arr, w.name))
     edited = model.with_proto(proto)
     report = surgeon.verify(edited, model, tolerance=surgeon.EXACT)
-    first = surgeon.Edited(edited, report, "bad-edit")
+    first = surgeon.record_edit(surgeon.Edited(edited, report, "bad-edit"))
     return surgeon.tap(first.model, ["conv0"])
 '''
 
@@ -236,7 +236,9 @@ def recipe(models):
     proto.graph.initializer[0].raw_data = bytes(len(proto.graph.initializer[0].raw_data))
     edited = model.with_proto(proto)
     try:
-        surgeon.Edited(edited, surgeon.verify(edited, model, tolerance=surgeon.EXACT), "zero-weights")
+        surgeon.record_edit(
+            surgeon.Edited(edited, surgeon.verify(edited, model, tolerance=surgeon.EXACT), "zero-weights")
+        )
     except surgeon.SurgeonError:
         pass
     return surgeon.tap(model, ["conv0"])

@@ -26,6 +26,7 @@ import onnx
 
 from surgeon.compare import EXACT, Tolerance
 from surgeon.edits import Edited
+from surgeon.edits.contract import Check, Correspondence, apply_edit
 from surgeon.errors import UsageError
 from surgeon.feeds import FeedOptions, make_feeds
 from surgeon.model import Model, TensorInfo, tensor_nbytes, value_info_to_tensor_info
@@ -657,42 +658,47 @@ def extract(
         UsageError: The outputs do not depend on the inputs, need graph inputs that are
             not listed (named in the message), or a named input is not needed.
     """
-    from surgeon.verification import verify as run_verify
-
     options = options or VERIFY_OPTIONS
     plan = plan_extract(model, inputs, outputs)
     boundary = list(dict.fromkeys(plan["inputs"] + plan["outputs"]))
     infos, source, notes = boundary_infos(model, boundary, feed_options, options, feeds=feeds)
     untyped = [n for n in boundary if infos[n].dtype is None]
     types = non_tensor_types(model, untyped) if untyped else {}
-    # (``types`` only when there are any: callers may wrap the three-argument form.)
-    sub = build_subgraph(model, plan, infos, types) if types else build_subgraph(model, plan, infos)
-    params = {"inputs": plan["inputs"], "outputs": plan["outputs"]}
-    sub.with_provenance("extract", params)
-    report = None
-    if verify:
-        report = run_verify(
-            sub,
-            model,
+
+    def change(_: onnx.ModelProto) -> Model:
+        # (``types`` only when there are any: callers may wrap the three-argument form.)
+        if types:
+            return build_subgraph(model, plan, infos, types)
+        return build_subgraph(model, plan, infos)
+
+    def details(sub: Model, report) -> dict:
+        kept_bytes = sum(tensor_nbytes(t) for t in sub.proto.graph.initializer)
+        return {
+            "inputs": [dict(infos[n].to_dict(), source=source[n]) for n in plan["inputs"]],
+            "outputs": [dict(infos[n].to_dict(), source=source[n]) for n in plan["outputs"]],
+            "nodes": {
+                "kept": len(plan["nodes"]),
+                "removed": len(model.proto.graph.node) - len(plan["nodes"]),
+            },
+            "initializers": {"kept": len(plan["initializers"]), "bytes": kept_bytes},
+            "dropped_inputs": plan["dropped_inputs"],
+            "notes": notes,
+        }
+
+    return apply_edit(
+        model,
+        "extract",
+        {"inputs": plan["inputs"], "outputs": plan["outputs"]},
+        change,
+        # fed with the original's values at the cut inputs, the same values at the outputs
+        lambda sub: Correspondence(
+            "extract: subgraph vs original at the cut points",
             pairs=[(o, o) for o in plan["outputs"]],
             candidate_inputs={i: i for i in plan["inputs"]},
-            feeds=feeds,
-            feed_options=feed_options,
             tolerance=tolerance,
-            options=options,
-            title="extract: subgraph vs original at the cut points",
-        )
-        report.candidate = f"{model.name} (extracted)"
-    kept_bytes = sum(tensor_nbytes(t) for t in sub.proto.graph.initializer)
-    details = {
-        "inputs": [dict(infos[n].to_dict(), source=source[n]) for n in plan["inputs"]],
-        "outputs": [dict(infos[n].to_dict(), source=source[n]) for n in plan["outputs"]],
-        "nodes": {
-            "kept": len(plan["nodes"]),
-            "removed": len(model.proto.graph.node) - len(plan["nodes"]),
-        },
-        "initializers": {"kept": len(plan["initializers"]), "bytes": kept_bytes},
-        "dropped_inputs": plan["dropped_inputs"],
-        "notes": notes,
-    }
-    return Edited(sub, report, "extract", params, details)
+        ),
+        check=Check(verify, feeds, feed_options, options),
+        label="extracted",
+        copy=False,  # the subgraph is built from the parts it keeps, not from a full copy
+        details=details,
+    )

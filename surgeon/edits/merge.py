@@ -34,222 +34,14 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from surgeon.compare import EXACT
 from surgeon.edits import Edited
+from surgeon.edits.connections import compatibility_problems, describe_tensor, plan_connections
+from surgeon.edits.contract import Check, Correspondence, apply_edit
+from surgeon.edits.opsets import reconcile_opsets
 from surgeon.errors import SurgeonError, UsageError, close_matches
 from surgeon.feeds import FeedOptions, make_feeds
-from surgeon.model import PROVENANCE_KEY, Model, TensorInfo, copy_model_metadata, iter_graphs
+from surgeon.model import PROVENANCE_KEY, Model, copy_model_metadata, iter_graphs
 from surgeon.runner import RunOptions
-
-DEFAULT_DOMAINS = ("", "ai.onnx")
-
-
-# ---------------------------------------------------------------------- connections
-def describe_tensor(info: TensorInfo | None) -> str:
-    """``float32[batch, 7, 64]`` for messages."""
-    if info is None:
-        return "?"
-    return f"{info.dtype or '?'}{info.shape_text()}"
-
-
-def compatibility_problems(
-    out: TensorInfo, inp: TensorInfo, first_name: str, second_name: str
-) -> list[str]:
-    """Why ``out`` of the first model cannot feed ``inp`` of the second (empty if it can).
-
-    Unknown dtypes, ranks and symbolic dims are accepted; only facts both models state
-    can conflict.
-    """
-    what = (
-        f"`{out.name}` of {first_name} ({describe_tensor(out)}) -> "
-        f"`{inp.name}` of {second_name} ({describe_tensor(inp)})"
-    )
-    problems = []
-    if out.dtype and inp.dtype and out.dtype != inp.dtype:
-        problems.append(f"{what}: dtype {out.dtype} does not match {inp.dtype}")
-    if out.shape is not None and inp.shape is not None:
-        if len(out.shape) != len(inp.shape):
-            problems.append(f"{what}: rank {len(out.shape)} does not match rank {len(inp.shape)}")
-        else:
-            for axis, (a, b) in enumerate(zip(out.shape, inp.shape, strict=True)):
-                if isinstance(a, int) and isinstance(b, int) and a > 0 and b > 0 and a != b:
-                    problems.append(f"{what}: dim {axis} is {a} but the input wants {b}")
-    return problems
-
-
-def _candidates(first: Model, second: Model) -> list[str]:
-    return [
-        f"outputs of {first.name}: "
-        + (", ".join(f"`{o.name}` {describe_tensor(o)}" for o in first.outputs) or "none"),
-        f"inputs of {second.name}: "
-        + (", ".join(f"`{i.name}` {describe_tensor(i)}" for i in second.inputs) or "none"),
-    ]
-
-
-def plan_connections(
-    first: Model,
-    second: Model,
-    io_map: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
-) -> tuple[list[tuple[str, str]], str]:
-    """Decide which output of ``first`` feeds which input of ``second``.
-
-    Args:
-        io_map: ``(first_output, second_input)`` pairs, or a mapping output -> input.
-            None or empty: connect by equal names, else single output to single input.
-
-    Returns:
-        The pairs and how they were found: ``"map"``, ``"names"`` or ``"single"``.
-
-    Raises:
-        SurgeonError: Unknown names in ``io_map``, an input fed twice, or no way to
-            decide without ``io_map`` (the candidates are listed).
-    """
-    outputs = {o.name: o for o in first.outputs}
-    inputs = {i.name: i for i in second.inputs}
-    pairs = list(io_map.items() if isinstance(io_map, Mapping) else (io_map or []))
-    if pairs:
-        problems = []
-        fed: dict[str, str] = {}
-        for out, inp in pairs:
-            if out not in outputs:
-                near = close_matches(out, outputs)
-                problems.append(
-                    f"`{out}` is not an output of {first.name}"
-                    + (
-                        "; did you mean " + ", ".join(f"`{m}`" for m in near) + "?"
-                        if near
-                        else f"; its outputs: {', '.join(f'`{o}`' for o in outputs)}"
-                    )
-                )
-            if inp not in inputs:
-                near = close_matches(inp, inputs)
-                problems.append(
-                    f"`{inp}` is not an input of {second.name}"
-                    + (
-                        "; did you mean " + ", ".join(f"`{m}`" for m in near) + "?"
-                        if near
-                        else f"; its inputs: {', '.join(f'`{i}`' for i in inputs)}"
-                    )
-                )
-            elif inp in fed and fed[inp] != out:
-                problems.append(
-                    f"input `{inp}` of {second.name} is fed twice: by `{fed[inp]}` and `{out}`"
-                )
-            fed.setdefault(inp, out)
-        if problems:
-            raise UsageError(
-                f"cannot connect {first.name} to {second.name}: unknown names in the map",
-                problems=problems,
-            )
-        return list(dict.fromkeys(pairs)), "map"
-    by_name = [(i, i) for i in inputs if i in outputs]
-    if by_name:
-        return by_name, "names"
-    if len(outputs) == 1 and len(inputs) == 1:
-        (out,) = outputs.values()
-        (inp,) = inputs.values()
-        if (
-            out.dtype
-            and out.dtype == inp.dtype
-            and out.shape is not None
-            and inp.shape is not None
-            and len(out.shape) == len(inp.shape)
-        ):
-            return [(out.name, inp.name)], "single"
-    raise UsageError(
-        f"cannot tell which outputs of {first.name} feed which inputs of {second.name}: "
-        "no names are equal"
-        + (
-            " and the single output and input differ in dtype or rank"
-            if len(outputs) == 1 and len(inputs) == 1
-            else ""
-        ),
-        problems=_candidates(first, second),
-        hint="Say which output feeds which input with io_map={OUTPUT: INPUT} "
-        "(--map OUTPUT:INPUT on the command line).",
-    )
-
-
-# ---------------------------------------------------------------------- opsets
-def _default_opset(proto: onnx.ModelProto) -> int:
-    for o in proto.opset_import:
-        if o.domain in DEFAULT_DOMAINS:
-            return int(o.version)
-    return 0
-
-
-def _deprecated_ops(proto: onnx.ModelProto, version: int) -> list[str]:
-    found = []
-    for g in iter_graphs(proto.graph):
-        for n in g.node:
-            if n.domain not in DEFAULT_DOMAINS or n.op_type in found:
-                continue
-            try:
-                schema = onnx.defs.get_schema(n.op_type, version, "")
-            except onnx.defs.SchemaError:
-                found.append(n.op_type)
-                continue
-            if schema.deprecated:
-                found.append(n.op_type)
-    return found
-
-
-def _upgrade(proto: onnx.ModelProto, target: int, name: str, other: str) -> onnx.ModelProto:
-    source = _default_opset(proto)
-    why = None
-    try:
-        from onnx import version_converter
-
-        converted = version_converter.convert_version(proto, target)
-    except Exception as e:  # the converter raises RuntimeError/ValidationError/...
-        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        converted = None
-    if converted is not None:
-        # The converter keeps ops that the newer opset deprecated (Upsample, ...) and
-        # onnxruntime then refuses the model: treat that as a failed conversion.
-        stale = _deprecated_ops(converted, target)
-        if stale:
-            why = f"opset {target} has no (or only a deprecated) {', '.join(stale)}"
-        else:
-            return converted
-    raise SurgeonError(
-        f"cannot merge: {name} uses opset {source} and {other} opset {target}, and onnx's "
-        f"version converter cannot upgrade {name} to opset {target} ({why})",
-        hint=f"Re-export {name} at opset {target}, or {other} at opset {source}.",
-    )
-
-
-def reconcile_opsets(first: Model, second: Model):
-    """Both protos at one default-domain opset, and the merged opset_import.
-
-    Returns:
-        (first proto, second proto, opset_import list, info dict). The protos are the
-        models' own when no conversion was needed (callers copy before editing).
-    """
-    p1, p2 = first.proto, second.proto
-    v1, v2 = _default_opset(p1), _default_opset(p2)
-    converted = None
-    if v1 and v2 and v1 != v2:
-        if v1 < v2:
-            p1, converted = _upgrade(p1, v2, first.name, second.name), "first"
-        else:
-            p2, converted = _upgrade(p2, v1, second.name, first.name), "second"
-    versions: dict[str, int] = {}
-    problems = []
-    for model, proto in ((first, p1), (second, p2)):
-        for o in proto.opset_import:
-            domain = "" if o.domain in DEFAULT_DOMAINS else o.domain
-            if domain in versions and versions[domain] != o.version:
-                problems.append(
-                    f"domain `{domain}` is at version {versions[domain]} in {first.name} and "
-                    f"{o.version} in {model.name}; only the default domain can be converted"
-                )
-            versions.setdefault(domain, int(o.version))
-    if problems:
-        raise SurgeonError(f"cannot merge {first.name} and {second.name}", problems=problems)
-    opsets = [helper.make_opsetid(d, v) for d, v in versions.items()]
-    info = {"first": v1, "second": v2, "merged": max(v1, v2), "converted": converted}
-    return p1, p2, opsets, info
 
 
 # ---------------------------------------------------------------------- names
@@ -349,6 +141,68 @@ def merge(
             opset gap the converter cannot bridge, or no way to infer the connections.
     """
     pairs, how = plan_connections(first, second, io_map)
+    keep = _plan_outputs(first, second, pairs, keep_outputs)
+    p1_source, p2_source, opsets, opset_info = reconcile_opsets(first, second)
+    naming = plan_names(first, second, p1_source, p2_source, pairs, keep, prefix1, prefix2)
+    params = {
+        "first": first.name,
+        "second": second.name,
+        "io_map": [list(p) for p in pairs],
+        "prefix1": naming["prefix1"],
+        "prefix2": naming["prefix2"],
+        "keep_outputs": keep,
+    }
+    outputs1 = {o.name: o for o in first.outputs}
+    inputs2 = {i.name: i for i in second.inputs}
+
+    summary = {
+        "how": how,
+        "connections": [
+            {
+                "output": out,
+                "input": inp,
+                "output_type": describe_tensor(outputs1[out]),
+                "input_type": describe_tensor(inputs2[inp]),
+            }
+            for out, inp in pairs
+        ],
+        "shared_inputs": naming["shared"],
+        "renamed": {
+            "first": naming["first"],
+            "second": naming["second"],
+            "second_nodes": naming["second_nodes"],
+        },
+        "opset": opset_info,
+        "kept_outputs": keep,
+        "dropped_outputs": [o for o in first.output_names if o not in keep],
+        "output_names": naming["output_names"],
+    }
+    return apply_edit(
+        first,
+        "merge",
+        params,
+        # A new Model (no path): the merged model is neither of its halves.
+        lambda _: build_merged(first, second, p1_source, p2_source, opsets, naming, keep),
+        lambda merged: merge_correspondence(merged, first, second, summary, feed_options),
+        check=Check(verify, None, feed_options, options),
+        copy=False,  # both halves are copied inside the change
+        details=lambda merged, report: dict(
+            summary,
+            inputs=[i.to_dict() for i in merged.inputs],
+            outputs=[o.to_dict() for o in merged.outputs],
+        ),
+        finish=lambda merged, report, values: _note_unexercised(second, summary, report, values),
+    )
+
+
+def _plan_outputs(
+    first: Model,
+    second: Model,
+    pairs: list[tuple[str, str]],
+    keep_outputs: bool | Iterable[str],
+) -> list[str]:
+    """The first's outputs the merged model keeps; every connection problem and unknown
+    kept name is raised at once."""
     outputs1 = {o.name: o for o in first.outputs}
     inputs2 = {i.name: i for i in second.inputs}
     problems = []
@@ -377,16 +231,30 @@ def merge(
             problems=problems,
             hint="Check the connections with `surgeon inspect` on both models, or choose others with io_map (--map OUTPUT:INPUT on the command line).",
         )
+    return keep
 
-    p1_source, p2_source, opsets, opset_info = reconcile_opsets(first, second)
-    p1, p2 = onnx.ModelProto(), onnx.ModelProto()
-    p1.CopyFrom(p1_source)
-    p2.CopyFrom(p2_source)
 
-    # ---- names
+def plan_names(
+    first: Model,
+    second: Model,
+    p1: onnx.ModelProto,
+    p2: onnx.ModelProto,
+    pairs: list[tuple[str, str]],
+    keep: list[str],
+    prefix1: str | None,
+    prefix2: str | None,
+) -> dict:
+    """Which names of each graph are renamed so that the two fit in one graph.
+
+    Returns:
+        A dict: ``prefix1``, ``prefix2`` (resolved), ``first``/``second`` (tensor
+        renames), ``second_nodes``, ``shared`` (inputs both read), ``map2`` (every rename
+        of the second graph, connections included) and ``output_names``.
+    """
     names1, nodes1 = _names(p1.graph)
     names2, nodes2 = _names(p2.graph)
     first_inputs = {i.name: i for i in first.inputs}
+    inputs2 = {i.name: i for i in second.inputs}
     connected = {inp: out for out, inp in pairs}
     shared = [
         i
@@ -395,7 +263,7 @@ def merge(
         and i in first_inputs
         and not compatibility_problems(first_inputs[i], inputs2[i], first.name, second.name)
     ]
-    outputs2 = set(p2.graph.output[i].name for i in range(len(p2.graph.output)))
+    outputs2 = {o.name for o in p2.graph.output}
     namer = _Namer(names1 | names2)
     default1, default2 = _prefix_for(first, "first"), _prefix_for(second, "second")
     if default1 == default2:
@@ -420,19 +288,45 @@ def merge(
         )
     node_namer = _Namer(nodes1 | nodes2)
     node_rename2 = {n: node_namer(prefix2, n) for n in sorted(nodes1 & nodes2)}
-    _rename(p1.graph, rename1, {})
     map2 = dict(rename2)
     map2.update({inp: rename1.get(out, out) for inp, out in connected.items()})
-    _rename(p2.graph, map2, node_rename2)
-    merged_name = {o: map2.get(o, o) for o in second.output_names}
+    return {
+        "prefix1": prefix1,
+        "prefix2": prefix2,
+        "first": rename1,
+        "second": rename2,
+        "second_nodes": node_rename2,
+        "shared": shared,
+        "connected": connected,
+        "map2": map2,
+        "output_names": {o: map2.get(o, o) for o in second.output_names},
+    }
 
-    # ---- the merged graph
+
+def build_merged(
+    first: Model,
+    second: Model,
+    p1_source: onnx.ModelProto,
+    p2_source: onnx.ModelProto,
+    opsets: list,
+    naming: Mapping,
+    keep: list[str],
+) -> Model:
+    """The merged model: copies of both graphs renamed per ``naming``, the first's nodes
+    then the second's, the second's outputs (and the first's in ``keep``)."""
+    p1, p2 = onnx.ModelProto(), onnx.ModelProto()
+    p1.CopyFrom(p1_source)
+    p2.CopyFrom(p2_source)
+    map2 = naming["map2"]
+    _rename(p1.graph, naming["first"], {})
+    _rename(p2.graph, map2, naming["second_nodes"])
+
     g1, g2 = p1.graph, p2.graph
     graph = onnx.GraphProto()
     graph.name = f"{g1.name or 'first'}+{g2.name or 'second'}"
     graph.doc_string = g1.doc_string
     graph.input.extend(g1.input)
-    dropped_inputs = {map2.get(i, i) for i in list(connected) + shared}
+    dropped_inputs = {map2.get(i, i) for i in list(naming["connected"]) + naming["shared"]}
     graph.input.extend(v for v in g2.input if v.name not in dropped_inputs)
     graph.initializer.extend(g1.initializer)
     graph.initializer.extend(g2.initializer)
@@ -477,50 +371,46 @@ def merge(
     structure = check_structure(proto)
     if structure:  # a bug in the merge, not in the user's models
         raise RuntimeError("the merged graph is malformed: " + "; ".join(structure[:5]))
-
-    params = {
-        "first": first.name,
-        "second": second.name,
-        "io_map": [list(p) for p in pairs],
-        "prefix1": prefix1,
-        "prefix2": prefix2,
-        "keep_outputs": keep,
-    }
-    # The merged model says how both halves were made (e.g. the NMS parameters), then
-    # the merge itself.
+    # The merged model says how both halves were made (e.g. the NMS parameters); the
+    # contract appends the merge itself.
     history = first.provenance + second.provenance
     props = [p for p in proto.metadata_props if p.key != PROVENANCE_KEY]
     del proto.metadata_props[:]
     proto.metadata_props.extend(props)
     if history:
         proto.metadata_props.add(key=PROVENANCE_KEY, value=json.dumps(history))
-    model = Model(proto).with_provenance("merge", params)
-    details = {
-        "how": how,
-        "connections": [
-            {
-                "output": out,
-                "input": inp,
-                "output_type": describe_tensor(outputs1[out]),
-                "input_type": describe_tensor(inputs2[inp]),
-            }
-            for out, inp in pairs
-        ],
-        "shared_inputs": shared,
-        "renamed": {"first": rename1, "second": rename2, "second_nodes": node_rename2},
-        "opset": opset_info,
-        "kept_outputs": keep,
-        "dropped_outputs": [o for o in first.output_names if o not in keep],
-        "output_names": merged_name,
-        "inputs": [i.to_dict() for i in model.inputs],
-        "outputs": [o.to_dict() for o in model.outputs],
-    }
-    report = None
-    if verify:
-        report = verify_merge(
-            model, first, second, details, feed_options=feed_options, options=options
-        )
-    return Edited(model=model, report=report, edit="merge", params=params, details=details)
+    return Model(proto)
+
+
+def merge_correspondence(
+    merged: Model,
+    first: Model,
+    second: Model,
+    details: Mapping,
+    feed_options: FeedOptions = FeedOptions(),
+) -> Correspondence:
+    """What a merge must reproduce: ``first`` then ``second`` run in sequence, bit for bit.
+
+    The feeds are made for the merged model's inputs (so ``--shape`` and ``.npz`` name
+    them); the reference chain feeds the second model through the same connections.
+    """
+    from surgeon.verification import Chain
+
+    links = {c["input"]: c["output"] for c in details["connections"]}
+    renamed2 = details["renamed"]["second"]
+    for inp in second.input_names:
+        if inp not in links:  # shared with the first, or fed from the merged input
+            links[inp] = renamed2.get(inp, inp)
+    # Reference names: a plain name is the last step's value; "0:name" picks the first
+    # model's when the second also produces that name.
+    pairs = [(details["output_names"][o], o) for o in second.output_names]
+    pairs += [(o, f"0:{o}" if o in second.output_names else o) for o in details["kept_outputs"]]
+    return Correspondence(
+        f"merge {first.name} + {second.name}",
+        pairs=pairs,
+        reference=Chain([first, second], links=[links]),
+        feeds=make_feeds(merged, feed_options),
+    )
 
 
 def verify_merge(
@@ -532,39 +422,31 @@ def verify_merge(
     feed_options: FeedOptions = FeedOptions(),
     options: RunOptions | None = None,
 ):
-    """Compare ``merged`` with ``first`` then ``second`` run in sequence, bit for bit.
+    """Compare ``merged`` with ``first`` then ``second`` run in sequence, bit for bit
+    (the check :func:`merge` runs, for a merged model made or changed elsewhere)."""
+    from surgeon.verification import verify
 
-    The feeds are made for the merged model's inputs (so ``--shape`` and ``.npz`` name
-    them); the reference chain feeds the second model through the same connections.
-    """
-    from surgeon.verification import Chain, verify
-
-    feeds = make_feeds(merged, feed_options)
-    links = {c["input"]: c["output"] for c in details["connections"]}
-    renamed2 = details["renamed"]["second"]
-    for inp in second.input_names:
-        if inp not in links:  # shared with the first, or fed from the merged input
-            links[inp] = renamed2.get(inp, inp)
-    # Reference names: a plain name is the last step's value; "0:name" picks the first
-    # model's when the second also produces that name.
-    pairs = [(details["output_names"][o], o) for o in second.output_names]
-    pairs += [(o, f"0:{o}" if o in second.output_names else o) for o in details["kept_outputs"]]
+    wanted = merge_correspondence(merged, first, second, details, feed_options)
     values: dict[str, np.ndarray] = {}
     report = verify(
         merged,
-        Chain([first, second], links=[links]),
-        pairs=pairs,
-        feeds=feeds,
+        wanted.reference,
+        pairs=wanted.pairs,
+        feeds=wanted.feeds,
         feed_options=feed_options,
-        tolerance=EXACT,
+        tolerance=wanted.tolerance,
         options=options,
-        title=f"merge {first.name} + {second.name}",
+        title=wanted.title,
         collect=values,
     )
+    _note_unexercised(second, details, report, values)
+    return report
+
+
+def _note_unexercised(second: Model, details: Mapping, report, values: Mapping) -> None:
     unexercised = _nms_not_exercised(second, details, values)
     if unexercised:
         report.notes.append(unexercised)
-    return report
 
 
 def _nms_not_exercised(second: Model, details: Mapping, values: Mapping) -> str | None:

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 
-from surgeon.compare import EXACT
 from surgeon.edits import Edited
+from surgeon.edits.contract import Check, Correspondence, apply_edit
 from surgeon.errors import NameNotFoundError, UsageError, unknown_name
 from surgeon.feeds import FeedOptions
 from surgeon.model import Model, iter_graphs
@@ -251,44 +251,29 @@ def rename(
         UsageError: Collisions with existing names (all listed), empty names, a regex
             that matches nothing.
     """
-    from surgeon.verification import verify as run_verify
-
     tensor_map, node_map = plan_rename(model, mapping, prefix=prefix, regex=regex, nodes=nodes)
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
-    _rename_graph(proto.graph, tensor_map, node_map)
-    renamed = model.with_proto(proto)
     params = {
         "mapping": dict(mapping or {}),
         "prefix": prefix,
         "regex": regex if isinstance(regex, str) or regex is None else "=".join(regex),
         "nodes": nodes,
     }
-    renamed.with_provenance("rename", params)
     inputs, outputs = set(model.input_names), model.output_names
     inits = {t.name for t in model.proto.graph.initializer}
-    report = None
-    if verify:
+
+    def correspondence(renamed: Model) -> Correspondence:
+        # Same values under the new names: every output, and every renamed intermediate
+        # tensor; inputs are checked by feeding them under their new names, initializers
+        # are constants.
         pairs = [(tensor_map.get(o, o), o) for o in outputs]
-        # Renamed intermediate tensors are compared too; inputs are checked by feeding
-        # them under their new names, initializers are constants.
         pairs += [
             (new, old)
             for old, new in tensor_map.items()
             if old not in inputs and old not in set(outputs) and old not in inits
         ]
-        report = run_verify(
-            renamed,
-            model,
-            pairs=pairs,
-            name_map=tensor_map,
-            feeds=feeds,
-            feed_options=feed_options,
-            tolerance=EXACT,
-            options=options,
-            title="rename: same values under the new names",
+        return Correspondence(
+            "rename: same values under the new names", pairs=pairs, name_map=tensor_map
         )
-        report.candidate = f"{model.name} (renamed)"
 
     def role(name: str) -> str:
         if name in inputs:
@@ -297,8 +282,16 @@ def rename(
             return "output"
         return "initializer" if name in inits else "tensor"
 
-    details = {
-        "tensors": [{"old": o, "new": n, "role": role(o)} for o, n in tensor_map.items()],
-        "nodes": [{"old": o, "new": n} for o, n in node_map.items()],
-    }
-    return Edited(renamed, report, "rename", params, details)
+    return apply_edit(
+        model,
+        "rename",
+        params,
+        lambda proto: _rename_graph(proto.graph, tensor_map, node_map),
+        correspondence,
+        check=Check(verify, feeds, feed_options, options),
+        label="renamed",
+        details=lambda renamed, report: {
+            "tensors": [{"old": o, "new": n, "role": role(o)} for o, n in tensor_map.items()],
+            "nodes": [{"old": o, "new": n} for o, n in node_map.items()],
+        },
+    )

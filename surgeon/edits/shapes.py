@@ -18,11 +18,12 @@ from dataclasses import replace
 
 import onnx
 
-from surgeon.compare import EXACT, DiffReport, Tolerance
+from surgeon.compare import DiffReport, Tolerance
 from surgeon.dims import Dim, as_dims, dims_list, dims_text
 from surgeon.dynamic.batch import BATCH_TOLERANCE
 from surgeon.dynamic.check import check_dynamic, dynamic_dims, refuse_large_cases, size_cases
 from surgeon.edits import Edited
+from surgeon.edits.contract import Check, Correspondence, apply_edit
 from surgeon.errors import NameNotFoundError, SurgeonError, UsageError, unknown_name
 from surgeon.feeds import (
     FeedOptions,
@@ -112,71 +113,15 @@ def _fits(shapes: Mapping[str, Sequence[int]], model: Model) -> bool:
     return True
 
 
-def reshape_io(
-    model: Model,
-    inputs: Mapping[str, str | Sequence[Dim]] | None = None,
-    outputs: Mapping[str, str | Sequence[Dim]] | None = None,
-    *,
-    check: bool = True,
-    sizes: Mapping[str, Sequence[int]] | None = None,
-    feed_options: FeedOptions = FeedOptions(),
-    options: RunOptions | None = None,
-    batch: Sequence[str] | None = None,
-    batch_tolerance: Tolerance = BATCH_TOLERANCE,
-) -> Edited:
-    """Set the dims of inputs and outputs static or symbolic, then prove the model runs.
-
-    Args:
-        model: The model (not modified).
-        inputs: Input name -> dims, as ``"Bx3xHxW"`` or a sequence of ints, names and
-            None (unnamed dynamic).
-        outputs: Output name -> dims, likewise. Outputs not given get their dims from
-            shape inference, or keep theirs with input symbols renamed along.
-        check: Run :func:`check_dynamic` on the result (its rows join the report).
-        sizes: Sizes to try per dim name (see :func:`check_dynamic`).
-        feed_options: Inputs for the comparison with the original at its sizes; its
-            seed and ``max_feed_bytes`` apply to the runtime check too.
-        options: onnxruntime settings for both checks (default: the value comparison
-            runs with optimisations off, the runtime check with onnxruntime's defaults).
-        batch, batch_tolerance: The batch dims and the tolerance of their item check
-            (see :func:`check_dynamic`).
-
-    Returns:
-        Edited whose report holds the value comparison with the original at the
-        original's sizes and one row per output per size tried; ``details`` has the old
-        and new dims, ``export`` sizes, the value_info counts and ``dynamic`` (the
-        check's dict).
-
-    Raises:
-        NameNotFoundError: An input or output that does not exist.
-        UsageError: A dims spec that does not parse or changes the rank.
-    """
-    from surgeon.verification import verify as run_verify
-
-    in_specs = _collect_specs(model, inputs, "input")
-    out_specs = _collect_specs(model, outputs, "output")
-    if not in_specs and not out_specs:
-        raise UsageError(
-            f"nothing to change in {model.name}: give the dims of an input or an output"
-        )
-    old_inputs = {i.name: i for i in model.inputs}
-    old_outputs = {o.name: o for o in model.outputs}
-
-    # Export sizes (a static dim made dynamic) and renamed symbols (batch -> B).
-    export: dict[str, int] = {}
-    renames: dict[str, set] = {}
-    for name, dims in in_specs.items():
-        old = old_inputs[name].shape or (None,) * len(dims)
-        for axis, (o, n) in enumerate(zip(old, dims, strict=True)):
-            var = n if isinstance(n, str) else f"{name}[{axis}]"
-            if isinstance(o, int) and o > 0 and not isinstance(n, int):
-                export.setdefault(var, o)
-            if isinstance(o, str) and isinstance(n, str) and o != n:
-                renames.setdefault(o, set()).add(n)
-    symbol_map = {o: next(iter(n)) for o, n in renames.items() if len(n) == 1}
-
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
+def _rewrite_dims(
+    proto: onnx.ModelProto,
+    in_specs: Mapping[str, tuple[Dim, ...]],
+    out_specs: Mapping[str, tuple[Dim, ...]],
+    old_outputs: Mapping,
+    symbol_map: Mapping[str, str],
+) -> dict[str, int]:
+    """Set the new dims on ``proto`` in place, re-infer the outputs not given, refresh the
+    value_info; returns the counts of value_info refreshed, cleared and added."""
     g = proto.graph
     for vi in g.input:
         if vi.name in in_specs:
@@ -242,103 +187,174 @@ def reshape_io(
     for v in added:
         g.value_info.append(v)
         _clean_unknown(g.value_info[-1])
-    edited = model.with_proto(proto)
+    return {"refreshed": refreshed, "cleared": cleared, "added": len(added)}
+
+
+def reshape_io(
+    model: Model,
+    inputs: Mapping[str, str | Sequence[Dim]] | None = None,
+    outputs: Mapping[str, str | Sequence[Dim]] | None = None,
+    *,
+    check: bool = True,
+    sizes: Mapping[str, Sequence[int]] | None = None,
+    feed_options: FeedOptions = FeedOptions(),
+    options: RunOptions | None = None,
+    batch: Sequence[str] | None = None,
+    batch_tolerance: Tolerance = BATCH_TOLERANCE,
+) -> Edited:
+    """Set the dims of inputs and outputs static or symbolic, then prove the model runs.
+
+    Args:
+        model: The model (not modified).
+        inputs: Input name -> dims, as ``"Bx3xHxW"`` or a sequence of ints, names and
+            None (unnamed dynamic).
+        outputs: Output name -> dims, likewise. Outputs not given get their dims from
+            shape inference, or keep theirs with input symbols renamed along.
+        check: Run :func:`check_dynamic` on the result (its rows join the report).
+        sizes: Sizes to try per dim name (see :func:`check_dynamic`).
+        feed_options: Inputs for the comparison with the original at its sizes; its
+            seed and ``max_feed_bytes`` apply to the runtime check too.
+        options: onnxruntime settings for both checks (default: the value comparison
+            runs with optimisations off, the runtime check with onnxruntime's defaults).
+        batch, batch_tolerance: The batch dims and the tolerance of their item check
+            (see :func:`check_dynamic`).
+
+    Returns:
+        Edited whose report holds the value comparison with the original at the
+        original's sizes and one row per output per size tried; ``details`` has the old
+        and new dims, ``export`` sizes, the value_info counts and ``dynamic`` (the
+        check's dict).
+
+    Raises:
+        NameNotFoundError: An input or output that does not exist.
+        UsageError: A dims spec that does not parse or changes the rank.
+    """
+    in_specs = _collect_specs(model, inputs, "input")
+    out_specs = _collect_specs(model, outputs, "output")
+    if not in_specs and not out_specs:
+        raise UsageError(
+            f"nothing to change in {model.name}: give the dims of an input or an output"
+        )
+    old_inputs = {i.name: i for i in model.inputs}
+    old_outputs = {o.name: o for o in model.outputs}
+
+    # Export sizes (a static dim made dynamic) and renamed symbols (batch -> B).
+    export: dict[str, int] = {}
+    renames: dict[str, set] = {}
+    for name, dims in in_specs.items():
+        old = old_inputs[name].shape or (None,) * len(dims)
+        for axis, (o, n) in enumerate(zip(old, dims, strict=True)):
+            var = n if isinstance(n, str) else f"{name}[{axis}]"
+            if isinstance(o, int) and o > 0 and not isinstance(n, int):
+                export.setdefault(var, o)
+            if isinstance(o, str) and isinstance(n, str) and o != n:
+                renames.setdefault(o, set()).add(n)
+    symbol_map = {o: next(iter(n)) for o, n in renames.items() if len(n) == 1}
     params = {
         "inputs": {k: dims_text(v) for k, v in in_specs.items()},
         "outputs": {k: dims_text(v) for k, v in out_specs.items()},
     }
-    edited.with_provenance("reshape_io", params)
+    counts: dict[str, int] = {}
+    dynamic_result: dict = {}
+
+    def change(proto: onnx.ModelProto) -> None:
+        counts.update(_rewrite_dims(proto, in_specs, out_specs, old_outputs, symbol_map))
+
+    def correspondence(edited: Model) -> Correspondence:
+        if check:
+            # The sizes the runtime check will try are refused (too large, unknown dims)
+            # now, before the value comparison runs.
+            variables = dynamic_dims(edited, sizes, export, batch)
+            refuse_large_cases(edited, size_cases(edited, variables), feed_options.max_feed_bytes)
+        shapes = _comparable_shapes(model, edited, feed_options)
+        if shapes is None:
+            return Correspondence("reshape-io: runs at other sizes", unavailable=UNCOMPARABLE)
+        # replace, not a fresh FeedOptions: the seed, values and size limit the caller
+        # set all hold. dims={}: ``shapes`` already resolves every dim of every input.
+        return Correspondence(
+            "reshape-io: same values at the original's sizes, and runs at other sizes",
+            feeds=make_feeds(model, replace(feed_options, shapes=shapes, dims={})),
+        )
+
+    def finish(edited: Model, report: DiffReport, values) -> None:
+        # The report's first rows compare values with the original; the rest are the
+        # runtime check's, one per output per size.
+        dynamic_result["value_rows"] = len(report.tensors)
+        if check:
+            dynamic = check_dynamic(
+                edited,
+                sizes=sizes,
+                export=export,
+                seed=feed_options.seed,
+                max_feed_bytes=feed_options.max_feed_bytes,
+                options=options,
+                batch=batch,
+                batch_tolerance=batch_tolerance,
+            )
+            report.tensors += dynamic.tensor_diffs()
+            report.notes += [s.message() for s in dynamic.suspects] + dynamic.notes
+            dynamic_result["dynamic"] = dynamic.to_dict()
+
+    def details(edited: Model, report) -> dict:
+        return {
+            "inputs": [
+                {"name": n, "old": dims_list(old_inputs[n].shape), "new": dims_list(d)}
+                for n, d in in_specs.items()
+            ],
+            "outputs": [
+                {
+                    "name": o.name,
+                    "old": dims_list(old_outputs[o.name].shape),
+                    "new": dims_list(o.shape),
+                    "given": o.name in out_specs,
+                }
+                for o in edited.outputs
+            ],
+            "export": export,
+            "value_info": counts,
+            "dynamic": dynamic_result.get("dynamic"),
+            "value_rows": dynamic_result["value_rows"],
+            "notes": [UNCOMPARABLE] if report.notes[:1] == [UNCOMPARABLE] else [],
+        }
 
     # Values at the original's sizes must not change. Optimisations off by default: with
     # static dims onnxruntime may pick other kernels than with symbolic ones (see
     # surgeon.edits.extract.VERIFY_OPTIONS), and bit-identity is the promise here.
-    verify_options = options or RunOptions(optimization="disabled")
-    if check:
-        # The sizes the runtime check will try are refused (too large, unknown dims) now,
-        # before the value comparison runs.
-        variables = dynamic_dims(edited, sizes, export, batch)
-        refuse_large_cases(edited, size_cases(edited, variables), feed_options.max_feed_bytes)
-    notes = []
-    report = None
+    return apply_edit(
+        model,
+        "reshape_io",
+        params,
+        change,
+        correspondence,
+        check=Check(True, None, feed_options, options or RunOptions(optimization="disabled")),
+        label="reshaped",
+        details=details,
+        finish=finish,
+    )
+
+
+UNCOMPARABLE = (
+    "the new static dims do not fit the original's inputs, so values could not be "
+    "compared with it; only the runtime check below applies"
+)
+
+
+def _comparable_shapes(
+    model: Model, edited: Model, feed_options: FeedOptions
+) -> dict[str, tuple] | None:
+    """Input shapes both the original and the edited model accept: the caller's for the
+    original when they fit the edited model, else the edited model's defaults when they
+    fit the original; None when neither does."""
     try:
         ref_shapes = resolve_shapes(model, feed_options)
     except SurgeonError:
         ref_shapes = None
-    shapes = None
     if ref_shapes is not None and _fits(ref_shapes, edited):
-        shapes = ref_shapes
-    else:
-        try:
-            # The caller's shapes, dims and values were for the original, which these
-            # dims do not fit: the edited model's own defaults decide.
-            new_shapes = resolve_shapes(edited, replace(feed_options, shapes={}, dims={}, npz=None))
-        except SurgeonError:
-            new_shapes = None
-        if new_shapes is not None and _fits(new_shapes, model):
-            shapes = new_shapes
-    if shapes is not None:
-        # replace, not a fresh FeedOptions: the seed, values and size limit the caller
-        # set all hold. dims={}: ``shapes`` already resolves every dim of every input.
-        feeds = make_feeds(model, replace(feed_options, shapes=shapes, dims={}))
-        report = run_verify(
-            edited,
-            model,
-            feeds=feeds,
-            feed_options=feed_options,
-            tolerance=EXACT,
-            options=verify_options,
-            title="reshape-io: same values at the original's sizes, and runs at other sizes",
-        )
-        report.candidate = f"{model.name} (reshaped)"
-    else:
-        notes.append(
-            "the new static dims do not fit the original's inputs, so values could not be "
-            "compared with it; only the runtime check below applies"
-        )
-        report = DiffReport(
-            title="reshape-io: runs at other sizes",
-            candidate=f"{model.name} (reshaped)",
-            reference=model.name,
-            tensors=[],
-            tolerance=EXACT,
-            seed=feed_options.seed,
-        )
-    value_rows = len(report.tensors)
-    dynamic = None
-    if check:
-        dynamic = check_dynamic(
-            edited,
-            sizes=sizes,
-            export=export,
-            seed=feed_options.seed,
-            max_feed_bytes=feed_options.max_feed_bytes,
-            options=options,
-            batch=batch,
-            batch_tolerance=batch_tolerance,
-        )
-        report.tensors += dynamic.tensor_diffs()
-        report.notes += [s.message() for s in dynamic.suspects] + dynamic.notes
-    report.notes += notes
-    details = {
-        "inputs": [
-            {"name": n, "old": dims_list(old_inputs[n].shape), "new": dims_list(d)}
-            for n, d in in_specs.items()
-        ],
-        "outputs": [
-            {
-                "name": o.name,
-                "old": dims_list(old_outputs[o.name].shape),
-                "new": dims_list(o.shape),
-                "given": o.name in out_specs,
-            }
-            for o in edited.outputs
-        ],
-        "export": export,
-        "value_info": {"refreshed": refreshed, "cleared": cleared, "added": len(added)},
-        "dynamic": dynamic.to_dict() if dynamic is not None else None,
-        # The report's first rows compare values with the original; the rest are the
-        # runtime check's, one per output per size.
-        "value_rows": value_rows,
-        "notes": notes,
-    }
-    return Edited(edited, report, "reshape_io", params, details)
+        return ref_shapes
+    try:
+        # The caller's shapes, dims and values were for the original, which these
+        # dims do not fit: the edited model's own defaults decide.
+        new_shapes = resolve_shapes(edited, replace(feed_options, shapes={}, dims={}, npz=None))
+    except SurgeonError:
+        return None
+    return new_shapes if _fits(new_shapes, model) else None

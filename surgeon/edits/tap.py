@@ -14,8 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import onnx
 
-from surgeon.compare import EXACT
 from surgeon.edits import Edited
+from surgeon.edits.contract import Check, Correspondence, apply_edit
 from surgeon.feeds import FeedOptions
 from surgeon.model import Model
 from surgeon.names import intermediate_tensors, resolve_tensors, subgraph_tensors
@@ -161,9 +161,17 @@ def _type_from_ort(type_str: str, shape) -> onnx.TypeProto | None:
 def add_outputs(
     model: Model, names: Sequence[str], types: Mapping[str, onnx.TypeProto] | None = None
 ) -> Model:
-    """A copy of ``model`` with ``names`` appended as graph outputs (typed where known)."""
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
+    """A copy of ``model`` with ``names`` appended as graph outputs (typed where known);
+    not an edit (no provenance, no verification): debug's run-time view of a model."""
+    copy = model.copy()
+    append_outputs(copy.proto, names, types)
+    return copy
+
+
+def append_outputs(
+    proto: onnx.ModelProto, names: Sequence[str], types: Mapping[str, onnx.TypeProto] | None = None
+) -> None:
+    """Append ``names`` to ``proto``'s graph outputs, in place (typed where known)."""
     existing = {o.name for o in proto.graph.output}
     for n in names:
         if n in existing:
@@ -172,7 +180,6 @@ def add_outputs(
         if types and n in types:
             vi.type.CopyFrom(types[n])
         existing.add(n)
-    return model.with_proto(proto)
 
 
 def tap(
@@ -203,10 +210,9 @@ def tap(
     Raises:
         NameNotFoundError: A name matches nothing (with close matches).
     """
-    from surgeon.verification import verify as run_verify
-
     names = list(names)
     ops = list(ops)
+    # plan: which tensors, and their types
     taps = select_taps(model, names, ops=ops)
     graph_outputs = set(model.output_names)
     new_taps = [t for t in taps if t not in graph_outputs]
@@ -214,28 +220,21 @@ def tap(
         VERIFY_OPTIONS, custom_op_libraries=tuple(custom_op_libraries)
     )
     types = learn_types(model, new_taps, run_options) if new_taps else {}
-    tapped = add_outputs(model, new_taps, types)
-    params = {"names": names, "ops": ops}
-    tapped.with_provenance("tap", params)
-    report = None
-    if verify:
-        report = run_verify(
-            tapped,
-            model,
-            pairs=[(o, o) for o in model.output_names],
-            feeds=feeds,
-            feed_options=feed_options,
-            tolerance=EXACT,
-            options=run_options,
-            title="tap: original outputs unchanged",
-        )
-    if report is not None:
-        report.candidate = f"{model.name} (tapped)"
     untyped = [t for t in new_taps if t not in types]
-    return Edited(
-        tapped,
-        report,
+    return apply_edit(
+        model,
         "tap",
-        params,
-        {"taps": taps, "untyped": untyped, "not_tappable": not_tappable(model)},
+        {"names": names, "ops": ops},
+        lambda proto: append_outputs(proto, new_taps, types),
+        # the correspondence: every original output bit-identical
+        lambda tapped: Correspondence(
+            "tap: original outputs unchanged", pairs=[(o, o) for o in model.output_names]
+        ),
+        check=Check(verify, feeds, feed_options, run_options),
+        label="tapped",
+        details=lambda tapped, report: {
+            "taps": taps,
+            "untyped": untyped,
+            "not_tappable": not_tappable(model),
+        },
     )
