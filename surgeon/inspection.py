@@ -8,6 +8,7 @@ from collections import Counter
 
 import onnx
 
+from surgeon.graph_facts import inferred_value_infos, outer_reads
 from surgeon.model import (
     PROVENANCE_KEY,
     Model,
@@ -24,31 +25,12 @@ INSPECT_SCHEMA = "surgeon.inspect/1"
 STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training", "com.microsoft"}
 
 
-def _outer_reads(graph: onnx.GraphProto) -> list[str]:
-    """Names a subgraph reads that it does not define (outer-scope tensors), in the order
-    first read."""
-    defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
-    reads: dict[str, None] = {}  # insertion-ordered set: a list's `in` made this quadratic
-    for n in graph.node:
-        for i in n.input:
-            if i and i not in defined:
-                reads.setdefault(i)
-        for attr in n.attribute:
-            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-            for sub in subs:
-                for r in _outer_reads(sub):
-                    if r not in defined:
-                        reads.setdefault(r)
-        defined.update(o for o in n.output if o)
-    return list(reads)
-
-
 def _origin_text(model: Model, node: str) -> str | None:
     from surgeon.origin import node_origin
 
     try:
         origin = node_origin(model, node) if node else None
-    except Exception:
+    except Exception:  # noqa: BLE001 - exporter metadata is untrusted text; inspect never fails on it
         return None
     return origin.describe() if origin is not None else None
 
@@ -63,7 +45,7 @@ def _pytorch_origins(model: Model) -> dict | None:
 
     try:
         found = origins(model)
-    except Exception:  # exporter metadata is best-effort; never fail inspect on it
+    except Exception:  # noqa: BLE001 - exporter metadata is best-effort; never fail inspect on it
         return None
     if not found:
         return None
@@ -108,7 +90,7 @@ def describe(model: Model) -> dict:
                         {
                             "attribute": name,
                             "nodes": sum(len(x.node) for x in iter_graphs(g)),
-                            "outer_scope_reads": _outer_reads(g),
+                            "outer_scope_reads": outer_reads(g),
                         }
                         for name, g in graphs
                     ],
@@ -162,18 +144,10 @@ def describe(model: Model) -> dict:
 def _known_types(model: Model) -> dict[str, dict]:
     """dtype and shape of every main-graph tensor ONNX shape inference can tell (plus the
     declared inputs, outputs and value_info); best-effort, never fails."""
-    from surgeon.edits.extract import inference_skeleton
-
     proto = model.proto
+    # Inference gives up on some real models: the declared types remain.
     infos = [*proto.graph.input, *proto.graph.value_info, *proto.graph.output]
-    try:
-        # The skeleton keeps inference cheap on models with large weights.
-        inferred = onnx.shape_inference.infer_shapes(
-            inference_skeleton(model), strict_mode=False, data_prop=True
-        )
-        infos += [*inferred.graph.value_info, *inferred.graph.output]
-    except Exception:  # inference gives up on some real models; the declared types remain
-        pass
+    infos += inferred_value_infos(model)
     known: dict[str, dict] = {}
     for vi in infos:
         info = value_info_to_tensor_info(vi)

@@ -70,7 +70,7 @@ def dtype_name(elem_type: int) -> str | None:
         return "str"
     try:
         return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name
-    except Exception:  # exotic types (float8, int4) have no plain numpy name
+    except (KeyError, TypeError, ValueError):  # a type this onnx does not map to numpy
         pass
     try:
         return onnx.TensorProto.DataType.Name(elem_type).lower()
@@ -229,7 +229,7 @@ def tensor_nbytes(t: onnx.TensorProto) -> int:
     count = math.prod(t.dims)  # exact Python ints; np.prod costs ~30 us per tensor
     try:
         return count * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
-    except Exception:
+    except (KeyError, TypeError, ValueError):  # a type this onnx does not map to numpy
         return 0
 
 
@@ -303,13 +303,11 @@ class Model:
         return [n.name for n in self.proto.graph.node if n.name]
 
     def producers(self) -> dict[str, onnx.NodeProto]:
-        """Map of tensor name to the main-graph node that produces it."""
-        out = {}
-        for n in self.proto.graph.node:
-            for o in n.output:
-                if o:
-                    out[o] = n
-        return out
+        """Map of tensor name to the main-graph node that produces it (see
+        :mod:`surgeon.graph_facts`, which computes it once per model)."""
+        from surgeon.graph_facts import graph_facts  # graph_facts imports this module
+
+        return graph_facts(self).producer_nodes()
 
     def value_infos(self) -> dict[str, TensorInfo]:
         """Whatever the model declares about its tensors (value_info, inputs, outputs)."""

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from surgeon.errors import RuntimeFailure, SurgeonError, unknown_name
-from surgeon.model import PROTO_LIMIT, Model
+from surgeon.model import PROTO_LIMIT, Model, TensorInfo
 from surgeon.saving import save
 
 _CREATE_LOCK = threading.Lock()
@@ -83,7 +83,7 @@ def _session_options(options: RunOptions):
         try:
             # Absolute: dlopen does not search the current folder for a bare file name.
             so.register_custom_ops_library(str(Path(lib).resolve()))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types (Fail, RuntimeException...)
             raise SurgeonError(f"cannot load custom op library {lib}: {_first_line(e)}") from None
     return so
 
@@ -189,12 +189,34 @@ class Session:
                     self._session = ort.InferenceSession(
                         source, so, providers=["CPUExecutionProvider"]
                     )
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for a model it refuses
                 raise self._failure("load", e) from None
         self.input_names = [i.name for i in self._session.get_inputs()]
         self._raw_outputs = {
             o.name for o in self._session.get_outputs() if _ort_type_name(o.type) in _RAW_TYPES
         }
+
+    def output_types(self) -> dict[str, TensorInfo]:
+        """How onnxruntime typed each output of this session (extra outputs included)
+        when it built it: no run needed.
+
+        The dtype is numpy's name (``"float32"``, ``"str"`` for strings, ``"bfloat16"``
+        ...), None for a type that is not a tensor (a sequence, a map). Each dim is an
+        int, a symbol, or None when onnxruntime does not know it. onnxruntime reports
+        the shape ``[]`` both for a scalar and for an unknown rank, so ``[]`` reads as
+        an unknown shape (None): a scalar declared from it could be a wrong rank.
+        """
+        types = {}
+        for out in self._session.get_outputs():
+            dtype = _ORT_DTYPES.get(_ort_type_name(out.type))
+            shape = out.shape if isinstance(out.shape, list) and out.shape else None
+            if shape is not None:
+                shape = tuple(
+                    d if isinstance(d, str) or (isinstance(d, int) and d >= 0) else None
+                    for d in shape
+                )
+            types[out.name] = TensorInfo(out.name, dtype, shape)
+        return types
 
     def _failure(self, what: str, e: Exception) -> RuntimeFailure:
         msg = _first_line(e)
@@ -233,7 +255,7 @@ class Session:
                 ]
             else:
                 values = self._session.run(names, feed)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for a failed run
             raise self._failure("run", e) from None
         return dict(zip(names, values, strict=True))
 
@@ -273,6 +295,25 @@ _RAW_TYPES = {
     "uint2": ("uint2", "UINT2", 2),
 }
 _ML_TO_ONNX = {ml: name for name, (ml, _, _) in _RAW_TYPES.items()}
+# onnxruntime's element type name -> numpy's.
+_ORT_DTYPES = {
+    "float": "float32",
+    "float16": "float16",
+    "double": "float64",
+    "int8": "int8",
+    "int16": "int16",
+    "int32": "int32",
+    "int64": "int64",
+    "uint8": "uint8",
+    "uint16": "uint16",
+    "uint32": "uint32",
+    "uint64": "uint64",
+    "bool": "bool",
+    "string": "str",
+    # The only one of _RAW_TYPES listed: the others (float8, int4, ...) stay untyped, so
+    # callers learn them from a run rather than write a type no onnx maps back.
+    "bfloat16": "bfloat16",
+}
 
 
 def _ort_type_name(type_str: str) -> str:

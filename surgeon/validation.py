@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from surgeon.model import _known_elem_type, dtype_name, iter_graphs
+from surgeon.graph_facts import subgraph_reads
+from surgeon.model import _known_elem_type, dtype_name
 
 
 def check_structure(proto: onnx.ModelProto) -> list[str]:
@@ -44,7 +45,11 @@ def _raw_data_size_problem(t: onnx.TensorProto) -> str | None:
         return None  # values in the typed fields (float_data, ...), or an empty tensor
     try:
         itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
-    except Exception:  # a type this onnx does not know: nothing to compare with
+    except (
+        KeyError,
+        TypeError,
+        ValueError,
+    ):  # a type this onnx does not know: nothing to compare with
         return None
     count = int(np.prod(t.dims)) if len(t.dims) else 1
     if size == count * itemsize:
@@ -137,7 +142,7 @@ def _check_graph(
     for i, n in enumerate(graph.node):
         deps = {x for x in n.input if x in producers}
         if any(_subgraphs(attr) for attr in n.attribute):
-            deps.update(x for x in _subgraph_reads(n) if x in producers)
+            deps.update(x for x in subgraph_reads(n) if x in producers)
         indeg.append(len(deps))
         for d in deps:
             consumers.setdefault(d, []).append(i)
@@ -168,13 +173,3 @@ def _subgraphs(attr: onnx.AttributeProto) -> list[onnx.GraphProto]:
     if attr.type == onnx.AttributeProto.GRAPHS:
         return list(attr.graphs)
     return []
-
-
-def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
-    reads: set[str] = set()
-    for attr in node.attribute:
-        for sub in _subgraphs(attr):
-            for g in iter_graphs(sub):
-                for n in g.node:
-                    reads.update(x for x in n.input if x)
-    return reads

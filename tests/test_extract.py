@@ -15,9 +15,12 @@ from onnx.reference import ReferenceEvaluator
 import surgeon
 import surgeon.runner as runner_module
 import surgeon.saving as saving_module
+from surgeon import graph_facts
 from surgeon.edits import extract as extract_module
-from surgeon.edits.extract import extract, inference_skeleton, learn_from_runs
+from surgeon.edits.boundary import learn_from_runs
+from surgeon.edits.extract import extract
 from surgeon.errors import NameNotFoundError, UsageError
+from surgeon.graph_facts import inference_skeleton
 from surgeon.loading import load
 from surgeon.model import Model
 from surgeon.recipes import cut_backbone
@@ -191,7 +194,7 @@ def test_large_model_path_never_serialises_the_whole_model(samples, tmp_path, mo
     model = load(samples / "ext_weights.onnx")
     skeleton = inference_skeleton(model)
     assert not any(
-        len(t.raw_data) > extract_module.INFERENCE_WEIGHT_LIMIT for t in skeleton.graph.initializer
+        len(t.raw_data) > graph_facts.INFERENCE_WEIGHT_LIMIT for t in skeleton.graph.initializer
     )
     assert "fc0.weight" in {i.name for i in skeleton.graph.input}
     monkeypatch.setattr(saving_module, "PROTO_LIMIT", 1024)

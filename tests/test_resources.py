@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
 from surgeon.dynamic import check_dynamic
-from surgeon.edits.extract import learn_from_runs
+from surgeon.edits.boundary import learn_from_runs
 from surgeon.edits.shapes import reshape_io
 from surgeon.errors import SurgeonError, UsageError
 from surgeon.feeds import FeedOptions, load_npz, make_feeds, parse_size, read_npz_index

@@ -30,6 +30,7 @@ from surgeon.feeds import (
     make_feeds,
     resolve_shapes,
 )
+from surgeon.graph_facts import inferred_graph
 from surgeon.model import Model, value_info_to_tensor_info
 from surgeon.runner import RunOptions
 
@@ -54,17 +55,6 @@ def _clean_unknown(vi: onnx.ValueInfoProto) -> None:
         for d in vi.type.tensor_type.shape.dim:
             if d.HasField("dim_param") and d.dim_param.startswith("unk__"):
                 d.ClearField("dim_param")
-
-
-def _infer(proto: onnx.ModelProto) -> onnx.GraphProto | None:
-    from surgeon.edits.extract import inference_skeleton
-
-    try:
-        return onnx.shape_inference.infer_shapes(
-            inference_skeleton(Model(proto)), check_type=False, strict_mode=False, data_prop=True
-        ).graph
-    except Exception:  # inference gives up on some models; the runtime check still runs
-        return None
 
 
 def _collect_specs(
@@ -134,7 +124,7 @@ def _rewrite_dims(
             vi.type.tensor_type.ClearField("shape")
     old_value_info = list(g.value_info)
     del g.value_info[:]
-    inferred = _infer(proto)
+    inferred = inferred_graph(Model(proto))  # None when inference gives up
     inferred_vi = {}
     inferred_out = {}
     if inferred is not None:

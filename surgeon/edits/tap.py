@@ -15,10 +15,12 @@ import numpy as np
 import onnx
 
 from surgeon.edits import Edited
+from surgeon.edits.boundary import value_info_of
 from surgeon.edits.contract import Check, Correspondence, apply_edit
 from surgeon.feeds import FeedOptions
+from surgeon.graph_facts import graph_facts, inferred_value_infos, runtime_infos
 from surgeon.model import Model
-from surgeon.names import intermediate_tensors, resolve_tensors, subgraph_tensors
+from surgeon.names import resolve_tensors, subgraph_tensors
 from surgeon.runner import RunOptions
 
 # Taps are verified with onnxruntime's graph optimisations off: a tap blocks fusions
@@ -43,38 +45,7 @@ def select_taps(
     chosen = set(
         resolve_tensors(model, list(names), ops=ops, allow_inputs=False, what="node or node output")
     )
-    order = intermediate_tensors(model)
-    return [t for t in topological_tensors(model, order) if t in chosen]
-
-
-def topological_tensors(model: Model, order: Sequence[str] | None = None) -> list[str]:
-    """Node outputs of the main graph in a topological order (node order when the model
-    is sorted, which ONNX requires, else a Kahn sort)."""
-    nodes = list(model.proto.graph.node)
-    produced = {o: i for i, n in enumerate(nodes) for o in n.output if o}
-    sorted_ok = all(
-        produced.get(x, -1) < i for i, n in enumerate(nodes) for x in n.input if x in produced
-    )
-    if not sorted_ok:
-        indeg = [len({x for x in n.input if x in produced}) for n in nodes]
-        users: dict[int, list[int]] = {}
-        for i, n in enumerate(nodes):
-            for x in {x for x in n.input if x in produced}:
-                users.setdefault(produced[x], []).append(i)
-        ready = [i for i, d in enumerate(indeg) if d == 0]
-        seq = []
-        while ready:
-            i = ready.pop(0)
-            seq.append(i)
-            for u in users.get(i, ()):
-                indeg[u] -= 1
-                if indeg[u] == 0:
-                    ready.append(u)
-        nodes = [nodes[i] for i in seq]
-    out = []
-    for n in nodes:
-        out += [o for o in n.output if o]
-    return list(dict.fromkeys(out))
+    return [t for t in graph_facts(model).tensor_order() if t in chosen]
 
 
 def not_tappable(model: Model) -> dict[str, str]:
@@ -92,70 +63,24 @@ def learn_types(
     not a run. ``options`` provides the custom op libraries that session needs (its
     optimisation level is always "disabled": typing needs no optimisation).
     """
-    from surgeon.edits.extract import inference_skeleton
-
     found: dict[str, onnx.TypeProto] = {}
-    try:
-        # The skeleton turns large initializers into typed inputs: inference serialises
-        # the model, which would copy every weight several times (and fail above 2 GB).
-        inferred = onnx.shape_inference.infer_shapes(
-            inference_skeleton(model), strict_mode=False, data_prop=True
-        )
-        infos = list(inferred.graph.value_info) + list(inferred.graph.output)
-    except Exception:  # inference gives up on some real models; onnxruntime still can type them
-        infos = list(model.proto.graph.value_info) + list(model.proto.graph.output)
+    # Inference on the skeleton (cached per model); when it gives up, the declarations.
+    infos = inferred_value_infos(model) or [
+        *model.proto.graph.value_info,
+        *model.proto.graph.output,
+    ]
     wanted = set(names)  # a set: `in` on the list made typing quadratic in the taps
     for vi in infos:
-        if vi.name in wanted and vi.type.tensor_type.elem_type:
+        if vi.name in wanted and vi.name not in found and vi.type.tensor_type.elem_type:
             found[vi.name] = vi.type
     rest = [n for n in names if n not in found]
     if rest:
-        from surgeon.runner import Session
-
         libraries = options.custom_op_libraries if options is not None else ()
-        session = Session(
-            model,
-            extra_outputs=rest,
-            options=RunOptions(optimization="disabled", custom_op_libraries=libraries),
-        )
-        for out in session._session.get_outputs():
-            if out.name in rest:
-                t = _type_from_ort(out.type, out.shape)
-                if t is not None:
-                    found[out.name] = t
+        typing = RunOptions(optimization="disabled", custom_op_libraries=libraries)
+        for name, info in runtime_infos(model, rest, typing).items():
+            if info.dtype is not None:
+                found[name] = value_info_of(info).type
     return found
-
-
-_ORT_TYPES = {
-    "tensor(float)": onnx.TensorProto.FLOAT,
-    "tensor(float16)": onnx.TensorProto.FLOAT16,
-    "tensor(bfloat16)": onnx.TensorProto.BFLOAT16,
-    "tensor(double)": onnx.TensorProto.DOUBLE,
-    "tensor(int8)": onnx.TensorProto.INT8,
-    "tensor(int16)": onnx.TensorProto.INT16,
-    "tensor(int32)": onnx.TensorProto.INT32,
-    "tensor(int64)": onnx.TensorProto.INT64,
-    "tensor(uint8)": onnx.TensorProto.UINT8,
-    "tensor(uint16)": onnx.TensorProto.UINT16,
-    "tensor(uint32)": onnx.TensorProto.UINT32,
-    "tensor(uint64)": onnx.TensorProto.UINT64,
-    "tensor(bool)": onnx.TensorProto.BOOL,
-    "tensor(string)": onnx.TensorProto.STRING,
-}
-
-
-def _type_from_ort(type_str: str, shape) -> onnx.TypeProto | None:
-    elem = _ORT_TYPES.get(type_str)
-    if elem is None:
-        return None
-    dims = None
-    # onnxruntime reports an unknown shape as [], the shape of a scalar: a scalar written
-    # from it would be a wrong rank (ZipMap's input in a classic classifier export then
-    # fails to load), so [] stays unknown; the type alone is all a tap needs.
-    if isinstance(shape, (list, tuple)) and len(shape) > 0:
-        dims = [d if isinstance(d, (int, str)) and d != -1 else None for d in shape]
-    vi = onnx.helper.make_tensor_value_info("_", elem, dims)
-    return vi.type
 
 
 def add_outputs(
