@@ -150,10 +150,6 @@ def run(args, ctx) -> int:
     )
     save(model, args.output)
     info = describe_nms(model, model.provenance[-1]["params"], args.output)
-    if ctx.json:
-        ctx.emit_json(info)
-    else:
-        from surgeon.report.merge import render_nms
+    from surgeon.outcomes import NmsOutcome
 
-        render_nms(ctx.console, info)
-    return 0
+    return ctx.finish(NmsOutcome(info))
