@@ -262,23 +262,39 @@ def build_parser(stdout=None, stderr=None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, console=None, err_console=None) -> int:
     """Run the CLI and return the exit status (never raises for user errors).
 
+    Everything it writes goes to the two consoles: results and ``--json`` documents,
+    ``--help`` and ``--version`` to ``console``; messages, usage errors and progress to
+    ``err_console``.
+
     Args:
         argv: Arguments without the program name (default: ``sys.argv[1:]``).
         console: rich Console for results (default: stdout).
         err_console: rich Console for messages and progress (default: stderr).
+
+    Returns:
+        An :class:`ExitStatus` member.
     """
-    from surgeon.outputs import exit_code_for, handle_signals
+    from surgeon.outputs import handle_signals
 
     try:
         with handle_signals():
             return _main(argv, console, err_console)
     except KeyboardInterrupt as e:  # before a command ran (parsing), or while reporting
         with contextlib.suppress(OSError, ValueError):
-            sys.stderr.write(_interrupted_text(e) + "\n")
-        return exit_code_for(e)
+            err = err_console.file if err_console is not None else sys.stderr
+            err.write(_interrupted_text(e) + "\n")
+        return _interrupted_status(e)
     except BrokenPipeError:
         _silence_stdout()
         return ExitStatus.BROKEN_PIPE
+
+
+def _interrupted_status(e: KeyboardInterrupt) -> ExitStatus:
+    """130, 143 or 129: the signal that ended the command (handle_signals catches only
+    SIGINT, SIGTERM and SIGHUP, each an ExitStatus member)."""
+    from surgeon.outputs import exit_code_for
+
+    return ExitStatus(exit_code_for(e))
 
 
 def _interrupted_text(e: KeyboardInterrupt) -> str:
@@ -341,11 +357,9 @@ def _main(argv, console, err_console) -> int:
             ctx.emit_json(error_document(e))
         return ExitStatus(e.exit_code)
     except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP: cleaned up while unwinding
-        from surgeon.outputs import exit_code_for
-
         with contextlib.suppress(OSError, ValueError):
             err_console.print(_interrupted_text(e))
-        return exit_code_for(e)
+        return _interrupted_status(e)
     except BrokenPipeError:
         _silence_stdout()
         return ExitStatus.BROKEN_PIPE
