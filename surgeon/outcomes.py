@@ -17,6 +17,7 @@ from typing import Any
 
 EDIT_SCHEMA = "surgeon.edit/1"
 MERGE_SCHEMA = "surgeon.merge/1"
+NMS_SCHEMA = "surgeon.nms/1"
 RECIPES_SCHEMA = "surgeon.recipes/1"
 
 
@@ -105,13 +106,31 @@ class InspectOutcome:
 
 @dataclass(frozen=True)
 class NmsOutcome:
-    """What ``surgeon nms`` built and wrote (``surgeon.nms/1``)."""
+    """What ``surgeon nms`` built and wrote (``surgeon.nms/1``).
 
-    info: dict
+    Keys of the document: schema, output, params (the NMS's, as recorded in provenance),
+    inputs, outputs, nodes, op_types, opset.
+    """
+
+    model: Any  # surgeon.model.Model
+    params: dict
+    output: str | None
     passed: bool = True
 
     def to_dict(self) -> dict:
-        return self.info
+        from surgeon.model import op_histogram
+
+        model = self.model
+        return {
+            "schema": NMS_SCHEMA,
+            "output": str(self.output) if self.output is not None else None,
+            "params": self.params,
+            "inputs": [i.to_dict() for i in model.inputs],
+            "outputs": [o.to_dict() for o in model.outputs],
+            "nodes": len(model.proto.graph.node),
+            "op_types": dict(sorted(op_histogram(model.proto).items())),
+            "opset": model.opset,
+        }
 
 
 @dataclass(frozen=True)

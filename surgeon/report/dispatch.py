@@ -119,7 +119,7 @@ def render_inspect(console: Console, outcome) -> None:
 def render_nms(console: Console, outcome) -> None:
     from surgeon.report.merge import render_nms
 
-    render_nms(console, outcome.info)
+    render_nms(console, outcome.to_dict())
 
 
 def render_recipes(console: Console, listing) -> None:
