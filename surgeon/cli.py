@@ -9,8 +9,12 @@ head -1``) ends the command quietly with 141, what a shell reports for a tool th
 SIGPIPE killed; the signal itself stays ignored (Python's default) so that the write
 raises and the same unwinding cleans up, which dying at the write would not.
 Command modules are listed explicitly in ``COMMANDS``; each defines ``HELP``,
-``add_arguments(parser)`` and ``run(args, ctx) -> int``, and imports nothing heavy at
-module level, so ``surgeon --help`` imports neither onnxruntime nor rich.
+``add_arguments(parser)`` and ``run(args, ctx) -> ExitStatus``, which ends with
+``return ctx.finish(result)`` (JSON or the result type's renderer, and the status from
+``result.passed``), and imports nothing heavy at module level, so ``surgeon --help``
+imports neither onnxruntime nor rich. All output, argparse's help, ``--version`` and usage
+errors included, goes to the consoles ``main`` was given; JSON goes through
+:mod:`surgeon.jsonout`.
 """
 
 from __future__ import annotations
@@ -18,27 +22,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import json
 import os
 import sys
-from enum import IntEnum
 
 from surgeon._version import __version__
-from surgeon.errors import SurgeonError, error_document, printable
+from surgeon.errors import ExitStatus, SurgeonError, printable
+from surgeon.jsonout import (
+    error_document,
+    internal_error_document,
+    usage_error_document,
+    write_json,
+)
 
-
-class ExitStatus(IntEnum):
-    """Exit codes, the same for every command."""
-
-    SUCCESS = 0
-    VERIFICATION_FAILED = 1
-    BAD_INPUT = 2
-    INTERNAL_ERROR = 3  # a bug in surgeon: please report it with --traceback
-    HANGUP = 129  # SIGHUP: 128 + the signal number, as shells report it
-    INTERRUPTED = 130  # Ctrl-C (SIGINT)
-    BROKEN_PIPE = 141  # stdout (or stderr) was closed by the reader, e.g. `| head -1`
-    TERMINATED = 143  # SIGTERM
-
+__all__ = ["COMMANDS", "Context", "ExitStatus", "build_parser", "entry_point", "main"]
 
 # One explicit table, in the order `surgeon --help` lists them.
 COMMANDS: dict[str, str] = {
@@ -57,16 +53,36 @@ COMMANDS: dict[str, str] = {
 
 
 class Context:
-    """What a command needs from the CLI: consoles and the output mode."""
+    """What a command needs from the CLI: consoles, the output mode, and :meth:`finish`."""
 
     def __init__(self, console, err_console, json_mode: bool):
         self.console = console
         self.err_console = err_console
         self.json = json_mode
 
-    def emit_json(self, data: dict) -> None:
-        """Write one JSON document to stdout (no wrapping, no highlighting)."""
+    def emit_json(self, data) -> None:
+        """Write one JSON document to stdout (see :mod:`surgeon.jsonout`)."""
         write_json(self.console.file, data)
+
+    def finish(self, result) -> ExitStatus:
+        """Show a command's result and return its exit status: the one way a command ends.
+
+        With ``--json`` the result's ``to_dict()`` is written; otherwise the renderer
+        that :data:`surgeon.report.dispatch.RENDERERS` lists for the result's type draws
+        it. ``result.passed`` decides the status: SUCCESS, else VERIFICATION_FAILED.
+
+        Args:
+            result: A typed result (a DiffReport, a DynamicCheck, or one of
+                :mod:`surgeon.outcomes`); whatever the renderer needs besides the
+                library result (was a file written?) travels on it.
+        """
+        if self.json:
+            self.emit_json(result.to_dict())
+        else:
+            from surgeon.report.dispatch import render
+
+            render(self.console, result)
+        return ExitStatus.SUCCESS if result.passed else ExitStatus.VERIFICATION_FAILED
 
     @property
     def interactive(self) -> bool:
@@ -81,20 +97,6 @@ class Context:
         from surgeon.report import status
 
         return status(self, text)
-
-
-def write_json(file, data: dict) -> None:
-    """One JSON document, exactly as serialised (NaN is not valid JSON: refused)."""
-    file.write(json.dumps(data, indent=2, allow_nan=False, default=_json_default) + "\n")
-    file.flush()
-
-
-def _json_default(value):
-    if hasattr(value, "to_dict"):
-        return value.to_dict()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
 
 
 class _PlainConsole:
@@ -114,12 +116,22 @@ class _PlainConsole:
         self._file.write(" ".join(str(o) for o in objects) + "\n")
 
 
+def _internal_error_text(e: BaseException) -> str:
+    return (
+        f"{type(e).__name__}: {e}. This is a bug in surgeon, not in your model or command; "
+        "rerun with --traceback and report the output."
+    )
+
+
 def _render_error_plain(ctx, error) -> None:
     lines = [f"error: {error.message}"] + [f"  - {p}" for p in error.problems]
     if error.hint:
         lines.append(error.hint)
     ctx.err_console.file.write("\n".join(map(printable, lines)) + "\n")
-    write_json(ctx.console.file, error_document(error))
+
+
+def _render_internal_error_plain(ctx, text: str) -> None:
+    ctx.err_console.file.write(printable(f"internal error: {text}") + "\n")
 
 
 def _common_parent() -> argparse.ArgumentParser:
@@ -134,15 +146,44 @@ def _common_parent() -> argparse.ArgumentParser:
     return parent
 
 
+class _UsageExit(SystemExit):
+    """argparse refused the command line: exit 2, with the exact message for --json.
+
+    A SystemExit, as argparse's own, so a caller of ``build_parser().parse_args`` sees
+    what argparse would raise."""
+
+    def __init__(self, message: str):
+        super().__init__(ExitStatus.BAD_INPUT)
+        self.message = message
+
+
 class _Parser(argparse.ArgumentParser):
-    last_error: str | None = None  # for --json: the usage error, written as a document
+    """An ArgumentParser that writes help, version and usage errors to the streams it was
+    given (``stdout``/``stderr``; None: the process's, looked up when writing), so that
+    ``main(argv, console, err_console)`` owns all of its output."""
+
+    def __init__(self, *args, stdout=None, stderr=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._stdout = stdout
+        self._stderr = stderr
+
+    def _print_message(self, message, file=None):
+        # Every argparse write passes here (help, usage, --version, error); it names
+        # sys.stdout or sys.stderr, which stand for the streams this parser was given.
+        if file is None or file is sys.stdout:
+            file = self._stdout or sys.stdout
+        elif file is sys.stderr:
+            file = self._stderr or sys.stderr
+        if message:
+            file.write(message)
+            file.flush()
 
     def error(self, message):  # one paragraph, exit 2
-        _Parser.last_error = f"{self.prog}: {message}"  # exact, for the JSON document
         self.print_usage(sys.stderr)
         # argparse quotes the user's arguments (`unrecognized arguments: ...`) raw: an
         # ESC or newline in one must not reach the terminal.
-        self.exit(ExitStatus.BAD_INPUT, printable(f"{self.prog}: error: {message}") + "\n")
+        self._print_message(printable(f"{self.prog}: error: {message}") + "\n", sys.stderr)
+        raise _UsageExit(f"{self.prog}: {message}")  # exact, for the JSON document
 
 
 # Arguments that name files, by their argparse dest, as the user spells them.
@@ -184,13 +225,21 @@ def check_empty_paths(args) -> None:
             )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(stdout=None, stderr=None) -> argparse.ArgumentParser:
+    """The whole command line, every command's options included.
+
+    Args:
+        stdout: Where help and ``--version`` go (default: ``sys.stdout`` when written).
+        stderr: Where usage errors go (default: ``sys.stderr`` when written).
+    """
+    streams = {"stdout": stdout, "stderr": stderr}
     parser = _Parser(
         prog="surgeon",
         description="ONNX graph surgery and debugging; every edit is verified against the original with onnxruntime.",
         epilog="Exit codes: 0 success, 1 verification failed, 2 bad usage or input, 3 internal error, "
         "130 interrupted (143 SIGTERM, 129 SIGHUP), 141 output pipe closed. "
         "Run `surgeon COMMAND --help` for a command's options.",
+        **streams,
     )
     parser.add_argument("--version", action="version", version=f"surgeon {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -203,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
             description=getattr(module, "DESCRIPTION", module.HELP),
             parents=[parent],
             formatter_class=argparse.RawDescriptionHelpFormatter,
+            **streams,
         )
         module.add_arguments(p)
         p.set_defaults(_module=module)
@@ -212,23 +262,39 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, console=None, err_console=None) -> int:
     """Run the CLI and return the exit status (never raises for user errors).
 
+    Everything it writes goes to the two consoles: results and ``--json`` documents,
+    ``--help`` and ``--version`` to ``console``; messages, usage errors and progress to
+    ``err_console``.
+
     Args:
         argv: Arguments without the program name (default: ``sys.argv[1:]``).
         console: rich Console for results (default: stdout).
         err_console: rich Console for messages and progress (default: stderr).
+
+    Returns:
+        An :class:`ExitStatus` member.
     """
-    from surgeon.outputs import exit_code_for, handle_signals
+    from surgeon.outputs import handle_signals
 
     try:
         with handle_signals():
             return _main(argv, console, err_console)
     except KeyboardInterrupt as e:  # before a command ran (parsing), or while reporting
         with contextlib.suppress(OSError, ValueError):
-            sys.stderr.write(_interrupted_text(e) + "\n")
-        return exit_code_for(e)
+            err = err_console.file if err_console is not None else sys.stderr
+            err.write(_interrupted_text(e) + "\n")
+        return _interrupted_status(e)
     except BrokenPipeError:
         _silence_stdout()
         return ExitStatus.BROKEN_PIPE
+
+
+def _interrupted_status(e: KeyboardInterrupt) -> ExitStatus:
+    """130, 143 or 129: the signal that ended the command (handle_signals catches only
+    SIGINT, SIGTERM and SIGHUP, each an ExitStatus member)."""
+    from surgeon.outputs import exit_code_for
+
+    return ExitStatus(exit_code_for(e))
 
 
 def _interrupted_text(e: KeyboardInterrupt) -> str:
@@ -251,83 +317,61 @@ def _raise_broken_pipe() -> None:
 
 
 def _main(argv, console, err_console) -> int:
-    parser = build_parser()
-    _Parser.last_error = None
+    out = console.file if console is not None else None
+    err = err_console.file if err_console is not None else None
+    parser = build_parser(out, err)
     try:
         args = parser.parse_args(argv)
-    except SystemExit as e:  # --help, --version, or a usage error
-        code = int(e.code or 0) if not isinstance(e.code, str) else ExitStatus.BAD_INPUT
+    except _UsageExit as e:
         args_given = sys.argv[1:] if argv is None else argv
-        if code == ExitStatus.BAD_INPUT and "--json" in args_given and _Parser.last_error:
-            import json
-
-            doc = {
-                "schema": "surgeon.error/1",
-                "error": "UsageError",
-                "message": _Parser.last_error,
-                "problems": [],
-                "hint": "Run `surgeon COMMAND --help` for the options.",
-                "suggestions": [],
-                "exit_code": int(ExitStatus.BAD_INPUT),
-            }
-            out = console.file if console is not None else sys.stdout
-            out.write(json.dumps(doc, indent=2) + "\n")
-            out.flush()
-        return code
+        if "--json" in args_given:
+            write_json(out or sys.stdout, usage_error_document(e.message, ExitStatus.BAD_INPUT))
+        return ExitStatus.BAD_INPUT
+    except SystemExit as e:  # --help or --version, written already
+        return ExitStatus.SUCCESS if not e.code else ExitStatus.BAD_INPUT
     if not getattr(args, "command", None):
-        parser.print_help(sys.stdout)
+        parser.print_help()
         return ExitStatus.BAD_INPUT
     json_mode = bool(getattr(args, "json", False))
     if json_mode and console is None and err_console is None:
         console, err_console = _PlainConsole(sys.stdout), _PlainConsole(sys.stderr)
-        ctx = Context(console, err_console, json_mode)
-        render_error = _render_error_plain
-
-        def render_internal_error(ctx, e):
-            ctx.err_console.file.write(
-                printable(
-                    f"internal error: {type(e).__name__}: {e}. This is a bug in surgeon, not in your "
-                    "model or command; rerun with --traceback and report the output."
-                )
-                + "\n"
-            )
-            write_json(
-                ctx.console.file,
-                {
-                    "schema": "surgeon.error/1",
-                    "error": "InternalError",
-                    "message": f"{type(e).__name__}: {e}",
-                    "exit_code": 3,
-                },
-            )
+        render_error, render_internal_error = _render_error_plain, _render_internal_error_plain
     else:
         from surgeon.report import make_consoles, render_error, render_internal_error
 
         console, err_console = make_consoles(console, err_console)
         for c in (console, err_console):
             c.on_broken_pipe = _raise_broken_pipe
-        ctx = Context(console, err_console, json_mode)
+    ctx = Context(console, err_console, json_mode)
     try:
         check_empty_paths(args)
-        return int(args._module.run(args, ctx))
+        status = args._module.run(args, ctx)
+        if not isinstance(status, ExitStatus):  # every command ends with ctx.finish()
+            raise TypeError(f"command {args.command} returned {status!r}, not an ExitStatus")
+        return status
     except SurgeonError as e:
         if args.traceback:
             raise
         render_error(ctx, e)
-        return e.exit_code
+        if ctx.json:
+            ctx.emit_json(error_document(e))
+        return ExitStatus(e.exit_code)
     except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP: cleaned up while unwinding
-        from surgeon.outputs import exit_code_for
-
         with contextlib.suppress(OSError, ValueError):
             err_console.print(_interrupted_text(e))
-        return exit_code_for(e)
+        return _interrupted_status(e)
     except BrokenPipeError:
         _silence_stdout()
         return ExitStatus.BROKEN_PIPE
-    except Exception as e:  # a bug: say so plainly, never a bare traceback
+    # The internal-error boundary, the one blind catch surgeon keeps on purpose: whatever
+    # a bug raises (onnx and onnxruntime raise arbitrary types too) becomes a one-paragraph
+    # message and exit 3 instead of a bare traceback; --traceback re-raises it.
+    except Exception as e:  # noqa: BLE001 - the CLI's boundary for bugs, see above
         if args.traceback:
             raise
-        render_internal_error(ctx, e)
+        render_internal_error(ctx, _internal_error_text(e))
+        if ctx.json:
+            ctx.emit_json(internal_error_document(e, ExitStatus.INTERNAL_ERROR))
         return ExitStatus.INTERNAL_ERROR
 
 

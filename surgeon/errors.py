@@ -13,6 +13,20 @@ import re
 import shlex
 import unicodedata
 from collections.abc import Iterable
+from enum import IntEnum
+
+
+class ExitStatus(IntEnum):
+    """Exit codes, the same for every command (``surgeon.cli.main`` returns them)."""
+
+    SUCCESS = 0
+    VERIFICATION_FAILED = 1
+    BAD_INPUT = 2
+    INTERNAL_ERROR = 3  # a bug in surgeon: please report it with --traceback
+    HANGUP = 129  # SIGHUP: 128 + the signal number, as shells report it
+    INTERRUPTED = 130  # Ctrl-C (SIGINT)
+    BROKEN_PIPE = 141  # stdout (or stderr) was closed by the reader, e.g. `| head -1`
+    TERMINATED = 143  # SIGTERM
 
 
 class SurgeonError(Exception):
@@ -25,7 +39,7 @@ class SurgeonError(Exception):
             as a list under the message.
     """
 
-    exit_code = 2
+    exit_code = ExitStatus.BAD_INPUT
 
     def __init__(self, message: str, *, hint: str | None = None, problems: Iterable[str] = ()):
         super().__init__(message)
@@ -74,7 +88,7 @@ class RuntimeFailure(SurgeonError):
 class VerificationFailed(SurgeonError):
     """A verification did not pass and the caller asked for that to be an error (exit 1)."""
 
-    exit_code = 1
+    exit_code = ExitStatus.VERIFICATION_FAILED
 
     def __init__(self, message: str, *, report=None, **kwargs):
         super().__init__(message, **kwargs)
@@ -211,16 +225,3 @@ def collect_unknown_names(
         problems=[e.message for e in errors],
         hint=names_hint(model_path) if pool else None,
     )
-
-
-def error_document(error: SurgeonError) -> dict:
-    """The ``surgeon.error/1`` JSON document the CLI prints for an error with --json."""
-    return {
-        "schema": "surgeon.error/1",
-        "error": type(error).__name__,
-        "message": error.message,
-        "problems": list(error.problems),
-        "hint": error.hint,
-        "suggestions": list(getattr(error, "suggestions", [])),
-        "exit_code": error.exit_code,
-    }

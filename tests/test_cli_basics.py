@@ -49,10 +49,10 @@ def test_no_command_is_usage_error(cli):
     assert cli().status == 2
 
 
-def test_unknown_option_is_usage_error(cli, capsys):
+def test_unknown_option_is_usage_error(cli):
     res = cli("inspect", "--no-such-flag", "x.onnx")
     assert res.status == 2
-    assert "unrecognized arguments" in capsys.readouterr().err
+    assert "unrecognized arguments" in res.stderr  # the given err console, not sys.stderr
 
 
 def test_error_is_one_paragraph_without_traceback(cli, tmp_path):

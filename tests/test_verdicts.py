@@ -308,7 +308,7 @@ NUMBERS = st.one_of(
 def test_reports_render_whatever_numbers_they_hold(stats_numbers, diff_numbers, status, tol, kind):
     from rich.console import Console
 
-    from surgeon.cli import write_json
+    from surgeon.jsonout import write_json
     from surgeon.report.debug import render_debug
     from surgeon.report.html import debug_html
 

@@ -55,10 +55,4 @@ def run(args, ctx) -> int:
             options=options,
             **batch,
         )
-    if ctx.json:
-        ctx.emit_json(check.to_dict())
-    else:
-        from surgeon.report.edits import render_check_dynamic
-
-        render_check_dynamic(ctx.console, check.to_dict())
-    return 0 if check.passed else 1
+    return ctx.finish(check)

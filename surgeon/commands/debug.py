@@ -166,24 +166,6 @@ def run(args, ctx) -> int:
             from surgeon.report.html import write_debug_html
 
             written.append(str(write_debug_html(report, args.html)))
-    if ctx.json:
-        data = report.to_dict()
-        data["written"] = written
-        if tapped is not None:
-            data["tapped_model_check"] = tapped.report.to_dict() if tapped.report else None
-        ctx.emit_json(data)
-    else:
-        from surgeon.report import shown
-        from surgeon.report.debug import render_debug
+    from surgeon.outcomes import DebugOutcome
 
-        render_debug(ctx.console, report, rows=args.rows)
-        if tapped is not None and not tapped.passed:
-            ctx.console.print(
-                shown(
-                    f"not written: the tapped model for -o failed its check: {tapped.report.summary()}"
-                )
-            )
-        for w in written:
-            ctx.console.print(shown(f"wrote {w}"))
-    failed = tapped is not None and not tapped.passed
-    return 0 if report.passed and not failed else 1
+    return ctx.finish(DebugOutcome(report, tapped, tuple(written), rows=args.rows))

@@ -179,10 +179,4 @@ def run(args, ctx) -> int:
             [t.reference or t.name for t in one_sided if t.status == "missing"],
             [t.name for t in one_sided if t.status == "extra"],
         )
-    if ctx.json:
-        ctx.emit_json(report.to_dict())
-    else:
-        from surgeon.report import render_diff
-
-        render_diff(ctx.console, report)
-    return 0 if report.passed else 1
+    return ctx.finish(report)

@@ -112,14 +112,6 @@ def run(args, ctx) -> int:
     if edited.passed and args.output:
         _common.save_output(edited.model, args)
         written = True
-    _render(ctx, edited, args, written, "render_extract")
-    return 0 if edited.passed else 1
+    from surgeon.outcomes import ExtractOutcome
 
-
-def _render(ctx, edited, args, written: bool, renderer: str) -> None:
-    from surgeon.report import edits
-
-    if ctx.json:
-        ctx.emit_json(edits.edit_document(edited, args.model, args.output, written))
-    else:
-        getattr(edits, renderer)(ctx.console, edited, args.output, written)
+    return ctx.finish(ExtractOutcome(edited, args.model, args.output, written))

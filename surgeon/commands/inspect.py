@@ -34,15 +34,6 @@ def run(args, ctx) -> int:
         from surgeon.inspection import list_names
 
         info["names"] = list_names(model, args.names)
-    if ctx.json:
-        ctx.emit_json(info)
-    elif args.names is not None:
-        # Only the listing: the person asked for names, and the summary would push them away.
-        from surgeon.report.inspect import render_names
+    from surgeon.outcomes import InspectOutcome
 
-        render_names(ctx.console, info)
-    else:
-        from surgeon.report.inspect import render_inspect
-
-        render_inspect(ctx.console, info)
-    return 0
+    return ctx.finish(InspectOutcome(info, names_only=args.names is not None))

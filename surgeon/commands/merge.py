@@ -193,26 +193,11 @@ def run(args, ctx) -> int:
             feed_options=feed_options,
             options=_common.run_options(args),
         )
-    report = result.report
     written = False
     if args.output and result.passed:
         _common.save_output(result.model, args)
         written = True
-    info = {
-        "schema": "surgeon.merge/1",
-        "first": first.name,
-        "second": second.name,
-        "output": args.output,
-        "written": written,
-        "passed": result.passed,
-        **result.details,
-        "nms": nms_params,
-        "verification": report.to_dict() if report is not None else None,
-    }
-    if ctx.json:
-        ctx.emit_json(info)
-    else:
-        from surgeon.report.merge import render_merge
+    from surgeon.outcomes import MergeOutcome
 
-        render_merge(ctx.console, info, report)
-    return 0 if result.passed else 1
+    outcome = MergeOutcome(first.name, second.name, result, args.output, written, nms_params)
+    return ctx.finish(outcome)

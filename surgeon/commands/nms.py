@@ -118,22 +118,6 @@ def nms_kwargs(args) -> dict:
     }
 
 
-def describe_nms(model, spec_params: dict, output) -> dict:
-    """The JSON document of `surgeon nms` (schema surgeon.nms/1)."""
-    from surgeon.model import op_histogram
-
-    return {
-        "schema": "surgeon.nms/1",
-        "output": str(output) if output is not None else None,
-        "params": spec_params,
-        "inputs": [i.to_dict() for i in model.inputs],
-        "outputs": [o.to_dict() for o in model.outputs],
-        "nodes": len(model.proto.graph.node),
-        "op_types": dict(sorted(op_histogram(model.proto).items())),
-        "opset": model.opset,
-    }
-
-
 def run(args, ctx) -> int:
     from surgeon.commands import _common
     from surgeon.edits.nms import build_nms
@@ -149,11 +133,6 @@ def run(args, ctx) -> int:
         **nms_kwargs(args),
     )
     save(model, args.output)
-    info = describe_nms(model, model.provenance[-1]["params"], args.output)
-    if ctx.json:
-        ctx.emit_json(info)
-    else:
-        from surgeon.report.merge import render_nms
+    from surgeon.outcomes import NmsOutcome
 
-        render_nms(ctx.console, info)
-    return 0
+    return ctx.finish(NmsOutcome(model, model.provenance[-1]["params"], args.output))

@@ -42,10 +42,6 @@ def run(args, ctx) -> int:
                 "file": module.__file__,
             }
         )
-    if ctx.json:
-        ctx.emit_json({"schema": "surgeon.recipes/1", "recipes": rows})
-    else:
-        from surgeon.report.run import render_recipes
+    from surgeon.outcomes import RecipeListing
 
-        render_recipes(ctx.console, rows)
-    return 0
+    return ctx.finish(RecipeListing(rows))

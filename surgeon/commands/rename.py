@@ -44,7 +44,6 @@ def add_arguments(parser) -> None:
 
 def run(args, ctx) -> int:
     from surgeon.commands.diff import parse_map
-    from surgeon.commands.extract import _render
     from surgeon.edits.rename import parse_regex, rename
     from surgeon.loading import load
 
@@ -72,5 +71,6 @@ def run(args, ctx) -> int:
     if edited.passed and args.output:
         _common.save_output(edited.model, args)
         written = True
-    _render(ctx, edited, args, written, "render_rename")
-    return 0 if edited.passed else 1
+    from surgeon.outcomes import RenameOutcome
+
+    return ctx.finish(RenameOutcome(edited, args.model, args.output, written))

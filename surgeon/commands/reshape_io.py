@@ -139,7 +139,6 @@ def parse_specs(items, flag: str) -> dict:
 
 def run(args, ctx) -> int:
     from surgeon.commands import _common
-    from surgeon.commands.extract import _render
     from surgeon.dims import parse_sizes
     from surgeon.edits.shapes import reshape_io
     from surgeon.feeds import FeedOptions
@@ -169,5 +168,6 @@ def run(args, ctx) -> int:
     if edited.passed and args.output:
         _common.save_output(edited.model, args)
         written = True
-    _render(ctx, edited, args, written, "render_reshape_io")
-    return 0 if edited.passed else 1
+    from surgeon.outcomes import ReshapeOutcome
+
+    return ctx.finish(ReshapeOutcome(edited, args.model, args.output, written))

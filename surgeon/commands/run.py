@@ -143,29 +143,9 @@ def run(args, ctx) -> int:
         raise UsageError(
             f"recipe {label} produced a model but no -o was given; nothing was written"
         )
-    if ctx.json:
-        data = result.to_dict()
-        data["written"] = written
-        ctx.emit_json(data)
-    else:
-        from surgeon.report import shown
-        from surgeon.report.run import render_run
+    from surgeon.outcomes import RunOutcome
 
-        for report in result.reports:
-            if hasattr(report, "stats"):  # a DebugReport
-                from surgeon.report.debug import render_debug
-
-                render_debug(ctx.console, report)
-            elif hasattr(report, "pitfalls"):  # a PyTorch ExportCheck
-                from surgeon.report.torch_export import render_export_check
-
-                render_export_check(ctx.console, report)
-            else:
-                ctx.console.print(shown(str(report.to_dict())))
-        render_run(ctx.console, result)
-        for w in written:
-            ctx.console.print(shown(f"wrote {w}"))
-    return 0 if result.passed and failure is None else 1
+    return ctx.finish(RunOutcome(result, tuple(written), failed=failure is not None))
 
 
 def _writes(needs) -> str:

@@ -1,7 +1,8 @@
-"""Rendering with rich: diff tables, errors, progress, and JSON output.
+"""Rendering with rich: diff tables, errors and progress.
 
 The rich import lives in this package only; the library's result objects carry numbers
-and the CLI picks a rendering (terminal table or ``--json``).
+and the CLI picks a rendering (terminal table here, or ``--json`` through
+:mod:`surgeon.jsonout`; :mod:`surgeon.report.dispatch` maps result types to renderers).
 
 Terminal safety: names, metadata, doc strings, paths and messages quoting them come from
 untrusted models and command lines. Rendering never hands rich a bare ``str`` (which it
@@ -184,13 +185,6 @@ def taller_than_terminal(console: Console, renderable) -> bool:
     return len(lines) + 2 > console.height
 
 
-def write_json(console: Console, data: dict) -> None:
-    """One JSON document on the console's file, exactly as serialised."""
-    from surgeon.cli import write_json as write
-
-    write(console.file, data)
-
-
 def fmt(x, digits: int = 3) -> str:
     """A compact number for tables: ``1.2e-06``, ``0.998``, ``inf``, ``-``."""
     if x is None:
@@ -211,11 +205,10 @@ def fmt(x, digits: int = 3) -> str:
 
 
 def render_error(ctx, error) -> None:
-    """A user error: one paragraph on stderr (and a JSON document on stdout with --json).
+    """A user error: one paragraph on stderr (the CLI adds the JSON document with --json).
 
     Message, problems and hint are library wording around names from the model and the
-    command line; each is escaped whole (nothing in them is meant as markup). The JSON
-    document keeps the exact strings.
+    command line; each is escaped whole (nothing in them is meant as markup).
     """
     err = ctx.err_console
     err.print(Text.assemble(shown("error: ", "bold red"), shown(error.message)))
@@ -223,33 +216,12 @@ def render_error(ctx, error) -> None:
         err.print(shown("  - " + p))
     if error.hint:
         err.print(shown(error.hint, "dim"))
-    if ctx.json:
-        from surgeon.errors import error_document
-
-        write_json(ctx.console, error_document(error))
 
 
-def render_internal_error(ctx, exc: BaseException) -> None:
-    err = ctx.err_console
-    err.print(
-        Text.assemble(
-            shown("internal error: ", "bold red"),
-            shown(
-                f"{type(exc).__name__}: {exc}. This is a bug in surgeon, not in your model or "
-                "command; rerun with --traceback and report the output."
-            ),
-        )
-    )
-    if ctx.json:
-        write_json(
-            ctx.console,
-            {
-                "schema": "surgeon.error/1",
-                "error": "InternalError",
-                "message": f"{type(exc).__name__}: {exc}",
-                "exit_code": 3,
-            },
-        )
+def render_internal_error(ctx, text: str) -> None:
+    """A bug in surgeon: ``internal error: <text>`` on stderr (``text`` names the Python
+    exception and asks for a report; the CLI adds the JSON document with --json)."""
+    ctx.err_console.print(Text.assemble(shown("internal error: ", "bold red"), shown(text)))
 
 
 _STATUS_STYLE = {

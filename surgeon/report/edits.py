@@ -1,12 +1,6 @@
-"""Rendering of ``surgeon extract``, ``rename``, ``reshape-io`` and ``check-dynamic``,
-and the JSON document the edit commands emit.
+"""Rendering of ``surgeon extract``, ``rename``, ``reshape-io`` and ``check-dynamic``.
 
-Every edit command prints one document (schema ``surgeon.edit/1``) with ``--json``::
-
-    schema, edit, model, output, written, passed, params, details, verification
-
-``details`` is the edit's own (see each command's help); ``verification`` is the
-DiffReport (schema ``surgeon.diff/1``) or null when verification was skipped.
+Their JSON document (schema ``surgeon.edit/1``) is :class:`surgeon.outcomes.EditOutcome`'s.
 """
 
 from __future__ import annotations
@@ -18,23 +12,6 @@ from rich.table import Table
 from rich.text import Text
 
 from surgeon.report import SafeTable, diff_table, settings_text, shown
-
-EDIT_SCHEMA = "surgeon.edit/1"
-
-
-def edit_document(edited, model_path: str, output: str | None, written: bool) -> dict:
-    """The JSON document of an edit command (stable keys, see the module docstring)."""
-    return {
-        "schema": EDIT_SCHEMA,
-        "edit": edited.edit,
-        "model": str(model_path),
-        "output": str(output) if output else None,
-        "written": written,
-        "passed": edited.passed,
-        "params": edited.params,
-        "details": edited.details,
-        "verification": edited.report.to_dict() if edited.report is not None else None,
-    }
 
 
 def _dims(shape) -> str:
