@@ -312,6 +312,7 @@ def _propagate(
         changed = False
         for a, b, how, via in links:
             for known, other in ((a, b), (b, a)):
-                if known in pairs and other and other not in pairs:
+                # a refused name holds another value: no pair may come back to it
+                if known in pairs and other and other not in pairs and other not in refused:
                     pairs[other] = Pair(other, pairs[known].reference, how, via)
                     changed = True
