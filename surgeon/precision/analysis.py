@@ -49,6 +49,7 @@ class PrecisionReport:
             "pairing": self.pairing.to_dict(),
             "seconds": self.run.seconds,
             "runs": self.run.runs,
+            "session_seconds": self.run.session_seconds,
         }
 
 

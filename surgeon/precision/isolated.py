@@ -263,6 +263,7 @@ def _run_batches(
         model, names = _batch_model(candidate, chosen, feeds, prefix)
         wanted = {t for u in chosen for t in u.feeds}
         stats["runs"] += 1
+        started = time.perf_counter()
         try:
             values = run(
                 model,
@@ -271,6 +272,7 @@ def _run_batches(
                 options=options,
             )
         except RuntimeFailure as e:
+            stats["session_seconds"] += time.perf_counter() - started
             if len(indices) == 1:
                 results[indices[0]] = e.message
                 return
@@ -278,6 +280,7 @@ def _run_batches(
             attempt(indices[:half])
             attempt(indices[half:])
             return
+        stats["session_seconds"] += time.perf_counter() - started
         for j, i in enumerate(indices):
             results[i] = {o: values[names[(j, o)]] for o in units[i].outputs}
 
@@ -331,8 +334,9 @@ class IsolatedRun:
     units: list[IsolatedError]
     tolerance: Tolerance
     pairing: Pairing
-    seconds: float = 0.0
-    runs: int = 0
+    seconds: float = 0.0  # the whole call
+    runs: int = 0  # onnxruntime sessions (1 unless a batch was refused and split)
+    session_seconds: float = 0.0  # building and running those sessions
 
 
 def isolated_errors(
@@ -385,7 +389,7 @@ def isolated_errors(
         if _overflowed(lookup(t), value):
             overflowed.add(t)
     run_options = dataclasses.replace(options or RunOptions(), optimization="disabled")
-    stats = {"runs": 0}
+    stats = {"runs": 0, "session_seconds": 0.0}
     outcome = _run_batches(
         candidate, units, feeds, run_options, _fresh_prefix(candidate.proto), stats
     )
@@ -424,6 +428,7 @@ def isolated_errors(
         tolerance=tolerance,
         pairing=pairing,
         runs=stats["runs"],
+        session_seconds=stats["session_seconds"],
     )
     run.seconds = time.perf_counter() - start
     return run
