@@ -1,0 +1,437 @@
+"""Each node's own error: the node run on the reference's values at its inputs.
+
+A node's cumulative error (its output in the candidate against the reference) mixes what
+it inherits with what it adds. Fed the *reference's* values at its inputs (cast to the
+dtypes the candidate uses there), the node shows only what it adds: its isolated error.
+
+Nodes are grouped into *units*. A unit is a node with a paired output, plus the producers
+of any of its inputs that have no reference value (a QuantizeLinear before its
+DequantizeLinear, a MatMul whose output quantize_static renamed, a Constant), up to
+:data:`MAX_UNIT_NODES` nodes. Every unit is copied, with fresh tensor names, into ONE model
+that reads the candidate's initializers and takes the reference values as inputs; one
+onnxruntime session with optimisation disabled runs them all, so the cost is one run. If
+onnxruntime refuses the batch, the units are split in halves until the ones it refuses
+are found (each then reported as failed), so one odd node does not lose the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from surgeon.compare import TensorDiff, Tolerance, compare_arrays
+from surgeon.errors import RuntimeFailure
+from surgeon.model import Model
+from surgeon.precision.pairing import Pair, Pairing, holds_subgraph, node_label
+from surgeon.precision.severity import Severity, measure_severity
+from surgeon.runner import RunOptions, run
+
+# A unit grows through inputs without reference values; beyond this many nodes it would
+# no longer say anything about one node, and it is reported as not checkable instead.
+MAX_UNIT_NODES = 8
+_PREFIX = "surgeon.isolated/"
+
+
+@dataclass
+class IsolatedError:
+    """One unit's isolated and cumulative error.
+
+    Attributes:
+        node: Label of the node whose output is compared (the unit's last node).
+        op: Its op type.
+        nodes: Every node the unit runs, in graph order (more than one when inputs had no
+            reference value and their producers were taken in).
+        outputs: The compared outputs and their pairs.
+        fed: Candidate tensor -> the reference tensor whose value was fed there.
+        status: ``evaluated``, ``skipped`` (see ``reason``) or ``failed`` (onnxruntime
+            could not run the unit; ``reason`` says why).
+        isolated: The unit's worst compared output, run on reference inputs.
+        cumulative: The same output as the candidate computed it, against the reference
+            (None when the candidate's value was not given).
+        severity: How bad the isolated error is (see :mod:`surgeon.precision.severity`).
+        overflowed_inputs: Inputs whose finite reference value is not finite in the
+            candidate's dtype: the error there is inherited, not made by this unit.
+        rank: 1 for the worst evaluated unit, and so on (None when not evaluated).
+    """
+
+    node: str
+    op: str
+    nodes: list[str]
+    outputs: list[Pair]
+    fed: dict[str, str] = field(default_factory=dict)
+    status: str = "evaluated"
+    reason: str = ""
+    isolated: TensorDiff | None = None
+    cumulative: TensorDiff | None = None
+    severity: Severity | None = None
+    overflowed_inputs: list[str] = field(default_factory=list)
+    rank: int | None = None
+
+    @property
+    def beyond_tolerance(self) -> bool:
+        return self.severity is not None and self.severity.beyond
+
+    def to_dict(self) -> dict:
+        return {
+            "node": self.node,
+            "op": self.op,
+            "nodes": list(self.nodes),
+            "outputs": [p.to_dict() for p in self.outputs],
+            "fed": dict(self.fed),
+            "status": self.status,
+            "reason": self.reason,
+            "rank": self.rank,
+            "severity": self.severity.to_dict() if self.severity is not None else None,
+            "isolated": self.isolated.to_dict() if self.isolated is not None else None,
+            "cumulative": self.cumulative.to_dict() if self.cumulative is not None else None,
+            "overflowed_inputs": list(self.overflowed_inputs),
+        }
+
+
+@dataclass
+class _Unit:
+    result: IsolatedError
+    nodes: list[onnx.NodeProto]
+    feeds: list[str]  # candidate tensors fed with reference values
+    initializers: list[str]
+    outputs: list[str]
+
+
+def _reference_value(
+    tensor: str,
+    pairing: Pairing,
+    reference_values: Mapping[str, object],
+    candidate_values: Mapping[str, object],
+    graph_inputs: set[str],
+):
+    """The reference's value for a candidate tensor, or None. A graph input without one
+    takes the candidate's own feed (both sides were fed the same values)."""
+    ref = pairing.reference_of(tensor)
+    if ref is not None:
+        if ref in reference_values:
+            return reference_values[ref]
+        if ref in pairing.reference_constants:
+            return numpy_helper.to_array(pairing.reference_constants[ref])
+    if tensor in graph_inputs and tensor in candidate_values:
+        return candidate_values[tensor]
+    return None
+
+
+def _build_units(
+    candidate: Model, pairing: Pairing, has_reference
+) -> tuple[list[_Unit], list[IsolatedError]]:
+    graph = candidate.proto.graph
+    # Positions, not the node objects: protobuf hands out a new wrapper on every access.
+    nodes = list(graph.node)
+    producer_of = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    initializers = {t.name for t in graph.initializer} - {v.name for v in graph.input}
+    units: list[_Unit] = []
+    skipped: list[IsolatedError] = []
+    for index, node in enumerate(nodes):
+        outs = [o for o in node.output if o and o in pairing.pairs and has_reference(o)]
+        if not outs:
+            continue
+        result = IsolatedError(
+            node=node_label(node),
+            op=node.op_type,
+            nodes=[],
+            outputs=[pairing.pairs[o] for o in outs],
+        )
+        members = {index}
+        feeds: list[str] = []
+        inits: list[str] = []
+        loose: list[str] = []
+        todo = [x for x in node.input if x]
+        seen: set[str] = set()
+        while todo:
+            t = todo.pop(0)
+            if t in seen:
+                continue
+            seen.add(t)
+            if t in initializers:
+                inits.append(t)
+            elif has_reference(t):
+                feeds.append(t)
+            elif t in producer_of and len(members) < MAX_UNIT_NODES:
+                p = producer_of[t]
+                if p not in members:
+                    members.add(p)
+                    todo.extend(x for x in nodes[p].input if x)
+            else:
+                loose.append(t)
+        ordered = [nodes[i] for i in sorted(members)]
+        result.nodes = [node_label(n) for n in ordered]
+        result.fed = {t: pairing.pairs[t].reference for t in feeds if t in pairing.pairs}
+        if loose:
+            result.status = "skipped"
+            result.reason = "input(s) with no reference value: " + ", ".join(
+                f"`{t}`" for t in loose
+            )
+        elif any(holds_subgraph(n) for n in ordered):
+            result.status = "skipped"
+            result.reason = "holds a subgraph (If/Loop/Scan), which is not run in isolation"
+        if result.status != "evaluated":
+            skipped.append(result)
+            continue
+        units.append(_Unit(result, ordered, feeds, inits, outs))
+    return units, skipped
+
+
+def _fresh_prefix(proto: onnx.ModelProto) -> str:
+    """A prefix no initializer name starts with (the batch keeps initializer names)."""
+    names = [t.name for t in proto.graph.initializer]
+    prefix = _PREFIX
+    while any(n.startswith(prefix) for n in names):
+        prefix = "_" + prefix
+    return prefix
+
+
+def _batch_model(
+    candidate: Model, units: list[_Unit], feeds: Mapping[str, np.ndarray], prefix: str
+) -> tuple[Model, dict[tuple[int, str], str]]:
+    """One model holding a renamed copy of every unit; returns it and (unit index,
+    output) -> batch output name."""
+    src = candidate.proto
+    initializers = {t.name: t for t in src.graph.initializer}
+    graph = onnx.GraphProto(name="isolated")
+    used_inits: dict[str, None] = {}
+    used_feeds: dict[str, None] = {}
+    outputs: dict[tuple[int, str], str] = {}
+    for k, unit in enumerate(units):
+        fed, inits = set(unit.feeds), set(unit.initializers)
+
+        def rename(t: str, k=k, fed=fed, inits=inits) -> str:
+            if not t or t in inits:
+                return t
+            if t in fed:
+                return f"{prefix}in/{t}"
+            return f"{prefix}{k}/{t}"
+
+        for node in unit.nodes:
+            copy = onnx.NodeProto()
+            copy.CopyFrom(node)
+            copy.name = f"{prefix}{k}/{node.name}"
+            copy.input[:] = [rename(x) for x in node.input]
+            copy.output[:] = [rename(x) for x in node.output]
+            graph.node.append(copy)
+        used_inits.update(dict.fromkeys(unit.initializers))
+        used_feeds.update(dict.fromkeys(unit.feeds))
+        for o in unit.outputs:
+            outputs[(k, o)] = rename(o)
+            graph.output.add(name=rename(o))
+    for name in used_inits:
+        graph.initializer.append(initializers[name])
+    for t in used_feeds:
+        value = feeds[t]
+        graph.input.append(
+            onnx.helper.make_tensor_value_info(
+                f"{prefix}in/{t}",
+                onnx.helper.np_dtype_to_tensor_dtype(value.dtype),
+                list(value.shape),
+            )
+        )
+    proto = onnx.ModelProto()
+    proto.ir_version = src.ir_version
+    proto.opset_import.extend(src.opset_import)
+    proto.functions.extend(src.functions)
+    proto.graph.CopyFrom(graph)
+    return Model(proto, candidate.path, candidate.external_data_files), outputs
+
+
+def _run_batches(
+    candidate: Model,
+    units: list[_Unit],
+    feeds: Mapping[str, np.ndarray],
+    options: RunOptions,
+    prefix: str,
+    stats: dict,
+) -> dict[int, dict[str, np.ndarray] | str]:
+    """Unit index -> {output: value}, or the failure message. Splits a refused batch in
+    halves until the refused units are found."""
+    results: dict[int, dict[str, np.ndarray] | str] = {}
+
+    def attempt(indices: list[int]) -> None:
+        if not indices:
+            return
+        chosen = [units[i] for i in indices]
+        model, names = _batch_model(candidate, chosen, feeds, prefix)
+        wanted = {t for u in chosen for t in u.feeds}
+        stats["runs"] += 1
+        started = time.perf_counter()
+        try:
+            values = run(
+                model,
+                {f"{prefix}in/{t}": feeds[t] for t in wanted},
+                outputs=list(names.values()),
+                options=options,
+            )
+        except RuntimeFailure as e:
+            stats["session_seconds"] += time.perf_counter() - started
+            if len(indices) == 1:
+                results[indices[0]] = e.message
+                return
+            half = len(indices) // 2
+            attempt(indices[:half])
+            attempt(indices[half:])
+            return
+        stats["session_seconds"] += time.perf_counter() - started
+        for j, i in enumerate(indices):
+            results[i] = {o: values[names[(j, o)]] for o in units[i].outputs}
+
+    attempt(list(range(len(units))))
+    return results
+
+
+def _as_reference_dtype(actual, expected):
+    """The candidate's value in the reference's dtype (float16 against float32, say), as
+    the debug comparison does; other pairs as they are."""
+    if (
+        isinstance(actual, np.ndarray)
+        and isinstance(expected, np.ndarray)
+        and actual.dtype != expected.dtype
+        and actual.dtype.kind in "fiub"
+        and expected.dtype.kind in "fiub"
+    ):
+        with np.errstate(over="ignore", invalid="ignore"):
+            return actual.astype(expected.dtype)
+    return actual
+
+
+def _feed_value(value, dtype: str | None):
+    """A reference value cast to the candidate's dtype there."""
+    value = np.asarray(value)
+    if dtype and dtype != value.dtype.name and dtype not in ("str",):
+        try:
+            target = np.dtype(dtype)
+        except TypeError:  # a dtype numpy cannot name (float8, int4): feed as it is
+            return value
+        with np.errstate(over="ignore", invalid="ignore"):
+            return value.astype(target)
+    return value
+
+
+def _overflowed(reference, fed: np.ndarray) -> bool:
+    """True when a finite reference value is not finite once cast (float32 1e5 in float16)."""
+    ref = np.asarray(reference)
+    if ref.dtype.kind != "f" or fed.dtype.kind not in "fV":
+        return False
+    with np.errstate(invalid="ignore"):
+        wide = fed.astype(np.float64)
+    return bool(np.any(np.isfinite(ref) & ~np.isfinite(wide)))
+
+
+@dataclass
+class IsolatedRun:
+    """What :func:`isolated_errors` computed; see :mod:`surgeon.precision.ranking` for the
+    ranking and the root cause."""
+
+    units: list[IsolatedError]
+    tolerance: Tolerance
+    pairing: Pairing
+    seconds: float = 0.0  # the whole call
+    runs: int = 0  # onnxruntime sessions (1 unless a batch was refused and split)
+    session_seconds: float = 0.0  # building and running those sessions
+
+
+def isolated_errors(
+    candidate: Model,
+    pairing: Pairing,
+    reference_values: Mapping[str, object],
+    candidate_values: Mapping[str, object] | None = None,
+    tolerance: Tolerance = Tolerance(),
+    *,
+    options: RunOptions | None = None,
+) -> IsolatedRun:
+    """Run every checkable node of ``candidate`` on the reference's values at its inputs.
+
+    Args:
+        candidate: The model under test.
+        pairing: From :func:`surgeon.precision.pair_tensors`.
+        reference_values: Reference tensor name -> value (include the reference's inputs;
+            a candidate graph input without one takes the candidate's own value). The
+            reference model's initializers, when the pairing knows them, need not be given.
+        candidate_values: The candidate's own values (tapped), for the cumulative error;
+            optional.
+        tolerance: When an output matches the reference.
+        options: Custom-op libraries and threads for onnxruntime; optimisation is always
+            disabled (each node as the graph defines it).
+
+    Returns:
+        An :class:`IsolatedRun`; rank it with :func:`surgeon.precision.rank_units`.
+    """
+    start = time.perf_counter()
+    candidate_values = candidate_values or {}
+    graph_inputs = set(candidate.input_names)
+    cache: dict[str, object] = {}
+
+    def lookup(t: str):
+        if t not in cache:
+            cache[t] = _reference_value(
+                t, pairing, reference_values, candidate_values, graph_inputs
+            )
+        return cache[t]
+
+    def has_reference(t: str) -> bool:
+        return isinstance(lookup(t), np.ndarray)
+
+    units, skipped = _build_units(candidate, pairing, has_reference)
+    feeds: dict[str, np.ndarray] = {}
+    overflowed: set[str] = set()
+    for t in dict.fromkeys(x for u in units for x in u.feeds):
+        value = _feed_value(lookup(t), pairing.dtypes.get(t))
+        feeds[t] = value
+        if _overflowed(lookup(t), value):
+            overflowed.add(t)
+    run_options = dataclasses.replace(options or RunOptions(), optimization="disabled")
+    stats = {"runs": 0, "session_seconds": 0.0}
+    outcome = _run_batches(
+        candidate, units, feeds, run_options, _fresh_prefix(candidate.proto), stats
+    )
+    for k, unit in enumerate(units):
+        r = unit.result
+        r.overflowed_inputs = sorted(t for t in unit.feeds if t in overflowed)
+        got = outcome.get(k)
+        if isinstance(got, str) or got is None:
+            r.status, r.reason = "failed", got or "not run"
+            continue
+        worst: tuple | None = None
+        for o in unit.outputs:
+            pair = pairing.pairs[o]
+            expected = lookup(o)
+            diff = compare_arrays(
+                _as_reference_dtype(got[o], expected),
+                expected,
+                tolerance,
+                name=o,
+                reference=pair.reference,
+            )
+            sev = measure_severity(got[o], expected, diff, tolerance, bool(r.overflowed_inputs))
+            if worst is None or sev.key() < worst[0].key():
+                worst = (sev, diff, o)
+        r.severity, r.isolated, out = worst
+        if out in candidate_values:
+            r.cumulative = compare_arrays(
+                _as_reference_dtype(candidate_values[out], lookup(out)),
+                lookup(out),
+                tolerance,
+                name=out,
+                reference=pairing.pairs[out].reference,
+            )
+    run = IsolatedRun(
+        units=[u.result for u in units] + skipped,
+        tolerance=tolerance,
+        pairing=pairing,
+        runs=stats["runs"],
+        session_seconds=stats["session_seconds"],
+    )
+    run.seconds = time.perf_counter() - start
+    return run
+
+
+__all__ = ["IsolatedError", "IsolatedRun", "isolated_errors"]
