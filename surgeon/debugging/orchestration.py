@@ -23,7 +23,7 @@ from surgeon.debugging.reference import (
 )
 from surgeon.debugging.results import DebugOptions, DebugReport
 from surgeon.edits.tap import add_outputs, learn_types, not_tappable, select_taps
-from surgeon.errors import NameNotFoundError, RuntimeFailure, SurgeonError, UsageError
+from surgeon.errors import RuntimeFailure, SurgeonError, UsageError
 from surgeon.feeds import describe_feeds, make_feeds
 from surgeon.model import Model, dtype_name
 from surgeon.runner import RunOptions
@@ -229,14 +229,17 @@ def _tap_and_measure(
 
 
 def _origin_lookup(model: Model) -> Callable[[str], str | None]:
-    """node label -> "module (Class), file:line" from exporter metadata, when available."""
-    from surgeon.origin import node_origin
+    """node label -> "module (Class), file:line" from exporter metadata, when available.
+    The model's metadata is read on the first question (most runs ask none)."""
+    from surgeon.origin import origins
+
+    table = None
 
     def lookup(node: str) -> str | None:
-        try:
-            origin = node_origin(model, node)
-        except NameNotFoundError:  # an unnamed node's label (`#3`): no metadata to read
-            return None
+        nonlocal table
+        if table is None:
+            table = origins(model)
+        origin = table.get(node)
         return origin.describe() if origin is not None else None
 
     return lookup
