@@ -306,7 +306,7 @@ def _run_exporter(torch, module, args, sig: _Signature, exporter, opset, pitfall
             try:
                 with _quiet(fd_level=exporter == "torchscript"):
                     torch.onnx.export(module, args, str(target), **kwargs)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - torch's exporters raise many types, the user's forward any
                 errors = [p.message for p in pitfalls if p.severity == "error"]
                 other = "torchscript" if exporter == "dynamo" else "dynamo"
                 raise SurgeonError(
