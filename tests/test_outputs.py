@@ -24,6 +24,8 @@ import surgeon
 from surgeon import outputs
 from surgeon.errors import OutputPathError
 from surgeon.loading import load
+from surgeon.outputs import plan as plan_module
+from surgeon.outputs import writing
 from surgeon.saving import save
 
 W = np.arange(8, dtype=np.float32).reshape(2, 4)
@@ -298,7 +300,7 @@ def test_failed_model_rename_rolls_back_the_weights_file(tmp_path, monkeypatch):
             raise OSError(errno.EIO, "Input/output error")
         return real_replace(src, dst, *a, **k)
 
-    monkeypatch.setattr(outputs.os, "replace", replace)
+    monkeypatch.setattr(writing.os, "replace", replace)
     with pytest.raises(OutputPathError, match="out.onnx: Input/output error"):
         save(new, tmp_path / "out.onnx", external_data=True)
     monkeypatch.undo()
@@ -331,9 +333,9 @@ def test_folder_output_is_all_or_nothing(tmp_path, samples, monkeypatch, fail_at
         return real_fsync(fd)
 
     if fail_at == "rename":
-        monkeypatch.setattr(outputs.os, "replace", replace)
+        monkeypatch.setattr(writing.os, "replace", replace)
     else:
-        monkeypatch.setattr(outputs.os, "fsync", fsync)
+        monkeypatch.setattr(writing.os, "fsync", fsync)
     result = run_cli(
         "run",
         "split_model",
@@ -354,7 +356,7 @@ def test_folder_output_made_for_the_results_is_removed_on_failure(tmp_path, samp
     def fsync(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(outputs.os, "fsync", fsync)
+    monkeypatch.setattr(writing.os, "fsync", fsync)
     result = run_cli(
         "run",
         "split_model",
@@ -378,7 +380,7 @@ def test_debug_outputs_are_all_or_nothing(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_fsync(fd)
 
-    monkeypatch.setattr(outputs.os, "fsync", fsync)
+    monkeypatch.setattr(writing.os, "fsync", fsync)
     outs = ["-o", tmp_path / "t.onnx", "--save", tmp_path / "t.npz", "--html", tmp_path / "r.html"]
     result = run_cli("debug", model, *outs)
     _refused(result, "r.html", "No space left on device")
@@ -399,7 +401,7 @@ def test_transaction_puts_back_every_file_when_a_late_rename_fails(tmp_path, mon
             raise OSError(errno.EIO, "Input/output error")
         return real_replace(src, dst, *a, **k)
 
-    monkeypatch.setattr(outputs.os, "replace", replace)
+    monkeypatch.setattr(writing.os, "replace", replace)
     with pytest.raises(OutputPathError, match="c: Input/output error"):
         with outputs.transaction():
             outputs.write_files([(tmp_path / "a", lambda fh: fh.write(b"new a"))])
@@ -413,14 +415,14 @@ def test_unwritable_output_folder_is_found_before_the_work(tmp_path, no_work, mo
     model = _ext_model(tmp_path, "m.onnx", "m.onnx.data")
     ro = tmp_path / "ro"
     ro.mkdir()
-    real = outputs.tempfile.mkstemp
+    real = plan_module.tempfile.mkstemp
 
     def mkstemp(*a, dir=None, **k):  # as root, chmod cannot make a folder read-only
         if Path(dir) == ro:
             raise OSError(errno.EROFS, "Read-only file system")
         return real(*a, dir=dir, **k)
 
-    monkeypatch.setattr(outputs.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(plan_module.tempfile, "mkstemp", mkstemp)
     for argv in (
         ["rename", model, "--io", "y=z", "-o", ro / "out.onnx"],
         ["debug", model, "--html", ro / "r.html"],

@@ -43,11 +43,11 @@ def test_reference_input_fed_from_inputs_file(cli, tmp_path):
     assert res.status == 0, res.stdout + res.stderr
     assert res.json["reference_feeds"] == {
         "x": "model input `x`",
-        "scale": "--inputs feeds.npz",
+        "scale": "feeds file feeds.npz",
     }
     assert "all 3 compared tensors match" in res.json["verdict"]
     text = cli("debug", cand, "--ref", ref, "--inputs", tmp_path / "feeds.npz").stdout
-    assert "scale <- --inputs feeds.npz" in text.replace("\n", " ")
+    assert "scale <- feeds file feeds.npz" in text.replace("\n", " ")
 
 
 def test_reference_input_fed_from_inputs_file_wrong_value_diverges(cli, tmp_path):

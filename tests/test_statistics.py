@@ -370,9 +370,9 @@ def test_sequence_and_map_outputs_tap():
 def test_failing_statistics_nodes_are_not_blamed_on_the_model(monkeypatch):
     # If onnxruntime rejects the NaN/Inf counting nodes surgeon inserts, the tensors are
     # fetched and measured with numpy instead of reporting the user's model as broken.
-    import surgeon.statistics as statistics
+    import surgeon.statistics.in_graph as in_graph
 
-    original = statistics.build_stats_model
+    original = in_graph.build_stats_model
     broken_runs = []
 
     def broken(model, taps, types, *, counts=False):
@@ -385,7 +385,7 @@ def test_failing_statistics_nodes_are_not_blamed_on_the_model(monkeypatch):
             stats_model.proto.opset_import.append(helper.make_opsetid("surgeon.test", 1))
         return stats_model, outs
 
-    monkeypatch.setattr(statistics, "build_stats_model", broken)
+    monkeypatch.setattr(in_graph, "build_stats_model", broken)
     x = np.array([np.nan, 1.0, np.inf], np.float32)
     report = debug(identity_chain({"x": TensorProto.FLOAT}), DebugOptions(), feeds={"x": x})
     stats = next(s for s in report.stats if s.name == "a_0")

@@ -374,19 +374,19 @@ def test_reports_render_whatever_numbers_they_hold(stats_numbers, diff_numbers, 
 def test_statistics_nodes_onnxruntime_cannot_run_fall_back_to_numpy(tmp_path, monkeypatch):
     """A run-time failure in the statistics model is surgeon's, not the model's: the
     tensors are measured with numpy instead, with a note, and the numbers are the same."""
-    import surgeon.debugging as debugging
+    import surgeon.debugging.orchestration as orchestration
     from surgeon.errors import RuntimeFailure
 
     model = load(SAMPLES / "two_conv.onnx")
     expected = debug(model, DebugOptions(keep_values=True))
-    real_verify = debugging.verify
+    real_verify = orchestration.verify
 
     def failing_statistics(candidate, *args, options=None, **kwargs):
         if options is not None and options.execution_order == "priority":
             raise RuntimeFailure("onnxruntime could not run it: no kernel for surgeon_stats/0")
         return real_verify(candidate, *args, options=options, **kwargs)
 
-    monkeypatch.setattr(debugging, "verify", failing_statistics)
+    monkeypatch.setattr(orchestration, "verify", failing_statistics)
     report = debug(model)
     assert report.passed and report.mode == "values"
     assert any("statistics nodes" in n for n in report.notes)

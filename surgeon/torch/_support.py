@@ -190,7 +190,7 @@ def _run_module(torch, module, args: tuple, failure: str):
     try:
         with torch.no_grad():
             return module(*args)
-    except Exception as e:  # anything the user's forward raises is theirs to fix
+    except Exception as e:  # noqa: BLE001 - the user's forward may raise anything; theirs to fix
         raise SurgeonError(f"{failure}: {_torch_error_text(e)}") from None
 
 

@@ -17,8 +17,8 @@ from surgeon.torch._support import (
     _as_numpy,
     _describe_value,
     _flatten,
+    _run_module,
     _Signature,
-    _torch_error_text,
 )
 from surgeon.torch.results import Pitfall, ShapeRun
 
@@ -206,16 +206,9 @@ def _check(torch, module, args, model, sig: _Signature, sizes, tolerance, seed, 
         if dims:
             torch_args = _rebuild_args(torch, module, args, feeds, in_names)
             try:
-                with torch.no_grad():
-                    ref = module(*torch_args)
-            except Exception as e:
-                runs.append(
-                    ShapeRun(
-                        label,
-                        shapes,
-                        skipped=f"PyTorch itself fails at {label}: {_torch_error_text(e)}",
-                    )
-                )
+                ref = _run_module(torch, module, torch_args, f"PyTorch itself fails at {label}")
+            except SurgeonError as e:
+                runs.append(ShapeRun(label, shapes, skipped=e.message))
                 continue
             ref_leaves = [
                 leaf for leaf in _flatten(ref, "") if isinstance(leaf.value, torch.Tensor)
@@ -277,7 +270,9 @@ def _check(torch, module, args, model, sig: _Signature, sizes, tolerance, seed, 
                         f"output `{d.name}` ({output_map.get(d.name, '?')}) differs from PyTorch at the export "
                         f"shape: {d.message}"
                         + (f", max abs {d.max_abs:.3g}" if d.max_abs is not None else "")
-                        + "; compare layer by layer with surgeon.torch.capture and `surgeon debug --ref`",
+                        + "; compare layer by layer: capture the activations with surgeon.torch.capture "
+                        "and give them to surgeon.debug as the reference (`surgeon debug --ref` on "
+                        "the command line)",
                     )
                 )
                 continue
@@ -325,6 +320,16 @@ def _short_failure(message: str) -> str:
     return f"{m.group(1)} node `{m.group(2)}`: {reason.splitlines()[0] if reason else 'failed'}"
 
 
+def _baked_argument(leaf) -> Pitfall:
+    """The warning for an argument the exporter baked into the graph as a constant."""
+    return Pitfall(
+        "baked-argument",
+        "warning",
+        f"argument `{leaf.path}` is {_describe_value(leaf.value)}: the exporter bakes it "
+        "into the graph, and the ONNX model always behaves as if it had this value",
+    )
+
+
 def _argument_inputs(model: Model, sig: _Signature, pitfalls) -> dict[str, np.ndarray]:
     """Pair the ONNX inputs with the arguments; feeds for the numbers that became inputs."""
     declared = {i.name: i for i in model.inputs}
@@ -332,14 +337,7 @@ def _argument_inputs(model: Model, sig: _Signature, pitfalls) -> dict[str, np.nd
     for name, leaf in sig.numbers.items():
         info = declared.get(name)
         if info is None:
-            pitfalls.append(
-                Pitfall(
-                    "baked-argument",
-                    "warning",
-                    f"argument `{leaf.path}` is {_describe_value(leaf.value)}: the exporter bakes "
-                    "it into the graph, and the ONNX model always behaves as if it had this value",
-                )
-            )
+            pitfalls.append(_baked_argument(leaf))
             continue
         feeds[name] = np.asarray(leaf.value, dtype=info.dtype or None)
         pitfalls.append(
@@ -351,15 +349,7 @@ def _argument_inputs(model: Model, sig: _Signature, pitfalls) -> dict[str, np.nd
                 f"{leaf.value!r}",
             )
         )
-    for leaf in sig.others:
-        pitfalls.append(
-            Pitfall(
-                "baked-argument",
-                "warning",
-                f"argument `{leaf.path}` is {_describe_value(leaf.value)}: the exporter bakes it "
-                "into the graph, and the ONNX model always behaves as if it had this value",
-            )
-        )
+    pitfalls += [_baked_argument(leaf) for leaf in sig.others]
     for name in sig.in_names:
         if name not in declared:
             pitfalls.append(

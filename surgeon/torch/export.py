@@ -306,7 +306,7 @@ def _run_exporter(torch, module, args, sig: _Signature, exporter, opset, pitfall
             try:
                 with _quiet(fd_level=exporter == "torchscript"):
                     torch.onnx.export(module, args, str(target), **kwargs)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - torch's exporters raise many types, the user's forward any
                 errors = [p.message for p in pitfalls if p.severity == "error"]
                 other = "torchscript" if exporter == "dynamo" else "dynamo"
                 raise SurgeonError(
@@ -347,15 +347,15 @@ def _annotate_torchscript(model: Model, module) -> None:
     ``/a/conv/Conv``) and say nothing of the class; the module tree resolves both here,
     and the metadata survives edits that drop ``doc_string``.
     """
-    from surgeon.origin import (
+    from surgeon.origin.activations import resolve_path
+    from surgeon.origin.metadata import (
         SURGEON_CLASS,
         SURGEON_MODULE,
         SURGEON_SOURCE,
-        _join_levels,
-        _resolve_path,
-        _split_call,
-        _user_frame_torchscript,
+        join_levels,
+        split_call,
         torchscript_levels,
+        user_frame_torchscript,
     )
 
     modules = dict(module.named_modules())
@@ -366,15 +366,15 @@ def _annotate_torchscript(model: Model, module) -> None:
     for node, levels in zip(nodes, levels_of, strict=True):
         if levels is None:
             continue
-        joined = _join_levels(_split_call(lv, known)[0] for lv in levels)
-        path = _resolve_path(joined[-1], paths) if joined else ""
+        joined = join_levels(split_call(lv, known)[0] for lv in levels)
+        path = resolve_path(joined[-1], paths) if joined else ""
         if path is None:
             continue
         props = {p.key for p in node.metadata_props}
         if SURGEON_MODULE not in props:
             node.metadata_props.add(key=SURGEON_MODULE, value=path)
             node.metadata_props.add(key=SURGEON_CLASS, value=type(modules[path]).__name__)
-            file, line = _user_frame_torchscript(node.doc_string)
+            file, line = user_frame_torchscript(node.doc_string)
             if file:
                 node.metadata_props.add(key=SURGEON_SOURCE, value=f"{file}:{line}")
         node.doc_string = ""  # the stack per node is bulky; its useful line is kept above

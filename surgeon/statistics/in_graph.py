@@ -1,44 +1,13 @@
-"""Statistics of tapped tensors: with numpy over values, or with reduction nodes placed in
-the graph right after each tensor's producer (so activations are freed as in a plain run).
-
-Both ways give the same numbers. For a tensor ``x`` of ``size`` elements, with ``v`` its
-values converted to float64 (exact for every ONNX type except 64-bit integers beyond 2**53):
-
-* ``nan``, ``inf``: how many elements are NaN, and +Inf or -Inf.
-* ``zeros``: the fraction of elements equal to zero (``-0.0`` included, NaN excluded).
-* ``min``, ``max``: the smallest and largest element that is not NaN (``numpy.nanmin`` /
-  ``nanmax``), so an Inf shows here. Integer and bool tensors give Python ints, exact at any
-  magnitude (``int64`` near 2**60 included); float tensors give floats, exact too (every
-  float type converts to float64 without rounding). NaN when every element is NaN.
-* ``mean``, ``std``: ``numpy.mean(v)`` and ``numpy.std(v)`` (population, ``ddof=0``) over
-  every element, in float64 and centered (``std`` is the root of the mean squared
-  deviation from the mean, never ``E[x^2] - mean^2``). Non-finite elements are spelled out:
-  a NaN makes both NaN; otherwise an Inf makes ``std`` NaN and ``mean`` that Inf, or NaN
-  when both +Inf and -Inf are present (the exact arithmetic's answer; numpy's own sum can
-  turn NaN when finite values overflow first). Finite values whose squares overflow
-  float64 give ``std`` = Inf, as numpy does; finite values whose sum overflows give Inf or
-  NaN depending on the order of the additions, which neither mode promises.
-* An empty tensor has ``size`` 0 and none of the numbers above (they are None).
-* Strings, sequences, maps and empty optionals have a kind and a size but no numbers.
-
-Values mode (:func:`stats_from_array`) computes these with numpy on the fetched values.
-Statistics mode (:func:`build_stats_model`) computes them in the graph, in float64 (and the
-extremes of 64-bit integers in their own dtype), so only a few numbers per tensor leave
-onnxruntime; the rare tensor holding NaN/Inf is measured again with exact counts
-(:func:`recount_stats`). The two agree up to float64 rounding of the sums (numpy sums
-pairwise, onnxruntime in its own order); counts, min and max are identical.
-
-A tensor whose statistics nodes onnxruntime cannot build at the model's opset (an exotic
-dtype, a 64-bit unsigned integer, an untyped tensor) is fetched whole instead and measured
-with numpy: every tensor onnxruntime can compute can be tapped.
-"""
+"""Statistics computed in the graph: reduction nodes placed right after each tapped
+tensor's producer, so only a few numbers per tensor leave onnxruntime and activations are
+freed as in a plain run (see :mod:`surgeon.statistics` for what they compute)."""
 
 from __future__ import annotations
 
 import functools
 import math
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -46,158 +15,19 @@ from onnx import TensorProto, helper
 
 from surgeon.errors import SurgeonError
 from surgeon.model import Model, dtype_name
-
-FLOAT16_MAX = 65504.0
-STATS_PREFIX = "surgeon_stats"
-# The scalars each tapped tensor's statistics nodes output, in this order; with
-# counts=True the NaN and Inf counts follow.
-STAT_FIELDS = ("min", "max", "mean", "squared_deviations", "zeros")
-COUNT_FIELDS = (*STAT_FIELDS, "nan", "inf")
-SEVERE = ("nan", "inf")
-NEEDS_COUNTS = "needs-counts"
-INTEGER_DTYPES = frozenset(
-    {"bool", "int2", "uint2", "int4", "uint4"}
-    | {f"{s}int{b}" for s in ("", "u") for b in (8, 16, 32, 64)}
+from surgeon.statistics.definition import (
+    COUNT_FIELDS,
+    INTEGER_DTYPES,
+    NEEDS_COUNTS,
+    TensorStats,
+    fill_moments,
+    flag_stats,
+    stats_from_array,
 )
 
-
-@dataclass
-class TensorStats:
-    """Statistics of one tapped tensor (definitions in the module docstring)."""
-
-    name: str
-    node: str
-    op: str
-    index: int
-    shape: list[int] | None
-    dtype: str | None
-    size: int = 0
-    min: float | int | None = None
-    max: float | int | None = None
-    mean: float | None = None
-    std: float | None = None
-    nan: int = 0
-    inf: int = 0
-    zeros: float | None = None  # fraction of elements equal to zero
-    flags: list[str] = field(default_factory=list)
-    origin: str | None = None
-
-    def to_dict(self) -> dict:
-        from surgeon.compare import json_number
-
-        def number(x):  # integer extremes stay exact in JSON
-            return x if isinstance(x, int) else json_number(x)
-
-        return {
-            "name": self.name,
-            "node": self.node,
-            "op": self.op,
-            "index": self.index,
-            "shape": self.shape,
-            "dtype": self.dtype,
-            "size": self.size,
-            "min": number(self.min),
-            "max": number(self.max),
-            "mean": json_number(self.mean),
-            "std": json_number(self.std),
-            "nan": self.nan,
-            "inf": self.inf,
-            "zeros": json_number(self.zeros),
-            "flags": list(self.flags),
-            "origin": self.origin,
-        }
+STATS_PREFIX = "surgeon_stats"
 
 
-# ------------------------------------------------------------------ the definition
-def _moments(
-    s: TensorStats, mn: float, mx: float, mean: float, squared_deviations: float
-) -> TensorStats:
-    """Fill min/max/mean/std of ``s`` (whose size, dtype and counts are set) per the
-    module's definition, from the raw extremes, float64 mean and sum of squared
-    deviations however they were computed."""
-    if s.dtype in INTEGER_DTYPES:
-        s.min, s.max = int(mn), int(mx)
-    elif s.nan == s.size:
-        s.min = s.max = math.nan
-    else:
-        s.min, s.max = float(mn), float(mx)
-    if s.nan:
-        s.mean = s.std = math.nan
-    elif s.inf:
-        # Written out rather than left to the arithmetic: inf - inf inside a sum depends on
-        # the order the sum is taken in, and the two modes sum in different orders.
-        s.mean = (
-            math.nan
-            if (s.min == -math.inf and s.max == math.inf)
-            else float(s.max if s.max == math.inf else s.min)
-        )
-        s.std = math.nan
-    else:
-        s.mean = float(mean)
-        with np.errstate(over="ignore"):
-            s.std = math.sqrt(squared_deviations / s.size)
-    return s
-
-
-def stats_from_array(name: str, node: str, op: str, index: int, value) -> TensorStats:
-    """Statistics of one fetched value computed with numpy in float64 (the reference
-    definition, see the module docstring)."""
-    if value is None or isinstance(value, (list, tuple, dict)):
-        # A sequence, map or empty optional: no single shape, no statistics.
-        kind = (
-            "empty optional"
-            if value is None
-            else "sequence"
-            if isinstance(value, (list, tuple))
-            else "map"
-        )
-        return TensorStats(name, node, op, index, None, kind, size=len(value or ()))
-    value = np.asarray(value)
-    dtype = "str" if value.dtype.kind in "OUS" else value.dtype.name
-    s = TensorStats(name, node, op, index, list(value.shape), dtype, size=int(value.size))
-    if dtype == "str" or value.size == 0:
-        return _flag(s)
-    with np.errstate(invalid="ignore", over="ignore"):
-        v = value.astype(np.float64)
-        nan = np.isnan(v)
-        s.nan = int(nan.sum())
-        s.inf = int(np.isinf(v).sum())
-        s.zeros = float(np.count_nonzero(v == 0)) / v.size
-        if dtype in INTEGER_DTYPES:
-            # In the integer's own dtype (int4/uint4 widened exactly): float64 rounds
-            # 64-bit integers beyond 2**53.
-            native = value if value.dtype.kind in "iub" else value.astype(np.int64)
-            mn, mx = native.min(), native.max()
-        elif s.nan < v.size:
-            mn, mx = np.nanmin(v), np.nanmax(v)
-        else:
-            mn = mx = math.nan
-        finite = not (s.nan or s.inf)
-        mean = float(v.mean()) if finite else math.nan
-        squared = float(np.square(v - mean).sum()) if finite else math.nan
-    return _flag(_moments(s, mn, mx, mean, squared))
-
-
-def _flag(s: TensorStats) -> TensorStats:
-    flags = []
-    if s.nan:
-        flags.append("nan")
-    if s.inf:
-        flags.append("inf")
-    is_float = s.dtype is not None and (s.dtype.startswith("float") or s.dtype.startswith("bfloat"))
-    if is_float and s.size:
-        if s.zeros == 1.0:
-            flags.append("all-zero")
-        elif s.size > 1 and s.min is not None and s.min == s.max and math.isfinite(s.min):
-            flags.append("constant")
-        finite_extreme = [abs(v) for v in (s.min, s.max) if v is not None and math.isfinite(v)]
-        if finite_extreme and max(finite_extreme) > FLOAT16_MAX:
-            flags.append("beyond-float16")
-    s.flags = flags
-    return s
-
-
-# ------------------------------------------------------------------ in the graph
 @dataclass(frozen=True)
 class StatsOutputs:
     """The graph outputs that carry one tapped tensor's statistics: either ``numbers``
@@ -376,7 +206,7 @@ def build_stats_model(
     """A copy of ``model`` with, after each tapped tensor's producer, reduction nodes whose
     only outputs are the tensor's statistics, extremes and shape.
 
-    A tensor whose statistics onnxruntime cannot compute in the graph (see the module
+    A tensor whose statistics onnxruntime cannot compute in the graph (see the package
     docstring) is fetched as it is instead (``StatsOutputs.value``): a slower path, never
     an error from a node surgeon inserted.
 
@@ -442,7 +272,7 @@ def _stats_from_numbers(
         size=size,
     )
     if size == 0:
-        return _flag(s)
+        return flag_stats(s)
     if len(numbers) == len(COUNT_FIELDS):
         mn, mx, mean, squared, zeros, nan, inf = numbers
         s.nan, s.inf = int(nan), int(inf)
@@ -454,7 +284,7 @@ def _stats_from_numbers(
             s.flags = [NEEDS_COUNTS]  # NaN/Inf (or overflow): measured again with counts
             return s
     s.zeros = zeros / size
-    return _flag(_moments(s, mn, mx, mean, squared))
+    return flag_stats(fill_moments(s, mn, mx, mean, squared))
 
 
 def stats_from_outputs(

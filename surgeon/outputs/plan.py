@@ -1,120 +1,19 @@
-"""The files a command reads and writes, checked together before any work, and writes
-that replace files as one transaction.
-
-Every command builds one :class:`FilePlan`: the files it reads (each model and each of
-its external-data files, feeds, references, custom-op libraries, recipe files) and the
-files it will write (the model, the weights file it may get, reports, saved tensors).
-:meth:`FilePlan.check` refuses, in one message, every write that would land on a file
-read or on another write, resolving symlinks, ``..`` and hard links; it also probes each
-output folder with a temp file, so a folder that cannot be written is found before the
-work. :func:`write_files` then replaces all of a result's files as one unit: each is
-written to a temp file and fsynced, then all are renamed into place; if a rename fails,
-the files already replaced are put back.
-
-Signals: :func:`handle_signals` (installed by the CLI) turns SIGTERM and SIGHUP into
-:class:`Terminated` (a ``KeyboardInterrupt``, like Ctrl-C), so the stack unwinds and
-every ``finally`` and context manager cleans up. While files are being renamed into place
-(or temp files removed) a signal is held back and raised right after, so a transaction is
-never left half done.
-"""
+"""The files a command reads and writes, checked together before any work
+(:class:`FilePlan`), and the probes that find an unwritable output before the work."""
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import os
-import signal
 import stat
 import tempfile
-import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from surgeon.errors import OutputPathError
-
-# ------------------------------------------------------------------------ signals
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP arrived; raised in the main thread so the stack unwinds.
-
-    A ``KeyboardInterrupt`` so that code which already cleans up after Ctrl-C (and only
-    ``BaseException`` handlers) treats it the same way.
-    """
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-_held: list[int] = []  # signals that arrived while deferred
-_defer_depth = 0
-
-
-def _raise_for(signum: int) -> None:
-    if signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    raise Terminated(signum)
-
-
-def _handler(signum, frame) -> None:
-    if _defer_depth > 0:
-        _held.append(signum)
-        return
-    _raise_for(signum)
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold back SIGINT/SIGTERM/SIGHUP (when :func:`handle_signals` is active) for a
-    short critical section; the first one held is raised when it ends."""
-    global _defer_depth
-    _defer_depth += 1
-    try:
-        yield
-    finally:
-        _defer_depth -= 1
-        if _defer_depth == 0 and _held:
-            signum = _held[0]
-            _held.clear()
-            _raise_for(signum)
-
-
-def _handled_signals() -> list[int]:
-    return [
-        getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
-    ]
-
-
-@contextlib.contextmanager
-def handle_signals() -> Iterator[None]:
-    """Turn SIGINT into KeyboardInterrupt and SIGTERM/SIGHUP into :class:`Terminated`
-    for the duration (main thread only; elsewhere it does nothing), then restore the
-    previous handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {}
-    for signum in _handled_signals():
-        try:
-            previous[signum] = signal.signal(signum, _handler)
-        except (OSError, ValueError):  # not settable here
-            pass
-    try:
-        yield
-    finally:
-        _held.clear()
-        for signum, old in previous.items():
-            signal.signal(signum, old if old is not None else signal.SIG_DFL)
-
-
-def exit_code_for(interrupt: KeyboardInterrupt) -> int:
-    """128 + the signal number, as shells report a process ended by a signal."""
-    return 128 + getattr(interrupt, "signum", int(getattr(signal, "SIGINT", 2)))
-
-
-# ------------------------------------------------------------------------ identities
+from surgeon.outputs.signals import signals_deferred
+from surgeon.outputs.writing import temp_prefix
 
 
 def _name_max(folder: str) -> int:
@@ -248,7 +147,10 @@ class FilePlan:
             when = (
                 ""
                 if external_data
-                else (" (written only above 2 GB: external_data=None, --external-data auto)")
+                else (
+                    " (written only above 2 GB: external_data=None, "
+                    "--external-data auto on the command line)"
+                )
             )
             self._writes.append(
                 _Write(
@@ -363,12 +265,6 @@ def data_file_name(path: str | os.PathLike, data_name: str | None = None) -> str
     return name
 
 
-def _temp_prefix(name: str) -> str:
-    # Truncated: a long output name must not become too long for the file system only
-    # once the temp suffix is added.
-    return f".{name[:80]}."
-
-
 def probe_writable(path: str | os.PathLike) -> str | None:
     """Why ``path`` cannot be written (as a sentence), or None: it is (or is spelled as)
     a folder, it is a device, FIFO or socket, its folder is missing, its name is too
@@ -423,7 +319,7 @@ def _probe(folder: Path, name: str) -> str | None:
     """Create and remove a temp file in ``folder``; the reason it failed, or None."""
     with signals_deferred():  # a signal must not leave the probe behind
         try:
-            fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(name), suffix=".tmp", dir=folder)
+            fd, tmp = tempfile.mkstemp(prefix=temp_prefix(name), suffix=".tmp", dir=folder)
         except OSError as e:
             return str(e.strerror or e)
         os.close(fd)
@@ -450,185 +346,3 @@ def probe_folder(folder: str | os.PathLike) -> str | None:
         where = "" if existing == folder else f" (probed in {existing}, where it would be made)"
         return f"cannot write into the folder {folder}: {reason}{where}"
     return None
-
-
-# ------------------------------------------------------------------------ writing
-
-
-def _umask_mode() -> int:
-    """The mode a plainly created file gets (mkstemp's 0600 would hide saved files)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _mode_for(final: Path) -> int:
-    """The mode of the file being replaced (a private 0600 model stays private), else
-    the mode a plainly created file gets."""
-    try:
-        st = os.stat(final)
-    except OSError:
-        return _umask_mode()
-    return stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else _umask_mode()
-
-
-def _fsync_folder(folder: Path) -> None:
-    # Makes the renames durable; not every platform can open a folder (best effort).
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _set_aside(final: Path) -> Path | None:
-    """Keep the current file at ``final`` under a temp name until the transaction ends
-    (a hard link, so ``final`` never goes missing; a rename where links are impossible)."""
-    if not os.path.lexists(final):
-        return None
-    backup = Path(tempfile.mktemp(prefix=_temp_prefix(final.name), suffix=".old", dir=final.parent))
-    try:
-        os.link(final, backup, follow_symlinks=False)
-    except (OSError, NotImplementedError):
-        os.rename(final, backup)
-    return backup
-
-
-_pending: contextvars.ContextVar[list | None] = contextvars.ContextVar(
-    "surgeon_pending_writes", default=None
-)
-
-
-@contextlib.contextmanager
-def transaction() -> Iterator[None]:
-    """Make every :func:`write_files` call inside one transaction: their temp files are
-    written as they come, and all renamed into place when the block ends without an
-    error (or all removed when it raises). Nested blocks join the outer one.
-
-    Raises:
-        OutputPathError: A rename at the end failed (everything was put back).
-    """
-    if _pending.get() is not None:
-        yield
-        return
-    pending: list[tuple[Path, Path]] = []
-    token = _pending.set(pending)
-    try:
-        yield
-    except BaseException:
-        _roll_back([], pending)
-        raise
-    finally:
-        _pending.reset(token)
-    _commit(pending)
-
-
-def write_files(
-    items: Iterable[tuple[str | os.PathLike, Callable]], *, durable: bool = True
-) -> list[Path]:
-    """Write several files as one transaction: all replaced, or none.
-
-    Each ``write(fh)`` is called on a binary temp file in its target's folder (in the
-    given order, so a later writer may use what an earlier one produced); the temp files
-    are fsynced, then renamed over their targets in order. If anything fails, the
-    targets already replaced get their old files back and no temp file is left. Inside
-    :func:`transaction`, the renames wait for the end of the block.
-
-    Args:
-        durable: fsync the files and their folders (False for scratch files that are
-            deleted right after, where the flush to disk would only cost time).
-
-    Raises:
-        OutputPathError: A file cannot be written (full disk, read-only folder, ...),
-            naming the path and the reason.
-    """
-    temps = _write_temps([(Path(p), w) for p, w in items], durable)
-    pending = _pending.get()
-    if pending is not None:
-        pending.extend(temps)
-        return [final for _, final in temps]
-    return _commit(temps, durable)
-
-
-def _write_temps(items: list[tuple[Path, Callable]], durable: bool) -> list[tuple[Path, Path]]:
-    """Write each item to a temp file beside its target; (temp, target) pairs."""
-    temps: list[tuple[Path, Path]] = []
-    final = None
-    try:
-        for final, write in items:
-            with signals_deferred():  # no window where a temp file exists unrecorded
-                fd, tmp = tempfile.mkstemp(
-                    prefix=_temp_prefix(final.name), suffix=".tmp", dir=final.parent
-                )
-                temps.append((Path(tmp), final))
-            with os.fdopen(fd, "wb") as fh:
-                write(fh)
-                fh.flush()
-                if durable:
-                    os.fsync(fh.fileno())
-            os.chmod(tmp, _mode_for(final))
-    except OSError as e:
-        _roll_back([], temps)
-        raise _write_error(final, e) from None
-    except BaseException:
-        _roll_back([], temps)
-        raise
-    return temps
-
-
-def _write_error(path, e: OSError) -> OutputPathError:
-    return OutputPathError(f"cannot write {path}: {e.strerror or e}; nothing was written")
-
-
-def _commit(temps: list[tuple[Path, Path]], durable: bool = True) -> list[Path]:
-    """Rename every temp file over its target, keeping the old files aside until all
-    renames succeeded; on any failure put every old file back."""
-    done: list[tuple[Path, Path | None]] = []  # (target, its old file set aside)
-    final = None
-    try:
-        with signals_deferred():
-            for tmp, final in temps:
-                backup = _set_aside(final)
-                try:
-                    os.replace(tmp, final)
-                except BaseException:
-                    if backup is not None and not os.path.lexists(final):
-                        os.replace(backup, final)  # it was renamed aside
-                        backup = None
-                    if backup is not None:
-                        os.unlink(backup)
-                    raise
-                done.append((final, backup))
-            temps = []
-            for _, backup in done:
-                if backup is not None:
-                    with contextlib.suppress(OSError):
-                        os.unlink(backup)
-            committed = [target for target, _ in done]
-            done.clear()
-    except OSError as e:
-        _roll_back(done, temps)
-        raise _write_error(final, e) from None
-    except BaseException:
-        _roll_back(done, temps)
-        raise
-    if durable:
-        for folder in dict.fromkeys(target.parent for target in committed):
-            _fsync_folder(folder)
-    return committed
-
-
-def _roll_back(done: list[tuple[Path, Path | None]], temps: list[tuple[Path, Path]]) -> None:
-    with signals_deferred():
-        for final, backup in reversed(done):
-            with contextlib.suppress(OSError):
-                if backup is not None:
-                    os.replace(backup, final)
-                else:
-                    os.unlink(final)
-        done.clear()
-        for tmp, _ in temps:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        temps.clear()

@@ -1,0 +1,282 @@
+"""``debug()``: tap the tensors, run once with the tap check, measure, blame NaN/Inf, and
+compare with the reference; and :func:`save_values` for the tapped values."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from surgeon.compare import EXACT, DiffReport
+from surgeon.debugging._graph import GraphFacts
+from surgeon.debugging.nonfinite import blame_nonfinite, rank_anomaly
+from surgeon.debugging.reference import (
+    Reference,
+    check_pairing,
+    compare_layers,
+    feeds_from_activations,
+    load_reference,
+    reference_only_inputs,
+)
+from surgeon.debugging.results import DebugOptions, DebugReport
+from surgeon.edits.tap import add_outputs, learn_types, not_tappable, select_taps
+from surgeon.errors import RuntimeFailure, SurgeonError, UsageError
+from surgeon.feeds import describe_feeds, make_feeds
+from surgeon.model import Model, dtype_name
+from surgeon.runner import RunOptions
+from surgeon.statistics import (
+    TensorStats,
+    build_stats_model,
+    recount_stats,
+    stats_from_array,
+    stats_from_outputs,
+)
+from surgeon.verification import verify
+
+
+def debug(
+    model: Model,
+    options: DebugOptions = DebugOptions(),
+    *,
+    feeds: Mapping[str, np.ndarray] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> DebugReport:
+    """Tap tensors of ``model``, compute their statistics, and compare them with a
+    reference if one is given.
+
+    Raises:
+        NameNotFoundError: Unknown tap names or ``name_map`` entries.
+        SurgeonError: The reference cannot be used (e.g. activations without the model's
+            inputs).
+    """
+    taps = select_taps(model, options.taps, ops=options.ops)
+    if not taps:
+        raise UsageError(f"nothing to tap in {model.name}: the selection matched no node outputs")
+    run_options = RunOptions(
+        optimization=options.optimization, custom_op_libraries=tuple(options.custom_op_libraries)
+    )
+    ref = load_reference(options.reference, options.feed_options.max_feed_bytes)
+    if ref is None and options.reference_optimization:
+        ref = Reference(
+            "self", f"{model.name} at optimization={options.reference_optimization}", model
+        )
+    facts = GraphFacts(model)
+    origin = _origin_lookup(model)
+    if ref is not None:
+        check_pairing(facts, taps, ref, options)
+    if ref is not None and ref.kind == "model":
+        # The reference's own inputs (a sample rate the model holds as a constant) may be
+        # given in the feeds file too; the model's feeds leave them out.
+        own = frozenset(reference_only_inputs(model, ref.source, options))
+        options = dataclasses.replace(
+            options, feed_options=dataclasses.replace(options.feed_options, other_inputs=own)
+        )
+    notes: list[str] = []
+    if feeds is None:
+        feeds, notes = _make_feeds(model, ref, options)
+    feeds = dict(feeds)
+
+    say = progress or (lambda phase: None)
+    run = _tap_and_measure(facts, taps, feeds, options, run_options, ref is not None, say)
+    for s in run.stats:
+        if s.flags:
+            s.origin = origin(s.node)
+    nonfinite = blame_nonfinite(model, run.stats, feeds, facts=facts)
+    for x in nonfinite:
+        if x.fails:
+            x.origin = origin(x.node)
+    report = DebugReport(
+        model=model.name,
+        stats=run.stats,
+        tap_check=run.tap_check,
+        not_tappable=not_tappable(model),
+        feeds=describe_feeds(feeds),
+        seed=options.feed_options.seed,
+        optimization=options.optimization,
+        first_anomaly=rank_anomaly(run.stats, nonfinite, facts.constants),
+        mode=run.mode,
+        nonfinite=nonfinite,
+        notes=notes + run.notes,
+    )
+    report.feed_values = dict(feeds)
+    if run.tap_check is not None:  # name the two sides apart in the report
+        run.tap_check.candidate = f"{model.name} (tapped)"
+    report.float16 = any(s.dtype == "float16" for s in run.stats)
+    report.shape_mismatches = _declared_vs_real(model, feeds, run.stats, run.values)
+    if options.keep_values:
+        report.values = {t: run.values[t] for t in taps if t in run.values}
+    if ref is not None:
+        say(f"running the reference {ref.label}")
+        compare_layers(report, facts, taps, run.values, feeds, ref, options, run_options, origin)
+    return report
+
+
+def _make_feeds(model: Model, ref: Reference | None, options: DebugOptions):
+    """The model's feeds and notes about them: for saved activations, the model's inputs
+    come from the same file (the feeds file may add the ones it lacks).
+
+    Raises:
+        SurgeonError: Saved activations without some of the model's inputs.
+    """
+    feed_options = options.feed_options
+    if ref is None or ref.kind != "arrays":
+        return make_feeds(model, feed_options), []
+    arrays = ref.source
+    user = make_feeds(model, feed_options) if feed_options.npz else {}
+    missing = [i for i in model.input_names if i not in arrays and i not in user]
+    if missing:
+        raise SurgeonError(
+            f"{ref.label} holds no values for input(s) {', '.join(f'`{m}`' for m in missing)} "
+            f"of {model.name}; the activations can only be compared on the inputs that "
+            "produced them",
+            hint=(
+                "Save the inputs in the .npz under the input names, or give them in a feeds "
+                "file (--inputs feeds.npz on the command line)."
+            ),
+        )
+    given, notes = feeds_from_activations(model, arrays, ref.label)
+    return {**user, **given}, notes
+
+
+@dataclass
+class _TapRun:
+    """What the tapped run gave: statistics per tapped tensor, the tap check, and the
+    values (of the tapped tensors in values mode, of the statistics outputs otherwise)."""
+
+    mode: str
+    stats: list[TensorStats]
+    tap_check: DiffReport | None
+    values: dict[str, np.ndarray]
+    notes: list[str] = field(default_factory=list)
+
+
+def _tap_and_measure(
+    facts: GraphFacts, taps, feeds, options: DebugOptions, run_options, has_reference, say
+) -> _TapRun:
+    """One verified run of the tapped model: the tap check (original outputs unchanged)
+    and the statistics of every tapped tensor.
+
+    Values mode taps the tensors themselves (needed for a reference, for saving them, and
+    before opset 11); statistics mode a model whose only extra outputs are per-tensor
+    statistics, so onnxruntime can free each activation as in a plain run.
+    """
+    model = facts.model
+    say(f"typing {len(taps)} tapped tensors")
+    graph_outputs = set(model.output_names)
+    types = learn_types(model, [t for t in taps if t not in graph_outputs], run_options)
+    say(f"running {model.name} with {len(taps)} taps and the tap check")
+    for vi in model.proto.graph.output:
+        if vi.type.tensor_type.elem_type:
+            types.setdefault(vi.name, vi.type)
+    tap_tolerance = EXACT if options.optimization == "disabled" else options.tolerance
+    want_values = has_reference or options.keep_values or model.opset < 11
+
+    def checked_run(candidate, fetch, candidate_options, sink):
+        return verify(
+            candidate,
+            model,
+            pairs=[(o, o) for o in model.output_names],
+            feeds=feeds,
+            tolerance=tap_tolerance,
+            options=candidate_options,
+            reference_options=run_options,
+            title="tap check: original outputs unchanged",
+            fetch=fetch,
+            collect=sink,
+        )
+
+    def values_run(notes: list[str]) -> _TapRun:
+        values: dict[str, np.ndarray] = {}
+        tap_check = checked_run(add_outputs(model, taps, types), taps, run_options, values)
+        stats = []
+        for i, t in enumerate(taps):
+            if t in values:
+                node, op, _ = facts.node_info.get(t, ("?", "?", []))
+                stats.append(stats_from_array(t, node, op, i, values[t]))
+        return _TapRun("values", stats, tap_check, values, notes)
+
+    if want_values:
+        return values_run([])
+    candidate, outs = build_stats_model(model, taps, types)
+    # Priority-based order runs each statistics node right after its tensor's producer,
+    # so onnxruntime frees activations as in a plain run (its default order delays the
+    # reductions and keeps every activation alive).
+    stats_options = dataclasses.replace(run_options, execution_order="priority")
+    collected: dict[str, np.ndarray] = {}
+    fetch = [x for pair in outs.values() for x in pair]
+    try:
+        tap_check = checked_run(candidate, fetch, stats_options, collected)
+    except RuntimeFailure as e:
+        # The statistics nodes are surgeon's, not the user's: if onnxruntime cannot run
+        # them (a kernel missing at run time), measure the tensors themselves instead of
+        # blaming the model. A failure of the model itself fails this run as well.
+        return values_run(
+            [
+                "onnxruntime could not run surgeon's statistics nodes "
+                f"({e.message}); the tapped tensors were measured with numpy instead"
+            ]
+        )
+    stats = []
+    for i, t in enumerate(taps):
+        node, op, _ = facts.node_info.get(t, ("?", "?", []))
+        dtype = dtype_name(types[t].tensor_type.elem_type) if t in types else None
+        stats.append(stats_from_outputs(t, node, op, i, outs[t], collected, dtype))
+    stats = recount_stats(model, stats, types, feeds, stats_options, say)
+    return _TapRun("statistics", stats, tap_check, collected)
+
+
+def _origin_lookup(model: Model) -> Callable[[str], str | None]:
+    """node label -> "module (Class), file:line" from exporter metadata, when available.
+    The model's metadata is read on the first question (most runs ask none)."""
+    from surgeon.origin import origins
+
+    table = None
+
+    def lookup(node: str) -> str | None:
+        nonlocal table
+        if table is None:
+            table = origins(model)
+        origin = table.get(node)
+        return origin.describe() if origin is not None else None
+
+    return lookup
+
+
+def _declared_vs_real(model: Model, feeds, stats: list[TensorStats], values) -> list:
+    """Where the model's declared dtypes/shapes disagree with what the run produced.
+
+    In statistics mode only shapes and dtypes are known, so each tapped tensor is stood in
+    for by a zero-stride array of its real shape (no memory is allocated).
+    """
+    from surgeon.shapecheck import declared_vs_actual
+
+    seen: dict = dict(feeds)
+    wanted = {s.name for s in stats} | set(model.output_names)  # once, not per value
+    for name, value in values.items():
+        if name in wanted:
+            seen[name] = value
+    for s in stats:
+        if s.name not in seen and s.shape is not None and s.dtype not in (None, "str"):
+            try:  # as_strided too: it rejects ml_dtypes' float8_e5m2 ("'<f1' not understood")
+                seen[s.name] = np.lib.stride_tricks.as_strided(
+                    np.zeros(1, np.dtype(s.dtype)),
+                    shape=tuple(s.shape),
+                    strides=(0,) * len(s.shape),
+                )
+            except TypeError:
+                continue
+    return declared_vs_actual(model, seen)
+
+
+def save_values(report: DebugReport, path: str | Path) -> Path:
+    """Write the tapped tensors and the inputs that produced them to an ``.npz`` (keys =
+    tensor names, whatever they are), atomically; the file can be given back as the
+    reference (``DebugOptions.reference``)."""
+    from surgeon.fileio import save_npz
+
+    # Tensors only: a sequence or an empty optional has no .npz form.
+    merged = {**report.feed_values, **report.values}
+    return save_npz(path, {k: v for k, v in merged.items() if isinstance(v, np.ndarray)})
