@@ -14,12 +14,15 @@ would copy every weight several times and fail above 2 GB.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import onnx
 
-from surgeon.errors import SurgeonError
-from surgeon.model import Model, TensorInfo, tensor_nbytes, value_info_to_tensor_info
+from surgeon.protos import TensorInfo, tensor_nbytes, value_info_to_tensor_info
+
+if TYPE_CHECKING:  # the Model builds on this module (Model.producers), not the other way
+    from surgeon.model import Model
 
 # Initializers larger than this are replaced by typed graph inputs in the copy given to
 # ONNX shape inference: big weights are never shape tensors whose values inference needs.
@@ -262,24 +265,3 @@ def clean_info(info: TensorInfo) -> TensorInfo:
         return info
     shape = tuple(None if isinstance(d, str) and d.startswith("unk__") else d for d in info.shape)
     return TensorInfo(info.name, info.dtype, shape)
-
-
-# ---------------------------------------------------------------------- onnxruntime's typing
-def runtime_infos(model: Model, names: Iterable[str], options=None) -> dict[str, TensorInfo]:
-    """How onnxruntime types ``names`` when it builds a session over ``model`` (no run):
-    see :meth:`surgeon.runner.Session.output_types`. Empty when onnxruntime cannot load
-    the model (a run would then say why).
-
-    Args:
-        options: RunOptions for the session (its custom op libraries matter; typing needs
-            no optimisation).
-    """
-    from surgeon.runner import Session  # onnxruntime is imported only when a model runs
-
-    names = list(dict.fromkeys(names))
-    try:
-        session = Session(model, extra_outputs=names, options=options)
-    except SurgeonError:
-        return {}
-    wanted = set(names)
-    return {n: clean_info(t) for n, t in session.output_types().items() if n in wanted}

@@ -375,3 +375,23 @@ def _from_ortvalue(value):
 
 def onnx_dtype_of(array: np.ndarray) -> int:
     return onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
+
+
+def runtime_infos(model: Model, names: Iterable[str], options=None) -> dict[str, TensorInfo]:
+    """How onnxruntime types ``names`` when it builds a session over ``model`` (no run):
+    see :meth:`Session.output_types`. Empty when onnxruntime cannot load
+    the model (a run would then say why).
+
+    Args:
+        options: RunOptions for the session (its custom op libraries matter; typing needs
+            no optimisation).
+    """
+    from surgeon.graph_facts import clean_info
+
+    names = list(dict.fromkeys(names))
+    try:
+        session = Session(model, extra_outputs=names, options=options)
+    except SurgeonError:
+        return {}
+    wanted = set(names)
+    return {n: clean_info(t) for n, t in session.output_types().items() if n in wanted}

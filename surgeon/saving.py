@@ -6,19 +6,22 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 
 from surgeon.errors import OutputPathError
-from surgeon.model import (
+from surgeon.outputs import FilePlan, data_file_name, write_files
+from surgeon.protos import (
     EXTERNAL_THRESHOLD,
     PROTO_LIMIT,
-    Model,
     _is_repeated,
     iter_tensors,
     tensor_nbytes,
 )
-from surgeon.outputs import FilePlan, data_file_name, write_files
+
+if TYPE_CHECKING:  # a Model saves itself through this module (Model.save)
+    from surgeon.model import Model
 
 
 def check_output_path(
@@ -50,7 +53,7 @@ def check_output_path(
 
 
 def _describe(item) -> str:
-    if isinstance(item, Model) and item.path is None:
+    if not isinstance(item, (str, os.PathLike)) and item.path is None:  # a Model from memory
         return "the model"
     return "the input model"
 

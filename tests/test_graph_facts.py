@@ -12,11 +12,10 @@ from surgeon.graph_facts import (
     graph_facts,
     inferred_infos,
     outer_reads,
-    runtime_infos,
     subgraph_reads,
 )
 from surgeon.model import Model
-from surgeon.runner import RunOptions, Session
+from surgeon.runner import RunOptions, Session, runtime_infos
 
 CHAIN = """
 <ir_version: 8, opset_import: ["" : 17]>

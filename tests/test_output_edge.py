@@ -384,6 +384,8 @@ def test_the_render_table_resolves():
         module_name, _, name = class_name.rpartition(".")
         cls = getattr(importlib.import_module(module_name), name)
         assert isinstance(cls, type), class_name
+        # the key is the class's own full name (what renderer_for looks up), not a re-export
+        assert f"{cls.__module__}.{cls.__qualname__}" == class_name, class_name
         module_name, function = target.split(":")
         assert callable(getattr(importlib.import_module(module_name), function)), target
     with pytest.raises(TypeError, match="no renderer"):

@@ -21,10 +21,9 @@ from surgeon.graph_facts import (
     inferred_infos,
     inferred_value_infos,
     known_info,
-    runtime_infos,
 )
 from surgeon.model import Model, TensorInfo
-from surgeon.runner import RunOptions
+from surgeon.runner import RunOptions, runtime_infos
 
 
 def _second_sizes(model: Model, first: Mapping[str, tuple[int, ...]]) -> dict[str, tuple]:

@@ -301,7 +301,7 @@ def build_nms(
         input_names=input_names,
         output_names=output_names,
     )
-    from surgeon.edits.nms_graph import build_from_spec  # it imports NmsSpec from here
+    from surgeon.edits.nms_graph import build_from_spec  # the graph, once the spec is checked
 
     return build_from_spec(spec)
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from surgeon.edits import Built
-from surgeon.edits.nms import NmsSpec
+
+if TYPE_CHECKING:  # nms.build_nms calls into this module with a checked spec
+    from surgeon.edits.nms import NmsSpec
 
 
 @dataclass

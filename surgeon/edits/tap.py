@@ -18,10 +18,10 @@ from surgeon.edits import Edited
 from surgeon.edits.boundary import value_info_of
 from surgeon.edits.contract import Check, Correspondence, apply_edit
 from surgeon.feeds import FeedOptions
-from surgeon.graph_facts import graph_facts, inferred_value_infos, runtime_infos
+from surgeon.graph_facts import graph_facts, inferred_value_infos
 from surgeon.model import Model
 from surgeon.names import resolve_tensors, subgraph_tensors
-from surgeon.runner import RunOptions
+from surgeon.runner import RunOptions, runtime_infos
 
 # Taps are verified with onnxruntime's graph optimisations off: a tap blocks fusions
 # (Conv+BatchNorm, ...) that would otherwise change the last bits of the outputs, and the

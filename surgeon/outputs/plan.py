@@ -97,11 +97,9 @@ class FilePlan:
         Returns:
             The model's group id, for :meth:`writes_model`'s ``replaces``.
         """
-        from surgeon.model import Model
-
         self._groups += 1
         group = self._groups if replaceable else None
-        if isinstance(model, Model):
+        if not isinstance(model, (str, os.PathLike)):  # a loaded Model
             if model.path is None:
                 return self._groups
             path, data = model.path, [model.path.parent / f for f in model.external_data_files]

@@ -20,9 +20,9 @@ from rich.console import Console
 from surgeon.report import shown
 
 RENDERERS: dict[str, str] = {
-    "surgeon.compare.DiffReport": "surgeon.report:render_diff",
+    "surgeon.compare.results.DiffReport": "surgeon.report:render_diff",
     "surgeon.dynamic.results.DynamicCheck": "surgeon.report.dispatch:render_dynamic_check",
-    "surgeon.debugging.DebugReport": "surgeon.report.debug:render_debug",
+    "surgeon.debugging.results.DebugReport": "surgeon.report.debug:render_debug",
     "surgeon.torch.results.ExportCheck": "surgeon.report.torch_export:render_export_check",
     "surgeon.outcomes.ExtractOutcome": "surgeon.report.dispatch:render_extract",
     "surgeon.outcomes.RenameOutcome": "surgeon.report.dispatch:render_rename",
