@@ -331,7 +331,7 @@ def stored_feeds(case) -> dict | None:
 
 def dynamic_tensors(graph: onnx.GraphProto) -> set[str]:
     """Main-graph tensors that depend on a graph input (the rest are constants)."""
-    from surgeon.edits.extract import subgraph_reads
+    from surgeon.graph_facts import subgraph_reads
 
     inits = {t.name for t in graph.initializer}
     dynamic = {v.name for v in graph.input if v.name not in inits}
@@ -545,7 +545,8 @@ def _check(case, folder: Path, result: CaseResult) -> None:
         result.steps["extract"] = "n/a"
         return
     from surgeon.compare import EXACT
-    from surgeon.edits.extract import extract, subgraph_reads
+    from surgeon.edits.extract import extract
+    from surgeon.graph_facts import subgraph_reads
     from surgeon.runner import RunOptions
 
     dynamic = dynamic_tensors(model.proto.graph)
@@ -655,7 +656,7 @@ def _has_nan(value) -> bool:
 
 def _nan_reaches_output(g: onnx.GraphProto, start: str, known: dict) -> bool:
     """True when NaN-holding tensors lead from ``start`` to a graph output holding NaN."""
-    from surgeon.edits.extract import subgraph_reads
+    from surgeon.graph_facts import subgraph_reads
 
     carrying = {start}
     for node in g.node:
@@ -671,7 +672,7 @@ def expected_births(proto: onnx.ModelProto, values: dict) -> list[str]:
     finite. Written here independently of surgeon's ``blame_nonfinite``."""
     from onnx import numpy_helper
 
-    from surgeon.edits.extract import subgraph_reads
+    from surgeon.graph_facts import subgraph_reads
 
     g = proto.graph
     known = dict(values)

@@ -1,10 +1,7 @@
-"""Facts about a model's main graph that the debugging modules read: which node produces
-each tensor, its label and inputs, what each node reads (outer-scope reads of its
-If/Loop/Scan bodies included), and which tensors are computed from constants only.
-
-This is the one place in the debugging package that derives them from the proto, each
-at most once per ``debug`` run, so switching to a shared graph-facts layer means
-changing this module only.
+"""What the debugging modules read about a model's main graph, on top of the shared
+graph facts (:mod:`surgeon.graph_facts`: producers, what each node reads with its bodies'
+outer-scope reads, topological order): node labels and infos as reports show them,
+Constant nodes, and which tensors are computed from constants only.
 """
 
 from __future__ import annotations
@@ -13,6 +10,7 @@ import functools
 
 import onnx
 
+from surgeon.graph_facts import graph_facts
 from surgeon.model import Model
 
 # Ops whose output is the same whatever the values of their inputs (only shapes count).
@@ -32,7 +30,7 @@ def _is_default_domain(node: onnx.NodeProto) -> bool:
     return node.domain in ("", "ai.onnx")
 
 
-class GraphFacts:
+class DebugFacts:
     """Read-only facts of ``model``'s main graph, each computed on first use.
 
     The model must not be edited while the facts are in use (``debug`` never edits it).
@@ -40,12 +38,13 @@ class GraphFacts:
 
     def __init__(self, model: Model):
         self.model = model
+        self.shared = graph_facts(model)
         self.nodes = list(model.proto.graph.node)
 
     @functools.cached_property
     def producers(self) -> dict[str, onnx.NodeProto]:
         """tensor -> the node that produces it."""
-        return {o: n for n in self.nodes for o in n.output if o}
+        return self.shared.producer_nodes()
 
     @functools.cached_property
     def labels(self) -> dict[int, str]:
@@ -81,11 +80,7 @@ class GraphFacts:
 
     @functools.cached_property
     def _reads(self) -> dict[int, list[str]]:
-        # Imported here: the edit modules import much of surgeon, the debugging package
-        # should not pull them in before a debug run needs them.
-        from surgeon.edits.extract import subgraph_reads
-
-        return {id(n): [x for x in [*n.input, *subgraph_reads(n)] if x] for n in self.nodes}
+        return {id(n): self.shared.reads(i) for i, n in enumerate(self.nodes)}
 
     def reads(self, node: onnx.NodeProto) -> list[str]:
         """The tensors ``node`` reads: its inputs and what its bodies read from outside."""
@@ -101,8 +96,9 @@ class GraphFacts:
         feeds = set(self.model.input_names)
         constant = {t.name for t in graph.initializer if t.name not in feeds}
         constant |= {t.values.name for t in graph.sparse_initializer}
-        # ONNX requires topological order; an unsorted graph only loses precision here.
-        for node in self.nodes:
+        # In topological order, so that an unsorted graph loses nothing either.
+        for index in self.shared.node_order():
+            node = self.nodes[index]
             if node.op_type in _VALUE_FREE_OPS and _is_default_domain(node):
                 constant.update(o for o in node.output if o)
             elif node.op_type not in _RANDOM_OPS and all(x in constant for x in self.reads(node)):

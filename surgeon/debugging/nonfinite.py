@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 
-from surgeon.debugging._graph import GraphFacts
+from surgeon.debugging._graph import DebugFacts
 from surgeon.debugging.results import NonFinite
 from surgeon.model import Model
 from surgeon.statistics import NEEDS_COUNTS, SEVERE, TensorStats
@@ -25,7 +25,7 @@ def constant_tensors(model: Model) -> set[str]:
     the shape does), and outputs of nodes whose inputs (and outer-scope reads of their
     bodies) are all such tensors. A NaN/Inf in one is put there on purpose (the
     ``-inf`` of an attention mask), not produced by the data."""
-    return set(GraphFacts(model).constants)
+    return set(DebugFacts(model).constants)
 
 
 def _count_nonfinite(value) -> tuple[int, int] | None:
@@ -56,7 +56,7 @@ def blame_nonfinite(
     stats: list[TensorStats],
     feeds: Mapping[str, object],
     *,
-    facts: GraphFacts | None = None,
+    facts: DebugFacts | None = None,
 ) -> list[NonFinite]:
     """Say where the NaN/Inf of each tapped tensor (and each graph input) comes from.
 
@@ -71,7 +71,7 @@ def blame_nonfinite(
     """
     from onnx import numpy_helper
 
-    facts = facts or GraphFacts(model)
+    facts = facts or DebugFacts(model)
     found: list[NonFinite] = []
     known: dict[str, tuple[int, int] | None] = {}
     for name in model.input_names:
@@ -139,7 +139,7 @@ def blame_nonfinite(
     return found
 
 
-def _blame_nan_sources(facts: GraphFacts, found: list[NonFinite], known, lookup) -> None:
+def _blame_nan_sources(facts: DebugFacts, found: list[NonFinite], known, lookup) -> None:
     """Judge the NaN that deliberate non-finite values give rise to by whether they
     reach a graph output.
 

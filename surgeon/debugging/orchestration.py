@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from surgeon.compare import EXACT, DiffReport
-from surgeon.debugging._graph import GraphFacts
+from surgeon.debugging._graph import DebugFacts
 from surgeon.debugging.nonfinite import blame_nonfinite, rank_anomaly
 from surgeon.debugging.reference import (
     Reference,
@@ -63,7 +63,7 @@ def debug(
         ref = Reference(
             "self", f"{model.name} at optimization={options.reference_optimization}", model
         )
-    facts = GraphFacts(model)
+    facts = DebugFacts(model)
     origin = _origin_lookup(model)
     if ref is not None:
         check_pairing(facts, taps, ref, options)
@@ -154,7 +154,7 @@ class _TapRun:
 
 
 def _tap_and_measure(
-    facts: GraphFacts, taps, feeds, options: DebugOptions, run_options, has_reference, say
+    facts: DebugFacts, taps, feeds, options: DebugOptions, run_options, has_reference, say
 ) -> _TapRun:
     """One verified run of the tapped model: the tap check (original outputs unchanged)
     and the statistics of every tapped tensor.

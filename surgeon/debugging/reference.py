@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from surgeon.compare import compare_arrays
-from surgeon.debugging._graph import GraphFacts
+from surgeon.debugging._graph import DebugFacts
 from surgeon.debugging.results import DebugOptions, DebugReport, LayerDiff, names_text
 from surgeon.errors import RuntimeFailure, UsageError, close_matches, collect_unknown_names
 from surgeon.feeds import FeedOptions, load_npz, make_other_feeds
@@ -117,7 +117,7 @@ def _is_float_dtype(dtype: np.dtype) -> bool:
 
 
 def check_pairing(
-    facts: GraphFacts, taps: list[str], ref: Reference, options: DebugOptions
+    facts: DebugFacts, taps: list[str], ref: Reference, options: DebugOptions
 ) -> None:
     """Refuse, before any run, a reference that pairs with none of the tapped tensors:
     zero compared tensors is never a pass. The message lists the reference's unused
@@ -135,7 +135,7 @@ def check_pairing(
         keys = list(ref.source)
     else:
         available = set(ref.source.tensor_names()) - set(ref.source.input_names)
-        keys = GraphFacts(ref.source).node_outputs
+        keys = DebugFacts(ref.source).node_outputs
     if any(to_ref.get(t, t) in available for t in taps):
         return
     inputs = set(model.input_names)
@@ -164,7 +164,7 @@ def check_pairing(
 
 def compare_layers(
     report: DebugReport,
-    facts: GraphFacts,
+    facts: DebugFacts,
     taps: list[str],
     values: Mapping[str, object],
     feeds: Mapping[str, object],
@@ -312,7 +312,7 @@ def _pair_layers(report, facts, taps, values, expected, to_ref, options) -> set[
     return compared
 
 
-def _rank_root_causes(report, facts: GraphFacts, compared, same_model: bool, origin) -> None:
+def _rank_root_causes(report, facts: DebugFacts, compared, same_model: bool, origin) -> None:
     """Root-cause candidates, best first, into ``report.root_cause`` and
     ``report.other_roots``.
 

@@ -36,7 +36,7 @@ def _export_factors(model: Model, variables: Sequence[DimVariable]) -> list[list
 
 def _dynamic_reach(model: Model) -> set[str]:
     """Tensors whose shape may follow a dynamic input dim (downstream of one)."""
-    from surgeon.edits.extract import subgraph_reads
+    from surgeon.graph_facts import subgraph_reads
 
     reach = {i.name for i in model.inputs if i.is_dynamic}
     for n in model.proto.graph.node:

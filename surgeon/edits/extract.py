@@ -30,7 +30,6 @@ from surgeon.edits.contract import Check, Correspondence, apply_edit
 from surgeon.errors import UsageError
 from surgeon.feeds import FeedOptions
 from surgeon.graph_facts import graph_facts
-from surgeon.graph_facts import subgraph_reads as subgraph_reads  # noqa: F401 - debugging and dynamic.suspects import it from here
 from surgeon.model import Model, TensorInfo, tensor_nbytes
 from surgeon.names import resolve_tensors
 from surgeon.runner import RunOptions
