@@ -1,5 +1,5 @@
 """Dims of inputs and outputs as users write them: ``Bx3xHxW`` specs, ``NAME:DIMS``
-I/O specs, ``--sizes`` and ``--batch`` arguments, and their text form.
+I/O specs, sizes to try (``H=224,320``) and batch dim lists, and their text form.
 
 A dim is an integer (static, 1 to 2^63-1), a symbol (named dynamic) or None (unnamed
 dynamic). Shared by ``reshape-io``, ``check-dynamic`` and their Python twins.
@@ -55,7 +55,7 @@ def parse_dims(text: str, *, what: str = "shape") -> tuple[Dim, ...]:
     return tuple(dims)
 
 
-def parse_io_spec(arg: str, *, flag: str = "--input") -> tuple[str, tuple[Dim, ...]]:
+def parse_io_spec(arg: str, *, what: str = "dims") -> tuple[str, tuple[Dim, ...]]:
     """Parse ``NAME:DIMS`` (split at the last ``:``, so names like ``input:0`` work).
 
     Raises:
@@ -63,11 +63,8 @@ def parse_io_spec(arg: str, *, flag: str = "--input") -> tuple[str, tuple[Dim, .
     """
     name, sep, dims = arg.rpartition(":")
     if not sep or not name.strip():
-        raise UsageError(
-            f"cannot read `{flag} {arg}`: expected NAME:DIMS, e.g. images:Bx3xHxW",
-            hint="The output file is given with -o." if flag == "--output" else None,
-        )
-    return name.strip(), parse_dims(dims, what=f"dims of `{flag} {arg}`")
+        raise UsageError(f"cannot read the {what} `{arg}`: expected NAME:DIMS, e.g. images:Bx3xHxW")
+    return name.strip(), parse_dims(dims, what=f"{what} `{arg}`")
 
 
 def _static_dim_error(value: int, where: str) -> UsageError | None:
@@ -118,8 +115,8 @@ def dims_list(dims: Sequence[Dim] | None) -> list | None:
 
 
 def parse_batch(items: Iterable[str]) -> list[str] | None:
-    """Parse ``--batch B`` arguments (repeatable, or comma-separated): None when none is
-    given (the naming rule decides), ``[]`` for ``--batch none``.
+    """Parse batch dim lists (``B``, ``B,N``; several items allowed): None when none is
+    given (the naming rule decides), ``[]`` for ``none``.
 
     Raises:
         UsageError: ``none`` together with dim names, or an empty name.
@@ -129,15 +126,17 @@ def parse_batch(items: Iterable[str]) -> list[str] | None:
         return None
     if "none" in names:
         if names != ["none"]:
-            raise UsageError("`--batch none` cannot be combined with batch dim names")
+            raise UsageError("the batch dims `none` cannot be combined with batch dim names")
         return []
     if not all(names):
-        raise UsageError("cannot read `--batch`: expected DIM[,DIM...] or none, e.g. --batch B")
+        raise UsageError(
+            "cannot read the batch dims: an empty name; expected DIM[,DIM...] or none, e.g. B"
+        )
     return list(dict.fromkeys(names))
 
 
 def parse_sizes(items: Iterable[str]) -> dict[str, list[int]]:
-    """Parse ``--sizes H=224,320`` arguments.
+    """Parse sizes to try, ``H=224,320`` (one item per dim).
 
     Raises:
         UsageError: An item is not ``DIM=INT[,INT...]``, or a size does not fit an int64.
@@ -151,10 +150,10 @@ def parse_sizes(items: Iterable[str]) -> dict[str, list[int]]:
             parsed = []
         if not sep or not name.strip() or not parsed:
             raise UsageError(
-                f"cannot read `--sizes {item}`: expected DIM=SIZE[,SIZE...], e.g. H=224,320"
+                f"cannot read the sizes `{item}`: expected DIM=SIZE[,SIZE...], e.g. H=224,320"
             )
         for value in parsed:
-            if error := too_large_dim(value, f"`--sizes {item}`"):
+            if error := too_large_dim(value, f"the sizes `{item}`"):
                 raise error
         out[name.strip()] = parsed
     return out

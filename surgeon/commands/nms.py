@@ -84,9 +84,10 @@ def add_arguments(parser) -> None:
     group.add_argument(
         "--num-boxes", type=int, default=None, metavar="N", help="fix N in the input shapes"
     )
-    group.add_argument(
-        "-o", "--output", required=True, metavar="OUT.onnx", help="where to write the graph"
-    )
+    from surgeon.commands import _common
+
+    # No --inplace: nms reads no model, so there is no input -o could overwrite.
+    _common.add_output_arguments(parser, required=True, what="the graph", inplace_help=None)
 
 
 def parse_scale(text):
@@ -137,7 +138,6 @@ def describe_nms(model, spec_params: dict, output) -> dict:
 def run(args, ctx) -> int:
     from surgeon.commands import _common
     from surgeon.edits.nms import build_nms
-    from surgeon.saving import save
 
     _common.check_files(args, [])
     model = build_nms(
@@ -148,7 +148,7 @@ def run(args, ctx) -> int:
         num_boxes=args.num_boxes,
         **nms_kwargs(args),
     )
-    save(model, args.output)
+    _common.save_output(model, args)
     info = describe_nms(model, model.provenance[-1]["params"], args.output)
     if ctx.json:
         ctx.emit_json(info)

@@ -34,7 +34,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from surgeon.compare import EXACT
+from surgeon.compare import EXACT, Tolerance
 from surgeon.edits import Edited
 from surgeon.errors import SurgeonError, UsageError, close_matches
 from surgeon.feeds import FeedOptions, make_feeds
@@ -320,6 +320,7 @@ def merge(
     verify: bool = True,
     feed_options: FeedOptions = FeedOptions(),
     options: RunOptions | None = None,
+    tolerance: Tolerance = EXACT,
 ) -> Edited:
     """Connect outputs of ``first`` to inputs of ``second`` in one model, and prove it.
 
@@ -335,7 +336,8 @@ def merge(
         keep_outputs: Also keep the first's outputs: True keeps every unconnected one,
             a list keeps those named (connected or not). Default: drop them.
         verify: Run the merged model against ``first`` then ``second`` run in sequence
-            with onnxruntime; bit-identical outputs are required.
+            with onnxruntime; bit-identical outputs are required unless ``tolerance``
+            relaxes it.
         feed_options: Seed, shapes and ``.npz`` of the verification's inputs (they are
             the merged model's inputs).
         options: onnxruntime settings for the verification.
@@ -518,7 +520,13 @@ def merge(
     report = None
     if verify:
         report = verify_merge(
-            model, first, second, details, feed_options=feed_options, options=options
+            model,
+            first,
+            second,
+            details,
+            feed_options=feed_options,
+            options=options,
+            tolerance=tolerance,
         )
     return Edited(model=model, report=report, edit="merge", params=params, details=details)
 
@@ -531,6 +539,7 @@ def verify_merge(
     *,
     feed_options: FeedOptions = FeedOptions(),
     options: RunOptions | None = None,
+    tolerance: Tolerance = EXACT,
 ):
     """Compare ``merged`` with ``first`` then ``second`` run in sequence, bit for bit.
 
@@ -556,7 +565,7 @@ def verify_merge(
         pairs=pairs,
         feeds=feeds,
         feed_options=feed_options,
-        tolerance=EXACT,
+        tolerance=tolerance,
         options=options,
         title=f"merge {first.name} + {second.name}",
         collect=values,

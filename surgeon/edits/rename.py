@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 
-from surgeon.compare import EXACT
+from surgeon.compare import EXACT, Tolerance
 from surgeon.edits import Edited
 from surgeon.errors import NameNotFoundError, UsageError, unknown_name
 from surgeon.feeds import FeedOptions
@@ -227,6 +227,7 @@ def rename(
     feed_options: FeedOptions = FeedOptions(),
     options: RunOptions | None = None,
     verify: bool = True,
+    tolerance: Tolerance = EXACT,
 ) -> Edited:
     """Rename tensors (usually graph inputs and outputs) and, optionally, nodes.
 
@@ -240,7 +241,7 @@ def rename(
         nodes: Also rename main-graph node names with ``prefix``/``regex``.
         feeds, feed_options, options: Inputs and onnxruntime settings for the check.
         verify: Check that every output (and renamed intermediate tensor) has the same
-            values, bit for bit, under its new name.
+            values under its new name: bit for bit, unless ``tolerance`` relaxes it.
 
     Returns:
         Edited; ``details["tensors"]`` lists ``{old, new, role}`` and
@@ -284,7 +285,7 @@ def rename(
             name_map=tensor_map,
             feeds=feeds,
             feed_options=feed_options,
-            tolerance=EXACT,
+            tolerance=tolerance,
             options=options,
             title="rename: same values under the new names",
         )
