@@ -73,7 +73,7 @@ def add_arguments(parser) -> None:
         "--rows",
         type=int,
         default=40,
-        help="rows shown in the terminal table (0 = all; flagged rows always shown)",
+        help="rows shown in the terminal table (0 = all; flagged rows always shown; default 40)",
     )
     _common.add_feed_arguments(parser)
     _common.add_tolerance_arguments(parser)

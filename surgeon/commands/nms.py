@@ -61,7 +61,7 @@ def add_nms_arguments(parser, *, required: bool) -> None:
         dest="output_format",
         default="efficient",
         metavar="FORMAT",
-        help="output convention: efficient (default), ultralytics or mmdeploy",
+        help="output convention: efficient, ultralytics or mmdeploy (default efficient)",
     )
     group.add_argument(
         "--scale",
@@ -76,7 +76,7 @@ def add_arguments(parser) -> None:
     group.add_argument(
         "--dtype",
         default="float32",
-        help="input dtype: float32 (default), float16 or float64; others are cast to float32",
+        help="input dtype: float32, float16 or float64; others are cast to float32 (default float32)",
     )
     group.add_argument(
         "--opset", type=int, default=17, help="default-domain opset (default 17, minimum 13)"
