@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# Re-exported: dims parsing lives in surgeon.dims, the .npz reading in surgeon.npz;
+# callers import them from here too.
+from surgeon.dims import MAX_DIM, parse_shape_args, too_large_dim  # noqa: F401
 from surgeon.errors import SurgeonError, UsageError, did_you_mean
 from surgeon.model import Model, TensorInfo
-
-# Re-exported: the .npz reading lives in surgeon.npz, callers import it from here too.
 from surgeon.npz import (  # noqa: F401
     DEFAULT_MAX_FEED_BYTES,
     NpzEntry,
@@ -37,18 +38,6 @@ from surgeon.npz import (  # noqa: F401
 
 DEFAULT_BATCH = 1
 DEFAULT_DIM = 64
-# ONNX stores dims (and onnxruntime shapes) as int64: a larger number is no dim at all.
-MAX_DIM = 2**63 - 1
-
-
-def too_large_dim(value: int, where: str) -> UsageError | None:
-    """The error for a dim that does not fit an int64 (None when it fits)."""
-    if value <= MAX_DIM:
-        return None
-    return UsageError(
-        f"{where}: {value} is larger than any tensor dim can be "
-        f"(at most 2^63-1 = {MAX_DIM}, the int64 of ONNX)"
-    )
 
 
 @dataclass(frozen=True)
@@ -74,56 +63,6 @@ class FeedOptions:
     npz: str | None = None
     max_feed_bytes: int | None = DEFAULT_MAX_FEED_BYTES
     other_inputs: frozenset[str] = frozenset()
-
-
-def parse_shape_args(args: Iterable[str]) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
-    """Parse ``name:1x3x64x64`` (an input's shape) and ``DIM=64`` (a symbolic dim).
-
-    Raises:
-        UsageError: An argument matches neither form.
-    """
-    shapes: dict[str, tuple[int, ...]] = {}
-    dims: dict[str, int] = {}
-    for arg in args:
-        if ":" in arg:
-            name, _, spec = arg.rpartition(":")
-            name = name.strip()
-            spec = spec.strip().strip("[]()")
-            parts = [p for p in spec.replace(",", "x").split("x")] if spec else []
-            try:
-                shape = tuple(int(p) for p in parts)
-            except ValueError:
-                raise UsageError(
-                    f"cannot read the shape in `{arg}`: expected NAME:1x3x224x224 with integer dims"
-                ) from None
-            if not name or any(d < 0 for d in shape):
-                raise UsageError(f"cannot read the shape `{arg}`: expected NAME:1x3x224x224")
-            for d in shape:
-                if error := too_large_dim(d, f"the shape `{arg}`"):
-                    raise error
-            shapes[name] = shape
-        elif "=" in arg:
-            name, _, value = arg.partition("=")
-            name = name.strip()
-            try:
-                dims[name] = int(value)
-            except ValueError:
-                raise UsageError(
-                    f"cannot read the dim size `{arg}`: expected DIM=integer, e.g. H=480"
-                ) from None
-            if not name:
-                raise UsageError(
-                    f"cannot read the dim size `{arg}`: the dim has no name; expected DIM=integer, e.g. H=480"
-                )
-            if dims[name] < 0:
-                raise UsageError(f"the dim size `{arg}`: a dim cannot be negative")
-            if error := too_large_dim(dims[name], f"the dim size `{arg}`"):
-                raise error
-        else:
-            raise UsageError(
-                f"cannot read the shape `{arg}`: use INPUT:1x3x224x224 for an input's shape or DIM=224 for a named dim"
-            )
-    return shapes, dims
 
 
 def resolve_shapes(
