@@ -1,5 +1,6 @@
 """Dims of inputs and outputs as users write them: ``Bx3xHxW`` specs, ``NAME:DIMS``
-I/O specs, ``--sizes`` and ``--batch`` arguments, and their text form.
+I/O specs, input shapes (``images:1x3x640x640``, ``H=480``), sizes to try (``H=224,320``)
+and batch dim lists, and their text form.
 
 A dim is an integer (static, 1 to 2^63-1), a symbol (named dynamic) or None (unnamed
 dynamic). Shared by ``reshape-io``, ``check-dynamic`` and their Python twins.
@@ -13,12 +14,72 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from surgeon.errors import UsageError
-from surgeon.feeds import (
-    too_large_dim,
-)
 from surgeon.model import dim_param_name
 
 Dim = int | str | None
+
+# ONNX stores dims (and onnxruntime shapes) as int64: a larger number is no dim at all.
+MAX_DIM = 2**63 - 1
+
+
+def too_large_dim(value: int, where: str) -> UsageError | None:
+    """The error for a dim that does not fit an int64 (None when it fits)."""
+    if value <= MAX_DIM:
+        return None
+    return UsageError(
+        f"{where}: {value} is larger than any tensor dim can be "
+        f"(at most 2^63-1 = {MAX_DIM}, the int64 of ONNX)"
+    )
+
+
+def parse_shape_args(args: Iterable[str]) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
+    """Parse ``name:1x3x64x64`` (an input's shape) and ``DIM=64`` (a symbolic dim).
+
+    Raises:
+        UsageError: An argument matches neither form.
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    dims: dict[str, int] = {}
+    for arg in args:
+        if ":" in arg:
+            name, _, spec = arg.rpartition(":")
+            name = name.strip()
+            spec = spec.strip().strip("[]()")
+            parts = [p for p in spec.replace(",", "x").split("x")] if spec else []
+            try:
+                shape = tuple(int(p) for p in parts)
+            except ValueError:
+                raise UsageError(
+                    f"cannot read the shape in `{arg}`: expected NAME:1x3x224x224 with integer dims"
+                ) from None
+            if not name or any(d < 0 for d in shape):
+                raise UsageError(f"cannot read the shape `{arg}`: expected NAME:1x3x224x224")
+            for d in shape:
+                if error := too_large_dim(d, f"the shape `{arg}`"):
+                    raise error
+            shapes[name] = shape
+        elif "=" in arg:
+            name, _, value = arg.partition("=")
+            name = name.strip()
+            try:
+                dims[name] = int(value)
+            except ValueError:
+                raise UsageError(
+                    f"cannot read the dim size `{arg}`: expected DIM=integer, e.g. H=480"
+                ) from None
+            if not name:
+                raise UsageError(
+                    f"cannot read the dim size `{arg}`: the dim has no name; expected DIM=integer, e.g. H=480"
+                )
+            if dims[name] < 0:
+                raise UsageError(f"the dim size `{arg}`: a dim cannot be negative")
+            if error := too_large_dim(dims[name], f"the dim size `{arg}`"):
+                raise error
+        else:
+            raise UsageError(
+                f"cannot read the shape `{arg}`: use INPUT:1x3x224x224 for an input's shape or DIM=224 for a named dim"
+            )
+    return shapes, dims
 
 
 def parse_dims(text: str, *, what: str = "shape") -> tuple[Dim, ...]:
@@ -55,7 +116,7 @@ def parse_dims(text: str, *, what: str = "shape") -> tuple[Dim, ...]:
     return tuple(dims)
 
 
-def parse_io_spec(arg: str, *, flag: str = "--input") -> tuple[str, tuple[Dim, ...]]:
+def parse_io_spec(arg: str, *, what: str = "dims") -> tuple[str, tuple[Dim, ...]]:
     """Parse ``NAME:DIMS`` (split at the last ``:``, so names like ``input:0`` work).
 
     Raises:
@@ -63,11 +124,8 @@ def parse_io_spec(arg: str, *, flag: str = "--input") -> tuple[str, tuple[Dim, .
     """
     name, sep, dims = arg.rpartition(":")
     if not sep or not name.strip():
-        raise UsageError(
-            f"cannot read `{flag} {arg}`: expected NAME:DIMS, e.g. images:Bx3xHxW",
-            hint="The output file is given with -o." if flag == "--output" else None,
-        )
-    return name.strip(), parse_dims(dims, what=f"dims of `{flag} {arg}`")
+        raise UsageError(f"cannot read the {what} `{arg}`: expected NAME:DIMS, e.g. images:Bx3xHxW")
+    return name.strip(), parse_dims(dims, what=f"{what} `{arg}`")
 
 
 def _static_dim_error(value: int, where: str) -> UsageError | None:
@@ -118,8 +176,8 @@ def dims_list(dims: Sequence[Dim] | None) -> list | None:
 
 
 def parse_batch(items: Iterable[str]) -> list[str] | None:
-    """Parse ``--batch B`` arguments (repeatable, or comma-separated): None when none is
-    given (the naming rule decides), ``[]`` for ``--batch none``.
+    """Parse batch dim lists (``B``, ``B,N``; several items allowed): None when none is
+    given (the naming rule decides), ``[]`` for ``none``.
 
     Raises:
         UsageError: ``none`` together with dim names, or an empty name.
@@ -129,15 +187,17 @@ def parse_batch(items: Iterable[str]) -> list[str] | None:
         return None
     if "none" in names:
         if names != ["none"]:
-            raise UsageError("`--batch none` cannot be combined with batch dim names")
+            raise UsageError("the batch dims `none` cannot be combined with batch dim names")
         return []
     if not all(names):
-        raise UsageError("cannot read `--batch`: expected DIM[,DIM...] or none, e.g. --batch B")
+        raise UsageError(
+            "cannot read the batch dims: an empty name; expected DIM[,DIM...] or none, e.g. B"
+        )
     return list(dict.fromkeys(names))
 
 
 def parse_sizes(items: Iterable[str]) -> dict[str, list[int]]:
-    """Parse ``--sizes H=224,320`` arguments.
+    """Parse sizes to try, ``H=224,320`` (one item per dim).
 
     Raises:
         UsageError: An item is not ``DIM=INT[,INT...]``, or a size does not fit an int64.
@@ -151,10 +211,10 @@ def parse_sizes(items: Iterable[str]) -> dict[str, list[int]]:
             parsed = []
         if not sep or not name.strip() or not parsed:
             raise UsageError(
-                f"cannot read `--sizes {item}`: expected DIM=SIZE[,SIZE...], e.g. H=224,320"
+                f"cannot read the sizes `{item}`: expected DIM=SIZE[,SIZE...], e.g. H=224,320"
             )
         for value in parsed:
-            if error := too_large_dim(value, f"`--sizes {item}`"):
+            if error := too_large_dim(value, f"the sizes `{item}`"):
                 raise error
         out[name.strip()] = parsed
     return out

@@ -2,7 +2,8 @@
 user's own values from an ``.npz`` file.
 
 Dynamic dims are resolved, in order, from: an explicit shape for the input
-(``--shape images:1x3x640x640``), a value for the dim's symbolic name (``--shape H=480``),
+(``shapes={"images": (1, 3, 640, 640)}``, ``images:1x3x640x640`` on the command line), a
+value for the dim's symbolic name (``dims={"H": 480}``, ``H=480``),
 then the defaults: the first axis (batch) is 1, every other dynamic axis is 64. A symbolic
 name gets one value across all inputs, so inputs that share ``N`` stay consistent.
 
@@ -15,34 +16,28 @@ clear refusal instead of a MemoryError.
 from __future__ import annotations
 
 import math
-import zipfile
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
+# Re-exported: dims parsing lives in surgeon.dims, the .npz reading in surgeon.npz;
+# callers import them from here too.
+from surgeon.dims import MAX_DIM, parse_shape_args, too_large_dim  # noqa: F401
 from surgeon.errors import SurgeonError, UsageError, did_you_mean
 from surgeon.model import Model, TensorInfo
+from surgeon.npz import (  # noqa: F401
+    DEFAULT_MAX_FEED_BYTES,
+    NpzEntry,
+    format_bytes,
+    load_npz,
+    parse_size,
+    read_npz_index,
+)
 
 DEFAULT_BATCH = 1
 DEFAULT_DIM = 64
-# The most feed data surgeon makes or reads by default: far above what test inputs of
-# real models need, far below what takes a workstation down.
-DEFAULT_MAX_FEED_BYTES = 4 * 2**30
-# ONNX stores dims (and onnxruntime shapes) as int64: a larger number is no dim at all.
-MAX_DIM = 2**63 - 1
-
-
-def too_large_dim(value: int, where: str) -> UsageError | None:
-    """The error for a dim that does not fit an int64 (None when it fits)."""
-    if value <= MAX_DIM:
-        return None
-    return UsageError(
-        f"{where}: {value} is larger than any tensor dim can be "
-        f"(at most 2^63-1 = {MAX_DIM}, the int64 of ONNX)"
-    )
 
 
 @dataclass(frozen=True)
@@ -68,56 +63,6 @@ class FeedOptions:
     npz: str | None = None
     max_feed_bytes: int | None = DEFAULT_MAX_FEED_BYTES
     other_inputs: frozenset[str] = frozenset()
-
-
-def parse_shape_args(args: Iterable[str]) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
-    """Parse ``name:1x3x64x64`` (an input's shape) and ``DIM=64`` (a symbolic dim).
-
-    Raises:
-        UsageError: An argument matches neither form.
-    """
-    shapes: dict[str, tuple[int, ...]] = {}
-    dims: dict[str, int] = {}
-    for arg in args:
-        if ":" in arg:
-            name, _, spec = arg.rpartition(":")
-            name = name.strip()
-            spec = spec.strip().strip("[]()")
-            parts = [p for p in spec.replace(",", "x").split("x")] if spec else []
-            try:
-                shape = tuple(int(p) for p in parts)
-            except ValueError:
-                raise UsageError(
-                    f"cannot read the shape in `--shape {arg}`: expected NAME:1x3x224x224 with integer dims"
-                ) from None
-            if not name or any(d < 0 for d in shape):
-                raise UsageError(f"cannot read `--shape {arg}`: expected NAME:1x3x224x224")
-            for d in shape:
-                if error := too_large_dim(d, f"`--shape {arg}`"):
-                    raise error
-            shapes[name] = shape
-        elif "=" in arg:
-            name, _, value = arg.partition("=")
-            name = name.strip()
-            try:
-                dims[name] = int(value)
-            except ValueError:
-                raise UsageError(
-                    f"cannot read `--shape {arg}`: expected DIM=integer, e.g. H=480"
-                ) from None
-            if not name:
-                raise UsageError(
-                    f"cannot read `--shape {arg}`: the dim has no name; expected DIM=integer, e.g. H=480"
-                )
-            if dims[name] < 0:
-                raise UsageError(f"`--shape {arg}`: a dim cannot be negative")
-            if error := too_large_dim(dims[name], f"`--shape {arg}`"):
-                raise error
-        else:
-            raise UsageError(
-                f"cannot read `--shape {arg}`: use INPUT:1x3x224x224 for an input's shape or DIM=224 for a named dim"
-            )
-    return shapes, dims
 
 
 def resolve_shapes(
@@ -146,7 +91,7 @@ def resolve_shapes(
         if name not in names and name not in options.other_inputs:
             hint = did_you_mean(name, names)
             problems.append(
-                f"--shape names `{name}`, which is not an input of {model.name}"
+                f"a shape is given for `{name}`, which is not an input of {model.name}"
                 + (f"; {hint}" if hint else "")
             )
     symbols = [d for i in inputs if i.shape for d in i.shape if isinstance(d, str)]
@@ -156,7 +101,7 @@ def resolve_shapes(
             hint = did_you_mean(dim, symbols)
             known = ", ".join(f"`{s}`" for s in dict.fromkeys(symbols)) or "none"
             problems.append(
-                f"--shape {dim}=... names a dim that no input of {model.name} has"
+                f"a size is given for the dim `{dim}`, which no input of {model.name} has"
                 + (f"; {hint}" if hint else f" (its named dims: {known})")
             )
     chosen: dict[str, int] = dict(options.dims)
@@ -169,18 +114,18 @@ def resolve_shapes(
             if info.shape is not None:
                 if len(shape) != len(info.shape):
                     problems.append(
-                        f"--shape gives `{info.name}` rank {len(shape)}, but the model declares {info.shape_text()}"
+                        f"the shape given for `{info.name}` has rank {len(shape)}, but the model declares {info.shape_text()}"
                     )
                     continue
                 for axis, (want, have) in enumerate(zip(info.shape, shape, strict=True)):
                     if isinstance(want, int) and want != have and want > 0:
                         problems.append(
-                            f"--shape gives `{info.name}` dim {axis} = {have}, but the model fixes it at {want}"
+                            f"the shape given for `{info.name}` has dim {axis} = {have}, but the model fixes it at {want}"
                         )
                     elif isinstance(want, str):
                         if want in chosen and chosen[want] != have:
                             problems.append(
-                                f"--shape gives `{info.name}` dim {axis} ({want}) = {have}, but "
+                                f"the shape given for `{info.name}` has dim {axis} ({want}) = {have}, but "
                                 f"{origin[want]} already sets {want} = {chosen[want]}; inputs "
                                 f"sharing the dim `{want}` need one value"
                             )
@@ -203,7 +148,7 @@ def resolve_shapes(
             continue
         if info.shape is None:
             problems.append(
-                f"input `{info.name}` has unknown rank; give its shape with --shape {info.name}:1x3x224x224"
+                f"input `{info.name}` has unknown rank; give its shape, e.g. {info.name}:1x3x224x224"
             )
             continue
         shape = []
@@ -257,14 +202,14 @@ def random_array(info: TensorInfo, shape: tuple[int, ...], seed: int) -> np.ndar
 
     Raises:
         SurgeonError: The type has no random values, or this machine cannot allocate
-            them (within --max-feed-size, beyond its memory).
+            them (within the feed size limit, beyond its memory).
     """
     try:
         return _random_values(info, shape, seed)
     except MemoryError:
         raise SurgeonError(
             f"not enough memory for the input `{info.name}` (shape {list(shape)}, {info.dtype})",
-            hint="Choose smaller dims with --shape, or a lower --max-feed-size.",
+            hint="Choose smaller dims for the inputs, or a lower feed size limit.",
         ) from None
 
 
@@ -280,7 +225,7 @@ def _random_values(info: TensorInfo, shape: tuple[int, ...], seed: int) -> np.nd
     np_dtype = numpy_dtype(dtype)
     if np_dtype is None:
         raise SurgeonError(
-            f"cannot make random values for input `{info.name}` of type {dtype}; pass its values with --inputs feeds.npz"
+            f"cannot make random values for input `{info.name}` of type {dtype}; give its values in an .npz of input values"
         )
     if np_dtype.name in LOW_PRECISION_FLOATS:
         # ml_dtypes floats (bfloat16, float8, float4): normal values, rounded to the type.
@@ -294,210 +239,8 @@ def _random_values(info: TensorInfo, shape: tuple[int, ...], seed: int) -> np.nd
     if np_dtype.kind in "iu":
         return rng.integers(0, 8, size=shape).astype(np_dtype)
     raise SurgeonError(
-        f"cannot make random values for input `{info.name}` of type {dtype}; pass its values with --inputs feeds.npz"
+        f"cannot make random values for input `{info.name}` of type {dtype}; give its values in an .npz of input values"
     )
-
-
-def parse_size(text: str) -> int:
-    """A byte count from ``4G``, ``512M``, ``1.5GiB``, ``1000000`` (binary units: K = 1024).
-
-    Raises:
-        UsageError: The text is not a size.
-    """
-    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-    cleaned = text.strip().upper().replace(" ", "")
-    for suffix in ("IB", "B"):
-        if cleaned.endswith(suffix) and cleaned[: -len(suffix)][-1:] in units:
-            cleaned = cleaned[: -len(suffix)]
-            break
-    unit = cleaned[-1:] if cleaned[-1:] in units and cleaned[-1:] else ""
-    number = cleaned[: -len(unit)] if unit else cleaned
-    try:
-        value = float(number)
-    except ValueError:
-        value = -1.0
-    if not math.isfinite(value) or value <= 0:
-        raise UsageError(
-            f"cannot read the size `{text}`: expected e.g. 4G, 512M or 1000000 (bytes)"
-        )
-    return int(value * units[unit])
-
-
-def format_bytes(count: int) -> str:
-    """``4294967296`` -> ``"4 GiB"``; exact for small counts, 3 digits for large ones."""
-    if count < 1024:
-        return f"{count} bytes"
-    value = float(count)
-    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
-        value /= 1024
-        if value < 1024 or unit == "EiB":
-            return f"{value:.3g} {unit}"
-    return f"{count} bytes"  # unreachable
-
-
-@dataclass(frozen=True)
-class NpzEntry:
-    """One array of an ``.npz``, as its ``.npy`` header describes it (nothing decompressed).
-
-    Attributes:
-        key: The array's name (the member name without ``.npy``).
-        shape: Its shape.
-        dtype: Its dtype.
-        fortran_order: Whether the values are stored column-major.
-    """
-
-    key: str
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    fortran_order: bool = False
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes its values take once read (a Python int: no overflow)."""
-        return math.prod(self.shape) * self.dtype.itemsize
-
-
-def _npz_error(path, why: str) -> SurgeonError:
-    return SurgeonError(f"{path} is not a readable .npz file ({why})")
-
-
-def _read_npy_header(stream, path, member: str) -> tuple[tuple[int, ...], np.dtype, bool]:
-    """Shape, dtype and order from the start of a ``.npy`` stream; the stream is left at
-    the first byte of the values. Only the header is read (and decompressed)."""
-    fmt = np.lib.format
-    try:
-        version = fmt.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran, dtype = fmt.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, fortran, dtype = fmt.read_array_header_2_0(stream)
-        else:  # (3, 0): a UTF-8 header; numpy's reader for it is not public
-            shape, fortran, dtype = fmt._read_array_header(stream, version)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, AttributeError) as e:
-        raise _npz_error(path, f"`{member}` has no valid .npy header: {e}") from None
-    if dtype.hasobject:
-        # Object arrays are pickles, which can run code: never read from a file.
-        raise _npz_error(path, f"`{member}` holds Python objects (a pickle), which are not read")
-    return tuple(int(d) for d in shape), dtype, bool(fortran)
-
-
-def _open_npz(path):
-    from surgeon.loading import open_regular_file
-
-    fh, _ = open_regular_file(path, "an .npz file", SurgeonError)
-    try:
-        return fh, zipfile.ZipFile(fh)
-    except (zipfile.BadZipFile, OSError, ValueError) as e:
-        fh.close()
-        raise _npz_error(path, f"not a zip archive: {e}") from None
-
-
-def _npz_members(path, archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
-    members: dict[str, zipfile.ZipInfo] = {}
-    for info in archive.infolist():
-        if info.is_dir():
-            continue
-        if not info.filename.endswith(".npy"):
-            raise _npz_error(path, f"member `{info.filename}` is not a .npy array")
-        key = info.filename[: -len(".npy")]
-        if key in members:
-            raise _npz_error(path, f"it holds `{key}` twice")
-        members[key] = info
-    return members
-
-
-def read_npz_index(path: str | Path) -> dict[str, NpzEntry]:
-    """What an ``.npz`` holds, from each member's ``.npy`` header only.
-
-    Nothing beyond the headers is decompressed, so a compressed file that would inflate
-    to terabytes costs no more to inspect than a small one.
-
-    Raises:
-        SurgeonError: The file is missing, not a regular file, not a zip of ``.npy``
-            arrays, or holds pickled objects.
-    """
-    fh, archive = _open_npz(path)
-    with fh, archive:
-        index = {}
-        for key, info in _npz_members(path, archive).items():
-            try:
-                with archive.open(info) as stream:
-                    shape, dtype, fortran = _read_npy_header(stream, path, info.filename)
-            except (zipfile.BadZipFile, OSError, NotImplementedError, RuntimeError) as e:
-                raise _npz_error(path, f"`{info.filename}`: {e}") from None
-            index[key] = NpzEntry(key, shape, dtype, fortran)
-        return index
-
-
-def _too_large(path, entries: Iterable[NpzEntry], limit: int) -> SurgeonError:
-    entries = sorted(entries, key=lambda e: -e.nbytes)
-    total = sum(e.nbytes for e in entries)
-    return SurgeonError(
-        f"{path} holds {format_bytes(total)} of arrays, more than the limit of {format_bytes(limit)}",
-        problems=[
-            f"`{e.key}`: {list(e.shape)} {e.dtype.name} = {format_bytes(e.nbytes)}"
-            for e in entries[:5]
-        ],
-        hint="Nothing was decompressed. If the file is what you meant, raise the limit with --max-feed-size.",
-    )
-
-
-def load_npz(
-    path: str | Path,
-    keys: Iterable[str] | None = None,
-    *,
-    max_bytes: int | None = DEFAULT_MAX_FEED_BYTES,
-) -> dict[str, np.ndarray]:
-    """Read an ``.npz`` file into a dict, with a clear error for anything unreadable.
-
-    Args:
-        keys: Read only these arrays (default: all).
-        max_bytes: Refuse, before decompressing anything, when the arrays to read take
-            more than this many bytes together (None: no limit).
-
-    Raises:
-        SurgeonError: The file cannot be read, or holds more than ``max_bytes``.
-    """
-    fh, archive = _open_npz(path)
-    with fh, archive:
-        members = _npz_members(path, archive)
-        wanted = list(members) if keys is None else [k for k in keys if k in members]
-        headers = {}
-        for key in wanted:
-            with archive.open(members[key]) as stream:
-                headers[key] = NpzEntry(key, *_read_npy_header(stream, path, members[key].filename))
-        if max_bytes is not None and sum(e.nbytes for e in headers.values()) > max_bytes:
-            raise _too_large(path, headers.values(), max_bytes)
-        out = {}
-        for key in wanted:
-            entry = headers[key]
-            try:
-                with archive.open(members[key]) as stream:
-                    # The header is read again from the stream the values come from, so
-                    # the size checked above is the size read, whatever the file does.
-                    shape, dtype, fortran = _read_npy_header(stream, path, members[key].filename)
-                    if (shape, dtype, fortran) != (entry.shape, entry.dtype, entry.fortran_order):
-                        raise _npz_error(path, f"`{key}` changed while it was read")
-                    out[key] = _read_values(stream, path, entry)
-            except (zipfile.BadZipFile, OSError, zlib.error, EOFError) as e:
-                raise _npz_error(path, f"`{key}`: {e}") from None
-        return out
-
-
-def _read_values(stream, path, entry: NpzEntry) -> np.ndarray:
-    """Exactly ``entry.nbytes`` bytes from ``stream`` as an array: a member whose data is
-    longer than its header says is never inflated past that."""
-    buffer = bytearray(entry.nbytes)
-    view = memoryview(buffer)
-    filled = 0
-    while filled < len(buffer):
-        got = stream.readinto(view[filled : filled + 2**24])
-        if not got:
-            raise _npz_error(path, f"`{entry.key}` is truncated: {filled} of {entry.nbytes} bytes")
-        filled += got
-    array = np.frombuffer(buffer, dtype=entry.dtype)
-    order = "F" if entry.fortran_order else "C"
-    return array.reshape(entry.shape, order=order)
 
 
 def _itemsize(dtype: str | None) -> int:
@@ -514,14 +257,14 @@ def check_feed_size(
     given: Mapping[str, NpzEntry],
     limit: int | None,
     *,
-    flag: str = "--shape",
+    chosen_by: str = "the chosen shapes",
 ) -> None:
     """Refuse feeds that together take more than ``limit`` bytes, naming the inputs and
     the dims that make them so large (and where each dim came from).
 
     Args:
-        flag: The option that chose the dynamic dims (``--sizes`` in check-dynamic),
-            named in the message.
+        chosen_by: What chose the dynamic dims (the sizes tried, in the dynamic
+            check), named in the message.
 
     Raises:
         UsageError: The feeds are over the limit.
@@ -557,7 +300,7 @@ def check_feed_size(
                 fixed.append(f"dim {axis} = {d}")
         any_chosen = any_chosen or bool(chosen)
         if chosen:
-            cause = f"chosen for this run ({flag} or the default): " + ", ".join(chosen)
+            cause = f"chosen for this run ({chosen_by} or the default): " + ", ".join(chosen)
             if fixed:
                 cause += "; fixed by the model: " + ", ".join(fixed)
         else:
@@ -578,11 +321,10 @@ def check_feed_size(
         problems=[text for _, text in sizes[:5]]
         + ([f"... and {len(sizes) - 5} more inputs"] if len(sizes) > 5 else []),
         hint=(
-            f"Give smaller dims with {flag} (e.g. {flag} batch=1), or raise the limit with "
-            "--max-feed-size (e.g. --max-feed-size 16G)."
+            "Choose smaller dims (e.g. batch=1), or raise the feed size limit (e.g. to 16G)."
             if any_chosen
-            else "The model itself declares these sizes; if they are meant, raise the limit "
-            "with --max-feed-size (e.g. --max-feed-size 16G)."
+            else "The model itself declares these sizes; if they are meant, raise the feed "
+            "size limit (e.g. to 16G)."
         ),
     )
 
@@ -602,7 +344,7 @@ def make_feeds(model: Model, options: FeedOptions = FeedOptions()) -> dict[str, 
     """
     if options.seed < 0:
         # numpy's seed sequence takes non-negative integers only.
-        raise UsageError(f"--seed {options.seed} is negative; use a seed >= 0")
+        raise UsageError(f"the seed {options.seed} is negative; use a seed >= 0")
     index = read_npz_index(options.npz) if options.npz else {}
     inputs = model.inputs
     names = [i.name for i in inputs]
@@ -621,8 +363,8 @@ def make_feeds(model: Model, options: FeedOptions = FeedOptions()) -> dict[str, 
     problems += problems2
     if problems:
         raise SurgeonError(f"the feeds in {options.npz} do not fit {model.name}", problems=problems)
-    # The user's arrays fix the symbolic dims of the random inputs too (unless --shape
-    # says otherwise), and --shape is still checked when every input is in the file.
+    # The user's arrays fix the symbolic dims of the random inputs too (unless a chosen
+    # shape says otherwise), which are still checked when every input is in the file.
     shapes = resolve_shapes(model, options, given={k: e.shape for k, e in index.items()})
     check_feed_size(model, shapes, index, options.max_feed_bytes)
     # No limit here: check_feed_size has counted these arrays with the random ones.
@@ -650,10 +392,10 @@ def make_other_feeds(
 
     Each comes from ``options.npz`` when the file holds its name, else it is random by
     the same seed rule as any input (:func:`random_array`). Symbolic dims follow the
-    values ``known`` already fed to ``model`` (and ``--shape``).
+    values ``known`` already fed to ``model`` (and ``options.shapes``).
 
     Returns:
-        The values, and for each name where it came from (``the --inputs file`` or
+        The values, and for each name where it came from (``the feeds file`` or
         ``random``).
 
     Raises:
@@ -683,7 +425,7 @@ def make_other_feeds(
     values = load_npz(options.npz, index, max_bytes=None) if index else {}
     for name, dtype in void_as.items():
         values[name] = values[name].view(dtype)
-    how = {n: "the --inputs file" for n in values}
+    how = {n: "the feeds file" for n in values}
     infos = {i.name: i for i in model.inputs}
     for name in random_names:
         values[name] = random_array(infos[name], shapes[name], options.seed)

@@ -154,7 +154,7 @@ def test_item_check_agrees_with_the_reference_evaluator(case, size, seed):
 def test_a_head_that_folds_the_batch_fails_naming_the_reshape(cli, tmp_path):
     path = write(head("1, -1, 6"), tmp_path / "fold.onnx")
     out = tmp_path / "dyn.onnx"
-    res = cli("reshape-io", path, "--input", "image:Bx3x16x16", "-o", out)
+    res = cli("reshape-io", path, "--dims", "image:Bx3x16x16", "-o", out)
     # old code: "PASS: 2 of 2 size(s)" and the file written
     assert res.status == 1 and not out.exists(), res.stdout
     text = " ".join(res.stdout.split())
@@ -165,7 +165,7 @@ def test_a_head_that_folds_the_batch_fails_naming_the_reshape(cli, tmp_path):
         "baked constant in node `head/fold` (Reshape): shape [1, -1, 6] folds the batch: at "
         "B=3 its output is [1, 768, 6], where one item gives [1, 256, 6]"
     ) in text
-    doc = cli("reshape-io", path, "--input", "image:Bx3x16x16", "--json").json
+    doc = cli("reshape-io", path, "--dims", "image:Bx3x16x16", "--json").json
     (item,) = doc["details"]["dynamic"]["items"]
     assert (item["dim"], item["size"], item["passed"]) == ("B", 3, False)
     assert item["outputs"][0]["problem"].endswith("the 3 items are folded into axis 1")
@@ -186,7 +186,7 @@ def test_a_head_that_folds_the_batch_fails_naming_the_reshape(cli, tmp_path):
 @pytest.mark.parametrize("shape", ["-1, 256, 6", "0, -1, 6"])
 def test_a_healthy_head_passes_with_its_items_checked(cli, tmp_path, shape):
     path = write(head(shape), tmp_path / "ok.onnx")
-    res = cli("reshape-io", path, "--input", "image:Bx3x16x16", "-o", tmp_path / "dyn.onnx")
+    res = cli("reshape-io", path, "--dims", "image:Bx3x16x16", "-o", tmp_path / "dyn.onnx")
     assert res.status == 0, res.stdout
     text = " ".join(res.stdout.split())
     assert "at B=3 each item equals its B=1 run (bit-identical; atol=0.001 x max(1," in text

@@ -99,9 +99,9 @@ def test_a_name_mapped_twice_is_an_error(cli, tmp_path):
     res = cli(
         "rename",
         SAMPLES / "tiny_yolo.onnx",
-        "--io",
+        "--map",
         "images=a",
-        "--io",
+        "--map",
         "images=b",
         "-o",
         tmp_path / "o.onnx",

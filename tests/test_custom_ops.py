@@ -93,8 +93,8 @@ RUNNING = {
     "debug": ["debug", "{M}", "-o", "{OUT}"],
     "diff": ["diff", "{M}", "{M}"],
     "extract": ["extract", "{M}", "--inputs", "x", "--outputs", "a", "-o", "{OUT}"],
-    "rename": ["rename", "{M}", "--io", "y=z", "-o", "{OUT}"],
-    "reshape-io": ["reshape-io", "{M}", "--input", "x:Nx3", "-o", "{OUT}"],
+    "rename": ["rename", "{M}", "--map", "y=z", "-o", "{OUT}"],
+    "reshape-io": ["reshape-io", "{M}", "--dims", "x:Nx3", "-o", "{OUT}"],
     "check-dynamic": ["check-dynamic", "{M}"],
 }
 
@@ -177,7 +177,7 @@ def test_a_real_library_makes_every_command_work(tmp_path):
     assert run_cli("diff", path, path, "--exact", *flag).status == 0
     sub = tmp_path / "sub.onnx"
     assert run_cli("extract", path, "--inputs", "a", "--outputs", "b", "-o", sub, *flag).status == 0
-    assert run_cli("rename", path, "--io", "y=z", "-o", tmp_path / "r.onnx", *flag).status == 0
+    assert run_cli("rename", path, "--map", "y=z", "-o", tmp_path / "r.onnx", *flag).status == 0
     options = surgeon.RunOptions(custom_op_libraries=(lib,))
     got = surgeon.run(surgeon.load(sub), {"a": x}, options=options)["b"]
     np.testing.assert_allclose(got, np.linalg.inv(x), rtol=1e-5, atol=1e-6)

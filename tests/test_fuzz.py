@@ -42,8 +42,8 @@ def command_lines(model: Path, out: Path, sample: str) -> dict[str, list]:
         "debug": ["debug", model, "-o", out],
         "diff": ["diff", model, model],
         "extract": ["extract", model, "--inputs", cut_in, "--outputs", cut_out, "-o", out],
-        "rename": ["rename", model, "--io", f"{output}=renamed", "-o", out],
-        "reshape-io": ["reshape-io", model, "--input", spec, "-o", out],
+        "rename": ["rename", model, "--map", f"{output}=renamed", "-o", out],
+        "reshape-io": ["reshape-io", model, "--dims", spec, "-o", out],
         "check-dynamic": ["check-dynamic", model],
     }
     return {k: v for k, v in lines.items() if k in COMMANDS}

@@ -50,8 +50,8 @@ COMMAND_LINES = {
     "diff": ["diff", "{M}", "{M}"],
     "diff-as-candidate": ["diff", "{G}", "{M}"],
     "extract": ["extract", "{M}", "--inputs", "x", "--outputs", "y"],
-    "rename": ["rename", "{M}", "--io", "y=z"],
-    "reshape-io": ["reshape-io", "{M}", "--input", "x:Nx4"],
+    "rename": ["rename", "{M}", "--map", "y=z"],
+    "reshape-io": ["reshape-io", "{M}", "--dims", "x:Nx4"],
     "check-dynamic": ["check-dynamic", "{M}"],
     "merge": ["merge", "{M}", "{G}"],
     "merge-second": ["merge", "{G}", "{M}"],
@@ -182,8 +182,8 @@ def test_device_file_through_a_symlink_is_refused(tmp_path):
 WRITE_LINES = {
     "debug": ["debug", "{M}", "-o", "{OUT}"],
     "extract": ["extract", "{M}", "--inputs", "x", "--outputs", "y", "-o", "{OUT}"],
-    "rename": ["rename", "{M}", "--io", "y=z", "-o", "{OUT}"],
-    "reshape-io": ["reshape-io", "{M}", "--input", "x:Nx4", "-o", "{OUT}"],
+    "rename": ["rename", "{M}", "--map", "y=z", "-o", "{OUT}"],
+    "reshape-io": ["reshape-io", "{M}", "--dims", "x:Nx4", "-o", "{OUT}"],
     "merge": ["merge", "{M}", "{G}", "-o", "{OUT}"],
     "run": ["run", "rename_for_deployment", "{M}", "-o", "{OUT}", "--param", "prefix=p_"],
 }
@@ -246,7 +246,7 @@ def test_second_models_file_is_protected_too(tmp_path):
 
 def test_inplace_allows_replacing_the_input(tmp_path):
     model = _inline_model(tmp_path)
-    result = run_cli("rename", model, "--io", "y=z", "-o", model, "--inplace")
+    result = run_cli("rename", model, "--map", "y=z", "-o", model, "--inplace")
     assert result.status == 0, result.stderr
     import surgeon
 

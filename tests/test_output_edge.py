@@ -61,7 +61,7 @@ COMMAND_LINES = {
     "diff": lambda m: ["diff", m["first"], m["first"]],
     "extract": lambda m: ["extract", m["first"], "--inputs", "x", "--outputs", "h"],
     "rename": lambda m: ["rename", m["first"], "--prefix", "p_"],
-    "reshape-io": lambda m: ["reshape-io", m["first"], "--input", "x:Bx4"],
+    "reshape-io": lambda m: ["reshape-io", m["first"], "--dims", "x:Bx4"],
     "check-dynamic": lambda m: ["check-dynamic", m["first"]],
     "nms": lambda m: ["nms", "--layout", "yolov8", "--classes", "2", "-o", m["tmp"] / "n.onnx"],
     "merge": lambda m: ["merge", m["first"], m["second"]],

@@ -150,10 +150,10 @@ def test_save_cannot_write_over_the_new_models_weights(tmp_path, no_work):
 
 
 @pytest.mark.parametrize("flag", ["--save", "--html"])
-@pytest.mark.parametrize("victim", ["--inputs", "--custom-op-library"])
+@pytest.mark.parametrize("victim", ["--feeds", "--custom-op-library"])
 def test_side_outputs_cannot_replace_feeds_or_libraries(tmp_path, no_work, flag, victim):
     model = _ext_model(tmp_path, "m.onnx", "m.onnx.data")
-    if victim == "--inputs":  # valid feeds: only the refusal stops the command
+    if victim == "--feeds":  # valid feeds: only the refusal stops the command
         target = tmp_path / "feeds.npz"
         np.savez(target, x=W)
     else:
@@ -185,7 +185,7 @@ def test_inplace_hint_only_where_inplace_works(tmp_path, no_work):
         _refused(result, "refusing to overwrite")
         assert "to replace the input model on purpose" not in _text(result)
     # where the hint is given, following it works
-    result = run_cli("rename", model, "--io", "y=z", "-o", model)
+    result = run_cli("rename", model, "--map", "y=z", "-o", model)
     _refused(result, "to replace the input model on purpose")
     assert _hashes(tmp_path) == before
 
@@ -193,7 +193,7 @@ def test_inplace_hint_only_where_inplace_works(tmp_path, no_work):
 def test_inplace_replaces_the_model_and_its_weights_together(tmp_path):
     model = save(_big_model(), tmp_path / "m.onnx", external_data=True)
     result = run_cli(
-        "rename", model, "--io", "y=z", "-o", model, "--inplace", "--external-data", "always"
+        "rename", model, "--map", "y=z", "-o", model, "--inplace", "--external-data", "always"
     )
     assert result.status == 0, result.stderr
     again = load(model)
@@ -207,9 +207,9 @@ def test_inplace_lets_only_the_model_file_be_replaced(tmp_path, no_work, target)
     np.savez(tmp_path / "feeds.npz", x=W)
     before = _hashes(tmp_path)
     out = tmp_path / target
-    args = ["rename", model, "--io", "y=z", "-o", out, "--inplace"]
+    args = ["rename", model, "--map", "y=z", "-o", out, "--inplace"]
     if target == "feeds.npz":  # the feeds of the command, not the model it edits
-        args += ["--inputs", out]
+        args += ["--feeds", out]
     _refused(run_cli(*args))
     assert _hashes(tmp_path) == before
 
@@ -424,7 +424,7 @@ def test_unwritable_output_folder_is_found_before_the_work(tmp_path, no_work, mo
 
     monkeypatch.setattr(plan_module.tempfile, "mkstemp", mkstemp)
     for argv in (
-        ["rename", model, "--io", "y=z", "-o", ro / "out.onnx"],
+        ["rename", model, "--map", "y=z", "-o", ro / "out.onnx"],
         ["debug", model, "--html", ro / "r.html"],
         ["run", "split_model", model, "--param", "at=y", "-o", ro / "parts"],
     ):
@@ -435,7 +435,7 @@ def test_name_too_long_is_found_before_the_work(tmp_path, no_work):
     model = _ext_model(tmp_path, "m.onnx", "m.onnx.data")
     out = tmp_path / ("n" * 250 + ".onnx")  # 255 bytes: fine; its .data (260) is not
     _refused(
-        run_cli("rename", model, "--io", "y=z", "-o", out, "--external-data", "always"),
+        run_cli("rename", model, "--map", "y=z", "-o", out, "--external-data", "always"),
         "over this file system's",
     )
 
@@ -463,7 +463,7 @@ def test_file_size_limit_is_exit_2_with_the_reason(tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
 
     proc = subprocess.run(
-        [sys.executable, "-m", "surgeon", "rename", str(model), "--io", "y=z", "-o", "out.onnx"],
+        [sys.executable, "-m", "surgeon", "rename", str(model), "--map", "y=z", "-o", "out.onnx"],
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(Path(surgeon.__file__).parent.parent)},
         preexec_fn=limit,
@@ -504,7 +504,7 @@ def _stress_setup(folder: Path) -> dict[str, Path]:
 # command -> (argv before the outputs, {output flag: its default path}, inputs -o may replace)
 STRESS = {
     "debug": (
-        ["debug", "{model}", "--ref", "{ref}", "--inputs", "{feeds}"],
+        ["debug", "{model}", "--ref", "{ref}", "--feeds", "{feeds}"],
         ["-o", "--save", "--html"],
         {"model"},
     ),
@@ -513,9 +513,9 @@ STRESS = {
         ["-o"],
         {"model"},
     ),
-    "rename": (["rename", "{model}", "--io", "y=z", "--inputs", "{feeds}"], ["-o"], {"model"}),
-    "reshape-io": (["reshape-io", "{model}", "--input", "x:Nx4"], ["-o"], {"model"}),
-    "merge": (["merge", "{model}", "{second}", "--inputs", "{feeds}"], ["-o"], {"model", "second"}),
+    "rename": (["rename", "{model}", "--map", "y=z", "--feeds", "{feeds}"], ["-o"], {"model"}),
+    "reshape-io": (["reshape-io", "{model}", "--dims", "x:Nx4"], ["-o"], {"model"}),
+    "merge": (["merge", "{model}", "{second}", "--feeds", "{feeds}"], ["-o"], {"model", "second"}),
     "run": (["run", "{recipe}", "{model}"], ["-o"], {"model"}),
 }
 OUTPUT_NAMES = {"-o": "out.onnx", "--save": "taps.npz", "--html": "report.html"}

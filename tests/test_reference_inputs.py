@@ -39,14 +39,14 @@ def _x():
 def test_reference_input_fed_from_inputs_file(cli, tmp_path):
     cand, ref = _pair(tmp_path)
     np.savez(tmp_path / "feeds.npz", x=_x(), scale=np.array(2.0, np.float32))
-    res = cli("debug", cand, "--ref", ref, "--inputs", tmp_path / "feeds.npz", "--json")
+    res = cli("debug", cand, "--ref", ref, "--feeds", tmp_path / "feeds.npz", "--json")
     assert res.status == 0, res.stdout + res.stderr
     assert res.json["reference_feeds"] == {
         "x": "model input `x`",
         "scale": "feeds file feeds.npz",
     }
     assert "all 3 compared tensors match" in res.json["verdict"]
-    text = cli("debug", cand, "--ref", ref, "--inputs", tmp_path / "feeds.npz").stdout
+    text = cli("debug", cand, "--ref", ref, "--feeds", tmp_path / "feeds.npz").stdout
     assert "scale <- feeds file feeds.npz" in text.replace("\n", " ")
 
 
@@ -54,7 +54,7 @@ def test_reference_input_fed_from_inputs_file_wrong_value_diverges(cli, tmp_path
     cand, ref = _pair(tmp_path)
     x = _x()
     np.savez(tmp_path / "feeds.npz", x=x, scale=np.array(3.0, np.float32))
-    res = cli("debug", cand, "--ref", ref, "--inputs", tmp_path / "feeds.npz", "--json")
+    res = cli("debug", cand, "--ref", ref, "--feeds", tmp_path / "feeds.npz", "--json")
     assert res.status == 1
     y = {row["name"]: row for row in res.json["comparison"]}["y"]
     assert np.isclose(y["max_abs"], np.abs(np.maximum(x, 0)).max())  # |2a - 3a| = |a|
@@ -64,7 +64,7 @@ def test_reference_input_without_value_is_random_by_the_seed_rule(cli, tmp_path)
     cand, ref = _pair(tmp_path)
     np.savez(tmp_path / "feeds.npz", x=_x())
     res = cli(
-        "debug", cand, "--ref", ref, "--inputs", tmp_path / "feeds.npz", "--seed", "3", "--json"
+        "debug", cand, "--ref", ref, "--feeds", tmp_path / "feeds.npz", "--seed", "3", "--json"
     )
     assert res.status == 1  # a random scale is not 2
     assert res.json["reference_feeds"]["scale"] == "random (seed 3)"
@@ -86,7 +86,7 @@ def test_reference_input_without_inputs_file(tmp_path):
 def test_reference_input_with_wrong_dtype_is_an_error(cli, tmp_path):
     cand, ref = _pair(tmp_path)
     np.savez(tmp_path / "feeds.npz", x=_x(), scale=np.array(2, np.int64))
-    res = cli("debug", cand, "--ref", ref, "--inputs", tmp_path / "feeds.npz")
+    res = cli("debug", cand, "--ref", ref, "--feeds", tmp_path / "feeds.npz")
     assert res.status == 2
     assert "`scale` in" in res.stderr and "int64" in res.stderr and "float32" in res.stderr
 
@@ -94,7 +94,7 @@ def test_reference_input_with_wrong_dtype_is_an_error(cli, tmp_path):
 def test_key_of_neither_model_is_still_refused(cli, tmp_path):
     cand, ref = _pair(tmp_path)
     np.savez(tmp_path / "feeds.npz", x=_x(), scael=np.array(2.0, np.float32))
-    res = cli("debug", cand, "--ref", ref, "--inputs", tmp_path / "feeds.npz")
+    res = cli("debug", cand, "--ref", ref, "--feeds", tmp_path / "feeds.npz")
     assert res.status == 2
     err = " ".join(res.stderr.split())
     assert "`scael`, which is not an input of cand.onnx (nor of the reference)" in err
@@ -104,7 +104,7 @@ def test_key_of_neither_model_is_still_refused(cli, tmp_path):
 def test_reference_key_is_not_accepted_without_a_reference_model(cli, tmp_path):
     cand, _ = _pair(tmp_path)
     np.savez(tmp_path / "feeds.npz", x=_x(), scale=np.array(2.0, np.float32))
-    res = cli("debug", cand, "--inputs", tmp_path / "feeds.npz")
+    res = cli("debug", cand, "--feeds", tmp_path / "feeds.npz")
     assert res.status == 2 and "`scale`, which is not an input" in " ".join(res.stderr.split())
 
 
@@ -130,7 +130,7 @@ agraph (float[2, 4] x, int64[1] s) => (y) {
     err = res.stderr.replace("\n", " ")
     assert "random values for its input(s) `s`" in err and "--inputs" in err
     np.savez(tmp_path / "feeds.npz", x=_x(), s=np.array([8], np.int64))
-    assert cli("debug", cand, "--ref", ref, "--inputs", tmp_path / "feeds.npz").status == 0
+    assert cli("debug", cand, "--ref", ref, "--feeds", tmp_path / "feeds.npz").status == 0
 
 
 # ------------------------------------------------------------ what a root cause shows

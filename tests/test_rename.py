@@ -98,9 +98,9 @@ def test_every_collision_is_listed(cli, samples, tmp_path):
     res = cli(
         "rename",
         samples / "tiny_yolo.onnx",
-        "--io",
+        "--map",
         "images=output0",
-        "--io",
+        "--map",
         "output0=head/grid",
         "-o",
         out,
@@ -124,7 +124,7 @@ def test_unknown_names_with_suggestions(cli, samples, tmp_path):
     with pytest.raises(NameNotFoundError) as e:
         rename(model, {"imagse": "x", "outptu0": "y"})
     assert len(e.value.problems) == 2
-    res = cli("rename", samples / "tiny_yolo.onnx", "--io", "imagse=x", "-o", tmp_path / "r.onnx")
+    res = cli("rename", samples / "tiny_yolo.onnx", "--map", "imagse=x", "-o", tmp_path / "r.onnx")
     assert res.status == 2 and "did you mean `images`" in res.stderr
 
 
@@ -139,7 +139,7 @@ def test_usage_errors(cli, samples, tmp_path):
     with pytest.raises(UsageError, match="empty name"):
         rename(model, {"images": ""})
     assert parse_regex("(?=a)b=c")[0].pattern == "(?=a)b"  # split at the last '='
-    res = cli("rename", samples / "tiny_yolo.onnx", "--io", "images", "-o", tmp_path / "r.onnx")
+    res = cli("rename", samples / "tiny_yolo.onnx", "--map", "images", "-o", tmp_path / "r.onnx")
     assert res.status == 2 and "OLD=NEW" in res.stderr
 
 
@@ -148,7 +148,7 @@ def test_cli_json(cli, samples, tmp_path):
     res = cli(
         "rename",
         samples / "tiny_yolo.onnx",
-        "--io",
+        "--map",
         "images=pixels",
         "--regex",
         "^output0$=preds",

@@ -49,7 +49,7 @@ def test_declared_dims_too_large_are_refused(tmp_path, cli):
     text = _flat(res.stderr)
     assert "would take 3.55 PiB, more than the limit of 4 GiB" in text
     assert "`x` [100000, 100000, 100000] float32" in text
-    assert "every dim is fixed by the model" in text and "--max-feed-size" in text
+    assert "every dim is fixed by the model" in text and "raise the feed size limit" in text
 
 
 BIG = 2**63 - 1  # the largest dim ONNX can hold: valid, and far beyond any feed limit
@@ -66,15 +66,15 @@ CUT = ("--inputs", "images", "--outputs", "y")
         (("check-dynamic", "--sizes", "batch=100000000"), "dim 0 (batch) = 100000000"),
         (("check-dynamic", "--sizes", f"batch=1,{BIG}"), f"dim 0 (batch) = {BIG}"),
         (
-            ("reshape-io", "--input", "images:100000000x3x64x64", "-o", "{tmp}/o.onnx"),
+            ("reshape-io", "--dims", "images:100000000x3x64x64", "-o", "{tmp}/o.onnx"),
             "every dim is fixed by the model",
         ),
         (
-            ("reshape-io", "--input", f"images:{BIG}x3x64x64", "-o", "{tmp}/o.onnx"),
+            ("reshape-io", "--dims", f"images:{BIG}x3x64x64", "-o", "{tmp}/o.onnx"),
             "every dim is fixed by the model",
         ),
         (
-            ("reshape-io", "--input", "images:Bx3x64x64", "--sizes", f"B={BIG}"),
+            ("reshape-io", "--dims", "images:Bx3x64x64", "--sizes", f"B={BIG}"),
             f"dim 0 (B) = {BIG}",
         ),
     ],
@@ -91,27 +91,35 @@ def test_chosen_dims_too_large_are_refused(tmp_path, cli, args, cause):
     text = _flat(res.stdout + res.stderr)
     assert "more than the limit of 4 GiB" in text and "Traceback" not in text
     assert cause in text
-    flag = "--sizes" if command in ("check-dynamic", "reshape-io") else "--shape"
-    assert "fixed by the model" in cause or f"Give smaller dims with {flag}" in text
+    assert "fixed by the model" in cause or "Choose smaller dims" in text
     assert not (tmp_path / "o.onnx").exists()
 
 
 @pytest.mark.parametrize(
     "args,where",
     [
-        (("debug", "--shape", "batch=99999999999999999999"), "`--shape batch="),
-        (("diff", "--shape", "images:99999999999999999999x3x64x64"), "`--shape images:"),
-        (("extract", *CUT, "--shape", "batch=99999999999999999999"), "`--shape batch="),
-        (("extract", *CUT, "--shape", "images:99999999999999999999x3"), "`--shape images:"),
-        (("check-dynamic", "--sizes", "batch=1,99999999999999999999"), "`--sizes batch="),
+        (("debug", "--shape", "batch=99999999999999999999"), "--shape: the dim size `batch="),
+        (("diff", "--shape", "images:99999999999999999999x3x64x64"), "--shape: the shape `images:"),
         (
-            ("reshape-io", "--input", "images:99999999999999999999x3x64x64", "-o", "{tmp}/o.onnx"),
-            "`--input images:",
+            ("extract", *CUT, "--shape", "batch=99999999999999999999"),
+            "--shape: the dim size `batch=",
         ),
-        (("reshape-io", "--input", "images:Bx3x64x64", "--sizes", "B=2**70"), None),
         (
-            ("reshape-io", "--input", "images:Bx3x64x64", "--sizes", f"B={2**63}"),
-            "`--sizes B=",
+            ("extract", *CUT, "--shape", "images:99999999999999999999x3"),
+            "--shape: the shape `images:",
+        ),
+        (
+            ("check-dynamic", "--sizes", "batch=1,99999999999999999999"),
+            "--sizes: the sizes `batch=",
+        ),
+        (
+            ("reshape-io", "--dims", "images:99999999999999999999x3x64x64", "-o", "{tmp}/o.onnx"),
+            "--dims: dim 99999999999999999999 in the dims `images:",
+        ),
+        (("reshape-io", "--dims", "images:Bx3x64x64", "--sizes", "B=2**70"), None),
+        (
+            ("reshape-io", "--dims", "images:Bx3x64x64", "--sizes", f"B={2**63}"),
+            "--sizes: the sizes `B=",
         ),
     ],
 )
@@ -126,7 +134,7 @@ def test_dims_beyond_int64_are_refused_when_read(tmp_path, cli, args, where):
     assert res.status == 2, (res.stdout, res.stderr)
     text = _flat(res.stderr)
     if where is None:  # not a number at all: the ordinary parse error
-        assert "cannot read `--sizes B=2**70`" in text
+        assert "--sizes: cannot read the sizes `B=2**70`" in text
     else:
         assert where in text and "is larger than any tensor dim can be" in text
         assert str(2**63 - 1) in text
@@ -155,7 +163,7 @@ def test_check_dynamic_refuses_sizes_beyond_int64():
     [
         ("extract", CUT),
         ("check-dynamic", ()),
-        ("reshape-io", ("--input", "images:Bx3x64x64")),
+        ("reshape-io", ("--dims", "images:Bx3x64x64")),
     ],
 )
 def test_every_command_takes_max_feed_size(tmp_path, cli, command, args):
@@ -179,12 +187,12 @@ def test_dynamic_checks_refuse_before_running(tmp_path, cli, command, monkeypatc
     onnx.save(_relu(["batch", 3, 64, 64]), str(tmp_path / "m.onnx"))
     ran = []
     monkeypatch.setattr(surgeon.runner.Session, "run", lambda *a, **k: ran.append(a))
-    args = ("--input", "images:Bx3x64x64") if command == "reshape-io" else ()
+    args = ("--dims", "images:Bx3x64x64") if command == "reshape-io" else ()
     res = cli(command, tmp_path / "m.onnx", *args, "--max-feed-size", "100k")
     assert res.status == 2, (res.stdout, res.stderr)
     text = _flat(res.stderr)
     assert "more than the limit of 100 KiB" in text and "[3, 3, 64, 64]" in text
-    assert "Give smaller dims with --sizes" in text
+    assert "Choose smaller dims" in text and "the sizes tried" in text
     assert ran == []
 
 
@@ -318,7 +326,7 @@ def test_an_npz_bomb_is_refused_from_its_headers(tmp_path, cli):
     bomb = tmp_path / "feeds.npz"
     _bomb(bomb, "images", (40000, 40000), 2**24)
     start = time.perf_counter()
-    res = cli("debug", tmp_path / "m.onnx", "--inputs", bomb)
+    res = cli("debug", tmp_path / "m.onnx", "--feeds", bomb)
     assert res.status == 2, res.stderr
     assert "5.96 GiB" in _flat(res.stderr) and "more than the limit" in _flat(res.stderr)
     with pytest.raises(SurgeonError, match="Nothing was decompressed"):
@@ -341,7 +349,7 @@ def test_unknown_keys_are_refused_before_loading(tmp_path, cli):
     onnx.save(_relu([1, 3]), str(tmp_path / "m.onnx"))
     bomb = tmp_path / "feeds.npz"
     _bomb(bomb, "imagse", (40000, 40000), 2**22)
-    res = cli("debug", tmp_path / "m.onnx", "--inputs", bomb)
+    res = cli("debug", tmp_path / "m.onnx", "--feeds", bomb)
     assert res.status == 2
     text = _flat(res.stderr)
     assert "`imagse`, which is not an input" in text and "did you mean `images`" in text

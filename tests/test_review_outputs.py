@@ -79,7 +79,7 @@ def test_inplace_never_replaces_the_weights_another_input_shares(tmp_path, no_wo
 def test_inplace_still_replaces_weights_only_its_own_model_reads(tmp_path):
     m = save(surgeon.Model(_big()), tmp_path / "m.onnx", external_data=True)
     (tmp_path / "other.onnx").write_bytes(b"unrelated")
-    result = run_cli("rename", m, "--io", "y=z", "-o", m, "--inplace", "--external-data", "always")
+    result = run_cli("rename", m, "--map", "y=z", "-o", m, "--inplace", "--external-data", "always")
     assert result.status == 0, result.stderr
     assert load(m).output_names == ["z"]
 
@@ -96,7 +96,7 @@ def _big() -> onnx.ModelProto:
 @pytest.mark.parametrize(
     "argv",
     [
-        ["rename", "{m}", "--io", "y=z", "-o", "{out}"],
+        ["rename", "{m}", "--map", "y=z", "-o", "{out}"],
         ["nms", "--layout", "yolov8", "--classes", "3", "-o", "{out}"],
         ["debug", "{m}", "--html", "{out}"],
         ["debug", "{m}", "--save", "{out}"],
@@ -126,11 +126,11 @@ def test_auto_external_data_does_not_refuse_a_name_it_will_not_write(tmp_path):
     m = tmp_path / "m.onnx"
     onnx.save_model(_big(), str(m))
     out = tmp_path / ("a" * 247 + ".onnx")
-    result = run_cli("rename", m, "--io", "y=z", "-o", out)
+    result = run_cli("rename", m, "--map", "y=z", "-o", out)
     assert result.status == 0, result.stderr
     assert load(out).output_names == ["z"]
     # and with --external-data always the weights file's name is still refused up front
-    result = run_cli("rename", m, "--io", "y=z", "-o", out, "--external-data", "always")
+    result = run_cli("rename", m, "--map", "y=z", "-o", out, "--external-data", "always")
     assert result.status == 2 and "over this file system's" in _text(result)
 
 
@@ -145,7 +145,7 @@ def test_a_replaced_file_keeps_its_permissions(tmp_path, inplace):
         out.write_bytes(b"old")
     os.chmod(m, 0o600)
     os.chmod(out, 0o600)
-    result = run_cli("rename", m, "--io", "y=z", "-o", out, *(["--inplace"] if inplace else []))
+    result = run_cli("rename", m, "--map", "y=z", "-o", out, *(["--inplace"] if inplace else []))
     assert result.status == 0, result.stderr
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
 
@@ -183,11 +183,11 @@ def test_usage_errors_escape_the_arguments_they_quote(cli):
 @pytest.mark.parametrize(
     ("argv", "flag"),
     [
-        (["rename", "{m}", "--io", "y=z", "-o", ""], "-o"),
+        (["rename", "{m}", "--map", "y=z", "-o", ""], "-o"),
         (["merge", "{m}", "{m}", "-o", ""], "-o"),
         (["debug", "{m}", "--html", ""], "--html"),
         (["debug", "{m}", "--save", ""], "--save"),
-        (["debug", "{m}", "--inputs", ""], "--inputs"),
+        (["debug", "{m}", "--feeds", ""], "--feeds"),
     ],
 )
 def test_an_empty_path_is_a_usage_error_not_a_missing_option(tmp_path, no_work, argv, flag):

@@ -104,7 +104,7 @@ def test_signal_during_a_save_leaves_no_temp_files(tmp_path, name, code, word):
     (tmp_path / "out.onnx").write_bytes(b"old")
     proc = _start(
         tmp_path,
-        ["rename", str(model), "--io", "y=z", "-o", "out.onnx", "--external-data", "always"],
+        ["rename", str(model), "--map", "y=z", "-o", "out.onnx", "--external-data", "always"],
     )
     # a temp file with bytes in it: the save itself (not the empty probe before the work)
     _wait_for(_temp_with_bytes(tmp_path), proc)

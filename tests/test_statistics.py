@@ -239,7 +239,7 @@ def test_huge_float64_is_not_inf_and_passes(cli, tmp_path):
     m = identity_chain({"x": TensorProto.DOUBLE}).proto
     path = write(m, tmp_path / "f64.onnx")
     np.savez(tmp_path / "in.npz", x=np.array([1e300, -1e300, 5.0]))
-    res = cli("debug", path, "--inputs", tmp_path / "in.npz", "--json")
+    res = cli("debug", path, "--feeds", tmp_path / "in.npz", "--json")
     assert res.status == 0, res.stdout
     tap = next(t for t in res.json["taps"] if t["name"] == "a_0")
     assert (tap["min"], tap["max"], tap["inf"]) == (-1e300, 1e300, 0)
@@ -253,7 +253,7 @@ def test_int64_beyond_float_precision_keeps_its_value(cli, tmp_path):
         assert (stats.min, stats.max) == (-big, big + 2)
     path = write(identity_chain({"x": TensorProto.INT64}).proto, tmp_path / "i64.onnx")
     np.savez(tmp_path / "in.npz", x=x)
-    res = cli("debug", path, "--inputs", tmp_path / "in.npz", "--json")
+    res = cli("debug", path, "--feeds", tmp_path / "in.npz", "--json")
     tap = next(t for t in res.json["taps"] if t["name"] == "a_0")
     assert (tap["min"], tap["max"]) == (-big, big + 2)  # exact in JSON too
 

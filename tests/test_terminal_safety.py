@@ -152,7 +152,7 @@ COMMAND_LINES = {
     "reshape-io": lambda h: [
         "reshape-io",
         h["M"],
-        "--input",
+        "--dims",
         f"{h['x']}:2x4",
         "-o",
         _out(h, "s") + ".onnx",

@@ -216,9 +216,9 @@ def test_a_fifo_is_refused_as_an_npz(tmp_path, cli, samples):
     os.mkfifo(fifo)
     model = sorted(samples.glob("*.onnx"))[0]
     for args in (
-        ("debug", model, "--inputs", fifo),
+        ("debug", model, "--feeds", fifo),
         ("debug", model, "--ref", fifo),
-        ("diff", model, model, "--inputs", fifo),
+        ("diff", model, model, "--feeds", fifo),
     ):
         res = cli(*args)
         assert res.status == 2, (args, res.stderr)

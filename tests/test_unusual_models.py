@@ -202,7 +202,7 @@ def test_unusual_model_goes_through_every_command(tmp_path, name):
 
     # tap everything; the tapped values equal the reference evaluator's
     result = run_cli(
-        "debug", model, "--inputs", tmp_path / "feeds.npz", "--save", tmp_path / "taps.npz"
+        "debug", model, "--feeds", tmp_path / "feeds.npz", "--save", tmp_path / "taps.npz"
     )
     assert result.status == 0, result.stdout + result.stderr
     with np.load(tmp_path / "taps.npz") as taps:
@@ -224,11 +224,11 @@ def test_unusual_model_goes_through_every_command(tmp_path, name):
     for out in cut_out.split(","):
         _close(got[out], expected[out])
 
-    result = run_cli("diff", model, model, "--inputs", tmp_path / "feeds.npz", "--exact")
+    result = run_cli("diff", model, model, "--feeds", tmp_path / "feeds.npz", "--exact")
     assert result.status == 0, result.stdout + result.stderr
 
     result = run_cli(
-        "rename", model, "--io", f"{renamed}=renamed", "--inputs", tmp_path / "feeds.npz",
+        "rename", model, "--map", f"{renamed}=renamed", "--feeds", tmp_path / "feeds.npz",
         "-o", tmp_path / "renamed.onnx",
     )  # fmt: skip
     assert result.status == 0, result.stdout + result.stderr
@@ -456,7 +456,7 @@ def test_bfloat16_activations_tap_extract_and_diff(tmp_path):
     )
     x = np.array([[1.1, -2.2, 3.3], [0.5, 1e-3, -7.0]], np.float32)
     np.savez(tmp_path / "feeds.npz", x=x)
-    feeds = ["--inputs", tmp_path / "feeds.npz"]
+    feeds = ["--feeds", tmp_path / "feeds.npz"]
     result = run_cli("debug", path, *feeds, "--save", tmp_path / "taps.npz", "--json")
     assert result.status == 0, result.stdout + result.stderr
     assert {t["name"]: t["dtype"] for t in result.json["taps"]}["t"] == "bfloat16"
@@ -489,7 +489,7 @@ def test_bfloat16_inputs_random_and_from_npz(tmp_path):
     assert result.json["feeds"]["x"]["dtype"] == "bfloat16"
     x = np.array([[1, -2, 3], [4, 5, -6]], np.float32).astype(ml_dtypes.bfloat16)
     np.savez(tmp_path / "in.npz", x=x)  # stored as raw void, read back as bfloat16
-    result = run_cli("debug", path, "--inputs", tmp_path / "in.npz", "--save", tmp_path / "o.npz")
+    result = run_cli("debug", path, "--feeds", tmp_path / "in.npz", "--save", tmp_path / "o.npz")
     assert result.status == 0, result.stdout + result.stderr
     with np.load(tmp_path / "o.npz") as out:
         assert np.array_equal(out["y"], np.maximum(x.astype(np.float32), 0))
@@ -529,8 +529,8 @@ def test_sequence_outputs_go_through_every_command(tmp_path):
         ["debug", path, "--ref", path],
         ["diff", path, path, "--exact", "--json"],
         ["extract", path, "--inputs", "s", "--outputs", "z", "-o", tmp_path / "sub.onnx"],
-        ["rename", path, "--io", "s=seq", "-o", tmp_path / "renamed.onnx"],
-        ["reshape-io", path, "--input", "x:N", "-o", tmp_path / "dyn.onnx"],
+        ["rename", path, "--map", "s=seq", "-o", tmp_path / "renamed.onnx"],
+        ["reshape-io", path, "--dims", "x:N", "-o", tmp_path / "dyn.onnx"],
         ["check-dynamic", path],
     ]
     for argv in runs:

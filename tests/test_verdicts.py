@@ -75,7 +75,7 @@ def test_nan_in_the_users_input_is_reported_as_such(cli, tmp_path, keep_values):
     assert "first NaN" not in report.verdict()
     assert report.first_anomaly is None
     np.savez(tmp_path / "feeds.npz", images=x)
-    res = cli("debug", model.path, "--inputs", tmp_path / "feeds.npz", "--json")
+    res = cli("debug", model.path, "--feeds", tmp_path / "feeds.npz", "--json")
     assert res.status == 0
     assert res.json["nonfinite"][0] == {
         "tensor": "images",

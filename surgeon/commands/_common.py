@@ -1,5 +1,19 @@
 """Argument groups shared by commands, and their conversion into library options.
 
+One spelling, one default and one meaning per idea, whichever command takes it (the
+README's "Shared options" table lists them; ``tests/test_shared_options.py`` walks every
+parser to keep it so):
+
+- input values: ``--feeds FEEDS.npz`` with ``--shape``, ``--seed``, ``--max-feed-size``;
+- name pairs: ``--map LEFT=RIGHT``, the left side on the reference/original/upstream side;
+- the written model: ``-o/--output``, ``--inplace``, ``--external-data``;
+- tolerances: ``--atol``, ``--rtol``, ``--exact`` (default :data:`DEFAULT_ATOL` /
+  :data:`DEFAULT_RTOL`);
+- onnxruntime: ``--optimization`` (default ``disabled``), ``--custom-op-library``.
+
+Every default is the one the parser holds, so ``--help`` shows what really runs. Old
+spellings stay as hidden options that fail with the new name (:func:`add_renamed`).
+
 Kept free of heavy imports: it runs while ``surgeon --help`` builds the parser.
 """
 
@@ -7,35 +21,71 @@ from __future__ import annotations
 
 import argparse
 
+# The one default tolerance of every command that compares. Measured on healthy real
+# models (rapidocr det/rec/cls, ddddocr det/ocr, magika; see the README): onnxruntime's
+# optimised kernels differ from the unoptimised ones by up to ~2e-5 relative on some
+# tensors, so 1e-5 raised false alarms in `debug --ref-optimization` while 1e-4 did not.
+DEFAULT_ATOL = 1e-4
+DEFAULT_RTOL = 1e-4
+# Same kernels on both sides (no fusion, no pre-packing): what an edit's bit-identity
+# and a tap's check need, and the same default in every command.
+DEFAULT_OPTIMIZATION = "disabled"
+OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
+EXTERNAL_CHOICES = {"auto": None, "always": True, "never": False}
 
-def add_feed_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("inputs")
+
+class _Renamed(argparse.Action):
+    """A hidden old spelling: using it is a usage error (exit 2) that names the new one."""
+
+    def __init__(self, option_strings, dest, message: str = "", **kwargs):
+        self.message = message
+        kwargs.setdefault("help", argparse.SUPPRESS)
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} {self.message}")
+
+
+def add_renamed(parser, old: str, new: str, hint: str = "", nargs=None) -> None:
+    """Keep ``old`` as a hidden option that fails with "was renamed to ``new``"."""
+    parser.add_argument(
+        old,
+        action=_Renamed,
+        dest=f"renamed_{old.lstrip('-').replace('-', '_')}",
+        nargs=nargs,
+        default=argparse.SUPPRESS,
+        message=f"was renamed to {new}" + (f": {hint}" if hint else ""),
+    )
+
+
+# --------------------------------------------------------------------------- feeds
+def add_feed_arguments(parser: argparse.ArgumentParser, *, old_inputs: bool = True) -> None:
+    """--feeds, --shape, --seed and --max-feed-size: the input values of every command
+    that runs a model. ``old_inputs``: keep the old ``--inputs FEEDS.npz`` as a hidden
+    option that names --feeds (extract's --inputs is its cut, so it passes False)."""
+    group = parser.add_argument_group("input values")
     group.add_argument(
-        "--inputs",
+        "--feeds",
         metavar="FEEDS.npz",
-        help="input values from an .npz keyed by input name (others are random)",
+        help="input values from an .npz keyed by input name (the others are random)",
     )
     group.add_argument(
         "--shape",
         action="append",
         default=[],
         metavar="SPEC",
-        help="resolve dynamic dims: INPUT:1x3x640x640 for an input, or DIM=640 for a named dim; repeatable "
-        "(default: batch 1, other dynamic dims 64)",
+        help="resolve dynamic dims: INPUT:1x3x640x640 for an input, or DIM=640 for a named "
+        "dim; repeatable (default: batch 1, other dynamic dims 64)",
     )
     group.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
-    add_max_feed_size_argument(group)
-
-
-def add_max_feed_size_argument(group) -> None:
-    """--max-feed-size, on its own: commands that build their feeds differently (extract,
-    check-dynamic, reshape-io) take it too. Read it back with :func:`max_feed_bytes`."""
     group.add_argument(
         "--max-feed-size",
         metavar="SIZE",
         default="4G",
         help="refuse inputs that would take more than SIZE together, e.g. 16G (default 4G)",
     )
+    if old_inputs:
+        add_renamed(group, "--inputs", "--feeds", "e.g. --feeds FEEDS.npz")
 
 
 def max_feed_bytes(args) -> int:
@@ -49,20 +99,124 @@ def max_feed_bytes(args) -> int:
     return parse_size(args.max_feed_size)
 
 
-def add_tolerance_arguments(
-    parser: argparse.ArgumentParser, atol: float = 1e-5, rtol: float = 1e-5
-) -> None:
+def feed_options(args):
+    """The FeedOptions of --feeds, --shape, --seed and --max-feed-size.
+
+    Raises:
+        UsageError: A --shape or --max-feed-size that does not parse.
+    """
+    from surgeon.errors import UsageError
+    from surgeon.feeds import FeedOptions, parse_shape_args
+
+    if args.seed < 0:  # numpy's seed sequence takes non-negative integers only
+        raise UsageError(f"--seed {args.seed} is negative; use a seed >= 0")
+    try:
+        shapes, dims = parse_shape_args(args.shape or [])
+    except UsageError as e:  # the library quotes the value; the CLI names the option
+        raise UsageError(f"--shape: {e.message}", problems=e.problems, hint=e.hint) from None
+    return FeedOptions(
+        seed=args.seed,
+        shapes=shapes,
+        dims=dims,
+        npz=args.feeds,
+        max_feed_bytes=max_feed_bytes(args),
+    )
+
+
+# ------------------------------------------------------------------------ name pairs
+def add_map_argument(parser, left: str, right: str, meaning: str) -> None:
+    """--map LEFT=RIGHT; ``left`` names the reference/original/upstream side."""
+    parser.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar=f"{left}={right}",
+        help=f"{meaning}; repeatable",
+    )
+
+
+def parse_map(
+    items, left: str = "LEFT", right: str = "RIGHT", *, unique_left: bool = True
+) -> list[tuple[str, str]]:
+    """``A=B`` strings into (A, B) pairs, split at the first ``=`` (names may hold ``:``).
+
+    Args:
+        left, right: What each side names, for the messages (``REF``, ``CANDIDATE``).
+        unique_left: Refuse a left name given twice (merge lets one output feed several
+            inputs). A right name given twice is always refused.
+
+    Raises:
+        UsageError: An item without ``=`` or with an empty side (the old ``OUT:IN`` form
+            included), or conflicting pairs (all of them at once).
+    """
+    from surgeon.errors import UsageError
+
+    pairs: list[tuple[str, str]] = []
+    problems = []
+    for item in items:
+        a, sep, b = item.partition("=")
+        if not sep or not a or not b:
+            example = item.replace(":", "=", 1) if ":" in item and not sep else f"{left}={right}"
+            raise UsageError(
+                f"cannot read `--map {item}`: expected {left}={right}, split at the first `=`",
+                hint=f"e.g. --map {example}",
+            )
+        lefts = [x for x, _ in pairs]
+        rights = [y for _, y in pairs]
+        if unique_left and a in lefts:
+            problems.append(f"`{a}` is mapped twice: to `{rights[lefts.index(a)]}` and to `{b}`")
+            continue
+        if b in rights:
+            problems.append(f"`{b}` is the target of both `{lefts[rights.index(b)]}` and `{a}`")
+            continue
+        pairs.append((a, b))
+    if problems:
+        raise UsageError("conflicting --map entries", problems=problems)
+    return pairs
+
+
+# ------------------------------------------------------------------------ tolerance
+def add_tolerance_arguments(parser: argparse.ArgumentParser) -> None:
+    """--atol, --rtol and --exact, with the one default of every command that compares."""
     group = parser.add_argument_group("tolerance")
     group.add_argument(
-        "--atol", type=float, default=atol, help=f"absolute tolerance (default {atol:g})"
+        "--atol",
+        type=float,
+        default=DEFAULT_ATOL,
+        help=f"absolute tolerance (default {DEFAULT_ATOL:g})",
     )
     group.add_argument(
-        "--rtol", type=float, default=rtol, help=f"relative tolerance (default {rtol:g})"
+        "--rtol",
+        type=float,
+        default=DEFAULT_RTOL,
+        help=f"relative tolerance (default {DEFAULT_RTOL:g})",
+    )
+    group.add_argument(
+        "--exact",
+        action="store_true",
+        help="require bit-identical floats instead (--atol/--rtol are then ignored)",
     )
 
 
-def add_runtime_arguments(parser: argparse.ArgumentParser, optimization: str = "all") -> None:
-    """--custom-op-library and --optimization (``optimization`` is the default level)."""
+def tolerance(args):
+    """The Tolerance of --atol, --rtol and --exact.
+
+    Raises:
+        UsageError: A negative or NaN tolerance.
+    """
+    from surgeon.compare import EXACT, Tolerance
+    from surgeon.errors import UsageError
+
+    if args.exact:
+        return EXACT
+    if not (args.atol >= 0 and args.rtol >= 0):  # also refuses NaN
+        raise UsageError("--atol and --rtol must be non-negative numbers, e.g. --atol 1e-4")
+    return Tolerance(atol=args.atol, rtol=args.rtol)
+
+
+# ------------------------------------------------------------------------ onnxruntime
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """--custom-op-library and --optimization (default ``disabled`` everywhere)."""
     group = parser.add_argument_group("onnxruntime")
     group.add_argument(
         "--custom-op-library",
@@ -73,52 +227,10 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, optimization: str = "
     )
     group.add_argument(
         "--optimization",
-        choices=["disabled", "basic", "extended", "all"],
-        default=optimization,
-        help=f"onnxruntime graph optimisation level (default {optimization})",
+        choices=OPTIMIZATION_LEVELS,
+        default=DEFAULT_OPTIMIZATION,
+        help=f"onnxruntime graph optimisation level (default {DEFAULT_OPTIMIZATION})",
     )
-
-
-def add_output_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:
-    group = parser.add_argument_group("output model")
-    group.add_argument(
-        "-o",
-        "--output",
-        required=required,
-        metavar="OUT.onnx",
-        help="where to write the edited model",
-    )
-    group.add_argument(
-        "--inplace", action="store_true", help="allow the output to overwrite the input model"
-    )
-    group.add_argument(
-        "--external-data",
-        choices=["auto", "always", "never"],
-        default="auto",
-        help="write weights to OUT.onnx.data: auto (only above 2 GB), always, never",
-    )
-
-
-def feed_options(args):
-    from surgeon.feeds import FeedOptions, parse_shape_args
-
-    shapes, dims = parse_shape_args(args.shape or [])
-    return FeedOptions(
-        seed=args.seed,
-        shapes=shapes,
-        dims=dims,
-        npz=args.inputs,
-        max_feed_bytes=max_feed_bytes(args),
-    )
-
-
-def tolerance(args):
-    from surgeon.compare import Tolerance
-    from surgeon.errors import UsageError
-
-    if args.atol < 0 or args.rtol < 0:
-        raise UsageError("--atol and --rtol must not be negative")
-    return Tolerance(atol=args.atol, rtol=args.rtol)
 
 
 def run_options(args):
@@ -129,7 +241,32 @@ def run_options(args):
     )
 
 
-EXTERNAL_CHOICES = {"auto": None, "always": True, "never": False}
+# ------------------------------------------------------------------------ output model
+def add_output_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    required: bool = False,
+    what: str = "the edited model",
+    inplace_help: str | None = "allow -o to overwrite the input model",
+) -> None:
+    """-o/--output, --inplace and --external-data: every command that writes a model.
+    ``inplace_help=None``: no --inplace (a command that reads no model: nms)."""
+    group = parser.add_argument_group("output model")
+    group.add_argument(
+        "-o",
+        "--output",
+        required=required,
+        metavar="OUT.onnx",
+        help=f"where to write {what}",
+    )
+    if inplace_help is not None:
+        group.add_argument("--inplace", action="store_true", help=inplace_help)
+    group.add_argument(
+        "--external-data",
+        choices=list(EXTERNAL_CHOICES),
+        default="auto",
+        help="weights in OUT.onnx.data: auto (only above 2 GB), always, never (default auto)",
+    )
 
 
 def check_files(args, models, *, edited: int = 1, reads=(), writes=()):
@@ -184,5 +321,5 @@ def save_output(model, args):
         model,
         args.output,
         external_data=EXTERNAL_CHOICES[args.external_data],
-        inplace=args.inplace,
+        inplace=getattr(args, "inplace", False),
     )

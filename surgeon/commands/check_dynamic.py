@@ -5,9 +5,13 @@ from __future__ import annotations
 HELP = "run a model at 2+ sizes of each dynamic input dim and check the output shapes"
 DESCRIPTION = (
     HELP + "\n\nSizes per dim: batch dims 1 and 3, spatial dims 64 and 96, other dims 16 and 24;\n"
-    "--sizes H=224,320 overrides. The first size of every dim runs once, then one dim varies\n"
-    "at a time. Outputs must have their declared rank and static dims, and a dim named like an\n"
-    "input dim must take that dim's size. A batch dim (named like batch/N/B, or axis 0 of a\n"
+    "--sizes H=224,320 overrides; --shape chooses the first size of the dims it sets. The first\n"
+    "size of every dim runs once, then one dim varies at a time. Values given with --feeds are\n"
+    "used in every run: a fixed-shape value (a sample-rate scalar that picks an If branch) as\n"
+    "it is, a value with dynamic dims at its own size, which pins those dims (not varied).\n"
+    "onnxruntime runs with graph optimisations off by default (--optimization changes it).\n"
+    "Outputs must have their declared rank and static dims, and a dim named like an input dim\n"
+    "must take that dim's size. A batch dim (named like batch/N/B, or axis 0 of a\n"
     "rank-2+ input unless named like a sequence; --batch overrides, --batch none skips) means\n"
     "independent items: at its largest size, item i of every output must equal the batch-1\n"
     "run of item i, stacked on one axis (--batch-atol/--batch-rtol, default 1e-03; atol is\n"
@@ -22,27 +26,29 @@ DESCRIPTION = (
     "op_type, constant, role, values, reason, source, message}], notes, items [{dim, size,\n"
     "label, passed, summary, tolerance, error, outputs [{name, ok, batch_axis, shape,\n"
     "item_shape, max_abs, problem}]}].\n\n"
-    "example:\n  surgeon check-dynamic model.onnx --sizes H=320,480 --sizes W=320,640"
+    "examples:\n  surgeon check-dynamic model.onnx --sizes H=320,480 --sizes W=320,640\n"
+    "  surgeon check-dynamic vad.onnx --feeds sr.npz   # sr.npz holds sr=16000"
 )
 
 
 def add_arguments(parser) -> None:
+    from surgeon.commands import _common
     from surgeon.commands.reshape_io import add_check_arguments
 
     parser.add_argument("model", help="the .onnx file")
+    _common.add_feed_arguments(parser)
     add_check_arguments(parser)
 
 
 def run(args, ctx) -> int:
     from surgeon.commands import _common
-    from surgeon.commands.reshape_io import batch_arguments
-    from surgeon.dims import parse_sizes
+    from surgeon.commands.reshape_io import batch_arguments, sizes_argument
     from surgeon.dynamic import check_dynamic
     from surgeon.loading import load
 
-    sizes = parse_sizes(args.sizes)
+    sizes = sizes_argument(args)
     batch = batch_arguments(args)
-    limit = _common.max_feed_bytes(args)
+    feeds = _common.feed_options(args)
     options = _common.run_options(args)
     model = load(args.model)
     # a spinner on a terminal while onnxruntime works; silent when piped or --json
@@ -50,8 +56,7 @@ def run(args, ctx) -> int:
         check = check_dynamic(
             model,
             sizes=sizes,
-            seed=args.seed,
-            max_feed_bytes=limit,
+            feed_options=feeds,
             options=options,
             **batch,
         )

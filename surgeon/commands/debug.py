@@ -17,7 +17,7 @@ The verdict names the node where a NaN/Inf is born (its inputs are finite, its o
 not) and, with a reference, the root-cause node: a node whose output diverges while
 none of its compared inputs does; it says which inputs had no reference value (a node
 whose inputs were all compared ranks first). A reference model's own inputs (ones the
-model lacks) come from --inputs under their names, else random. NaN/Inf in your inputs and deliberate ones computed
+model lacks) come from --feeds under their names, else random. NaN/Inf in your inputs and deliberate ones computed
 from constants only (attention masks) are reported, not failures. Exit 0 when nothing is
 wrong, 1 when the tap check fails, a NaN/Inf is born or a tensor diverges from the
 reference, 2 on bad input (a reference that pairs with no tapped tensor included).
@@ -54,29 +54,17 @@ def add_arguments(parser) -> None:
         metavar="REF",
         help="another .onnx with corresponding tensor names, or an .npz of activations keyed by tensor name",
     )
-    ref.add_argument(
-        "--map",
-        action="append",
-        default=[],
-        metavar="REF=MODEL",
-        help="pair reference tensor REF with model tensor MODEL; repeatable",
+    _common.add_map_argument(
+        ref, "REF", "MODEL", "pair reference tensor REF with tensor MODEL of the debugged model"
     )
     ref.add_argument(
         "--ref-optimization",
-        choices=["disabled", "basic", "extended", "all"],
-        help="compare against the same model run at this onnxruntime optimisation level",
+        choices=_common.OPTIMIZATION_LEVELS,
+        help="compare against the same model run at this onnxruntime optimisation level "
+        "(default: no such reference)",
     )
-    out = parser.add_argument_group("outputs")
-    out.add_argument(
-        "-o", "--output", metavar="TAPPED.onnx", help="save the model with the taps as outputs"
-    )
-    out.add_argument("--inplace", action="store_true", help="allow -o to overwrite the input model")
-    out.add_argument(
-        "--external-data",
-        choices=["auto", "always", "never"],
-        default="auto",
-        help="weights of -o in a side file",
-    )
+    _common.add_output_arguments(parser, what="the model with the taps as outputs")
+    out = parser.add_argument_group("reports")
     out.add_argument(
         "--save", metavar="TAPS.npz", help="save the tapped tensors (keys = tensor names)"
     )
@@ -85,18 +73,18 @@ def add_arguments(parser) -> None:
         "--rows",
         type=int,
         default=40,
-        help="rows shown in the terminal table (0 = all; flagged rows always shown)",
+        help="rows shown in the terminal table (0 = all; flagged rows always shown; default 40)",
     )
     _common.add_feed_arguments(parser)
-    _common.add_tolerance_arguments(parser, atol=1e-4, rtol=1e-4)
-    # disabled: each tapped tensor is what the graph defines, and the tap check is bit-exact
-    _common.add_runtime_arguments(parser, optimization="disabled")
+    _common.add_tolerance_arguments(parser)
+    # disabled (the shared default): each tapped tensor is what the graph defines, and
+    # the tap check is bit-exact
+    _common.add_runtime_arguments(parser)
 
 
 def run(args, ctx) -> int:
     from pathlib import Path
 
-    from surgeon.commands.diff import parse_map
     from surgeon.debugging import DebugOptions, debug, save_values
     from surgeon.edits.tap import tap
     from surgeon.errors import UsageError
@@ -108,7 +96,10 @@ def run(args, ctx) -> int:
     # loaded, for their weights files). Only -o may replace the input model (with
     # --inplace); nothing may replace the reference, the feeds or a library.
     ref_is_npz = bool(args.ref) and Path(args.ref).suffix == ".npz"
-    reads = [("the --inputs file", args.inputs)]
+    name_map = dict(_common.parse_map(args.map, "REF", "MODEL"))
+    tol = _common.tolerance(args)
+    feeds = _common.feed_options(args)
+    reads = [("the --feeds file", args.feeds)]
     reads += [("the --ref activations", args.ref)] if ref_is_npz else []
     side = [("--save", args.save), ("--html", args.html)]
     ref_model = args.ref if args.ref and not ref_is_npz else None
@@ -132,13 +123,13 @@ def run(args, ctx) -> int:
         taps=tuple(args.tap or (["all"] if not args.op else [])),
         ops=tuple(args.op),
         reference=reference,
-        name_map=parse_map(args.map),
+        name_map=name_map,
         reference_optimization=args.ref_optimization,
-        tolerance=_common.tolerance(args),
+        tolerance=tol,
         keep_values=bool(args.save),
         optimization=args.optimization,
         custom_op_libraries=tuple(args.custom_op_library),
-        feed_options=_common.feed_options(args),
+        feed_options=feeds,
     )
     with ctx.status(f"debug {model.name}") as update:
         report = debug(model, options, progress=update)

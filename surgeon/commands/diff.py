@@ -7,8 +7,8 @@ from surgeon.commands import _common
 HELP = "run two models on the same inputs with onnxruntime and compare outputs tensor by tensor"
 DESCRIPTION = (
     HELP
-    + "\n\nThe first model is the reference. Outputs are paired by name; --map OLD=NEW pairs a\n"
-    "reference output OLD with the candidate's NEW. Exit 0 when every output matches, 1 when\n"
+    + "\n\nThe first model is the reference. Outputs are paired by name; --map REF=CANDIDATE pairs a\n"
+    "reference output REF with the candidate's CANDIDATE. Exit 0 when every output matches, 1 when\n"
     "any differs or nothing was compared (--common-only with no shared output), 2 on bad input.\n\nexample:\n  surgeon diff model.onnx model_fp16.onnx --cast --atol 1e-2 --rtol 1e-2"
 )
 
@@ -16,14 +16,9 @@ DESCRIPTION = (
 def add_arguments(parser) -> None:
     parser.add_argument("reference", help="the reference model (.onnx)")
     parser.add_argument("candidate", help="the model to check against it (.onnx)")
-    parser.add_argument(
-        "--map",
-        action="append",
-        default=[],
-        metavar="OLD=NEW",
-        help="pair reference tensor OLD with candidate tensor NEW; repeatable",
+    _common.add_map_argument(
+        parser, "REF", "CANDIDATE", "pair reference tensor REF with candidate tensor CANDIDATE"
     )
-    parser.add_argument("--exact", action="store_true", help="require bit-identical outputs")
     parser.add_argument(
         "--common-only",
         action="store_true",
@@ -39,27 +34,9 @@ def add_arguments(parser) -> None:
     _common.add_runtime_arguments(parser)
 
 
-def parse_map(items, what: str = "--map") -> dict[str, str]:
-    """``OLD=NEW`` strings into a dict; a name given twice (on either side) is an error."""
-    from surgeon.errors import UsageError
-
-    mapping: dict[str, str] = {}
-    problems = []
-    for item in items:
-        old, sep, new = item.partition("=")
-        if not sep or not old or not new:
-            raise UsageError(f"cannot read `{what} {item}`: expected OLD=NEW")
-        if old in mapping:
-            problems.append(f"`{old}` is mapped twice: to `{mapping[old]}` and to `{new}`")
-            continue
-        if new in mapping.values():
-            first = next(k for k, v in mapping.items() if v == new)
-            problems.append(f"`{new}` is the target of both `{first}` and `{old}`")
-            continue
-        mapping[old] = new
-    if problems:
-        raise UsageError(f"conflicting {what} entries", problems=problems)
-    return mapping
+def parse_map(items) -> dict[str, str]:
+    """``REF=CANDIDATE`` strings into a dict (see :func:`surgeon.commands._common.parse_map`)."""
+    return dict(_common.parse_map(items, "REF", "CANDIDATE"))
 
 
 def unmatched_notes(reference_only: list[str], candidate_only: list[str]) -> list[str]:
@@ -91,14 +68,13 @@ def unmatched_notes(reference_only: list[str], candidate_only: list[str]) -> lis
 
 
 def run(args, ctx) -> int:
-    from surgeon.compare import EXACT
     from surgeon.errors import NameNotFoundError, unknown_name
     from surgeon.loading import load
     from surgeon.verification import verify
 
     # Arguments first, so a typo fails before any model is read or run.
     name_map = parse_map(args.map)
-    tol = EXACT if args.exact else _common.tolerance(args)
+    tol = _common.tolerance(args)
     if args.cast and not args.exact:
         import dataclasses
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from surgeon.commands import _common
 
-HELP = "cut out the subgraph between given tensors; verified bit for bit against the original"
+HELP = "cut out the subgraph between given tensors; verified against the original"
 DESCRIPTION = (
     HELP
     + "\n\nInputs and outputs are tensor names (a node name means its outputs); separate several\n"
@@ -13,11 +13,11 @@ DESCRIPTION = (
     "constants it needs, with dtypes and shapes at its new inputs and outputs. It works on\n"
     "models with external data and above 2 GB.\n\n"
     "Verification runs the original with taps at the cut points, feeds the tapped values to\n"
-    "the subgraph and requires bit-identical outputs (--atol/--rtol relax that). Exit 0 when\n"
+    "the subgraph and compares its outputs with the shared tolerance (--exact: bit-identical). Exit 0 when\n"
     "it passed (and -o was written), 1 when it failed (nothing written), 2 on bad input.\n"
     "onnxruntime runs with graph optimisations off by default: with them on, the cut can change\n"
-    "which kernels it picks (fusions, pre-packed weights), so expect last-bit differences and\n"
-    "pass --atol with --optimization all.\n\n"
+    "which kernels it picks (fusions, pre-packed weights), so expect last-bit differences with\n"
+    "--optimization all.\n\n"
     "JSON (--json): schema surgeon.edit/1 with details.inputs / details.outputs (name, dtype,\n"
     "shape, source: declared|inferred|onnxruntime|run), details.nodes {kept, removed},\n"
     "details.initializers {kept, bytes}, details.dropped_inputs, details.notes.\n\n"
@@ -32,7 +32,7 @@ def add_arguments(parser) -> None:
         action="append",
         required=True,
         metavar="A[,B]",
-        help="tensors (or nodes) where the subgraph starts; repeatable",
+        help="tensors (or nodes) where the subgraph starts; repeatable (input values: --feeds)",
     )
     parser.add_argument(
         "--outputs",
@@ -42,62 +42,37 @@ def add_arguments(parser) -> None:
         help="tensors (or nodes) the subgraph computes; repeatable",
     )
     _common.add_output_arguments(parser)
-    add_feed_arguments(parser)
-    add_optional_tolerance(parser)
+    # Here --inputs names the cut, so there is no hidden old --inputs FEEDS.npz.
+    _common.add_feed_arguments(parser, old_inputs=False)
+    _common.add_tolerance_arguments(parser)
     # Same kernels on both sides: see surgeon.edits.extract.VERIFY_OPTIONS.
-    _common.add_runtime_arguments(parser, optimization="disabled")
+    _common.add_runtime_arguments(parser)
 
 
-def add_feed_arguments(parser) -> None:
-    """Feeds for the original (here --inputs names cut points, so the .npz is --feeds)."""
-    group = parser.add_argument_group("feeds of the original")
-    group.add_argument(
-        "--feeds", metavar="FEEDS.npz", help="input values from an .npz keyed by input name"
-    )
-    group.add_argument(
-        "--shape",
-        action="append",
-        default=[],
-        metavar="SPEC",
-        help="resolve dynamic dims: INPUT:1x3x640x640 or DIM=640; repeatable",
-    )
-    group.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
-    _common.add_max_feed_size_argument(group)
+def refuse_npz_cut(items) -> None:
+    """``--inputs x.npz`` (input values where the cut belongs) points to --feeds.
 
+    Raises:
+        UsageError: A --inputs value that names an .npz file.
+    """
+    from surgeon.errors import UsageError
 
-def add_optional_tolerance(parser) -> None:
-    group = parser.add_argument_group("tolerance (default: bit-identical)")
-    group.add_argument("--atol", type=float, help="accept this absolute difference instead")
-    group.add_argument("--rtol", type=float, help="accept this relative difference instead")
-
-
-def tolerance(args):
-    from surgeon.compare import EXACT, Tolerance
-
-    if args.atol is None and args.rtol is None:
-        return EXACT
-    return Tolerance(atol=args.atol or 0.0, rtol=args.rtol or 0.0)
-
-
-def feed_options(args):
-    from surgeon.feeds import FeedOptions, parse_shape_args
-
-    shapes, dims = parse_shape_args(args.shape or [])
-    return FeedOptions(
-        seed=args.seed,
-        shapes=shapes,
-        dims=dims,
-        npz=args.feeds,
-        max_feed_bytes=_common.max_feed_bytes(args),
-    )
+    npz = [p.strip() for item in items for p in item.split(",") if p.strip().endswith(".npz")]
+    if npz:
+        raise UsageError(
+            f"--inputs {npz[0]}: extract's --inputs names the tensors where the subgraph "
+            "starts; input values from an .npz go to --feeds",
+            hint=f"e.g. --feeds {npz[0]} --inputs TENSOR --outputs TENSOR",
+        )
 
 
 def run(args, ctx) -> int:
     from surgeon.edits.extract import extract
     from surgeon.loading import load
 
-    tol = tolerance(args)
-    feeds = feed_options(args)
+    refuse_npz_cut(args.inputs)
+    tol = _common.tolerance(args)
+    feeds = _common.feed_options(args)
     options = _common.run_options(args)
     reads = [("the --feeds file", args.feeds)]
     _common.check_files(args, [(args.model, "the input model")], reads=reads)

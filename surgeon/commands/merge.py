@@ -8,18 +8,18 @@ from surgeon.commands.nms import add_nms_arguments
 HELP = "merge two models (e.g. a detector and its NMS) and verify against running them in sequence"
 DESCRIPTION = (
     HELP
-    + "\n\nOutputs of FIRST feed inputs of SECOND: as given by --map OUTPUT:INPUT, else by equal\n"
-    "names, else the single output into the single input. Every connection is checked (dtype,\n"
+    + "\n\nOutputs of FIRST feed inputs of SECOND: as given by --map FIRST_OUTPUT=SECOND_INPUT, else by\n"
+    "equal names, else the single output into the single input. Every connection is checked (dtype,\n"
     "rank, static dims) first; name clashes are resolved by prefixing; a lower opset is\n"
     "upgraded with onnx's version converter. The merged model must give bit-identical outputs\n"
-    "to FIRST then SECOND run in sequence, or nothing is written (exit 1).\n\n"
+    "to FIRST then SECOND run in sequence (within --atol/--rtol), or nothing is written (exit 1).\n\n"
     "--nms LAYOUT builds the NMS graph (see `surgeon nms --help`) and merges it in one step.\n\n"
     "JSON keys: schema, first, second, output, written, passed, how, connections,\n"
     "shared_inputs, renamed, opset, kept_outputs, dropped_outputs, output_names, inputs,\n"
     "outputs, nms, verification.\n\n"
     "examples:\n"
     "  surgeon merge det.onnx --nms yolov8 --classes 80 -o det_nms.onnx\n"
-    "  surgeon merge det.onnx nms.onnx --map output0:predictions -o det_nms.onnx\n"
+    "  surgeon merge det.onnx nms.onnx --map output0=predictions -o det_nms.onnx\n"
     "  surgeon merge preprocess.onnx model.onnx -o full.onnx --shape images:1x3x640x640"
 )
 
@@ -27,12 +27,11 @@ DESCRIPTION = (
 def add_arguments(parser) -> None:
     parser.add_argument("first", help="the model that runs first (.onnx)")
     parser.add_argument("second", nargs="?", help="the model it feeds (.onnx); omit with --nms")
-    parser.add_argument(
-        "--map",
-        action="append",
-        default=[],
-        metavar="OUTPUT:INPUT",
-        help="connect output OUTPUT of FIRST to input INPUT of SECOND; repeatable",
+    _common.add_map_argument(
+        parser,
+        "FIRST_OUTPUT",
+        "SECOND_INPUT",
+        "connect output FIRST_OUTPUT of FIRST to input SECOND_INPUT of SECOND",
     )
     parser.add_argument(
         "--prefix1",
@@ -65,35 +64,15 @@ def add_arguments(parser) -> None:
         help="build an NMS graph for this head layout (yolov8, yolov5, boxes-scores, detr) as SECOND",
     )
     add_nms_arguments(parser, required=False)
-    _common.add_output_arguments(parser)
+    _common.add_output_arguments(parser, inplace_help="allow -o to overwrite FIRST or SECOND")
     _common.add_feed_arguments(parser)
+    _common.add_tolerance_arguments(parser)
     _common.add_runtime_arguments(parser)
 
 
-def parse_io_map(items, outputs, inputs) -> list[tuple[str, str]]:
-    """Read ``OUTPUT:INPUT`` pairs (``OUTPUT=INPUT`` too, the form ``--map`` takes in the
-    other commands). Names may hold colons (``onnx::Sigmoid_5``): the split point where
-    both sides are known names wins, else the last colon, else the last ``=``."""
-    from surgeon.errors import UsageError
-
-    pairs = []
-    for item in items:
-        splits = [i for i, ch in enumerate(item) if ch == ":"]
-        equals = [i for i, ch in enumerate(item) if ch == "="]
-        known = [i for i in splits + equals if item[:i] in outputs and item[i + 1 :] in inputs]
-        if known:
-            at = known[0]
-        elif splits:
-            at = splits[-1]
-        elif equals:
-            at = equals[-1]
-        else:
-            raise UsageError(f"cannot read `--map {item}`: expected OUTPUT:INPUT")
-        out, inp = item[:at], item[at + 1 :]
-        if not out or not inp:
-            raise UsageError(f"cannot read `--map {item}`: expected OUTPUT:INPUT")
-        pairs.append((out, inp))
-    return pairs
+def parse_io_map(items) -> list[tuple[str, str]]:
+    """``FIRST_OUTPUT=SECOND_INPUT`` pairs (one output may feed several inputs)."""
+    return _common.parse_map(items, "FIRST_OUTPUT", "SECOND_INPUT", unique_left=False)
 
 
 def _nms_second(args, first, io_map):
@@ -152,7 +131,9 @@ def run(args, ctx) -> int:
                 hint="Set NMS options when building SECOND with `surgeon nms`, or use --nms.",
             )
     # -o may replace FIRST or SECOND with --inplace (the merge edits both).
-    reads = [("the --inputs file", args.inputs)]
+    io_map = parse_io_map(args.map)
+    tol = _common.tolerance(args)
+    reads = [("the --feeds file", args.feeds)]
     _common.check_files(
         args,
         [(args.first, "the first model"), (args.second, "the second model")],
@@ -163,11 +144,9 @@ def run(args, ctx) -> int:
     first = load(args.first)
     nms_params = None
     if args.nms:
-        io_map = parse_io_map(args.map, set(first.output_names), set())
         second, nms_params = _nms_second(args, first, io_map)
     else:
         second = load(args.second)
-        io_map = parse_io_map(args.map, set(first.output_names), set(second.input_names))
     # Again with the loaded models: -o must not hit their external data files either.
     _common.check_files(
         args,
@@ -192,6 +171,7 @@ def run(args, ctx) -> int:
             verify=not args.no_verify,
             feed_options=feed_options,
             options=_common.run_options(args),
+            tolerance=tol,
         )
     written = False
     if args.output and result.passed:

@@ -61,7 +61,7 @@ def add_nms_arguments(parser, *, required: bool) -> None:
         dest="output_format",
         default="efficient",
         metavar="FORMAT",
-        help="output convention: efficient (default), ultralytics or mmdeploy",
+        help="output convention: efficient, ultralytics or mmdeploy (default efficient)",
     )
     group.add_argument(
         "--scale",
@@ -76,7 +76,7 @@ def add_arguments(parser) -> None:
     group.add_argument(
         "--dtype",
         default="float32",
-        help="input dtype: float32 (default), float16 or float64; others are cast to float32",
+        help="input dtype: float32, float16 or float64; others are cast to float32 (default float32)",
     )
     group.add_argument(
         "--opset", type=int, default=17, help="default-domain opset (default 17, minimum 13)"
@@ -84,9 +84,10 @@ def add_arguments(parser) -> None:
     group.add_argument(
         "--num-boxes", type=int, default=None, metavar="N", help="fix N in the input shapes"
     )
-    group.add_argument(
-        "-o", "--output", required=True, metavar="OUT.onnx", help="where to write the graph"
-    )
+    from surgeon.commands import _common
+
+    # No --inplace: nms reads no model, so there is no input -o could overwrite.
+    _common.add_output_arguments(parser, required=True, what="the graph", inplace_help=None)
 
 
 def parse_scale(text):
@@ -121,7 +122,6 @@ def nms_kwargs(args) -> dict:
 def run(args, ctx) -> int:
     from surgeon.commands import _common
     from surgeon.edits.nms import build_nms
-    from surgeon.saving import save
 
     _common.check_files(args, [])
     model = build_nms(
@@ -132,7 +132,7 @@ def run(args, ctx) -> int:
         num_boxes=args.num_boxes,
         **nms_kwargs(args),
     )
-    save(model, args.output)
+    _common.save_output(model, args)
     from surgeon.outcomes import NmsOutcome
 
     return ctx.finish(NmsOutcome(model, model.provenance[-1]["params"], args.output))

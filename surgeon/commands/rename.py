@@ -6,17 +6,17 @@ from surgeon.commands import _common
 
 HELP = "rename inputs, outputs, tensors or nodes; verified: same values under the new names"
 DESCRIPTION = (
-    HELP + "\n\n--io OLD=NEW renames one tensor (a graph input or output, or any other tensor).\n"
+    HELP + "\n\n--map OLD=NEW renames one tensor (a graph input or output, or any other tensor).\n"
     "--prefix PFX and --regex 'PATTERN=REPLACEMENT' rename every graph input and output not\n"
-    "named by --io (the regex first, then the prefix; the regex is split at its last '=').\n"
+    "named by --map (the regex first, then the prefix; the regex is split at its last '=').\n"
     "--nodes applies --prefix/--regex to node names as well. Every reference is updated,\n"
     "including reads inside If/Loop bodies. A new name that is already taken is an error\n"
     "listing every collision.\n\n"
-    "Exit 0 when the renamed model gives bit-identical values under the new names (and -o was\n"
+    "Exit 0 when the renamed model gives the same values (within --atol/--rtol) under the new names (and -o was\n"
     "written), 1 when it does not (nothing written), 2 on bad input.\n\n"
     "JSON (--json): schema surgeon.edit/1 with details.tensors [{old, new, role}] and\n"
     "details.nodes [{old, new}].\n\n"
-    "examples:\n  surgeon rename model.onnx --io images=pixels --io output0=preds -o out.onnx\n"
+    "examples:\n  surgeon rename model.onnx --map images=pixels --map output0=preds -o out.onnx\n"
     "  surgeon rename model.onnx --regex '^output(\\d+)$=preds\\1' -o out.onnx\n"
     "  surgeon rename model.onnx --prefix det_ --nodes -o out.onnx"
 )
@@ -25,9 +25,8 @@ DESCRIPTION = (
 def add_arguments(parser) -> None:
     parser.add_argument("model", help="the .onnx file")
     group = parser.add_argument_group("what to rename")
-    group.add_argument(
-        "--io", action="append", default=[], metavar="OLD=NEW", help="rename one tensor; repeatable"
-    )
+    _common.add_map_argument(group, "OLD", "NEW", "rename tensor OLD to NEW")
+    _common.add_renamed(group, "--io", "--map", "e.g. --map OLD=NEW")
     group.add_argument("--prefix", metavar="PFX", help="prefix every input and output name")
     group.add_argument(
         "--regex",
@@ -39,20 +38,21 @@ def add_arguments(parser) -> None:
     )
     _common.add_output_arguments(parser)
     _common.add_feed_arguments(parser)
+    _common.add_tolerance_arguments(parser)
     _common.add_runtime_arguments(parser)
 
 
 def run(args, ctx) -> int:
-    from surgeon.commands.diff import parse_map
     from surgeon.edits.rename import parse_regex, rename
     from surgeon.loading import load
 
-    mapping = parse_map(args.io, "--io")
+    mapping = dict(_common.parse_map(args.map, "OLD", "NEW"))
+    tol = _common.tolerance(args)
     if args.regex is not None:
         parse_regex(args.regex)  # a bad pattern fails before the model is read
     feeds = _common.feed_options(args)
     options = _common.run_options(args)
-    reads = [("the --inputs file", args.inputs)]
+    reads = [("the --feeds file", args.feeds)]
     _common.check_files(args, [(args.model, "the input model")], reads=reads)
     model = load(args.model)
     _common.check_files(args, [(model, "the input model")], reads=reads)
@@ -66,6 +66,7 @@ def run(args, ctx) -> int:
             nodes=args.nodes,
             feed_options=feeds,
             options=options,
+            tolerance=tol,
         )
     written = False
     if edited.passed and args.output:

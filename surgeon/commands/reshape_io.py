@@ -6,11 +6,11 @@ from __future__ import annotations
 HELP = "set input/output dims static or symbolic (dynamic_axes after export), then check it runs"
 DESCRIPTION = (
     HELP
-    + "\n\nDims are NAME:DIMS with DIMS like Bx3xHxW (or B,3,H,W): an integer is static, a name is\n"
+    + "\n\nDims are --dims NAME:DIMS (NAME an input or an output) with DIMS like Bx3xHxW (or B,3,H,W): an integer is static, a name is\n"
     "a symbolic dim, ? or -1 an unnamed dynamic one. Outputs not given get their dims from\n"
     "shape inference. Stale value_info is cleared and shape inference re-run.\n\n"
-    "Then two checks: at the original's input sizes the edited model must give bit-identical\n"
-    "values, and it must run at 2+ sizes of every dynamic dim with outputs of the expected\n"
+    "Then two checks: at the original's input sizes the edited model must give the same\n"
+    "values (within --atol/--rtol; --feeds and --shape choose the inputs), and it must run at 2+ sizes of every dynamic dim with outputs of the expected\n"
     "shapes (batch dims: export value, 1, 3; spatial: export value, 64, 96; others: export\n"
     "value, 16, 24; --sizes H=224,320 overrides). A size baked into a Reshape/Expand/Tile/\n"
     "Resize/ConstantOfShape/Slice constant is reported with the node that holds it.\n"
@@ -19,52 +19,49 @@ DESCRIPTION = (
     "each output must equal the batch-1 run of that item (--batch-atol/--batch-rtol, default\n"
     "1e-03, atol times the tensor's max(1, max|item|)), stacked on one axis; the node that\n"
     "folds or mixes the items on its own (run alone on its items' inputs) is named.\n"
+    "Values given with --feeds are used at every size tried: a fixed-shape value (a sample\n"
+    "rate scalar that picks an If branch) as it is; a value with dynamic dims pins them.\n"
     "onnxruntime runs with graph optimisations off by default (--optimization changes it).\n"
     "Exit 0 when both pass (and -o was written), 1 when not (nothing written), 2 on bad input.\n\n"
     "JSON (--json): schema surgeon.edit/1 with details.inputs / details.outputs [{name, old,\n"
     "new}], details.export {dim: size}, details.value_info {refreshed, added, cleared} and\n"
     "details.dynamic (the check-dynamic document).\n\n"
-    "example:\n  surgeon reshape-io model.onnx --input images:Bx3xHxW -o dynamic.onnx"
+    "example:\n  surgeon reshape-io model.onnx --dims images:Bx3xHxW -o dynamic.onnx"
 )
 
 
+# The item tolerance of the batch check, as the parser shows it (surgeon.dynamic.batch
+# imports numpy, which `surgeon --help` must not): tests/test_shared_options.py checks it
+# equals surgeon.dynamic.batch.BATCH_TOLERANCE.
+BATCH_ATOL = 1e-3
+BATCH_RTOL = 1e-3
+
+
 def add_arguments(parser) -> None:
+    from surgeon.commands import _common
+
     parser.add_argument("model", help="the .onnx file")
     group = parser.add_argument_group("dims")
     group.add_argument(
-        "--input",
+        "--dims",
         action="append",
         default=[],
-        dest="input_specs",
+        dest="dims_specs",
         metavar="NAME:DIMS",
-        help="new dims of an input, e.g. images:Bx3xHxW; repeatable",
+        help="new dims of the input or output NAME, e.g. images:Bx3xHxW or output0:Bx84xA; "
+        "repeatable",
     )
-    group.add_argument(
-        "--output",
-        action="append",
-        default=[],
-        dest="output_specs",
-        metavar="NAME:DIMS",
-        help="new dims of an output, e.g. output0:Bx84xA; repeatable (the file goes to -o)",
-    )
-    out = parser.add_argument_group("output model")
-    out.add_argument(
-        "-o", dest="output", metavar="OUT.onnx", help="where to write the edited model"
-    )
-    out.add_argument(
-        "--inplace", action="store_true", help="allow the output to overwrite the input model"
-    )
-    out.add_argument(
-        "--external-data",
-        choices=["auto", "always", "never"],
-        default="auto",
-        help="write weights to OUT.onnx.data: auto (only above 2 GB), always, never",
-    )
+    _common.add_renamed(group, "--input", "--dims", "e.g. --dims images:Bx3xHxW")
+    _common.add_output_arguments(parser)
+    _common.add_feed_arguments(parser)
+    _common.add_tolerance_arguments(parser)
     # Bit-identity with the original: same kernels, see surgeon.edits.extract.VERIFY_OPTIONS.
-    add_check_arguments(parser, optimization="disabled")
+    add_check_arguments(parser)
 
 
-def add_check_arguments(parser, optimization: str = "all") -> None:
+def add_check_arguments(parser) -> None:
+    """The dynamic check's own options (the sizes, the batch dims and their item
+    tolerance) and the onnxruntime group; the input values are the shared feed group."""
     from surgeon.commands import _common
 
     group = parser.add_argument_group("runtime check")
@@ -75,8 +72,6 @@ def add_check_arguments(parser, optimization: str = "all") -> None:
         metavar="DIM=S1,S2",
         help="sizes to try for a dynamic dim, e.g. H=224,320; repeatable",
     )
-    group.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
-    _common.add_max_feed_size_argument(group)
     group.add_argument(
         "--batch",
         action="append",
@@ -88,17 +83,17 @@ def add_check_arguments(parser, optimization: str = "all") -> None:
     group.add_argument(
         "--batch-atol",
         type=float,
-        default=None,
+        default=BATCH_ATOL,
         help="absolute tolerance of an item against its batch-1 run, times the tensor's "
-        "max(1, max|item|) (default 1e-03)",
+        f"max(1, max|item|) (default {BATCH_ATOL:g})",
     )
     group.add_argument(
         "--batch-rtol",
         type=float,
-        default=None,
-        help="relative tolerance of an item against its batch-1 run (default 1e-03)",
+        default=BATCH_RTOL,
+        help=f"relative tolerance of an item against its batch-1 run (default {BATCH_RTOL:g})",
     )
-    _common.add_runtime_arguments(parser, optimization=optimization)
+    _common.add_runtime_arguments(parser)
 
 
 def batch_arguments(args) -> dict:
@@ -106,53 +101,127 @@ def batch_arguments(args) -> dict:
     check_dynamic / reshape_io."""
     from surgeon.compare import Tolerance
     from surgeon.dims import parse_batch
-    from surgeon.dynamic.batch import BATCH_TOLERANCE
     from surgeon.errors import UsageError
 
-    if args.batch_atol is None:
-        args.batch_atol = BATCH_TOLERANCE.atol
-    if args.batch_rtol is None:
-        args.batch_rtol = BATCH_TOLERANCE.rtol
     if not (args.batch_atol >= 0 and args.batch_rtol >= 0):  # also refuses NaN
         raise UsageError(
             f"--batch-atol {args.batch_atol:g} --batch-rtol {args.batch_rtol:g}: both must be "
             "non-negative numbers, e.g. --batch-atol 1e-4 --batch-rtol 1e-3"
         )
+    try:
+        batch = parse_batch(args.batch)
+    except UsageError as e:
+        raise UsageError(f"--batch: {e.message}") from None
     return {
-        "batch": parse_batch(args.batch),
+        "batch": batch,
         "batch_tolerance": Tolerance(atol=args.batch_atol, rtol=args.batch_rtol),
     }
 
 
-def parse_specs(items, flag: str) -> dict:
+def sizes_argument(args) -> dict:
+    """--sizes as {dim: [sizes]}.
+
+    Raises:
+        UsageError: An item that does not parse.
+    """
+    from surgeon.dims import parse_sizes
+    from surgeon.errors import UsageError
+
+    try:
+        return parse_sizes(args.sizes)
+    except UsageError as e:
+        raise UsageError(f"--sizes: {e.message}", hint=e.hint) from None
+
+
+def parse_dims_specs(items) -> dict:
+    """--dims NAME:DIMS items as {name: dims} (syntax only; :func:`split_dims` says which
+    are inputs and which outputs).
+
+    Raises:
+        UsageError: An item that does not parse, or a name given twice.
+    """
     from surgeon.dims import parse_io_spec
     from surgeon.errors import UsageError
 
     specs = {}
     for item in items:
-        name, dims = parse_io_spec(item, flag=flag)
+        try:
+            name, dims = parse_io_spec(item, what="dims")
+        except UsageError as e:
+            raise UsageError(f"--dims: {e.message}") from None
         if name in specs:
-            raise UsageError(f"`{flag}` gives `{name}` twice")
+            raise UsageError(f"`--dims` gives `{name}` twice")
         specs[name] = dims
     return specs
 
 
+def split_dims(model, specs: dict) -> tuple[dict, dict]:
+    """{name: dims} into the inputs' and the outputs' by the name.
+
+    Raises:
+        UsageError: A name that is both an input and an output, or neither (with close
+            matches), all of them in one message.
+    """
+    from surgeon.errors import UsageError, did_you_mean
+
+    inputs, outputs, problems = {}, {}, []
+    in_names, out_names = set(model.input_names), set(model.output_names)
+    for name, dims in specs.items():
+        if name in in_names and name in out_names:
+            problems.append(f"`{name}` is both an input and an output of {model.name}")
+        elif name in in_names:
+            inputs[name] = dims
+        elif name in out_names:
+            outputs[name] = dims
+        else:
+            hint = did_you_mean(name, [*model.input_names, *model.output_names])
+            problems.append(
+                f"`{name}` is neither an input nor an output of {model.name}"
+                + (f"; {hint}" if hint else "")
+            )
+    if problems:
+        raise UsageError(
+            "cannot read --dims" if len(problems) > 1 else f"--dims: {problems[0]}",
+            problems=problems if len(problems) > 1 else [],
+            hint=f"Inputs: {', '.join(model.input_names) or 'none'}; outputs: "
+            f"{', '.join(model.output_names) or 'none'}.",
+        )
+    return inputs, outputs
+
+
+def refuse_dims_as_output(output) -> None:
+    """``--output images:Bx3xHxW`` (the old dims option) now names the output file.
+
+    Raises:
+        UsageError: An -o value that looks like NAME:DIMS, not a file.
+    """
+    from surgeon.errors import UsageError
+
+    if output and ":" in output and not output.endswith(".onnx") and "/" not in output:
+        raise UsageError(
+            f"-o/--output {output} looks like NAME:DIMS: the dims of an output are given "
+            "with --dims now, and -o/--output is the file written",
+            hint=f"e.g. --dims {output} -o edited.onnx",
+        )
+
+
 def run(args, ctx) -> int:
     from surgeon.commands import _common
-    from surgeon.dims import parse_sizes
     from surgeon.edits.shapes import reshape_io
-    from surgeon.feeds import FeedOptions
     from surgeon.loading import load
 
-    inputs = parse_specs(args.input_specs, "--input")
-    outputs = parse_specs(args.output_specs, "--output")
-    sizes = parse_sizes(args.sizes)
+    refuse_dims_as_output(args.output)
+    specs = parse_dims_specs(args.dims_specs)
+    sizes = sizes_argument(args)
     batch = batch_arguments(args)
-    limit = _common.max_feed_bytes(args)
+    tol = _common.tolerance(args)
+    feeds = _common.feed_options(args)
     options = _common.run_options(args)
-    _common.check_files(args, [(args.model, "the input model")])
+    reads = [("the --feeds file", args.feeds)]
+    _common.check_files(args, [(args.model, "the input model")], reads=reads)
     model = load(args.model)
-    _common.check_files(args, [(model, "the input model")])
+    _common.check_files(args, [(model, "the input model")], reads=reads)
+    inputs, outputs = split_dims(model, specs)
     # a spinner on a terminal while onnxruntime works; silent when piped or --json
     with ctx.status("reshape-io: editing and checking sizes"):
         edited = reshape_io(
@@ -160,8 +229,9 @@ def run(args, ctx) -> int:
             inputs,
             outputs,
             sizes=sizes,
-            feed_options=FeedOptions(seed=args.seed, max_feed_bytes=limit),
+            feed_options=feeds,
             options=options,
+            tolerance=tol,
             **batch,
         )
     written = False

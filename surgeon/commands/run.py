@@ -54,7 +54,7 @@ def add_arguments(parser) -> None:
         "--external-data",
         choices=["auto", "always", "never"],
         default="auto",
-        help="weights of outputs in side files",
+        help="weights in OUT.onnx.data: auto (only above 2 GB), always, never (default auto)",
     )
 
 

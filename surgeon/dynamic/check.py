@@ -5,6 +5,7 @@ run must have."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -27,8 +28,11 @@ from surgeon.feeds import (
     DEFAULT_MAX_FEED_BYTES,
     MAX_DIM,
     FeedOptions,
+    NpzEntry,
     check_feed_size,
     make_feeds,
+    read_npz_index,
+    resolve_shapes,
 )
 from surgeon.model import Model, TensorInfo
 from surgeon.runner import RunOptions
@@ -64,12 +68,16 @@ def dynamic_dims(
     sizes: Mapping[str, Sequence[int]] | None = None,
     export: Mapping[str, int] | None = None,
     batch: Sequence[str] | None = None,
+    *,
+    first: Mapping[str, int] | None = None,
 ) -> list[DimVariable]:
     """The dynamic dims of ``model``'s inputs with the sizes to try (module docstring).
 
     Args:
         batch: The dims that are batch dims, overriding the naming rule (an empty list:
             none is).
+        first: A size to try first per dim (a chosen shape, a given value's size),
+            before ``sizes`` or the rule's sizes.
 
     Raises:
         UsageError: ``sizes`` or ``batch`` names a dim the inputs do not have, or
@@ -93,7 +101,7 @@ def dynamic_dims(
     for name in batch or ():
         if name not in found:
             err = unknown_name("dynamic dim", name, list(found), model.name)
-            problems.append(f"--batch: {err.message}")
+            problems.append(f"batch dims: {err.message}")
     if batch is not None:
         for var in found.values():
             if var.name in batch:
@@ -112,16 +120,24 @@ def dynamic_dims(
         raise UsageError(f"cannot check {model.name} at the given sizes", problems=problems)
     for var in found.values():
         var.export = export.get(var.name)
-        if var.name in sizes:
-            var.values = list(dict.fromkeys(int(v) for v in sizes[var.name]))
+        if first and var.name in first:
+            head = [int(first[var.name])]
         else:
-            first = [var.export] if var.export else []
-            var.values = list(dict.fromkeys(first + list(DEFAULT_SIZES[var.kind])))
+            head = [var.export] if var.export else []
+        rest = sizes[var.name] if var.name in sizes else DEFAULT_SIZES[var.kind]
+        if var.name in sizes and not (first and var.name in first):
+            head = []  # the given sizes are the whole list
+        var.values = list(dict.fromkeys(head + [int(v) for v in rest]))
     return list(found.values())
 
 
-def size_cases(model: Model, variables: Sequence[DimVariable]) -> list[SizeCase]:
-    """The runs to make: every dim at its first size, then one dim varied at a time."""
+def size_cases(
+    model: Model,
+    variables: Sequence[DimVariable],
+    given: Mapping[str, Sequence[int]] | None = None,
+) -> list[SizeCase]:
+    """The runs to make: every dim at its first size, then one dim varied at a time.
+    ``given``: the shapes of given values, used for inputs of unknown rank."""
     base = {v.name: v.values[0] for v in variables}
     plans: list[tuple[dict[str, int], str | None]] = [(base, None)]
     for v in variables:
@@ -132,6 +148,9 @@ def size_cases(model: Model, variables: Sequence[DimVariable]) -> list[SizeCase]
     for dims, varied in plans:
         shapes = {}
         for info in model.inputs:
+            if given and info.name in given and info.shape is None:
+                shapes[info.name] = [int(n) for n in given[info.name]]
+                continue
             shape = []
             for axis, d in enumerate(info.shape or ()):
                 var = axis_var.get((info.name, axis))
@@ -141,12 +160,85 @@ def size_cases(model: Model, variables: Sequence[DimVariable]) -> list[SizeCase]
     return cases
 
 
-def refuse_large_cases(model: Model, cases: Sequence[SizeCase], limit: int | None) -> None:
+def refuse_large_cases(
+    model: Model,
+    cases: Sequence[SizeCase],
+    limit: int | None,
+    given: Mapping[str, NpzEntry] | None = None,
+) -> None:
     """Refuse, before anything runs, when the inputs of any case would pass ``limit``
-    (rather than after the small sizes have run)."""
+    (rather than after the small sizes have run). ``given``: the inputs whose values
+    come from an ``.npz``."""
     for case in cases:
         shapes = {k: tuple(v) for k, v in case.input_shapes.items()}
-        check_feed_size(model, shapes, {}, limit, flag="--sizes")
+        check_feed_size(model, shapes, given or {}, limit, chosen_by="the sizes tried")
+
+
+def given_dims(
+    model: Model, options: FeedOptions
+) -> tuple[dict[str, NpzEntry], dict[str, int], dict[str, int], list[str]]:
+    """What the feed options fix for the size check.
+
+    Returns:
+        The ``.npz`` entries of the model's inputs; the first size of each dim a given
+        value or a chosen shape (``shapes``/``dims``) sets; notes saying so.
+
+    Raises:
+        UsageError: The chosen shapes do not fit the model (unknown inputs or dims,
+            wrong rank, a static dim contradicted), two given values disagree on a dim,
+            or a chosen shape contradicts a given value.
+    """
+    index = read_npz_index(options.npz) if options.npz else {}
+    infos = {i.name: i for i in model.inputs}
+    index = {k: e for k, e in index.items() if k in infos}  # others: make_feeds names them
+    # The chosen shapes are checked as in any run (unknown names, ranks, static dims).
+    resolve_shapes(model, replace(options, npz=None), given={k: e.shape for k, e in index.items()})
+    problems: list[str] = []
+    pinned: dict[str, int] = {}
+    origin: dict[str, str] = {}
+    for name, entry in index.items():
+        info = infos[name]
+        if info.shape is None or len(info.shape) != len(entry.shape):
+            continue  # unknown rank: nothing to pin; a wrong rank: make_feeds says so
+        for axis, d in enumerate(info.shape):
+            if isinstance(d, int) and d > 0:
+                continue
+            var = d if isinstance(d, str) else f"{name}[{axis}]"
+            size = int(entry.shape[axis])
+            if var in pinned and pinned[var] != size:
+                problems.append(
+                    f"the dim `{var}` is {pinned[var]} in the given value of `{origin[var]}` "
+                    f"but {size} in that of `{name}`"
+                )
+                continue
+            pinned.setdefault(var, size)
+            origin.setdefault(var, name)
+    first: dict[str, int] = {}
+    for name, shape in options.shapes.items():
+        info = infos.get(name)
+        if info is None or info.shape is None or name in index:
+            continue
+        for axis, (d, size) in enumerate(zip(info.shape, shape, strict=False)):
+            if not (isinstance(d, int) and d > 0):
+                first[d if isinstance(d, str) else f"{name}[{axis}]"] = int(size)
+    first.update(options.dims)
+    for var, size in first.items():
+        if var in pinned and pinned[var] != size:
+            problems.append(
+                f"the chosen size {var}={size} contradicts the given value of "
+                f"`{origin[var]}`, where `{var}` is {pinned[var]}"
+            )
+    if problems:
+        raise UsageError(
+            f"the given input values and shapes of {model.name} do not agree", problems=problems
+        )
+    notes = []
+    if index:
+        notes.append(
+            "given input values, used in every run their shape fits (elsewhere random): "
+            + ", ".join(f"`{k}` {list(e.shape)}" for k, e in index.items())
+        )
+    return index, {**pinned, **first}, notes
 
 
 def _expected(info: TensorInfo, dims: Mapping[str, int]) -> list[int | None] | None:
@@ -199,11 +291,37 @@ def _mark_folded_outputs(case: SizeCase, item) -> None:
                 )
 
 
+def _case_feeds(
+    model: Model,
+    case: SizeCase,
+    options: FeedOptions,
+    given: Mapping[str, NpzEntry],
+    given_values: dict[str, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """The feeds of one run: a given value wherever its shape is the case's shape (the
+    first case: always, its sizes are the given ones), random values elsewhere. The
+    given values are read once, by the first case (into ``given_values``)."""
+    shapes = {k: tuple(v) for k, v in case.input_shapes.items()}
+    fits = {k for k, e in given.items() if tuple(e.shape) == shapes[k]}
+    if not given_values and fits == set(given):
+        # make_feeds reads and checks the .npz (dtypes, ranks, static dims).
+        feeds = make_feeds(
+            model,
+            replace(options, shapes={k: v for k, v in shapes.items() if k not in given}, dims={}),
+        )
+        given_values.update({k: feeds[k] for k in given})
+        return feeds
+    feeds = make_feeds(model, replace(options, npz=None, shapes=shapes, dims={}))
+    feeds.update({k: given_values[k] for k in fits if k in given_values})
+    return feeds
+
+
 def check_dynamic(
     model: Model,
     *,
     sizes: Mapping[str, Sequence[int]] | None = None,
     export: Mapping[str, int] | None = None,
+    feed_options: FeedOptions | None = None,
     seed: int = 0,
     max_feed_bytes: int | None = DEFAULT_MAX_FEED_BYTES,
     options: RunOptions | None = None,
@@ -218,9 +336,18 @@ def check_dynamic(
             ``input[axis]``. Other dims follow the rule in the module docstring.
         export: The size each dim had at export, when known (tried first, and used to
             recognise baked constants).
-        seed: Seed of the random inputs.
+        feed_options: The input values. An input whose value the ``.npz`` gives gets
+            that value in every run where its shape fits: a value of static shape (a
+            sample-rate scalar that picks an If branch) in every run; a value with
+            dynamic dims sets the first size of those dims (so the first run uses it),
+            and where a run varies them the input is random. ``shapes``/``dims`` choose
+            the first size of the dims they set likewise. The other sizes come from
+            ``sizes`` or the rule. Its seed and ``max_feed_bytes`` win over the two
+            keywords below.
+        seed: Seed of the random inputs (without ``feed_options``).
         max_feed_bytes: The most bytes the inputs of one run may take (see
-            :class:`surgeon.feeds.FeedOptions`); None means no limit.
+            :class:`surgeon.feeds.FeedOptions`); None means no limit (without
+            ``feed_options``).
         options: onnxruntime settings.
         batch: The batch dims, overriding the rule of the module docstring (``[]``:
             none, which skips the item check).
@@ -233,22 +360,26 @@ def check_dynamic(
         nodes that likely hold a baked size or fold/mix the batch.
 
     Raises:
-        UsageError: ``sizes`` or ``batch`` names unknown dims, ``sizes`` gives sizes < 1 or
-            beyond int64, or the inputs of a run would take more than ``max_feed_bytes``.
+        UsageError: ``sizes`` or ``batch`` names unknown dims or dims a given value
+            fixes, ``sizes`` gives sizes < 1 or beyond int64, the feed options do not fit
+            the model, or the inputs of a run would take more than ``max_feed_bytes``.
+        SurgeonError: A given value does not fit its input (dtype, rank, static dims).
     """
     from surgeon.runner import Session
 
-    unknown_rank = [i.name for i in model.inputs if i.shape is None]
+    if feed_options is None:
+        feed_options = FeedOptions(seed=seed, max_feed_bytes=max_feed_bytes)
+    given, first, notes = given_dims(model, feed_options)
+    unknown_rank = [i.name for i in model.inputs if i.shape is None and i.name not in given]
     if unknown_rank:
         raise UsageError(
             f"cannot check {model.name}: input(s) {', '.join(f'`{n}`' for n in unknown_rank)} "
             "have unknown rank",
-            hint="Declare their dims first: surgeon reshape-io model.onnx --input NAME:DIMS",
+            hint="Declare their dims first (surgeon reshape-io), or give their values.",
         )
-    variables = dynamic_dims(model, sizes, export, batch)
-    cases = size_cases(model, variables)
-    refuse_large_cases(model, cases, max_feed_bytes)
-    notes = []
+    variables = dynamic_dims(model, sizes, export, batch, first=first)
+    cases = size_cases(model, variables, {k: e.shape for k, e in given.items()})
+    refuse_large_cases(model, cases, feed_options.max_feed_bytes, given)
     if not variables:
         notes.append("the inputs have no dynamic dims: the model ran once, at its static shapes")
     declared = {o.name: o for o in model.outputs}
@@ -258,15 +389,9 @@ def check_dynamic(
     session = Session(model, options=options)
     batch_vars = [v for v in variables if v.kind == "batch"]
     runs: dict[int, tuple[dict, dict]] = {}  # id(case) -> (feeds, values), batch checks only
+    given_values: dict[str, np.ndarray] = {}  # read from the .npz by the first case
     for case in cases:
-        feeds = make_feeds(
-            model,
-            FeedOptions(
-                seed=seed,
-                shapes={k: tuple(v) for k, v in case.input_shapes.items()},
-                max_feed_bytes=max_feed_bytes,
-            ),
-        )
+        feeds = _case_feeds(model, case, feed_options, given, given_values)
         try:
             values = session.run(feeds)
         except SurgeonError as e:
@@ -281,7 +406,7 @@ def check_dynamic(
         ]
         if any(case.dims[v.name] > 1 for v in batch_vars):
             runs[id(case)] = (feeds, values)
-    check = DynamicCheck(model.name, variables, cases, notes=notes, seed=seed)
+    check = DynamicCheck(model.name, variables, cases, notes=notes, seed=feed_options.seed)
     # Batch means independent items: each batch dim's largest run, split into its items.
     mixers: list[Suspect] = []
     for var in batch_vars:
@@ -308,7 +433,7 @@ def check_dynamic(
                     "differs, run alone on its items' own inputs stacked, reproduced their "
                     f"{var.name}=1 outputs within tolerance (or could not run alone, e.g. "
                     "a subgraph); the difference is rounding accumulated along the graph "
-                    "(see --batch-atol/--batch-rtol) or lies inside a subgraph"
+                    "(see the batch tolerance) or lies inside a subgraph"
                 )
     runs.clear()
     if not check.passed:

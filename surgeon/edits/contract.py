@@ -73,12 +73,15 @@ class Check:
         enabled: False skips it (the result's report is None).
         feeds, feed_options: The reference's inputs, or how to make them.
         options: onnxruntime settings for both sides.
+        tolerance: The caller's tolerance; None: the edit's own (its correspondence's,
+            bit-identity unless the edit says otherwise).
     """
 
     enabled: bool = True
     feeds: Mapping[str, np.ndarray] | None = None
     feed_options: FeedOptions = field(default_factory=FeedOptions)
     options: RunOptions | None = None
+    tolerance: Tolerance | None = None
 
 
 def apply_edit(
@@ -159,6 +162,7 @@ def _verify(
     from surgeon.verification import verify  # verification imports feeds and the runner
 
     wanted = correspond(edited)
+    tolerance = check.tolerance if check.tolerance is not None else wanted.tolerance
     values: dict[str, np.ndarray] = {}
     if wanted.unavailable is not None:
         report = DiffReport(
@@ -166,7 +170,7 @@ def _verify(
             candidate=edited.name,
             reference=model.name,
             tensors=[],
-            tolerance=wanted.tolerance,
+            tolerance=tolerance,
             seed=check.feed_options.seed,
             notes=[wanted.unavailable],
         )
@@ -179,7 +183,7 @@ def _verify(
             candidate_inputs=wanted.candidate_inputs,
             feeds=wanted.feeds if wanted.feeds is not None else check.feeds,
             feed_options=check.feed_options,
-            tolerance=wanted.tolerance,
+            tolerance=tolerance,
             options=check.options,
             title=wanted.title,
             collect=values if finish is not None else None,

@@ -34,6 +34,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from surgeon.compare import EXACT, Tolerance
 from surgeon.edits import Edited
 from surgeon.edits.connections import compatibility_problems, describe_tensor, plan_connections
 from surgeon.edits.contract import Check, Correspondence, apply_edit
@@ -112,6 +113,7 @@ def merge(
     verify: bool = True,
     feed_options: FeedOptions = FeedOptions(),
     options: RunOptions | None = None,
+    tolerance: Tolerance = EXACT,
 ) -> Edited:
     """Connect outputs of ``first`` to inputs of ``second`` in one model, and prove it.
 
@@ -127,7 +129,8 @@ def merge(
         keep_outputs: Also keep the first's outputs: True keeps every unconnected one,
             a list keeps those named (connected or not). Default: drop them.
         verify: Run the merged model against ``first`` then ``second`` run in sequence
-            with onnxruntime; bit-identical outputs are required.
+            with onnxruntime; bit-identical outputs are required unless ``tolerance``
+            relaxes it.
         feed_options: Seed, shapes and ``.npz`` of the verification's inputs (they are
             the merged model's inputs).
         options: onnxruntime settings for the verification.
@@ -184,7 +187,7 @@ def merge(
         # A new Model (no path): the merged model is neither of its halves.
         lambda _: build_merged(first, second, p1_source, p2_source, opsets, naming, keep),
         lambda merged: merge_correspondence(merged, first, second, summary, feed_options),
-        check=Check(verify, None, feed_options, options),
+        check=Check(verify, None, feed_options, options, tolerance),
         copy=False,  # both halves are copied inside the change
         details=lambda merged, report: dict(
             summary,
@@ -421,9 +424,11 @@ def verify_merge(
     *,
     feed_options: FeedOptions = FeedOptions(),
     options: RunOptions | None = None,
+    tolerance: Tolerance = EXACT,
 ):
     """Compare ``merged`` with ``first`` then ``second`` run in sequence, bit for bit
-    (the check :func:`merge` runs, for a merged model made or changed elsewhere)."""
+    unless ``tolerance`` relaxes it (the check :func:`merge` runs, for a merged model
+    made or changed elsewhere)."""
     from surgeon.verification import verify
 
     wanted = merge_correspondence(merged, first, second, details, feed_options)
@@ -434,7 +439,7 @@ def verify_merge(
         pairs=wanted.pairs,
         feeds=wanted.feeds,
         feed_options=feed_options,
-        tolerance=wanted.tolerance,
+        tolerance=tolerance,
         options=options,
         title=wanted.title,
         collect=values,

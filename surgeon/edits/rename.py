@@ -15,6 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 
+from surgeon.compare import EXACT, Tolerance
 from surgeon.edits import Edited
 from surgeon.edits.contract import Check, Correspondence, apply_edit
 from surgeon.errors import NameNotFoundError, UsageError, unknown_name
@@ -227,6 +228,7 @@ def rename(
     feed_options: FeedOptions = FeedOptions(),
     options: RunOptions | None = None,
     verify: bool = True,
+    tolerance: Tolerance = EXACT,
 ) -> Edited:
     """Rename tensors (usually graph inputs and outputs) and, optionally, nodes.
 
@@ -240,7 +242,7 @@ def rename(
         nodes: Also rename main-graph node names with ``prefix``/``regex``.
         feeds, feed_options, options: Inputs and onnxruntime settings for the check.
         verify: Check that every output (and renamed intermediate tensor) has the same
-            values, bit for bit, under its new name.
+            values under its new name: bit for bit, unless ``tolerance`` relaxes it.
 
     Returns:
         Edited; ``details["tensors"]`` lists ``{old, new, role}`` and
@@ -288,7 +290,7 @@ def rename(
         params,
         lambda proto: _rename_graph(proto.graph, tensor_map, node_map),
         correspondence,
-        check=Check(verify, feeds, feed_options, options),
+        check=Check(verify, feeds, feed_options, options, tolerance),
         label="renamed",
         details=lambda renamed, report: {
             "tensors": [{"old": o, "new": n, "role": role(o)} for o, n in tensor_map.items()],

@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import onnx
 
-from surgeon.compare import DiffReport, Tolerance
+from surgeon.compare import EXACT, DiffReport, Tolerance
 from surgeon.dims import Dim, as_dims, dims_list, dims_text
 from surgeon.dynamic.batch import BATCH_TOLERANCE
 from surgeon.dynamic.check import check_dynamic, dynamic_dims, refuse_large_cases, size_cases
@@ -191,6 +191,7 @@ def reshape_io(
     options: RunOptions | None = None,
     batch: Sequence[str] | None = None,
     batch_tolerance: Tolerance = BATCH_TOLERANCE,
+    tolerance: Tolerance = EXACT,
 ) -> Edited:
     """Set the dims of inputs and outputs static or symbolic, then prove the model runs.
 
@@ -208,6 +209,8 @@ def reshape_io(
             runs with optimisations off, the runtime check with onnxruntime's defaults).
         batch, batch_tolerance: The batch dims and the tolerance of their item check
             (see :func:`check_dynamic`).
+        tolerance: How close the values at the original's sizes must be (default
+            bit-identical).
 
     Returns:
         Edited whose report holds the value comparison with the original at the
@@ -275,8 +278,9 @@ def reshape_io(
                 edited,
                 sizes=sizes,
                 export=export,
-                seed=feed_options.seed,
-                max_feed_bytes=feed_options.max_feed_bytes,
+                # The given values and the seed hold at every size; the chosen shapes
+                # were for the original's sizes (the comparison above), not those tried.
+                feed_options=replace(feed_options, shapes={}, dims={}),
                 options=options,
                 batch=batch,
                 batch_tolerance=batch_tolerance,
@@ -316,7 +320,9 @@ def reshape_io(
         params,
         change,
         correspondence,
-        check=Check(True, None, feed_options, options or RunOptions(optimization="disabled")),
+        check=Check(
+            True, None, feed_options, options or RunOptions(optimization="disabled"), tolerance
+        ),
         label="reshaped",
         details=details,
         finish=finish,
