@@ -191,7 +191,6 @@ _PATH_ARGUMENTS = {
     "output": "-o",
     "save": "--save",
     "html": "--html",
-    "inputs": "--inputs",
     "feeds": "--feeds",
     "ref": "--ref",
     "custom_op_library": "--custom-op-library",

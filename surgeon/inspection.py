@@ -160,7 +160,7 @@ def list_names(model: Model, pattern: str = "*") -> dict:
     """The node and tensor names of the main graph that ``pattern`` (a glob) matches.
 
     These are the names the commands accept (``debug --tap``, ``extract --inputs/--outputs``,
-    ``rename --io``): tensors are the graph inputs and every node output (weights are not
+    ``rename --map``): tensors are the graph inputs and every node output (weights are not
     listed; ``inspect`` counts them under parameters), each with the node that produces it,
     its op, and its dtype/shape where ONNX shape inference can tell; nodes carry their op,
     inputs and outputs. Matching is case-sensitive, the same as in the commands.

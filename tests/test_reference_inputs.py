@@ -128,7 +128,7 @@ agraph (float[2, 4] x, int64[1] s) => (y) {
     res = cli("debug", cand, "--ref", ref)
     assert res.status == 2
     err = res.stderr.replace("\n", " ")
-    assert "random values for its input(s) `s`" in err and "--inputs" in err
+    assert "random values for its input(s) `s`" in err and "--feeds" in err
     np.savez(tmp_path / "feeds.npz", x=_x(), s=np.array([8], np.int64))
     assert cli("debug", cand, "--ref", ref, "--feeds", tmp_path / "feeds.npz").status == 0
 

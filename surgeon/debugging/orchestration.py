@@ -134,7 +134,7 @@ def _make_feeds(model: Model, ref: Reference | None, options: DebugOptions):
             "produced them",
             hint=(
                 "Save the inputs in the .npz under the input names, or give them in a feeds "
-                "file (--inputs feeds.npz on the command line)."
+                "file (--feeds feeds.npz on the command line)."
             ),
         )
     given, notes = feeds_from_activations(model, arrays, ref.label)

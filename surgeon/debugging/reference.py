@@ -254,7 +254,7 @@ def _run_reference(report, model, taps, feeds, ref, options, run_options) -> dic
                 f"{names_text(randoms)}, which {model.name} does not have)",
                 hint=(
                     "Give their values in the feeds file under the reference's input names "
-                    "(--inputs feeds.npz on the command line)."
+                    "(--feeds feeds.npz on the command line)."
                 ),
             ) from None
         raise

@@ -205,7 +205,7 @@ class DebugReport:
     # Keys of a reference (.npz or model tensors) no tapped tensor was compared with.
     unused_reference: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # e.g. inputs cast to the model's dtype
-    # Reference model input -> where its value came from (a model input, --inputs, random).
+    # Reference model input -> where its value came from (a model input, the feeds file, random).
     reference_feeds: dict[str, str] = field(default_factory=dict)
     values: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     feed_values: dict[str, np.ndarray] = field(default_factory=dict, repr=False)

@@ -135,5 +135,5 @@ def plan_connections(
         ),
         problems=_candidates(first, second),
         hint="Say which output feeds which input with io_map={OUTPUT: INPUT} "
-        "(--map OUTPUT:INPUT on the command line).",
+        "(--map OUTPUT=INPUT on the command line).",
     )

@@ -232,7 +232,7 @@ def _plan_outputs(
             f"cannot merge {first.name} into {second.name}: "
             f"{len(problems)} problem{'s' if len(problems) > 1 else ''}",
             problems=problems,
-            hint="Check the connections with `surgeon inspect` on both models, or choose others with io_map (--map OUTPUT:INPUT on the command line).",
+            hint="Check the connections with `surgeon inspect` on both models, or choose others with io_map (--map OUTPUT=INPUT on the command line).",
         )
     return keep
 
