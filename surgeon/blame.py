@@ -461,7 +461,16 @@ def _attribute(report: BlameReport, runner: _Runner, scratch, say) -> None:
     everything += [c.name for c in report.culprits if c.name not in everything]
     say("saving the optimised graphs to name the fused nodes")
     without_path = folder / "without.onnx"
-    runner.session(report.level, everything, save_to=without_path)
+    # Passes that fire only once others are off (SimplifiedLayerNormFusion on the nodes
+    # LayerNormFusionL1 would have taken) are switched off too, so the "without" graph
+    # holds the model's own nodes.
+    for _ in range(4):
+        log: list[str] = []
+        runner.session(report.level, everything, save_to=without_path, log=log)
+        woken = [n for n in _applied(log) if n not in everything]
+        if not woken:
+            break
+        everything += woken
     without = onnx.load(str(without_path), load_external_data=False).graph
     for i, culprit in enumerate(report.culprits):
         path = folder / f"with{i}.onnx"
