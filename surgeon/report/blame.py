@@ -9,8 +9,17 @@ from surgeon.compare import DiffReport
 from surgeon.report import SafeTable, diff_table, shown
 
 
+# A layout pass (NchwcTransformer) remakes hundreds of nodes as one group; the table
+# names the first few and counts the rest (--json lists them all).
+SHOWN_NODES = 6
+
+
 def _nodes(nodes) -> str:
-    return ", ".join(f"{n.name} ({n.op_type}{', ' + n.domain if n.domain else ''})" for n in nodes)
+    text = ", ".join(
+        f"{n.name} ({n.op_type}{', ' + n.domain if n.domain else ''})" for n in nodes[:SHOWN_NODES]
+    )
+    more = len(nodes) - SHOWN_NODES
+    return text + (f" and {more} more" if more > 0 else "")
 
 
 def culprit_table(report) -> SafeTable:
