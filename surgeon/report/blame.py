@@ -8,7 +8,6 @@ from rich.console import Console
 from surgeon.compare import DiffReport
 from surgeon.report import SafeTable, diff_table, shown
 
-
 # A layout pass (NchwcTransformer) remakes hundreds of nodes as one group; the table
 # names the first few and counts the rest (--json lists them all).
 SHOWN_NODES = 6
