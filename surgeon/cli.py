@@ -41,6 +41,7 @@ COMMANDS: dict[str, str] = {
     "debug": "surgeon.commands.debug",
     "inspect": "surgeon.commands.inspect",
     "diff": "surgeon.commands.diff",
+    "blame": "surgeon.commands.blame",
     "extract": "surgeon.commands.extract",
     "rename": "surgeon.commands.rename",
     "reshape-io": "surgeon.commands.reshape_io",
