@@ -392,7 +392,7 @@ def value_diffs(expected: dict, got: dict, names, compare) -> tuple[list[str], b
     return diffs, bool(diffs) and rounding
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
 
@@ -418,11 +418,11 @@ def check_case(case, workdir: Path) -> CaseResult:
     except CaseTimeout as e:
         result.failures.append(Failure(case.name, "case", str(e)))
     except SurgeonError as e:  # a step let a user error escape: still a finding
-        result.failures.append(Failure(case.name, "case", "uncaught " + _first_line(e)))
+        result.failures.append(Failure(case.name, "case", "uncaught " + first_line(e)))
     except Exception as e:
         tb = traceback.extract_tb(e.__traceback__)[-1]
         result.failures.append(
-            Failure(case.name, "case", f"crash {_first_line(e)} at {tb.filename}:{tb.lineno}")
+            Failure(case.name, "case", f"crash {first_line(e)} at {tb.filename}:{tb.lineno}")
         )
     finally:
         for p in sorted(folder.rglob("*"), reverse=True):
@@ -444,7 +444,7 @@ def _crash(result, step, e) -> None:
     else:
         tb = traceback.extract_tb(e.__traceback__)
         where = next((f for f in reversed(tb) if "/surgeon/" in f.filename), tb[-1])
-        reason = f"crash {_first_line(e)} at {Path(where.filename).name}:{where.lineno}"
+        reason = f"crash {first_line(e)} at {Path(where.filename).name}:{where.lineno}"
     result.failures.append(Failure(result.name, step, reason))
     result.steps[step] = "fail"
 
@@ -467,7 +467,7 @@ def _check(case, folder: Path, result: CaseResult) -> None:
         expected = ort_run(original, feeds)
         again = ort_run(original, feeds)
     except Exception as e:
-        result.skip = "onnxruntime: " + _first_line(e)
+        result.skip = "onnxruntime: " + first_line(e)
         return
     result.runnable = True
     result.deterministic = all(same_bits(expected[k], again[k]) is None for k in expected)
@@ -485,7 +485,7 @@ def _check(case, folder: Path, result: CaseResult) -> None:
         got = ort_run(saved, feeds)
     except Exception as e:
         result.failures.append(
-            Failure(case.name, "load_save", "the saved model does not run: " + _first_line(e))
+            Failure(case.name, "load_save", "the saved model does not run: " + first_line(e))
         )
     else:
         diffs, _ = value_diffs(expected, got, list(expected), compare)
@@ -507,7 +507,7 @@ def _check(case, folder: Path, result: CaseResult) -> None:
             values = ort_run(tapped, feeds)
         except Exception as e:
             failures.append(
-                Failure(case.name, "tap", "the tapped model does not run: " + _first_line(e))
+                Failure(case.name, "tap", "the tapped model does not run: " + first_line(e))
             )
         else:
             diffs, rounding = value_diffs(expected, values, list(expected), compare)
@@ -590,7 +590,7 @@ def _check(case, folder: Path, result: CaseResult) -> None:
                     Failure(
                         case.name,
                         "extract",
-                        f"{label}: the extracted model does not run: {_first_line(e)}",
+                        f"{label}: the extracted model does not run: {first_line(e)}",
                     )
                 )
             else:
@@ -739,7 +739,7 @@ def _check_debug(case, model, feeds: dict, result: CaseResult, low_precision: bo
                 Failure(
                     case.name,
                     "debug",
-                    "plain run with every tensor exposed: " + _first_line(e),
+                    "plain run with every tensor exposed: " + first_line(e),
                     False,
                 )
             )

@@ -185,9 +185,9 @@ def blame(
         model: The model.
         feeds: Input values; made from ``feed_options`` when None.
         tolerance: When outputs count as unchanged (``EXACT`` for bit-identity).
-        options: ``options.optimization`` is the level examined (basic, extended or all);
-            the reference is always the level ``disabled``. Custom-op libraries and
-            threads apply to every run.
+        options: ``options.optimization`` is the level examined (basic, extended or all;
+            None examines ``all``); the reference is always the level ``disabled``.
+            Custom-op libraries and threads apply to every run.
         progress: Called with a short phase text before each run.
 
     Returns:
@@ -197,7 +197,7 @@ def blame(
         UsageError: The level is ``disabled`` (nothing to compare it with).
         RuntimeFailure: onnxruntime cannot load or run the model.
     """
-    options = options or RunOptions()
+    options = options or RunOptions(optimization="all")
     level = options.optimization
     if level not in LEVELS:
         raise UsageError(

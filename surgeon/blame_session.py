@@ -1,9 +1,9 @@
 """onnxruntime sessions for ``surgeon blame``: one model at one level with named passes
 disabled, the optimised graph saved on request, and onnxruntime's INFO log captured.
 
-Built from the runner's pieces (:mod:`surgeon.runner` stays the one module that imports
-onnxruntime): ``RunOptions`` has no ``disabled_optimizers`` yet, and the log capture
-redirects the process's stderr, which only blame needs.
+Built from the runner's public pieces (:mod:`surgeon.runner` stays the one module that
+imports onnxruntime) rather than its ``Session``: blame needs the optimised graph saved
+and onnxruntime's log captured (the process's stderr redirected), which only it uses.
 """
 
 from __future__ import annotations
@@ -22,22 +22,16 @@ from surgeon.model import Model
 from surgeon.runner import RunOptions
 
 
-def _ort():
-    from surgeon import runner  # the one module that imports onnxruntime
-
-    return runner._ort()
-
-
 class BlameRunner:
     """Sessions of one model at one level with passes disabled, built from one serialised
-    copy of the model (the runner's pieces; RunOptions has no disabled_optimizers yet)."""
+    copy of the model."""
 
     def __init__(self, model: Model, options: RunOptions, scratch: contextlib.ExitStack):
         from surgeon import runner
 
         self.model = model
         self.options = options
-        inlined = runner._inline_external_data(model)
+        inlined = runner.inline_external_data(model)
         if inlined.weight_bytes() > runner.FILE_THRESHOLD:
             from surgeon.saving import save
 
@@ -58,8 +52,8 @@ class BlameRunner:
     ):
         from surgeon import runner
 
-        ort = _ort()
-        so = runner._session_options(
+        ort = runner.ort_module()
+        so = runner.session_options(
             RunOptions(
                 optimization=level,
                 custom_op_libraries=self.options.custom_op_libraries,
@@ -79,7 +73,7 @@ class BlameRunner:
         if log is not None:
             so.log_severity_level = 1  # INFO: "GraphTransformer X modified: 1"
         try:
-            with runner._CREATE_LOCK, capture as text:
+            with runner.CREATE_LOCK, capture as text:
                 with contextlib.redirect_stdout(_Discard()):
                     session = ort.InferenceSession(
                         self.source,
@@ -91,7 +85,7 @@ class BlameRunner:
             raise RuntimeFailure(
                 f"onnxruntime could not load {self.model.name} at level `{level}`"
                 + (f" with {', '.join(disabled)} disabled" if disabled else "")
-                + f": {runner._first_line(e)}"
+                + f": {runner.first_line(e)}"
             ) from None
         if log is not None:
             log.extend(text)
@@ -106,7 +100,7 @@ class BlameRunner:
             values = session.run(names, {k: v for k, v in feeds.items() if k in accepted})
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
             raise RuntimeFailure(
-                f"onnxruntime could not run {self.model.name}: {runner._first_line(e)}"
+                f"onnxruntime could not run {self.model.name}: {runner.first_line(e)}"
             ) from None
         return dict(zip(names, values, strict=True))
 

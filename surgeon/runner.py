@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from surgeon.defaults import DEFAULT_OPTIMIZATION
 from surgeon.errors import RuntimeFailure, SurgeonError, unknown_name
 from surgeon.model import PROTO_LIMIT, Model, TensorInfo
 from surgeon.saving import save
 
-_CREATE_LOCK = threading.Lock()
+CREATE_LOCK = threading.Lock()
 OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
 # Models with more weights than this reach onnxruntime as a temporary file with external
 # data rather than as serialised bytes: serialising costs two transient copies of the
@@ -42,7 +43,7 @@ class RunOptions:
         threads: Intra-op threads (0 lets onnxruntime decide).
     """
 
-    optimization: str = "all"
+    optimization: str = DEFAULT_OPTIMIZATION
     custom_op_libraries: tuple[str, ...] = field(default_factory=tuple)
     threads: int = 0
     execution_order: str = "default"  # or "priority": onnxruntime's priority-based order
@@ -54,15 +55,15 @@ class RunOptions:
             )
 
 
-def _ort():
+def ort_module():
     import onnxruntime as ort
 
     ort.set_default_logger_severity(3)  # errors reach the user through our messages
     return ort
 
 
-def _session_options(options: RunOptions):
-    ort = _ort()
+def session_options(options: RunOptions):
+    ort = ort_module()
     so = ort.SessionOptions()
     so.graph_optimization_level = {
         "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -84,11 +85,11 @@ def _session_options(options: RunOptions):
             # Absolute: dlopen does not search the current folder for a bare file name.
             so.register_custom_ops_library(str(Path(lib).resolve()))
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types (Fail, RuntimeException...)
-            raise SurgeonError(f"cannot load custom op library {lib}: {_first_line(e)}") from None
+            raise SurgeonError(f"cannot load custom op library {lib}: {first_line(e)}") from None
     return so
 
 
-def _first_line(e: Exception) -> str:
+def first_line(e: Exception) -> str:
     text = str(e).strip()
     # onnxruntime prefixes messages with "[ONNXRuntimeError] : 1 : FAIL : "
     text = re.sub(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*", "", text)
@@ -107,7 +108,7 @@ def custom_domains(model: Model) -> list[str]:
     return found
 
 
-def _inline_external_data(model: Model) -> Model:
+def inline_external_data(model: Model) -> Model:
     """``model``, or a copy of it whose external data is read into memory.
 
     onnxruntime, handed a model as bytes, resolves external data locations against the
@@ -155,9 +156,9 @@ class Session:
                 if n not in names:
                     raise unknown_name("tensor", n, names, model.name, model_path=model.path)
         self.output_names = list(model.output_names) + extra
-        ort = _ort()
-        so = _session_options(self.options)
-        model = _inline_external_data(model)
+        ort = ort_module()
+        so = session_options(self.options)
+        model = inline_external_data(model)
         graph_outputs = model.proto.graph.output
         # Untyped extra outputs are fine: onnxruntime infers their type. They are added
         # to the shared proto only for serialisation and removed right after.
@@ -185,7 +186,7 @@ class Session:
                 # (then retries on the same CPU provider): keep stdout for our output
                 # (--json). The redirect is process-wide, so session creations take turns
                 # (a run in another thread may overlap; it prints nothing).
-                with _CREATE_LOCK, contextlib.redirect_stdout(io.StringIO()):
+                with CREATE_LOCK, contextlib.redirect_stdout(io.StringIO()):
                     self._session = ort.InferenceSession(
                         source, so, providers=["CPUExecutionProvider"]
                     )
@@ -219,7 +220,7 @@ class Session:
         return types
 
     def _failure(self, what: str, e: Exception) -> RuntimeFailure:
-        msg = _first_line(e)
+        msg = first_line(e)
         hint = None
         domains = custom_domains(self.model)
         if domains and not self.options.custom_op_libraries:
@@ -325,7 +326,7 @@ def _to_ortvalue(value: np.ndarray):
     """An OrtValue holding ``value``; ml_dtypes arrays are written as raw (packed) bytes."""
     import ctypes
 
-    ort = _ort()
+    ort = ort_module()
     name = _ML_TO_ONNX.get(value.dtype.name)
     if name is None:
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value))

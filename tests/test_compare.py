@@ -241,7 +241,13 @@ def test_a_report_that_compared_nothing_never_passes():
 
 def test_summary_lines():
     ok = compare_arrays(np.ones(3), np.ones(3), name="a")
-    assert _report([ok]).summary() == "PASS: 1 tensor(s) within atol=1e-05, rtol=1e-05"
+    assert _report([ok]).summary() == (
+        "PASS: 1 tensor(s) within atol=0.0001, rtol=0.0001 (equal values)"
+    )
+    near = compare_arrays(np.ones(3) + 1e-6, np.ones(3), name="a")
+    assert _report([near]).summary() == (
+        "PASS: 1 tensor(s) within atol=0.0001, rtol=0.0001 (max abs error 1e-06)"
+    )
     assert _report([ok], EXACT).summary() == "PASS: 1 tensor(s) bit-identical"
     bad = [missing(f"m{i}", f"m{i}") for i in range(7)]
     text = _report([ok, *bad]).summary()

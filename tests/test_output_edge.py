@@ -74,6 +74,7 @@ COMMAND_LINES = {
         m["tmp"] / "r.onnx",
     ],
     "recipes": lambda m: ["recipes"],
+    "blame": lambda m: ["blame", m["first"]],
 }
 
 

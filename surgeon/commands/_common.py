@@ -21,15 +21,10 @@ from __future__ import annotations
 
 import argparse
 
-# The one default tolerance of every command that compares. Measured on healthy real
-# models (rapidocr det/rec/cls, ddddocr det/ocr, magika; see the README): onnxruntime's
-# optimised kernels differ from the unoptimised ones by up to ~2e-5 relative on some
-# tensors, so 1e-5 raised false alarms in `debug --ref-optimization` while 1e-4 did not.
-DEFAULT_ATOL = 1e-4
-DEFAULT_RTOL = 1e-4
-# Same kernels on both sides (no fusion, no pre-packing): what an edit's bit-identity
-# and a tap's check need, and the same default in every command.
-DEFAULT_OPTIMIZATION = "disabled"
+from surgeon.defaults import DEFAULT_ATOL, DEFAULT_OPTIMIZATION, DEFAULT_RTOL
+
+# One default per idea, shared with the Python API (see surgeon.defaults).
+
 OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
 EXTERNAL_CHOICES = {"auto": None, "always": True, "never": False}
 
@@ -215,8 +210,10 @@ def tolerance(args):
 
 
 # ------------------------------------------------------------------------ onnxruntime
-def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
-    """--custom-op-library and --optimization (default ``disabled`` everywhere)."""
+def add_runtime_arguments(parser: argparse.ArgumentParser, *, optimization: bool = True):
+    """--custom-op-library and --optimization (default ``disabled`` everywhere).
+    ``optimization=False``: only the library, for a command that chooses the levels
+    itself (blame). Returns the group."""
     group = parser.add_argument_group("onnxruntime")
     group.add_argument(
         "--custom-op-library",
@@ -225,12 +222,15 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="LIB.so",
         help="load custom operators from this shared library (only loaded when given)",
     )
+    if not optimization:
+        return group
     group.add_argument(
         "--optimization",
         choices=OPTIMIZATION_LEVELS,
         default=DEFAULT_OPTIMIZATION,
         help=f"onnxruntime graph optimisation level (default {DEFAULT_OPTIMIZATION})",
     )
+    return group
 
 
 def run_options(args):

@@ -25,27 +25,19 @@ def add_arguments(parser) -> None:
         default="all",
         help="the optimisation level to examine against `disabled` (default all)",
     )
-    parser.add_argument("--exact", action="store_true", help="require bit-identical outputs")
     _common.add_feed_arguments(parser)
     _common.add_tolerance_arguments(parser)
-    group = parser.add_argument_group("onnxruntime")
-    group.add_argument(
-        "--custom-op-library",
-        action="append",
-        default=[],
-        metavar="LIB.so",
-        help="load custom operators from this shared library (only loaded when given)",
-    )
+    # --level is the level examined; the reference is always `disabled`.
+    _common.add_runtime_arguments(parser, optimization=False)
 
 
 def run(args, ctx) -> int:
     from surgeon.blame import blame
-    from surgeon.compare import EXACT
     from surgeon.loading import load
     from surgeon.runner import RunOptions
 
     # Arguments first, so a typo fails before the model is read or run.
-    tolerance = EXACT if args.exact else _common.tolerance(args)
+    tolerance = _common.tolerance(args)
     feed_options = _common.feed_options(args)
     options = RunOptions(optimization=args.level, custom_op_libraries=tuple(args.custom_op_library))
     model = load(args.model)
@@ -58,10 +50,4 @@ def run(args, ctx) -> int:
             options=options,
             progress=lambda text: update(f"blame {model.name}: {text}"),
         )
-    if ctx.json:
-        ctx.emit_json(report.to_dict())
-    else:
-        from surgeon.report.blame import render_blame
-
-        render_blame(ctx.console, report)
-    return 0 if report.passed else 1
+    return ctx.finish(report)

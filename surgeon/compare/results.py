@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from surgeon.defaults import DEFAULT_ATOL, DEFAULT_RTOL
 from surgeon.errors import UsageError
 
 DIFF_SCHEMA = "surgeon.diff/1"
@@ -34,8 +35,8 @@ class Tolerance:
             allowed: it accepts every pair of finite values).
     """
 
-    atol: float = 1e-5
-    rtol: float = 1e-5
+    atol: float = DEFAULT_ATOL
+    rtol: float = DEFAULT_RTOL
     exact: bool = False
     # Compare numeric tensors of different dtypes by value (e.g. a float16 conversion
     # against its float32 original); the dtype difference is then noted, not a failure.
@@ -221,16 +222,27 @@ class DiffReport:
     def failures(self) -> list[TensorDiff]:
         return [t for t in self.tensors if not t.passed]
 
+    def worst_abs(self) -> float | None:
+        """The largest max_abs over the compared tensors (None when none has one)."""
+        found = [
+            t.max_abs for t in self.tensors if t.max_abs is not None and t.max_abs == t.max_abs
+        ]
+        return max((float(abs(x)) for x in found), default=None)
+
     def summary(self) -> str:
         """One line: the verdict and what failed."""
         if not self.tensors:
             return "FAIL: no tensor was compared (zero compared tensors is never a pass)"
         if self.passed:
-            how = (
-                "bit-identical"
-                if self.tolerance.exact
-                else f"within atol={self.tolerance.atol:g}, rtol={self.tolerance.rtol:g}"
-            )
+            if self.tolerance.exact:
+                how = "bit-identical"
+            else:
+                # Whether the values were really equal shows even at the one default
+                # tolerance: an edit that keeps values the same says so, one that moved
+                # them within tolerance shows by how much.
+                how = f"within atol={self.tolerance.atol:g}, rtol={self.tolerance.rtol:g}"
+                worst = self.worst_abs()
+                how += " (equal values)" if worst == 0 else f" (max abs error {worst:.3g})"
             return f"PASS: {len(self.tensors)} tensor(s) {how}"
         names = ", ".join(f"`{t.name}` ({t.status})" for t in self.failures[:5])
         more = f" and {len(self.failures) - 5} more" if len(self.failures) > 5 else ""

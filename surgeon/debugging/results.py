@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from surgeon.compare import DiffReport, TensorDiff, Tolerance
+from surgeon.defaults import DEFAULT_OPTIMIZATION
 from surgeon.feeds import FeedOptions
 from surgeon.statistics import SEVERE, TensorStats
 
@@ -42,9 +43,9 @@ class DebugOptions:
     reference: object = None
     name_map: Mapping[str, str] = field(default_factory=dict)
     reference_optimization: str | None = None
-    tolerance: Tolerance = field(default_factory=lambda: Tolerance(atol=1e-4, rtol=1e-4))
+    tolerance: Tolerance = field(default_factory=Tolerance)
     keep_values: bool = False
-    optimization: str = "disabled"
+    optimization: str = DEFAULT_OPTIMIZATION
     custom_op_libraries: tuple[str, ...] = ()
     feed_options: FeedOptions = field(default_factory=FeedOptions)
 

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import onnx
 
-from surgeon.compare import EXACT, Tolerance
+from surgeon.compare import Tolerance
 from surgeon.edits import Edited
 from surgeon.edits.boundary import boundary_infos, non_tensor_types, value_info_of
 from surgeon.edits.contract import Check, Correspondence, apply_edit
@@ -271,7 +271,7 @@ def extract(
     *,
     feeds: Mapping[str, np.ndarray] | None = None,
     feed_options: FeedOptions = FeedOptions(),
-    tolerance: Tolerance = EXACT,
+    tolerance: Tolerance = Tolerance(),
     options: RunOptions | None = None,
     verify: bool = True,
 ) -> Edited:

@@ -34,7 +34,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from surgeon.compare import EXACT, Tolerance
+from surgeon.compare import Tolerance
 from surgeon.edits import Edited
 from surgeon.edits.connections import compatibility_problems, describe_tensor, plan_connections
 from surgeon.edits.contract import Check, Correspondence, apply_edit
@@ -113,7 +113,7 @@ def merge(
     verify: bool = True,
     feed_options: FeedOptions = FeedOptions(),
     options: RunOptions | None = None,
-    tolerance: Tolerance = EXACT,
+    tolerance: Tolerance = Tolerance(),
 ) -> Edited:
     """Connect outputs of ``first`` to inputs of ``second`` in one model, and prove it.
 
@@ -424,7 +424,7 @@ def verify_merge(
     *,
     feed_options: FeedOptions = FeedOptions(),
     options: RunOptions | None = None,
-    tolerance: Tolerance = EXACT,
+    tolerance: Tolerance = Tolerance(),
 ):
     """Compare ``merged`` with ``first`` then ``second`` run in sequence, bit for bit
     unless ``tolerance`` relaxes it (the check :func:`merge` runs, for a merged model

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 
-from surgeon.compare import EXACT, Tolerance
+from surgeon.compare import Tolerance
 from surgeon.edits import Edited
 from surgeon.edits.contract import Check, Correspondence, apply_edit
 from surgeon.errors import NameNotFoundError, UsageError, unknown_name
@@ -228,7 +228,7 @@ def rename(
     feed_options: FeedOptions = FeedOptions(),
     options: RunOptions | None = None,
     verify: bool = True,
-    tolerance: Tolerance = EXACT,
+    tolerance: Tolerance = Tolerance(),
 ) -> Edited:
     """Rename tensors (usually graph inputs and outputs) and, optionally, nodes.
 

@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import onnx
 
-from surgeon.compare import EXACT, DiffReport, Tolerance
+from surgeon.compare import DiffReport, Tolerance
 from surgeon.dims import Dim, as_dims, dims_list, dims_text
 from surgeon.dynamic.batch import BATCH_TOLERANCE
 from surgeon.dynamic.check import check_dynamic, dynamic_dims, refuse_large_cases, size_cases
@@ -191,7 +191,7 @@ def reshape_io(
     options: RunOptions | None = None,
     batch: Sequence[str] | None = None,
     batch_tolerance: Tolerance = BATCH_TOLERANCE,
-    tolerance: Tolerance = EXACT,
+    tolerance: Tolerance = Tolerance(),
 ) -> Edited:
     """Set the dims of inputs and outputs static or symbolic, then prove the model runs.
 

@@ -93,7 +93,7 @@ def export(
     exporter: str = "dynamo",
     opset: int | None = None,
     sizes: Mapping[str, Iterable[int]] | None = None,
-    tolerance: Tolerance = Tolerance(atol=1e-4, rtol=1e-4),
+    tolerance: Tolerance = Tolerance(),
     seed: int = 0,
     keep_failed: bool = False,
 ) -> ExportCheck:
