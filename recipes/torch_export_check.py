@@ -80,7 +80,7 @@ def load_module(spec: str, torch):
     sys.modules[module_name] = loaded  # dataclasses and pickling look modules up here
     try:
         file_spec.loader.exec_module(loaded)
-    except Exception as e:  # the user's file: any error is reported as its own
+    except Exception as e:  # noqa: BLE001 - the user's file: any error is reported as its own
         raise surgeon.SurgeonError(f"module={spec}: {path} failed to import: {e!r}") from e
     factory = getattr(loaded, name, None)
     if not callable(factory):
@@ -93,7 +93,7 @@ def load_module(spec: str, torch):
         )
     try:
         built = factory()
-    except Exception as e:  # the user's code
+    except Exception as e:  # noqa: BLE001 - the user's code may raise anything
         raise surgeon.SurgeonError(f"module={spec}: calling {name}() raised {e!r}") from e
     if not isinstance(built, torch.nn.Module):
         raise surgeon.UsageError(

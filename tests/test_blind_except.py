@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ast
 
-import pytest
 from conftest import ROOT
 
 BROAD = {"Exception", "BaseException"}
@@ -78,10 +77,5 @@ def test_the_finder_tells_blind_handlers_from_others(tmp_path):
     assert blind_handlers([source], root=tmp_path) == ["m.py:3", "m.py:7", "m.py:11"]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="other branches of issue 13 are still removing their blind excepts; "
-    "flip to a plain test (and select BLE in ruff) once they are merged",
-)
 def test_no_blind_except_in_surgeon_or_recipes():
     assert blind_handlers(_sources()) == []

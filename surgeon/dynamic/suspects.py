@@ -49,12 +49,13 @@ def _dynamic_reach(model: Model) -> set[str]:
 
 def add_origins(model: Model, suspects: list[Suspect]) -> None:
     """Name the PyTorch module and line of each suspect, when the file says."""
+    from surgeon.errors import NameNotFoundError
     from surgeon.origin import node_origin
 
     for suspect in suspects:
         try:
             origin = node_origin(model, suspect.node)
-        except Exception:  # exporter metadata is best-effort
+        except NameNotFoundError:  # a suspect named by onnxruntime, not a node of the file
             origin = None
         suspect.origin = origin.describe() if origin is not None else None
 
