@@ -214,14 +214,25 @@ def collect_unknown_names(
     errors = [
         unknown_name(kind, n, pool, where, model_path=model_path) for n in names if n not in known
     ]
+    raise_name_errors(
+        errors,
+        f"{len(errors)} unknown {kind} names in {where}",
+        hint=names_hint(model_path) if pool else None,
+    )
+
+
+def raise_name_errors(errors: list[NameNotFoundError], message: str, hint=None) -> None:
+    """Raise every unknown name at once: the one error as it is, or one NameNotFoundError
+    (``message``) listing them all, with the first one's suggestions. Nothing to raise
+    when ``errors`` is empty."""
     if not errors:
         return
     if len(errors) == 1:
         raise errors[0]
     raise NameNotFoundError(
-        f"{len(errors)} unknown {kind} names in {where}",
+        message,
         name=errors[0].name,
         suggestions=errors[0].suggestions,
         problems=[e.message for e in errors],
-        hint=names_hint(model_path) if pool else None,
+        hint=hint,
     )

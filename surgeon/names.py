@@ -9,7 +9,14 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable
 
-from surgeon.errors import NameNotFoundError, UsageError, close_matches, names_hint, unknown_name
+from surgeon.errors import (
+    NameNotFoundError,
+    UsageError,
+    close_matches,
+    names_hint,
+    raise_name_errors,
+    unknown_name,
+)
 from surgeon.model import Model
 
 GLOB_CHARS = set("*?[")
@@ -152,16 +159,7 @@ def resolve_tensors(
                 )
             for n in matched:
                 out += [o for o in n.output if o]
-    if problems:
-        if len(problems) == 1:
-            raise problems[0]
-        raise NameNotFoundError(
-            f"{len(problems)} names not found in {model.name}",
-            name=problems[0].name,
-            suggestions=problems[0].suggestions,
-            problems=[p.message for p in problems],
-            hint=hint,
-        )
+    raise_name_errors(problems, f"{len(problems)} names not found in {model.name}", hint)
     return list(dict.fromkeys(out))
 
 

@@ -312,6 +312,34 @@ def check_files(args, models, *, edited: int = 1, reads=(), writes=()):
     return plan
 
 
+def load_model_to_edit(args):
+    """The model of a command that edits one (``args.model``), loaded only after every
+    shared argument parsed and every file clash was refused: first by path, then again
+    with the loaded model's weight files.
+
+    Returns:
+        (model, feed options, run options, tolerance).
+    """
+    from surgeon.loading import load
+
+    tol = tolerance(args)
+    feeds = feed_options(args)
+    options = run_options(args)
+    reads = [("the --feeds file", args.feeds)]
+    check_files(args, [(args.model, "the input model")], reads=reads)
+    model = load(args.model)
+    check_files(args, [(model, "the input model")], reads=reads)
+    return model, feeds, options, tol
+
+
+def save_if_passed(edited, args) -> bool:
+    """Write the edited model to -o when its verification passed; whether it was written."""
+    if edited.passed and args.output:
+        save_output(edited.model, args)
+        return True
+    return False
+
+
 def save_output(model, args):
     """Save ``model`` to ``args.output`` atomically (with its weights file as one unit),
     honouring --inplace/--external-data. Call :func:`check_files` before the work."""

@@ -68,25 +68,15 @@ def refuse_npz_cut(items) -> None:
 
 def run(args, ctx) -> int:
     from surgeon.edits.extract import extract
-    from surgeon.loading import load
 
     refuse_npz_cut(args.inputs)
-    tol = _common.tolerance(args)
-    feeds = _common.feed_options(args)
-    options = _common.run_options(args)
-    reads = [("the --feeds file", args.feeds)]
-    _common.check_files(args, [(args.model, "the input model")], reads=reads)
-    model = load(args.model)
-    _common.check_files(args, [(model, "the input model")], reads=reads)
+    model, feeds, options, tol = _common.load_model_to_edit(args)
     # a spinner on a terminal while onnxruntime works; silent when piped or --json
     with ctx.status("extract: cutting and verifying against the original"):
         edited = extract(
             model, args.inputs, args.outputs, feed_options=feeds, tolerance=tol, options=options
         )
-    written = False
-    if edited.passed and args.output:
-        _common.save_output(edited.model, args)
-        written = True
+    written = _common.save_if_passed(edited, args)
     from surgeon.outcomes import ExtractOutcome
 
     return ctx.finish(ExtractOutcome(edited, args.model, args.output, written))

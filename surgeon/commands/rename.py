@@ -44,18 +44,11 @@ def add_arguments(parser) -> None:
 
 def run(args, ctx) -> int:
     from surgeon.edits.rename import parse_regex, rename
-    from surgeon.loading import load
 
     mapping = dict(_common.parse_map(args.map, "OLD", "NEW"))
-    tol = _common.tolerance(args)
     if args.regex is not None:
         parse_regex(args.regex)  # a bad pattern fails before the model is read
-    feeds = _common.feed_options(args)
-    options = _common.run_options(args)
-    reads = [("the --feeds file", args.feeds)]
-    _common.check_files(args, [(args.model, "the input model")], reads=reads)
-    model = load(args.model)
-    _common.check_files(args, [(model, "the input model")], reads=reads)
+    model, feeds, options, tol = _common.load_model_to_edit(args)
     # a spinner on a terminal while onnxruntime works; silent when piped or --json
     with ctx.status("rename: renaming and verifying"):
         edited = rename(
@@ -68,10 +61,7 @@ def run(args, ctx) -> int:
             options=options,
             tolerance=tol,
         )
-    written = False
-    if edited.passed and args.output:
-        _common.save_output(edited.model, args)
-        written = True
+    written = _common.save_if_passed(edited, args)
     from surgeon.outcomes import RenameOutcome
 
     return ctx.finish(RenameOutcome(edited, args.model, args.output, written))

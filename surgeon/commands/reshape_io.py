@@ -208,19 +208,12 @@ def refuse_dims_as_output(output) -> None:
 def run(args, ctx) -> int:
     from surgeon.commands import _common
     from surgeon.edits.shapes import reshape_io
-    from surgeon.loading import load
 
     refuse_dims_as_output(args.output)
     specs = parse_dims_specs(args.dims_specs)
     sizes = sizes_argument(args)
     batch = batch_arguments(args)
-    tol = _common.tolerance(args)
-    feeds = _common.feed_options(args)
-    options = _common.run_options(args)
-    reads = [("the --feeds file", args.feeds)]
-    _common.check_files(args, [(args.model, "the input model")], reads=reads)
-    model = load(args.model)
-    _common.check_files(args, [(model, "the input model")], reads=reads)
+    model, feeds, options, tol = _common.load_model_to_edit(args)
     inputs, outputs = split_dims(model, specs)
     # a spinner on a terminal while onnxruntime works; silent when piped or --json
     with ctx.status("reshape-io: editing and checking sizes"):
@@ -234,10 +227,7 @@ def run(args, ctx) -> int:
             tolerance=tol,
             **batch,
         )
-    written = False
-    if edited.passed and args.output:
-        _common.save_output(edited.model, args)
-        written = True
+    written = _common.save_if_passed(edited, args)
     from surgeon.outcomes import ReshapeOutcome
 
     return ctx.finish(ReshapeOutcome(edited, args.model, args.output, written))

@@ -97,6 +97,19 @@ class NmsSpec:
         return d
 
 
+def _given_names(given, defaults: tuple[str, ...], what: str, kind: str, problems) -> tuple:
+    """The names given in place of ``defaults``, or the defaults with a problem noted when
+    their count differs."""
+    given = tuple(given)
+    if len(given) != len(defaults):
+        problems.append(
+            f"{what} has {len(defaults)} {kind}(s) ({', '.join(defaults)}); "
+            f"got {len(given)} {kind} name(s)"
+        )
+        return defaults
+    return given
+
+
 def check_spec(
     layout: str,
     classes: int,
@@ -161,14 +174,7 @@ def check_spec(
     format_ok = output_format in FORMATS
     ins: tuple[str, ...] = DEFAULT_INPUTS[layout] if layout_ok else ()
     if input_names is not None and layout_ok:
-        given = tuple(input_names)
-        if len(given) != len(ins):
-            problems.append(
-                f"layout {layout} has {len(ins)} input(s) ({', '.join(ins)}); "
-                f"got {len(given)} input name(s)"
-            )
-        else:
-            ins = given
+        ins = _given_names(input_names, ins, f"layout {layout}", "input", problems)
     outs: tuple[str, ...] = DEFAULT_OUTPUTS[output_format] if format_ok else ()
     if output_names is not None and format_ok:
         if isinstance(output_names, Mapping):
@@ -181,14 +187,7 @@ def check_spec(
                 )
             outs = tuple(output_names.get(o, o) for o in outs)
         else:
-            given = tuple(output_names)
-            if len(given) != len(outs):
-                problems.append(
-                    f"format {output_format} has {len(outs)} output(s) ({', '.join(outs)}); "
-                    f"got {len(given)} output name(s)"
-                )
-            else:
-                outs = given
+            outs = _given_names(output_names, outs, f"format {output_format}", "output", problems)
     names = list(ins) + list(outs)
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
