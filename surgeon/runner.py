@@ -226,7 +226,8 @@ class Session:
         if domains and not self.options.custom_op_libraries:
             hint = (
                 f"The model uses custom operator domain(s) {', '.join(domains)}; onnxruntime can only run it "
-                "with the library that implements them: pass --custom-op-library lib.so."
+                "with the library that implements them: give it in RunOptions.custom_op_libraries "
+                "(--custom-op-library lib.so on the command line)."
             )
         verb = "load" if what == "load" else "run"
         return RuntimeFailure(f"onnxruntime could not {verb} {self.model.name}: {msg}", hint=hint)

@@ -203,7 +203,8 @@ def verify(
         raise SurgeonError(
             f"cannot verify {candidate.name} against {reference.name}",
             problems=problems,
-            hint="Map renamed inputs (name_map / --map OLD=NEW) or say which reference tensor "
+            hint="Map renamed inputs (name_map; --map REF=CANDIDATE on the command line) or say "
+            "which reference tensor "
             "feeds each candidate input (candidate_inputs).",
         )
 

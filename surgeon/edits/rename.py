@@ -130,7 +130,8 @@ def plan_rename(
     if nodes:
         if not prefix and compiled is None:
             raise UsageError(
-                "renaming nodes (nodes=True, --nodes) needs a prefix or a regex; give one"
+                "renaming nodes (nodes=True; --nodes on the command line) needs a prefix or a "
+                "regex; give one"
             )
         for n in proto.graph.node:
             if n.name:
