@@ -27,7 +27,8 @@ examples:
   surgeon debug model.onnx --tap 'backbone/*' --op Conv --html report.html
   surgeon debug model_fp16.onnx --ref model.onnx --atol 1e-2 --rtol 1e-2
   surgeon debug model.onnx --ref acts.npz          # activations saved from PyTorch
-  surgeon debug model.onnx --ref-optimization all  # disabled vs all optimisations"""
+  surgeon debug model.onnx --ref-optimization all  # disabled vs all optimisations
+  surgeon debug int8.onnx --ref fp32.onnx --suggest-exclude --atol 5e-2 --rtol 5e-2"""
 )
 
 
@@ -63,7 +64,24 @@ def add_arguments(parser) -> None:
         help="compare against the same model run at this onnxruntime optimisation level "
         "(default: no such reference)",
     )
-    _common.add_output_arguments(parser, what="the model with the taps as outputs")
+    ref.add_argument(
+        "--suggest-exclude",
+        action="store_true",
+        help="int8 QDQ model against its float --ref: rank the Q/DQ pairs by their own error "
+        "and suggest quantize_static's nodes_to_exclude, verified by stripping them (-o "
+        "writes the stripped model)",
+    )
+    ref.add_argument(
+        "--exclude-max",
+        type=int,
+        default=10,
+        metavar="N",
+        help="the longest exclusion list tried (default 10)",
+    )
+    _common.add_output_arguments(
+        parser,
+        what="the model with the taps as outputs (the stripped model with --suggest-exclude)",
+    )
     out = parser.add_argument_group("reports")
     out.add_argument(
         "--save", metavar="TAPS.npz", help="save the tapped tensors (keys = tensor names)"
@@ -83,6 +101,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args, ctx) -> int:
+    if args.suggest_exclude:
+        from surgeon.commands._exclude import run_suggest_exclude
+
+        return run_suggest_exclude(args, ctx)
     from pathlib import Path
 
     from surgeon.debugging import DebugOptions, debug, save_values
