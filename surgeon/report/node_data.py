@@ -218,9 +218,8 @@ def write_node_data(report, model, path: str | os.PathLike) -> list[Path]:
     Raises:
         OutputPathError: A path cannot be written.
     """
-    import json
-
     from surgeon.errors import OutputPathError
+    from surgeon.jsonout import dumps
     from surgeon.outputs import probe_writable, write_files
 
     docs = node_data_documents(report, model)
@@ -234,8 +233,8 @@ def write_node_data(report, model, path: str | os.PathLike) -> list[Path]:
 
     def writer(doc):
         def write(fh):
-            # allow_nan=False: a NaN/Inf slipping through fails here, not in the viewer
-            fh.write(json.dumps(doc, indent=1, allow_nan=False).encode("utf-8"))
+            # the one JSON writer (allow_nan=False); every value here is finite already
+            fh.write((dumps(doc) + "\n").encode("utf-8"))
 
         return write
 
