@@ -192,6 +192,7 @@ _PATH_ARGUMENTS = {
     "output": "-o",
     "save": "--save",
     "html": "--html",
+    "node_data": "--node-data",
     "feeds": "--feeds",
     "ref": "--ref",
     "custom_op_library": "--custom-op-library",

@@ -88,6 +88,12 @@ def add_arguments(parser) -> None:
     )
     out.add_argument("--html", metavar="REPORT.html", help="write a self-contained HTML report")
     out.add_argument(
+        "--node-data",
+        metavar="FILE.json",
+        help="write per-node results for Google's Model Explorer (with a reference also "
+        "FILE.isolated.json when isolated errors were measured); see the README",
+    )
+    out.add_argument(
         "--rows",
         type=int,
         default=40,
@@ -124,6 +130,12 @@ def run(args, ctx) -> int:
     reads = [("the --feeds file", args.feeds)]
     reads += [("the --ref activations", args.ref)] if ref_is_npz else []
     side = [("--save", args.save), ("--html", args.html)]
+    if args.node_data is not None:  # "" too: the file plan refuses it with a reason
+        from surgeon.report.node_data import node_data_paths
+
+        with_ref = bool(args.node_data) and bool(args.ref or args.ref_optimization)
+        side += [("--node-data", args.node_data)]
+        side += [("--node-data", p) for p in node_data_paths(args.node_data, with_ref)[1:]]
     ref_model = args.ref if args.ref and not ref_is_npz else None
     _common.check_files(
         args,
@@ -170,7 +182,7 @@ def run(args, ctx) -> int:
     from surgeon.outputs import transaction
 
     written = []
-    with transaction():  # -o (and its weights), --save and --html: all written, or none
+    with transaction():  # -o (and its weights), --save, --html, --node-data: all or none
         if tapped is not None and tapped.passed:
             written.append(str(_common.save_output(tapped.model, args)))
         if args.save and (report.tap_check is None or report.tap_check.passed):
@@ -179,6 +191,10 @@ def run(args, ctx) -> int:
             from surgeon.report.html import write_debug_html
 
             written.append(str(write_debug_html(report, args.html)))
+        if args.node_data is not None:
+            from surgeon.report.node_data import write_node_data
+
+            written += [str(p) for p in write_node_data(report, model, args.node_data)]
     from surgeon.outcomes import DebugOutcome
 
     return ctx.finish(DebugOutcome(report, tapped, tuple(written), rows=args.rows))

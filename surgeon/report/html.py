@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from surgeon.compare import json_number
@@ -70,60 +71,160 @@ def _percent(x) -> str:
     return f"{x:.1%}"
 
 
+@dataclass(frozen=True)
+class _Point:
+    """One tensor on a plot."""
+
+    value: float | int | None  # None or non-finite: drawn at the top edge
+    name: str  # on the axis (abbreviated) and in the tooltip
+    detail: str  # the tooltip's rest: op, index
+    bad: bool = False
+    nonfinite: str = ""  # "NaN", "Inf", "NaN and Inf": what the tensor holds
+    root: bool = False
+
+
+def _abbreviate(name: str, limit: int = 18) -> str:
+    """Keep both ends of a long name (``/backbone/…/conv_3/Conv_output_0``): the start
+    says where, the end which tensor."""
+    if len(name) <= limit:
+        return name
+    head = (limit - 1) // 2
+    return name[:head] + "…" + name[len(name) - (limit - 1 - head) :]
+
+
+def _nonfinite_text(nan: int, inf: int) -> str:
+    return " and ".join(label for n, label in ((nan, "NaN"), (inf, "Inf")) if n)
+
+
 def _plot(
-    points: list[tuple[int, float | None, str, bool]],
+    points: list[_Point],
     title: str,
+    *,
+    line: tuple[float, str] | None = None,
     width: int = 900,
-    height: int = 260,
+    height: int = 340,
 ) -> str:
-    """An SVG line plot of log10(value) by layer index; bad points drawn red."""
-    values = [v for _, v, _, _ in points if v is not None and math.isfinite(v) and v > 0]
-    if not values:
+    """An SVG plot of log10(value) along the graph, one point per tensor in order.
+
+    Bad points are red; a point whose tensor holds NaN/Inf (or has no finite value) is a
+    red triangle on the top edge, not dropped; the root cause gets a ring and a label;
+    ``line`` (value, label) draws a dashed horizontal line (the tolerance). Tensor names
+    run along the x axis, rotated and abbreviated, each with its full name on hover.
+    """
+
+    def finite(v) -> bool:
+        return v is not None and math.isfinite(v)
+
+    values = [p.value for p in points if finite(p.value) and p.value > 0 and not p.nonfinite]
+    if line is not None and 0 < line[0] < math.inf:
+        values.append(line[0])
+    drawn_top = [p for p in points if p.nonfinite or not finite(p.value)]
+    if not values and not drawn_top:
         return f"<p class='meta'>{html.escape(title)}: nothing to plot (all values are zero or missing).</p>"
+    values = values or [1.0]
     # Decades within float64's normal range: 10.0**e must neither overflow nor round to 0.
     lo = max(math.floor(math.log10(min(values))), -307)
     hi = min(math.ceil(math.log10(max(values))), 308)
     if hi <= lo:
         lo, hi = (hi - 1, hi) if hi >= 308 else (lo, lo + 1)
-    left, right, top, bottom = 60, 20, 25, 40
+    # top: room for the NaN/Inf row above the highest decade; bottom: the rotated names
+    left, right, top, bottom = 60, 20, 45, 130
     n = max(len(points) - 1, 1)
+    inner_top = top + 12
 
-    def xy(i, v):
-        x = left + (width - left - right) * i / n
+    def x_of(k: int) -> float:
+        return left + (width - left - right) * (k / n if len(points) > 1 else 0.5)
+
+    def y_of(v: float) -> float:
         level = min(max(math.log10(v), lo), hi)  # denormals are drawn at the bottom
-        y = top + (height - top - bottom) * (1 - (level - lo) / (hi - lo))
-        return x, y
+        return inner_top + (height - inner_top - bottom) * (1 - (level - lo) / (hi - lo))
 
     parts = [
         f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' aria-label='{html.escape(title)}'>"
     ]
     parts.append(f"<text x='{left}' y='15'>{html.escape(title)}</text>")
     for e in range(lo, hi + 1):
-        _, y = xy(0, 10.0**e)
+        y = y_of(10.0**e)
         parts.append(
             f"<line x1='{left}' x2='{width - right}' y1='{y:.1f}' y2='{y:.1f}' stroke='#eee'/>"
         )
         parts.append(f"<text x='5' y='{y + 4:.1f}'>1e{e}</text>")
-    path = []
-    for i, v, _, _ in points:
-        if v is not None and math.isfinite(v) and v > 0:
-            x, y = xy(i, v)
-            path.append(f"{'M' if not path else 'L'}{x:.1f},{y:.1f}")
-    parts.append(f"<path d='{' '.join(path)}' fill='none' stroke='#3366cc' stroke-width='1.5'/>")
-    for i, v, label, bad in points:
-        if v is not None and math.isfinite(v) and v > 0:
-            x, y = xy(i, v)
-            color = "#d93025" if bad else "#3366cc"
+    if drawn_top:
+        parts.append(
+            f"<line x1='{left}' x2='{width - right}' y1='{top:.1f}' y2='{top:.1f}' stroke='#f3c0bb'/>"
+            f"<text x='5' y='{top + 4:.1f}'>NaN/Inf</text>"
+        )
+    if line is not None:
+        value, label = line
+        if value > 0 and math.isfinite(value):
+            y = y_of(value)
             parts.append(
-                f"<circle cx='{x:.1f}' cy='{y:.1f}' r='3' fill='{color}'><title>{_text(label)}: {v:.3g}</title></circle>"
+                f"<line class='tolerance' x1='{left}' x2='{width - right}' y1='{y:.1f}' y2='{y:.1f}' "
+                f"stroke='#e8710a' stroke-dasharray='6 4'><title>{html.escape(label)}</title></line>"
+                f"<text x='{width - right - 4}' y='{y - 4:.1f}' text-anchor='end' fill='#e8710a'>{html.escape(label)}</text>"
             )
-    zeros = sum(1 for _, v, _, _ in points if v == 0)
-    caption = f"tensor index in topological order (0 … {len(points) - 1})"
+    path = []
+    for k, p in enumerate(points):
+        if finite(p.value) and p.value > 0 and not p.nonfinite:
+            path.append(f"{'M' if not path else 'L'}{x_of(k):.1f},{y_of(p.value):.1f}")
+    parts.append(f"<path d='{' '.join(path)}' fill='none' stroke='#3366cc' stroke-width='1.5'/>")
+    for k, p in enumerate(points):
+        x = x_of(k)
+        tip = f"{_text(p.name)} {_text(p.detail)}"
+        if p.nonfinite or not finite(p.value):
+            what = p.nonfinite or ("no finite value" if p.value is None else _num(p.value))
+            parts.append(
+                f"<path class='nonfinite' d='M{x:.1f},{top - 6:.1f} l5,9 l-10,0 z' fill='#d93025'>"
+                f"<title>{tip}: {html.escape(what)}</title></path>"
+            )
+            y = top
+        elif p.value > 0:
+            y = y_of(p.value)
+            color = "#d93025" if p.bad else "#3366cc"
+            parts.append(
+                f"<circle cx='{x:.1f}' cy='{y:.1f}' r='3' fill='{color}'><title>{tip}: {p.value:.3g}</title></circle>"
+            )
+        else:
+            continue
+        if p.root:
+            parts.append(
+                f"<g class='root-marker'><circle cx='{x:.1f}' cy='{y:.1f}' r='8' fill='none' stroke='#8b0000' stroke-width='2'/>"
+                f"<text x='{x + 10:.1f}' y='{y - 8:.1f}' fill='#8b0000' font-weight='bold'>root cause<title>{tip}</title></text></g>"
+            )
+    # Names on the axis: every name while they fit (one per 13 px), else every k-th;
+    # rotated so long names fit, abbreviated, the full name on hover.
+    step = max(1, math.ceil(len(points) / max((width - left - right) // 13, 1)))
+    base = height - bottom + 12
+    for k in range(0, len(points), step):
+        p = points[k]
+        x = x_of(k)
+        weight = " font-weight='bold' fill='#8b0000'" if p.root else ""
+        parts.append(
+            f"<text class='axis-name' x='{x:.1f}' y='{base:.1f}' text-anchor='end' "
+            f"transform='rotate(-55 {x:.1f} {base:.1f})'{weight}>{_text(_abbreviate(p.name))}"
+            f"<title>{_text(p.name)} {_text(p.detail)}</title></text>"
+        )
+    zeros = sum(1 for p in points if p.value == 0 and not p.nonfinite)
+    caption = f"{len(points)} tensor(s) in topological order"
+    if step > 1:
+        caption += f" (every {step}th name shown; hover a point for its name)"
+    if drawn_top:
+        caption += (
+            f"; {len(drawn_top)} holding NaN/Inf or no finite value, drawn as ▲ on the top edge"
+        )
     if zeros:
         caption += f"; {zeros} value(s) of exactly 0 are not drawn (log scale)"
-    parts.append(f"<text x='{left}' y='{height - 10}'>{html.escape(caption)}</text>")
+    parts.append(f"<text x='{left}' y='{height - 6}'>{html.escape(caption)}</text>")
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _atol_line(tol) -> tuple[float, str] | None:
+    """The tolerance line of the error plot: atol (an element also passes within
+    rtol * |reference|, which differs per element and has no line)."""
+    if tol is None or getattr(tol, "exact", False) or not tol.atol > 0:
+        return None
+    return float(tol.atol), f"atol {_num(tol.atol)} (+ rtol {_num(tol.rtol)} x |ref| per element)"
 
 
 def debug_html(report) -> str:
@@ -161,11 +262,21 @@ def debug_html(report) -> str:
     if report.layers:
         root = report.root_cause.diff.name if report.root_cause else None
         pts = [
-            (lay.index, lay.diff.max_abs, f"{lay.diff.name} ({lay.op})", lay.diverged)
+            _Point(
+                lay.diff.max_abs,
+                lay.diff.name,
+                f"(#{lay.index}, {lay.node}, {lay.op})",
+                bad=lay.diverged,
+                nonfinite=_nonfinite_text(
+                    max(lay.diff.nan - lay.diff.reference_nan, 0),
+                    max(lay.diff.inf - lay.diff.reference_inf, 0),
+                ),
+                root=lay.diff.name == root,
+            )
             for lay in report.layers
         ]
         out.append("<h2>Error along the graph</h2>")
-        out.append(_plot(pts, "max abs error vs reference (log scale)"))
+        out.append(_plot(pts, "max abs error vs reference (log scale)", line=_atol_line(tol)))
         out.append(
             "<h2>Layer-wise comparison</h2><table><tr><th>#</th><th class='l'>tensor</th><th class='l'>node (op)</th>"
             "<th class='l'>status</th><th>max abs</th><th>max rel</th><th>cosine</th><th>mismatch</th></tr>"
@@ -182,17 +293,23 @@ def debug_html(report) -> str:
             )
         out.append("</table>")
     if report.stats:
+        born = report.born
+        born_at = born[0].tensor if born else None
         pts = [
-            (
-                s.index,
+            _Point(
                 _magnitude(s.min, s.max),
                 s.name,
-                bool(s.flags),
+                f"(#{s.index}, {s.node}, {s.op})",
+                bad=bool(s.flags),
+                nonfinite=_nonfinite_text(s.nan, s.inf),
+                root=s.name == born_at,
             )
             for s in report.stats
         ]
+        # float16 models: the largest finite float16 is where values start to overflow
+        line = (65504.0, "float16 max 65504") if getattr(report, "float16", False) else None
         out.append("<h2>Magnitude along the graph</h2>")
-        out.append(_plot(pts, "max |value| per tapped tensor (log scale)"))
+        out.append(_plot(pts, "max |value| per tapped tensor (log scale)", line=line))
         out.append(
             "<h2>Tapped tensors</h2><table><tr><th>#</th><th class='l'>tensor</th><th class='l'>node (op)</th><th class='l'>shape</th>"
             "<th class='l'>dtype</th><th>min</th><th>max</th><th>mean</th><th>std</th><th>NaN</th><th>Inf</th><th>zeros</th>"
