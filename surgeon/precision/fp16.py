@@ -270,10 +270,14 @@ def plan_fp16(
         if not worst:
             failure = "no float16 node left to keep in float32"
             break
-        last = worst[:batch]
-        if len(state.reasons) + len(last) > limit:
-            failure = f"meeting the tolerance needs more than {limit} of {float_nodes} float nodes kept float32"
+        room = limit - len(state.reasons)
+        if room <= 0:
+            failure = (
+                f"meeting the tolerance needs more than {limit} of {float_nodes} "
+                "float nodes kept float32"
+            )
             break
+        last = worst[: min(batch, room)]
         state.reasons.update({n: "worst isolated error" for n in last})
         conversion, candidate, report, values = state.attempt(state.reasons, fetch=True)
         state.record("block worst isolated errors", last, report)

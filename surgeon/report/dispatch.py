@@ -34,6 +34,7 @@ RENDERERS: dict[str, str] = {
     "surgeon.outcomes.MergeOutcome": "surgeon.report.dispatch:render_merge",
     "surgeon.outcomes.RunOutcome": "surgeon.report.dispatch:render_run",
     "surgeon.blame.BlameReport": "surgeon.report.blame:render_blame",
+    "surgeon.commands.fp16.Fp16Outcome": "surgeon.report.fp16:render_fp16",
 }
 
 
