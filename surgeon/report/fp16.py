@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.table import Table
 
-from surgeon.report import shown
+from surgeon.report import SafeTable, shown
 
 
 def render_fp16(console: Console, outcome) -> None:
     """The block list (node, op, why, PyTorch module), the rounds, both checks, sizes."""
     plan = outcome.plan
-    table = Table(title=f"kept in float32 ({len(plan.block_list)})", title_justify="left")
+    table = SafeTable(title=f"kept in float32 ({len(plan.block_list)})", title_justify="left")
     for column in ("node", "op", "why", "module"):
         table.add_column(column)
     for kept in plan.block_list:
@@ -19,7 +18,7 @@ def render_fp16(console: Console, outcome) -> None:
     if plan.block_list:
         console.print(table)
     else:
-        console.print("kept in float32: none (every convertible node runs in float16)")
+        console.print(shown("kept in float32: none (every convertible node runs in float16)"))
     if plan.not_float16:
         shown_reasons = sorted(set(plan.not_float16.values()))
         console.print(
@@ -37,7 +36,7 @@ def render_fp16(console: Console, outcome) -> None:
                 f"round {step.round}: {step.action} [{added}] -> {step.kept} kept, max abs {worst}, {verdict}"
             )
         )
-    console.print(f"{plan.float16_nodes} node(s) in float16")
+    console.print(shown(f"{plan.float16_nodes} node(s) in float16"))
     report = plan.edited.report
     if report is not None:
         console.print(shown(f"verification (seed {report.seed}): {report.summary()}"))
@@ -45,7 +44,9 @@ def render_fp16(console: Console, outcome) -> None:
         console.print(
             shown(f"second check (seed {plan.second_check.seed}): {plan.second_check.summary()}")
         )
-    console.print(f"size: {plan.size_before / 2**20:.2f} MiB -> {plan.size_after / 2**20:.2f} MiB")
+    console.print(
+        shown(f"size: {plan.size_before / 2**20:.2f} MiB -> {plan.size_after / 2**20:.2f} MiB")
+    )
     if plan.failure:
         console.print(shown(f"target not met: {plan.failure}"))
     if outcome.written:
