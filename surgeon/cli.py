@@ -42,6 +42,7 @@ COMMANDS: dict[str, str] = {
     "inspect": "surgeon.commands.inspect",
     "diff": "surgeon.commands.diff",
     "blame": "surgeon.commands.blame",
+    "fp16": "surgeon.commands.fp16",
     "extract": "surgeon.commands.extract",
     "rename": "surgeon.commands.rename",
     "reshape-io": "surgeon.commands.reshape_io",

@@ -75,6 +75,7 @@ COMMAND_LINES = {
     ],
     "recipes": lambda m: ["recipes"],
     "blame": lambda m: ["blame", m["first"]],
+    "fp16": lambda m: ["fp16", m["first"]],
 }
 
 
