@@ -372,6 +372,10 @@ def test_float16_tap_check_failure_explains_itself():
     )
     report = DebugReport("m.onnx", [], failing, {}, {}, 0, "disabled", float16=True)
     assert "float16 model" in report.verdict() and "--optimization all" in report.verdict()
+    # once the check allowed float16 rounding, a failure says the model is that sensitive
+    report.float16_tap_tolerance = True
+    assert "already allowed 8 float16 ulps" in report.verdict()
+    assert "--optimization all" not in report.verdict()
 
 
 def test_saved_taps_work_as_reference(cli, tmp_path):

@@ -201,6 +201,8 @@ class DebugReport:
     mode: str = "statistics"
     shape_mismatches: list = field(default_factory=list)  # declared vs real (ShapeMismatch)
     float16: bool = False  # the model computes in float16 (matters for the tap check)
+    # The tap check allowed float16 rounding (edits.tap.FLOAT16_TAP_TOLERANCE), not bit-identity.
+    float16_tap_tolerance: bool = False
     # Where each NaN/Inf comes from (born, inherited, input, constant), in graph order.
     nonfinite: list[NonFinite] = field(default_factory=list)
     # Keys of a reference (.npz or model tensors) no tapped tensor was compared with.
@@ -237,7 +239,15 @@ class DebugReport:
         parts = []
         if self.tap_check is not None and not self.tap_check.passed:
             text = f"tap check FAILED: tapping changed the original outputs ({self.tap_check.summary()})"
-            if self.float16:
+            if self.float16 and self.float16_tap_tolerance:
+                # The check already allowed float16 rounding (see edits.tap): more than
+                # that means the outputs are sensitive to where float16 rounds.
+                text += (
+                    ". This is a float16 model and the check already allowed 8 float16 ulps: "
+                    "its outputs are this sensitive to float16 rounding, so the model may be "
+                    "unstable in float16 (compare it with its float32 original as the reference)"
+                )
+            elif self.float16:
                 # Seen on the onnx operator corpus: onnxruntime's CPU computes float16
                 # chains in float32 and rounds only where a tensor is exposed.
                 text += (
