@@ -265,7 +265,11 @@ def test_float16_model_against_float32_original(tmp_path):
     assert all(layer.diff.cosine > 0.999 for layer in loose.layers)
     assert "compared as float32" in loose.layers[0].diff.message
     strict = debug(half, DebugOptions(reference=ref))
-    assert not strict and strict.root_cause.node == "conv0"
+    # at 1e-4 every float16 node rounds beyond tolerance; the root cause is the one whose
+    # own error is worst (in multiples of the tolerance), whatever its position
+    assert not strict and strict.isolated_verdict == "found"
+    worst = max(strict.layers, key=lambda layer: layer.severity.excess)
+    assert strict.root_cause is worst and worst.rank == 1
 
 
 def test_compare_two_optimisation_levels(cli):
