@@ -62,6 +62,7 @@ def judge_by_isolated_error(
     )
     report.precision = precision
     layers = {layer.diff.name: layer for layer in report.layers}
+    _add_converter_pairs(report, facts, precision, layers)
     for unit in precision.run.units:
         if unit.isolated is None:
             continue
@@ -97,6 +98,25 @@ def judge_by_isolated_error(
                 if x not in unit.fed and x not in facts.constants and x not in graph_inputs
             ]
     return precision
+
+
+def _add_converter_pairs(report, facts, precision, layers) -> None:
+    """Compared tensors paired through a Cast or a Q/DQ chain (not by name): their
+    cumulative error, as a row of the comparison in tap order."""
+    from surgeon.debugging.results import LayerDiff
+
+    order = {s.name: s.index for s in report.stats}
+    for unit in precision.run.units:
+        c = unit.cumulative
+        if c is None or c.name in layers or c.name not in order:
+            continue
+        node, op, inputs = facts.node_info.get(c.name, ("?", "?", []))
+        layer = LayerDiff(c, node, op, order[c.name], inputs, diverged=not c.passed)
+        report.layers.append(layer)
+        layers[c.name] = layer
+        if c.name in report.unmatched:
+            report.unmatched.remove(c.name)
+    report.layers.sort(key=lambda layer: layer.index)
 
 
 def _agree_with_nonfinite(report: DebugReport, precision: PrecisionReport):
