@@ -172,9 +172,10 @@ def test_candidate_with_compared_inputs_ranks_above_one_without(cli, tmp_path):
     root = res.json["root_cause"]
     assert root["name"] == "b"  # after d in graph order, but its input was compared
     assert root["matched_inputs"] == ["a"] and root["uncompared_inputs"] == []
-    assert "`b` diverges" in res.json["verdict"] and "while all its inputs match" in res.json[
-        "verdict"
-    ].replace("\n", " ")
+    # judged by its own error: run on the reference's values at its inputs
+    verdict = res.json["verdict"].replace("\n", " ")
+    assert "`b` diverges" in verdict and "run on the reference's values at its inputs" in verdict
+    assert res.json["isolated_verdict"] == "found"
     other = res.json["other_root_causes"]
     assert [r["name"] for r in other] == ["d"]
     assert other[0]["uncompared_inputs"] == ["c"] and other[0]["matched_inputs"] == []
@@ -186,11 +187,14 @@ def test_root_whose_inputs_were_not_compared_says_so(cli, tmp_path):
     res = cli("debug", model, "--ref", acts, "--json")
     verdict = res.json["verdict"]
     assert "while all its inputs match" not in verdict
-    assert "its inputs were not compared (1 input(s) had no reference value: `c`)" in verdict
+    # c's producer was run with d on the reference's x: the verdict says so
+    assert (
+        "its input(s) `c` had no reference value and were computed with it by `Abs->c`" in verdict
+    )
     assert res.json["uncompared_inputs"] == ["c"]
-    text = cli("debug", model, "--ref", acts).stdout.replace("\n", " ")
+    text = " ".join(cli("debug", model, "--ref", acts).stdout.split())
     assert "inputs match" not in text  # neither the verdict nor a note contradicts it
-    assert "its inputs were not compared" in text
+    assert "had no reference value" in text
     html = tmp_path / "r.html"
     assert cli("debug", model, "--ref", acts, "--html", html).status == 1
     assert "inputs match" not in html.read_text()
@@ -201,10 +205,8 @@ def test_root_with_some_inputs_compared_names_the_others(cli, tmp_path):
     acts = _npz(tmp_path, ["b", "e"], wrong=["e"])  # e = Add(b, c): b compared, c not
     res = cli("debug", model, "--ref", acts, "--json")
     assert res.json["root_cause"]["name"] == "e"
-    assert (
-        "while all its compared inputs match (1 input(s) had no reference value: `c`)"
-        in res.json["verdict"]
-    )
+    assert "its input(s) `c` had no reference value" in res.json["verdict"]
+    assert res.json["uncompared_inputs"] == ["c"]
 
 
 def test_weights_of_another_reference_model_are_not_claimed(tmp_path):
@@ -229,5 +231,7 @@ agraph (float[2, 4] x) => (y) {
     assert rc.diff.name == "y"
     assert rc.matched_inputs == ["x"]  # the graph input: the same feed on both sides
     assert rc.uncompared_inputs == []  # the weight: neither claimed nor missing
-    assert "while all its compared inputs match" in report.verdict()
+    # its own error, run on the reference's value of x with this model's weight
+    assert "run on the reference's values at its inputs" in report.verdict()
     assert "had no reference value" not in report.verdict()
+    assert "all its inputs match" not in report.verdict()

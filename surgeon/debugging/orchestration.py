@@ -22,7 +22,14 @@ from surgeon.debugging.reference import (
     reference_only_inputs,
 )
 from surgeon.debugging.results import DebugOptions, DebugReport
-from surgeon.edits.tap import add_outputs, learn_types, not_tappable, select_taps
+from surgeon.edits.tap import (
+    FLOAT16_TAP_TOLERANCE,
+    add_outputs,
+    computes_in_float16,
+    learn_types,
+    not_tappable,
+    select_taps,
+)
 from surgeon.errors import RuntimeFailure, SurgeonError, UsageError
 from surgeon.feeds import describe_feeds, make_feeds
 from surgeon.model import Model, dtype_name
@@ -105,6 +112,9 @@ def debug(
     if run.tap_check is not None:  # name the two sides apart in the report
         run.tap_check.candidate = f"{model.name} (tapped)"
     report.float16 = any(s.dtype == "float16" for s in run.stats)
+    report.float16_tap_tolerance = (
+        run.tap_check is not None and run.tap_check.tolerance == FLOAT16_TAP_TOLERANCE
+    )
     report.shape_mismatches = _declared_vs_real(model, feeds, run.stats, run.values)
     if options.keep_values:
         report.values = {t: run.values[t] for t in taps if t in run.values}
@@ -172,6 +182,15 @@ def _tap_and_measure(
         if vi.type.tensor_type.elem_type:
             types.setdefault(vi.name, vi.type)
     tap_tolerance = EXACT if options.optimization == "disabled" else options.tolerance
+    notes: list[str] = []
+    if options.optimization == "disabled" and computes_in_float16(types):
+        tap_tolerance = FLOAT16_TAP_TOLERANCE
+        notes.append(
+            "float16 model: the tap check allows atol="
+            f"{tap_tolerance.atol:.3g}, rtol={tap_tolerance.rtol:.3g} (8 float16 ulps at 1) "
+            "instead of bit-identity, because onnxruntime's CPU computes float16 chains in "
+            "float32 and rounds only where a tensor is exposed, so a tap moves the last bits"
+        )
     want_values = has_reference or options.keep_values or model.opset < 11
 
     def checked_run(candidate, fetch, candidate_options, sink):
@@ -199,7 +218,7 @@ def _tap_and_measure(
         return _TapRun("values", stats, tap_check, values, notes)
 
     if want_values:
-        return values_run([])
+        return values_run(notes)
     candidate, outs = build_stats_model(model, taps, types)
     # Priority-based order runs each statistics node right after its tensor's producer,
     # so onnxruntime frees activations as in a plain run (its default order delays the
@@ -214,7 +233,8 @@ def _tap_and_measure(
         # them (a kernel missing at run time), measure the tensors themselves instead of
         # blaming the model. A failure of the model itself fails this run as well.
         return values_run(
-            [
+            notes
+            + [
                 "onnxruntime could not run surgeon's statistics nodes "
                 f"({e.message}); the tapped tensors were measured with numpy instead"
             ]
@@ -225,7 +245,7 @@ def _tap_and_measure(
         dtype = dtype_name(types[t].tensor_type.elem_type) if t in types else None
         stats.append(stats_from_outputs(t, node, op, i, outs[t], collected, dtype))
     stats = recount_stats(model, stats, types, feeds, stats_options, say)
-    return _TapRun("statistics", stats, tap_check, collected)
+    return _TapRun("statistics", stats, tap_check, collected, notes)
 
 
 def _origin_lookup(model: Model) -> Callable[[str], str | None]:

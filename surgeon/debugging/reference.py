@@ -19,6 +19,10 @@ from surgeon.feeds import FeedOptions, load_npz, make_other_feeds
 from surgeon.model import Model
 from surgeon.runner import RunOptions, run
 
+# Where _run_reference leaves the values the reference was fed (a key no tensor can
+# have: ONNX names are strings, this is not).
+_REFERENCE_FEEDS = ("reference feeds",)
+
 
 class Reference(NamedTuple):
     """What the tapped tensors are compared with.
@@ -199,6 +203,7 @@ def compare_layers(
                 model_path=ref.source.path,
             )
         expected = _run_reference(report, model, taps, feeds, ref, options, run_options)
+        reference_inputs = expected.pop(_REFERENCE_FEEDS)
     report.reference = ref.label
     report.tolerance = options.tolerance
     compared = _pair_layers(report, facts, taps, values, expected, to_ref, options)
@@ -206,6 +211,17 @@ def compare_layers(
         used = {to_ref.get(t, t) for t in compared} | set(model.input_names)
         report.unused_reference = [k for k in expected if k not in used]
     _rank_root_causes(report, facts, compared, ref.kind == "self", origin)
+    if ref.kind == "self" or not compared:
+        return  # the same model at another level: see surgeon.debugging.isolation
+    from surgeon.debugging.isolation import judge_by_isolated_error
+
+    if ref.kind == "arrays":
+        reference, reference_values = list(expected), expected
+    else:
+        reference, reference_values = ref.source, {**reference_inputs, **expected}
+    judge_by_isolated_error(
+        report, facts, values, feeds, reference, reference_values, options, run_options, origin
+    )
 
 
 def _run_reference(report, model, taps, feeds, ref, options, run_options) -> dict:
@@ -245,7 +261,9 @@ def _run_reference(report, model, taps, feeds, ref, options, run_options) -> dic
             _feed_reference_only(report, model, ref_model, own, options.feed_options, ref_feeds)
         )
     try:
-        return run(ref_model, ref_feeds, outputs=wanted, options=ref_options)
+        values = run(ref_model, ref_feeds, outputs=wanted, options=ref_options)
+        values[_REFERENCE_FEEDS] = ref_feeds
+        return values
     except RuntimeFailure as e:
         randoms = [n for n in own if report.reference_feeds.get(n, "").startswith("random")]
         if randoms:

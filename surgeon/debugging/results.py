@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from surgeon.compare import DiffReport, TensorDiff, Tolerance
+from surgeon.debugging._precision_json import isolated_dict, ranking_entry, unpaired_entry
 from surgeon.defaults import DEFAULT_OPTIMIZATION
 from surgeon.feeds import FeedOptions
 from surgeon.statistics import SEVERE, TensorStats
@@ -67,6 +68,11 @@ class LayerDiff:
     # reference value). Constants of another reference model are in neither list.
     matched_inputs: list[str] = field(default_factory=list)
     uncompared_inputs: list[str] = field(default_factory=list)
+    # The node's own error: run on the reference's values at its inputs (None when it
+    # was not); its severity and rank (1 = worst) among the nodes so run.
+    isolated: TensorDiff | None = None
+    severity: object = None
+    rank: int | None = None
 
     @property
     def evidence_rank(self) -> int:
@@ -113,6 +119,7 @@ class LayerDiff:
                 "origin": self.origin,
                 "matched_inputs": self.matched_inputs,
                 "uncompared_inputs": self.uncompared_inputs,
+                "isolated": isolated_dict(self),
             }
         )
         return d
@@ -201,6 +208,8 @@ class DebugReport:
     mode: str = "statistics"
     shape_mismatches: list = field(default_factory=list)  # declared vs real (ShapeMismatch)
     float16: bool = False  # the model computes in float16 (matters for the tap check)
+    # The tap check allowed float16 rounding (edits.tap.FLOAT16_TAP_TOLERANCE), not bit-identity.
+    float16_tap_tolerance: bool = False
     # Where each NaN/Inf comes from (born, inherited, input, constant), in graph order.
     nonfinite: list[NonFinite] = field(default_factory=list)
     # Keys of a reference (.npz or model tensors) no tapped tensor was compared with.
@@ -208,6 +217,10 @@ class DebugReport:
     notes: list[str] = field(default_factory=list)  # e.g. inputs cast to the model's dtype
     # Reference model input -> where its value came from (a model input, the feeds file, random).
     reference_feeds: dict[str, str] = field(default_factory=dict)
+    # Each node's own error against the reference (surgeon.precision.PrecisionReport);
+    # None without one, or against the same model at another optimisation level.
+    precision: object = None
+    diverged_outputs: list[str] = field(default_factory=list)  # compared graph outputs
     values: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     feed_values: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
@@ -227,7 +240,19 @@ class DebugReport:
             return False
         if self.born:
             return False
+        verdict = self.isolated_verdict
+        if verdict is not None:
+            return verdict not in ("found", "inherited") and not self.diverged_outputs
         return not self.diverged
+
+    @property
+    def isolated_verdict(self) -> str | None:
+        """The verdict by isolated error (``found``, ``inherited``, ``accumulated``,
+        ``clean``); None when it does not apply (no such reference, or no node could be
+        run on the reference's values), and the verdict is by graph position."""
+        if self.precision is None or self.precision.root_cause.verdict == "unchecked":
+            return None
+        return self.precision.root_cause.verdict
 
     def __bool__(self) -> bool:
         return self.passed
@@ -237,7 +262,15 @@ class DebugReport:
         parts = []
         if self.tap_check is not None and not self.tap_check.passed:
             text = f"tap check FAILED: tapping changed the original outputs ({self.tap_check.summary()})"
-            if self.float16:
+            if self.float16 and self.float16_tap_tolerance:
+                # The check already allowed float16 rounding (see edits.tap): more than
+                # that means the outputs are sensitive to where float16 rounds.
+                text += (
+                    ". This is a float16 model and the check already allowed 8 float16 ulps: "
+                    "its outputs are this sensitive to float16 rounding, so the model may be "
+                    "unstable in float16 (compare it with its float32 original as the reference)"
+                )
+            elif self.float16:
                 # Seen on the onnx operator corpus: onnxruntime's CPU computes float16
                 # chains in float32 and rounds only where a tensor is exposed.
                 text += (
@@ -247,7 +280,9 @@ class DebugReport:
                     "(--optimization all --atol ... --rtol ... on the command line)"
                 )
             parts.append(text)
-        if self.reference is not None:
+        if self.reference is not None and self.isolated_verdict is not None:
+            parts += self._isolated_text()
+        elif self.reference is not None:
             if self.root_cause is not None:
                 parts.append(root_cause_text(self.root_cause))
             elif self.layers:
@@ -256,6 +291,54 @@ class DebugReport:
                 parts.append("no tapped tensor has a reference value to compare with")
         parts += self._nonfinite_text()
         return "; ".join(parts) if parts else "nothing tapped"
+
+    def _isolated_text(self) -> list[str]:
+        """The verdict by isolated error (see :mod:`surgeon.debugging.isolation`)."""
+        root = self.precision.root_cause
+        verdict = root.verdict
+        layer = self.root_cause
+        if verdict in ("found", "inherited"):
+            if layer is None:
+                return [f"root cause: {root.message}"]
+            where = f"`{layer.node}` ({layer.op})" + (f" = {layer.origin}" if layer.origin else "")
+            if layer.diff.status in ("shape", "dtype"):
+                text = root_cause_text(layer)  # a misfit says what does not fit
+            elif root.unit is not None and root.unit.isolated.name != layer.diff.name:
+                text = f"root cause: {where}, where the first NaN/Inf is born"
+            elif verdict == "found":
+                from surgeon.precision.severity import describe_unit
+
+                text = (
+                    f"root cause: {where}: its output `{layer.diff.name}` diverges from the "
+                    "reference, and run on the reference's values at its inputs it makes the "
+                    f"largest error of its own ({describe_unit(root.unit)})"
+                )
+                if self.uncompared_inputs:
+                    # the unit took in the producers of inputs with no reference value
+                    helpers = [n for n in root.unit.nodes[:-1]]
+                    text += (
+                        f"; its input(s) {names_text(self.uncompared_inputs)} had no reference "
+                        f"value and were computed with it by {names_text(helpers)}, so the "
+                        "error may start there"
+                    )
+            else:
+                text = f"root cause: {root.message}"
+            if self.other_roots:
+                text += (
+                    f" ({len(self.other_roots)} other node(s) with an own error beyond tolerance)"
+                )
+            return [text]
+        if verdict == "clean" and not self.diverged:
+            return [
+                f"all {len(self.layers)} compared tensors match the reference (every node run "
+                "on the reference's values at its inputs is within tolerance on its own)"
+            ]
+        outputs = (
+            f"; output(s) {names_text(self.diverged_outputs)} are beyond tolerance"
+            if self.diverged_outputs
+            else f"; the compared outputs are within tolerance ({len(self.layers)} tensors compared)"
+        )
+        return [f"no root cause: {root.message}{outputs}"]
 
     def _nonfinite_text(self) -> list[str]:
         parts = []
@@ -348,10 +431,25 @@ class DebugReport:
             "uncompared_inputs": self.uncompared_inputs,
             "comparison": [layer.to_dict() for layer in self.layers],
             "unmatched": self.unmatched,
+            **self._precision_dict(),
             "unused_reference": self.unused_reference,
             "notes": self.notes,
             "reference_feeds": self.reference_feeds,
             "declared_shape_mismatches": [m.to_dict() for m in self.shape_mismatches],
+        }
+
+    def _precision_dict(self) -> dict:
+        """``isolated_verdict``, ``ranking``, ``pairing`` and ``unpaired`` (see the README)."""
+        p = self.precision
+        if p is None:
+            return {"isolated_verdict": None, "ranking": [], "pairing": None, "unpaired": []}
+        return {
+            "isolated_verdict": p.root_cause.verdict,
+            "isolated_message": p.root_cause.message,
+            "ranking": [ranking_entry(u) for u in p.ranking],
+            "pairing": p.pairing.to_dict(),
+            "unpaired": [unpaired_entry(u) for u in p.not_evaluated],
+            "isolated_seconds": p.run.seconds,
         }
 
 

@@ -213,10 +213,11 @@ def _batch_model(
                 return f"{prefix}in/{t}"
             return f"{prefix}{k}/{t}"
 
-        for node in unit.nodes:
+        for j, node in enumerate(unit.nodes):
             copy = onnx.NodeProto()
             copy.CopyFrom(node)
-            copy.name = f"{prefix}{k}/{node.name}"
+            # the position in the unit: unnamed nodes of one unit need distinct names too
+            copy.name = f"{prefix}{k}/{j}/{node.name}"
             copy.input[:] = [rename(x) for x in node.input]
             copy.output[:] = [rename(x) for x in node.output]
             graph.node.append(copy)

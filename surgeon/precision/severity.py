@@ -169,7 +169,8 @@ class RootCause:
         }
 
 
-def _describe(unit: IsolatedError) -> str:
+def describe_unit(unit: IsolatedError) -> str:
+    """A unit's own error (and its cumulative one) as the end of a sentence."""
     s, d = unit.severity, unit.isolated
     if s.born_nonfinite:
         what = f"{s.born_nonfinite} of {s.size} element(s) become NaN/Inf"
@@ -203,7 +204,7 @@ def pick_root_cause(run: IsolatedRun) -> RootCause:
             "found",
             top,
             ties,
-            f"{label} makes the largest error of its own: {_describe(top)}",
+            f"{label} makes the largest error of its own: {describe_unit(top)}",
         )
     if top.severity.tier == "inherited":
         return RootCause(

@@ -41,8 +41,23 @@ def layer_status(layer, root: str | None) -> str:
     return "diverged" if layer.diverged else "ok"
 
 
-def other_roots_text(roots) -> str:
+def _own_error(layer) -> str:
+    """The isolated max abs error of a compared tensor's node ("-" when it was not run on
+    the reference's values), marked when beyond tolerance."""
+    d = getattr(layer, "isolated", None)
+    if d is None:
+        return "-"
+    return fmt(d.max_abs) + (" !" if not d.passed else "")
+
+
+def other_roots_text(roots, isolated: bool = False) -> str:
     """The other root-cause candidates, saying as much as their check shows."""
+    if isolated:
+        return (
+            "other nodes whose own error is beyond tolerance (worst first): "
+            + ", ".join(f"`{r.node}` ({r.op})" for r in roots[:5])
+            + (f" and {len(roots) - 5} more" if len(roots) > 5 else "")
+        )
     return (
         "other nodes that diverge while none of their compared inputs does: "
         + ", ".join(
@@ -141,7 +156,9 @@ def render_debug(console: Console, report, rows: int = 40) -> None:
         )
         table.add_column("#", justify="right", kind="number")
         table.add_column("tensor (node, op)", kind="name", ratio=1, min_width=16)
-        for col in ("status", "max abs", "max rel", "cosine", "mismatch", "error growth"):
+        isolated = getattr(report, "precision", None) is not None
+        cols = ("status", "max abs", "own error", "max rel", "cosine", "mismatch", "error growth")
+        for col in cols if isolated else [c for c in cols if c != "own error"]:
             numeric = col not in ("status", "error growth")
             table.add_column(
                 col,
@@ -167,6 +184,7 @@ def render_debug(console: Console, report, rows: int = 40) -> None:
                     "bold red" if d.name == root else ("red" if layer.diverged else "green"),
                 ),
                 fmt(d.max_abs),
+                *([_own_error(layer)] if isolated else []),
                 fmt(d.max_rel),
                 fmt(d.cosine, 6),
                 f"{d.mismatches}/{d.size}",
@@ -181,8 +199,12 @@ def render_debug(console: Console, report, rows: int = 40) -> None:
                     "dim",
                 )
             )
+        if isolated:
+            from surgeon.debugging.isolation import pairing_text
+
+            console.print(shown(pairing_text(report.precision), "dim"))
         if report.other_roots:
-            console.print(shown(other_roots_text(report.other_roots)))
+            console.print(shown(other_roots_text(report.other_roots, isolated)))
         hint = uncompared_hint(report)
         if hint:
             console.print(shown(hint, "yellow"))

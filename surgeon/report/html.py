@@ -249,7 +249,9 @@ def debug_html(report) -> str:
         if line:
             out.append(f"<p class='meta'>{esc(line)}</p>")
     if report.other_roots:
-        out.append(f"<p class='meta'>{esc(other_roots_text(report.other_roots))}</p>")
+        out.append(
+            f"<p class='meta'>{esc(other_roots_text(report.other_roots, report.precision is not None))}</p>"
+        )
     for note in getattr(report, "notes", []):
         out.append(f"<p class='meta'>note: {esc(note)}</p>")
     unused = getattr(report, "unused_reference", [])
