@@ -243,8 +243,11 @@ def test_with_reference_cumulative_error_and_root_cause(cli, tmp_path):
         assert results[node]["value"] == pytest.approx(bad.mean(), abs=1 / bad.size)
     assert results["mul"]["bgColor"] == "#8b0000"
     assert [k for k, r in results.items() if "bgColor" in r] == ["mul"]
-    # no isolated errors in the report: no second file
-    assert not (tmp_path / "err.isolated.json").exists()
+    # debug measured each node's own error too: only `mul` errs on the reference's inputs
+    isolated = _read(tmp_path / "err.isolated.json")["chain"]["results"]
+    assert isolated["mul"]["value"] == results["mul"]["value"] > 0
+    assert isolated["mul"]["bgColor"] == "#8b0000"
+    assert isolated["neg"]["value"] == isolated["sig"]["value"] == isolated["relu"]["value"] == 0
 
 
 @pytest.mark.parametrize("as_dict", [True, False])

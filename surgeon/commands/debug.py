@@ -14,13 +14,21 @@ Taps are tensor names, node names (meaning their outputs), globs ('backbone/*') 
 per-tensor statistics leave onnxruntime, so `--tap all` costs about one plain run.
 
 The verdict names the node where a NaN/Inf is born (its inputs are finite, its output is
-not) and, with a reference, the root-cause node: a node whose output diverges while
-none of its compared inputs does; it says which inputs had no reference value (a node
-whose inputs were all compared ranks first). A reference model's own inputs (ones the
-model lacks) come from --feeds under their names, else random. NaN/Inf in your inputs and deliberate ones computed
-from constants only (attention masks) are reported, not failures. Exit 0 when nothing is
-wrong, 1 when the tap check fails, a NaN/Inf is born or a tensor diverges from the
-reference, 2 on bad input (a reference that pairs with no tapped tensor included).
+not) and, with a reference, the root cause by each node's OWN error: every node whose
+inputs pair with reference values (by name, or through the Casts and Q/DQ chains
+converters insert) is also run on the reference's values, in one batched run, and the
+node whose own error is worst beyond tolerance is named, whatever the node order, with
+its cumulative error beside it; nodes whose inputs have no reference value say so.
+(--ref-optimization keeps the verdict by graph position: the isolated run would compare
+each node with itself.) A reference model's own inputs (ones the model lacks) come from
+--feeds under their names, else random. NaN/Inf in your inputs and deliberate ones
+computed from constants only (attention masks) are reported, not failures. A float16
+model's tap check allows 8 float16 ulps (onnxruntime's CPU computes float16 chains in
+float32 and rounds only exposed tensors); other models' is bit-exact. Exit 0 when nothing
+is wrong (with a reference: no node beyond tolerance on its own and the outputs within
+it), 1 when the tap check fails, a NaN/Inf is born, a node errs beyond tolerance on its
+own or the outputs miss the tolerance, 2 on bad input (a reference that pairs with no
+tapped tensor included).
 
 examples:
   surgeon debug model.onnx --tap conv0
@@ -28,7 +36,8 @@ examples:
   surgeon debug model_fp16.onnx --ref model.onnx --atol 1e-2 --rtol 1e-2
   surgeon debug model.onnx --ref acts.npz          # activations saved from PyTorch
   surgeon debug model.onnx --ref-optimization all  # disabled vs all optimisations
-  surgeon debug int8.onnx --ref fp32.onnx --suggest-exclude --atol 5e-2 --rtol 5e-2"""
+  surgeon debug int8.onnx --ref fp32.onnx --suggest-exclude --atol 5e-2 --rtol 5e-2
+  surgeon debug model.onnx --ref good.onnx --node-data err.json  # for Model Explorer"""
 )
 
 
