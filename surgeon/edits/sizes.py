@@ -1,0 +1,88 @@
+"""A second input size for the verification of edits that must hold at every size.
+
+Folding and opset conversion must not change values at any input size the model takes,
+so when an input has dynamic dims the edit is verified at the caller's sizes and again at
+another size; the second run's rows join the report, their names tagged with the size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from surgeon.compare import DiffReport, Tolerance
+from surgeon.feeds import FeedOptions, resolve_shapes
+from surgeon.model import Model
+from surgeon.runner import RunOptions
+
+
+def other_shapes(model: Model, feed_options: FeedOptions) -> dict[str, tuple[int, ...]] | None:
+    """Shapes for every input, each dynamic dim changed from the first run's size, or
+    None when no input has a dynamic dim left to vary (static, or given in the ``.npz``).
+
+    The first dim of a rank > 1 input (a batch, by convention) goes from 1 to 2; every
+    other dynamic dim is halved (64 -> 32), which keeps strides of 2**k that detectors
+    need, and goes up when halving would reach 0.
+    """
+    given = set()
+    if feed_options.npz:
+        import numpy as np
+
+        with np.load(feed_options.npz) as data:
+            given = set(data.files)
+    first = resolve_shapes(model, feed_options)
+    changed = False
+    shapes: dict[str, tuple[int, ...]] = {}
+    for info in model.inputs:
+        shape = list(first[info.name])
+        declared = info.shape or ()
+        if info.name not in given and info.name not in feed_options.shapes:
+            for axis, dim in enumerate(declared):
+                if isinstance(dim, int) and dim > 0:
+                    continue
+                old = shape[axis]
+                if axis == 0 and len(declared) > 1:
+                    shape[axis] = old + 1 if old == 1 else max(1, old // 2)
+                else:
+                    shape[axis] = old // 2 if old >= 2 else old + 1
+                changed = True
+        if info.name not in given:  # values from the .npz keep their own shape
+            shapes[info.name] = tuple(shape)
+    return shapes if changed else None
+
+
+def verify_other_size(
+    edited: Model,
+    original: Model,
+    report: DiffReport,
+    feed_options: FeedOptions,
+    options: RunOptions | None,
+    tolerance: Tolerance,
+) -> str | None:
+    """Verify ``edited`` against ``original`` at another size and add its rows to
+    ``report`` (names tagged ``@ 2x3x32x32``). Returns the sizes tried as text, or None
+    when the model has no dynamic dim to vary."""
+    from surgeon.verification import verify  # verification imports the runner
+
+    shapes = other_shapes(original, feed_options)
+    if shapes is None:
+        return None
+    second = verify(
+        edited,
+        original,
+        feed_options=replace(feed_options, shapes=shapes, dims={}),
+        tolerance=tolerance,
+        options=options,
+        title=report.title,
+    )
+    text = ", ".join(f"{k}: {'x'.join(map(str, v)) or 'scalar'}" for k, v in shapes.items())
+    for row in second.tensors:
+        report.tensors.append(replace(row, name=f"{row.name} @ {_size_tag(row, shapes)}"))
+    report.notes.extend(n for n in second.notes if n not in report.notes)
+    report.notes.append(f"verified at a second size too ({text})")
+    return text
+
+
+def _size_tag(row, shapes: dict[str, tuple[int, ...]]) -> str:
+    if row.reference_shape is not None:
+        return "x".join(map(str, row.reference_shape)) or "scalar"
+    return "second size"
