@@ -1,0 +1,203 @@
+"""Node-at-a-time opset conversion: what each node needs to live at another opset.
+
+onnx's version converter walks the whole model one opset step at a time and stops at
+the first node whose op changed at a step and has no adapter for it. Going down, most
+steps have none, even where the newer version only widened the types (Relu 13 and 14,
+Flatten 13, Gather 13 added bfloat16 or integer types), so an opset-17 CNN does not
+convert to 11. Here each node is judged on its own:
+
+- ``keep``: the op's schema is the same at both opsets, or the newer one differs only in
+  ways this node does not touch (:func:`same_meaning`), so the node is valid as it is;
+- ``adapt``: a one-node model of it converts with onnx's converter (its constant inputs
+  travel along, so an ``axes`` input can become an attribute); the converted nodes
+  replace it (:func:`splice`);
+- ``block``: neither; the reason and what it would need are kept for the error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from surgeon.edits.opsets import DEFAULT_DOMAINS
+
+CONSTANT_PROBE_ELEMENTS = 4096  # constant inputs up to this size travel into a probe
+
+
+def type_string(elem_type: int) -> str:
+    """``tensor(float)`` for TensorProto.FLOAT: the spelling of schemas' type constraints."""
+    return f"tensor({onnx.TensorProto.DataType.Name(elem_type).lower()})"
+
+
+def _allowed(schema, type_str: str) -> set[str]:
+    for c in schema.type_constraints:
+        if c.type_param_str == type_str:
+            return set(c.allowed_type_strs)
+    return {type_str}  # a literal type, e.g. tensor(int64)
+
+
+def _attr_signature(attr) -> tuple:
+    return attr.type, attr.required, attr.default_value.SerializeToString()
+
+
+def _types_fit(node, new, old, formals_new, formals_old, names, elem_types) -> bool:
+    for i, name in enumerate(names):
+        if not name:
+            continue
+        new_formal = formals_new[min(i, len(formals_new) - 1)]
+        old_formal = formals_old[min(i, len(formals_old) - 1)]
+        old_types = _allowed(old, old_formal.type_str)
+        known = elem_types.get(name)
+        if known:
+            if type_string(known) not in old_types:
+                return False
+        elif not _allowed(new, new_formal.type_str) <= old_types:
+            return False
+    return True
+
+
+def _arity_fits(names, formals_new, formals_old) -> bool:
+    used = max((i + 1 for i, n in enumerate(names) if n), default=0)
+    variadic = onnx.defs.OpSchema.FormalParameterOption.Variadic
+    if used > len(formals_old) and not (formals_old and formals_old[-1].option == variadic):
+        return False
+    # The same formal parameter at each position (Split's `split` moved from an
+    # attribute to input 1 at opset 13: a node that uses input 1 is not the older op).
+    for i in range(min(used, len(formals_old), len(formals_new))):
+        if names[i] and formals_new[i].name != formals_old[i].name:
+            return False
+    return True
+
+
+def same_meaning(node: onnx.NodeProto, new, old, elem_types: Mapping[str, int]) -> bool:
+    """Whether ``node`` (valid under schema ``new``) means the same under ``old``.
+
+    Every attribute the node sets exists in ``old`` with the same type; every attribute
+    both versions have keeps its default (Softmax's axis default moved from 1 to -1 at
+    13, so a Softmax never qualifies); an attribute only ``new`` has is unset (ONNX adds
+    attributes whose default is the older behaviour); ``old`` requires nothing the node
+    lacks; the inputs and outputs it uses are the same formal parameters; and each
+    input's and output's type is one ``old`` allows (when a type is unknown, ``old`` must
+    allow every type ``new`` does).
+    """
+    new_attrs, old_attrs = new.attributes, old.attributes
+    set_names = {a.name for a in node.attribute}
+    for a in node.attribute:
+        if a.name not in old_attrs or old_attrs[a.name].type != new_attrs[a.name].type:
+            return False
+    for name, attr in new_attrs.items():
+        if name in old_attrs and _attr_signature(attr)[2] != _attr_signature(old_attrs[name])[2]:
+            return False
+    for name, attr in old_attrs.items():
+        if name not in new_attrs and (attr.required or name in set_names):
+            return False
+        if attr.required and name not in set_names:
+            return False
+    inputs, outputs = list(node.input), list(node.output)
+    if not _arity_fits(inputs, list(new.inputs), list(old.inputs)):
+        return False
+    if not _arity_fits(outputs, list(new.outputs), list(old.outputs)):
+        return False
+    return _types_fit(
+        node, new, old, list(new.inputs), list(old.inputs), inputs, elem_types
+    ) and _types_fit(node, new, old, list(new.outputs), list(old.outputs), outputs, elem_types)
+
+
+def constants_of(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """Small constant tensors of a graph by name: initializers and Constant outputs."""
+    found = {}
+    for t in graph.initializer:
+        if int(np.prod(t.dims)) <= CONSTANT_PROBE_ELEMENTS and not t.data_location:
+            found[t.name] = t
+    for n in graph.node:
+        if n.op_type == "Constant" and n.domain in DEFAULT_DOMAINS and n.output:
+            for a in n.attribute:
+                if a.name == "value" and int(np.prod(a.t.dims)) <= CONSTANT_PROBE_ELEMENTS:
+                    t = onnx.TensorProto()
+                    t.CopyFrom(a.t)
+                    t.name = n.output[0]
+                    found[n.output[0]] = t
+    return found
+
+
+def probe_model(
+    node: onnx.NodeProto,
+    types: Mapping[str, onnx.ValueInfoProto],
+    constants: Mapping[str, onnx.TensorProto],
+    proto: onnx.ModelProto,
+) -> onnx.ModelProto | str:
+    """A model of ``node`` alone, or the name of an input whose type is unknown (a probe
+    with a made-up type could fail for that alone and name a blocker that is not one)."""
+    inputs, inits = [], []
+    for name in dict.fromkeys(i for i in node.input if i):
+        if name in constants:
+            inits.append(constants[name])
+        elif name in types:
+            inputs.append(types[name])
+        else:
+            return name
+    outputs = [types.get(o) or onnx.ValueInfoProto(name=o) for o in node.output if o]
+    probe = onnx.NodeProto()
+    probe.CopyFrom(node)
+    graph = helper.make_graph([probe], "probe", inputs, outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=list(proto.opset_import))
+    model.ir_version = proto.ir_version
+    return model
+
+
+def splice(
+    graph: onnx.GraphProto,
+    index: int,
+    probe: onnx.ModelProto,
+    converted: onnx.ModelProto,
+    taken: set[str],
+) -> None:
+    """Replace ``graph.node[index]`` by the nodes of its converted ``probe``.
+
+    A constant input the adapter left as it was is read where it was (an initializer or
+    a Constant node's output); a constant it made or changed, and every tensor between
+    the nodes it made, gets a name no other tensor has (``taken``, which grows). The
+    node's inputs and outputs keep their names.
+    """
+    put_in = {t.name: t.SerializeToString() for t in probe.graph.initializer}
+    renames: dict[str, str] = {}
+
+    def fresh(name: str) -> str:
+        candidate, k = f"{name}__opset", 0
+        while candidate in taken:
+            k += 1
+            candidate = f"{name}__opset{k}"
+        taken.add(candidate)
+        return candidate
+
+    added = []
+    for t in converted.graph.initializer:
+        if put_in.get(t.name) == t.SerializeToString():
+            continue
+        copy = onnx.TensorProto()
+        copy.CopyFrom(t)
+        copy.name = renames[t.name] = fresh(t.name)
+        added.append(copy)
+    boundary = {v.name for v in probe.graph.input} | {v.name for v in probe.graph.output}
+    boundary |= set(put_in)
+    for n in converted.graph.node:
+        for o in n.output:
+            if o and o not in boundary and o not in renames:
+                renames[o] = fresh(o)
+    nodes = []
+    for n in converted.graph.node:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(n)
+        for i, name in enumerate(copy.input):
+            copy.input[i] = renames.get(name, name)
+        for i, name in enumerate(copy.output):
+            copy.output[i] = renames.get(name, name)
+        nodes.append(copy)
+    read = {i for n in nodes for i in n.input}
+    graph.initializer.extend(t for t in added if t.name in read)
+    rest = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(rest[:index] + nodes + rest[index + 1 :])
