@@ -170,9 +170,12 @@ def _flatten_fixed_ifs(gs, graph) -> int:
             continue
         cond = bool(np.asarray(node.inputs[0].values).reshape(-1)[0])
         branch = node.attrs["then_branch" if cond else "else_branch"]
-        # Branch-local names get a suffix so they cannot clash with the outer graph's.
+        # A branch-local name the outer graph uses too gets a suffix (names stay as the
+        # exporter wrote them otherwise, for the user to find in both models).
+        outer_names = set(graph.tensors())
         for tensor in branch._local_tensors().values():
-            tensor.name += f"__fold{flattened}_{branch.name}"
+            if tensor.name in outer_names:
+                tensor.name += f"__fold{flattened}"
         copies = []
         for outer, inner in zip(list(node.outputs), list(branch.outputs), strict=True):
             outer.inputs.clear()
@@ -362,9 +365,7 @@ def fold(
         )
 
     def finish(edited: Model, report: DiffReport, values) -> None:
-        if bound:
-            return  # the bound inputs fix what a second size could vary, often all of it
-        verify_other_size(edited, model, report, feed_options, options, tolerance)
+        verify_other_size(edited, model, report, feed_options, options, tolerance, bound)
 
     def details(edited: Model, report) -> dict:
         before, after = (
@@ -375,7 +376,7 @@ def fold(
         kept = {t.name for t in edited.proto.graph.initializer}
         removed = [t.name for t in model.proto.graph.initializer if t.name not in kept]
         notes = [
-            f"input `{n}` is bound to {v.reshape(-1)[0]!r}: the folded model no longer takes "
+            f"input `{n}` is bound to {v.reshape(-1)[0].item()!r}: the folded model no longer takes "
             "it and only computes what that value selects"
             for n, v in bound.items()
         ]

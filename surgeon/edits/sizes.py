@@ -7,7 +7,10 @@ another size; the second run's rows join the report, their names tagged with the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
+
+import numpy as np
 
 from surgeon.compare import DiffReport, Tolerance
 from surgeon.feeds import FeedOptions, resolve_shapes
@@ -15,7 +18,9 @@ from surgeon.model import Model
 from surgeon.runner import RunOptions
 
 
-def other_shapes(model: Model, feed_options: FeedOptions) -> dict[str, tuple[int, ...]] | None:
+def other_shapes(
+    model: Model, feed_options: FeedOptions, fixed: Mapping[str, np.ndarray] | None = None
+) -> dict[str, tuple[int, ...]] | None:
     """Shapes for every input, each dynamic dim changed from the first run's size, or
     None when no input has a dynamic dim left to vary (static, or given in the ``.npz``).
 
@@ -23,10 +28,8 @@ def other_shapes(model: Model, feed_options: FeedOptions) -> dict[str, tuple[int
     other dynamic dim is halved (64 -> 32), which keeps strides of 2**k that detectors
     need, and goes up when halving would reach 0.
     """
-    given = set()
+    given = set(fixed or {})
     if feed_options.npz:
-        import numpy as np
-
         with np.load(feed_options.npz) as data:
             given = set(data.files)
     first = resolve_shapes(model, feed_options)
@@ -35,7 +38,7 @@ def other_shapes(model: Model, feed_options: FeedOptions) -> dict[str, tuple[int
     for info in model.inputs:
         shape = list(first[info.name])
         declared = info.shape or ()
-        if info.name not in given and info.name not in feed_options.shapes:
+        if info.name not in given:
             for axis, dim in enumerate(declared):
                 if isinstance(dim, int) and dim > 0:
                     continue
@@ -57,32 +60,48 @@ def verify_other_size(
     feed_options: FeedOptions,
     options: RunOptions | None,
     tolerance: Tolerance,
+    fixed: Mapping[str, np.ndarray] | None = None,
 ) -> str | None:
     """Verify ``edited`` against ``original`` at another size and add its rows to
-    ``report`` (names tagged ``@ 2x3x32x32``). Returns the sizes tried as text, or None
-    when the model has no dynamic dim to vary."""
+    ``report`` (names tagged with the output's shape there, ``@ 2x3x32x32``).
+
+    Args:
+        fixed: Input values that hold at every size (inputs bound to constants).
+
+    Returns:
+        The sizes tried as text, or None when the model has no dynamic dim to vary or the
+        original itself does not run at the other size (a note says so: models often
+        take only some sizes, e.g. multiples of a stride).
+    """
+    from surgeon.errors import RuntimeFailure
+    from surgeon.feeds import make_feeds
+    from surgeon.runner import run
     from surgeon.verification import verify  # verification imports the runner
 
-    shapes = other_shapes(original, feed_options)
+    shapes = other_shapes(original, feed_options, fixed or {})
     if shapes is None:
         return None
+    feeds = make_feeds(original, replace(feed_options, shapes=shapes, dims={}))
+    feeds.update(fixed or {})
+    text = ", ".join(f"{k}: {'x'.join(map(str, v.shape)) or 'scalar'}" for k, v in feeds.items())
+    try:
+        run(original, feeds, options=options)
+    except RuntimeFailure as e:
+        report.notes.append(
+            f"not verified at a second size: the original does not run at {text} ({e.message})"
+        )
+        return None
     second = verify(
-        edited,
-        original,
-        feed_options=replace(feed_options, shapes=shapes, dims={}),
-        tolerance=tolerance,
-        options=options,
-        title=report.title,
+        edited, original, feeds=feeds, tolerance=tolerance, options=options, title=report.title
     )
-    text = ", ".join(f"{k}: {'x'.join(map(str, v)) or 'scalar'}" for k, v in shapes.items())
     for row in second.tensors:
-        report.tensors.append(replace(row, name=f"{row.name} @ {_size_tag(row, shapes)}"))
+        report.tensors.append(replace(row, name=f"{row.name} @ {_size_tag(row)}"))
     report.notes.extend(n for n in second.notes if n not in report.notes)
     report.notes.append(f"verified at a second size too ({text})")
     return text
 
 
-def _size_tag(row, shapes: dict[str, tuple[int, ...]]) -> str:
+def _size_tag(row) -> str:
     if row.reference_shape is not None:
         return "x".join(map(str, row.reference_shape)) or "scalar"
     return "second size"

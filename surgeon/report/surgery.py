@@ -31,18 +31,7 @@ def render_fold(console: Console, outcome) -> None:
                 "bold yellow",
             )
         )
-    table = SafeTable(title="nodes by op type (changed)", title_justify="left")
-    for col in ("op", "before", "after"):
-        table.add_column(
-            col,
-            kind="name" if col == "op" else "number",
-            justify="left" if col == "op" else "right",
-        )
-    for op, c in d["op_types"].items():
-        if c["before"] != c["after"]:
-            table.add_row(op, str(c["before"]), str(c["after"]))
-    if table.row_count:
-        console.print(table)
+    _op_table(console, d["op_types"])
     console.print(
         shown(
             f"initializers: {inits['before']} ({inits['bytes_before']:,} bytes) -> "
@@ -66,3 +55,41 @@ def render_fold(console: Console, outcome) -> None:
     else:
         console.print(shown("no Shape op left", "dim"))
     _footer(console, edited, outcome.output, outcome.written)
+
+
+def render_convert(console: Console, outcome) -> None:
+    edited = outcome.edited
+    d = edited.details
+    same = "outputs unchanged" if edited.passed else "outputs CHANGED"
+    console.print(
+        _verdict(
+            edited.passed,
+            f"opset {d['from']} -> {d['to']}, {same}"
+            + ("" if edited.report is None else f" ({edited.report.summary()})"),
+        )
+    )
+    ir = d["ir_version"]
+    console.print(
+        shown(
+            f"{d['nodes_kept']} node(s) kept as they are, {d['nodes_adapted']} adapted by onnx's "
+            f"converter ({d['probes']} distinct probe(s)); IR version {ir['before']} -> {ir['after']}",
+            "dim",
+        )
+    )
+    _op_table(console, d["op_types"])
+    _footer(console, edited, outcome.output, outcome.written)
+
+
+def _op_table(console: Console, op_types: dict) -> None:
+    table = SafeTable(title="nodes by op type (changed)", title_justify="left")
+    for col in ("op", "before", "after"):
+        table.add_column(
+            col,
+            kind="name" if col == "op" else "number",
+            justify="left" if col == "op" else "right",
+        )
+    for op, c in op_types.items():
+        if c["before"] != c["after"]:
+            table.add_row(op, str(c["before"]), str(c["after"]))
+    if table.row_count:
+        console.print(table)
