@@ -24,12 +24,19 @@ from onnx import helper, numpy_helper
 from surgeon.compare import DiffReport, Tolerance
 from surgeon.edits import Edited
 from surgeon.edits.contract import Check, Correspondence, apply_edit
-from surgeon.edits.convert_nodes import constants_of, probe_model, same_meaning, splice
+from surgeon.edits.convert_nodes import (
+    constants_of,
+    drop_default_attributes,
+    known_types,
+    probe_model,
+    same_meaning,
+    splice,
+)
 from surgeon.edits.fold import _infer
 from surgeon.edits.opsets import DEFAULT_DOMAINS
-from surgeon.edits.sizes import verify_other_size
+from surgeon.edits.sizes import runtime_problem, verify_other_size
 from surgeon.errors import SurgeonError, UsageError
-from surgeon.feeds import FeedOptions
+from surgeon.feeds import FeedOptions, make_feeds
 from surgeon.model import Model, iter_graphs
 from surgeon.protos import op_histogram
 from surgeon.runner import RunOptions
@@ -128,7 +135,10 @@ def _node_key(node: onnx.NodeProto, constants, types) -> bytes:
         if name in constants:
             parts.append(constants[name].SerializeToString().replace(name.encode(), b""))
         elif name in types:
-            parts.append(types[name].type.SerializeToString())
+            # dtype and rank, not dims: nodes that differ in sizes only share a probe
+            t = types[name].type.tensor_type
+            rank = len(t.shape.dim) if t.HasField("shape") else -1
+            parts.append(f"{t.elem_type}/{rank}".encode())
         else:
             parts.append(b"?" if name else b"-")
     return b"\x00".join(parts)
@@ -146,14 +156,6 @@ def _negative_axis(node: onnx.NodeProto, constants) -> str | None:
         if a.name == "axes" and a.type == onnx.AttributeProto.INTS and any(x < 0 for x in a.ints):
             return "negative axes"
     return None
-
-
-def _types(graph: onnx.GraphProto) -> dict[str, onnx.ValueInfoProto]:
-    return {
-        v.name: v
-        for v in list(graph.input) + list(graph.value_info) + list(graph.output)
-        if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type
-    }
 
 
 def plan_nodes(model: Model, target: int) -> tuple[list[dict], list[list], dict]:
@@ -174,11 +176,13 @@ def plan_nodes(model: Model, target: int) -> tuple[list[dict], list[list], dict]
     plans: list[list] = []
     counts = {"kept": 0, "adapted": 0, "probes": 0}
     seen: dict[bytes, object] = {}
-    for graph in iter_graphs(proto.graph):
-        types = _types(inferred.graph if graph is proto.graph else graph)
+    # Inference adds value_info but never nodes or graphs: both walks meet the same graphs.
+    for graph, graph_inferred in zip(
+        iter_graphs(proto.graph), iter_graphs(inferred.graph), strict=True
+    ):
+        types = known_types(graph, graph_inferred)
         elem_types = {n: v.type.tensor_type.elem_type for n, v in types.items()}
         constants = constants_of(graph)
-        elem_types.update({n: t.data_type for n, t in constants.items()})
         adapted: list = []
         plans.append(adapted)
         for index, node in enumerate(graph.node):
@@ -226,10 +230,12 @@ def plan_nodes(model: Model, target: int) -> tuple[list[dict], list[list], dict]
             key = _node_key(node, constants, types)
             if key not in seen:
                 counts["probes"] += 1
-                seen[key] = _probe(node, types, constants, proto, target)
+                seen[key] = _probe(node, types, constants, proto, source, target, new)
             found = seen[key]
             if isinstance(found, str):
-                block(found)
+                if down:
+                    block(found)
+                # going up, a failed probe is only a hint: the whole-model conversion decides
             elif found is not None:
                 probe, converted = found
                 counts["adapted"] += 1
@@ -238,17 +244,21 @@ def plan_nodes(model: Model, target: int) -> tuple[list[dict], list[list], dict]
     return blockers, plans, counts
 
 
-def _probe(node, types, constants, proto, target: int):
+def _probe(node, types, constants, proto, source: int, target: int, schema):
     """``(probe, converted)`` for a node that converts alone, or why it does not."""
     from onnx import version_converter
 
-    probe = probe_model(node, types, constants, proto)
-    if isinstance(probe, str):
-        return f"the type of its input `{probe}` is unknown, so it could not be probed"
+    probe, guessed = probe_model(node, types, constants, proto, schema)
+    guess = (
+        f" (probed with guessed types for {', '.join(f'`{g}`' for g in guessed)})"
+        if guessed
+        else ""
+    )
     try:
         converted = version_converter.convert_version(probe, target)
     except Exception as e:  # noqa: BLE001 - the converter raises RuntimeError, ValidationError, IndexError...
-        return _first_line(e)
+        return _first_line(e) + guess
+    drop_default_attributes(converted.graph.node, source, target)
     for n in converted.graph.node:
         if n.domain in DEFAULT_DOMAINS and (reason := _schema_problem(n.op_type, target)):
             return reason
@@ -256,7 +266,7 @@ def _probe(node, types, constants, proto, target: int):
         for n in converted.graph.node:
             onnx.checker.check_node(n, _checker_context(target))
     except onnx.checker.ValidationError as e:
-        return _first_line(e)
+        return _first_line(e) + guess
     return probe, converted
 
 
@@ -315,7 +325,7 @@ def _convert_up(model: Model, source: int, target: int) -> onnx.ModelProto:
         _refuse(model, source, target, [_whole(_first_line(e))])
 
 
-def _convert_down(proto: onnx.ModelProto, plans: list[list], target: int) -> None:
+def _convert_down(proto: onnx.ModelProto, plans: list[list], source: int, target: int) -> None:
     """Splice each adapted node in (last first, so earlier indices hold), set the opset,
     and drop the main-graph constants the adapters stopped reading (an ``axes`` input
     that became an attribute)."""
@@ -325,6 +335,8 @@ def _convert_down(proto: onnx.ModelProto, plans: list[list], target: int) -> Non
     for graph, adapted in zip(iter_graphs(proto.graph), plans, strict=True):
         for index, probe, converted in reversed(adapted):
             splice(graph, index, probe, converted, taken)
+    for g in iter_graphs(proto.graph):
+        drop_default_attributes(g.node, source, target)
     for o in proto.opset_import:
         if o.domain in DEFAULT_DOMAINS:
             o.version = target
@@ -419,7 +431,7 @@ def convert(
         else:
             converted = onnx.ModelProto()
             converted.CopyFrom(model.proto)
-            _convert_down(converted, plans, opset)
+            _convert_down(converted, plans, source, opset)
         _check_converted(model, converted, source, opset)
         # The converter keeps the IR version; a newer opset may need a newer one.
         needed = helper.find_min_ir_version_for(list(converted.opset_import), ignore_unknown=True)
@@ -427,10 +439,16 @@ def convert(
         return converted
 
     def correspondence(edited: Model) -> Correspondence:
-        return Correspondence(f"convert: outputs unchanged at opset {opset}", tolerance=tolerance)
+        title = f"convert: outputs unchanged at opset {opset}"
+        feeds = make_feeds(model, feed_options)
+        problem = runtime_problem(edited, model, feeds, options)
+        if problem is not None:
+            return Correspondence(title, unavailable=problem)
+        return Correspondence(title, feeds=feeds, tolerance=tolerance)
 
     def finish(edited: Model, report: DiffReport, values) -> None:
-        verify_other_size(edited, model, report, feed_options, options, tolerance)
+        if report.tensors:  # not when the model did not run at all
+            verify_other_size(edited, model, report, feed_options, options, tolerance)
 
     def details(edited: Model, report) -> dict:
         before = op_histogram(model.proto, include_subgraphs=True)

@@ -24,7 +24,10 @@ from onnx import helper
 
 from surgeon.edits.opsets import DEFAULT_DOMAINS
 
-CONSTANT_PROBE_ELEMENTS = 4096  # constant inputs up to this size travel into a probe
+# Constant inputs up to this size travel into a probe as values: adapters read small
+# ones (axes, scales, pads, split sizes); larger ones (weights) travel as typed inputs,
+# so nodes that differ only in their weights share one probe.
+CONSTANT_PROBE_ELEMENTS = 64
 
 
 def type_string(elem_type: int) -> str:
@@ -47,15 +50,15 @@ def _types_fit(node, new, old, formals_new, formals_old, names, elem_types) -> b
     for i, name in enumerate(names):
         if not name:
             continue
-        new_formal = formals_new[min(i, len(formals_new) - 1)]
         old_formal = formals_old[min(i, len(formals_old) - 1)]
         old_types = _allowed(old, old_formal.type_str)
         known = elem_types.get(name)
         if known:
             if type_string(known) not in old_types:
                 return False
-        elif not _allowed(new, new_formal.type_str) <= old_types:
-            return False
+        # An unknown type (inside a subgraph, where shape inference writes none) passes:
+        # a type the older op lacks makes onnxruntime refuse the converted model when the
+        # verification loads it, so it cannot pass unnoticed.
     return True
 
 
@@ -77,20 +80,23 @@ def same_meaning(node: onnx.NodeProto, new, old, elem_types: Mapping[str, int]) 
 
     Every attribute the node sets exists in ``old`` with the same type; every attribute
     both versions have keeps its default (Softmax's axis default moved from 1 to -1 at
-    13, so a Softmax never qualifies); an attribute only ``new`` has is unset (ONNX adds
-    attributes whose default is the older behaviour); ``old`` requires nothing the node
+    13, so a Softmax never qualifies); an attribute only ``new`` has is unset or holds its
+    default (ONNX adds attributes whose default is the older behaviour; such a default is
+    then dropped, :func:`drop_default_attributes`); ``old`` requires nothing the node
     lacks; the inputs and outputs it uses are the same formal parameters; and each
-    input's and output's type is one ``old`` allows (when a type is unknown, ``old`` must
-    allow every type ``new`` does).
+    input's and output's known type is one ``old`` allows.
     """
     new_attrs, old_attrs = new.attributes, old.attributes
-    set_names = {a.name for a in node.attribute}
     for a in node.attribute:
-        if a.name not in old_attrs or old_attrs[a.name].type != new_attrs[a.name].type:
+        if a.name not in old_attrs:
+            if not is_default(a, new_attrs.get(a.name)):
+                return False
+        elif old_attrs[a.name].type != new_attrs[a.name].type:
             return False
     for name, attr in new_attrs.items():
         if name in old_attrs and _attr_signature(attr)[2] != _attr_signature(old_attrs[name])[2]:
             return False
+    set_names = {a.name for a in node.attribute if a.name in old_attrs}
     for name, attr in old_attrs.items():
         if name not in new_attrs and (attr.required or name in set_names):
             return False
@@ -123,29 +129,103 @@ def constants_of(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
     return found
 
 
+def known_types(
+    graph: onnx.GraphProto, inferred: onnx.GraphProto
+) -> dict[str, onnx.ValueInfoProto]:
+    """The type of every tensor of ``graph`` that is declared, inferred (``inferred`` is
+    the same graph after shape inference), an initializer or a Constant's value."""
+    found = {}
+    for t in graph.initializer:
+        found[t.name] = helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+    for n in graph.node:
+        if n.op_type == "Constant" and n.domain in DEFAULT_DOMAINS and n.output:
+            for a in n.attribute:
+                if a.name == "value":
+                    found[n.output[0]] = helper.make_tensor_value_info(
+                        n.output[0], a.t.data_type, list(a.t.dims)
+                    )
+    for v in list(inferred.input) + list(inferred.value_info) + list(inferred.output):
+        if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type:
+            found.setdefault(v.name, v)
+    return found
+
+
+def _guess_type(schema, position: int) -> int:
+    """An element type the op takes at input ``position``: float where allowed."""
+    formals = list(schema.inputs)
+    formal = formals[min(position, len(formals) - 1)]
+    allowed = sorted(_allowed(schema, formal.type_str))
+    choice = "tensor(float)" if "tensor(float)" in allowed else (allowed or ["tensor(float)"])[0]
+    name = choice.removeprefix("tensor(").removesuffix(")").upper()
+    return getattr(onnx.TensorProto, name, onnx.TensorProto.FLOAT)
+
+
 def probe_model(
     node: onnx.NodeProto,
     types: Mapping[str, onnx.ValueInfoProto],
     constants: Mapping[str, onnx.TensorProto],
     proto: onnx.ModelProto,
-) -> onnx.ModelProto | str:
-    """A model of ``node`` alone, or the name of an input whose type is unknown (a probe
-    with a made-up type could fail for that alone and name a blocker that is not one)."""
-    inputs, inits = [], []
-    for name in dict.fromkeys(i for i in node.input if i):
+    schema,
+) -> tuple[onnx.ModelProto, list[str]]:
+    """A model of ``node`` alone, and the inputs whose type was guessed (unknown to shape
+    inference, e.g. inside a subgraph: a type the op takes, float where it can)."""
+    inputs, inits, guessed = [], [], []
+    for position, name in enumerate(node.input):
+        if not name or any(v.name == name for v in inputs) or any(t.name == name for t in inits):
+            continue
         if name in constants:
             inits.append(constants[name])
         elif name in types:
             inputs.append(types[name])
         else:
-            return name
+            guessed.append(name)
+            inputs.append(helper.make_tensor_value_info(name, _guess_type(schema, position), None))
     outputs = [types.get(o) or onnx.ValueInfoProto(name=o) for o in node.output if o]
     probe = onnx.NodeProto()
     probe.CopyFrom(node)
     graph = helper.make_graph([probe], "probe", inputs, outputs, initializer=inits)
     model = helper.make_model(graph, opset_imports=list(proto.opset_import))
     model.ir_version = proto.ir_version
-    return model
+    return model, guessed
+
+
+def is_default(attr: onnx.AttributeProto, schema_attr) -> bool:
+    """Whether ``attr`` holds the default of ``schema_attr`` (an OpSchema.Attribute)."""
+    if schema_attr is None or not schema_attr.default_value.name:
+        return False
+    value = onnx.AttributeProto()
+    value.CopyFrom(schema_attr.default_value)
+    value.name = attr.name
+    return value.SerializeToString() == attr.SerializeToString()
+
+
+def drop_default_attributes(nodes, source: int, target: int) -> None:
+    """Remove attributes the target opset's op does not know, where they hold the value
+    that is the default at the source opset (the older op behaves that way without
+    them): Reshape 14's ``allowzero=0``, or what ReduceSum 13's adapter to 12 keeps;
+    ``noop_with_empty_axes`` goes too where the axes are given, since it only decides
+    what empty axes mean."""
+    for n in nodes:
+        if n.domain not in DEFAULT_DOMAINS:
+            continue
+        try:
+            old = onnx.defs.get_schema(n.op_type, target, "")
+            new = onnx.defs.get_schema(n.op_type, source, "")
+        except onnx.defs.SchemaError:
+            continue
+        has_axes = any(a.name == "axes" and len(a.ints) for a in n.attribute)
+        keep = [
+            a
+            for a in n.attribute
+            if a.name in old.attributes
+            or not (
+                is_default(a, new.attributes.get(a.name))
+                or (a.name == "noop_with_empty_axes" and has_axes)
+            )
+        ]
+        if len(keep) != len(n.attribute):
+            del n.attribute[:]
+            n.attribute.extend(keep)
 
 
 def splice(
@@ -155,13 +235,20 @@ def splice(
     converted: onnx.ModelProto,
     taken: set[str],
 ) -> None:
-    """Replace ``graph.node[index]`` by the nodes of its converted ``probe``.
+    """Replace ``graph.node[index]`` by the nodes of its converted ``probe`` (made of this
+    node or of one like it).
 
     A constant input the adapter left as it was is read where it was (an initializer or
     a Constant node's output); a constant it made or changed, and every tensor between
     the nodes it made, gets a name no other tensor has (``taken``, which grows). The
     node's inputs and outputs keep their names.
     """
+    # Nodes that share a probe (same op, attributes, types and small constants) read and
+    # write other names than the node the probe was made of: rename to this node's.
+    node = graph.node[index]
+    mapping = {a: b for a, b in zip(probe.graph.node[0].input, node.input, strict=True) if a}
+    mapping.update(zip(probe.graph.node[0].output, node.output, strict=True))
+    probe, converted = _rebind(probe, mapping), _rebind(converted, mapping)
     put_in = {t.name: t.SerializeToString() for t in probe.graph.initializer}
     renames: dict[str, str] = {}
 
@@ -188,9 +275,12 @@ def splice(
             if o and o not in boundary and o not in renames:
                 renames[o] = fresh(o)
     nodes = []
-    for n in converted.graph.node:
+    for k, n in enumerate(converted.graph.node):
         copy = onnx.NodeProto()
         copy.CopyFrom(n)
+        # The node keeps its name; nodes an adapter added get names derived from it.
+        same = n.op_type == node.op_type and not any(x.name == node.name for x in nodes)
+        copy.name = node.name if same or not node.name else f"{node.name}__opset{k}"
         for i, name in enumerate(copy.input):
             copy.input[i] = renames.get(name, name)
         for i, name in enumerate(copy.output):
@@ -201,3 +291,19 @@ def splice(
     rest = list(graph.node)
     del graph.node[:]
     graph.node.extend(rest[:index] + nodes + rest[index + 1 :])
+
+
+def _rebind(model: onnx.ModelProto, mapping: Mapping[str, str]) -> onnx.ModelProto:
+    """A copy of a probe with its tensors renamed by ``mapping``."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    for items in (g.input, g.output, g.initializer):
+        for v in items:
+            v.name = mapping.get(v.name, v.name)
+    for n in g.node:
+        for i, name in enumerate(n.input):
+            n.input[i] = mapping.get(name, name)
+        for i, name in enumerate(n.output):
+            n.output[i] = mapping.get(name, name)
+    return out

@@ -30,9 +30,9 @@ from onnx import helper, numpy_helper
 from surgeon.compare import DiffReport, Tolerance
 from surgeon.edits import Edited
 from surgeon.edits.contract import Check, Correspondence, apply_edit
-from surgeon.edits.sizes import verify_other_size
+from surgeon.edits.sizes import runtime_problem, verify_other_size
 from surgeon.errors import SurgeonError, UsageError, raise_name_errors, unknown_name
-from surgeon.feeds import FeedOptions
+from surgeon.feeds import FeedOptions, make_feeds
 from surgeon.model import Model, copy_model_metadata, iter_graphs
 from surgeon.protos import import_graphsurgeon, op_histogram
 from surgeon.runner import RunOptions
@@ -352,20 +352,17 @@ def fold(
         return folded
 
     def correspondence(edited: Model) -> Correspondence:
-        feeds = None
-        if bound:
-            from surgeon.feeds import make_feeds
-
-            feeds = make_feeds(model, feed_options)
-            feeds.update(bound)
-        return Correspondence(
-            "fold: outputs unchanged" + (" (bound inputs fed their values)" if bound else ""),
-            feeds=feeds,
-            tolerance=tolerance,
-        )
+        title = "fold: outputs unchanged" + (" (bound inputs fed their values)" if bound else "")
+        feeds = make_feeds(model, feed_options)
+        feeds.update(bound)
+        problem = runtime_problem(edited, model, feeds, options)
+        if problem is not None:
+            return Correspondence(title, unavailable=problem)
+        return Correspondence(title, feeds=feeds, tolerance=tolerance)
 
     def finish(edited: Model, report: DiffReport, values) -> None:
-        verify_other_size(edited, model, report, feed_options, options, tolerance, bound)
+        if report.tensors:  # not when the model did not run at all
+            verify_other_size(edited, model, report, feed_options, options, tolerance, bound)
 
     def details(edited: Model, report) -> dict:
         before, after = (

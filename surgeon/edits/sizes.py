@@ -1,8 +1,11 @@
-"""A second input size for the verification of edits that must hold at every size.
+"""Verification helpers of edits that must hold at every size and may break the runtime.
 
 Folding and opset conversion must not change values at any input size the model takes,
 so when an input has dynamic dims the edit is verified at the caller's sizes and again at
 another size; the second run's rows join the report, their names tagged with the size.
+And an edited model that onnxruntime cannot run is a failed edit (exit 1), not bad input:
+:func:`runtime_problem` tells the two apart by running the original where the edited
+model failed.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from surgeon.compare import DiffReport, Tolerance
+from surgeon.compare import DiffReport, TensorDiff, Tolerance
 from surgeon.feeds import FeedOptions, resolve_shapes
 from surgeon.model import Model
 from surgeon.runner import RunOptions
@@ -91,6 +94,15 @@ def verify_other_size(
             f"not verified at a second size: the original does not run at {text} ({e.message})"
         )
         return None
+    problem = runtime_problem(edited, original, feeds, options)
+    if problem is not None:
+        report.tensors.append(
+            TensorDiff(
+                name=f"(the model at {text})", reference="", status="missing", message=problem
+            )
+        )
+        report.notes.append(problem)
+        return text
     second = verify(
         edited, original, feeds=feeds, tolerance=tolerance, options=options, title=report.title
     )
@@ -105,3 +117,23 @@ def _size_tag(row) -> str:
     if row.reference_shape is not None:
         return "x".join(map(str, row.reference_shape)) or "scalar"
     return "second size"
+
+
+def runtime_problem(
+    edited: Model, original: Model, feeds: Mapping[str, np.ndarray], options: RunOptions | None
+) -> str | None:
+    """None when ``edited`` runs on ``feeds``; else why not, as the note of a failed check.
+
+    Raises:
+        RuntimeFailure: The original does not run on ``feeds`` either (bad input, not a
+            failed edit).
+    """
+    from surgeon.errors import RuntimeFailure
+    from surgeon.runner import run
+
+    try:
+        run(edited, {k: v for k, v in feeds.items() if k in edited.input_names}, options=options)
+    except RuntimeFailure as e:
+        run(original, feeds, options=options)  # its own failure is the user's input
+        return f"the edited model does not run in onnxruntime: {e.message}"
+    return None
