@@ -35,7 +35,7 @@ def other_shapes(
     if feed_options.npz:
         with np.load(feed_options.npz) as data:
             given = set(data.files)
-    first = resolve_shapes(model, feed_options)
+    first = resolve_shapes(model, with_fixed(feed_options, fixed))
     changed = False
     shapes: dict[str, tuple[int, ...]] = {}
     for info in model.inputs:
@@ -51,7 +51,9 @@ def other_shapes(
                 else:
                     shape[axis] = old // 2 if old >= 2 else old + 1
                 changed = True
-        if info.name not in given:  # values from the .npz keep their own shape
+        if info.name in (fixed or {}):
+            shapes[info.name] = tuple(np.shape(fixed[info.name]))
+        elif info.name not in given:  # values from the .npz keep their own shape
             shapes[info.name] = tuple(shape)
     return shapes if changed else None
 
@@ -137,3 +139,13 @@ def runtime_problem(
         run(original, feeds, options=options)  # its own failure is the user's input
         return f"the edited model does not run in onnxruntime: {e.message}"
     return None
+
+
+def with_fixed(feed_options: FeedOptions, fixed: Mapping[str, np.ndarray] | None) -> FeedOptions:
+    """``feed_options`` with the shapes of the fixed values (an input whose rank the model
+    does not declare can then be bound too)."""
+    if not fixed:
+        return feed_options
+    shapes = dict(feed_options.shapes)
+    shapes.update({k: tuple(np.shape(v)) for k, v in fixed.items()})
+    return replace(feed_options, shapes=shapes)
