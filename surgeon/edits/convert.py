@@ -31,6 +31,7 @@ from surgeon.edits.convert_nodes import (
     probe_model,
     same_meaning,
     splice,
+    type_problem,
 )
 from surgeon.edits.fold import _infer
 from surgeon.edits.opsets import DEFAULT_DOMAINS
@@ -234,7 +235,12 @@ def plan_nodes(model: Model, target: int) -> tuple[list[dict], list[list], dict]
             found = seen[key]
             if isinstance(found, str):
                 if down:
-                    block(found)
+                    # a type the older op lacks explains more than the converter's words
+                    misfit = type_problem(node, old, elem_types)
+                    if misfit:
+                        block(misfit, "that opset, or a Cast to a type the older op takes")
+                    else:
+                        block(found)
                 # going up, a failed probe is only a hint: the whole-model conversion decides
             elif found is not None:
                 probe, converted = found

@@ -46,20 +46,40 @@ def _attr_signature(attr) -> tuple:
     return attr.type, attr.required, attr.default_value.SerializeToString()
 
 
-def _types_fit(node, new, old, formals_new, formals_old, names, elem_types) -> bool:
+def _type_misfit(old, formals_old, names, elem_types) -> str | None:
+    """The first tensor whose known type ``old`` does not take, as text, or None."""
     for i, name in enumerate(names):
-        if not name:
+        if not name or not formals_old:
             continue
         old_formal = formals_old[min(i, len(formals_old) - 1)]
-        old_types = _allowed(old, old_formal.type_str)
         known = elem_types.get(name)
-        if known:
-            if type_string(known) not in old_types:
-                return False
         # An unknown type (inside a subgraph, where shape inference writes none) passes:
         # a type the older op lacks makes onnxruntime refuse the converted model when the
         # verification loads it, so it cannot pass unnoticed.
-    return True
+        if known and type_string(known) not in _allowed(old, old_formal.type_str):
+            return f"`{name}` is {type_string(known)}"
+    return None
+
+
+def type_problem(node: onnx.NodeProto, old, elem_types: Mapping[str, int]) -> str | None:
+    """Why ``node``'s tensor types do not fit schema ``old``, or None."""
+    for formals, names in ((old.inputs, node.input), (old.outputs, node.output)):
+        misfit = _type_misfit(old, list(formals), list(names), elem_types)
+        if misfit:
+            return (
+                f"{misfit}, a type {node.op_type} takes only from opset "
+                f"{_first_with_type(node.op_type, misfit, old.since_version)}"
+            )
+    return None
+
+
+def _first_with_type(op: str, misfit: str, after: int) -> str:
+    wanted = misfit.split(" is ")[-1]
+    for version in range(after + 1, onnx.defs.onnx_opset_version() + 1):
+        schema = onnx.defs.get_schema(op, version, "")
+        if any(wanted in c.allowed_type_strs for c in schema.type_constraints):
+            return str(schema.since_version)
+    return "a later version"
 
 
 def _arity_fits(names, formals_new, formals_old) -> bool:
@@ -107,9 +127,7 @@ def same_meaning(node: onnx.NodeProto, new, old, elem_types: Mapping[str, int]) 
         return False
     if not _arity_fits(outputs, list(new.outputs), list(old.outputs)):
         return False
-    return _types_fit(
-        node, new, old, list(new.inputs), list(old.inputs), inputs, elem_types
-    ) and _types_fit(node, new, old, list(new.outputs), list(old.outputs), outputs, elem_types)
+    return type_problem(node, old, elem_types) is None
 
 
 def constants_of(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
