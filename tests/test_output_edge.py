@@ -75,6 +75,8 @@ COMMAND_LINES = {
     ],
     "recipes": lambda m: ["recipes"],
     "blame": lambda m: ["blame", m["first"]],
+    "fold": lambda m: ["fold", m["first"]],
+    "convert": lambda m: ["convert", m["first"], "--opset", "13"],
 }
 
 
