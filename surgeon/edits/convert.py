@@ -33,7 +33,7 @@ from surgeon.edits.convert_nodes import (
     splice,
     type_problem,
 )
-from surgeon.edits.fold import _infer
+from surgeon.edits.fold import infer_shapes
 from surgeon.edits.opsets import DEFAULT_DOMAINS
 from surgeon.edits.sizes import runtime_problem, verify_other_size
 from surgeon.errors import SurgeonError, UsageError
@@ -172,7 +172,7 @@ def plan_nodes(model: Model, target: int) -> tuple[list[dict], list[list], dict]
     proto = model.proto
     source = default_opset(proto)
     down = target < source
-    inferred, _ = _infer(proto)
+    inferred, _ = infer_shapes(proto)
     blockers: list[dict] = []
     plans: list[list] = []
     counts = {"kept": 0, "adapted": 0, "probes": 0}

@@ -42,12 +42,13 @@ NOT_FOLDED = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLi
 MAX_PASSES = 8  # a fold that still changes the graph after 8 passes would be a folder bug
 
 
-def _infer(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
+def infer_shapes(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
     """Shape inference with data propagation (so Shape->Gather->Concat values are known),
     or the proto as it is and why inference failed."""
     try:
         return onnx.shape_inference.infer_shapes(proto, data_prop=True), None
-    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:
+    # ValueError: a proto above protobuf's 2 GB limit cannot be serialised for inference
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError) as e:
         return proto, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
@@ -130,7 +131,7 @@ def _fold_passes(
     passes, why = 0, None
     count = -1
     while passes < MAX_PASSES:
-        proto, why = _infer(proto)
+        proto, why = infer_shapes(proto)
         graph = gs.import_onnx(proto)
         graph.fold_constants(
             fold_shapes=True,
@@ -256,7 +257,7 @@ def _repair_dtypes(proto: onnx.ModelProto, before: Mapping[str, int]) -> list[di
 
 def _shape_ops_left(proto: onnx.ModelProto) -> list[dict]:
     """Each Shape node left, and why its value could not be known."""
-    inferred, _ = _infer(proto)
+    inferred, _ = infer_shapes(proto)
     shapes = {}
     g = inferred.graph
     for v in list(g.input) + list(g.value_info) + list(g.output):
@@ -339,7 +340,7 @@ def fold(
 
     def change(proto: onnx.ModelProto) -> onnx.ModelProto:
         _bind_inputs(proto, bound)
-        before, facts["inference"] = _infer(proto)
+        before, facts["inference"] = infer_shapes(proto)
         folded, facts["passes"], why = _fold_passes(proto, size_threshold)
         facts["deduplicated"] = _deduplicate(folded)
         facts["dtype_repairs"] = _repair_dtypes(folded, _dtypes(before))
