@@ -109,7 +109,8 @@ def verify_other_size(
         edited, original, feeds=feeds, tolerance=tolerance, options=options, title=report.title
     )
     for row in second.tensors:
-        report.tensors.append(replace(row, name=f"{row.name} @ {_size_tag(row)}"))
+        tag = f" @ {_size_tag(row)}"
+        report.tensors.append(replace(row, name=row.name + tag, reference=row.reference + tag))
     report.notes.extend(n for n in second.notes if n not in report.notes)
     report.notes.append(f"verified at a second size too ({text})")
     return text

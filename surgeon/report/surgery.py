@@ -20,7 +20,7 @@ def render_fold(console: Console, outcome) -> None:
         _verdict(
             edited.passed,
             f"{nodes['before']} -> {nodes['after']} nodes, {same}"
-            + ("" if edited.report is None else f" ({edited.report.summary()})"),
+            + ("" if edited.report is None else f" ({_summary(edited.report)})"),
         )
     )
     for name, value in d["bound"].items():
@@ -65,7 +65,7 @@ def render_convert(console: Console, outcome) -> None:
         _verdict(
             edited.passed,
             f"opset {d['from']} -> {d['to']}, {same}"
-            + ("" if edited.report is None else f" ({edited.report.summary()})"),
+            + ("" if edited.report is None else f" ({_summary(edited.report)})"),
         )
     )
     ir = d["ir_version"]
@@ -93,3 +93,8 @@ def _op_table(console: Console, op_types: dict) -> None:
             table.add_row(op, str(c["before"]), str(c["after"]))
     if table.row_count:
         console.print(table)
+
+
+def _summary(report) -> str:
+    """The report's one line without its PASS/FAIL word (the verdict line has one)."""
+    return report.summary().removeprefix("PASS: ").removeprefix("FAIL: ")
