@@ -67,6 +67,8 @@ _LAZY = {
     "extract": "surgeon.edits.extract",
     "rename": "surgeon.edits.rename",
     "reshape_io": "surgeon.edits.shapes",
+    "fold": "surgeon.edits.fold",
+    "convert": "surgeon.edits.convert",
     "check_dynamic": "surgeon.dynamic",
     "declared_vs_actual": "surgeon.shapecheck",
     "node_origin": "surgeon.origin",

@@ -47,6 +47,8 @@ MODEL_PARAMETERS: dict[str, dict[str, str]] = {
     "extract": {"model": "model"},
     "rename": {"model": "model"},
     "reshape_io": {"model": "model"},
+    "fold": {"model": "model"},
+    "convert": {"model": "model"},
     "check_dynamic": {"model": "model"},
     "declared_vs_actual": {"model": "model"},
     "node_origin": {"model": "model"},

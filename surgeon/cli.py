@@ -47,6 +47,8 @@ COMMANDS: dict[str, str] = {
     "rename": "surgeon.commands.rename",
     "reshape-io": "surgeon.commands.reshape_io",
     "check-dynamic": "surgeon.commands.check_dynamic",
+    "fold": "surgeon.commands.fold",
+    "convert": "surgeon.commands.convert",
     "nms": "surgeon.commands.nms",
     "merge": "surgeon.commands.merge",
     "run": "surgeon.commands.run",

@@ -53,6 +53,8 @@ def _valid_calls(model, tmp_path):
         "extract": ((model, ["h"], ["y"]), {}),
         "rename": ((model, {"y": "z"}), {}),
         "reshape_io": ((model, {"x": "N,4"}), {}),
+        "fold": ((model,), {}),
+        "convert": ((model, 11), {}),
         "check_dynamic": ((model,), {}),
         "declared_vs_actual": ((model, {}), {}),
         "node_origin": ((model, "n"), {}),

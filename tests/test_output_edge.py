@@ -76,6 +76,8 @@ COMMAND_LINES = {
     "recipes": lambda m: ["recipes"],
     "blame": lambda m: ["blame", m["first"]],
     "fp16": lambda m: ["fp16", m["first"]],
+    "fold": lambda m: ["fold", m["first"]],
+    "convert": lambda m: ["convert", m["first"], "--opset", "13"],
 }
 
 

@@ -18,9 +18,29 @@ from surgeon.dynamic import BATCH_TOLERANCE, check_dynamic
 from surgeon.feeds import FeedOptions
 from surgeon.loading import load
 
-RUNS_A_MODEL = {"debug", "diff", "extract", "merge", "rename", "reshape-io", "check-dynamic"}
-COMPARES = {"debug", "diff", "extract", "merge", "rename", "reshape-io"}
-WRITES_A_MODEL = {"debug", "extract", "merge", "rename", "reshape-io", "nms", "run"}
+RUNS_A_MODEL = {
+    "debug",
+    "diff",
+    "extract",
+    "merge",
+    "rename",
+    "reshape-io",
+    "check-dynamic",
+    "fold",
+    "convert",
+}
+COMPARES = {"debug", "diff", "extract", "merge", "rename", "reshape-io", "fold", "convert"}
+WRITES_A_MODEL = {
+    "debug",
+    "extract",
+    "merge",
+    "rename",
+    "reshape-io",
+    "nms",
+    "run",
+    "fold",
+    "convert",
+}
 
 # option -> (dest, default, metavar) wherever it appears
 SHARED = {

@@ -27,6 +27,8 @@ RENDERERS: dict[str, str] = {
     "surgeon.outcomes.ExtractOutcome": "surgeon.report.dispatch:render_extract",
     "surgeon.outcomes.RenameOutcome": "surgeon.report.dispatch:render_rename",
     "surgeon.outcomes.ReshapeOutcome": "surgeon.report.dispatch:render_reshape",
+    "surgeon.outcomes_surgery.FoldOutcome": "surgeon.report.surgery:render_fold",
+    "surgeon.outcomes_surgery.ConvertOutcome": "surgeon.report.surgery:render_convert",
     "surgeon.outcomes.DebugOutcome": "surgeon.report.dispatch:render_debug_outcome",
     "surgeon.outcomes.InspectOutcome": "surgeon.report.dispatch:render_inspect",
     "surgeon.outcomes.NmsOutcome": "surgeon.report.dispatch:render_nms",
