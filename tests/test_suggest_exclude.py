@@ -224,3 +224,59 @@ def test_missing_reference_output_and_bad_limit_are_refused(planted):
     assert e.value.problems == ["`z` is missing"]
     with pytest.raises(SurgeonError, match="at least 1 node"):
         suggest_exclusions(Model(int8), Model(reference), max_nodes=0)
+
+
+def hardswish_model() -> onnx.ModelProto:
+    """x -> mm(w) -> h; m = h * h; d = m / 6 (Div: quantize_static does not quantize it,
+    and d's range is m's / 6, so d's grid is exactly 6 times finer) -> mm2(w2) -> y."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((16, 32)).astype(np.float32) * 0.3
+    w2 = rng.standard_normal((32, 8)).astype(np.float32) * 0.2
+    six = np.array(6.0, np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+        helper.make_node("Mul", ["h", "h"], ["m"], name="mul"),
+        helper.make_node("Div", ["m", "six"], ["d"], name="div"),
+        helper.make_node("MatMul", ["d", "w2"], ["y"], name="mm2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "hardswish",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, list(SHAPE))],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [SHAPE[0], 8])],
+        [numpy_helper.from_array(v, n) for v, n in ((w, "w"), (w2, "w2"), (six, "six"))],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    return proto
+
+
+def test_excluding_a_node_its_neighbours_requantize_is_stripped_as_quantize_static_does(
+    tmp_path,
+):
+    # the defect: the list's nodes had their inputs re-pointed alone, so excluding `div`
+    # "stripped" m's pair for div, but d's pair rounds div's float output back onto the
+    # quantized value: every step had exactly the int8 model's error
+    reference = hardswish_model()
+    int8 = quantize(reference, tmp_path)
+    pairing = analyse_precision(Model(int8), Model(reference), inputs(0)).pairing
+    x = inputs(7)
+
+    def y(proto):
+        return run(Model(proto), x, options=RunOptions(optimization="disabled"))["y"]
+
+    # Div is not quantized: excluding it takes no pair away, in quantize_static and here
+    alone = strip_quantization(Model(int8), Model(reference), pairing, ["div"])
+    assert alone.rewired == []
+    np.testing.assert_array_equal(y(alone.model.proto), y(int8))
+    np.testing.assert_array_equal(y(quantize(reference, tmp_path, exclude=["div"])), y(int8))
+    # m's pair is named after the op that quantizes it, and stripping it is exactly
+    # what quantize_static makes with that list (same scales: same calibration)
+    result = suggest_exclusions(Model(int8), Model(reference), feeds=x, tolerance=TOL)
+    site = next(s for s in result.sites if s.dequantize == "m_DequantizeLinear")
+    assert site.nodes == ["mul"]
+    for exclude in (["mul"], ["mm", "mul"], ["mm", "mul", "mm2"]):
+        stripped = strip_quantization(Model(int8), Model(reference), pairing, exclude)
+        again = quantize(reference, tmp_path, exclude=exclude)
+        np.testing.assert_array_equal(y(stripped.model.proto), y(again))
+    assert not np.array_equal(y(stripped.model.proto), y(int8))

@@ -33,7 +33,13 @@ from surgeon.feeds import FeedOptions, describe_feeds, make_feeds, make_other_fe
 from surgeon.model import Model
 from surgeon.precision.analysis import PrecisionReport, analyse_precision
 from surgeon.precision.isolated import IsolatedError
-from surgeon.precision.strip import Stripped, strip_quantization
+from surgeon.precision.strip import (
+    Stripped,
+    exclusion_names,
+    qdq_pairs,
+    quantized_op_types,
+    strip_quantization,
+)
 from surgeon.runner import RunOptions, run
 
 SUGGEST_EXCLUDE_SCHEMA = "surgeon.suggest-exclude/1"
@@ -202,32 +208,22 @@ def _check_inputs(int8: Model, float_model: Model) -> None:
 
 
 def _sites(int8: Model, float_model: Model, report: PrecisionReport) -> list[QdqSite]:
-    graph = int8.proto.graph
+    """The ranked DQ nodes as sites, each with the nodes whose exclusion takes it away."""
     float_nodes = set(float_model.node_names())
-    readers: dict[str, list[str]] = {}
-    for node in graph.node:
-        for x in dict.fromkeys(node.input):
-            if x and node.name in float_nodes:
-                readers.setdefault(x, []).append(node.name)
-    producer = int8.producers()
-    outputs = set(int8.output_names)
+    ops = quantized_op_types()
+    by_output = {d.output[0]: p for p in qdq_pairs(int8.proto.graph) for d in p.dequantizes}
     sites = []
     for unit in report.ranking:
         if unit.op != "DequantizeLinear" or not unit.outputs:
             continue
-        pair = unit.outputs[0]
-        dq = producer.get(pair.tensor)
-        source = dq.input[0] if dq is not None and dq.input else ""
-        kind = "weight" if source in report.pairing.constants else "activation"
-        nodes = readers.get(pair.tensor, [])
-        if not nodes and pair.tensor in outputs:
-            # a graph output quantized after its producer: excluding the producer keeps
-            # its output float
-            q = producer.get(source)
-            maker = producer.get(q.input[0]) if q is not None and q.input else None
-            if maker is not None and maker.name in float_nodes:
-                nodes = [maker.name]
-        sites.append(QdqSite(unit.node, pair.tensor, pair.reference, kind, nodes, unit))
+        out = unit.outputs[0]
+        pair = by_output.get(out.tensor)
+        if pair is None:
+            continue
+        kind = "weight" if pair.weight or pair.value in report.pairing.constants else "activation"
+        names = exclusion_names(pair, report.pairing, float_model, ops)
+        nodes = [n for n in names if n in float_nodes]
+        sites.append(QdqSite(unit.node, out.tensor, out.reference, kind, nodes, unit))
     return sites
 
 
