@@ -154,6 +154,32 @@ def test_beyond_float16_is_blocked_although_cpu_hides_the_overflow():
     assert {"n_sq", "n_var", "n_ve"} <= kept
 
 
+def test_no_value_beyond_float16_is_ever_cast_to_float16():
+    """Found on real models (PP-OCRv4 det, magika): the planner kept the node whose output
+    is beyond float16 in float32, but its float16 reader still got the value through a
+    Cast to float16, which overflows to inf. Every tensor of the planned model, exposed,
+    must be finite wherever the float32 model's is."""
+    from surgeon.names import intermediate_tensors
+    from surgeon.runner import run
+
+    original = Model(layernorm())
+    plan = plan_fp16(original, tolerance=TOL)
+    assert plan, plan.failure
+    kept = {k.node: k.reason for k in plan.block_list}
+    assert "reads `ve`" in kept["n_std"]  # the reader is kept because of what it reads
+    planned = plan.edited.model
+    feeds = {"x": np.random.default_rng(10).standard_normal((4, 16)).astype(np.float32)}
+    values = run(planned, feeds, outputs=intermediate_tensors(planned))
+    reference = run(original, feeds, outputs=intermediate_tensors(original))
+    finite_there = {k for k, v in reference.items() if np.isfinite(v).all()}
+    half = {k: v for k, v in values.items() if v.dtype == np.float16}
+    assert half  # the plan does compute in float16
+    for name, value in half.items():
+        source = name.split("__to_fp16")[0]  # a Cast's output is named after its source
+        if source in finite_there or name in finite_there:
+            assert np.isfinite(value).all(), f"{name} overflows float16"
+
+
 def test_healthy_net_keeps_nothing_and_weights_are_float16():
     proto = convnet()
     plan = plan_fp16(Model(proto), tolerance=TOL)

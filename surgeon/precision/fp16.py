@@ -178,24 +178,35 @@ def _check_keep(model: Model, keep: Iterable[str]) -> list[str]:
 
 
 def _beyond_float16(model: Model, reference: Mapping[str, object]) -> dict[str, str]:
-    """Nodes whose float32 output the statistics flag ``beyond-float16``."""
+    """Nodes whose float32 output the statistics flag ``beyond-float16``, and the nodes
+    that read such an output: kept float32 alone, the producer's value would still be
+    cast to float16 for a float16 reader, and overflow there (to inf on a device that
+    computes in float16; onnxruntime's CPU, computing in float32, would hide it)."""
+    from surgeon.graph_facts import graph_facts
     from surgeon.statistics.definition import flag_stats, stats_from_array
 
+    nodes = model.proto.graph.node
+    consumers = graph_facts(model).consumers
     found = {}
-    for node in model.proto.graph.node:
+    for node in nodes:
         for k, name in enumerate(node.output):
             value = reference.get(name)
             if not isinstance(value, np.ndarray) or value.dtype != np.float32:
                 continue
             stats = flag_stats(stats_from_array(name, node.name, node.op_type, k, value))
-            if "beyond-float16" in stats.flags:
-                extreme = max(
-                    abs(v) for v in (stats.min, stats.max) if v is not None and np.isfinite(v)
+            if "beyond-float16" not in stats.flags:
+                continue
+            extreme = max(
+                abs(v) for v in (stats.min, stats.max) if v is not None and np.isfinite(v)
+            )
+            found.setdefault(
+                node_label(node), f"float32 range beyond float16 (`{name}` reaches {extreme:.3g})"
+            )
+            for reader in consumers.get(name, ()):
+                found.setdefault(
+                    node_label(nodes[reader]),
+                    f"reads `{name}`, beyond float16 (it reaches {extreme:.3g})",
                 )
-                found[node_label(node)] = (
-                    f"float32 range beyond float16 (`{name}` reaches {extreme:.3g})"
-                )
-                break
     return found
 
 
