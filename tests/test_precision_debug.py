@@ -99,3 +99,34 @@ agraph (float[2, 4] x) => (y) {
     assert unpaired["Sigmoid->y"]["status"] == "skipped"
     assert "no reference value" in unpaired["Sigmoid->y"]["reason"]
     assert "all its inputs match" not in res.json["verdict"]
+
+
+def _scaled_chain(tmp_path, name: str, a: float, b: float):
+    from conftest import parse
+
+    proto = parse(f"""<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[4, 8] x) => (y) <float a = {{{a}}}, float b = {{{b}}}> {{
+  [scale] s = Mul(x, a)
+  [shrink] y = Mul(s, b)
+}}""")
+    return write(proto, tmp_path / name)
+
+
+@pytest.mark.parametrize(("b", "status"), [(1e-6, 0), (1.0, 1)])
+def test_a_node_beyond_tolerance_fails_only_when_the_outputs_show_it(cli, tmp_path, b, status):
+    """`scale` is 1% off on its own. When `shrink` makes that invisible at the output
+    (b = 1e-6: the outputs are compared and within tolerance), the run passes and names
+    `scale` as where the model comes closest to failing; when the output shows it
+    (b = 1), `scale` is the root cause and the run fails."""
+    ref = _scaled_chain(tmp_path, "ref.onnx", 2.0, b)
+    cand = _scaled_chain(tmp_path, "cand.onnx", 2.02, b)
+    res = cli("debug", cand, "--ref", ref, "--json")
+    assert res.status == status, res.stdout
+    doc = res.json
+    assert doc["isolated_verdict"] == "found"
+    assert (doc["ranking"][0]["node"], doc["ranking"][0]["tier"]) == ("scale", "beyond")
+    if status == 0:
+        assert doc["verdict"].startswith("outputs within tolerance (`y` compared)")
+        assert "scale" in doc["verdict"]
+    else:
+        assert doc["verdict"].startswith("root cause: `scale`")

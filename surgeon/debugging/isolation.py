@@ -9,10 +9,12 @@ with its cumulative error beside it. A NaN/Inf born in the candidate from finite
 (:mod:`~surgeon.debugging.nonfinite`) is named first, and when its node's own run makes
 NaN/Inf too, that node is the root cause, so the two verdicts agree.
 
-Exit codes follow the verdict: ``found`` and ``inherited`` fail; ``accumulated`` (no
-node's own error is beyond tolerance, but small errors add up along the graph) and
-``clean`` pass unless a compared graph output is beyond tolerance; ``unchecked`` (no node
-could be run on reference values) keeps the comparison by graph position.
+Exit codes follow the verdict: ``found`` and ``inherited`` fail unless the graph outputs
+were compared and all are within tolerance (then the node is reported as where the model
+comes closest to failing); ``accumulated`` (no node's own error is beyond tolerance, but
+small errors add up along the graph) and ``clean`` pass unless a compared graph output is
+beyond tolerance; ``unchecked`` (no node could be run on reference values) keeps the
+comparison by graph position.
 
 ``--ref-optimization`` (the same model at another onnxruntime level) does not use it:
 the isolated run always disables optimisation, so it would compare each node with
@@ -75,6 +77,9 @@ def judge_by_isolated_error(
     if root.verdict == "unchecked":
         return precision  # nothing ran on reference values: the positional verdict stays
     outputs = set(facts.model.output_names)
+    report.compared_outputs = [
+        layer.diff.name for layer in report.layers if layer.diff.name in outputs
+    ]
     report.diverged_outputs = [
         layer.diff.name for layer in report.layers if layer.diverged and layer.diff.name in outputs
     ]
