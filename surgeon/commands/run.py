@@ -50,8 +50,11 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--inplace", action="store_true", help="allow the output to overwrite an input model"
     )
+    from surgeon.commands._common import Given
+
     parser.add_argument(
         "--external-data",
+        action=Given,
         choices=["auto", "always", "never"],
         default="auto",
         help="weights in OUT.onnx.data: auto (only above 2 GB), always, never (default auto)",
@@ -72,6 +75,7 @@ def _split(values):
 def run(args, ctx) -> int:
     from pathlib import Path
 
+    from surgeon.commands._common import refuse_output_flags_without_output
     from surgeon.errors import OutputPathError, SurgeonError, UsageError, VerificationFailed
     from surgeon.loading import load
     from surgeon.recipe_runner import (
@@ -99,6 +103,7 @@ def run(args, ctx) -> int:
             f"recipe {label} writes {len(needs.outputs)} models ({', '.join(needs.outputs)}): "
             f"give a folder with -o, e.g. -o parts/ for {_folder_files(needs, 'parts')}"
         )
+    refuse_output_flags_without_output(args)
     reads = [("the recipe file", args.recipe)] if Path(args.recipe).is_file() else []
     if args.output:
         _check_outputs(args, model_paths, reads, needs.outputs)
