@@ -339,6 +339,6 @@ def test_reshape_io_dims_too_large_to_check_are_blamed_on_dims(tmp_path):
     model = _relu(tmp_path)
     res = run_cli("reshape-io", model, "--dims", "x:9223372036854775807x4")
     assert res.status == 2
-    assert "--dims sets input sizes larger than the feed size limit" in res.stderr
+    assert "the input sizes --dims sets would take more than the limit" in res.stderr
     assert "`x` 9223372036854775807x4 float32" in res.stderr
     assert "declares" not in res.stderr

@@ -189,8 +189,8 @@ def refuse_oversized_dims(model, inputs: dict, limit: int) -> None:
             )
     if problems:
         raise UsageError(
-            f"--dims sets input sizes larger than the feed size limit of {format_bytes(limit)}, "
-            "so the edit could not be checked",
+            f"the input sizes --dims sets would take more than the limit of "
+            f"{format_bytes(limit)} for the feeds, so the edit could not be checked",
             problems=problems,
             hint="Use smaller static dims (or a name for a dynamic dim), or raise "
             "--max-feed-size if they are meant.",
