@@ -342,3 +342,46 @@ def test_reshape_io_dims_too_large_to_check_are_blamed_on_dims(tmp_path):
     assert "the input sizes --dims sets would take more than the limit" in res.stderr
     assert "`x` 9223372036854775807x4 float32" in res.stderr
     assert "declares" not in res.stderr
+
+
+# ------------------------------------------------ --shape's default, per command
+def test_shape_help_shows_the_dims_each_command_really_uses():
+    from surgeon.dynamic.check import DEFAULT_SIZES
+    from surgeon.feeds import DEFAULT_BATCH, DEFAULT_DIM
+
+    assert _common.FEED_DIMS == (DEFAULT_BATCH, DEFAULT_DIM)
+    assert _common.FIRST_TRIED == {kind: sizes[0] for kind, sizes in DEFAULT_SIZES.items()}
+    tries_sizes = {"check-dynamic", "reshape-io"}
+    for command, sub in PARSERS.items():
+        action = _options(sub).get("--shape")
+        if action is None:
+            continue
+        text = " ".join(action.help.split())
+        if command in tries_sizes:
+            first = ", ".join(f"{k} {v[0]}" for k, v in DEFAULT_SIZES.items())
+            assert f"the first size each dim is tried at: {first}" in text, command
+        else:
+            assert f"batch {DEFAULT_BATCH}, other dynamic dims {DEFAULT_DIM}" in text, command
+        assert "INPUT[AXIS]=" in text
+
+
+def test_unnamed_dims_are_set_by_the_names_reports_give_them(tmp_path):
+    path = tmp_path / "unnamed.onnx"
+    onnx.save(
+        onnx.parser.parse_model(
+            """<ir_version: 8, opset_import: ["" : 17]>
+            g (float[?, ?] x) => (float[?, ?] y) { y = Relu(x) }"""
+        ),
+        str(path),
+    )
+    res = run_cli("diff", path, path, "--shape", "x[1]=7", "--json")
+    assert res.status == 0, res.stderr
+    assert res.json["feeds"]["x"]["shape"] == [1, 7]
+    res = run_cli("check-dynamic", path, "--shape", "x[1]=5", "--json")
+    assert res.status == 0, res.stderr
+    dims = {d["name"]: d["values"] for d in res.json["dims"]}
+    assert dims["x[1]"][0] == 5
+    res = run_cli("check-dynamic", path, "--sizes", "x[1]=5,9", "--json")
+    assert res.status == 0 and {d["name"]: d["values"] for d in res.json["dims"]}["x[1]"] == [5, 9]
+    res = run_cli("diff", path, path, "--shape", "x[2]=7")
+    assert res.status == 2 and "`x[2]`" in res.stderr and "did you mean `x[1]`" in res.stderr

@@ -87,10 +87,26 @@ def add_renamed(parser, old: str, new: str, hint: str = "", nargs=None) -> None:
 
 
 # --------------------------------------------------------------------------- feeds
-def add_feed_arguments(parser: argparse.ArgumentParser, *, old_inputs: bool = True) -> None:
+# What --help says the dynamic dims default to, without importing the libraries that hold
+# them while the parser is built (tests/test_shared_options.py pins them to
+# surgeon.feeds.DEFAULT_BATCH/DEFAULT_DIM and surgeon.dynamic.check.DEFAULT_SIZES).
+FEED_DIMS = (1, 64)  # batch, every other dynamic dim: the feeds of a single run
+FIRST_TRIED = {"batch": 1, "spatial": 64, "other": 16}  # check-dynamic / reshape-io
+
+
+def add_feed_arguments(
+    parser: argparse.ArgumentParser, *, old_inputs: bool = True, tries_sizes: bool = False
+) -> None:
     """--feeds, --shape, --seed and --max-feed-size: the input values of every command
     that runs a model. ``old_inputs``: keep the old ``--inputs FEEDS.npz`` as a hidden
-    option that names --feeds (extract's --inputs is its cut, so it passes False)."""
+    option that names --feeds (extract's --inputs is its cut, so it passes False).
+    ``tries_sizes``: the command runs each dynamic dim at several sizes (check-dynamic,
+    reshape-io), whose first sizes, not the feeds' defaults, are what --shape replaces."""
+    if tries_sizes:
+        first = ", ".join(f"{kind} {size}" for kind, size in FIRST_TRIED.items())
+        default = f"default: the first size each dim is tried at: {first}"
+    else:
+        default = f"default: batch {FEED_DIMS[0]}, other dynamic dims {FEED_DIMS[1]}"
     group = parser.add_argument_group("input values")
     group.add_argument(
         "--feeds",
@@ -102,8 +118,8 @@ def add_feed_arguments(parser: argparse.ArgumentParser, *, old_inputs: bool = Tr
         action="append",
         default=[],
         metavar="SPEC",
-        help="resolve dynamic dims: INPUT:1x3x640x640 for an input, or DIM=640 for a named "
-        "dim; repeatable (default: batch 1, other dynamic dims 64)",
+        help="resolve dynamic dims: INPUT:1x3x640x640 for an input, DIM=640 for a named "
+        f"dim, INPUT[AXIS]=640 for an unnamed one; repeatable ({default})",
     )
     group.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     group.add_argument(
@@ -247,8 +263,8 @@ def tolerance(args):
     ]
     if bad:
         raise UsageError(
-            f"{', '.join(bad)}: a tolerance must be a finite number >= 0, e.g. --atol 1e-4 "
-            "(an infinite one would let every value pass)"
+            f"{', '.join(bad)}: a tolerance must be a finite number >= 0, not negative, NaN "
+            "or infinite (inf would let every value pass), e.g. --atol 1e-4"
         )
     return Tolerance(atol=args.atol, rtol=args.rtol)
 

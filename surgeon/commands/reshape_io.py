@@ -53,7 +53,7 @@ def add_arguments(parser) -> None:
     )
     _common.add_renamed(group, "--input", "--dims", "e.g. --dims images:Bx3xHxW")
     _common.add_output_arguments(parser)
-    _common.add_feed_arguments(parser)
+    _common.add_feed_arguments(parser, tries_sizes=True)
     _common.add_tolerance_arguments(parser)
     # Bit-identity with the original: same kernels, see surgeon.edits.extract.VERIFY_OPTIONS.
     add_check_arguments(parser)
