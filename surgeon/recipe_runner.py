@@ -40,6 +40,7 @@ from surgeon.errors import SurgeonError, UsageError, VerificationFailed, did_you
 from surgeon.model import Model
 from surgeon.recipe_steps import (  # noqa: F401 - re-exported: record_check is public API
     RECORDER,
+    RUN_OPTIONS,
     Recorder,
     Step,
     _failure_message,
@@ -400,9 +401,16 @@ def _normalise(result, label: str, single: str = "result") -> tuple[dict[str, Mo
 
 
 def run_recipe(
-    label: str, module: ModuleType, models: list[Model], params: dict, *, keep_going: bool = False
+    label: str,
+    module: ModuleType,
+    models: list[Model],
+    params: dict,
+    *,
+    keep_going: bool = False,
+    options=None,
 ) -> RunResult:
-    """Run a loaded recipe, recording its steps.
+    """Run a loaded recipe, recording its steps; ``options`` (RunOptions) are what its
+    edits verify with when the recipe passes none.
 
     Raises:
         VerificationFailed: A step failed (exit 1), unless ``keep_going``.
@@ -411,6 +419,7 @@ def run_recipe(
     """
     recorder = Recorder(keep_going)
     token = RECORDER.set(recorder)
+    options_token = RUN_OPTIONS.set(options)
     start = time.perf_counter()
     result = RunResult(label, params, recorder.steps)
     try:
@@ -432,6 +441,7 @@ def run_recipe(
         raise err from e
     finally:
         RECORDER.reset(token)
+        RUN_OPTIONS.reset(options_token)
         result.seconds = time.perf_counter() - start
     needs = recipe_needs(module, label)
     single = needs.outputs[0] if needs.outputs and len(needs.outputs) == 1 else "result"

@@ -33,6 +33,10 @@ if TYPE_CHECKING:  # a type only: surgeon.edits imports nothing from here
 
 # The recorder of the recipe run in progress (see surgeon.recipe_runner), if any.
 RECORDER: ContextVar = ContextVar("surgeon_recorder", default=None)
+# The onnxruntime settings of the recipe run in progress (`surgeon run`'s
+# --custom-op-library and --optimization): what an edit verifies with when the recipe
+# passes no options of its own (read by surgeon.edits.contract).
+RUN_OPTIONS: ContextVar = ContextVar("surgeon_run_options", default=None)
 
 
 @dataclass
