@@ -4,7 +4,7 @@ Serving stacks (Triton configs, TensorRT bindings, C++ code generators) want pla
 ``images`` -> ``input``, ``output0`` -> ``preds``, and no ``/``, ``:`` or ``.`` from the
 exporter. This renames the given pairs, then rewrites every other input and output name
 to letters, digits and ``_``. The result is verified: the same values under the new
-names, bit for bit.
+names, bit for bit (checked exactly: a rename changes no value).
 
     surgeon run rename_for_deployment model.onnx mapping=images=input,output0=preds -o out.onnx
 """
@@ -43,4 +43,5 @@ def recipe(models: list[surgeon.Model], mapping: str = "", sanitize: bool = True
         pairs,
         regex=r"[^A-Za-z0-9_]=_" if needs_cleaning else None,
         prefix=prefix or None,
+        tolerance=surgeon.EXACT,
     )

@@ -35,11 +35,15 @@ def too_large_dim(value: int, where: str) -> UsageError | None:
 def parse_shape_args(args: Iterable[str]) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
     """Parse ``name:1x3x64x64`` (an input's shape) and ``DIM=64`` (a symbolic dim).
 
+    The same input or dim given twice must say the same thing: conflicting repeats are
+    refused, all at once (a silent "last one wins" would run another shape than meant).
+
     Raises:
-        UsageError: An argument matches neither form.
+        UsageError: An argument matches neither form, or repeats conflict.
     """
     shapes: dict[str, tuple[int, ...]] = {}
     dims: dict[str, int] = {}
+    conflicts: list[str] = []
     for arg in args:
         if ":" in arg:
             name, _, spec = arg.rpartition(":")
@@ -57,10 +61,16 @@ def parse_shape_args(args: Iterable[str]) -> tuple[dict[str, tuple[int, ...]], d
             for d in shape:
                 if error := too_large_dim(d, f"the shape `{arg}`"):
                     raise error
+            if name in shapes and shapes[name] != shape:
+                conflicts.append(
+                    f"`{name}` is given two shapes: {dims_text(shapes[name])} and {dims_text(shape)}"
+                )
+                continue
             shapes[name] = shape
         elif "=" in arg:
             name, _, value = arg.partition("=")
             name = name.strip()
+            earlier = dims.get(name)
             try:
                 dims[name] = int(value)
             except ValueError:
@@ -75,10 +85,15 @@ def parse_shape_args(args: Iterable[str]) -> tuple[dict[str, tuple[int, ...]], d
                 raise UsageError(f"the dim size `{arg}`: a dim cannot be negative")
             if error := too_large_dim(dims[name], f"the dim size `{arg}`"):
                 raise error
+            if earlier is not None and earlier != dims[name]:
+                conflicts.append(f"`{name}` is given two sizes: {earlier} and {dims[name]}")
+                dims[name] = earlier
         else:
             raise UsageError(
                 f"cannot read the shape `{arg}`: use INPUT:1x3x224x224 for an input's shape or DIM=224 for a named dim"
             )
+    if conflicts:
+        raise UsageError("conflicting shapes", problems=conflicts)
     return shapes, dims
 
 
@@ -200,9 +215,11 @@ def parse_sizes(items: Iterable[str]) -> dict[str, list[int]]:
     """Parse sizes to try, ``H=224,320`` (one item per dim).
 
     Raises:
-        UsageError: An item is not ``DIM=INT[,INT...]``, or a size does not fit an int64.
+        UsageError: An item is not ``DIM=INT[,INT...]``, a size does not fit an int64, or
+            one dim is given different sizes (every conflict listed).
     """
     out: dict[str, list[int]] = {}
+    conflicts: list[str] = []
     for item in items:
         name, sep, values = item.rpartition("=")
         try:
@@ -216,5 +233,17 @@ def parse_sizes(items: Iterable[str]) -> dict[str, list[int]]:
         for value in parsed:
             if error := too_large_dim(value, f"the sizes `{item}`"):
                 raise error
-        out[name.strip()] = parsed
+        name = name.strip()
+        if name in out and out[name] != parsed:
+            conflicts.append(
+                f"`{name}` is given two lists of sizes: {_sizes(out[name])} and {_sizes(parsed)}"
+            )
+            continue
+        out[name] = parsed
+    if conflicts:
+        raise UsageError("conflicting sizes", problems=conflicts)
     return out
+
+
+def _sizes(values: Sequence[int]) -> str:
+    return ",".join(str(v) for v in values)

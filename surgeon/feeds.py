@@ -94,7 +94,14 @@ def resolve_shapes(
                 f"a shape is given for `{name}`, which is not an input of {model.name}"
                 + (f"; {hint}" if hint else "")
             )
-    symbols = [d for i in inputs if i.shape for d in i.shape if isinstance(d, str)]
+    # An unnamed dynamic dim is named `input[axis]`, as check-dynamic's reports name it.
+    symbols = [
+        _dim_key(i.name, axis, d)
+        for i in inputs
+        if i.shape
+        for axis, d in enumerate(i.shape)
+        if not (isinstance(d, int) and d > 0)
+    ]
     for dim in options.dims:
         # A misspelt dim would otherwise be ignored silently and the default used.
         if dim not in symbols:
@@ -102,7 +109,7 @@ def resolve_shapes(
             known = ", ".join(f"`{s}`" for s in dict.fromkeys(symbols)) or "none"
             problems.append(
                 f"a size is given for the dim `{dim}`, which no input of {model.name} has"
-                + (f"; {hint}" if hint else f" (its named dims: {known})")
+                + (f"; {hint}" if hint else f" (its dynamic dims: {known})")
             )
     chosen: dict[str, int] = dict(options.dims)
     # Where each symbol's value came from, to explain a contradiction.
@@ -155,8 +162,8 @@ def resolve_shapes(
         for axis, d in enumerate(info.shape):
             if isinstance(d, int) and d > 0:
                 shape.append(d)
-            elif isinstance(d, str) and d in chosen:
-                shape.append(chosen[d])
+            elif _dim_key(info.name, axis, d) in chosen:
+                shape.append(chosen[_dim_key(info.name, axis, d)])
             elif isinstance(d, str) and d in from_given:
                 shape.append(from_given[d])
             else:
@@ -168,6 +175,11 @@ def resolve_shapes(
     if problems:
         raise UsageError(f"cannot build inputs for {model.name}", problems=problems)
     return resolved
+
+
+def _dim_key(input_name: str, axis: int, dim) -> str:
+    """A dynamic dim's name for sizes: its symbol, or ``input[axis]`` when unnamed."""
+    return dim if isinstance(dim, str) else f"{input_name}[{axis}]"
 
 
 # Element types numpy lacks, held by ml_dtypes arrays (onnx depends on ml_dtypes).

@@ -40,6 +40,7 @@ from surgeon.errors import SurgeonError, UsageError, VerificationFailed, did_you
 from surgeon.model import Model
 from surgeon.recipe_steps import (  # noqa: F401 - re-exported: record_check is public API
     RECORDER,
+    RUN_OPTIONS,
     Recorder,
     Step,
     _failure_message,
@@ -363,13 +364,17 @@ def _is_report(value) -> bool:
     )
 
 
-def _normalise(result, label: str, single: str = "result") -> tuple[dict[str, Model], list]:
-    """Split a recipe's return value into models to save and reports to show; a single
-    model is keyed ``single`` (the recipe's one declared output)."""
+def _normalise(result, label: str, single: str = "result") -> tuple[dict[str, Model], list, dict]:
+    """Split a recipe's return value into models to save, reports to show and what each
+    model was returned as (its Edited, or the bare Model); a single model is keyed
+    ``single`` (the recipe's one declared output)."""
     models: dict[str, Model] = {}
     reports: list = []
+    returned: dict = {}
 
     def one(value, key):
+        if isinstance(value, (Edited, Model)):
+            returned[key] = value
         if isinstance(value, Edited):
             models[key] = value.model
         elif isinstance(value, Model):
@@ -392,13 +397,20 @@ def _normalise(result, label: str, single: str = "result") -> tuple[dict[str, Mo
         raise SurgeonError(
             f"recipe {label} returned nothing: it must return an Edited, a Model, a dict of them, or a report"
         )
-    return models, reports
+    return models, reports, returned
 
 
 def run_recipe(
-    label: str, module: ModuleType, models: list[Model], params: dict, *, keep_going: bool = False
+    label: str,
+    module: ModuleType,
+    models: list[Model],
+    params: dict,
+    *,
+    keep_going: bool = False,
+    options=None,
 ) -> RunResult:
-    """Run a loaded recipe, recording its steps.
+    """Run a loaded recipe, recording its steps; ``options`` (RunOptions) are what its
+    edits verify with when the recipe passes none.
 
     Raises:
         VerificationFailed: A step failed (exit 1), unless ``keep_going``.
@@ -407,6 +419,7 @@ def run_recipe(
     """
     recorder = Recorder(keep_going)
     token = RECORDER.set(recorder)
+    options_token = RUN_OPTIONS.set(options)
     start = time.perf_counter()
     result = RunResult(label, params, recorder.steps)
     try:
@@ -428,10 +441,11 @@ def run_recipe(
         raise err from e
     finally:
         RECORDER.reset(token)
+        RUN_OPTIONS.reset(options_token)
         result.seconds = time.perf_counter() - start
     needs = recipe_needs(module, label)
     single = needs.outputs[0] if needs.outputs and len(needs.outputs) == 1 else "result"
-    result.outputs, result.reports = _normalise(value, label, single)
+    result.outputs, result.reports, returned = _normalise(value, label, single)
     if needs.outputs is not None and set(result.outputs) != set(needs.outputs):
         # The CLI planned its files from OUTPUTS before the work: a recipe that writes
         # something else breaks that plan, so nothing is saved.
@@ -440,17 +454,19 @@ def run_recipe(
             f"{', '.join(result.outputs) or 'no model'}",
             hint="Make OUTPUTS in the recipe file name exactly the models it returns.",
         )
-    # A model handed back without going through a verified edit (e.g. edited with
-    # onnx-graphsurgeon directly) is a step that cannot pass: nothing unverified is saved.
+    # Nothing unverified is saved: a model handed back without a verified edit (e.g.
+    # edited with onnx-graphsurgeon directly), returned with a failed report, or changed
+    # after its verification is a step that cannot pass.
     for key, model in result.outputs.items():
-        if not any(model is m for m in recorder.models):
+        problem = recorder.unsaveable(key, model, returned[key])
+        if problem is not None:
             recorder.steps.append(
                 Step(
                     index=len(recorder.steps) + 1,
                     edit="unverified result",
                     params={"output": key},
                     passed=False,
-                    summary=f"`{key}` was not produced by a verified edit (return the Edited, not a bare Model)",
+                    summary=problem,
                     seconds=0.0,
                 )
             )

@@ -130,7 +130,8 @@ def verify(
     reference_options = reference_options or options
     ref_model = reference.first if isinstance(reference, Chain) else reference
     name_map = dict(name_map or {})
-    if feeds is None:
+    made = feeds is None
+    if made:
         feeds = make_feeds(ref_model, feed_options)
     feeds = dict(feeds)
     if pairs is None:
@@ -239,15 +240,36 @@ def verify(
         notes.append(
             f"candidate ran with optimization={options.optimization}, reference with optimization={reference_options.optimization}"
         )
+    described, seed = _feed_sources(ref_model, feeds, feed_options, made)
     return DiffReport(
         title=title,
         candidate=candidate.name,
         reference=reference.name,
         tensors=tensors,
         tolerance=tolerance,
-        seed=None
-        if feed_options.npz and not (set(ref_model.input_names) - set(feeds))
-        else feed_options.seed,
-        feeds=describe_feeds(feeds),
+        seed=seed,
+        feeds=described,
         notes=notes,
     )
+
+
+def _feed_sources(
+    model: Model, feeds: Mapping[str, np.ndarray], options: FeedOptions, made: bool
+) -> tuple[dict[str, dict], int | None]:
+    """The report's feeds (shape, dtype and where each value came from: ``file`` for the
+    ``.npz``, ``random`` for one made from the seed, ``given`` for the caller's own
+    values) and its seed: None only when no value depended on it (every input from the
+    file).
+
+    Feeds passed in with ``options.npz`` set were made by surgeon from those options
+    (an edit making them at its own sizes): their other values are the seed's.
+    """
+    from surgeon.npz import read_npz_index
+
+    from_file = set(read_npz_index(options.npz)) if options.npz else set()
+    seeded = made or bool(options.npz)
+    described = describe_feeds(feeds)
+    for name, entry in described.items():
+        entry["from"] = "file" if name in from_file else "random" if seeded else "given"
+    every_input_from_file = not (set(model.input_names) - from_file)
+    return described, None if options.npz and every_input_from_file else options.seed

@@ -254,8 +254,8 @@ def test_batch_errors_and_notes(cli, tmp_path):
     for argv, message in (
         (["--batch", "M"], "no dynamic dim `M`"),
         (["--batch", "none,N"], "cannot be combined"),
-        (["--batch-atol", "-1"], "non-negative"),
-        (["--batch-rtol", "nan"], "non-negative"),
+        (["--batch-atol", "-1"], "finite numbers >= 0"),
+        (["--batch-rtol", "nan"], "finite numbers >= 0"),
     ):
         res = cli("check-dynamic", path, *argv)
         assert res.status == 2 and message in res.stderr, (argv, res.stderr)

@@ -182,3 +182,74 @@ def test_a_real_library_makes_every_command_work(tmp_path):
     got = surgeon.run(surgeon.load(sub), {"a": x}, options=options)["b"]
     np.testing.assert_allclose(got, np.linalg.inv(x), rtol=1e-5, atol=1e-6)
     assert onnx.load(str(sub)).graph.node[0].domain == "ai.onnx.contrib"
+
+
+RENAME_RECIPE = '''
+"""Renames y to z (the recipe passes no onnxruntime options of its own)."""
+import surgeon
+
+MODELS = ("model",)
+OUTPUTS = ("renamed",)
+
+def recipe(models):
+    return surgeon.rename(models[0], {"y": "z"})
+'''
+
+
+def test_run_passes_its_runtime_options_to_the_recipes_edits(tmp_path, monkeypatch):
+    """`surgeon run --custom-op-library/--optimization` reach the verification of the
+    edits a recipe makes without options of its own."""
+    import onnxruntime
+
+    recipe = tmp_path / "ren.py"
+    recipe.write_text(RENAME_RECIPE)
+    path = _custom(tmp_path)
+    out = tmp_path / "out.onnx"
+    result = run_cli("run", recipe, path, "-o", out)
+    assert result.status == 2 and "--custom-op-library" in _text(result)
+    assert not out.exists()
+
+    loaded: list[str] = []
+    levels: list = []
+
+    class Recording(onnxruntime.SessionOptions):
+        def register_custom_ops_library(self, path):
+            loaded.append(path)  # not really loaded: the file is a placeholder
+
+    real_session = onnxruntime.InferenceSession
+
+    def session(model, sess_options=None, **kwargs):
+        levels.append(sess_options.graph_optimization_level)
+        return real_session(model, sess_options=sess_options, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "SessionOptions", Recording)
+    monkeypatch.setattr(onnxruntime, "InferenceSession", session)
+    plain = write(
+        parse("""<ir_version: 8, opset_import: ["" : 17]>
+    agraph (float[2, 3] x) => (y) { y = Relu(x) }"""),
+        tmp_path / "plain.onnx",
+    )
+    lib = tmp_path / "lib.so"
+    lib.write_bytes(b"\x7fELF")
+    argv = ["run", recipe, plain, "-o", out, "--custom-op-library", lib, "--optimization", "all"]
+    result = run_cli(*argv)
+    assert result.status == 0, result.stderr
+    assert loaded and set(loaded) == {str(lib)}
+    assert levels and set(levels) == {onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL}
+
+
+@pytest.mark.skipif(_extensions_library() is None, reason="onnxruntime-extensions not installed")
+def test_a_real_library_makes_run_work(tmp_path):
+    recipe = tmp_path / "ren.py"
+    recipe.write_text(RENAME_RECIPE)
+    path = write(
+        parse("""<ir_version: 8, opset_import: ["" : 17, "ai.onnx.contrib" : 1]>
+        agraph (float[3, 3] x) => (y) { b = ai.onnx.contrib.Inverse(x)
+                                        y = Neg(b) }"""),
+        tmp_path / "inv.onnx",
+    )
+    out = tmp_path / "out.onnx"
+    lib = _extensions_library()
+    result = run_cli("run", recipe, path, "-o", out, "--custom-op-library", lib, "--json")
+    assert result.status == 0, result.stderr
+    assert result.json["steps"][0]["passed"] and surgeon.load(out).output_names == ["z"]

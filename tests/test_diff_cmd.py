@@ -164,7 +164,9 @@ def test_inputs_npz(samples, tmp_path):
     res = run_cli("diff", model, model, "--feeds", tmp_path / "feeds.npz", "--json")
     assert res.status == 0, res.stderr
     assert res.json["seed"] is None  # every feed came from the file
-    assert res.json["feeds"] == {"images": {"shape": [2, 3, 64, 64], "dtype": "float32"}}
+    assert res.json["feeds"] == {
+        "images": {"shape": [2, 3, 64, 64], "dtype": "float32", "from": "file"}
+    }
     assert res.json["tensors"][0]["shape"] == [2, 7, 64]
     res = run_cli("diff", model, model, "--feeds", tmp_path / "feeds.npz")
     assert "feeds from file" in _settings(res.stdout)
@@ -240,10 +242,11 @@ def test_json_keys_are_stable_and_documented(samples):
     assert set(data) == DIFF_TOP
     assert set(data["tensors"][0]) == DIFF_TENSOR
     assert set(data["tolerance"]) == {"atol", "rtol", "exact", "cast"}
-    assert set(data["feeds"]["images"]) == {"shape", "dtype"}
+    assert set(data["feeds"]["images"]) == {"shape", "dtype", "from"}
     assert data["schema"] == "surgeon.diff/1"
     documented = readme_json_keys("diff")
-    actual = DIFF_TOP | DIFF_TENSOR | {"atol", "rtol", "exact", "shape", "dtype"}
+    actual = DIFF_TOP | DIFF_TENSOR | {"atol", "rtol", "exact", "shape", "dtype", "from"}
+    actual |= {"file", "random", "given"}  # the values of `from`
     # Everything the README promises exists (status values and `null`/`inf` aside).
     assert documented - STATUSES - {"null", "inf"} <= actual
     assert STATUSES <= documented
@@ -518,3 +521,24 @@ def test_one_renamed_output_on_each_side_gets_its_map(tmp_path):
 def test_debug_help_shows_the_optimization_it_uses():
     res = run_cli("debug", "--help")  # --help goes to the console main was given
     assert "(default disabled)" in " ".join(res.stdout.split())
+
+
+def test_seed_is_kept_when_some_inputs_come_from_the_file(tmp_path):
+    """`sr` from the file, `x` made from the seed: the seed matters and is reported, and
+    the footer names the inputs that came from the file."""
+    path = tmp_path / "two.onnx"
+    onnx.save(
+        onnx.parser.parse_model(
+            """<ir_version: 8, opset_import: ["" : 17]>
+            g (float[N, 4] x, int64 sr) => (float[N, 4] y) { y = Relu(x) }"""
+        ),
+        str(path),
+    )
+    np.savez(tmp_path / "sr.npz", sr=np.array(16000, dtype=np.int64))
+    args = ("diff", path, path, "--feeds", tmp_path / "sr.npz", "--seed", "5")
+    res = run_cli(*args, "--json")
+    assert res.status == 0, res.stderr
+    assert res.json["seed"] == 5
+    assert {k: v["from"] for k, v in res.json["feeds"].items()} == {"x": "random", "sr": "file"}
+    res = run_cli(*args)
+    assert "seed=5 (from file: sr)" in _settings(res.stdout)

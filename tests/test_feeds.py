@@ -107,7 +107,7 @@ def test_unknown_dim_name_with_suggestion():
         resolve_shapes(MODEL, FeedOptions(dims={"h": 8}))
     assert "the dim `h`" in str(e.value) and "did you mean" in str(e.value)
     assert "`H`" in str(e.value)
-    with pytest.raises(UsageError, match="its named dims: `batch`, `H`, `W`, `K`"):
+    with pytest.raises(UsageError, match="its dynamic dims: `batch`, `H`, `W`, `K`"):
         resolve_shapes(MODEL, FeedOptions(dims={"zzz": 8}))
 
 

@@ -383,3 +383,83 @@ def test_a_recipe_records_a_finding_as_a_check_step(cli, tmp_path):
         ("check", False),
         ("edit", True),
     ]
+
+
+HANDBUILT_FAIL = '''
+"""Returns a verified model under a failing report of its own."""
+import surgeon
+
+def recipe(models):
+    good = surgeon.rename(models[0], {"in": "pix"})
+    bad = surgeon.verify(models[0], models[0])
+    bad.tensors[0].status = "mismatch"
+    return surgeon.Edited(good.model, bad, "hand")
+'''
+
+MUTATED = '''
+"""Changes a model after its verification."""
+import surgeon
+
+def recipe(models):
+    edited = surgeon.rename(models[0], {"in": "pix"})
+    del edited.model.proto.graph.node[-1]
+    return edited
+'''
+
+WEIGHT_POKED = '''
+"""Rewrites a weight of a verified model in place."""
+import surgeon
+
+def recipe(models):
+    edited = surgeon.rename(models[0], {"in": "pix"})
+    w = edited.model.proto.graph.initializer[0]
+    w.raw_data = bytes(len(w.raw_data))
+    return edited
+'''
+
+NOT_VERIFIED = '''
+"""Saves an edit made with verification off."""
+import surgeon
+
+def recipe(models):
+    return surgeon.rename(models[0], {"in": "pix"}, verify=False)
+'''
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        (HANDBUILT_FAIL, "returned with a failed verification (hand:"),
+        (MUTATED, "changed after its verification in step 1 (rename)"),
+        (WEIGHT_POKED, "changed after its verification in step 1 (rename)"),
+        (NOT_VERIFIED, "step 1 (rename), which ran with verification off"),
+    ],
+    ids=["falsy-edited", "node-deleted", "weight-rewritten", "verify-off"],
+)
+def test_results_the_verification_does_not_vouch_for_are_not_written(cli, tmp_path, text, says):
+    recipe = _write(tmp_path, "r.py", text)
+    out = tmp_path / "out.onnx"
+    res = cli("run", recipe, SAMPLES / "two_conv.onnx", "-o", out, "--json")
+    assert res.status == 1
+    assert res.json["passed"] is False
+    assert says in res.json["error"]
+    assert not out.exists()
+
+
+def test_fingerprint_sees_structure_and_weights_not_provenance():
+    from surgeon.recipe_steps import _WHOLE, fingerprint
+
+    model = surgeon.load(SAMPLES / "two_conv.onnx")
+    proto = model.proto
+    before = fingerprint(proto)
+    model.with_provenance("note", {})  # metadata only
+    assert fingerprint(proto) == before
+    proto.graph.node[0].attribute[0].ints[0] += 1
+    after_attr = fingerprint(proto)
+    assert after_attr != before
+    # a large tensor (sampled, not hashed whole) rewritten with other values
+    big = np.random.default_rng(0).standard_normal(_WHOLE // 2).astype(np.float32)
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(big, "big"))
+    with_big = fingerprint(proto)
+    proto.graph.initializer[-1].CopyFrom(onnx.numpy_helper.from_array(big[::-1].copy(), "big"))
+    assert fingerprint(proto) not in (with_big, after_attr)

@@ -256,3 +256,152 @@ def test_reshape_io_runs_with_the_given_value(tmp_path):
     res = run_cli(*args, "--feeds", tmp_path / "sr.npz", "--json")
     assert res.status == 0, res.stdout
     assert res.json["details"]["dynamic"]["passed"] and out.exists()
+
+
+# ------------------------------------------- --inplace / --external-data need -o
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["rename", "{m}", "--map", "x=p"],
+        ["extract", "{m}", "--inputs", "x", "--outputs", "y"],
+        ["reshape-io", "{m}", "--dims", "x:Nx4"],
+        ["merge", "{m}", "{m}", "--map", "y=x"],
+        ["debug", "{m}"],
+        ["run", "find_first_nan", "{m}"],
+    ],
+    ids=lambda a: a[0] if isinstance(a, list) else a,
+)
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--inplace"], "--inplace says"),
+        (["--external-data", "auto"], "--external-data says"),
+        (["--inplace", "--external-data", "never"], "--inplace and --external-data say"),
+    ],
+)
+def test_output_flags_without_output_are_a_usage_error(tmp_path, argv, flags, named):
+    model = _relu(tmp_path)
+    args = [a.replace("{m}", str(model)) for a in argv]
+    parser_options = _options(PARSERS[args[0]])
+    if not set(f for f in flags if f.startswith("--")) <= set(parser_options):
+        pytest.skip(f"{args[0]} has no {flags}")
+    res = run_cli(*args, *flags)
+    assert res.status == 2, res.stdout
+    assert named in res.stderr and "no -o was given" in res.stderr
+    assert not list(tmp_path.glob("*.onnx.data"))
+
+
+# ------------------------------------------------------------ repeated options
+@pytest.mark.parametrize(
+    ("argv", "conflicts"),
+    [
+        (
+            ["diff", "{m}", "{m}", "--shape", "x:1x4", "--shape", "x:2x4"]
+            + ["--shape", "N=1", "--shape", "N=2"],
+            ["`x` is given two shapes: 1x4 and 2x4", "`N` is given two sizes: 1 and 2"],
+        ),
+        (
+            ["check-dynamic", "{m}", "--sizes", "N=1,2", "--sizes", "N=3,4"],
+            ["`N` is given two lists of sizes: 1,2 and 3,4"],
+        ),
+        (
+            ["reshape-io", "{m}", "--dims", "x:Bx4", "--dims", "x:Cx4"],
+            ["`x` is given two shapes: Bx4 and Cx4"],
+        ),
+    ],
+    ids=["shape", "sizes", "dims"],
+)
+def test_conflicting_repeats_exit_2_listing_every_conflict(tmp_path, argv, conflicts):
+    model = _relu(tmp_path)
+    res = run_cli(*[a.replace("{m}", str(model)) for a in argv])
+    assert res.status == 2
+    for conflict in conflicts:
+        assert conflict in res.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["diff", "{m}", "{m}", "--shape", "x:2x4", "--shape", "x:2x4", "--shape", "N=2"]
+        + ["--shape", "N=2"],
+        ["check-dynamic", "{m}", "--sizes", "N=1,2", "--sizes", "N=1,2"],
+        ["reshape-io", "{m}", "--dims", "x:Bx4", "--dims", "x:Bx4"],
+        ["rename", "{m}", "--map", "y=z", "--map", "y=z"],
+    ],
+    ids=["shape", "sizes", "dims", "map"],
+)
+def test_identical_repeats_are_fine(tmp_path, argv):
+    model = _relu(tmp_path)
+    res = run_cli(*[a.replace("{m}", str(model)) for a in argv])
+    assert res.status == 0, res.stderr
+    assert "twice" not in res.stderr and "target of both" not in res.stderr
+
+
+# ----------------------------------------------------------------- tolerances
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--atol", "inf"],
+        ["--rtol", "inf"],
+        ["--atol", "nan"],
+        ["--atol", "-1"],
+    ],
+)
+def test_a_tolerance_that_cannot_fail_or_pass_is_refused(tmp_path, flags):
+    model = _relu(tmp_path)
+    res = run_cli("diff", model, model, *flags)
+    assert res.status == 2 and "finite number >= 0" in res.stderr
+    res = run_cli("check-dynamic", model, "--batch-" + flags[0][2:], flags[1])
+    assert res.status == 2 and "finite numbers >= 0" in res.stderr
+
+
+def test_reshape_io_dims_too_large_to_check_are_blamed_on_dims(tmp_path):
+    model = _relu(tmp_path)
+    res = run_cli("reshape-io", model, "--dims", "x:9223372036854775807x4")
+    assert res.status == 2
+    assert "the input sizes --dims sets would take more than the limit" in res.stderr
+    assert "`x` 9223372036854775807x4 float32" in res.stderr
+    assert "declares" not in res.stderr
+
+
+# ------------------------------------------------ --shape's default, per command
+def test_shape_help_shows_the_dims_each_command_really_uses():
+    from surgeon.dynamic.check import DEFAULT_SIZES
+    from surgeon.feeds import DEFAULT_BATCH, DEFAULT_DIM
+
+    assert _common.FEED_DIMS == (DEFAULT_BATCH, DEFAULT_DIM)
+    assert _common.FIRST_TRIED == {kind: sizes[0] for kind, sizes in DEFAULT_SIZES.items()}
+    tries_sizes = {"check-dynamic", "reshape-io"}
+    for command, sub in PARSERS.items():
+        action = _options(sub).get("--shape")
+        if action is None:
+            continue
+        text = " ".join(action.help.split())
+        if command in tries_sizes:
+            first = ", ".join(f"{k} {v[0]}" for k, v in DEFAULT_SIZES.items())
+            assert f"the first size each dim is tried at: {first}" in text, command
+        else:
+            assert f"batch {DEFAULT_BATCH}, other dynamic dims {DEFAULT_DIM}" in text, command
+        assert "INPUT[AXIS]=" in text
+
+
+def test_unnamed_dims_are_set_by_the_names_reports_give_them(tmp_path):
+    path = tmp_path / "unnamed.onnx"
+    onnx.save(
+        onnx.parser.parse_model(
+            """<ir_version: 8, opset_import: ["" : 17]>
+            g (float[?, ?] x) => (float[?, ?] y) { y = Relu(x) }"""
+        ),
+        str(path),
+    )
+    res = run_cli("diff", path, path, "--shape", "x[1]=7", "--json")
+    assert res.status == 0, res.stderr
+    assert res.json["feeds"]["x"]["shape"] == [1, 7]
+    res = run_cli("check-dynamic", path, "--shape", "x[1]=5", "--json")
+    assert res.status == 0, res.stderr
+    dims = {d["name"]: d["values"] for d in res.json["dims"]}
+    assert dims["x[1]"][0] == 5
+    res = run_cli("check-dynamic", path, "--sizes", "x[1]=5,9", "--json")
+    assert res.status == 0 and {d["name"]: d["values"] for d in res.json["dims"]}["x[1]"] == [5, 9]
+    res = run_cli("diff", path, path, "--shape", "x[2]=7")
+    assert res.status == 2 and "`x[2]`" in res.stderr and "did you mean `x[1]`" in res.stderr

@@ -58,7 +58,9 @@ def test_model_against_itself_passes(yolo):
     row = report.outputs["output0"]
     assert row.shape == [1, 7, 64] and row.max_abs == 0.0 and row.cosine == pytest.approx(1.0)
     assert report.seed == 0 and report.tolerance == EXACT
-    assert report.feeds == {"images": {"shape": [1, 3, 64, 64], "dtype": "float32"}}
+    assert report.feeds == {
+        "images": {"shape": [1, 3, 64, 64], "dtype": "float32", "from": "random"}
+    }
 
 
 def test_verify_with_nothing_to_compare_fails(yolo):

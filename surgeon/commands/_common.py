@@ -20,6 +20,7 @@ Kept free of heavy imports: it runs while ``surgeon --help`` builds the parser.
 from __future__ import annotations
 
 import argparse
+import math
 
 from surgeon.defaults import DEFAULT_ATOL, DEFAULT_OPTIMIZATION, DEFAULT_RTOL
 
@@ -41,6 +42,38 @@ class _Renamed(argparse.Action):
         parser.error(f"{option_string} {self.message}")
 
 
+class Given(argparse.Action):
+    """Stores its value like ``store`` and notes that the user gave the option (in
+    ``args.given``), so a default can be told from the same value given on purpose."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        given = set(getattr(namespace, "given", ()) or ())
+        given.add(self.option_strings[-1])
+        namespace.given = given
+
+
+def refuse_output_flags_without_output(args) -> None:
+    """--inplace and --external-data only say how -o is written: without -o they would
+    be ignored in silence, so they are a usage error.
+
+    Raises:
+        UsageError: Either is given and -o is not.
+    """
+    from surgeon.errors import UsageError
+
+    if getattr(args, "output", None):
+        return
+    flags = [f for f in ("--inplace",) if getattr(args, "inplace", False)]
+    flags += [f for f in ("--external-data",) if f in (getattr(args, "given", None) or ())]
+    if flags:
+        raise UsageError(
+            f"{' and '.join(flags)} {'say' if len(flags) > 1 else 'says'} how -o is written, "
+            "but no -o was given: nothing would be written",
+            hint="Give -o OUT.onnx, or drop " + " and ".join(flags) + ".",
+        )
+
+
 def add_renamed(parser, old: str, new: str, hint: str = "", nargs=None) -> None:
     """Keep ``old`` as a hidden option that fails with "was renamed to ``new``"."""
     parser.add_argument(
@@ -54,10 +87,26 @@ def add_renamed(parser, old: str, new: str, hint: str = "", nargs=None) -> None:
 
 
 # --------------------------------------------------------------------------- feeds
-def add_feed_arguments(parser: argparse.ArgumentParser, *, old_inputs: bool = True) -> None:
+# What --help says the dynamic dims default to, without importing the libraries that hold
+# them while the parser is built (tests/test_shared_options.py pins them to
+# surgeon.feeds.DEFAULT_BATCH/DEFAULT_DIM and surgeon.dynamic.check.DEFAULT_SIZES).
+FEED_DIMS = (1, 64)  # batch, every other dynamic dim: the feeds of a single run
+FIRST_TRIED = {"batch": 1, "spatial": 64, "other": 16}  # check-dynamic / reshape-io
+
+
+def add_feed_arguments(
+    parser: argparse.ArgumentParser, *, old_inputs: bool = True, tries_sizes: bool = False
+) -> None:
     """--feeds, --shape, --seed and --max-feed-size: the input values of every command
     that runs a model. ``old_inputs``: keep the old ``--inputs FEEDS.npz`` as a hidden
-    option that names --feeds (extract's --inputs is its cut, so it passes False)."""
+    option that names --feeds (extract's --inputs is its cut, so it passes False).
+    ``tries_sizes``: the command runs each dynamic dim at several sizes (check-dynamic,
+    reshape-io), whose first sizes, not the feeds' defaults, are what --shape replaces."""
+    if tries_sizes:
+        first = ", ".join(f"{kind} {size}" for kind, size in FIRST_TRIED.items())
+        default = f"default: the first size each dim is tried at: {first}"
+    else:
+        default = f"default: batch {FEED_DIMS[0]}, other dynamic dims {FEED_DIMS[1]}"
     group = parser.add_argument_group("input values")
     group.add_argument(
         "--feeds",
@@ -69,8 +118,8 @@ def add_feed_arguments(parser: argparse.ArgumentParser, *, old_inputs: bool = Tr
         action="append",
         default=[],
         metavar="SPEC",
-        help="resolve dynamic dims: INPUT:1x3x640x640 for an input, or DIM=640 for a named "
-        "dim; repeatable (default: batch 1, other dynamic dims 64)",
+        help="resolve dynamic dims: INPUT:1x3x640x640 for an input, DIM=640 for a named "
+        f"dim, INPUT[AXIS]=640 for an unnamed one; repeatable ({default})",
     )
     group.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     group.add_argument(
@@ -156,6 +205,8 @@ def parse_map(
                 f"cannot read `--map {item}`: expected {left}={right}, split at the first `=`",
                 hint=f"e.g. --map {example}",
             )
+        if (a, b) in pairs:  # an identical repeat says nothing new
+            continue
         lefts = [x for x, _ in pairs]
         rights = [y for _, y in pairs]
         if unique_left and a in lefts:
@@ -204,8 +255,17 @@ def tolerance(args):
 
     if args.exact:
         return EXACT
-    if not (args.atol >= 0 and args.rtol >= 0):  # also refuses NaN
-        raise UsageError("--atol and --rtol must be non-negative numbers, e.g. --atol 1e-4")
+    # NaN fails every comparison; inf would pass every value, a check that cannot fail
+    bad = [
+        f"--{flag} {value:g}"
+        for flag, value in (("atol", args.atol), ("rtol", args.rtol))
+        if not (0 <= value < math.inf)
+    ]
+    if bad:
+        raise UsageError(
+            f"{', '.join(bad)}: a tolerance must be a finite number >= 0, not negative, NaN "
+            "or infinite (inf would let every value pass), e.g. --atol 1e-4"
+        )
     return Tolerance(atol=args.atol, rtol=args.rtol)
 
 
@@ -263,6 +323,7 @@ def add_output_arguments(
         group.add_argument("--inplace", action="store_true", help=inplace_help)
     group.add_argument(
         "--external-data",
+        action=Given,
         choices=list(EXTERNAL_CHOICES),
         default="auto",
         help="weights in OUT.onnx.data: auto (only above 2 GB), always, never (default auto)",
@@ -285,6 +346,7 @@ def check_files(args, models, *, edited: int = 1, reads=(), writes=()):
     """
     from surgeon.outputs import FilePlan
 
+    refuse_output_flags_without_output(args)
     plan = FilePlan()
     groups = []
     for i, (model, what) in enumerate(models):

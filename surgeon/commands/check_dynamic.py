@@ -36,7 +36,7 @@ def add_arguments(parser) -> None:
     from surgeon.commands.reshape_io import add_check_arguments
 
     parser.add_argument("model", help="the .onnx file")
-    _common.add_feed_arguments(parser)
+    _common.add_feed_arguments(parser, tries_sizes=True)
     add_check_arguments(parser)
 
 

@@ -53,7 +53,7 @@ def add_arguments(parser) -> None:
     )
     _common.add_renamed(group, "--input", "--dims", "e.g. --dims images:Bx3xHxW")
     _common.add_output_arguments(parser)
-    _common.add_feed_arguments(parser)
+    _common.add_feed_arguments(parser, tries_sizes=True)
     _common.add_tolerance_arguments(parser)
     # Bit-identity with the original: same kernels, see surgeon.edits.extract.VERIFY_OPTIONS.
     add_check_arguments(parser)
@@ -99,14 +99,17 @@ def add_check_arguments(parser) -> None:
 def batch_arguments(args) -> dict:
     """The batch dims and the item tolerance from the parsed arguments, as keywords of
     check_dynamic / reshape_io."""
+    import math
+
     from surgeon.compare import Tolerance
     from surgeon.dims import parse_batch
     from surgeon.errors import UsageError
 
-    if not (args.batch_atol >= 0 and args.batch_rtol >= 0):  # also refuses NaN
+    # NaN fails every comparison and inf lets every value pass: neither is a check
+    if not (0 <= args.batch_atol < math.inf and 0 <= args.batch_rtol < math.inf):
         raise UsageError(
             f"--batch-atol {args.batch_atol:g} --batch-rtol {args.batch_rtol:g}: both must be "
-            "non-negative numbers, e.g. --batch-atol 1e-4 --batch-rtol 1e-3"
+            "finite numbers >= 0, e.g. --batch-atol 1e-4 --batch-rtol 1e-3"
         )
     try:
         batch = parse_batch(args.batch)
@@ -130,7 +133,7 @@ def sizes_argument(args) -> dict:
     try:
         return parse_sizes(args.sizes)
     except UsageError as e:
-        raise UsageError(f"--sizes: {e.message}", hint=e.hint) from None
+        raise UsageError(f"--sizes: {e.message}", problems=e.problems, hint=e.hint) from None
 
 
 def parse_dims_specs(items) -> dict:
@@ -140,19 +143,58 @@ def parse_dims_specs(items) -> dict:
     Raises:
         UsageError: An item that does not parse, or a name given twice.
     """
-    from surgeon.dims import parse_io_spec
+    from surgeon.dims import dims_text, parse_io_spec
     from surgeon.errors import UsageError
 
-    specs = {}
+    specs, conflicts = {}, []
     for item in items:
         try:
             name, dims = parse_io_spec(item, what="dims")
         except UsageError as e:
             raise UsageError(f"--dims: {e.message}") from None
-        if name in specs:
-            raise UsageError(f"`--dims` gives `{name}` twice")
+        if name in specs and specs[name] != dims:
+            conflicts.append(
+                f"`{name}` is given two shapes: {dims_text(specs[name])} and {dims_text(dims)}"
+            )
+            continue
         specs[name] = dims
+    if conflicts:
+        raise UsageError("conflicting --dims", problems=conflicts)
     return specs
+
+
+def refuse_oversized_dims(model, inputs: dict, limit: int) -> None:
+    """Inputs whose --dims alone (dynamic dims counted as 1) exceed the feed size limit:
+    the check could never run them, and it is the user's --dims that set the sizes, not
+    the model.
+
+    Raises:
+        UsageError: Every such input, with its size.
+    """
+    import math
+
+    from surgeon.dims import dims_text
+    from surgeon.errors import UsageError
+    from surgeon.feeds import _itemsize
+    from surgeon.npz import format_bytes
+
+    dtypes = {i.name: i.dtype for i in model.inputs}
+    problems = []
+    for name, dims in inputs.items():
+        nbytes = math.prod(d for d in dims if isinstance(d, int)) * _itemsize(dtypes.get(name))
+        if nbytes > limit:
+            problems.append(
+                f"`{name}` {dims_text(dims)} {dtypes.get(name) or 'float32'} would take at "
+                f"least {format_bytes(nbytes)}"
+            )
+    if problems:
+        raise UsageError(
+            f"the input sizes --dims sets would take more than the limit of "
+            f"{format_bytes(limit)} for the feeds, so the edit could not be checked",
+            problems=problems,
+            hint="Use smaller static dims (or a name for a dynamic dim), or raise "
+            "--max-feed-size if they are meant.",
+        )
 
 
 def split_dims(model, specs: dict) -> tuple[dict, dict]:
@@ -215,6 +257,7 @@ def run(args, ctx) -> int:
     batch = batch_arguments(args)
     model, feeds, options, tol = _common.load_model_to_edit(args)
     inputs, outputs = split_dims(model, specs)
+    refuse_oversized_dims(model, inputs, _common.max_feed_bytes(args))
     # a spinner on a terminal while onnxruntime works; silent when piped or --json
     with ctx.status("reshape-io: editing and checking sizes"):
         edited = reshape_io(

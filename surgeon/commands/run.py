@@ -44,14 +44,21 @@ def add_arguments(parser) -> None:
         metavar="KEY=VALUE",
         help="a recipe parameter; repeatable",
     )
+    from surgeon.commands._common import add_runtime_arguments
+
+    # what the recipe's edits verify with, unless the recipe passes options of its own
+    add_runtime_arguments(parser)
     parser.add_argument(
         "--keep-going", action="store_true", help="record failed verifications and go on"
     )
     parser.add_argument(
         "--inplace", action="store_true", help="allow the output to overwrite an input model"
     )
+    from surgeon.commands._common import Given
+
     parser.add_argument(
         "--external-data",
+        action=Given,
         choices=["auto", "always", "never"],
         default="auto",
         help="weights in OUT.onnx.data: auto (only above 2 GB), always, never (default auto)",
@@ -72,6 +79,7 @@ def _split(values):
 def run(args, ctx) -> int:
     from pathlib import Path
 
+    from surgeon.commands._common import refuse_output_flags_without_output, run_options
     from surgeon.errors import OutputPathError, SurgeonError, UsageError, VerificationFailed
     from surgeon.loading import load
     from surgeon.recipe_runner import (
@@ -99,7 +107,10 @@ def run(args, ctx) -> int:
             f"recipe {label} writes {len(needs.outputs)} models ({', '.join(needs.outputs)}): "
             f"give a folder with -o, e.g. -o parts/ for {_folder_files(needs, 'parts')}"
         )
+    refuse_output_flags_without_output(args)
     reads = [("the recipe file", args.recipe)] if Path(args.recipe).is_file() else []
+    reads += [("the custom-op library", lib) for lib in args.custom_op_library]
+    options = run_options(args)
     if args.output:
         _check_outputs(args, model_paths, reads, needs.outputs)
     models = [load(p) for p in model_paths]
@@ -110,7 +121,9 @@ def run(args, ctx) -> int:
     try:
         # a spinner on a terminal while onnxruntime works; silent when piped or --json
         with ctx.status(f"recipe {label}: running"):
-            result = run_recipe(label, module, models, params, keep_going=args.keep_going)
+            result = run_recipe(
+                label, module, models, params, keep_going=args.keep_going, options=options
+            )
     except VerificationFailed as e:
         failure = e
         result = getattr(e, "result", None)  # (not `or`: a failed RunResult is falsy)

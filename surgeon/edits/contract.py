@@ -159,9 +159,13 @@ def _verify(
     label: str | None,
     finish: Callable | None,
 ) -> DiffReport:
+    from surgeon.recipe_steps import RUN_OPTIONS
     from surgeon.verification import verify  # verification imports feeds and the runner
 
     wanted = correspond(edited)
+    # Options the caller gave win; else those of the recipe run in progress (`surgeon run
+    # --custom-op-library ...`), so a recipe's edits can run models with custom ops.
+    options = check.options if check.options is not None else RUN_OPTIONS.get()
     tolerance = check.tolerance if check.tolerance is not None else wanted.tolerance
     values: dict[str, np.ndarray] = {}
     if wanted.unavailable is not None:
@@ -184,7 +188,7 @@ def _verify(
             feeds=wanted.feeds if wanted.feeds is not None else check.feeds,
             feed_options=check.feed_options,
             tolerance=tolerance,
-            options=check.options,
+            options=options,
             title=wanted.title,
             collect=values if finish is not None else None,
         )

@@ -284,13 +284,23 @@ def settings_text(report: DiffReport) -> Text:
     tol = report.tolerance
     tol_text = "bit-identical" if tol.exact else f"atol={tol.atol:g} rtol={tol.rtol:g}"
     feeds = ", ".join(
-        f"{k}: {d['dtype']}[{'x'.join(map(str, d['shape']))}]" for k, d in report.feeds.items()
+        f"{k}: {d['dtype']}[{'x'.join(map(str, d['shape'] or []))}]"
+        for k, d in report.feeds.items()
     )
-    seed = f"seed={report.seed}" if report.seed is not None else "feeds from file"
     return shown(
-        f"{report.candidate} vs {report.reference} · {seed} · {tol_text} · feeds {feeds or '-'}",
+        f"{report.candidate} vs {report.reference} · {seed_text(report.seed, report.feeds)} · "
+        f"{tol_text} · feeds {feeds or '-'}",
         "dim",
     )
+
+
+def seed_text(seed: int | None, feeds: dict[str, dict]) -> str:
+    """``seed=5``, ``seed=5 (from file: sr)`` when some inputs came from the ``.npz``
+    and others were made from the seed, or ``feeds from file`` when none depended on it."""
+    if seed is None:
+        return "feeds from file"
+    from_file = [k for k, d in feeds.items() if d.get("from") == "file"]
+    return f"seed={seed}" + (f" (from file: {', '.join(from_file)})" if from_file else "")
 
 
 def render_diff(console: Console, report: DiffReport) -> None:
