@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from surgeon.annotations import checked_options
 from surgeon.defaults import DEFAULT_OPTIMIZATION
 from surgeon.errors import RuntimeFailure, SurgeonError, unknown_name
 from surgeon.model import PROTO_LIMIT, Model, TensorInfo
@@ -32,6 +33,7 @@ OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
 FILE_THRESHOLD = min(256 * 2**20, PROTO_LIMIT - 16 * 2**20)
 
 
+@checked_options  # field types checked on construction: a UsageError, never a TypeError
 @dataclass(frozen=True)
 class RunOptions:
     """How onnxruntime runs a model.
