@@ -1,7 +1,7 @@
 """Values checked against type annotations, for the public API's argument checks.
 
 :mod:`surgeon.arguments` checks every argument of ``surgeon.<name>(...)``, and
-:func:`checked_options` every field of the option dataclasses, against the annotation
+:func:`checked_init` every field of the option dataclasses, against the annotation
 written in the signature. Annotations are strings here (``from __future__ import
 annotations``) and some name types imported only for type checkers, so they are read
 with :mod:`ast`, never evaluated: the forms the API uses are understood (``str``, ``int``,
@@ -9,7 +9,7 @@ with :mod:`ast`, never evaluated: the forms the API uses are understood (``str``
 ``Mapping[K, V]``, ``Callable``, surgeon's option and model classes), and anything else
 (``np.ndarray``, ``object``) accepts every value and is left to the callee.
 
-:func:`checked_options` decorates the option dataclasses; it lives here, not in
+:func:`checked_init` decorates the option dataclasses; it lives here, not in
 :mod:`surgeon.arguments`, because this module imports nothing of surgeon but its errors,
 so the dataclasses' modules can import it without an import circle.
 
@@ -161,8 +161,12 @@ def _conform_one(value, node: ast.expr):  # noqa: C901 - one branch per annotati
             return value
         raise Mismatch()
     if name == "int":
+        # 64-bit, as every int in ONNX (a dim, an attribute, a count): a larger one
+        # cannot reach a model, and would fail deep inside onnx or numpy instead.
         if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-            return value
+            if -(2**63) <= value < 2**63:
+                return value
+            raise Mismatch(f"{value} does not fit in 64 bits")
         raise Mismatch()
     if name == "float":
         if isinstance(value, numbers.Real) and not isinstance(value, bool):
@@ -172,6 +176,12 @@ def _conform_one(value, node: ast.expr):  # noqa: C901 - one branch per annotati
         if value is None or isinstance(value, str):
             return value
         return _conform_one(value, ast.Name("int"))
+    if name == "ModelProto":
+        import onnx  # loaded already: a caller holding a ModelProto imported it
+
+        if isinstance(value, onnx.ModelProto):
+            return value
+        raise Mismatch()
     if name in ("PathLike", "Path"):
         if isinstance(value, os.PathLike):
             return value
@@ -272,6 +282,7 @@ _WORDS = {
     "PathLike": "a path",
     "Path": "a path",
     "ModuleType": "a module",
+    "ModelProto": "an onnx.ModelProto",
 }
 
 
@@ -382,7 +393,7 @@ def check_annotated(signature: inspect.Signature, arguments: dict, skip, where: 
         arguments[name] = check_value(value, annotation, f"{where}: `{name}`", UsageError)
 
 
-def checked_options(cls: type) -> type:
+def checked_init(cls: type) -> type:
     """Decorate an option dataclass (below ``@dataclass``) so that building it checks
     its arguments: unknown keywords and values that do not fit a field's annotation
     are a UsageError, raised before the dataclass's own ``__post_init__`` runs."""

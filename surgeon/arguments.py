@@ -25,7 +25,7 @@ table once (in ``surgeon/__init__.py``), so one mechanism covers every entry poi
 file), so a path there is an error that says so.
 
 The option dataclasses (Tolerance, FeedOptions, RunOptions, DebugOptions) are
-decorated with :func:`surgeon.annotations.checked_options`: their fields are checked the same way however
+decorated with :func:`surgeon.annotations.checked_init`: their fields are checked the same way however
 they are built (``surgeon.FeedOptions(seed="a")``, ``dataclasses.replace``).
 
 Library code calls the modules' functions directly with Models and pays nothing.
@@ -166,8 +166,11 @@ def _coerce(value, kind: str, parameter: str, function: str):
 
 def _check_path(value, parameter: str, function: str) -> None:
     if isinstance(value, str | os.PathLike) and not isinstance(value, bytes):
-        if not os.fspath(value):
+        text = os.fspath(value)
+        if not text:
             raise UsageError(f"surgeon.{function}(): `{parameter}` is an empty path")
+        if "\0" in str(text):  # no file system takes it; os would raise a ValueError
+            raise UsageError(f"surgeon.{function}(): `{parameter}` contains a NUL character")
         return
     hint = None
     if function == "load" and _is_model_like(value):
@@ -191,7 +194,7 @@ def public(name: str, function: Callable) -> Callable:
     """``function`` with its arguments checked as described in the module docstring.
 
     Classes are returned unchanged (the option dataclasses check their own fields, see
-    :func:`surgeon.annotations.checked_options`). Every function is wrapped.
+    :func:`surgeon.annotations.checked_init`). Every function is wrapped.
     """
     models: Mapping[str, str] = MODEL_PARAMETERS.get(name, {})
     paths = PATH_PARAMETERS.get(name, ())

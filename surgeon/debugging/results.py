@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from surgeon.annotations import checked_options
+from surgeon.annotations import checked_init
 from surgeon.compare import DiffReport, TensorDiff, Tolerance
 from surgeon.defaults import DEFAULT_OPTIMIZATION
 from surgeon.feeds import FeedOptions
@@ -19,7 +19,7 @@ from surgeon.statistics import SEVERE, TensorStats
 DEBUG_SCHEMA = "surgeon.debug/1"
 
 
-@checked_options  # field types checked on construction: a UsageError, never a TypeError
+@checked_init  # field types checked on construction: a UsageError, never a TypeError
 @dataclass(frozen=True)
 class DebugOptions:
     """What ``debug`` does.
