@@ -63,6 +63,7 @@ MODEL_PARAMETERS: dict[str, dict[str, str]] = {
     "declared_vs_actual": {"model": "model"},
     "node_origin": {"model": "model"},
     "match_activations": {"model": "model"},
+    "blame": {"model": "model"},
 }
 
 # Parameters that name a file: a path (str or os.PathLike), nothing else.

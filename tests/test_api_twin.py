@@ -1,0 +1,49 @@
+"""The API's twins of the CLI (issue 13, item 4): ``surgeon.blame`` is a function that
+takes a model or a path like the others."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+from conftest import parse
+
+import surgeon
+
+TEXT = """<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[1, 4] x) => (y) {
+    h = Relu (x)
+    y = Neg (h)
+}"""
+
+
+@pytest.fixture(scope="module")
+def model():
+    return surgeon.Model(parse(TEXT))
+
+
+def test_blame_is_the_function_even_after_its_module_is_imported(model, tmp_path):
+    importlib.import_module("surgeon.optimizer_blame")
+    assert callable(surgeon.blame) and not isinstance(surgeon.blame, type(surgeon))
+    path = surgeon.save(model, tmp_path / "m.onnx")
+    report = surgeon.blame(str(path), "basic")
+    assert report.level == "basic" and report.passed
+    assert surgeon.blame(model).level == "all"
+
+
+@pytest.mark.parametrize(
+    ("call", "expected"),
+    [
+        (lambda m: surgeon.blame(3), "`model` must be"),
+        (lambda m: surgeon.blame(m, 3), "`level` must be a str or None, not int"),
+        (lambda m: surgeon.blame(m, "disabled"), "it is the reference level"),
+        (lambda m: surgeon.blame(m, "fast"), "unknown optimisation level `fast`"),
+        (
+            lambda m: surgeon.blame(m, "basic", options=surgeon.RunOptions(optimization="all")),
+            "two levels to examine",
+        ),
+    ],
+)
+def test_blame_wrong_calls_are_surgeon_errors(call, expected, model):
+    with pytest.raises(surgeon.SurgeonError, match=expected):
+        call(model)
