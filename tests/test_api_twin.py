@@ -47,3 +47,12 @@ def test_blame_is_the_function_even_after_its_module_is_imported(model, tmp_path
 def test_blame_wrong_calls_are_surgeon_errors(call, expected, model):
     with pytest.raises(surgeon.SurgeonError, match=expected):
         call(model)
+
+
+def test_check_dynamic_takes_the_seed_once(model):
+    """feed_options is the one place for the seed and the feed bound."""
+    with pytest.raises(surgeon.UsageError, match="unknown keyword argument `seed`"):
+        surgeon.check_dynamic(model, seed=3)
+    with pytest.raises(surgeon.UsageError, match="`max_feed_bytes`"):
+        surgeon.check_dynamic(model, max_feed_bytes=10)
+    assert surgeon.check_dynamic(model, feed_options=surgeon.FeedOptions(seed=3)).seed == 3
