@@ -56,3 +56,16 @@ def test_check_dynamic_takes_the_seed_once(model):
     with pytest.raises(surgeon.UsageError, match="`max_feed_bytes`"):
         surgeon.check_dynamic(model, max_feed_bytes=10)
     assert surgeon.check_dynamic(model, feed_options=surgeon.FeedOptions(seed=3)).seed == 3
+
+
+def test_graph_facts_see_a_tensor_renamed_in_place():
+    """Renaming a tensor in model.proto by hand must not leave stale producers behind."""
+    proto = parse(TEXT)
+    model = surgeon.Model(proto)
+    assert surgeon.extract(model, ["h"], ["y"]).passed  # facts computed and cached
+    proto.graph.node[0].output[0] = "hidden"
+    proto.graph.node[1].input[0] = "hidden"
+    cut = surgeon.extract(model, ["hidden"], ["y"])
+    assert cut.passed and cut.model.input_names == ["hidden"]
+    with pytest.raises(surgeon.NameNotFoundError, match="`h`"):
+        surgeon.extract(model, ["h"], ["y"])
