@@ -73,6 +73,9 @@ _LAZY = {
     "declared_vs_actual": "surgeon.shapecheck",
     "node_origin": "surgeon.origin",
     "match_activations": "surgeon.origin",
+    # the function; its module is surgeon.optimizer_blame, so that `import surgeon.blame`
+    # can never replace this attribute with a module
+    "blame": "surgeon.optimizer_blame",
 }
 
 __all__ = [

@@ -7,6 +7,13 @@ table once (in ``surgeon/__init__.py``), so one mechanism covers every entry poi
 * arguments that do not fit the signature (a missing ``path``, an unknown keyword)
   become a :class:`~surgeon.errors.UsageError` naming the function and its signature,
   instead of Python's ``TypeError``;
+* every other argument is checked against its annotation in the signature
+  (:mod:`surgeon.annotations`): ``str``, ``int``, ``Sequence[str]``,
+  ``Mapping[str, Sequence[int]]``, the option dataclasses...; a value that does not fit
+  is a UsageError naming the parameter, what was given and what is expected, before
+  the function runs. A lone ``str`` where a list of names is expected is one name
+  (``tap(m, "backbone/conv0")``), never a list of letters;
+* an unknown keyword is a UsageError with the close matches among the real ones;
 * every model parameter goes through :func:`as_model`: a Model is taken as it is, an
   :class:`~surgeon.edits.Edited` result gives its ``.model``, an ``onnx.ModelProto`` is
   validated and wrapped, and a path is loaded with :func:`surgeon.load` (as Polygraphy
@@ -16,6 +23,10 @@ table once (in ``surgeon/__init__.py``), so one mechanism covers every entry poi
 ``surgeon.save`` is the exception to loading: its ``model`` must already be a model
 (``save("a.onnx", "b.onnx")`` is far more likely swapped arguments than a wish to copy a
 file), so a path there is an error that says so.
+
+The option dataclasses (Tolerance, FeedOptions, RunOptions, DebugOptions) are
+decorated with :func:`surgeon.annotations.checked_init`: their fields are checked the same way however
+they are built (``surgeon.FeedOptions(seed="a")``, ``dataclasses.replace``).
 
 Library code calls the modules' functions directly with Models and pays nothing.
 """
@@ -27,6 +38,7 @@ import inspect
 import os
 from collections.abc import Callable, Mapping
 
+from surgeon.annotations import call_shape, check_annotated, unknown_keywords
 from surgeon.errors import UsageError
 
 # How each public function's model parameters are read. "model": Model, Edited or a
@@ -53,6 +65,7 @@ MODEL_PARAMETERS: dict[str, dict[str, str]] = {
     "declared_vs_actual": {"model": "model"},
     "node_origin": {"model": "model"},
     "match_activations": {"model": "model"},
+    "blame": {"model": "model"},
 }
 
 # Parameters that name a file: a path (str or os.PathLike), nothing else.
@@ -156,8 +169,11 @@ def _coerce(value, kind: str, parameter: str, function: str):
 
 def _check_path(value, parameter: str, function: str) -> None:
     if isinstance(value, str | os.PathLike) and not isinstance(value, bytes):
-        if not os.fspath(value):
+        text = os.fspath(value)
+        if not text:
             raise UsageError(f"surgeon.{function}(): `{parameter}` is an empty path")
+        if "\0" in str(text):  # no file system takes it; os would raise a ValueError
+            raise UsageError(f"surgeon.{function}(): `{parameter}` contains a NUL character")
         return
     hint = None
     if function == "load" and _is_model_like(value):
@@ -177,41 +193,31 @@ def _is_model_like(value) -> bool:
     return isinstance(value, Model | Edited)
 
 
-def _call_shape(signature: inspect.Signature) -> str:
-    """``model, path, *, inplace=...``: the parameters without annotations or long
-    default values (a FeedOptions repr is a line of its own)."""
-    parts = []
-    star = False
-    for p in signature.parameters.values():
-        if p.kind is p.KEYWORD_ONLY and not star:
-            parts.append("*")
-            star = True
-        parts.append(p.name if p.default is p.empty else f"{p.name}=...")
-    return ", ".join(parts)
-
-
 def public(name: str, function: Callable) -> Callable:
     """``function`` with its arguments checked as described in the module docstring.
 
-    Classes are returned unchanged (their dataclass constructors check their fields).
-    Every function is wrapped, if only for the check of its arguments' shape.
+    Classes are returned unchanged (the option dataclasses check their own fields, see
+    :func:`surgeon.annotations.checked_init`). Every function is wrapped.
     """
     models: Mapping[str, str] = MODEL_PARAMETERS.get(name, {})
     paths = PATH_PARAMETERS.get(name, ())
     if not inspect.isfunction(function):
         return function
     signature = inspect.signature(function)
-    shape = _call_shape(signature)
+    shape = call_shape(signature)
+    where = f"surgeon.{name}()"
+    skip = set(models) | set(paths)
 
     @functools.wraps(function)
     def checked(*args, **kwargs):
+        unknown_keywords(signature, kwargs, where, shape)
         try:
             bound = signature.bind(*args, **kwargs)
         except TypeError as error:
             # Python's own message ("missing a required argument: 'path'") is the
             # clearest account; the signature says what to write instead.
             raise UsageError(
-                f"surgeon.{name}(): {error}", hint=f"Call it as surgeon.{name}({shape})."
+                f"{where}: {error}", hint=f"Call it as surgeon.{name}({shape})."
             ) from None
         arguments = bound.arguments
         for parameter in paths:
@@ -220,6 +226,7 @@ def public(name: str, function: Callable) -> Callable:
         for parameter, kind in models.items():
             if parameter in arguments:
                 arguments[parameter] = _coerce(arguments[parameter], kind, parameter, name)
+        check_annotated(signature, arguments, skip, where)
         return function(*bound.args, **bound.kwargs)
 
     return checked

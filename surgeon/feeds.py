@@ -24,6 +24,7 @@ import numpy as np
 
 # Re-exported: dims parsing lives in surgeon.dims, the .npz reading in surgeon.npz;
 # callers import them from here too.
+from surgeon.annotations import checked_init
 from surgeon.dims import MAX_DIM, parse_shape_args, too_large_dim  # noqa: F401
 from surgeon.errors import SurgeonError, UsageError, did_you_mean
 from surgeon.model import Model, TensorInfo
@@ -40,6 +41,7 @@ DEFAULT_BATCH = 1
 DEFAULT_DIM = 64
 
 
+@checked_init  # field types checked on construction: a UsageError, never a TypeError
 @dataclass(frozen=True)
 class FeedOptions:
     """Where feed values come from.

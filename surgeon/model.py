@@ -16,6 +16,7 @@ from pathlib import Path
 import onnx
 
 from surgeon._version import __version__
+from surgeon.annotations import checked_init
 from surgeon.errors import unknown_name
 
 # Re-exported: these lived here before surgeon.protos took them (see its docstring).
@@ -40,6 +41,7 @@ from surgeon.protos import (  # noqa: F401
 PROVENANCE_KEY = "surgeon.provenance"
 
 
+@checked_init  # Model(3) is a UsageError naming `proto`, not a failure later on
 class Model:
     """One loaded ONNX model.
 

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from surgeon.annotations import checked_init
 from surgeon.defaults import DEFAULT_OPTIMIZATION
-from surgeon.errors import RuntimeFailure, SurgeonError, unknown_name
+from surgeon.errors import RuntimeFailure, SurgeonError, UsageError, unknown_name
 from surgeon.model import PROTO_LIMIT, Model, TensorInfo
 from surgeon.saving import save
 
@@ -32,6 +33,7 @@ OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
 FILE_THRESHOLD = min(256 * 2**20, PROTO_LIMIT - 16 * 2**20)
 
 
+@checked_init  # field types checked on construction: a UsageError, never a TypeError
 @dataclass(frozen=True)
 class RunOptions:
     """How onnxruntime runs a model.
@@ -276,6 +278,10 @@ def run(
             Defaults to the model's outputs.
     """
     wanted = list(outputs) if outputs is not None else model.output_names
+    if not wanted:  # onnxruntime would return every output for an empty list
+        raise UsageError(
+            "`outputs` is empty: name a tensor, or leave it None for the model's outputs"
+        )
     session = Session(model, extra_outputs=wanted, options=options)
     return session.run(feeds, wanted)
 

@@ -61,6 +61,7 @@ def _valid_calls(model, tmp_path):
         "match_activations": ((model, []), {}),
         "build_nms": (("yolov8", 3), {"detector": None}),
         "run_recipe": (("r", None, [model], {}), {}),
+        "blame": ((model,), {}),
     }
 
 

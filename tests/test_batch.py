@@ -21,6 +21,7 @@ from surgeon.dynamic import batch as batch_module
 from surgeon.dynamic import check_dynamic, dynamic_dims
 from surgeon.edits.shapes import reshape_io
 from surgeon.errors import UsageError
+from surgeon.feeds import FeedOptions
 from surgeon.model import Model
 
 # A conv detector head exported at batch 1: conv, NCHW -> NHWC, then a Reshape to
@@ -145,7 +146,9 @@ def test_item_check_agrees_with_the_reference_evaluator(case, size, seed):
         check = edited.details["dynamic"]
         passed, items = check["passed"], check["items"]
     else:
-        result = check_dynamic(Model(proto), sizes={"N": [1, size]}, seed=seed)
+        result = check_dynamic(
+            Model(proto), sizes={"N": [1, size]}, feed_options=FeedOptions(seed=seed)
+        )
         passed, items = result.passed, [i.to_dict() for i in result.items]
     assert [i["size"] for i in items] == [size]
     assert passed == independent_items(proto, size, seed)

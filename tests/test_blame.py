@@ -13,11 +13,11 @@ import pytest
 from conftest import parse, run_cli, write
 from onnx import helper, numpy_helper
 
-from surgeon.blame import BLAME_SCHEMA, _smallest, blame
-from surgeon.blame_fusions import graph_changes
 from surgeon.compare import EXACT, Tolerance
 from surgeon.errors import UsageError
 from surgeon.loading import load
+from surgeon.optimizer_blame import BLAME_SCHEMA, _smallest, blame
+from surgeon.optimizer_blame_fusions import graph_changes
 from surgeon.runner import RunOptions
 
 WIDTH = 32
@@ -195,7 +195,7 @@ def test_cli_exit_0_when_nothing_changes(tmp_path):
 
 def test_unexplained_difference_is_a_failure_without_culprits(layer_norm, monkeypatch):
     # onnxruntime lists no transformer (as a build without INFO logging would).
-    monkeypatch.setattr("surgeon.blame._applied", lambda log: [])
+    monkeypatch.setattr("surgeon.optimizer_blame._applied", lambda log: [])
     report = blame(load(layer_norm))
     assert report.differs and not report.culprits and not report.verified
     assert "no pass to blame" in report.summary()

@@ -226,8 +226,10 @@ def test_reshape_io_keeps_what_the_caller_set(tmp_path):
 def test_check_dynamic_takes_a_limit():
     model = Model(_relu(["batch", 3, 64, 64]))
     with pytest.raises(UsageError, match="more than the limit of 100 KiB"):
-        check_dynamic(model, max_feed_bytes=100 * 1024)
-    assert check_dynamic(model, max_feed_bytes=None, sizes={"batch": [1, 2]}).passed
+        check_dynamic(model, feed_options=FeedOptions(max_feed_bytes=100 * 1024))
+    assert check_dynamic(
+        model, feed_options=FeedOptions(max_feed_bytes=None), sizes={"batch": [1, 2]}
+    ).passed
 
 
 def test_extract_second_run_keeps_the_limit():

@@ -32,19 +32,20 @@ def add_arguments(parser) -> None:
 
 
 def run(args, ctx) -> int:
-    from surgeon.blame import blame
     from surgeon.loading import load
+    from surgeon.optimizer_blame import blame
     from surgeon.runner import RunOptions
 
     # Arguments first, so a typo fails before the model is read or run.
     tolerance = _common.tolerance(args)
     feed_options = _common.feed_options(args)
-    options = RunOptions(optimization=args.level, custom_op_libraries=tuple(args.custom_op_library))
+    options = RunOptions(custom_op_libraries=tuple(args.custom_op_library))
     model = load(args.model)
     # a spinner with the current trial on a terminal; silent when piped or --json
     with ctx.status(f"blame {model.name}") as update:
         report = blame(
             model,
+            args.level,
             feed_options=feed_options,
             tolerance=tolerance,
             options=options,

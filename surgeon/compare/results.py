@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from surgeon.annotations import checked_init
 from surgeon.defaults import DEFAULT_ATOL, DEFAULT_RTOL
 from surgeon.errors import UsageError
 
 DIFF_SCHEMA = "surgeon.diff/1"
 
 
+@checked_init  # field types checked on construction: a UsageError, never a TypeError
 @dataclass(frozen=True)
 class Tolerance:
     """When two tensors count as equal.

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from surgeon.annotations import checked_init
 from surgeon.compare import DiffReport, TensorDiff, Tolerance
 from surgeon.debugging._precision_json import isolated_dict, ranking_entry, unpaired_entry
 from surgeon.defaults import DEFAULT_OPTIMIZATION
@@ -19,6 +20,7 @@ from surgeon.statistics import SEVERE, TensorStats
 DEBUG_SCHEMA = "surgeon.debug/1"
 
 
+@checked_init  # field types checked on construction: a UsageError, never a TypeError
 @dataclass(frozen=True)
 class DebugOptions:
     """What ``debug`` does.

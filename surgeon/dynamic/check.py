@@ -25,7 +25,6 @@ from surgeon.dynamic.results import (
 from surgeon.dynamic.suspects import add_origins, find_suspects
 from surgeon.errors import SurgeonError, UsageError, unknown_name
 from surgeon.feeds import (
-    DEFAULT_MAX_FEED_BYTES,
     MAX_DIM,
     FeedOptions,
     NpzEntry,
@@ -321,9 +320,7 @@ def check_dynamic(
     *,
     sizes: Mapping[str, Sequence[int]] | None = None,
     export: Mapping[str, int] | None = None,
-    feed_options: FeedOptions | None = None,
-    seed: int = 0,
-    max_feed_bytes: int | None = DEFAULT_MAX_FEED_BYTES,
+    feed_options: FeedOptions = FeedOptions(),
     options: RunOptions | None = None,
     batch: Sequence[str] | None = None,
     batch_tolerance: Tolerance = BATCH_TOLERANCE,
@@ -342,12 +339,10 @@ def check_dynamic(
             dynamic dims sets the first size of those dims (so the first run uses it),
             and where a run varies them the input is random. ``shapes``/``dims`` choose
             the first size of the dims they set likewise. The other sizes come from
-            ``sizes`` or the rule. Its seed and ``max_feed_bytes`` win over the two
-            keywords below.
-        seed: Seed of the random inputs (without ``feed_options``).
-        max_feed_bytes: The most bytes the inputs of one run may take (see
-            :class:`surgeon.feeds.FeedOptions`); None means no limit (without
-            ``feed_options``).
+            ``sizes`` or the rule. Its ``seed`` seeds the random inputs and its
+            ``max_feed_bytes`` bounds the inputs of one run (None: no limit). (The
+            old ``seed=``/``max_feed_bytes=`` keywords said the same twice; they are
+            gone.)
         options: onnxruntime settings.
         batch: The batch dims, overriding the rule of the module docstring (``[]``:
             none, which skips the item check).
@@ -367,8 +362,6 @@ def check_dynamic(
     """
     from surgeon.runner import Session
 
-    if feed_options is None:
-        feed_options = FeedOptions(seed=seed, max_feed_bytes=max_feed_bytes)
     given, first, notes = given_dims(model, feed_options)
     unknown_rank = [i.name for i in model.inputs if i.shape is None and i.name not in given]
     if unknown_rank:

@@ -35,7 +35,7 @@ RENDERERS: dict[str, str] = {
     "surgeon.outcomes.RecipeListing": "surgeon.report.dispatch:render_recipes",
     "surgeon.outcomes.MergeOutcome": "surgeon.report.dispatch:render_merge",
     "surgeon.outcomes.RunOutcome": "surgeon.report.dispatch:render_run",
-    "surgeon.blame.BlameReport": "surgeon.report.blame:render_blame",
+    "surgeon.optimizer_blame.BlameReport": "surgeon.report.blame:render_blame",
     "surgeon.commands._exclude.SuggestExcludeOutcome": "surgeon.report.exclude:render_suggest_exclude_outcome",
     "surgeon.commands.fp16.Fp16Outcome": "surgeon.report.fp16:render_fp16",
 }

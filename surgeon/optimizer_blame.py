@@ -19,6 +19,7 @@ a name the installed version lacks is ignored by onnxruntime, so the list may be
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import tempfile
 import time
@@ -29,12 +30,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from surgeon.blame_fusions import GraphChanges, graph_changes
-from surgeon.blame_session import BlameRunner
 from surgeon.compare import TensorDiff, Tolerance, compare_named, json_number
+from surgeon.defaults import DEFAULT_OPTIMIZATION
 from surgeon.errors import UsageError
 from surgeon.feeds import FeedOptions, describe_feeds, make_feeds
 from surgeon.model import Model
+from surgeon.optimizer_blame_fusions import GraphChanges, graph_changes
+from surgeon.optimizer_blame_session import BlameRunner
 from surgeon.runner import RunOptions
 
 BLAME_SCHEMA = "surgeon.blame/1"
@@ -172,6 +174,7 @@ class BlameReport:
 
 def blame(
     model: Model,
+    level: str | None = None,
     *,
     feeds: Mapping[str, np.ndarray] | None = None,
     feed_options: FeedOptions = FeedOptions(),
@@ -182,23 +185,32 @@ def blame(
     """Find the onnxruntime optimisation(s) that change ``model``'s outputs.
 
     Args:
-        model: The model.
+        model: The model (through ``surgeon.blame``, a path or an Edited result too).
+        level: The onnxruntime optimisation level examined: basic, extended or all
+            (None: ``options.optimization`` when ``options`` is given, else ``all``).
         feeds: Input values; made from ``feed_options`` when None.
         tolerance: When outputs count as unchanged (``EXACT`` for bit-identity).
-        options: ``options.optimization`` is the level examined (basic, extended or all;
-            None examines ``all``); the reference is always the level ``disabled``.
-            Custom-op libraries and threads apply to every run.
+        options: Custom-op libraries and threads for every run; its ``optimization``
+            is the level examined when ``level`` is None. The reference is always the
+            level ``disabled``.
         progress: Called with a short phase text before each run.
 
     Returns:
         A BlameReport, truthy when the level's outputs are within tolerance.
 
     Raises:
-        UsageError: The level is ``disabled`` (nothing to compare it with).
+        UsageError: The level is ``disabled`` (nothing to compare it with) or unknown,
+            or ``level`` and ``options.optimization`` name two different levels.
         RuntimeFailure: onnxruntime cannot load or run the model.
     """
-    options = options or RunOptions(optimization="all")
-    level = options.optimization
+    if level is None:
+        level = options.optimization if options is not None else "all"
+    elif options is not None and options.optimization not in (level, DEFAULT_OPTIMIZATION):
+        raise UsageError(
+            f"two levels to examine: level={level!r} and "
+            f"options.optimization={options.optimization!r}; give one"
+        )
+    options = dataclasses.replace(options or RunOptions(), optimization=level)
     if level not in LEVELS:
         raise UsageError(
             f"optimisation level `{level}` cannot be blamed: it is the reference level; "
