@@ -92,6 +92,8 @@ def _valid_calls(model, folder):
         "node_origin": ((model, "n0"), {}),
         "match_activations": ((model, []), {}),
         "blame": ((model,), {}),
+        "fold": ((model,), {}),
+        "convert": ((model, 13), {}),
     }
 
 
