@@ -76,6 +76,8 @@ _LAZY = {
     # the function; its module is surgeon.optimizer_blame, so that `import surgeon.blame`
     # can never replace this attribute with a module
     "blame": "surgeon.optimizer_blame",
+    "plan_fp16": "surgeon.precision.fp16",
+    "suggest_exclusions": "surgeon.precision.exclude",
 }
 
 __all__ = [

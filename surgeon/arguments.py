@@ -66,6 +66,8 @@ MODEL_PARAMETERS: dict[str, dict[str, str]] = {
     "node_origin": {"model": "model"},
     "match_activations": {"model": "model"},
     "blame": {"model": "model"},
+    "plan_fp16": {"model": "model"},
+    "suggest_exclusions": {"int8": "model", "float_model": "model"},
 }
 
 # Parameters that name a file: a path (str or os.PathLike), nothing else.

@@ -94,7 +94,17 @@ def _valid_calls(model, folder):
         "blame": ((model,), {}),
         "fold": ((model,), {}),
         "convert": ((model, 13), {}),
+        "plan_fp16": ((model,), {"tolerance": surgeon.Tolerance(atol=1e-2, rtol=1e-2)}),
+        "suggest_exclusions": (_quantized_pair(folder), {}),
     }
+
+
+def _quantized_pair(folder):
+    """(int8 QDQ model, its float model): a healthy MLP through quantize_static."""
+    from test_precision_qdq import float_model, quantize
+
+    original = float_model(None)
+    return surgeon.Model(quantize(original, folder)), surgeon.Model(original)
 
 
 def _callables():

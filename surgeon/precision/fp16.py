@@ -28,7 +28,7 @@ import numpy as np
 from surgeon.compare import DiffReport, Tolerance
 from surgeon.edits import Edited
 from surgeon.edits.contract import Check, Correspondence, apply_edit
-from surgeon.errors import NameNotFoundError, raise_name_errors, unknown_name
+from surgeon.errors import NameNotFoundError, UsageError, raise_name_errors, unknown_name
 from surgeon.feeds import FeedOptions, make_feeds
 from surgeon.model import Model
 from surgeon.names import intermediate_tensors
@@ -261,6 +261,10 @@ def plan_fp16(
         RuntimeFailure: onnxruntime cannot run the float32 model.
     """
     started = time.perf_counter()
+    if not 0 <= max_kept <= 1:  # also refuses NaN
+        raise UsageError(f"max_kept={max_kept!r}: a fraction of the float nodes, from 0 to 1")
+    if max_rounds < 0:
+        raise UsageError(f"max_rounds={max_rounds}: a number of rounds, 0 or more")
     keep = _check_keep(model, keep)
     feeds = dict(feeds) if feeds is not None else make_feeds(model, feed_options)
     reference = {**feeds, **run(model, feeds, outputs=intermediate_tensors(model), options=options)}
