@@ -8,6 +8,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from rich.console import Console
@@ -61,3 +62,36 @@ def parse(text: str) -> onnx.ModelProto:
 def write(model: onnx.ModelProto, path: Path) -> Path:
     onnx.save(model, str(path))
     return path
+
+
+def quantize_qdq(proto, folder, shape, *, batches: int, exclude=()):
+    """``proto`` through onnxruntime's ``quantize_static`` (QDQ, QInt8 activations and
+    weights), calibrated on ``batches`` seeded standard-normal batches of input ``x`` of
+    ``shape``; ``exclude`` is its ``nodes_to_exclude``. Returns the quantized ModelProto."""
+    import logging
+
+    from onnxruntime import quantization
+
+    class Calibration(quantization.CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(1)
+            self.batches = iter(
+                [{"x": rng.standard_normal(shape).astype(np.float32)} for _ in range(batches)]
+            )
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    src, dst = Path(folder) / "q_src.onnx", Path(folder) / "q_dst.onnx"
+    onnx.save(proto, str(src))
+    logging.getLogger().setLevel(logging.ERROR)  # its "consider pre-processing" advice
+    quantization.quantize_static(
+        str(src),
+        str(dst),
+        Calibration(),
+        quant_format=quantization.QuantFormat.QDQ,
+        activation_type=quantization.QuantType.QInt8,
+        weight_type=quantization.QuantType.QInt8,
+        nodes_to_exclude=list(exclude),
+    )
+    return onnx.load(str(dst))

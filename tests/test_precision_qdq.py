@@ -3,11 +3,10 @@ tensors pair with the float model's, and a badly quantized weight ranks first.""
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import onnx
 import pytest
+from conftest import quantize_qdq
 from onnx import helper, numpy_helper
 from test_precision_float16 import random_orders
 
@@ -46,32 +45,8 @@ def float_model(outlier: float | None) -> onnx.ModelProto:
     return proto
 
 
-class Calibration(quantization.CalibrationDataReader):
-    """Four seeded batches."""
-
-    def __init__(self):
-        rng = np.random.default_rng(1)
-        self.batches = iter(
-            [{"x": rng.standard_normal((4, 8)).astype(np.float32)} for _ in range(4)]
-        )
-
-    def get_next(self):
-        return next(self.batches, None)
-
-
 def quantize(proto: onnx.ModelProto, tmp_path) -> onnx.ModelProto:
-    src, dst = tmp_path / "f32.onnx", tmp_path / "int8.onnx"
-    onnx.save(proto, str(src))
-    logging.getLogger().setLevel(logging.ERROR)  # its "consider pre-processing" advice
-    quantization.quantize_static(
-        str(src),
-        str(dst),
-        Calibration(),
-        quant_format=quantization.QuantFormat.QDQ,
-        activation_type=quantization.QuantType.QInt8,
-        weight_type=quantization.QuantType.QInt8,
-    )
-    return onnx.load(str(dst))
+    return quantize_qdq(proto, tmp_path, (4, 8), batches=4)
 
 
 def values(proto: onnx.ModelProto, feeds: dict) -> dict:

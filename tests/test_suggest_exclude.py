@@ -4,12 +4,10 @@ stripped model meets tolerance, and so does the model re-quantized with the list
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import onnx
 import pytest
-from conftest import run_cli, write
+from conftest import quantize_qdq, run_cli, write
 from onnx import helper, numpy_helper
 
 from surgeon.compare import Tolerance, compare_arrays
@@ -56,33 +54,8 @@ def float_model(outlier: float | None) -> onnx.ModelProto:
     return proto
 
 
-class Calibration(quantization.CalibrationDataReader):
-    """Eight seeded batches."""
-
-    def __init__(self):
-        rng = np.random.default_rng(1)
-        self.batches = iter(
-            [{"x": rng.standard_normal(SHAPE).astype(np.float32)} for _ in range(8)]
-        )
-
-    def get_next(self):
-        return next(self.batches, None)
-
-
 def quantize(proto: onnx.ModelProto, tmp_path, exclude=()) -> onnx.ModelProto:
-    src, dst = tmp_path / "q_src.onnx", tmp_path / "q_dst.onnx"
-    onnx.save(proto, str(src))
-    logging.getLogger().setLevel(logging.ERROR)  # its "consider pre-processing" advice
-    quantization.quantize_static(
-        str(src),
-        str(dst),
-        Calibration(),
-        quant_format=quantization.QuantFormat.QDQ,
-        activation_type=quantization.QuantType.QInt8,
-        weight_type=quantization.QuantType.QInt8,
-        nodes_to_exclude=list(exclude),
-    )
-    return onnx.load(str(dst))
+    return quantize_qdq(proto, tmp_path, SHAPE, batches=8, exclude=exclude)
 
 
 def inputs(seed: int) -> dict:
