@@ -182,8 +182,9 @@ class Model:
         """Why the recorded edit history cannot be read, or None when it can (or is absent)."""
         return read_provenance(self.proto)[1]
 
-    def with_provenance(self, edit: str, params: Mapping | None = None) -> Model:
-        """Append a provenance record to this model's metadata (in place) and return it.
+    def add_provenance(self, edit: str, params: Mapping | None = None) -> Model:
+        """Append a provenance record to this model's metadata, in place (it is not a
+        ``with_*`` copy: that name promised one), and return the model for chaining.
 
         Call it only on a Model an edit has just created, never on its input. A malformed
         history is kept, under ``surgeon.provenance.malformed``, rather than lost.

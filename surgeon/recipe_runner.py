@@ -486,5 +486,5 @@ def run_recipe(
         err.result = result
         raise err
     for model in result.outputs.values():
-        model.with_provenance(f"recipe:{label}", params)
+        model.add_provenance(f"recipe:{label}", params)
     return result

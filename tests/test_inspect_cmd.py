@@ -184,7 +184,7 @@ def test_history_metadata_and_initializers_as_inputs(tmp_path):
     proto = parse("""<ir_version: 8, opset_import: ["" : 17]>
     g (float[2] x, float[2] w) => (y) <float[2] w = {1.0, 2.0}> { y = Add(x, w) }""")
     proto.metadata_props.add(key="author", value="[bold]me[/bold]")
-    model = Model(proto).with_provenance("rename", {"output0": "preds"})
+    model = Model(proto).add_provenance("rename", {"output0": "preds"})
     path = save(model, tmp_path / "hist.onnx")
     info = run_cli("inspect", path, "--json").json
     assert info["metadata"] == {"author": "[bold]me[/bold]"}

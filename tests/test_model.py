@@ -213,7 +213,7 @@ def test_from_graph_keeps_metadata_and_does_not_touch_input():
     before = m.proto.SerializeToString()
     g = m.to_graph()
     g.nodes[0].name = "renamed"
-    edited = Model.from_graph(g, base=m).with_provenance("test", {"x": 1})
+    edited = Model.from_graph(g, base=m).add_provenance("test", {"x": 1})
     assert m.proto.SerializeToString() == before
     assert edited.proto.producer_name == m.proto.producer_name
     assert edited.provenance[-1]["edit"] == "test"

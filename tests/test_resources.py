@@ -500,7 +500,7 @@ def test_malformed_provenance_is_shown_as_such(tmp_path, cli, value, why):
     assert info["metadata"][PROVENANCE_KEY].startswith(f"(malformed: {why}")
     assert len(info["metadata"][PROVENANCE_KEY]) < 400
     # An edit appends a fresh history and keeps the unreadable one beside it.
-    model = load(tmp_path / "m.onnx").copy().with_provenance("tap", {"a": 1})
+    model = load(tmp_path / "m.onnx").copy().add_provenance("tap", {"a": 1})
     assert [r["edit"] for r in model.provenance] == ["tap"]
     kept = {p.key: p.value for p in model.proto.metadata_props}
     assert kept[PROVENANCE_KEY + ".malformed"] == value

@@ -452,7 +452,7 @@ def test_fingerprint_sees_structure_and_weights_not_provenance():
     model = surgeon.load(SAMPLES / "two_conv.onnx")
     proto = model.proto
     before = fingerprint(proto)
-    model.with_provenance("note", {})  # metadata only
+    model.add_provenance("note", {})  # metadata only
     assert fingerprint(proto) == before
     proto.graph.node[0].attribute[0].ints[0] += 1
     after_attr = fingerprint(proto)

@@ -137,7 +137,7 @@ def apply_edit(
         edited = out
     else:
         edited = model.with_proto(source if out is None else out)
-    edited.with_provenance(edit, params)
+    edited.add_provenance(edit, params)
     report = _verify(model, edited, correspond, check, label, finish) if check.enabled else None
     result = Edited(
         edited,

@@ -345,4 +345,4 @@ def build_from_spec(spec: NmsSpec) -> Built:
     onnx.checker.check_model(proto)
     # Built, not Edited: there is no original to verify it against (its tests hold a
     # numpy reference to its rules, and a merge proves it in place).
-    return Built(proto, spec.to_dict()).with_provenance("nms", spec.to_dict())
+    return Built(proto, spec.to_dict()).add_provenance("nms", spec.to_dict())

@@ -319,7 +319,7 @@ def strip_quantization(
     for at, node in sorted(added_nodes, key=lambda p: -p[0]):
         graph.node.insert(at, node)
     _drop_unread(graph)
-    model.with_provenance(STRIP_EDIT, {"nodes": wanted})
+    model.add_provenance(STRIP_EDIT, {"nodes": wanted})
     return result
 
 

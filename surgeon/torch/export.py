@@ -158,7 +158,7 @@ def export(
         check_seconds = time.perf_counter() - started
 
     passed = not any(p.severity == "error" for p in pitfalls)
-    model = model.with_provenance(
+    model = model.add_provenance(
         "torch.export",
         {
             "exporter": exporter,
