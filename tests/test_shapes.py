@@ -333,3 +333,101 @@ def test_question_mark_dims_in_declarations_are_not_one_symbol(unnamed):
     tied = Model(parse(QUESTION_MARKS.replace("U0", "N").replace("U3", "N")))
     found = declared_vs_actual(tied, {"x": x, "y": np.zeros((3, 3, 48, 100), np.float32)})
     assert [m.kind for m in found] == ["symbol"]
+
+
+# ---------------------------------------------------------------------- stale output declarations
+# y is really [W, 2, N] (x transposed, a new axis, doubled on it) but declared [N, seqlen]
+# (rank 2), as in ddddocr's common.onnx; the check then fails on the stale rank.
+STALE_OUTPUT = """<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[N, W] x) => (float[N, seqlen] y, float[N] z) {
+    one = Constant<value = int64[1] {1}>()
+    t = Transpose<perm = [1, 0]>(x)
+    u = Unsqueeze(t, one)
+    y = Concat<axis = 1>(u, u)
+    z = ReduceSum<keepdims = 0>(x, one)
+}"""
+
+
+def _reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """numpy twin of STALE_OUTPUT."""
+    u = x.T[:, None, :]
+    return np.concatenate([u, u], axis=1), x.sum(axis=1)
+
+
+def test_declare_outputs_fixes_a_stale_rank(cli, tmp_path):
+    model = Model(parse(STALE_OUTPUT))
+    assert not check_dynamic(model)  # the stale rank fails the check
+    edited = reshape_io(model, declare_outputs=True)
+    assert edited, edited.report.summary()
+    # W and N follow the input's dims, 2 is static (the old spare name `seqlen` is not needed)
+    assert edited.model.outputs[0].shape == ("W", 2, "N")
+    assert edited.model.outputs[1].shape == ("N",)
+    outs = {o["name"]: o for o in edited.details["outputs"]}
+    assert outs["y"]["as_run"] and outs["y"]["old"] == ["N", "seqlen"]
+    assert edited.report.tensors[0].passed  # same values at the original's sizes
+    assert edited.details["dynamic"]["passed"]
+    x = np.random.default_rng(3).standard_normal((3, 5)).astype(np.float32)
+    got = ReferenceEvaluator(edited.model.proto).run(None, {"x": x})
+    for g, w in zip(got, _reference(x), strict=True):
+        assert g.shape == w.shape and np.array_equal(g, w)
+    path = write(model.proto, tmp_path / "stale.onnx")
+    out = tmp_path / "fixed.onnx"
+    res = cli("reshape-io", path, "--declare-outputs", "-o", out)
+    assert res.status == 0, res.stdout + res.stderr
+    assert "(as run)" in res.stdout and load(out).outputs[0].shape == ("W", 2, "N")
+
+
+def test_declare_outputs_keeps_the_old_name_of_a_derived_dim():
+    # y is [W/2] (a strided Slice): it follows no input dim, so it keeps the old name
+    proto = parse("""<ir_version: 8, opset_import: ["" : 17]>
+    agraph (float[1, W] x) => (float[1, 1, seqlen] y) {
+        st = Constant<value = int64[1] {0}>()
+        en = Constant<value = int64[1] {9999}>()
+        ax = Constant<value = int64[1] {1}>()
+        sp = Constant<value = int64[1] {2}>()
+        y = Slice(x, st, en, ax, sp)
+    }""")
+    edited = reshape_io(Model(proto), declare_outputs=True)
+    assert edited, edited.report.summary()
+    assert edited.model.outputs[0].shape == (1, "seqlen")
+    assert edited.details["outputs"][0]["produced"] == [1, 32]  # W=64 (spatial), strided
+    x = np.arange(10, dtype=np.float32)[None]
+    (got,) = ReferenceEvaluator(edited.model.proto).run(None, {"x": x})
+    assert np.array_equal(got, x[:, ::2])
+
+
+def test_output_rank_change_allowed_when_the_model_produces_it(cli, tmp_path):
+    model = Model(parse(STALE_OUTPUT))
+    edited = reshape_io(model, inputs={"x": "BxW"}, outputs={"y": "Wx2xB"})
+    assert edited, edited.report.summary()
+    assert edited.model.outputs[0].shape == ("W", 2, "B")
+    assert edited.details["outputs"][0]["produced"] == [64, 2, 1]
+    # the model does not produce rank 4: refused with the shape it does produce
+    with pytest.raises(UsageError) as err:
+        reshape_io(model, outputs={"y": "Wx2xNx1"})
+    want = "output `y` is [64, 2, 1] at N=1, W=64 when the model runs (rank 3)"
+    assert any(want in p for p in err.value.problems)
+    path = write(model.proto, tmp_path / "stale.onnx")
+    out = tmp_path / "o.onnx"
+    res = cli("reshape-io", path, "--dims", "y:Wx2xNx1", "-o", out)
+    assert res.status == 2 and "[64, 2, 1] at N=1, W=64" in res.stderr and not out.exists()
+    # an input's rank still cannot change
+    with pytest.raises(UsageError, match="rank 2"):
+        reshape_io(model, {"x": "NxWx1"})
+
+
+def test_declare_outputs_errors(cli, tmp_path):
+    # the first sizes do not run (3*64*64 != 3072): nothing to declare, exit 2
+    path = write(named(BAKED_DYNAMIC, flatten="Reshape"), tmp_path / "baked.onnx")
+    res = cli("reshape-io", path, "--declare-outputs")
+    assert res.status == 2, res.stdout + res.stderr
+    # N=1 runs, N=3 does not: which output dims follow N cannot be told
+    proto = parse("""<ir_version: 8, opset_import: ["" : 17]>
+    agraph (float[N, 4] x) => (float[N, 4] y) {
+        s = Constant<value = int64[2] {1, 4}>()
+        y = Reshape(x, s)
+    }""")
+    with pytest.raises(UsageError, match="input dim\\(s\\) `N`: the model ran at one size"):
+        reshape_io(Model(proto), declare_outputs=True)
+    res = cli("reshape-io", write(proto, tmp_path / "n.onnx"), "--declare-outputs")
+    assert res.status == 2 and "requested shape:{1,4}" in res.stderr

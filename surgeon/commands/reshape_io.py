@@ -8,7 +8,12 @@ DESCRIPTION = (
     HELP
     + "\n\nDims are --dims NAME:DIMS (NAME an input or an output) with DIMS like Bx3xHxW (or B,3,H,W): an integer is static, a name is\n"
     "a symbolic dim, ? or -1 an unnamed dynamic one. Outputs not given get their dims from\n"
-    "shape inference. Stale value_info is cleared and shape inference re-run.\n\n"
+    "shape inference. Stale value_info is cleared and shape inference re-run.\n"
+    "An output's declaration may be the wrong one: --dims OUT:DIMS may change its rank when\n"
+    "the model really produces that rank (it runs once to see; otherwise refused with the\n"
+    "shape it produces), and --declare-outputs declares every output's dtype and dims as\n"
+    "produced at the sizes tried: a dim that follows an input dim takes its name, another\n"
+    "that varies keeps the old declaration's name (or none), the others are static.\n\n"
     "Then two checks: at the original's input sizes the edited model must give the same\n"
     "values (within --atol/--rtol; --feeds and --shape choose the inputs), and it must run at 2+ sizes of every dynamic dim with outputs of the expected\n"
     "shapes (batch dims: export value, 1, 3; spatial: export value, 64, 96; others: export\n"
@@ -50,6 +55,12 @@ def add_arguments(parser) -> None:
         metavar="NAME:DIMS",
         help="new dims of the input or output NAME, e.g. images:Bx3xHxW or output0:Bx84xA; "
         "repeatable",
+    )
+    group.add_argument(
+        "--declare-outputs",
+        action="store_true",
+        help="declare every output's dtype and dims as the model really produces them (run "
+        "at the sizes the check tries): fixes a stale output declaration; --dims still wins",
     )
     _common.add_renamed(group, "--input", "--dims", "e.g. --dims images:Bx3xHxW")
     _common.add_output_arguments(parser)
@@ -268,6 +279,7 @@ def run(args, ctx) -> int:
             feed_options=feeds,
             options=options,
             tolerance=tol,
+            declare_outputs=args.declare_outputs,
             **batch,
         )
     written = _common.save_if_passed(edited, args)

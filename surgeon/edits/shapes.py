@@ -24,6 +24,7 @@ from surgeon.dynamic.batch import BATCH_TOLERANCE
 from surgeon.dynamic.check import check_dynamic, dynamic_dims, refuse_large_cases, size_cases
 from surgeon.edits import Edited
 from surgeon.edits.contract import Check, Correspondence, apply_edit
+from surgeon.edits.produced import Produced, produced_outputs, rank_problem
 from surgeon.errors import NameNotFoundError, SurgeonError, UsageError, unknown_name
 from surgeon.feeds import (
     FeedOptions,
@@ -58,8 +59,13 @@ def _clean_unknown(vi: onnx.ValueInfoProto) -> None:
 
 
 def _collect_specs(
-    model: Model, specs: Mapping[str, str | Sequence[Dim]] | None, role: str
+    model: Model,
+    specs: Mapping[str, str | Sequence[Dim]] | None,
+    role: str,
+    rank_changes: list[str] | None = None,
 ) -> dict[str, tuple[Dim, ...]]:
+    """The parsed dims per name; a rank change is refused, or for outputs collected in
+    ``rank_changes`` when given (the run decides: a declaration may be the wrong one)."""
     specs = dict(specs or {})
     infos = {i.name: i for i in (model.inputs if role == "input" else model.outputs)}
     parsed = {}
@@ -75,7 +81,9 @@ def _collect_specs(
             problems.append(f"{role} `{name}`: {e.message}")
             continue
         old = infos[name].shape
-        if old is not None and len(old) != len(dims):
+        if old is not None and len(old) != len(dims) and rank_changes is not None:
+            rank_changes.append(name)
+        elif old is not None and len(old) != len(dims):
             problems.append(
                 f"{role} `{name}` has rank {len(old)} ({dims_text(old)}); "
                 f"the new dims {dims_text(dims)} have rank {len(dims)}"
@@ -109,6 +117,7 @@ def _rewrite_dims(
     out_specs: Mapping[str, tuple[Dim, ...]],
     old_outputs: Mapping,
     symbol_map: Mapping[str, str],
+    out_types: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
     """Set the new dims on ``proto`` in place, re-infer the outputs not given, refresh the
     value_info; returns the counts of value_info refreshed, cleared and added."""
@@ -151,6 +160,8 @@ def _rewrite_dims(
     for vi in g.output:
         new = inferred_out.get(vi.name)
         tt = vi.type.tensor_type
+        if (out_types or {}).get(vi.name):
+            tt.elem_type = out_types[vi.name]  # what the run produced
         if not tt.elem_type and new is not None and new.type.tensor_type.elem_type:
             tt.elem_type = new.type.tensor_type.elem_type
         if not tt.elem_type:
@@ -192,6 +203,7 @@ def reshape_io(
     batch: Sequence[str] | None = None,
     batch_tolerance: Tolerance = BATCH_TOLERANCE,
     tolerance: Tolerance = Tolerance(),
+    declare_outputs: bool = False,
 ) -> Edited:
     """Set the dims of inputs and outputs static or symbolic, then prove the model runs.
 
@@ -211,6 +223,12 @@ def reshape_io(
             (see :func:`check_dynamic`).
         tolerance: How close the values at the original's sizes must be (default
             bit-identical).
+        declare_outputs: Declare every output's element type and dims as the model
+            really produces them (run at the sizes the check tries, with the new input
+            dims; see :mod:`surgeon.edits.produced`), replacing a stale declaration.
+            Dims given in ``outputs`` still win. An output whose given dims change its
+            declared rank runs the model likewise: the change is allowed when the model
+            really produces that rank.
 
     Returns:
         Edited whose report holds the value comparison with the original at the
@@ -220,11 +238,16 @@ def reshape_io(
 
     Raises:
         NameNotFoundError: An input or output that does not exist.
-        UsageError: A dims spec that does not parse or changes the rank.
+        UsageError: A dims spec that does not parse, changes an input's rank, or changes
+            an output's rank to one the model does not produce (the message gives the
+            shape it does produce); with ``declare_outputs``, a dynamic dim no run
+            could vary or an output whose rank changes with the sizes.
+        RuntimeFailure: When the model must run to learn its outputs, and cannot.
     """
     in_specs = _collect_specs(model, inputs, "input")
-    out_specs = _collect_specs(model, outputs, "output")
-    if not in_specs and not out_specs:
+    rank_changes: list[str] = []
+    out_specs = _collect_specs(model, outputs, "output", rank_changes)
+    if not in_specs and not out_specs and not declare_outputs:
         raise UsageError(
             f"nothing to change in {model.name}: give the dims of an input or an output"
         )
@@ -247,11 +270,35 @@ def reshape_io(
         "inputs": {k: dims_text(v) for k, v in in_specs.items()},
         "outputs": {k: dims_text(v) for k, v in out_specs.items()},
     }
+    produced: dict[str, Produced] = {}
+    out_types: dict[str, int] = {}
+    if declare_outputs or rank_changes:
+        produced = _run_outputs(
+            model, in_specs, old_outputs, sizes, export, feed_options, options, batch
+        )
+        problems = [
+            p
+            for p in (rank_problem(n, out_specs[n], produced.get(n)) for n in rank_changes)
+            if p is not None
+        ]
+        if problems:
+            raise UsageError(
+                f"cannot set the output dims of {model.name}",
+                problems=problems,
+                hint="Give dims of the rank the model produces, or have every output "
+                "declared as the model produces it.",
+            )
+    if declare_outputs:
+        params["declare_outputs"] = True
+        for name, p in produced.items():
+            out_specs.setdefault(name, p.dims)
+            if p.elem_type:
+                out_types[name] = p.elem_type
     counts: dict[str, int] = {}
     dynamic_result: dict = {}
 
     def change(proto: onnx.ModelProto) -> None:
-        counts.update(_rewrite_dims(proto, in_specs, out_specs, old_outputs, symbol_map))
+        counts.update(_rewrite_dims(proto, in_specs, out_specs, old_outputs, symbol_map, out_types))
 
     def correspondence(edited: Model) -> Correspondence:
         if check:
@@ -300,7 +347,12 @@ def reshape_io(
                     "name": o.name,
                     "old": dims_list(old_outputs[o.name].shape),
                     "new": dims_list(o.shape),
-                    "given": o.name in out_specs,
+                    "given": o.name in (outputs or {}),
+                    "produced": dims_list(produced[o.name].shape) if o.name in produced else None,
+                    # declared from the run, not by the caller nor by inference
+                    "as_run": declare_outputs
+                    and o.name in produced
+                    and o.name not in (outputs or {}),
                 }
                 for o in edited.outputs
             ],
@@ -326,6 +378,35 @@ def reshape_io(
         label="reshaped",
         details=details,
         finish=finish,
+    )
+
+
+def _run_outputs(
+    model: Model,
+    in_specs: Mapping[str, tuple[Dim, ...]],
+    old_outputs: Mapping,
+    sizes,
+    export: Mapping[str, int],
+    feed_options: FeedOptions,
+    options: RunOptions | None,
+    batch: Sequence[str] | None,
+) -> dict[str, Produced]:
+    """The outputs as ``model`` with the new input dims produces them (the outputs'
+    declared dims left out, so that a stale one cannot stop it loading)."""
+    probe = model.copy()
+    for vi in probe.proto.graph.input:
+        if vi.name in in_specs:
+            _set_dims(vi, in_specs[vi.name])
+    for vi in probe.proto.graph.output:
+        vi.ClearField("type")  # untyped outputs load; onnxruntime infers them
+    return produced_outputs(
+        probe,
+        sizes=sizes,
+        export=export,
+        feed_options=feed_options,
+        options=options,
+        batch=batch,
+        old={n: o.shape for n, o in old_outputs.items()},
     )
 
 

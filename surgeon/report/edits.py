@@ -109,7 +109,8 @@ def render_reshape_io(console: Console, edited, output: str | None, written: boo
     for t in d["inputs"]:
         table.add_row("input", t["name"], _dims(t["old"]), _dims(t["new"]))
     for t in d["outputs"]:
-        after = _dims(t["new"]) + ("" if t["given"] else " (inferred)")
+        how = "" if t["given"] else " (as run)" if t.get("as_run") else " (inferred)"
+        after = _dims(t["new"]) + how
         table.add_row("output", t["name"], _dims(t["old"]), after)
     console.print(table)
     vi = d["value_info"]
