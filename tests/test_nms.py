@@ -338,6 +338,23 @@ def test_all_scores_under_threshold_gives_zero_detections(layout):
     assert not got["det_boxes"].any() and not got["det_scores"].any()
 
 
+@pytest.mark.parametrize("layout", ["yolov8", "yolov5", "boxes-scores", "detr"])
+@pytest.mark.parametrize("output_format", ["efficient", "ultralytics", "mmdeploy"])
+@pytest.mark.parametrize("agnostic", [False, True])
+def test_zero_candidate_boxes(layout, output_format, agnostic):
+    # N = 0 (a dynamic box count with nothing in it): every gather must still be valid.
+    rng = np.random.default_rng(8)
+    model = build_nms(layout, 3, max_det=6, output_format=output_format, agnostic=agnostic)
+    inputs = random_head(layout, 2, 0, 3, rng)
+    params = {"max_det": 6, "output_format": output_format, "agnostic": agnostic}
+    got, images = check_against_reference(model, layout, inputs, 3, **params)
+    assert images == [[], []]
+    if output_format == "mmdeploy":
+        assert (got["labels"] == -1).all() and not got["dets"].any()
+    else:
+        assert not any(value.any() for value in got.values())  # num_dets 0, zero padding
+
+
 def test_more_candidates_than_max_det():
     rng = np.random.default_rng(4)
     inputs = random_head("yolov8", 2, 200, 5, rng)

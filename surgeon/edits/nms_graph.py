@@ -86,6 +86,27 @@ def _to_xyxy(b: _Builder, boxes: str, box_format: str) -> str:
     return b.op("Concat", [top_left, bottom_right], "boxes_xyxy", axis=2)
 
 
+def _append_zero_row(b: _Builder, x: str, tail: Sequence[int], dtype, base: str) -> str:
+    """``x`` [B, N, *tail] with one zero row appended on axis 1: [B, N+1, *tail].
+
+    Every index the graph gathers with is then valid, even with zero candidate boxes
+    (N = 0): rows past num_dets point at box 0, which is this row when there is no other.
+    """
+    shape = b.op("Shape", [x], f"{base}_shape")
+    pad_shape = b.op(
+        "Concat",
+        [
+            b.slice(shape, 0, 0, 1, f"{base}_batch"),
+            b.const(f"{base}_tail", np.array([1, *tail], np.int64)),
+        ],
+        f"{base}_pad_shape",
+        axis=0,
+    )
+    zero = numpy_helper.from_array(np.zeros(1, dtype), "")
+    pad = b.op("ConstantOfShape", [pad_shape], f"{base}_pad", value=zero)
+    return b.op("Concat", [x, pad], f"{base}_padded", axis=1)
+
+
 def _select_nms(b: _Builder, spec: NmsSpec, boxes: str, scores_cn: str):
     """NonMaxSuppression, then the top K of each image by score.
 
@@ -169,11 +190,16 @@ def _select_nms(b: _Builder, spec: NmsSpec, boxes: str, scores_cn: str):
     box_index = b.op(
         "Gather", [top_rows, b.const("box_col", np.array(2, np.int64))], "box_index", axis=2
     )  # [B, K]
+    padded_boxes = _append_zero_row(b, boxes, [4], np.float32, "boxes")
     top_boxes = b.op(
-        "GatherND", [boxes, b.unsqueeze(box_index, 2, "box_index_3d")], "top_boxes", batch_dims=1
+        "GatherND",
+        [padded_boxes, b.unsqueeze(box_index, 2, "box_index_3d")],
+        "top_boxes",
+        batch_dims=1,
     )  # [B, K, 4]
     if spec.agnostic:
-        classes = b.op("GatherElements", [best_class, box_index], "top_classes", axis=1)
+        padded_class = _append_zero_row(b, best_class, [], np.int64, "best_class")
+        classes = b.op("GatherElements", [padded_class, box_index], "top_classes", axis=1)
     else:
         classes = b.op(
             "Gather", [top_rows, b.const("class_col", np.array(1, np.int64))], "top_classes", axis=2
@@ -225,13 +251,15 @@ def _select_detr(b: _Builder, spec: NmsSpec, boxes: str, probs: str):
     zero = b.const("zero", np.array(0, np.int64))
     if spec.agnostic:
         query = b.op("Where", [valid, top, zero], "query")
-        classes = b.op("GatherElements", [best_class, query], "top_classes", axis=1)
+        padded_class = _append_zero_row(b, best_class, [], np.int64, "best_class")
+        classes = b.op("GatherElements", [padded_class, query], "top_classes", axis=1)
     else:
         c = b.const("classes", np.array(spec.classes, np.int64))
         query = b.op("Where", [valid, b.op("Div", [top, c], "query_raw"), zero], "query")
         classes = b.op("Mod", [top, c], "top_classes")
+    padded_boxes = _append_zero_row(b, boxes, [4], np.float32, "boxes")
     top_boxes = b.op(
-        "GatherND", [boxes, b.unsqueeze(query, 2, "query_3d")], "top_boxes", batch_dims=1
+        "GatherND", [padded_boxes, b.unsqueeze(query, 2, "query_3d")], "top_boxes", batch_dims=1
     )
     return valid, top_scores, top_boxes, classes
 
