@@ -116,6 +116,20 @@ def _select_nms(b: _Builder, spec: NmsSpec, boxes: str, scores_cn: str):
     if spec.agnostic:
         nms_scores = b.reduce("ReduceMax", scores_cn, 1, "best_score", keepdims=1)  # [B,1,N]
         best_class = b.op("ArgMax", [scores_cn], "best_class", axis=1, keepdims=0)  # [B,N]
+    elif spec.best_class:
+        # One label per box: every class but its best one (ArgMax: first maximum) gets
+        # -inf, which no score threshold lets through; NMS then runs per class.
+        best = b.op("ArgMax", [scores_cn], "best_class", axis=1, keepdims=1)  # [B,1,N]
+        ids = b.const("class_ids", np.arange(spec.classes, dtype=np.int64).reshape(1, -1, 1))
+        nms_scores = b.op(
+            "Where",
+            [
+                b.op("Equal", [ids, best], "is_best_class"),
+                scores_cn,
+                b.const("not_best", np.array(-np.inf, np.float32)),
+            ],
+            "best_class_scores",
+        )  # [B,C,N]
     else:
         nms_scores = scores_cn
     # IoU is symmetric in x and y, so x1,y1,x2,y2 boxes can go where the operator
@@ -213,7 +227,8 @@ def _select_detr(b: _Builder, spec: NmsSpec, boxes: str, probs: str):
     Returns (valid [B,K] bool, scores [B,K], boxes [B,K,4], classes [B,K] int64).
     """
     k = spec.max_det
-    if spec.agnostic:
+    one_label = spec.agnostic or spec.best_class  # without NMS, the two are the same
+    if one_label:
         flat = b.reduce("ReduceMax", probs, 2, "best_score", keepdims=0)  # [B, Q]
         best_class = b.op("ArgMax", [probs], "best_class", axis=2, keepdims=0)
     else:
@@ -249,7 +264,7 @@ def _select_detr(b: _Builder, spec: NmsSpec, boxes: str, probs: str):
     real = b.op("Less", [top, count], "real")
     valid = b.op("And", [above, real], "valid")
     zero = b.const("zero", np.array(0, np.int64))
-    if spec.agnostic:
+    if one_label:
         query = b.op("Where", [valid, top, zero], "query")
         padded_class = _append_zero_row(b, best_class, [], np.int64, "best_class")
         classes = b.op("GatherElements", [padded_class, query], "top_classes", axis=1)
@@ -313,7 +328,7 @@ def build_from_spec(spec: NmsSpec) -> Built:
             "Mul", [xyxy, b.const("scale", np.array([w, h, w, h], np.float32))], "boxes_scaled"
         )
     if spec.layout == "detr":
-        probs = b.op("Sigmoid", [scores_nc], "probabilities")
+        probs = scores_nc if spec.probabilities else b.op("Sigmoid", [scores_nc], "probabilities")
         valid, scores, boxes_k, classes = _select_detr(b, spec, xyxy, probs)
     else:
         valid, scores, boxes_k, classes = _select_nms(b, spec, xyxy, scores_cn)
