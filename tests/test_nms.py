@@ -76,6 +76,8 @@ def reference_nms(
     score=0.25,
     max_det=100,
     agnostic=False,
+    best_class=False,
+    probabilities=False,
     box_format=None,
     scale=None,
 ):
@@ -89,8 +91,11 @@ def reference_nms(
     for b in range(boxes.shape[0]):
         found = []  # (score, class, box index)
         if layout == "detr":
-            probs = (F32(1) / (F32(1) + np.exp(-scores[b]))).astype(F32)
-            if agnostic:
+            if probabilities:
+                probs = scores[b]
+            else:
+                probs = (F32(1) / (F32(1) + np.exp(-scores[b]))).astype(F32)
+            if agnostic or best_class:
                 best = probs.max(axis=1)
                 cls = probs.argmax(axis=1)  # first maximum
                 found = [
@@ -110,6 +115,15 @@ def reference_nms(
             keep = greedy_nms(boxes[b], best, iou, score)
             found = [(best[i], int(cls[i]), i) for i in keep]
             found.sort(key=lambda t: (-float(t[0]), t[2]))
+        elif best_class:
+            # One label per box (its first maximum), then NMS among the boxes of each label.
+            best = scores[b].max(axis=1)
+            cls = scores[b].argmax(axis=1)
+            for c in range(classes):
+                members = np.flatnonzero(cls == c)
+                keep = greedy_nms(boxes[b][members], best[members], iou, score)
+                found += [(best[members[j]], c, int(members[j])) for j in keep]
+            found.sort(key=lambda t: (-float(t[0]), t[1], t[2]))
         else:
             for c in range(classes):
                 keep = greedy_nms(boxes[b], scores[b][:, c], iou, score)
@@ -336,6 +350,23 @@ def test_all_scores_under_threshold_gives_zero_detections(layout):
     got, _ = check_against_reference(model, layout, inputs, 3, exact=False, score=0.25, max_det=8)
     assert got["num_dets"].tolist() == [[0], [0]]
     assert not got["det_boxes"].any() and not got["det_scores"].any()
+
+
+@pytest.mark.parametrize("layout", ["yolov8", "yolov5", "boxes-scores", "detr"])
+@pytest.mark.parametrize("output_format", ["efficient", "ultralytics", "mmdeploy"])
+@pytest.mark.parametrize("agnostic", [False, True])
+def test_zero_candidate_boxes(layout, output_format, agnostic):
+    # N = 0 (a dynamic box count with nothing in it): every gather must still be valid.
+    rng = np.random.default_rng(8)
+    model = build_nms(layout, 3, max_det=6, output_format=output_format, agnostic=agnostic)
+    inputs = random_head(layout, 2, 0, 3, rng)
+    params = {"max_det": 6, "output_format": output_format, "agnostic": agnostic}
+    got, images = check_against_reference(model, layout, inputs, 3, **params)
+    assert images == [[], []]
+    if output_format == "mmdeploy":
+        assert (got["labels"] == -1).all() and not got["dets"].any()
+    else:
+        assert not any(value.any() for value in got.values())  # num_dets 0, zero padding
 
 
 def test_more_candidates_than_max_det():

@@ -121,6 +121,8 @@ def run(args, ctx) -> int:
             "--score": args.score != 0.25,
             "--max-det": args.max_det != 100,
             "--agnostic": args.agnostic,
+            "--best-class": args.best_class,
+            "--probabilities": args.probabilities,
             "--box-format": args.box_format is not None,
             "--format": args.output_format != "efficient",
             "--scale": args.scale is not None,

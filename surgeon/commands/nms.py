@@ -8,13 +8,15 @@ DESCRIPTION = (
     "  yolov8        one input [B, 4+C, N]: cx, cy, w, h, then C class scores\n"
     "  yolov5        one input [B, N, 5+C]: cx, cy, w, h, objectness, C class scores\n"
     "  boxes-scores  boxes [B, N, 4] and scores [B, N, C] (SSD/RetinaNet)\n"
-    "  detr          boxes [B, Q, 4] normalised cx,cy,w,h and logits [B, Q, C] (no NMS: top-k)\n"
+    "  detr          boxes [B, Q, 4] normalised cx,cy,w,h and logits [B, Q, C] (no NMS: top-k;\n"
+    "                --probabilities when the head already applies the sigmoid)\n"
     "formats:\n"
     "  efficient     num_dets [B,1] int32, det_boxes [B,K,4], det_scores [B,K], det_classes [B,K] int32\n"
     "  ultralytics   output0 [B,K,6]: x1, y1, x2, y2, score, class\n"
     "  mmdeploy      dets [B,K,5]: x1, y1, x2, y2, score; labels [B,K] int64 (-1 padding)\n\n"
     "Scores must be greater than --score to count; a box is suppressed when its IoU with a\n"
-    "kept box of its class is greater than --iou. Rows past num_dets are zero.\n\n"
+    "kept box of its class is greater than --iou. Rows past num_dets are zero. A box is\n"
+    "detected under every class above --score unless --best-class or --agnostic.\n\n"
     "JSON keys: schema, output, params, inputs, outputs, nodes, op_types, opset.\n\n"
     "example:\n  surgeon nms --layout yolov8 --classes 80 --max-det 100 -o nms.onnx\n"
     "  surgeon merge det.onnx nms.onnx -o det_nms.onnx"
@@ -49,6 +51,17 @@ def add_nms_arguments(parser, *, required: bool) -> None:
     )
     group.add_argument(
         "--agnostic", action="store_true", help="class-agnostic NMS (default: per class)"
+    )
+    group.add_argument(
+        "--best-class",
+        action="store_true",
+        help="one label per box (its best class), then per-class NMS, as ultralytics' "
+        "nms=True export (default: every class above --score)",
+    )
+    group.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="detr layout: the class scores are already probabilities (no sigmoid)",
     )
     group.add_argument(
         "--box-format",
@@ -113,6 +126,8 @@ def nms_kwargs(args) -> dict:
         "score": args.score,
         "max_det": args.max_det,
         "agnostic": args.agnostic,
+        "best_class": args.best_class,
+        "probabilities": args.probabilities,
         "box_format": args.box_format,
         "output_format": args.output_format,
         "scale": parse_scale(args.scale),

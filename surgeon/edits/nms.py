@@ -19,6 +19,11 @@ Semantics (the tests hold a plain numpy reference to these rules):
   ties by lower class index, then lower box index (TopK's documented tie rule: lower
   position first, over candidates listed class by class). DETR heads rank equal scores
   by lower query index, then lower class index.
+* **Labels**: by default every (box, class) pair above the threshold is a candidate, so
+  one box can be detected under several classes (multi-label). ``best_class`` keeps one
+  label per box, the class of its highest score (first on ties), then runs NMS per class
+  (what ultralytics' own ``nms=True`` export does); ``agnostic`` also keeps the best
+  class but suppresses across classes. A DETR head is never multi-label with either.
 * ``max_det`` caps the detections per image (K); outputs are padded to K with zeros
   (``labels`` with -1 for mmdeploy) and ``num_dets`` counts the valid rows.
 * Every image of a dynamic batch gets its own detections.
@@ -80,6 +85,8 @@ class NmsSpec:
     score: float = 0.25
     max_det: int = 100
     agnostic: bool = False
+    best_class: bool = False
+    probabilities: bool = False
     box_format: str = "cxcywh"
     output_format: str = "efficient"
     dtype: str = "float32"
@@ -118,6 +125,8 @@ def check_spec(
     score: float = 0.25,
     max_det: int = 100,
     agnostic: bool = False,
+    best_class: bool = False,
+    probabilities: bool = False,
     box_format: str | None = None,
     output_format: str = "efficient",
     dtype: str = "float32",
@@ -147,6 +156,11 @@ def check_spec(
     choice("dtype", dtype, DTYPES)
     if box_format is not None:
         choice("box format", box_format, BOX_FORMATS)
+    if probabilities and layout in LAYOUTS and layout != "detr":
+        problems.append(
+            f"probabilities (skip the sigmoid) applies to the detr layout only; layout {layout} "
+            "takes its scores as they are"
+        )
     if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
         problems.append(f"classes must be a positive integer, got {classes!r}")
     if not isinstance(max_det, int) or isinstance(max_det, bool) or max_det < 1:
@@ -203,6 +217,8 @@ def check_spec(
         score=float(score),
         max_det=max_det,
         agnostic=bool(agnostic),
+        best_class=bool(best_class),
+        probabilities=bool(probabilities),
         box_format=box_format or DEFAULT_BOX_FORMAT[layout],
         output_format=output_format,
         dtype=dtype,
@@ -222,6 +238,8 @@ def build_nms(
     score: float = 0.25,
     max_det: int = 100,
     agnostic: bool = False,
+    best_class: bool = False,
+    probabilities: bool = False,
     box_format: str | None = None,
     output_format: str = "efficient",
     dtype: str | None = None,
@@ -245,6 +263,12 @@ def build_nms(
         score: Score threshold; a candidate is kept when its score is greater.
         max_det: Detections per image (K); outputs are padded to K.
         agnostic: Class-agnostic NMS (one best class per box) instead of per-class NMS.
+        best_class: One label per box, the class of its highest score, then NMS per
+            class (ultralytics' ``nms=True`` export), instead of every class above the
+            score threshold (multi-label). ``agnostic`` implies it; a DETR head then
+            takes each query's best class.
+        probabilities: The detr layout's class scores are already probabilities: no
+            sigmoid (the second input is then probabilities, not logits).
         box_format: ``cxcywh`` or ``xyxy`` input boxes (default: ``xyxy`` for
             boxes-scores, ``cxcywh`` otherwise). Output boxes are always x1,y1,x2,y2.
         output_format: ``efficient`` (num_dets, det_boxes, det_scores, det_classes),
@@ -291,6 +315,8 @@ def build_nms(
         score=score,
         max_det=max_det,
         agnostic=agnostic,
+        best_class=best_class,
+        probabilities=probabilities,
         box_format=box_format,
         output_format=output_format,
         dtype=dtype or "float32",

@@ -86,6 +86,27 @@ def _to_xyxy(b: _Builder, boxes: str, box_format: str) -> str:
     return b.op("Concat", [top_left, bottom_right], "boxes_xyxy", axis=2)
 
 
+def _append_zero_row(b: _Builder, x: str, tail: Sequence[int], dtype, base: str) -> str:
+    """``x`` [B, N, *tail] with one zero row appended on axis 1: [B, N+1, *tail].
+
+    Every index the graph gathers with is then valid, even with zero candidate boxes
+    (N = 0): rows past num_dets point at box 0, which is this row when there is no other.
+    """
+    shape = b.op("Shape", [x], f"{base}_shape")
+    pad_shape = b.op(
+        "Concat",
+        [
+            b.slice(shape, 0, 0, 1, f"{base}_batch"),
+            b.const(f"{base}_tail", np.array([1, *tail], np.int64)),
+        ],
+        f"{base}_pad_shape",
+        axis=0,
+    )
+    zero = numpy_helper.from_array(np.zeros(1, dtype), "")
+    pad = b.op("ConstantOfShape", [pad_shape], f"{base}_pad", value=zero)
+    return b.op("Concat", [x, pad], f"{base}_padded", axis=1)
+
+
 def _select_nms(b: _Builder, spec: NmsSpec, boxes: str, scores_cn: str):
     """NonMaxSuppression, then the top K of each image by score.
 
@@ -95,6 +116,20 @@ def _select_nms(b: _Builder, spec: NmsSpec, boxes: str, scores_cn: str):
     if spec.agnostic:
         nms_scores = b.reduce("ReduceMax", scores_cn, 1, "best_score", keepdims=1)  # [B,1,N]
         best_class = b.op("ArgMax", [scores_cn], "best_class", axis=1, keepdims=0)  # [B,N]
+    elif spec.best_class:
+        # One label per box: every class but its best one (ArgMax: first maximum) gets
+        # -inf, which no score threshold lets through; NMS then runs per class.
+        best = b.op("ArgMax", [scores_cn], "best_class", axis=1, keepdims=1)  # [B,1,N]
+        ids = b.const("class_ids", np.arange(spec.classes, dtype=np.int64).reshape(1, -1, 1))
+        nms_scores = b.op(
+            "Where",
+            [
+                b.op("Equal", [ids, best], "is_best_class"),
+                scores_cn,
+                b.const("not_best", np.array(-np.inf, np.float32)),
+            ],
+            "best_class_scores",
+        )  # [B,C,N]
     else:
         nms_scores = scores_cn
     # IoU is symmetric in x and y, so x1,y1,x2,y2 boxes can go where the operator
@@ -169,11 +204,16 @@ def _select_nms(b: _Builder, spec: NmsSpec, boxes: str, scores_cn: str):
     box_index = b.op(
         "Gather", [top_rows, b.const("box_col", np.array(2, np.int64))], "box_index", axis=2
     )  # [B, K]
+    padded_boxes = _append_zero_row(b, boxes, [4], np.float32, "boxes")
     top_boxes = b.op(
-        "GatherND", [boxes, b.unsqueeze(box_index, 2, "box_index_3d")], "top_boxes", batch_dims=1
+        "GatherND",
+        [padded_boxes, b.unsqueeze(box_index, 2, "box_index_3d")],
+        "top_boxes",
+        batch_dims=1,
     )  # [B, K, 4]
     if spec.agnostic:
-        classes = b.op("GatherElements", [best_class, box_index], "top_classes", axis=1)
+        padded_class = _append_zero_row(b, best_class, [], np.int64, "best_class")
+        classes = b.op("GatherElements", [padded_class, box_index], "top_classes", axis=1)
     else:
         classes = b.op(
             "Gather", [top_rows, b.const("class_col", np.array(1, np.int64))], "top_classes", axis=2
@@ -187,7 +227,8 @@ def _select_detr(b: _Builder, spec: NmsSpec, boxes: str, probs: str):
     Returns (valid [B,K] bool, scores [B,K], boxes [B,K,4], classes [B,K] int64).
     """
     k = spec.max_det
-    if spec.agnostic:
+    one_label = spec.agnostic or spec.best_class  # without NMS, the two are the same
+    if one_label:
         flat = b.reduce("ReduceMax", probs, 2, "best_score", keepdims=0)  # [B, Q]
         best_class = b.op("ArgMax", [probs], "best_class", axis=2, keepdims=0)
     else:
@@ -223,15 +264,17 @@ def _select_detr(b: _Builder, spec: NmsSpec, boxes: str, probs: str):
     real = b.op("Less", [top, count], "real")
     valid = b.op("And", [above, real], "valid")
     zero = b.const("zero", np.array(0, np.int64))
-    if spec.agnostic:
+    if one_label:
         query = b.op("Where", [valid, top, zero], "query")
-        classes = b.op("GatherElements", [best_class, query], "top_classes", axis=1)
+        padded_class = _append_zero_row(b, best_class, [], np.int64, "best_class")
+        classes = b.op("GatherElements", [padded_class, query], "top_classes", axis=1)
     else:
         c = b.const("classes", np.array(spec.classes, np.int64))
         query = b.op("Where", [valid, b.op("Div", [top, c], "query_raw"), zero], "query")
         classes = b.op("Mod", [top, c], "top_classes")
+    padded_boxes = _append_zero_row(b, boxes, [4], np.float32, "boxes")
     top_boxes = b.op(
-        "GatherND", [boxes, b.unsqueeze(query, 2, "query_3d")], "top_boxes", batch_dims=1
+        "GatherND", [padded_boxes, b.unsqueeze(query, 2, "query_3d")], "top_boxes", batch_dims=1
     )
     return valid, top_scores, top_boxes, classes
 
@@ -285,7 +328,7 @@ def build_from_spec(spec: NmsSpec) -> Built:
             "Mul", [xyxy, b.const("scale", np.array([w, h, w, h], np.float32))], "boxes_scaled"
         )
     if spec.layout == "detr":
-        probs = b.op("Sigmoid", [scores_nc], "probabilities")
+        probs = scores_nc if spec.probabilities else b.op("Sigmoid", [scores_nc], "probabilities")
         valid, scores, boxes_k, classes = _select_detr(b, spec, xyxy, probs)
     else:
         valid, scores, boxes_k, classes = _select_nms(b, spec, xyxy, scores_cn)

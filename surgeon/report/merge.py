@@ -35,7 +35,13 @@ def io_table(title: str, inputs: list[dict], outputs: list[dict]) -> Table:
 def render_nms(console: Console, info: dict) -> None:
     """What ``surgeon nms`` built."""
     p = info["params"]
-    mode = "class-agnostic" if p["agnostic"] else "per-class"
+    mode = (
+        "class-agnostic"
+        if p["agnostic"]
+        else "best-class, per-class"
+        if p.get("best_class")
+        else "per-class"
+    )
     what = "top-k (no NMS)" if p["layout"] == "detr" else f"{mode} NMS"
     console.print(
         shown(
