@@ -431,3 +431,21 @@ def test_declare_outputs_errors(cli, tmp_path):
         reshape_io(Model(proto), declare_outputs=True)
     res = cli("reshape-io", write(proto, tmp_path / "n.onnx"), "--declare-outputs")
     assert res.status == 2 and "requested shape:{1,4}" in res.stderr
+
+
+def test_declare_outputs_refuses_sizes_beyond_the_feed_limit_before_running(monkeypatch):
+    """The runs that find the real output shapes are bounded like check-dynamic's: a
+    size whose inputs would pass max_feed_bytes is refused before any run."""
+    from surgeon.feeds import FeedOptions
+    from surgeon.runner import Session
+
+    ran = []
+    monkeypatch.setattr(Session, "run", lambda self, feeds: ran.append(feeds))
+    with pytest.raises(UsageError, match="max_feed_bytes|would take"):
+        reshape_io(
+            Model(parse(STALE_OUTPUT)),
+            declare_outputs=True,
+            sizes={"W": [4, 2**20]},  # the first size fits, the second does not
+            feed_options=FeedOptions(max_feed_bytes=2**16),
+        )
+    assert ran == []

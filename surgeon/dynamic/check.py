@@ -315,6 +315,46 @@ def _case_feeds(
     return feeds
 
 
+def plan_cases(
+    model: Model,
+    sizes: Mapping[str, Sequence[int]] | None,
+    export: Mapping[str, int] | None,
+    batch: Sequence[str] | None,
+    feed_options: FeedOptions,
+) -> tuple[dict[str, NpzEntry], list[str], list, list[SizeCase]]:
+    """The size cases to run ``model`` at, refused before anything runs when an input
+    has unknown rank or a case's inputs would pass ``feed_options.max_feed_bytes``.
+
+    Returns:
+        (the inputs the feeds file gives, notes, the dynamic dims, the cases).
+    """
+    given, first, notes = given_dims(model, feed_options)
+    unknown_rank = [i.name for i in model.inputs if i.shape is None and i.name not in given]
+    if unknown_rank:
+        raise UsageError(
+            f"cannot check {model.name}: input(s) {', '.join(f'`{n}`' for n in unknown_rank)} "
+            "have unknown rank",
+            hint="Declare their dims first (surgeon reshape-io), or give their values.",
+        )
+    variables = dynamic_dims(model, sizes, export, batch, first=first)
+    cases = size_cases(model, variables, {k: e.shape for k, e in given.items()})
+    refuse_large_cases(model, cases, feed_options.max_feed_bytes, given)
+    return given, notes, variables, cases
+
+
+def run_cases(model: Model, session, cases, feed_options: FeedOptions, given):
+    """Run ``session`` at every case, in order: yields (case, feeds, output values or
+    None, the SurgeonError of a failed run or None). The given values are read from the
+    feeds file once, by the first case."""
+    given_values: dict[str, np.ndarray] = {}
+    for case in cases:
+        feeds = _case_feeds(model, case, feed_options, given, given_values)
+        try:
+            yield case, feeds, session.run(feeds), None
+        except SurgeonError as e:
+            yield case, feeds, None, e
+
+
 def check_dynamic(
     model: Model,
     *,
@@ -362,17 +402,7 @@ def check_dynamic(
     """
     from surgeon.runner import Session
 
-    given, first, notes = given_dims(model, feed_options)
-    unknown_rank = [i.name for i in model.inputs if i.shape is None and i.name not in given]
-    if unknown_rank:
-        raise UsageError(
-            f"cannot check {model.name}: input(s) {', '.join(f'`{n}`' for n in unknown_rank)} "
-            "have unknown rank",
-            hint="Declare their dims first (surgeon reshape-io), or give their values.",
-        )
-    variables = dynamic_dims(model, sizes, export, batch, first=first)
-    cases = size_cases(model, variables, {k: e.shape for k, e in given.items()})
-    refuse_large_cases(model, cases, feed_options.max_feed_bytes, given)
+    given, notes, variables, cases = plan_cases(model, sizes, export, batch, feed_options)
     if not variables:
         notes.append("the inputs have no dynamic dims: the model ran once, at its static shapes")
     declared = {o.name: o for o in model.outputs}
@@ -382,12 +412,8 @@ def check_dynamic(
     session = Session(model, options=options)
     batch_vars = [v for v in variables if v.kind == "batch"]
     runs: dict[int, tuple[dict, dict]] = {}  # id(case) -> (feeds, values), batch checks only
-    given_values: dict[str, np.ndarray] = {}  # read from the .npz by the first case
-    for case in cases:
-        feeds = _case_feeds(model, case, feed_options, given, given_values)
-        try:
-            values = session.run(feeds)
-        except SurgeonError as e:
+    for case, feeds, values, e in run_cases(model, session, cases, feed_options, given):
+        if e is not None:
             match = ORT_NODE.search(e.message)
             case.failed_node = match.group(2) if match else None
             case.error = short_error(e.message)

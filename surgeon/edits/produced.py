@@ -17,8 +17,8 @@ import numpy as np
 import onnx
 
 from surgeon.dims import Dim, dims_text
-from surgeon.dynamic.check import _case_feeds, dynamic_dims, given_dims, size_cases
-from surgeon.errors import SurgeonError, UsageError
+from surgeon.dynamic.check import plan_cases, run_cases
+from surgeon.errors import UsageError
 from surgeon.feeds import FeedOptions
 from surgeon.model import Model
 from surgeon.runner import RunOptions
@@ -80,19 +80,15 @@ def produced_outputs(
     """
     from surgeon.runner import Session
 
-    given, first, _ = given_dims(model, feed_options)
-    variables = dynamic_dims(model, sizes, export, batch, first=first)
-    cases = size_cases(model, variables, {k: e.shape for k, e in given.items()})
+    given, _, variables, cases = plan_cases(model, sizes, export, batch, feed_options)
     session = Session(model, options=options)
     runs, failed = [], []
-    given_values: dict[str, np.ndarray] = {}
-    for i, case in enumerate(cases):
-        feeds = _case_feeds(model, case, feed_options, given, given_values)
-        try:
-            runs.append((case.dims, session.run(feeds)))
-        except SurgeonError as e:
-            if i == 0:
-                raise  # not even the first sizes run: nothing to declare
+    for i, (case, _, values, e) in enumerate(run_cases(model, session, cases, feed_options, given)):
+        if e is None:
+            runs.append((case.dims, values))
+        elif i == 0:
+            raise e  # not even the first sizes run: nothing to declare
+        else:
             failed.append((case, e.message.splitlines()[0]))
     unvaried = [
         v.name for v in variables if not any(d[v.name] != runs[0][0][v.name] for d, _ in runs)
