@@ -107,6 +107,20 @@ def _append_zero_row(b: _Builder, x: str, tail: Sequence[int], dtype, base: str)
     return b.op("Concat", [x, pad], f"{base}_padded", axis=1)
 
 
+def _top_k(b: _Builder, table: str, k: int) -> tuple[str, str]:
+    """The ``k`` best scores of each row of ``table`` [B, M] and their columns, best first
+    (TopK breaks ties by the lower column)."""
+    return b.op(
+        "TopK",
+        [table, b.const("k", np.array([k], np.int64))],
+        "top",
+        outputs=2,
+        axis=1,
+        largest=1,
+        sorted=1,
+    )
+
+
 def _select_nms(b: _Builder, spec: NmsSpec, boxes: str, scores_cn: str):
     """NonMaxSuppression, then the top K of each image by score.
 
@@ -190,15 +204,7 @@ def _select_nms(b: _Builder, spec: NmsSpec, boxes: str, scores_cn: str):
         "score_table",
     )
     # TopK breaks ties by lower position, i.e. lower class, then earlier in NMS order.
-    top_scores, top = b.op(
-        "TopK",
-        [table, b.const("k", np.array([k], np.int64))],
-        "top",
-        outputs=2,
-        axis=1,
-        largest=1,
-        sorted=1,
-    )  # [B, K]
+    top_scores, top = _top_k(b, table, k)  # [B, K]
     valid = b.op("GatherElements", [mine, top], "valid", axis=1)  # [B, K] bool
     top_rows = b.op("Gather", [rows, top], "top_rows", axis=0)  # [B, K, 3]
     box_index = b.op(
@@ -247,15 +253,7 @@ def _select_detr(b: _Builder, spec: NmsSpec, boxes: str, probs: str):
         "pad",
     )
     table = b.op("Concat", [flat, pad], "score_table", axis=1)
-    top_scores, top = b.op(
-        "TopK",
-        [table, b.const("k", np.array([k], np.int64))],
-        "top",
-        outputs=2,
-        axis=1,
-        largest=1,
-        sorted=1,
-    )
+    top_scores, top = _top_k(b, table, k)
     above = b.op(
         "Greater",
         [top_scores, b.const("score_threshold", np.array(spec.score, np.float32))],
