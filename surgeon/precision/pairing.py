@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from surgeon.graph_facts import inferred_graph
 from surgeon.model import Model, dtype_name
 
 # Ops whose output holds their input's value (re-typed, or quantized and restored): a
@@ -157,12 +158,9 @@ def candidate_dtypes(model: Model, values: Mapping[str, object] | None = None) -
     declares or onnx's type inference tells."""
     proto = model.proto
     out: dict[str, str] = {}
-    try:
-        # infer_shapes returns a copy with value_info filled in; the model is untouched.
-        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
-    except Exception:  # noqa: BLE001 - onnx raises assorted types on models it cannot type; declared types remain
-        inferred = proto
-    g = inferred.graph
+    # The shared inference of the model's skeleton (weights left out, cached per model);
+    # when inference gives up, the declared types remain.
+    g = inferred_graph(model) or proto.graph
     for v in list(g.value_info) + list(g.input) + list(g.output):
         elem = v.type.tensor_type.elem_type if v.type.HasField("tensor_type") else 0
         name = dtype_name(elem) if elem else None
