@@ -18,6 +18,7 @@ import onnx
 from surgeon._version import __version__
 from surgeon.annotations import checked_init
 from surgeon.errors import unknown_name
+from surgeon.graph_facts import graph_facts
 
 # Re-exported: these lived here before surgeon.protos took them (see its docstring).
 from surgeon.protos import (  # noqa: F401
@@ -114,8 +115,6 @@ class Model:
     def producers(self) -> dict[str, onnx.NodeProto]:
         """Map of tensor name to the main-graph node that produces it (see
         :mod:`surgeon.graph_facts`, which computes it once per model)."""
-        from surgeon.graph_facts import graph_facts  # graph_facts imports this module
-
         return graph_facts(self).producer_nodes()
 
     def value_infos(self) -> dict[str, TensorInfo]:

@@ -207,7 +207,7 @@ def pair_tensors(
     graph = proto.graph
     if isinstance(reference, Model):
         ref_names = set(reference.tensor_names())
-        ref_producers = {o: n.op_type for n in reference.proto.graph.node for o in n.output if o}
+        ref_producers = {t: n.op_type for t, n in reference.producers().items()}
         ref_constants = {t.name: t for t in reference.proto.graph.initializer}
     else:
         ref_names, ref_producers, ref_constants = set(reference), None, {}
