@@ -274,7 +274,10 @@ def apply_replace_initializer(proto, op: ReplaceInitializer, where: str) -> dict
         raise error
     value = op.value
     if isinstance(value, str) or hasattr(value, "__fspath__"):
-        value = load_npy(value)
+        try:
+            value = load_npy(value)
+        except UsageError as e:
+            raise UsageError(f"initializer `{op.name}`: {e.message}", hint=e.hint) from None
     elif not isinstance(value, np.ndarray):
         raise UsageError(
             f"initializer `{op.name}`: the new value must be a numpy array or a .npy path, "
