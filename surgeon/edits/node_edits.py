@@ -288,7 +288,7 @@ def _first_lines(error: Exception, limit: int = 300) -> str:
 
 def edit_nodes(
     model: Model,
-    operations: Sequence[Operation],
+    operations: Operation | Sequence[Operation],
     *,
     expect_same: bool = False,
     verify: bool = True,

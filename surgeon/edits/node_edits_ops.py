@@ -349,15 +349,15 @@ def make_attribute(
         return helper.make_attribute(name, _string(value))
     if kind == AttributeProto.INTS:
         return helper.make_attribute(
-            name, [_int(v) for v in _split_list(value)], AttributeProto.INTS
+            name, [_int(v) for v in _split_list(value)], attr_type=AttributeProto.INTS
         )
     if kind == AttributeProto.FLOATS:
         return helper.make_attribute(
-            name, [_float(v) for v in _split_list(value)], AttributeProto.FLOATS
+            name, [_float(v) for v in _split_list(value)], attr_type=AttributeProto.FLOATS
         )
     if kind == AttributeProto.STRINGS:
         return helper.make_attribute(
-            name, [_string(v) for v in _split_list(value)], AttributeProto.STRINGS
+            name, [_string(v) for v in _split_list(value)], attr_type=AttributeProto.STRINGS
         )
     if kind == AttributeProto.TENSOR:
         like = existing.t if existing is not None and existing.HasField("t") else None
