@@ -107,6 +107,8 @@ def parse_spec(flag: str, spec: str, proto: onnx.ModelProto, where: str):
             node, dot, attr = key.rpartition(".")
             if dot and node and IDENTIFIER.match(attr) and _is_node(proto, node):
                 found.append(SetAttribute(node, attr, value))
+        if len(found) > 1:  # a reading whose value cannot be the attribute's is no reading
+            found = [op for op in found if _fits(proto, op, where)] or found
         return _one(flag, spec, found, wrong, lambda: _guess_node(spec, proto, where, "="))
     if cls is ReplaceInitializer:
         inits = {t.name for t in proto.graph.initializer}
@@ -125,6 +127,20 @@ def parse_spec(flag: str, spec: str, proto: onnx.ModelProto, where: str):
             flag, spec, found, wrong, lambda: _guess_node(spec, proto, where, "=", last=True)
         )
     return _parse_insert(flag, spec, proto, where, wrong)
+
+
+def _fits(proto: onnx.ModelProto, op: SetAttribute, where: str) -> bool:
+    """Whether ``op`` could be applied to ``proto`` (on a copy)."""
+    from surgeon.edits.node_edits_graph import apply_set_attribute
+
+    copy = onnx.ModelProto()
+    copy.graph.CopyFrom(proto.graph)
+    copy.opset_import.extend(proto.opset_import)
+    try:
+        apply_set_attribute(copy, op, where)
+    except SurgeonError:
+        return False
+    return True
 
 
 def _one(flag, spec, found, wrong, guess):
@@ -239,7 +255,7 @@ def _plan_operation(item, folder: Path):
     if kind not in PLAN_KEYS:
         hint = did_you_mean(str(kind), PLAN_KEYS) if isinstance(kind, str) else None
         raise UsageError(
-            f"`op` is {json.dumps(kind)}; expected one of {', '.join(PLAN_KEYS)}"
+            f"`op` is {kind!r}; expected one of {', '.join(PLAN_KEYS)}"
             + (f"; {hint}" if hint else "")
         )
     cls, required, optional = PLAN_KEYS[kind]
