@@ -340,3 +340,60 @@ def test_a_removed_required_attribute_is_refused():
     model = _model(4, "c = Cast <to = 1> (x)\n y = Relu (c)")
     with pytest.raises(surgeon.UsageError, match="required"):
         surgeon.edit_nodes(model, [surgeon.RemoveAttribute("n_c", "to")])
+
+
+IF_MODEL = """<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[N, 4] x, bool c) => (float[N, 4] y) {
+    r = Relu (x)
+    a = Identity (r)
+    y = If (c) <
+        then_branch = g1 () => (float[N, 4] t) { t = Neg (a) },
+        else_branch = g2 () => (float[N, 4] e) { e = Abs (a) }
+    >
+}"""
+
+
+@pytest.mark.parametrize("batch", (1, 5))
+def test_reads_from_inside_if_bodies_are_rewired(batch):
+    proto = parse(IF_MODEL)
+    for node in proto.graph.node:
+        node.name = f"n_{node.output[0]}"
+    model = surgeon.Model(proto)
+    x = np.random.default_rng(batch).standard_normal((batch, 4)).astype(np.float32)
+    for cond in (True, False):
+        feeds = {"x": x, "c": np.array(cond)}
+        bypassed = surgeon.edit_nodes(model, [surgeon.BypassNode("n_a")], feeds=feeds)
+        assert bypassed.passed and bypassed.report.outputs_same
+        body = bypassed.model.proto.graph.node[-1].attribute[0].g.node[0]
+        assert list(body.input) == ["r"]
+        inserted = surgeon.edit_nodes(model, [surgeon.InsertNode("a", "Sigmoid")], feeds=feeds)
+        assert inserted.passed
+        s = 1 / (1 + np.exp(-np.maximum(x, 0)))
+        expected = -s if cond else np.abs(s)
+        np.testing.assert_allclose(surgeon.run(inserted.model, feeds)["y"], expected, rtol=1e-6)
+
+
+def test_a_recipe_run_records_the_edit_and_saves_it(tmp_path):
+    from conftest import run_cli
+
+    model = _model(4, LEAKY)
+    surgeon.save(model, tmp_path / "m.onnx")
+    recipe = tmp_path / "tweak.py"
+    recipe.write_text(
+        '"""Sets the LeakyRelu slope."""\nimport surgeon\n\n\n'
+        "def recipe(models):\n"
+        '    return surgeon.edit_nodes(models[0], [surgeon.SetAttribute("n_b", "alpha", 0.3)])\n'
+    )
+    out = tmp_path / "out.onnx"
+    res = run_cli("run", recipe, tmp_path / "m.onnx", "-o", out, "--json")
+    assert res.status == 0, res.stderr
+    assert res.json["steps"][0]["edit"] == "edit" and res.json["steps"][0]["passed"]
+    attr = onnx.load(out).graph.node[1].attribute[0]
+    assert attr.name == "alpha" and attr.f == pytest.approx(0.3)
+
+
+def test_verify_false_skips_every_check():
+    edited = surgeon.edit_nodes(
+        _model(4, LEAKY), [surgeon.SetAttribute("n_b", "alpha", 0.3)], verify=False
+    )
+    assert edited.report is None and edited.passed

@@ -323,3 +323,11 @@ def test_the_input_is_never_overwritten_without_inplace(tmp_path):
     assert res.status == 2 and model.read_bytes() == before
     res = run_cli("edit", model, "--bypass", "n_a", "-o", model, "--inplace")
     assert res.status == 0 and len(onnx.load(model).graph.node) == 2
+
+
+def test_control_characters_in_names_are_escaped_in_errors(tmp_path):
+    model = _save(tmp_path, 4, BODY, _w(4), names={"b": "evil\x1b]0;title\x07"})
+    res = run_cli("edit", model, "--bypass", "evil\x1b]0;titl\x07")
+    assert res.status == 2
+    assert "\x1b" not in res.stderr and "\x07" not in res.stderr
+    assert "\\x1b]0;titl\\x07" in res.stderr and "did you mean" in res.stderr
