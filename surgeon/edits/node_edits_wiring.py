@@ -68,7 +68,7 @@ def _pass_on(proto, index: int, what: str) -> dict:
     if source is None:
         raise UsageError(
             f"{what}: it has no input to pass on, and `{first}` is read",
-            hint="Replace its value instead (an initializer), or delete its readers first.",
+            hint="Change the value it gives instead (a Constant's `value` attribute), or delete its readers first.",
         )
     types = _dtypes(proto)
     if types.get(source) and types.get(first) and types[source] != types[first]:
