@@ -122,7 +122,7 @@ def _read_operations(args, proto, where: str, plans: dict) -> list:
 
 def run(args, ctx) -> int:
     from surgeon.edits.node_edits import edit_nodes
-    from surgeon.edits.node_edits_cli import files_read, read_plan
+    from surgeon.edits.node_edits_cli import list_npy_files, read_plan
     from surgeon.errors import UsageError
     from surgeon.loading import load
 
@@ -141,7 +141,7 @@ def run(args, ctx) -> int:
     plans = {p: read_plan(p) for p in dict.fromkeys(plan_files)}  # bad JSON: before loading
     model = load(args.model)
     operations = _read_operations(args, model.proto, model.name, plans)
-    reads += [("the --initializer file", p) for p in files_read(operations)]
+    reads += [("the --initializer file", p) for p in list_npy_files(operations)]
     _common.check_files(args, [(model, "the input model")], reads=reads)
     with ctx.status("edit: editing and checking"):
         edited = edit_nodes(

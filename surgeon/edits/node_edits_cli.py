@@ -281,7 +281,7 @@ def _plan_operation(item, folder: Path):
     return cls(**values)
 
 
-def files_read(operations) -> list[str]:
+def list_npy_files(operations) -> list[str]:
     """The .npy files the operations read."""
     return [
         str(op.value)
