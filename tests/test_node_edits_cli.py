@@ -331,3 +331,21 @@ def test_control_characters_in_names_are_escaped_in_errors(tmp_path):
     assert res.status == 2
     assert "\x1b" not in res.stderr and "\x07" not in res.stderr
     assert "\\x1b]0;titl\\x07" in res.stderr and "did you mean" in res.stderr
+
+
+def test_a_node_an_earlier_operation_creates_can_be_edited_next(tmp_path):
+    model = _save(tmp_path, 4, "r = Relu (x)\n y = Neg (r)")
+    out = tmp_path / "out.onnx"
+    res = run_cli(
+        "edit",
+        model,
+        "--insert-after", "r:LeakyRelu",
+        "--set-attribute", "LeakyRelu_after_r.alpha=0.3",
+        "--insert-after", "r__LeakyRelu:Neg",
+        "-o", out,
+    )  # fmt: skip
+    assert res.status == 0, res.stderr
+    x = _x(4)
+    np.testing.assert_allclose(_run(out, x), np.maximum(x, 0), rtol=1e-6)  # -(-relu)
+    res = run_cli("edit", model, "--insert-after", "r:Relu", "--bypass", "Relu_after_rr")
+    assert res.status == 2 and "no node `Relu_after_rr`" in res.stderr

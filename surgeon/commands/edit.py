@@ -93,7 +93,11 @@ def add_arguments(parser) -> None:
     _common.add_runtime_arguments(parser)
 
 
-def _read_operations(args, proto, where: str, plans: dict) -> list:
+def _read_operations(args, model, plans: dict) -> list:
+    """The operations of the command line, in order. A spec is read against the input
+    model; one naming something it lacks is read again against the model the operations
+    before it make (so a node an --insert-after creates can be edited next)."""
+    from surgeon.edits.node_edits import plan_node_edits
     from surgeon.edits.node_edits_cli import parse_spec
     from surgeon.errors import NameNotFoundError, SurgeonError, UsageError
 
@@ -103,7 +107,16 @@ def _read_operations(args, proto, where: str, plans: dict) -> list:
             operations += plans[text]
             continue
         try:
-            operations.append(parse_spec(flag, text, proto, where))
+            operations.append(parse_spec(flag, text, model.proto, model.name))
+        except NameNotFoundError as e:
+            if not operations or errors:
+                errors.append(e)
+                continue
+            try:
+                state, _ = plan_node_edits(model, operations)
+                operations.append(parse_spec(flag, text, state, model.name))
+            except SurgeonError:
+                errors.append(e)  # the input model's account of the name
         except SurgeonError as e:
             errors.append(e)
     if len(errors) == 1:
@@ -140,7 +153,7 @@ def run(args, ctx) -> int:
     _common.check_files(args, [(args.model, "the input model")], reads=reads)
     plans = {p: read_plan(p) for p in dict.fromkeys(plan_files)}  # bad JSON: before loading
     model = load(args.model)
-    operations = _read_operations(args, model.proto, model.name, plans)
+    operations = _read_operations(args, model, plans)
     reads += [("the --initializer file", p) for p in list_npy_files(operations)]
     _common.check_files(args, [(model, "the input model")], reads=reads)
     with ctx.status("edit: editing and checking"):
