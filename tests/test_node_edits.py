@@ -397,3 +397,28 @@ def test_verify_false_skips_every_check():
         _model(4, LEAKY), [surgeon.SetAttribute("n_b", "alpha", 0.3)], verify=False
     )
     assert edited.report is None and edited.passed
+
+
+def test_a_node_name_two_nodes_share_is_refused_with_their_tensors():
+    model = _model(4, "a = Relu (x)\n y = Neg (a)")
+    for node in model.proto.graph.node:
+        node.name = "same"
+    with pytest.raises(surgeon.NameNotFoundError, match="2 nodes are called `same`") as caught:
+        surgeon.edit_nodes(model, [surgeon.BypassNode("same")])
+    assert caught.value.suggestions == ["a", "y"]
+    # by the tensor it writes (onnxruntime refuses the original's duplicate names: no check)
+    edited = surgeon.edit_nodes(model, [surgeon.BypassNode("a")], verify=False)
+    feeds = _feeds(4)
+    np.testing.assert_array_equal(_run(edited.model, feeds), -feeds["x"])
+
+
+def test_an_initializer_also_listed_as_an_input_is_redeclared_with_it():
+    model = _weighted(4)
+    graph = model.proto.graph
+    graph.input.append(onnx.helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, [4]))
+    edited = surgeon.edit_nodes(
+        model, [surgeon.ReplaceInitializer("w", np.ones((1, 4), np.float32))]
+    )
+    assert edited.passed
+    declared = next(v for v in edited.model.proto.graph.input if v.name == "w")
+    assert [d.dim_value for d in declared.type.tensor_type.shape.dim] == [1, 4]
