@@ -44,6 +44,7 @@ COMMANDS: dict[str, str] = {
     "blame": "surgeon.commands.blame",
     "fp16": "surgeon.commands.fp16",
     "extract": "surgeon.commands.extract",
+    "edit": "surgeon.commands.edit",
     "rename": "surgeon.commands.rename",
     "reshape-io": "surgeon.commands.reshape_io",
     "check-dynamic": "surgeon.commands.check_dynamic",

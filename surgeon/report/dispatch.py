@@ -27,6 +27,7 @@ RENDERERS: dict[str, str] = {
     "surgeon.outcomes.ExtractOutcome": "surgeon.report.dispatch:render_extract",
     "surgeon.outcomes.RenameOutcome": "surgeon.report.dispatch:render_rename",
     "surgeon.outcomes.ReshapeOutcome": "surgeon.report.dispatch:render_reshape",
+    "surgeon.commands.edit.NodeEditOutcome": "surgeon.report.node_edits:render_node_edits",
     "surgeon.outcomes_surgery.FoldOutcome": "surgeon.report.surgery:render_fold",
     "surgeon.outcomes_surgery.ConvertOutcome": "surgeon.report.surgery:render_convert",
     "surgeon.outcomes.DebugOutcome": "surgeon.report.dispatch:render_debug_outcome",
