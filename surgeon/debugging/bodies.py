@@ -149,7 +149,10 @@ def finish_body_taps(stats: list, values: dict, plan: BodyPlan) -> list[BodyTap]
 def reblame_body_nonfinite(found: list, stats: list, plan: BodyPlan, facts: DebugFacts) -> None:
     """Redo the NaN/Inf blame of body taps from their body node's inputs (see the module
     docstring); ``found`` (the generic blame's NonFinite list) is edited in place."""
-    counts = {s.name: (s.nan, s.inf) for s in stats}
+    # graph inputs: finite unless the generic blame found NaN/Inf in the feeds
+    counts = {name: (0, 0) for name in facts.model.input_names}
+    counts.update({x.tensor: (x.nan, x.inf) for x in found if x.kind == "input"})
+    counts.update({s.name: (s.nan, s.inf) for s in stats})
     constants = facts.constants
     for x in found:
         t = plan.taps.get(x.tensor)
