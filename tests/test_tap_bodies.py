@@ -6,7 +6,6 @@ and the original outputs stay bit-identical."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 from conftest import parse, run_cli, write
 
@@ -281,3 +280,36 @@ def test_cli_save_keeps_every_iteration(tmp_path):
     assert "#2/body/h" in tapped.output_names
     again = run_cli("debug", path, "--feeds", tmp_path / "feeds.npz", "--ref", tmp_path / "t.npz")
     assert again.status == 0, again.stdout + again.stderr  # the saved taps pair as a reference
+
+
+# An If inside a Loop taking the other branch at iteration 1: its branch tensors differ
+# in shape between iterations (a value, or empty), which a scan output cannot stack.
+SWITCHING = """<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[3] x) => (float[3] y) {
+    trip = Constant <value = int64 {4}> ()
+    cond = Constant <value = bool {1}> ()
+    y = Loop (trip, cond, x) <body = body (int64 i, bool c, float[3] acc)
+        => (bool c_out, float[3] acc_out) {
+            c_out = Identity(c)
+            one = Constant <value = int64 {1}> ()
+            odd = Equal(i, one)
+            acc_out = If (odd) <
+                then_branch = h1 () => (float[3] a1) { a1 = Neg(acc) },
+                else_branch = h2 () => (float[3] a2) { a2 = Identity(acc) }>
+        }>
+}"""
+
+
+def test_taps_that_cannot_be_stacked_are_dropped_and_listed():
+    model = Model(parse(SWITCHING))
+    x = np.array([1.0, 2.0, -3.0], np.float32)
+    report = debug(model, DebugOptions(), feeds={"x": x})
+    assert report.passed and report.tap_check.passed
+    dropped = {"#2/body/#3/then_branch/a1", "#2/body/#3/else_branch/a2"}
+    assert dropped <= set(report.not_tappable)
+    assert any("could not stack" in n for n in report.notes)
+    odd = next(s for s in report.stats if s.name == "#2/body/odd")
+    assert odd.shape == [4] and odd.max == 1  # [i == 1 for i in range(4)]
+    edited = tap(model, ["all"], feeds={"x": x})
+    assert edited and dropped <= set(edited.details["not_tappable"])
+    assert not dropped & set(edited.details["taps"])

@@ -83,6 +83,27 @@ def plan_debug_bodies(model: Model, taps: list[str]) -> BodyPlan | None:
     return plan_body_taps(model, taps)
 
 
+def drop_unstackable(plan: BodyPlan | None, failure: Exception):
+    """After a failed tapped run: the plan without the taps whose values may change shape
+    between iterations (inside an If or a Loop/Scan that is itself inside a Loop/Scan),
+    the names dropped, and a note for the report.
+
+    Raises:
+        failure: Nothing to drop (the failure is not the taps').
+    """
+    if plan is None:
+        raise failure
+    kept, dropped = plan.stackable_only()
+    if not dropped:
+        raise failure
+    note = (
+        f"{len(dropped)} tap(s) inside an If or Loop/Scan that sits in a Loop/Scan body were "
+        "dropped: onnxruntime could not stack their values over the iterations (their shape "
+        f"changes between iterations, e.g. another branch taken): {names_text(dropped)}"
+    )
+    return kept, dropped, note
+
+
 def add_body_facts(facts: DebugFacts, plan: BodyPlan) -> None:
     """Teach ``facts.node_info`` the body taps (qualified node label, op, qualified
     inputs), so comparison rows and root causes name the node inside the body."""

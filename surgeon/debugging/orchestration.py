@@ -93,7 +93,17 @@ def debug(
     feeds = dict(feeds)
 
     say = progress or (lambda phase: None)
-    run = _tap_and_measure(facts, taps, feeds, options, run_options, ref is not None, say, bodies)
+    has_ref, unstackable = ref is not None, {}
+    try:
+        run = _tap_and_measure(facts, taps, feeds, options, run_options, has_ref, say, bodies)
+    except RuntimeFailure as failure:
+        # Values that change shape between iterations cannot be stacked (an If inside a
+        # Loop taking another branch): measure again without such taps, and say so.
+        bodies, dropped, note = body_taps.drop_unstackable(bodies, failure)
+        taps = [t for t in taps if t not in dropped]
+        run = _tap_and_measure(facts, taps, feeds, options, run_options, has_ref, say, bodies)
+        run.notes.append(note)
+        unstackable.update(dict.fromkeys(dropped, "(shape changes between iterations)"))
     body_results = body_taps.finish_body_taps(run.stats, run.values, bodies) if bodies else []
     for s in run.stats:
         if s.flags:
@@ -111,6 +121,7 @@ def debug(
         not_tappable={
             **not_tappable(model),
             **{t: "(dtype unknown)" for t in (bodies.untyped if bodies else ())},
+            **unstackable,
         },
         feeds=describe_feeds(feeds),
         seed=options.feed_options.seed,

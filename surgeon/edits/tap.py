@@ -23,6 +23,7 @@ from surgeon.edits import Edited
 from surgeon.edits.boundary import value_info_of
 from surgeon.edits.contract import Check, Correspondence, apply_edit
 from surgeon.edits.tap_bodies import body_tensors, plan_body_taps, untappable_body_tensors
+from surgeon.errors import RuntimeFailure
 from surgeon.feeds import FeedOptions
 from surgeon.graph_facts import graph_facts, inferred_value_infos
 from surgeon.model import Model
@@ -187,29 +188,43 @@ def tap(
     )
     types = learn_types(model, new_taps, run_options) if new_taps else {}
     untyped = [t for t in new_taps if t not in types]
+    unstackable: dict[str, str] = {}
 
     def change(proto: onnx.ModelProto) -> None:
         append_outputs(proto, new_taps, types)
         bodies.expose(proto)
 
-    return apply_edit(
-        model,
-        "tap",
-        {"names": names, "ops": ops},
-        change,
-        # the correspondence: every original output bit-identical
-        lambda tapped: Correspondence(
-            "tap: original outputs unchanged", pairs=[(o, o) for o in model.output_names]
-        ),
-        check=Check(verify, feeds, feed_options, run_options),
-        label="tapped",
-        details=lambda tapped, report: {
-            "taps": [t for t in taps if t not in bodies.untyped],
-            "untyped": untyped,
-            "not_tappable": {
-                **not_tappable(model),
-                **{t: "dtype unknown" for t in bodies.untyped},  # (the reason)
+    def edit() -> Edited:
+        return apply_edit(
+            model,
+            "tap",
+            {"names": names, "ops": ops},
+            change,
+            # the correspondence: every original output bit-identical
+            lambda tapped: Correspondence(
+                "tap: original outputs unchanged", pairs=[(o, o) for o in model.output_names]
+            ),
+            check=Check(verify, feeds, feed_options, run_options),
+            label="tapped",
+            details=lambda tapped, report: {
+                "taps": [t for t in taps if t not in bodies.untyped and t not in unstackable],
+                "untyped": untyped,
+                "not_tappable": {
+                    **not_tappable(model),
+                    **{t: "(dtype unknown)" for t in bodies.untyped},
+                    **unstackable,
+                },
+                "branch_markers": list(bodies.markers),
             },
-            "branch_markers": list(bodies.markers),
-        },
-    )
+        )
+
+    try:
+        return edit()
+    except RuntimeFailure:
+        # Values that change shape between iterations cannot be stacked (an If inside a
+        # Loop taking another branch): tap again without those, listed as not tappable.
+        bodies, dropped = bodies.stackable_only()
+        if not dropped:
+            raise
+        unstackable.update(dict.fromkeys(dropped, "(shape changes between iterations)"))
+        return edit()

@@ -424,11 +424,30 @@ class BodyPlan:
             elem = self.types[t.name].tensor_type.elem_type
             _lift(proto, t.levels, t.tensor, elem, _rank(self.types[t.name]), t.name, names)
 
+    def stackable_only(self) -> tuple[BodyPlan, list[str]]:
+        """This plan without the taps whose values may change shape between iterations
+        (inside an If, Loop or Scan that is itself inside a Loop/Scan), and their names:
+        what to retry with when onnxruntime could not stack them."""
+        dropped = [n for n, t in self.taps.items() if _unstackable(t)]
+        kept = {n: t for n, t in self.taps.items() if n not in dropped}
+        markers = tuple(dict.fromkeys(m for t in kept.values() for m, _ in t.branches))
+        plan = BodyPlan(kept, {n: self.types[n] for n in kept}, markers, self.untyped)
+        return plan, dropped
+
     def exposed(self, model: Model) -> Model:
         """A copy of ``model`` with the planned taps as outputs (not an edit)."""
         copy = model.copy()
         self.expose(copy.proto)
         return copy
+
+
+def _unstackable(t: BodyTensor) -> bool:
+    looped = False
+    for level in t.levels:
+        if looped:
+            return True
+        looped = level.op in ("Loop", "Scan")
+    return False
 
 
 def plan_body_taps(model: Model, names: Sequence[str]) -> BodyPlan:
