@@ -313,3 +313,17 @@ def test_taps_that_cannot_be_stacked_are_dropped_and_listed():
     edited = tap(model, ["all"], feeds={"x": x})
     assert edited and dropped <= set(edited.details["not_tappable"])
     assert not dropped & set(edited.details["taps"])
+
+
+def test_terminal_says_what_did_not_run_and_the_worst_iteration(tmp_path):
+    path = write(parse(IF_MODEL), tmp_path / "if.onnx")
+    np.savez(tmp_path / "f.npz", c=np.array(False), x=X)
+    res = run_cli("debug", path, "--feeds", tmp_path / "f.npz", "--html", tmp_path / "r.html")
+    assert res.status == 0, res.stdout + res.stderr
+    text = " ".join(res.stdout.split())  # the console wraps at 100 columns
+    assert "2 of 5 tapped tensors ran" in text
+    assert "not executed (branch not taken, or no iteration): #0/then_branch/t," in text
+    assert "#0/else_branch/e_out" in (tmp_path / "r.html").read_text()
+    loop = write(parse(LOOP_MODEL), tmp_path / "loop.onnx")
+    text = " ".join(run_cli("debug", loop).stdout.split())
+    assert "worst iteration: #2/body/acc_out at iteration 3 (max abs)" in text
