@@ -120,7 +120,10 @@ def debug(
         tap_check=run.tap_check,
         not_tappable={
             **not_tappable(model),
-            **{t: "(dtype unknown)" for t in (bodies.untyped if bodies else ())},
+            **{
+                t: "(not a tensor, or its dtype unknown)"
+                for t in (bodies.untyped if bodies else ())
+            },
             **unstackable,
         },
         feeds=describe_feeds(feeds),

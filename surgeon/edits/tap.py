@@ -211,7 +211,7 @@ def tap(
                 "untyped": untyped,
                 "not_tappable": {
                     **not_tappable(model),
-                    **{t: "(dtype unknown)" for t in bodies.untyped},
+                    **{t: "(not a tensor, or its dtype unknown)" for t in bodies.untyped},
                     **unstackable,
                 },
                 "branch_markers": list(bodies.markers),

@@ -14,9 +14,10 @@ Design (the choices and why):
 * **If.** A tapped tensor goes out of its branch through an Identity into a new branch
   output, and out of the If through a new If output. The branch not taken must yield
   something of the same dtype: an empty tensor (a Constant with zero elements) of the
-  tapped tensor's rank when inference knows it (rank 1 for a scalar or an unknown rank:
-  a scalar cannot be empty). The new If output is declared with its dtype only (no
-  shape), since the two branches may give different ranks; onnxruntime accepts that.
+  tapped tensor's rank when inference knows it (rank 1 when it does not), and for a
+  scalar, which cannot be empty, a zero scalar whose value nothing reads. Outputs are
+  declared with the dtype and, where known, the rank (dims unknown), so the tapped
+  model passes the ONNX checker wherever the ranks are known.
   Which branch ran is not guessed from the value's size (a real tensor may be empty):
   every If on a tap's way out also gets a *marker* output, ``true`` from its
   then_branch and ``false`` from its else_branch, exposed like a tap; a tap whose
@@ -183,14 +184,9 @@ def body_tensors(model: Model) -> dict[str, BodyTensor]:
                 # a holder also reads what its bodies read from outside (as in GraphFacts)
                 reads = dict.fromkeys([*(x for x in node.input if x), *subgraph_reads(node)])
                 inputs = tuple(_qualify(x, scopes) for x in reads)
-                found[unique(f"{prefix}/{o}")] = BodyTensor(
-                    unique(f"{prefix}/{o}"),
-                    o,
-                    levels,
-                    f"{prefix}/{_label(node, i)}",
-                    node.op_type,
-                    inputs,
-                    holder,
+                name = unique(f"{prefix}/{o}")
+                found[name] = BodyTensor(
+                    name, o, levels, f"{prefix}/{_label(node, i)}", node.op_type, inputs, holder
                 )
 
     visit(graph, (), [], -1)
@@ -309,6 +305,17 @@ def _typed(name: str, elem: int, shape: Sequence | None = None) -> onnx.ValueInf
     return vi
 
 
+def _filler(elem: int, rank: int | None) -> onnx.TensorProto:
+    """What the branch not taken yields: an empty tensor of the tapped tensor's rank (rank
+    1 when unknown); for a scalar, which cannot be empty, a zero scalar, so both branches
+    keep one rank (the checker wants it, and a Loop can stack it). Its value is never
+    read: the branch marker says the branch did not run."""
+    if rank == 0:
+        zero = b"" if elem == onnx.TensorProto.STRING else 0
+        return helper.make_tensor("not_run", elem, [], [zero])
+    return helper.make_tensor("not_run", elem, [0] * (rank or 1), [])
+
+
 def _lift(
     proto: onnx.ModelProto,
     levels: Sequence[BodyLevel],
@@ -353,23 +360,18 @@ def _lift(
             body = _body(node, level.attribute)
             inner = names.fresh()
             body.node.append(helper.make_node("Identity", [name], [inner], name=names.fresh()))
-            body.output.append(_typed(inner, elem))
+            # declared with its rank where known (dims unknown): the checker wants a shape
+            body.output.append(_typed(inner, elem, None if rank is None else [None] * rank))
             if level.op == "If":
                 other = "else_branch" if level.attribute == "then_branch" else "then_branch"
                 empty = names.fresh()
-                dims = [0] * max(rank or 1, 1)  # a scalar cannot be empty: rank 1 then
                 _body(node, other).node.append(
                     helper.make_node(
-                        "Constant",
-                        [],
-                        [empty],
-                        name=names.fresh(),
-                        value=helper.make_tensor("empty", elem, dims, []),
+                        "Constant", [], [empty], name=names.fresh(), value=_filler(elem, rank)
                     )
                 )
-                _body(node, other).output.append(_typed(empty, elem))
-                if rank == 0:
-                    rank = None  # the two branches differ in rank
+                shape = None if rank is None else [None] * rank
+                _body(node, other).output.append(_typed(empty, elem, shape))
             elif level.op == "Scan":
                 for a in node.attribute:
                     if a.name in ("scan_output_axes", "scan_output_directions"):
@@ -379,7 +381,7 @@ def _lift(
                 rank = None if rank is None else rank + 1
         node.output.append(out)
         name = out
-    proto.graph.output.append(_typed(exposed, elem))
+    proto.graph.output.append(_typed(exposed, elem, None if rank is None else [None] * rank))
 
 
 @dataclass(frozen=True)
@@ -389,8 +391,9 @@ class BodyPlan:
     Attributes:
         taps: Qualified name -> BodyTensor, for every body tap that can be exposed.
         types: Qualified name -> its type inside the body.
-        markers: Marker output name -> nothing; every If on some tap's way out.
-        untyped: Qualified names left out because their dtype is unknown.
+        markers: The main-graph outputs saying which branch ran, one per If on some
+            tap's way out (see :func:`marker_name`).
+        untyped: Qualified names left out: not tensors, or their dtype is unknown.
     """
 
     taps: Mapping[str, BodyTensor]
