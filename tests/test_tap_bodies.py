@@ -296,7 +296,8 @@ agraph (float[3] x) => (float[3] y) {
             one = Constant <value = int64 {1}> ()
             odd = Equal(i, one)
             acc_out = If (odd) <
-                then_branch = h1 () => (float[3] a1) { a1 = Neg(acc) },
+                then_branch = h1 () => (float[3] a1) { n = ReduceSum <keepdims = 0> (acc)
+                                                       a1 = Neg(acc) },
                 else_branch = h2 () => (float[3] a2) { a2 = Identity(acc) }>
         }>
 }"""
@@ -312,6 +313,10 @@ def test_taps_that_cannot_be_stacked_are_dropped_and_listed():
     assert any("could not stack" in n for n in report.notes)
     odd = next(s for s in report.stats if s.name == "#2/body/odd")
     assert odd.shape == [4] and odd.max == 1  # [i == 1 for i in range(4)]
+    # a scalar stacks (the other branch gives a placeholder scalar), but is not measured
+    scalar = next(b for b in report.bodies["taps"] if b["name"] == "#2/body/#3/then_branch/n")
+    assert scalar["not_executed"] == "branch taken in some iterations only"
+    assert "#2/body/#3/then_branch/n" not in {s.name for s in report.stats}
     edited = tap(model, ["all"], feeds={"x": x})
     assert edited and dropped <= set(edited.details["not_tappable"])
     assert not dropped & set(edited.details["taps"])

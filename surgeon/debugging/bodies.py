@@ -47,6 +47,9 @@ class BodyTap:
         where: The body it lives in (``If_0/then_branch``).
         node, op: Its producing node (qualified label) and op type.
         executed: False when its branch did not run (or its Loop ran zero times).
+        not_executed: Why not: ``branch not taken``, ``no iteration``, or ``branch taken
+            in some iterations only`` (a scalar in an If inside a Loop: not measured,
+            since the other iterations hold a placeholder).
         iterations: The iteration axes' sizes (empty outside Loop/Scan).
         worst_iteration: The first iteration holding a NaN/Inf, else the one holding the
             largest absolute value (None outside Loop/Scan or when not executed).
@@ -58,6 +61,7 @@ class BodyTap:
     node: str
     op: str
     executed: bool = True
+    not_executed: str | None = None
     iterations: list[int] = field(default_factory=list)
     worst_iteration: list[int] | None = None
     worst_reason: str | None = None
@@ -69,6 +73,7 @@ class BodyTap:
             "node": self.node,
             "op": self.op,
             "executed": self.executed,
+            "not_executed": self.not_executed,
             "iterations": self.iterations,
             "worst_iteration": self.worst_iteration,
             "worst_reason": self.worst_reason,
@@ -118,14 +123,18 @@ def iteration_text(index) -> str:
     )
 
 
-def _executed(t: BodyTensor, values: Mapping[str, object]) -> bool:
+def _not_run(t: BodyTensor, values: Mapping[str, object]) -> str | None:
+    """Why tap ``t`` has no value of its own (None: it ran), from the branch markers."""
     for marker, branch in t.branches:
         flags = values.get(marker)
         if not isinstance(flags, np.ndarray) or flags.size == 0:
-            return False
-        if not np.all(flags == (branch == "then_branch")):
-            return False
-    return True
+            return "branch not taken"  # an enclosing If's other branch ran
+        ran = flags == (branch == "then_branch")
+        if not ran.any():
+            return "branch not taken"
+        if not ran.all():
+            return "branch taken in some iterations only"
+    return None
 
 
 def _worst(value: np.ndarray, axes: int) -> tuple[list[int] | None, str | None]:
@@ -152,10 +161,11 @@ def finish_body_taps(stats: list, values: dict, plan: BodyPlan) -> list[BodyTap]
         result = BodyTap(name, t.where, t.node, t.op)
         value = values.get(name)
         axes = t.iteration_axes
-        if not _executed(t, values) or (
-            axes and isinstance(value, np.ndarray) and 0 in value.shape[:axes]
-        ):
-            result.executed = False
+        why = _not_run(t, values)
+        if why is None and axes and isinstance(value, np.ndarray) and 0 in value.shape[:axes]:
+            why = "no iteration"
+        if why is not None:
+            result.executed, result.not_executed = False, why
             gone.add(name)
         elif isinstance(value, np.ndarray) and axes:
             result.iterations = [int(d) for d in value.shape[:axes]]
@@ -231,6 +241,10 @@ def refine_body_root(report, plan: BodyPlan | None, values, reference_value) -> 
     root = report.root_cause
     if plan is None:
         return
+    report.bodies["isolated"] = (
+        "nodes inside If/Loop/Scan bodies are not run in isolation (the isolated run takes "
+        "main-graph nodes); a root cause inside a body is named by position"
+    )
     layers = {layer.diff.name: layer for layer in report.layers}
     diverged = {name for name, layer in layers.items() if layer.diverged}
     if root is not None:

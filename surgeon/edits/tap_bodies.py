@@ -431,7 +431,7 @@ class BodyPlan:
         """This plan without the taps whose values may change shape between iterations
         (inside an If, Loop or Scan that is itself inside a Loop/Scan), and their names:
         what to retry with when onnxruntime could not stack them."""
-        dropped = [n for n, t in self.taps.items() if _unstackable(t)]
+        dropped = [n for n, t in self.taps.items() if _unstackable(t, _rank(self.types[n]))]
         kept = {n: t for n, t in self.taps.items() if n not in dropped}
         markers = tuple(dict.fromkeys(m for t in kept.values() for m, _ in t.branches))
         plan = BodyPlan(kept, {n: self.types[n] for n in kept}, markers, self.untyped)
@@ -444,12 +444,15 @@ class BodyPlan:
         return copy
 
 
-def _unstackable(t: BodyTensor) -> bool:
+def _unstackable(t: BodyTensor, rank: int | None) -> bool:
+    """True when ``t`` may change shape between the iterations of an enclosing Loop/Scan:
+    it sits in a body inside that body, unless it is a scalar behind Ifs only (the
+    branch not taken gives a scalar too)."""
     looped = False
     for level in t.levels:
-        if looped:
+        if looped and (level.op != "If" or rank != 0):
             return True
-        looped = level.op in ("Loop", "Scan")
+        looped = looped or level.op in ("Loop", "Scan")
     return False
 
 
