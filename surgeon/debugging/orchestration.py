@@ -210,6 +210,7 @@ def _tap_and_measure(
     say(f"typing {len(taps)} tapped tensors")
     graph_outputs = set(model.output_names)
     inside = bodies.taps if bodies is not None else {}  # typed and exposed by the plan
+    inside_types = dict(bodies.types) if bodies is not None else {}
     types = learn_types(
         model, [t for t in taps if t not in graph_outputs and t not in inside], run_options
     )
@@ -219,7 +220,7 @@ def _tap_and_measure(
             types.setdefault(vi.name, vi.type)
     tap_tolerance = EXACT if options.optimization == "disabled" else options.tolerance
     notes: list[str] = []
-    if options.optimization == "disabled" and computes_in_float16(types):
+    if options.optimization == "disabled" and computes_in_float16({**types, **inside_types}):
         tap_tolerance = FLOAT16_TAP_TOLERANCE
         notes.append(
             "float16 model: the tap check allows atol="
