@@ -334,3 +334,29 @@ def test_terminal_says_what_did_not_run_and_the_worst_iteration(tmp_path):
     loop = write(parse(LOOP_MODEL), tmp_path / "loop.onnx")
     text = " ".join(run_cli("debug", loop).stdout.split())
     assert "worst iteration: #2/body/acc_out at iteration 3 (max abs)" in text
+
+
+def test_names_that_collide_with_main_graph_tensors_are_made_unique():
+    """A hostile model names main-graph tensors like a qualified body name and a branch
+    marker: the taps get `#2` and the run still pairs every value with its tensor."""
+    proto = parse(IF_MODEL.replace("    y = If (c)", "    r = Relu(x)\n    y = If (c)"))
+    proto.graph.node[0].output[0] = "#1/then_branch/t"  # r, named like a body tap
+    proto.graph.output.add(name="#1/then_branch/t").type.CopyFrom(proto.graph.output[0].type)
+    # a tensor named like the If's branch marker (the If, named `#1`, moves to index 2)
+    proto.graph.node.insert(1, onnx.helper.make_node("Not", ["c"], ["#1 branch taken"]))
+    proto.graph.node[2].name = "#1"
+    flag = proto.graph.output.add(name="#1 branch taken")
+    flag.type.tensor_type.elem_type = onnx.TensorProto.BOOL
+    model = Model(proto)
+    names = select_taps(model, ["all"])
+    assert "#1/then_branch/t#2" in names and "#1/then_branch/t" in names
+    edited = tap(model, ["all"], feeds={"c": np.array(True), "x": X})
+    assert edited
+    out = run(edited.model, {"c": np.array(True), "x": X})
+    np.testing.assert_array_equal(out["#1/then_branch/t#2"], X * W)
+    np.testing.assert_array_equal(out["#1/then_branch/t"], np.maximum(X, 0))
+    assert bool(out["#1 branch taken"]) is False  # the model's own tensor: Not(c)
+    report = debug(model, DebugOptions(), feeds={"c": np.array(True), "x": X})
+    assert report.passed
+    executed = {b["name"]: b["executed"] for b in report.bodies["taps"]}
+    assert executed["#1/then_branch/t#2"] and not executed["#1/else_branch/t"]

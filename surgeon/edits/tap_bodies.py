@@ -89,6 +89,8 @@ class BodyTensor:
         op: The producing node's op type.
         inputs: The producing node's inputs, qualified where they are body tensors.
         holder: The main-graph node that holds the outermost body (its index).
+        markers: The branch marker's output name for each If on the way in, in order
+            (see :func:`marker_name`).
     """
 
     name: str
@@ -98,6 +100,7 @@ class BodyTensor:
     op: str
     inputs: tuple[str, ...]
     holder: int
+    markers: tuple[str, ...] = ()
 
     @property
     def where(self) -> str:
@@ -111,17 +114,18 @@ class BodyTensor:
 
     @property
     def branches(self) -> tuple[tuple[str, str], ...]:
-        """``(marker name, branch)`` for every If on the way in (see :func:`marker_name`)."""
-        out = []
-        for i, level in enumerate(self.levels):
-            if level.op == "If":
-                out.append((marker_name(self.levels[: i + 1]), level.attribute))
-        return tuple(out)
+        """``(marker name, branch)`` for every If on the way in."""
+        ifs = [level.attribute for level in self.levels if level.op == "If"]
+        return tuple(zip(self.markers, ifs, strict=True))
+
+    def if_depths(self) -> list[int]:
+        """The indices in ``levels`` of the Ifs on the way in."""
+        return [i for i, level in enumerate(self.levels) if level.op == "If"]
 
 
 def marker_name(levels: Sequence[BodyLevel]) -> str:
     """The main-graph output saying which branch of the If at the end of ``levels`` ran
-    (``true``: then_branch); a name no tensor has (it holds a space)."""
+    (``true``: then_branch), before it is made unique against the model's names."""
     path = "/".join(level.prefix for level in levels[:-1])
     return f"{path}/{levels[-1].node} branch taken" if path else f"{levels[-1].node} branch taken"
 
@@ -155,14 +159,25 @@ def body_tensors(model: Model) -> dict[str, BodyTensor]:
     graph = model.proto.graph
     main_names = set(model.tensor_names()) | {o.name for o in graph.output}
     found: dict[str, BodyTensor] = {}
+    markers: dict[tuple[BodyLevel, ...], str] = {}  # If path -> its marker's name
+    taken = set(main_names)  # every name handed out, so none is given twice
 
     def unique(name: str) -> str:
-        if name not in main_names and name not in found:
-            return name
-        k = 2
-        while f"{name}#{k}" in main_names or f"{name}#{k}" in found:
-            k += 1
-        return f"{name}#{k}"
+        k, candidate = 2, name
+        while candidate in taken:
+            candidate, k = f"{name}#{k}", k + 1
+        taken.add(candidate)
+        return candidate
+
+    def markers_of(levels: tuple[BodyLevel, ...]) -> tuple[str, ...]:
+        out = []
+        for i, level in enumerate(levels):
+            if level.op == "If":
+                path = levels[: i + 1]
+                if path not in markers:
+                    markers[path] = unique(marker_name(path))
+                out.append(markers[path])
+        return tuple(out)
 
     def visit(g: onnx.GraphProto, levels: tuple[BodyLevel, ...], scopes, holder: int) -> None:
         for i, node in enumerate(g.node):
@@ -185,8 +200,9 @@ def body_tensors(model: Model) -> dict[str, BodyTensor]:
                 reads = dict.fromkeys([*(x for x in node.input if x), *subgraph_reads(node)])
                 inputs = tuple(_qualify(x, scopes) for x in reads)
                 name = unique(f"{prefix}/{o}")
+                label = f"{prefix}/{_label(node, i)}"
                 found[name] = BodyTensor(
-                    name, o, levels, f"{prefix}/{_label(node, i)}", node.op_type, inputs, holder
+                    name, o, levels, label, node.op_type, inputs, holder, markers_of(levels)
                 )
 
     visit(graph, (), [], -1)
@@ -407,10 +423,7 @@ class BodyPlan:
         names = _Names(proto)
         done: set[str] = set()
         for t in self.taps.values():
-            for i, level in enumerate(t.levels):
-                if level.op != "If":
-                    continue
-                marker = marker_name(t.levels[: i + 1])
+            for i, marker in zip(t.if_depths(), t.markers, strict=True):
                 if marker in done:
                     continue
                 done.add(marker)
