@@ -171,7 +171,10 @@ def tap(
 
     Returns:
         Edited with the tapped model; ``details["taps"]`` lists the new outputs in
-        topological order and ``details["not_tappable"]`` the tensors inside subgraphs.
+        topological order (body tensors under their qualified names, see
+        :mod:`surgeon.edits.tap_bodies`), ``details["branch_markers"]`` the outputs
+        saying which branch of each If on their way ran, and ``details["not_tappable"]``
+        the body tensors that could not be exposed (-> the holding node, or the reason).
 
     Raises:
         NameNotFoundError: A name matches nothing (with close matches).
