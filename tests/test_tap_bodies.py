@@ -360,3 +360,40 @@ def test_names_that_collide_with_main_graph_tensors_are_made_unique():
     assert report.passed
     executed = {b["name"]: b["executed"] for b in report.bodies["taps"]}
     assert executed["#1/then_branch/t#2"] and not executed["#1/else_branch/t"]
+
+
+# A Loop body slice that grows with the iteration number: no scan output can stack it.
+GROWING = """<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[5] x) => (float[5] y) {
+    trip = Constant <value = int64 {3}> ()
+    cond = Constant <value = bool {1}> ()
+    y = Loop (trip, cond, x) <body = body (int64 i, bool c, float[5] acc)
+        => (bool c_out, float[5] acc_out) {
+            c_out = Identity(c)
+            one = Constant <value = int64[1] {1}> ()
+            zero = Constant <value = int64[1] {0}> ()
+            i1 = Unsqueeze(i, zero)
+            lim = Add(i1, one)
+            part = Slice(x, zero, lim)
+            total = ReduceSum <keepdims = 1> (part)
+            acc_out = Add(acc, total)
+        }>
+}"""
+
+
+def test_a_loop_tap_that_changes_shape_is_dropped_not_the_run():
+    model = Model(parse(GROWING))
+    x = np.arange(5, dtype=np.float32)
+    report = debug(model, DebugOptions(), feeds={"x": x})
+    assert report.passed and report.tap_check.passed
+    assert "#2/body/part" in report.not_tappable
+    measured = {s.name: s for s in report.stats}
+    assert "#2/body/part" not in measured
+    # the static ones stay: total = sum(x[: i + 1]) at every iteration
+    total = measured["#2/body/total"]
+    assert total.shape == [3, 1] and total.max == float(x[:3].sum())
+    assert any("could not stack" in n for n in report.notes)
+    edited = tap(model, ["all"], feeds={"x": x})
+    assert edited and "#2/body/part" in edited.details["not_tappable"]
+    out = run(edited.model, {"x": x})
+    np.testing.assert_array_equal(out["#2/body/total"][:, 0], np.cumsum(x)[:3])

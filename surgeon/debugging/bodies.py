@@ -34,7 +34,12 @@ import numpy as np
 from surgeon.compare import compare_arrays
 from surgeon.debugging._graph import DebugFacts
 from surgeon.debugging.results import names_text, number_text
-from surgeon.edits.tap_bodies import BodyPlan, BodyTensor, body_tensors, plan_body_taps
+from surgeon.edits.tap_bodies import (
+    BodyPlan,
+    BodyTensor,
+    body_tensors,
+    plan_body_taps,
+)
 from surgeon.model import Model
 
 
@@ -88,25 +93,27 @@ def plan_debug_bodies(model: Model, taps: list[str]) -> BodyPlan | None:
     return plan_body_taps(model, taps)
 
 
-def drop_unstackable(plan: BodyPlan | None, failure: Exception):
-    """After a failed tapped run: the plan without the taps whose values may change shape
-    between iterations (inside an If or a Loop/Scan that is itself inside a Loop/Scan),
-    the names dropped, and a note for the report.
+def narrow_after(plan: BodyPlan | None, failure: Exception) -> tuple[BodyPlan, list[str]]:
+    """After a failed tapped run: the next narrower plan and the taps it drops (see
+    :meth:`~surgeon.edits.tap_bodies.BodyPlan.narrower`).
 
     Raises:
-        failure: Nothing to drop (the failure is not the taps').
+        failure: No Loop/Scan tap left to drop (the failure is not the taps').
     """
-    if plan is None:
+    narrower = plan.narrower() if plan is not None else None
+    if narrower is None:
         raise failure
-    kept, dropped = plan.stackable_only()
-    if not dropped:
-        raise failure
-    note = (
-        f"{len(dropped)} tap(s) inside an If or Loop/Scan that sits in a Loop/Scan body were "
-        "dropped: onnxruntime could not stack their values over the iterations (their shape "
-        f"changes between iterations, e.g. another branch taken): {names_text(dropped)}"
+    return narrower
+
+
+def dropped_note(dropped: list[str]) -> str:
+    """The report's note about Loop/Scan taps dropped after onnxruntime refused them."""
+    return (
+        f"{len(dropped)} tap(s) inside Loop/Scan bodies were dropped: onnxruntime could not "
+        "stack their values over the iterations (a shape that changes between iterations, "
+        f"e.g. a slice growing with the iteration, or another If branch taken): "
+        f"{names_text(dropped)}"
     )
-    return kept, dropped, note
 
 
 def add_body_facts(facts: DebugFacts, plan: BodyPlan) -> None:

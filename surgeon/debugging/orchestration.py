@@ -31,6 +31,7 @@ from surgeon.edits.tap import (
     not_tappable,
     select_taps,
 )
+from surgeon.edits.tap_bodies import UNSTACKABLE
 from surgeon.errors import RuntimeFailure, SurgeonError, UsageError
 from surgeon.feeds import describe_feeds, make_feeds
 from surgeon.model import Model, dtype_name
@@ -94,16 +95,18 @@ def debug(
 
     say = progress or (lambda phase: None)
     has_ref, unstackable = ref is not None, {}
-    try:
-        run = _tap_and_measure(facts, taps, feeds, options, run_options, has_ref, say, bodies)
-    except RuntimeFailure as failure:
-        # Values that change shape between iterations cannot be stacked (an If inside a
-        # Loop taking another branch): measure again without such taps, and say so.
-        bodies, dropped, note = body_taps.drop_unstackable(bodies, failure)
-        taps = [t for t in taps if t not in dropped]
-        run = _tap_and_measure(facts, taps, feeds, options, run_options, has_ref, say, bodies)
-        run.notes.append(note)
-        unstackable.update(dict.fromkeys(dropped, "(shape changes between iterations)"))
+    while True:
+        try:
+            run = _tap_and_measure(facts, taps, feeds, options, run_options, has_ref, say, bodies)
+            break
+        except RuntimeFailure as failure:
+            # A Loop/Scan tap whose shape changes between iterations cannot be stacked:
+            # measure again with fewer of them (staged), and say which were dropped.
+            bodies, dropped = body_taps.narrow_after(bodies, failure)
+            taps = [t for t in taps if t not in dropped]
+            unstackable.update(dict.fromkeys(dropped, UNSTACKABLE))
+    if unstackable:
+        run.notes.append(body_taps.dropped_note(list(unstackable)))
     body_results = body_taps.finish_body_taps(run.stats, run.values, bodies) if bodies else []
     for s in run.stats:
         if s.flags:

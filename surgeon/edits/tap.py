@@ -22,7 +22,12 @@ from surgeon.compare import Tolerance
 from surgeon.edits import Edited
 from surgeon.edits.boundary import value_info_of
 from surgeon.edits.contract import Check, Correspondence, apply_edit
-from surgeon.edits.tap_bodies import body_tensors, plan_body_taps, untappable_body_tensors
+from surgeon.edits.tap_bodies import (
+    UNSTACKABLE,
+    body_tensors,
+    plan_body_taps,
+    untappable_body_tensors,
+)
 from surgeon.errors import RuntimeFailure
 from surgeon.feeds import FeedOptions
 from surgeon.graph_facts import graph_facts, inferred_value_infos
@@ -221,13 +226,14 @@ def tap(
             },
         )
 
-    try:
-        return edit()
-    except RuntimeFailure:
-        # Values that change shape between iterations cannot be stacked (an If inside a
-        # Loop taking another branch): tap again without those, listed as not tappable.
-        bodies, dropped = bodies.stackable_only()
-        if not dropped:
-            raise
-        unstackable.update(dict.fromkeys(dropped, "(shape changes between iterations)"))
-        return edit()
+    while True:
+        try:
+            return edit()
+        except RuntimeFailure:
+            # A Loop/Scan tap whose shape changes between iterations cannot be stacked:
+            # tap again with fewer of them (staged), listed as not tappable.
+            narrower = bodies.narrower()
+            if narrower is None:
+                raise
+            bodies, dropped = narrower
+            unstackable.update(dict.fromkeys(dropped, UNSTACKABLE))

@@ -34,11 +34,13 @@ Design (the choices and why):
 * **Nested bodies.** The same steps repeat outwards through every enclosing node, so a
   tap in a Loop body inside an If branch is stacked by the Loop, then passed through
   the If. Each enclosing Loop/Scan adds one leading iteration axis.
-* **Limits.** An If inside a Loop whose taken branch changes between iterations, or an
-  inner Loop whose iteration count changes, gives values of different shapes per
-  iteration, which a scan output cannot stack: onnxruntime then fails the tapped run
-  (reported as such; the untapped model is not at fault). Bodies of other ops (custom
-  ops, SequenceMap) and tensors whose dtype inference cannot tell stay "not tappable".
+* **Limits.** A scan output must keep one shape over the iterations. A body tensor
+  whose shape changes between iterations (a slice growing with the iteration number, an
+  If inside a Loop taking another branch, an inner Loop running another number of
+  times) makes onnxruntime refuse the tapped run; the callers then retry with a
+  narrower plan (:meth:`BodyPlan.narrower`) and list the dropped taps as not tappable,
+  so the untapped model is never blamed. Bodies of other ops (custom ops, SequenceMap)
+  and tensors whose dtype inference cannot tell stay "not tappable".
 * **Tap check.** Nothing the original graph computes changes: new outputs only read
   existing tensors, through new nodes with fresh names, so every original output stays
   bit-identical (the tap edit and ``debug`` verify it).
@@ -57,6 +59,8 @@ from surgeon.model import Model
 
 # The ops whose bodies can be tapped, and the graph attributes that hold them.
 BODY_ATTRIBUTES = {"If": ("then_branch", "else_branch"), "Loop": ("body",), "Scan": ("body",)}
+# What not_tappable says of a Loop/Scan tap dropped because it could not be stacked.
+UNSTACKABLE = "(its shape may change between iterations: not stackable)"
 # Prefix of the names of the nodes and tensors the exposure adds (made unique).
 FRESH_PREFIX = "surgeon_tap"
 
@@ -440,21 +444,42 @@ class BodyPlan:
             elem = self.types[t.name].tensor_type.elem_type
             _lift(proto, t.levels, t.tensor, elem, _rank(self.types[t.name]), t.name, names)
 
-    def stackable_only(self) -> tuple[BodyPlan, list[str]]:
-        """This plan without the taps whose values may change shape between iterations
-        (inside an If, Loop or Scan that is itself inside a Loop/Scan), and their names:
-        what to retry with when onnxruntime could not stack them."""
-        dropped = [n for n, t in self.taps.items() if _unstackable(t, _rank(self.types[n]))]
-        kept = {n: t for n, t in self.taps.items() if n not in dropped}
-        markers = tuple(dict.fromkeys(m for t in kept.values() for m, _ in t.branches))
-        plan = BodyPlan(kept, {n: self.types[n] for n in kept}, markers, self.untyped)
-        return plan, dropped
+    def narrower(self) -> tuple[BodyPlan, list[str]] | None:
+        """The next, smaller plan to retry with after onnxruntime could not stack the
+        values of some Loop/Scan taps (a scan output must keep one shape over the
+        iterations), and the taps it drops; None when no Loop/Scan tap is left to drop.
+
+        Which tensor changed shape is not known, so the drop is staged, one retry each:
+        first taps in a body inside a Loop/Scan body (an If taking another branch, an
+        inner Loop running another number of times; scalars behind Ifs stack and stay),
+        then Loop/Scan taps whose shape inference cannot fix, then all Loop/Scan taps.
+        """
+        looped = {n: t for n, t in self.taps.items() if t.iteration_axes}
+        stages = (
+            lambda n, t: _unstackable(t, _rank(self.types[n])),
+            lambda n, t: not _static(self.types[n]),
+            lambda n, t: True,
+        )
+        for drop in stages:
+            dropped = [n for n, t in looped.items() if drop(n, t)]
+            if dropped:
+                kept = {n: t for n, t in self.taps.items() if n not in dropped}
+                markers = tuple(dict.fromkeys(m for t in kept.values() for m in t.markers))
+                types = {n: self.types[n] for n in kept}
+                return BodyPlan(kept, types, markers, self.untyped), dropped
+        return None
 
     def exposed(self, model: Model) -> Model:
         """A copy of ``model`` with the planned taps as outputs (not an edit)."""
         copy = model.copy()
         self.expose(copy.proto)
         return copy
+
+
+def _static(t: onnx.TypeProto) -> bool:
+    """True when inference fixed every dim of the type (a known rank, every dim a value)."""
+    tt = t.tensor_type
+    return tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim)
 
 
 def _unstackable(t: BodyTensor, rank: int | None) -> bool:
@@ -477,5 +502,5 @@ def plan_body_taps(model: Model, names: Sequence[str]) -> BodyPlan:
     types = body_types(model, chosen.values())
     untyped = tuple(n for n in chosen if n not in types)
     taps = {n: t for n, t in chosen.items() if n in types}
-    markers = tuple(dict.fromkeys(m for t in taps.values() for m, _ in t.branches))
+    markers = tuple(dict.fromkeys(m for t in taps.values() for m in t.markers))
     return BodyPlan(taps, {n: types[n] for n in taps}, markers, untyped)
