@@ -144,7 +144,7 @@ def resolve_tensors(
                     unknown_name(
                         what,
                         spec,
-                        list(nodes) + sorted(tensors) + (list(body.tensors) if body else []),
+                        list(nodes) + sorted(tensors) + (body.suggestible() if body else []),
                         model.name,
                         model_path=model.path,
                     )
@@ -224,6 +224,11 @@ class _BodyNames:
             or fnmatch.fnmatchcase(t.tensor, pattern)
             or fnmatch.fnmatchcase(t.node, pattern)
         ]
+
+    def suggestible(self) -> list[str]:
+        """Names to suggest: plain body names where unique, and every qualified name."""
+        plain = [name for name, hits in self.plain.items() if len(hits) == 1]
+        return [*plain, *self.tensors]
 
     def of_op(self, op: str) -> list[str]:
         return [name for name, t in self.tensors.items() if t.op == op]

@@ -257,6 +257,8 @@ def test_cli_ambiguous_and_unknown_body_names_are_exit_2(tmp_path):
     assert res.status == 2 and "2 bodies" in res.stderr and "#0/then_branch/t" in res.stderr
     res = run_cli("debug", path, "--tap", "#0/then_branch/tt")
     assert res.status == 2 and "#0/then_branch/t" in res.stderr  # a close match
+    res = run_cli("debug", path, "--tap", "e_outt")
+    assert res.status == 2 and "did you mean `e_out`" in res.stderr  # unique: the plain name
     assert not (tmp_path / "o.onnx").exists()
 
 
