@@ -399,3 +399,14 @@ def test_a_loop_tap_that_changes_shape_is_dropped_not_the_run():
     assert edited and "#2/body/part" in edited.details["not_tappable"]
     out = run(edited.model, {"x": x})
     np.testing.assert_array_equal(out["#2/body/total"][:, 0], np.cumsum(x)[:3])
+
+
+def test_inspect_names_lists_body_tensors_as_tap_takes_them(tmp_path):
+    path = write(parse(IF_MODEL), tmp_path / "if.onnx")
+    res = run_cli("inspect", path, "--names", "#0/else_branch/*", "--json")
+    assert res.status == 0, res.stdout + res.stderr
+    listed = {t["name"]: (t["op"], t["dtype"], t["shape"]) for t in res.json["names"]["tensors"]}
+    assert listed == {
+        "#0/else_branch/t": ("Sub", "float32", [2, 3]),
+        "#0/else_branch/e_out": ("Relu", "float32", [2, 3]),
+    }
