@@ -410,3 +410,19 @@ def test_inspect_names_lists_body_tensors_as_tap_takes_them(tmp_path):
         "#0/else_branch/t": ("Sub", "float32", [2, 3]),
         "#0/else_branch/e_out": ("Relu", "float32", [2, 3]),
     }
+
+
+def test_hostile_body_names_reach_the_terminal_escaped(tmp_path):
+    proto = parse(IF_MODEL)
+    proto.graph.node[0].name = "If\x07\u202e"
+    for node in proto.graph.node[0].attribute[1].g.node:  # else_branch: t -> hostile
+        node.input[:] = ["t\x1b[2J[bold]X" if x == "t" else x for x in node.input]
+        node.output[:] = ["t\x1b[2J[bold]X" if x == "t" else x for x in node.output]
+    path = write(proto, tmp_path / "hostile.onnx")
+    np.savez(tmp_path / "f.npz", c=np.array(False), x=X)
+    res = run_cli("debug", path, "--feeds", tmp_path / "f.npz")
+    assert res.status == 0, res.stdout + res.stderr
+    assert not any(c in res.stdout for c in "\x1b\x07\u202e")
+    assert "If\\x07\\u202e/else_branch/t\\x1b[2J[bold]X" in res.stdout
+    res = run_cli("debug", path, "--feeds", tmp_path / "f.npz", "--json")
+    assert "If\x07\u202e/else_branch/t\x1b[2J[bold]X" in [t["name"] for t in res.json["taps"]]
