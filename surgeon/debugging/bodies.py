@@ -16,11 +16,12 @@ run that exposed them:
   tensors and main-graph tensors alike.
 * **Root cause.** Nodes inside bodies are not run in isolation (the isolated run takes
   main-graph nodes): when the root cause found by the main-graph rules is a node holding
-  bodies, and tensors inside its bodies diverge, the root cause moves inside by the
-  positional rule: the first diverged body tensor none of whose compared inputs
-  diverged (a holder found there is entered in turn). Inside a Loop/Scan, the first
-  iteration that diverges is named. The report says, as a note, that the body node was
-  judged by position.
+  bodies, or those rules name none, and tensors inside bodies diverge, the root cause is
+  named inside by the positional rule: the first diverged body tensor none of whose
+  compared inputs diverged (a holder found there is entered in turn; a differing
+  Constant, where a weight enters, ranks first). Inside a Loop/Scan, the first iteration
+  that diverges is named. The report says, as a note, that the body node was judged by
+  position.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import numpy as np
 
 from surgeon.compare import compare_arrays
 from surgeon.debugging._graph import DebugFacts
+from surgeon.debugging.reference import _run_reference
 from surgeon.debugging.results import names_text, number_text
 from surgeon.edits.tap_bodies import (
     BodyPlan,
@@ -40,6 +42,7 @@ from surgeon.edits.tap_bodies import (
     body_tensors,
     plan_body_taps,
 )
+from surgeon.errors import SurgeonError
 from surgeon.model import Model
 
 
@@ -350,12 +353,12 @@ def reference_lookup(report, model, feeds, ref, options, run_options):
     def lookup(name: str):
         if ref.kind == "arrays":
             return ref.source.get(name)
-        from surgeon.debugging.reference import _run_reference
-
+        # the reference as the comparison ran it (its feeds, its own inputs), once more for
+        # one tensor; the report it writes into is a scratch one (it was filled already)
         scratch = types.SimpleNamespace(reference_feeds={}, notes=[])
         try:
             got = _run_reference(scratch, model, [name], feeds, ref, options, run_options)
-        except Exception:  # noqa: BLE001 - the iteration is a detail: a failed rerun leaves it unnamed
+        except SurgeonError:  # the iteration is a detail: a failed rerun leaves it unnamed
             return None
         return got.get(name)
 
