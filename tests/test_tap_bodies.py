@@ -426,3 +426,16 @@ def test_hostile_body_names_reach_the_terminal_escaped(tmp_path):
     assert "If\\x07\\u202e/else_branch/t\\x1b[2J[bold]X" in res.stdout
     res = run_cli("debug", path, "--feeds", tmp_path / "f.npz", "--json")
     assert "If\x07\u202e/else_branch/t\x1b[2J[bold]X" in [t["name"] for t in res.json["taps"]]
+
+
+def test_nan_born_in_a_branch_is_blamed_there_and_its_if_inherits_it():
+    model = Model(parse(IF_MODEL.replace("t = Mul(x, w)", "t = Log(x)")))
+    report = debug(model, DebugOptions(), feeds={"c": np.array(True), "x": X})
+    assert not report.passed
+    kinds = {x.tensor: x.kind for x in report.nonfinite}
+    with np.errstate(invalid="ignore"):  # independent: numpy makes the NaN at the Log
+        assert np.isnan(np.log(X)).any()
+    assert kinds["#0/then_branch/t"] == "born"
+    assert kinds["#0/then_branch/s"] == kinds["y"] == "inherited"
+    assert [x.tensor for x in report.born] == ["#0/then_branch/t"]
+    assert report.verdict().startswith("first NaN at `#0/then_branch/t`, produced by ")

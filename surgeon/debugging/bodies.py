@@ -195,9 +195,15 @@ def reblame_body_nonfinite(found: list, stats: list, plan: BodyPlan, facts: Debu
     counts.update({x.tensor: (x.nan, x.inf) for x in found if x.kind == "input"})
     counts.update({s.name: (s.nan, s.inf) for s in stats})
     constants = facts.constants
+    # main-graph holders of bodies where NaN/Inf shows: their outputs inherit it
+    sick = {
+        plan.taps[s.name].levels[0].node for s in stats if s.name in plan.taps and (s.nan or s.inf)
+    }
     for x in found:
         t = plan.taps.get(x.tensor)
         if t is None:
+            if x.node in sick and x.kind in ("born", "unknown"):
+                x.kind, x.untapped_inputs = "inherited", []
             continue
         x.node, x.op = t.node, t.op
         if t.op in ("Constant", "ConstantOfShape"):
