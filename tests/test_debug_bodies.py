@@ -130,3 +130,38 @@ def test_root_cause_in_a_loop_names_the_iteration(tmp_path):
     assert ok.status == 0, ok.stdout + ok.stderr
     res = run_cli("debug", bad_path, "--ref", saved, "--json")
     assert res.status == 1 and res.json["bodies"]["root_cause"]["iteration"] == [1]
+
+
+# A Scan whose state starts at zero: a changed body weight shows from iteration 1 on.
+SCAN_NET = """<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[2] s0, float[5, 2] xs) => (float[2] s, float[5, 2] ys) {{
+    s, ys = Scan <num_scan_inputs = 1, body = body (float[2] s_in, float[2] row)
+        => (float[2] s_out, float[2] y) <float[2] half = {{{half}}}> {{
+            d = Mul(s_in, half)
+            s_out = Add(d, row)
+            y = Identity(s_out)
+        }}> (s0, xs)
+}}"""
+
+
+def test_root_cause_in_a_scan_names_the_node_and_iteration(tmp_path):
+    good = write(parse(SCAN_NET.format(half="0.5, 0.5")), tmp_path / "good.onnx")
+    bad = write(parse(SCAN_NET.format(half="0.5, 0.8")), tmp_path / "bad.onnx")
+    xs = np.arange(10, dtype=np.float32).reshape(5, 2) / 10
+    np.savez(tmp_path / "f.npz", s0=np.zeros(2, np.float32), xs=xs)
+    res = run_cli("debug", bad, "--ref", good, "--feeds", tmp_path / "f.npz", "--json")
+    assert res.status == 1, res.stdout + res.stderr
+    root = res.json["bodies"]["root_cause"]
+    assert root["name"] == "#0/body/d" and root["op"] == "Mul"
+
+    # independent: the two recurrences in numpy first differ at step 1 (d = 0 at step 0)
+    def steps(half):
+        s, out = np.zeros(2, np.float32), []
+        for row in xs:
+            d = s * np.float32(half)
+            out.append(d)
+            s = d + row
+        return np.stack(out)
+
+    differs = ~np.isclose(steps([0.5, 0.5]), steps([0.5, 0.8]), rtol=1e-4, atol=1e-4)
+    assert root["iteration"] == [int(np.argwhere(differs.any(axis=1))[0][0])] == [1]
