@@ -165,3 +165,14 @@ def test_root_cause_in_a_scan_names_the_node_and_iteration(tmp_path):
 
     differs = ~np.isclose(steps([0.5, 0.5]), steps([0.5, 0.8]), rtol=1e-4, atol=1e-4)
     assert root["iteration"] == [int(np.argwhere(differs.any(axis=1))[0][0])] == [1]
+
+
+def test_a_body_difference_that_does_not_reach_the_outputs_is_shown_not_blamed(tmp_path):
+    dead = "            unused = Constant <value = float[2] u {{{u}}}> ()\n            h = MatMul"
+    good_text = _if_net().replace("            h = MatMul", dead.format(u="1.0, 2.0"))
+    bad_text = _if_net().replace("            h = MatMul", dead.format(u="1.0, 2.5"))
+    good, bad = _write_pair(tmp_path, good_text, bad_text)
+    res = run_cli("debug", bad, "--ref", good, "--feeds", _feeds(tmp_path, 16000), "--json")
+    assert res.status == 0, res.stdout + res.stderr
+    assert res.json["verdict"].startswith("outputs within tolerance (`y` compared); no failure")
+    assert res.json["bodies"]["root_cause"]["name"] == "If_0/then_branch/unused"
