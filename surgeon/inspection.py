@@ -8,6 +8,7 @@ from collections import Counter
 
 import onnx
 
+from surgeon.edits.tap_bodies import body_tensors, body_types
 from surgeon.graph_facts import inferred_value_infos, outer_reads
 from surgeon.model import (
     PROVENANCE_KEY,
@@ -157,7 +158,9 @@ def _known_types(model: Model) -> dict[str, dict]:
 
 
 def list_names(model: Model, pattern: str = "*") -> dict:
-    """The node and tensor names of the main graph that ``pattern`` (a glob) matches.
+    """The node and tensor names of the main graph that ``pattern`` (a glob) matches, and
+    the tensors inside If/Loop/Scan bodies under their qualified names
+    (``If_0/then_branch/x``, see :mod:`surgeon.edits.tap_bodies`).
 
     These are the names the commands accept (``debug --tap``, ``extract --inputs/--outputs``,
     ``rename --map``): tensors are the graph inputs and every node output (weights are not
@@ -194,7 +197,16 @@ def list_names(model: Model, pattern: str = "*") -> dict:
     for v in proto.graph.input:
         if v.name not in initializers:
             add(v.name, None, None)
-    for n in proto.graph.node:
+    # tensors inside If/Loop/Scan bodies, under the names --tap takes, before their holder
+    inside: dict[int, list] = {}
+    for t in body_tensors(model).values():
+        if fnmatch.fnmatchcase(t.name, pattern):
+            inside.setdefault(t.holder, []).append(t)
+    for i, n in enumerate(proto.graph.node):
+        found = inside.get(i, [])
+        for t, typed in _typed_body_tensors(model, found):
+            types[t.name] = typed
+            add(t.name, t.node, t.op)
         for o in n.output:
             if o:
                 add(o, n.name, n.op_type)
@@ -209,6 +221,22 @@ def list_names(model: Model, pattern: str = "*") -> dict:
         if n.name and fnmatch.fnmatchcase(n.name, pattern)
     ]
     return {"pattern": pattern, "tensors": tensors, "nodes": nodes}
+
+
+def _typed_body_tensors(model: Model, found: list) -> list[tuple]:
+    """``(body tensor, {dtype, shape})`` for the body tensors in ``found``."""
+    if not found:
+        return []
+    known = body_types(model, found)
+    out = []
+    for t in found:
+        info = (
+            value_info_to_tensor_info(onnx.helper.make_value_info(t.name, known[t.name]))
+            if t.name in known
+            else None
+        )
+        out.append((t, {"dtype": info.dtype, "shape": info.shape} if info else {}))
+    return out
 
 
 __all__ = ["describe", "list_names", "value_info_to_tensor_info"]

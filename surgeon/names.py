@@ -61,6 +61,7 @@ def resolve_tensors(
     ops: Iterable[str] = (),
     allow_inputs: bool = True,
     what: str = "node or tensor",
+    bodies: bool = False,
 ) -> list[str]:
     """Turn user names into tensor names of ``model``'s main graph, in the order given.
 
@@ -69,6 +70,11 @@ def resolve_tensors(
     those op types. A name that is both a node and a tensor means the tensor.
     With ``allow_inputs=False`` only node outputs and node names are accepted (and
     suggested); a graph input or weight named there is an error that says so.
+    With ``bodies=True`` tensors inside If/Loop/Scan bodies count too, under their
+    qualified names (``If_0/then_branch/x``, see :mod:`surgeon.edits.tap_bodies`): ``all``
+    and globs include them, a qualified node name means its outputs, and a plain body
+    name is accepted where it is unique (several bodies holding it is an error listing
+    the qualified names).
 
     Raises:
         NameNotFoundError: Some names match nothing (all of them are listed, with
@@ -82,16 +88,20 @@ def resolve_tensors(
     out: list[str] = []
     problems: list[NameNotFoundError] = []
     inner = None
+    body = _BodyNames(model) if bodies else None
     graph_inputs = {v.name for v in proto.graph.input}
     weights = {t.name for t in proto.graph.initializer}
     hint = names_hint(model.path)
     for spec in specs:
         if spec == "all":
             out += intermediate_tensors(model)
+            out += list(body.tensors) if body else []
         elif spec in tensors:
             out.append(spec)
         elif spec in nodes:
             out += [o for o in nodes[spec].output if o]
+        elif body is not None and (found_in_body := body.resolve(spec, problems)) is not None:
+            out += found_in_body
         elif is_glob(spec):
             hits = [n for n in nodes if fnmatch.fnmatchcase(n, spec)]
             found = [o for h in hits for o in nodes[h].output if o]
@@ -99,6 +109,7 @@ def resolve_tensors(
                 dict.fromkeys([*(v.name for v in proto.graph.input), *intermediate_tensors(model)])
             )
             found += [t for t in ordered if t in tensors and fnmatch.fnmatchcase(t, spec)]
+            found += body.glob(spec) if body else []
             if not found:
                 problems.append(
                     NameNotFoundError(
@@ -133,17 +144,17 @@ def resolve_tensors(
                     unknown_name(
                         what,
                         spec,
-                        list(nodes) + sorted(tensors),
+                        list(nodes) + sorted(tensors) + (body.suggestible() if body else []),
                         model.name,
                         model_path=model.path,
                     )
                 )
     op_list = list(ops)
     if op_list:
-        present = sorted({n.op_type for n in proto.graph.node})
+        present = sorted({n.op_type for n in proto.graph.node} | (body.ops() if body else set()))
         for op in op_list:
             matched = [n for n in proto.graph.node if n.op_type == op]
-            if not matched:
+            if not matched and not (body and body.of_op(op)):
                 problems.append(
                     NameNotFoundError(
                         f"no op type `{op}` in {model.name}"
@@ -159,8 +170,71 @@ def resolve_tensors(
                 )
             for n in matched:
                 out += [o for o in n.output if o]
+            out += body.of_op(op) if body else []
     raise_name_errors(problems, f"{len(problems)} names not found in {model.name}", hint)
     return list(dict.fromkeys(out))
+
+
+class _BodyNames:
+    """The names of tensors and nodes inside If/Loop/Scan bodies, for resolve_tensors."""
+
+    def __init__(self, model: Model):
+        from surgeon.edits.tap_bodies import body_tensors  # edits import names
+
+        self.tensors = body_tensors(model)
+        self.plain: dict[str, list[str]] = {}
+        self.nodes: dict[str, list[str]] = {}
+        self.plain_nodes: dict[str, list[str]] = {}
+        for name, t in self.tensors.items():
+            self.plain.setdefault(t.tensor, []).append(name)
+            self.nodes.setdefault(t.node, []).append(name)
+        for node in self.nodes:
+            self.plain_nodes.setdefault(node.rsplit("/", 1)[-1], []).append(node)
+
+    def resolve(self, spec: str, problems: list) -> list[str] | None:
+        """The qualified tensors ``spec`` names (None: no body name; an ambiguous plain
+        name adds a problem and gives [])."""
+        if spec in self.tensors:
+            return [spec]
+        if spec in self.nodes:
+            return list(self.nodes[spec])
+        for table, kind in ((self.plain, "tensor"), (self.plain_nodes, "node")):
+            hits = table.get(spec)
+            if not hits:
+                continue
+            if len(hits) == 1:
+                return [hits[0]] if kind == "tensor" else list(self.nodes[hits[0]])
+            problems.append(
+                NameNotFoundError(
+                    f"`{spec}` names a {kind} in {len(hits)} bodies; name one by where it "
+                    "lives: " + ", ".join(f"`{h}`" for h in hits[:8]),
+                    name=spec,
+                    suggestions=hits[:3],
+                )
+            )
+            return []
+        return None
+
+    def glob(self, pattern: str) -> list[str]:
+        """Qualified tensors whose qualified or plain name, or node, matches ``pattern``."""
+        return [
+            name
+            for name, t in self.tensors.items()
+            if fnmatch.fnmatchcase(name, pattern)
+            or fnmatch.fnmatchcase(t.tensor, pattern)
+            or fnmatch.fnmatchcase(t.node, pattern)
+        ]
+
+    def suggestible(self) -> list[str]:
+        """Names to suggest: plain body names where unique, and every qualified name."""
+        plain = [name for name, hits in self.plain.items() if len(hits) == 1]
+        return [*plain, *self.tensors]
+
+    def of_op(self, op: str) -> list[str]:
+        return [name for name, t in self.tensors.items() if t.op == op]
+
+    def ops(self) -> set[str]:
+        return {t.op for t in self.tensors.values()}
 
 
 def resolve_one_tensor(model: Model, spec: str, *, role: str) -> str:

@@ -105,13 +105,14 @@ def test_cli_unknown_tap_is_exit_2_and_writes_nothing(cli, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_subgraph_tensors_are_listed_not_skipped(cli):
+def test_subgraph_tensors_are_tapped_by_where_they_live(cli):
     res = cli("debug", SAMPLES / "if_model.onnx", "--json")
+    assert res.status == 0 and res.json["not_tappable"] == []
+    executed = {x["name"]: x["executed"] for x in res.json["bodies"]["taps"]}
+    assert executed == {"choose/then_branch/then_y": True, "choose/else_branch/else_y": False}
+    res = cli("debug", SAMPLES / "if_model.onnx", "--tap", "then_y", "--json")
     assert res.status == 0
-    listed = {x["tensor"]: x["node"] for x in res.json["not_tappable"]}
-    assert listed == {"then_y": "choose", "else_y": "choose"}
-    res = cli("debug", SAMPLES / "if_model.onnx", "--tap", "then_y")
-    assert res.status == 2 and "subgraph of node `choose`" in res.stderr
+    assert [t["name"] for t in res.json["taps"]] == ["choose/then_branch/then_y"]
 
 
 # ---------------------------------------------------------------- tap edit

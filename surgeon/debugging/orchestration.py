@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from surgeon.compare import EXACT, DiffReport
+from surgeon.debugging import bodies as body_taps
 from surgeon.debugging._graph import DebugFacts
 from surgeon.debugging.nonfinite import blame_nonfinite, rank_anomaly
 from surgeon.debugging.reference import (
@@ -30,6 +31,7 @@ from surgeon.edits.tap import (
     not_tappable,
     select_taps,
 )
+from surgeon.edits.tap_bodies import UNSTACKABLE
 from surgeon.errors import RuntimeFailure, SurgeonError, UsageError
 from surgeon.feeds import describe_feeds, make_feeds
 from surgeon.model import Model, dtype_name
@@ -62,6 +64,8 @@ def debug(
     taps = select_taps(model, options.taps, ops=options.ops)
     if not taps:
         raise UsageError(f"nothing to tap in {model.name}: the selection matched no node outputs")
+    bodies = body_taps.plan_debug_bodies(model, taps)  # taps inside If/Loop/Scan bodies
+    taps = [t for t in taps if bodies is None or t not in bodies.untyped]
     run_options = RunOptions(
         optimization=options.optimization, custom_op_libraries=tuple(options.custom_op_libraries)
     )
@@ -70,7 +74,10 @@ def debug(
         ref = Reference(
             "self", f"{model.name} at optimization={options.reference_optimization}", model
         )
+    ref = body_taps.expose_reference(ref, bodies)
     facts = DebugFacts(model)
+    if bodies is not None:
+        body_taps.add_body_facts(facts, bodies)
     origin = _origin_lookup(model)
     if ref is not None:
         check_pairing(facts, taps, ref, options)
@@ -87,11 +94,26 @@ def debug(
     feeds = dict(feeds)
 
     say = progress or (lambda phase: None)
-    run = _tap_and_measure(facts, taps, feeds, options, run_options, ref is not None, say)
+    has_ref, unstackable = ref is not None, {}
+    while True:
+        try:
+            run = _tap_and_measure(facts, taps, feeds, options, run_options, has_ref, say, bodies)
+            break
+        except RuntimeFailure as failure:
+            # A Loop/Scan tap whose shape changes between iterations cannot be stacked:
+            # measure again with fewer of them (staged), and say which were dropped.
+            bodies, dropped = body_taps.narrow_after(bodies, failure)
+            taps = [t for t in taps if t not in dropped]
+            unstackable.update(dict.fromkeys(dropped, UNSTACKABLE))
+    if unstackable:
+        run.notes.append(body_taps.dropped_note(list(unstackable)))
+    body_results = body_taps.finish_body_taps(run.stats, run.values, bodies) if bodies else []
     for s in run.stats:
         if s.flags:
             s.origin = origin(s.node)
     nonfinite = blame_nonfinite(model, run.stats, feeds, facts=facts)
+    if bodies is not None:
+        body_taps.reblame_body_nonfinite(nonfinite, run.stats, bodies, facts)
     for x in nonfinite:
         if x.fails:
             x.origin = origin(x.node)
@@ -99,7 +121,14 @@ def debug(
         model=model.name,
         stats=run.stats,
         tap_check=run.tap_check,
-        not_tappable=not_tappable(model),
+        not_tappable={
+            **not_tappable(model),
+            **{
+                t: "(not a tensor, or its dtype unknown)"
+                for t in (bodies.untyped if bodies else ())
+            },
+            **unstackable,
+        },
         feeds=describe_feeds(feeds),
         seed=options.feed_options.seed,
         optimization=options.optimization,
@@ -109,6 +138,10 @@ def debug(
         notes=notes + run.notes,
     )
     report.feed_values = dict(feeds)
+    if bodies is not None:
+        report.bodies = {"taps": [b.to_dict() for b in body_results]}
+        executed = {s.name for s in run.stats}
+        taps = [t for t in taps if t not in bodies.taps or t in executed]
     if run.tap_check is not None:  # name the two sides apart in the report
         run.tap_check.candidate = f"{model.name} (tapped)"
     report.float16 = any(s.dtype == "float16" for s in run.stats)
@@ -121,6 +154,9 @@ def debug(
     if ref is not None:
         say(f"running the reference {ref.label}")
         compare_layers(report, facts, taps, run.values, feeds, ref, options, run_options, origin)
+        if bodies is not None:
+            lookup = body_taps.reference_lookup(report, model, feeds, ref, options, run_options)
+            body_taps.refine_body_root(report, bodies, run.values, lookup)
     return report
 
 
@@ -164,7 +200,7 @@ class _TapRun:
 
 
 def _tap_and_measure(
-    facts: DebugFacts, taps, feeds, options: DebugOptions, run_options, has_reference, say
+    facts: DebugFacts, taps, feeds, options: DebugOptions, run_options, has_reference, say, bodies
 ) -> _TapRun:
     """One verified run of the tapped model: the tap check (original outputs unchanged)
     and the statistics of every tapped tensor.
@@ -176,14 +212,18 @@ def _tap_and_measure(
     model = facts.model
     say(f"typing {len(taps)} tapped tensors")
     graph_outputs = set(model.output_names)
-    types = learn_types(model, [t for t in taps if t not in graph_outputs], run_options)
+    inside = bodies.taps if bodies is not None else {}  # typed and exposed by the plan
+    inside_types = dict(bodies.types) if bodies is not None else {}
+    types = learn_types(
+        model, [t for t in taps if t not in graph_outputs and t not in inside], run_options
+    )
     say(f"running {model.name} with {len(taps)} taps and the tap check")
     for vi in model.proto.graph.output:
         if vi.type.tensor_type.elem_type:
             types.setdefault(vi.name, vi.type)
     tap_tolerance = EXACT if options.optimization == "disabled" else options.tolerance
     notes: list[str] = []
-    if options.optimization == "disabled" and computes_in_float16(types):
+    if options.optimization == "disabled" and computes_in_float16({**types, **inside_types}):
         tap_tolerance = FLOAT16_TAP_TOLERANCE
         notes.append(
             "float16 model: the tap check allows atol="
@@ -191,7 +231,7 @@ def _tap_and_measure(
             "instead of bit-identity, because onnxruntime's CPU computes float16 chains in "
             "float32 and rounds only where a tensor is exposed, so a tap moves the last bits"
         )
-    want_values = has_reference or options.keep_values or model.opset < 11
+    want_values = has_reference or options.keep_values or model.opset < 11 or bool(inside)
 
     def checked_run(candidate, fetch, candidate_options, sink):
         return verify(
@@ -209,7 +249,12 @@ def _tap_and_measure(
 
     def values_run(notes: list[str]) -> _TapRun:
         values: dict[str, np.ndarray] = {}
-        tap_check = checked_run(add_outputs(model, taps, types), taps, run_options, values)
+        main = [t for t in taps if t not in inside]
+        candidate = add_outputs(model, main, types)
+        fetch = taps
+        if bodies is not None:  # body taps and branch markers (surgeon.edits.tap_bodies)
+            candidate, fetch = bodies.exposed(candidate), [*taps, *bodies.markers]
+        tap_check = checked_run(candidate, fetch, run_options, values)
         stats = []
         for i, t in enumerate(taps):
             if t in values:

@@ -224,6 +224,10 @@ class DebugReport:
     precision: object = None
     diverged_outputs: list[str] = field(default_factory=list)  # compared graph outputs
     compared_outputs: list[str] = field(default_factory=list)  # graph outputs compared
+    # Taps inside If/Loop/Scan bodies (surgeon.debugging.bodies): "taps" (executed or
+    # not, iterations, worst iteration) and "root_cause" when it lies inside a body.
+    bodies: dict = field(default_factory=dict)
+    body_root: str | None = None  # the verdict's root-cause sentence when inside a body
     values: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     feed_values: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
@@ -298,7 +302,9 @@ class DebugReport:
                     "(--optimization all --atol ... --rtol ... on the command line)"
                 )
             parts.append(text)
-        if self.reference is not None and self.isolated_verdict is not None:
+        if self.reference is not None and self.body_root is not None:
+            parts.append(self.body_root)
+        elif self.reference is not None and self.isolated_verdict is not None:
             parts += self._isolated_text()
         elif self.reference is not None:
             if self.root_cause is not None:
@@ -452,6 +458,7 @@ class DebugReport:
             "nonfinite": [x.to_dict() for x in self.nonfinite],
             "taps": [s.to_dict() for s in self.stats],
             "not_tappable": [{"tensor": t, "node": n} for t, n in self.not_tappable.items()],
+            "bodies": self.bodies,
             "reference": self.reference,
             "tolerance": self.tolerance.to_dict() if self.tolerance else None,
             "root_cause": self.root_cause.to_dict() if self.root_cause else None,

@@ -1,5 +1,9 @@
 """The tap edit: expose intermediate tensors as graph outputs.
 
+Tensors inside If/Loop/Scan bodies are tapped too, under qualified names
+(``If_0/then_branch/x``); how they are carried out of their bodies is
+:mod:`surgeon.edits.tap_bodies`.
+
 "Unchanged" for a tap means: every original output of the tapped model is bit-identical
 to the untapped model's on the same feeds. Tapped tensors get their dtype and shape from
 ONNX shape inference where it can tell, and otherwise from onnxruntime, which types every
@@ -18,10 +22,17 @@ from surgeon.compare import Tolerance
 from surgeon.edits import Edited
 from surgeon.edits.boundary import value_info_of
 from surgeon.edits.contract import Check, Correspondence, apply_edit
+from surgeon.edits.tap_bodies import (
+    UNSTACKABLE,
+    body_tensors,
+    plan_body_taps,
+    untappable_body_tensors,
+)
+from surgeon.errors import RuntimeFailure
 from surgeon.feeds import FeedOptions
 from surgeon.graph_facts import graph_facts, inferred_value_infos
 from surgeon.model import Model
-from surgeon.names import resolve_tensors, subgraph_tensors
+from surgeon.names import resolve_tensors
 from surgeon.runner import RunOptions, runtime_infos
 
 # Taps are verified with onnxruntime's graph optimisations off: a tap blocks fusions
@@ -51,7 +62,8 @@ def select_taps(
     model: Model, names: Iterable[str] = ("all",), *, ops: Iterable[str] = ()
 ) -> list[str]:
     """Resolve tap names (tensor or node names, globs, ``all``) plus op types into tensor
-    names of the main graph, in topological order.
+    names, in topological order: main-graph names, and qualified names of tensors inside
+    If/Loop/Scan bodies (``If_0/then_branch/x``), placed before their holder's outputs.
 
     Graph inputs and initializers are not tapped (they are known without a run), so
     they are neither accepted nor suggested.
@@ -61,15 +73,31 @@ def select_taps(
             names; a graph input or weight named explicitly (the error says why).
     """
     chosen = set(
-        resolve_tensors(model, list(names), ops=ops, allow_inputs=False, what="node or node output")
+        resolve_tensors(
+            model,
+            list(names),
+            ops=ops,
+            allow_inputs=False,
+            what="node or node output",
+            bodies=True,
+        )
     )
-    return [t for t in graph_facts(model).tensor_order() if t in chosen]
+    facts = graph_facts(model)
+    inside: dict[int, list[str]] = {}  # holder node index -> its body taps, in body order
+    for name, t in body_tensors(model).items():
+        if name in chosen:
+            inside.setdefault(t.holder, []).append(name)
+    order: list[str] = []
+    for i in facts.node_order():
+        order += inside.get(i, [])
+        order += [o for o in facts.graph.node[i].output if o and o in chosen]
+    return list(dict.fromkeys(order))
 
 
 def not_tappable(model: Model) -> dict[str, str]:
-    """Tensors inside If/Loop/Scan bodies (name -> holding node): listed, never silently
-    skipped, because the main graph cannot expose them."""
-    return subgraph_tensors(model)
+    """Tensors inside bodies of ops other than If/Loop/Scan (name -> holding node):
+    listed, never silently skipped, because they cannot be exposed."""
+    return untappable_body_tensors(model)
 
 
 def learn_types(
@@ -148,7 +176,10 @@ def tap(
 
     Returns:
         Edited with the tapped model; ``details["taps"]`` lists the new outputs in
-        topological order and ``details["not_tappable"]`` the tensors inside subgraphs.
+        topological order (body tensors under their qualified names, see
+        :mod:`surgeon.edits.tap_bodies`), ``details["branch_markers"]`` the outputs
+        saying which branch of each If on their way ran, and ``details["not_tappable"]``
+        the body tensors that could not be exposed (-> the holding node, or the reason).
 
     Raises:
         NameNotFoundError: A name matches nothing (with close matches).
@@ -157,27 +188,52 @@ def tap(
     ops = list(ops)
     # plan: which tensors, and their types
     taps = select_taps(model, names, ops=ops)
+    bodies = plan_body_taps(model, taps)
     graph_outputs = set(model.output_names)
-    new_taps = [t for t in taps if t not in graph_outputs]
+    new_taps = [t for t in taps if t not in graph_outputs and t not in body_tensors(model)]
     run_options = dataclasses.replace(
         VERIFY_OPTIONS, custom_op_libraries=tuple(custom_op_libraries)
     )
     types = learn_types(model, new_taps, run_options) if new_taps else {}
     untyped = [t for t in new_taps if t not in types]
-    return apply_edit(
-        model,
-        "tap",
-        {"names": names, "ops": ops},
-        lambda proto: append_outputs(proto, new_taps, types),
-        # the correspondence: every original output bit-identical
-        lambda tapped: Correspondence(
-            "tap: original outputs unchanged", pairs=[(o, o) for o in model.output_names]
-        ),
-        check=Check(verify, feeds, feed_options, run_options),
-        label="tapped",
-        details=lambda tapped, report: {
-            "taps": taps,
-            "untyped": untyped,
-            "not_tappable": not_tappable(model),
-        },
-    )
+    unstackable: dict[str, str] = {}
+
+    def change(proto: onnx.ModelProto) -> None:
+        append_outputs(proto, new_taps, types)
+        bodies.expose(proto)
+
+    def edit() -> Edited:
+        return apply_edit(
+            model,
+            "tap",
+            {"names": names, "ops": ops},
+            change,
+            # the correspondence: every original output bit-identical
+            lambda tapped: Correspondence(
+                "tap: original outputs unchanged", pairs=[(o, o) for o in model.output_names]
+            ),
+            check=Check(verify, feeds, feed_options, run_options),
+            label="tapped",
+            details=lambda tapped, report: {
+                "taps": [t for t in taps if t not in bodies.untyped and t not in unstackable],
+                "untyped": untyped,
+                "not_tappable": {
+                    **not_tappable(model),
+                    **{t: "(not a tensor, or its dtype unknown)" for t in bodies.untyped},
+                    **unstackable,
+                },
+                "branch_markers": list(bodies.markers),
+            },
+        )
+
+    while True:
+        try:
+            return edit()
+        except RuntimeFailure:
+            # A Loop/Scan tap whose shape changes between iterations cannot be stacked:
+            # tap again with fewer of them (staged), listed as not tappable.
+            narrower = bodies.narrower()
+            if narrower is None:
+                raise
+            bodies, dropped = narrower
+            unstackable.update(dict.fromkeys(dropped, UNSTACKABLE))

@@ -136,6 +136,61 @@ def _rows(items, rows: int, keep) -> list:
     return head + [it for it in items[rows:] if keep(it)]
 
 
+def body_lines(report) -> list[tuple[str, str]]:
+    """What the taps inside If/Loop/Scan bodies gave (see surgeon.debugging.bodies): how
+    many ran, which did not (branch not taken), and the worst iteration of Loop/Scan
+    taps (non-finite ones first). Lines with their style."""
+    taps = (getattr(report, "bodies", None) or {}).get("taps", [])
+    if not taps:
+        return []
+    idle = [b["name"] for b in taps if not b["executed"]]
+    lines = [
+        (
+            f"inside If/Loop/Scan bodies: {len(taps) - len(idle)} of {len(taps)} tapped tensors "
+            "ran (named <node>/<branch or body>/<tensor>)"
+            + (
+                f"; not executed (branch not taken, or no iteration): {_names(idle)}"
+                if idle
+                else ""
+            ),
+            "dim",
+        )
+    ]
+    looped = [b for b in taps if b["worst_iteration"] is not None]
+    # non-finite first (in graph order), then the largest absolute values
+    peak = {s.name: _peak(s) for s in report.stats}
+    looped.sort(key=lambda b: (b["worst_reason"] != "non-finite", -peak.get(b["name"], 0.0)))
+    if looped:
+        shown_taps = ", ".join(
+            f"{b['name']} at {_iteration(b['worst_iteration'])} ({b['worst_reason']})"
+            for b in looped[:3]
+        )
+        more = f"; {len(looped) - 3} more in --json" if len(looped) > 3 else ""
+        lines.append(
+            (
+                f"{len(looped)} Loop/Scan tap(s): statistics over all iterations; worst "
+                f"iteration: {shown_taps}{more}",
+                "yellow" if looped[0]["worst_reason"] == "non-finite" else "dim",
+            )
+        )
+    return lines
+
+
+def _peak(stats) -> float:
+    values = [abs(float(v)) for v in (stats.min, stats.max) if v is not None]
+    finite = [v for v in values if math.isfinite(v)]
+    return max(finite, default=0.0)
+
+
+def _names(names: list[str], limit: int = 4) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _iteration(index: list[int]) -> str:
+    return f"iteration {index[0]}" if len(index) == 1 else f"iteration {tuple(index)}"
+
+
 def render_debug(console: Console, report, rows: int = 40) -> None:
     style = "bold green" if report.passed else "bold red"
     console.print(shown(report.verdict(), style))
@@ -306,6 +361,8 @@ def render_debug(console: Console, report, rows: int = 40) -> None:
                     "dim",
                 )
             )
+    for line, style in body_lines(report):
+        console.print(shown(line, style))
     if report.not_tappable:
         names = ", ".join(f"{t} (in {n})" for t, n in list(report.not_tappable.items())[:8])
         more = f" and {len(report.not_tappable) - 8} more" if len(report.not_tappable) > 8 else ""

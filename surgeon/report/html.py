@@ -334,9 +334,20 @@ def debug_html(report) -> str:
         out.append("<h2>Declared vs real shapes</h2><ul>")
         out += [f"<li>{esc(m.message)}</li>" for m in report.shape_mismatches]
         out.append("</ul>")
+    idle = [b for b in (getattr(report, "bodies", None) or {}).get("taps", []) if not b["executed"]]
+    if idle:
+        out.append(
+            "<h2>Not executed</h2><p>Tapped tensors inside If/Loop/Scan bodies that did not "
+            "run (no statistics, no comparison):</p><ul>"
+        )
+        out += [
+            f"<li><code>{esc(b['name'])}</code>: {esc(b['not_executed'] or '')}</li>" for b in idle
+        ]
+        out.append("</ul>")
     if report.not_tappable:
         out.append(
-            "<h2>Not tappable</h2><p>Tensors inside If/Loop/Scan bodies cannot be exposed from the main graph:</p><ul>"
+            "<h2>Not tappable</h2><p>Tensors inside bodies that cannot be exposed from the "
+            "main graph (bodies of other ops, or the reason given):</p><ul>"
         )
         out += [
             f"<li><code>{esc(t)}</code> in node <code>{esc(n)}</code></li>"
