@@ -69,6 +69,7 @@ _LAZY = {
     "reshape_io": "surgeon.edits.shapes",
     "fold": "surgeon.edits.fold",
     "convert": "surgeon.edits.convert",
+    "rewrite": "surgeon.rewrites.apply",
     "check_dynamic": "surgeon.dynamic",
     "declared_vs_actual": "surgeon.shapecheck",
     "node_origin": "surgeon.origin",

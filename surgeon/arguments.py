@@ -61,6 +61,7 @@ MODEL_PARAMETERS: dict[str, dict[str, str]] = {
     "reshape_io": {"model": "model"},
     "fold": {"model": "model"},
     "convert": {"model": "model"},
+    "rewrite": {"model": "model"},
     "check_dynamic": {"model": "model"},
     "declared_vs_actual": {"model": "model"},
     "node_origin": {"model": "model"},
