@@ -1,0 +1,179 @@
+"""The ``gridsample`` rule: GridSample as arithmetic and GatherElements, for targets
+without GridSample (DETR-family deformable attention, optical flow warps).
+
+For a 4-D input X [N, C, H, W] and grid [N, Ho, Wo, 2] of (x, y) in [-1, 1]: each
+coordinate is unnormalised (``align_corners=1``: ``(g + 1) / 2 * (size - 1)``; ``0``:
+``((g + 1) * size - 1) / 2``), the corner pixels are found with Floor (bilinear) or Round
+(nearest, half to even like onnxruntime), their flat positions ``y * W + x`` gathered
+from X reshaped to [N, C, H*W] with GatherElements, and summed with the bilinear weights.
+``padding_mode=zeros``: a corner outside the image counts 0 (a mask multiplies its
+weight); ``border``: the coordinate is clamped to the image first. The arithmetic is in
+float32 (float64 when X and grid are float64), X cast to it and the result back.
+
+"Unchanged": the same output within tolerance (not bit-identical: the weights are
+computed in another order than onnxruntime's kernel, a few float32 ulps apart).
+Refused, naming the attribute: ``mode=bicubic``/``cubic``, ``padding_mode=reflection``,
+inputs that are not 4-D. NaN coordinates are not supported (onnxruntime's result for
+them is not specified either). Nor are coordinates beyond about +-1e6: onnxruntime
+1.32's own kernel then reads wrong pixels (border padding, a 3x4 image of 0..11, x=1e7:
+it gives 14; x=1e8: 0), where the rewrite clamps as the operator defines.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from surgeon.rewrites.graph import Match, RewriteGraph
+
+_LINEAR = {"bilinear", "linear"}
+
+
+class GridSampleRule:
+    """GridSample (bilinear/nearest, zeros/border, any align_corners) -> GatherElements."""
+
+    name = "gridsample"
+    summary = "GridSample (bilinear/nearest, zeros/border) -> Floor/Round + GatherElements"
+    exact = False
+
+    def matches(self, graph: RewriteGraph) -> list[Match]:
+        found = []
+        for node in graph.nodes:
+            if node.op_type != "GridSample" or node.domain not in ("", "ai.onnx"):
+                continue
+            mode = graph.attribute(node, "mode", "linear" if graph.opset >= 20 else "bilinear")
+            padding = graph.attribute(node, "padding_mode", "zeros")
+            corners = graph.attribute(node, "align_corners", 0)
+            refusals = []
+            if mode not in _LINEAR | {"nearest"}:
+                refusals.append(f"attribute mode={mode} is not implemented (bilinear, nearest)")
+            if padding not in ("zeros", "border"):
+                refusals.append(
+                    f"attribute padding_mode={padding} is not implemented (zeros, border)"
+                )
+            for tensor, what in ((node.input[0], "input X"), (node.input[1], "grid")):
+                rank = graph.rank(tensor)
+                if rank != 4:
+                    refusals.append(
+                        f"{what} `{tensor}` has rank {rank if rank is not None else 'unknown'}; "
+                        "only 4-D GridSample is implemented"
+                    )
+            what = f"{mode}, {padding}, align_corners={corners}"
+            key = graph.key(node)
+            found.append(Match(key, (key,), what, "; ".join(refusals) or None))
+        return found
+
+    def apply(self, graph: RewriteGraph, match: Match) -> None:
+        node = graph.node(match.node)
+        x, grid = node.input[0], node.input[1]
+        mode = graph.attribute(node, "mode", "linear" if graph.opset >= 20 else "bilinear")
+        padding = graph.attribute(node, "padding_mode", "zeros")
+        corners = graph.attribute(node, "align_corners", 0)
+        x_type, grid_type = graph.elem_type(x), graph.elem_type(grid)
+        double = x_type == grid_type == onnx.TensorProto.DOUBLE
+        ctype = onnx.TensorProto.DOUBLE if double else onnx.TensorProto.FLOAT
+        np_type = np.float64 if double else np.float32
+        if grid_type != ctype:
+            grid = graph.op("Cast", [grid], "gs_grid", to=ctype)
+        data = x if x_type == ctype else graph.op("Cast", [x], "gs_x", to=ctype)
+
+        height, width = graph.dim(x, 2, "gs_h"), graph.dim(x, 3, "gs_w")  # int64 [1]
+        coords = []
+        for axis, size in ((0, width), (1, height)):
+            g = graph.op("Gather", [grid, graph.scalar(axis, np.int64, "gs_axis")], "gs_g", axis=3)
+            size_f = graph.op("Cast", [size], "gs_size", to=ctype)
+            one = graph.scalar(1, np_type, "gs_one")
+            half = graph.scalar(0.5, np_type, "gs_half")
+            shifted = graph.op("Add", [g, one], "gs_shift")
+            if corners:
+                span = graph.op("Sub", [size_f, one], "gs_span")
+                c = graph.op("Mul", [graph.op("Mul", [shifted, half], "gs_unit"), span], "gs_c")
+            else:
+                scaled = graph.op("Mul", [shifted, size_f], "gs_scaled")
+                c = graph.op("Mul", [graph.op("Sub", [scaled, one], "gs_off"), half], "gs_c")
+            last = graph.op("Sub", [size_f, one], "gs_last")
+            if padding == "border":
+                zero = graph.scalar(0, np_type, "gs_zero")
+                c = graph.op("Max", [graph.op("Min", [c, last], "gs_min"), zero], "gs_border")
+            else:
+                # Beyond [-2, size + 1] every corner is outside anyway; the bound keeps the
+                # integer conversion of huge coordinates defined.
+                low = graph.scalar(-2, np_type, "gs_low")
+                high = graph.op("Add", [size_f, one], "gs_high")
+                c = graph.op("Max", [graph.op("Min", [c, high], "gs_min"), low], "gs_bounded")
+            coords.append(c)
+
+        flat = graph.op("Reshape", [data, graph.ints([0, 0, -1], "gs_flat_shape")], "gs_flat")
+        channels = graph.dim(x, 1, "gs_c")
+        spread = graph.op(
+            "Concat",
+            [graph.ints([1], "gs_one_dim"), channels, graph.ints([1], "gs_one_dim")],
+            "gs_spread_shape",
+            axis=0,
+        )
+
+        def sample(xi: str, yi: str, weight: str | None) -> str:
+            """The pixels at integer coordinates (xi, yi) [N, Ho, Wo] int64, times weight
+            (and 0 outside the image for zeros padding), as [N, C, Ho*Wo]."""
+            mask = None
+            if padding == "zeros":
+                inside = []
+                for v, size in ((xi, width), (yi, height)):
+                    ge = graph.op(
+                        "Not", [graph.op("Less", [v, graph.scalar(0, np.int64, "gs_zi")])]
+                    )
+                    inside.append(graph.op("And", [ge, graph.op("Less", [v, size])]))
+                mask = graph.op("Cast", [graph.op("And", inside)], "gs_mask", to=ctype)
+            clamped = []
+            for v, size in ((xi, width), (yi, height)):
+                top = graph.op("Sub", [size, graph.ints([1], "gs_i1")], "gs_top")
+                low = graph.scalar(0, np.int64, "gs_zi")
+                clamped.append(graph.op("Max", [graph.op("Min", [v, top]), low], "gs_clamped"))
+            index = graph.op("Add", [graph.op("Mul", [clamped[1], width]), clamped[0]], "gs_index")
+            index = graph.op("Reshape", [index, graph.ints([0, 1, -1], "gs_row")], "gs_index_row")
+            index = graph.op("Expand", [index, spread], "gs_index_all")
+            pixels = graph.op("GatherElements", [flat, index], "gs_pixels", axis=2)
+            factor = weight
+            if mask is not None:
+                factor = mask if factor is None else graph.op("Mul", [factor, mask], "gs_wm")
+            if factor is None:
+                return pixels
+            factor = graph.op("Reshape", [factor, graph.ints([0, 1, -1], "gs_row")], "gs_factor")
+            return graph.op("Mul", [pixels, factor], "gs_weighted")
+
+        to_int = onnx.TensorProto.INT64
+        if mode == "nearest":
+            xi, yi = (
+                graph.op("Cast", [graph.op("Round", [c], "gs_round")], "gs_ni", to=to_int)
+                for c in coords
+            )
+            total = sample(xi, yi, None)
+        else:
+            one = graph.scalar(1, np_type, "gs_one")
+            corners_xy = []
+            for c in coords:
+                low_f = graph.op("Floor", [c], "gs_floor")
+                frac = graph.op("Sub", [c, low_f], "gs_frac")  # weight of the upper corner
+                low_i = graph.op("Cast", [low_f], "gs_lo", to=to_int)
+                high_i = graph.op("Add", [low_i, graph.scalar(1, np.int64, "gs_i1s")], "gs_hi")
+                corners_xy.append(((low_i, graph.op("Sub", [one, frac], "gs_wlo")), (high_i, frac)))
+            parts = []
+            for yi, wy in corners_xy[1]:
+                for xi, wx in corners_xy[0]:
+                    parts.append(sample(xi, yi, graph.op("Mul", [wy, wx], "gs_w")))
+            total = graph.op("Add", [graph.op("Add", parts[:2]), graph.op("Add", parts[2:])])
+        out_shape = graph.op(
+            "Concat",
+            [
+                graph.ints([0, 0], "gs_nc"),
+                graph.dim(node.input[1], 1, "gs_ho"),
+                graph.dim(node.input[1], 2, "gs_wo"),
+            ],
+            "gs_out_shape",
+            axis=0,
+        )
+        if x_type == ctype:
+            graph.op("Reshape", [total, out_shape], "gs_out", outputs=[node.output[0]])
+        else:
+            shaped = graph.op("Reshape", [total, out_shape], "gs_shaped")
+            graph.op("Cast", [shaped], "gs_out", outputs=[node.output[0]], to=x_type)
