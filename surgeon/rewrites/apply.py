@@ -159,6 +159,7 @@ def plan_rewrite(
         _check_nodes(graph, list(nodes), model.name, model.path)
         wanted = set(nodes)
     problems: list[str] = []
+    refused = False
     done: list[dict] = []
     hit: set[str] = set()
     for rule in loaded:
@@ -167,6 +168,7 @@ def plan_rewrite(
             node = graph.node(m.node)
             hit.update(x for x in (node.name, m.node) if x)
             if m.refusal is not None:
+                refused = True
                 problems.append(f"{rule.name}: node `{graph.label(node)}`: {m.refusal}")
         if not found and wanted is None:
             problems.append(f"{rule.name} matches no node of {model.name} ({rule.summary})")
@@ -185,12 +187,10 @@ def plan_rewrite(
                     + ")"
                 )
     if problems:
-        raise UsageError(
-            f"cannot rewrite {model.name}",
-            problems=problems,
-            hint="Leave out the nodes a rule refuses with --node, or choose another rule "
-            "(`surgeon rewrite --list`).",
-        )
+        hint = "Choose the nodes with --node, or another rule (`surgeon rewrite --list`)."
+        if refused:
+            hint = "Leave out the nodes a rule refuses (choose the others with --node)."
+        raise UsageError(f"cannot rewrite {model.name}", problems=problems, hint=hint)
     return proto, loaded, done
 
 

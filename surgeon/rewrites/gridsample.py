@@ -103,7 +103,46 @@ class GridSampleRule:
                 c = graph.op("Max", [graph.op("Min", [c, high], "gs_min"), low], "gs_bounded")
             coords.append(c)
 
-        flat = graph.op("Reshape", [data, graph.ints([0, 0, -1], "gs_flat_shape")], "gs_flat")
+        to_int = onnx.TensorProto.INT64
+        axes = []  # per axis (x, then y): [(clamped int coordinate, weight, inside mask)]
+        for c, size in zip(coords, (width, height), strict=True):
+            top = graph.op("Sub", [size, graph.ints([1], "gs_i1")], "gs_top")
+            zero_i = graph.scalar(0, np.int64, "gs_zi")
+            if mode == "nearest":
+                rounded = graph.op("Round", [c], "gs_round")  # half to even, as onnxruntime
+                points = [(graph.op("Cast", [rounded], "gs_ni", to=to_int), None)]
+            else:
+                low_f = graph.op("Floor", [c], "gs_floor")
+                frac = graph.op("Sub", [c, low_f], "gs_frac")  # the upper corner's weight
+                one = graph.scalar(1, np_type, "gs_one")
+                low_i = graph.op("Cast", [low_f], "gs_lo", to=to_int)
+                high_i = graph.op("Add", [low_i, graph.scalar(1, np.int64, "gs_i1s")], "gs_hi")
+                points = [(low_i, graph.op("Sub", [one, frac], "gs_wlo")), (high_i, frac)]
+            corners_of_axis = []
+            for v, weight in points:
+                inside = None
+                if padding == "zeros":
+                    not_below = graph.op("Not", [graph.op("Less", [v, zero_i])], "gs_ge0")
+                    inside = graph.op("And", [not_below, graph.op("Less", [v, size])], "gs_in")
+                clamped = graph.op("Max", [graph.op("Min", [v, top]), zero_i], "gs_clamped")
+                corners_of_axis.append((clamped, weight, inside))
+            axes.append(corners_of_axis)
+
+        # Every corner's flat position y * W + x, side by side: one GatherElements reads
+        # them all from X as [N, C, H*W], and one ReduceSum adds them up.
+        indices, factors = [], []
+        for yc, wy, iy in axes[1]:
+            for xc, wx, ix in axes[0]:
+                index = graph.op("Add", [graph.op("Mul", [yc, width]), xc], "gs_index")
+                indices.append(graph.op("Reshape", [index, graph.ints([0, 1, -1], "gs_row")]))
+                factor = wy if wx is None else graph.op("Mul", [wy, wx], "gs_w")
+                if iy is not None:
+                    mask = graph.op("Cast", [graph.op("And", [iy, ix])], "gs_mask", to=ctype)
+                    factor = mask if factor is None else graph.op("Mul", [factor, mask], "gs_wm")
+                if factor is not None:
+                    factors.append(graph.op("Reshape", [factor, graph.ints([0, 1, -1], "gs_row")]))
+        count = len(indices)
+        index = indices[0] if count == 1 else graph.op("Concat", indices, "gs_indices", axis=2)
         channels = graph.dim(x, 1, "gs_c")
         spread = graph.op(
             "Concat",
@@ -111,57 +150,16 @@ class GridSampleRule:
             "gs_spread_shape",
             axis=0,
         )
-
-        def sample(xi: str, yi: str, weight: str | None) -> str:
-            """The pixels at integer coordinates (xi, yi) [N, Ho, Wo] int64, times weight
-            (and 0 outside the image for zeros padding), as [N, C, Ho*Wo]."""
-            mask = None
-            if padding == "zeros":
-                inside = []
-                for v, size in ((xi, width), (yi, height)):
-                    ge = graph.op(
-                        "Not", [graph.op("Less", [v, graph.scalar(0, np.int64, "gs_zi")])]
-                    )
-                    inside.append(graph.op("And", [ge, graph.op("Less", [v, size])]))
-                mask = graph.op("Cast", [graph.op("And", inside)], "gs_mask", to=ctype)
-            clamped = []
-            for v, size in ((xi, width), (yi, height)):
-                top = graph.op("Sub", [size, graph.ints([1], "gs_i1")], "gs_top")
-                low = graph.scalar(0, np.int64, "gs_zi")
-                clamped.append(graph.op("Max", [graph.op("Min", [v, top]), low], "gs_clamped"))
-            index = graph.op("Add", [graph.op("Mul", [clamped[1], width]), clamped[0]], "gs_index")
-            index = graph.op("Reshape", [index, graph.ints([0, 1, -1], "gs_row")], "gs_index_row")
-            index = graph.op("Expand", [index, spread], "gs_index_all")
-            pixels = graph.op("GatherElements", [flat, index], "gs_pixels", axis=2)
-            factor = weight
-            if mask is not None:
-                factor = mask if factor is None else graph.op("Mul", [factor, mask], "gs_wm")
-            if factor is None:
-                return pixels
-            factor = graph.op("Reshape", [factor, graph.ints([0, 1, -1], "gs_row")], "gs_factor")
-            return graph.op("Mul", [pixels, factor], "gs_weighted")
-
-        to_int = onnx.TensorProto.INT64
-        if mode == "nearest":
-            xi, yi = (
-                graph.op("Cast", [graph.op("Round", [c], "gs_round")], "gs_ni", to=to_int)
-                for c in coords
-            )
-            total = sample(xi, yi, None)
-        else:
-            one = graph.scalar(1, np_type, "gs_one")
-            corners_xy = []
-            for c in coords:
-                low_f = graph.op("Floor", [c], "gs_floor")
-                frac = graph.op("Sub", [c, low_f], "gs_frac")  # weight of the upper corner
-                low_i = graph.op("Cast", [low_f], "gs_lo", to=to_int)
-                high_i = graph.op("Add", [low_i, graph.scalar(1, np.int64, "gs_i1s")], "gs_hi")
-                corners_xy.append(((low_i, graph.op("Sub", [one, frac], "gs_wlo")), (high_i, frac)))
-            parts = []
-            for yi, wy in corners_xy[1]:
-                for xi, wx in corners_xy[0]:
-                    parts.append(sample(xi, yi, graph.op("Mul", [wy, wx], "gs_w")))
-            total = graph.op("Add", [graph.op("Add", parts[:2]), graph.op("Add", parts[2:])])
+        index = graph.op("Expand", [index, spread], "gs_index_all")  # [N, C, count * L]
+        flat = graph.op("Reshape", [data, graph.ints([0, 0, -1], "gs_flat_shape")], "gs_flat")
+        total = graph.op("GatherElements", [flat, index], "gs_pixels", axis=2)
+        if factors:
+            factor = factors[0] if count == 1 else graph.op("Concat", factors, "gs_f", axis=2)
+            total = graph.op("Mul", [total, factor], "gs_weighted")
+        if count > 1:
+            split = graph.ints([0, 0, count, -1], "gs_split_shape")
+            total = graph.op("Reshape", [total, split], "gs_corners")  # [N, C, count, L]
+            total = graph.reduce("ReduceSum", total, [2], 0, "gs_sum")
         out_shape = graph.op(
             "Concat",
             [
