@@ -55,6 +55,7 @@ def _valid_calls(model, tmp_path):
         "reshape_io": ((model, {"x": "N,4"}), {}),
         "fold": ((model,), {}),
         "convert": ((model, 11), {}),
+        "rewrite": ((model, ["topk"]), {}),
         "check_dynamic": ((model,), {}),
         "declared_vs_actual": ((model, {}), {}),
         "node_origin": ((model, "n"), {}),

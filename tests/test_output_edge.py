@@ -78,6 +78,7 @@ COMMAND_LINES = {
     "fp16": lambda m: ["fp16", m["first"]],
     "fold": lambda m: ["fold", m["first"]],
     "convert": lambda m: ["convert", m["first"], "--opset", "13"],
+    "rewrite": lambda m: ["rewrite", "--list"],
 }
 
 

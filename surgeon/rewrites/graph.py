@@ -220,6 +220,7 @@ class RewriteGraph:
         *,
         outputs: int | Sequence[str] = 1,
         domain: str = "",
+        name: str | None = None,
         **attributes,
     ):
         """Add a node of the replacement (only inside :meth:`Rule.apply`).
@@ -231,6 +232,7 @@ class RewriteGraph:
             outputs: How many fresh outputs, or the exact output names (the matched
                 nodes' outputs, which the replacement must produce).
             domain: The operator's domain (default: ONNX).
+            name: The node's name (a replaced node's name is free again); None: a fresh one.
             attributes: The node's attributes.
 
         Returns:
@@ -244,7 +246,7 @@ class RewriteGraph:
         else:
             names = list(outputs)
         node = helper.make_node(
-            op_type, list(inputs), names, name=self.fresh(hint), domain=domain, **attributes
+            op_type, list(inputs), names, name=name or self.fresh(hint), domain=domain, **attributes
         )
         self._pending.append(node)
         return names[0] if len(names) == 1 else names

@@ -16,7 +16,7 @@ Without a fitting Mul, the scale is ones (the Mul, if any, stays after the fused
 
 "Unchanged": the same outputs within tolerance (the fused kernel accumulates in another
 order). Refused: models below opset 17, which have no LayerNormalization (convert them
-first with ``surgeon convert MODEL 17``).
+first with ``surgeon convert MODEL --opset 17``).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class LayerNormFuseRule:
             if graph.opset < 17:
                 refusal = (
                     f"the model's opset is {graph.opset}; LayerNormalization needs opset 17: "
-                    "run `surgeon convert MODEL 17` first"
+                    "convert it first: `surgeon convert MODEL --opset 17 -o MODEL17.onnx`"
                 )
             key = graph.key(node)
             nodes = tuple(graph.key(n) for n in pattern["nodes"])
@@ -208,6 +208,7 @@ class LayerNormFuseRule:
             inputs,
             "ln_fused",
             outputs=[pattern["output"]],
+            name=graph.node(match.node).name or None,  # the anchor's name: --node found it so
             axis=pattern["axis"],
             epsilon=pattern["epsilon"],
         )
