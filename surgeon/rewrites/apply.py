@@ -187,9 +187,12 @@ def plan_rewrite(
                     + ")"
                 )
     if problems:
-        hint = "Choose the nodes with --node, or another rule (`surgeon rewrite --list`)."
+        hint = "Choose the nodes to rewrite with `nodes` (--node on the command line), or another rule."
         if refused:
-            hint = "Leave out the nodes a rule refuses (choose the others with --node)."
+            hint = (
+                "Leave out the nodes a rule refuses: name the others in `nodes` (--node on the "
+                "command line)."
+            )
         raise UsageError(f"cannot rewrite {model.name}", problems=problems, hint=hint)
     return proto, loaded, done
 

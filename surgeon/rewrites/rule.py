@@ -94,7 +94,7 @@ def load_rule(spec) -> object:
         hint = did_you_mean(spec, RULES)
         raise UsageError(
             f"no rewrite rule `{spec}`" + (f"; {hint}" if hint else ""),
-            hint="Run `surgeon rewrite --list` for the built-in rules, or give your own as "
+            hint=f"The built-in rules: {', '.join(RULES)}; or your own as "
             "path/to/my_rule.py:MyRule.",
         )
     path = Path(path_text)
