@@ -83,20 +83,7 @@ class RewriteGraph:
         self._initializers = {t.name: t for t in g.initializer}
         self._types: dict[str, onnx.TypeProto] = {}
         try:
-            # The weights are not needed to infer types: a skeleton avoids copying them
-            # and passing protobuf's 2 GB limit.
-            skeleton = onnx.ModelProto()
-            skeleton.CopyFrom(self.proto)
-            for t in skeleton.graph.initializer:
-                if t.data_location == onnx.TensorProto.EXTERNAL or t.ByteSize() > 1024:
-                    t.ClearField("raw_data")
-                    t.ClearField("float_data")
-                    t.ClearField("int64_data")
-                    t.ClearField("int32_data")
-                    t.ClearField("double_data")
-                    del t.external_data[:]
-                    t.data_location = onnx.TensorProto.DEFAULT
-            inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True).graph
+            inferred = onnx.shape_inference.infer_shapes(self._skeleton(), data_prop=True).graph
             infos = list(inferred.value_info) + list(inferred.input) + list(inferred.output)
         # ValueError: above protobuf's 2 GB limit; then only declared types are known
         except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError):
@@ -105,6 +92,28 @@ class RewriteGraph:
             self._types.setdefault(info.name, info.type)
         for t in g.initializer:
             self._types.setdefault(t.name, helper.make_tensor_type_proto(t.data_type, list(t.dims)))
+
+    def _skeleton(self) -> onnx.ModelProto:
+        """The model without its large weights (their dims and types stay): inference needs
+        no more, and the graph is inferred again after every rewritten node, so copying
+        every weight each time (or passing protobuf's 2 GB limit) is avoided. Small
+        constants keep their values for data propagation (shape arithmetic)."""
+        skeleton = onnx.ModelProto()
+        for field in ("ir_version", "producer_name", "domain"):
+            setattr(skeleton, field, getattr(self.proto, field))
+        skeleton.opset_import.extend(self.proto.opset_import)
+        skeleton.functions.extend(self.proto.functions)
+        source, g = self.proto.graph, skeleton.graph
+        g.name = source.name
+        g.node.extend(source.node)
+        for part in ("input", "output", "value_info"):
+            getattr(g, part).extend(getattr(source, part))
+        for t in source.initializer:
+            if t.data_location == onnx.TensorProto.EXTERNAL or t.ByteSize() > 1024:
+                g.initializer.add(name=t.name, data_type=t.data_type, dims=list(t.dims))
+            else:
+                g.initializer.append(t)
+        return skeleton
 
     @property
     def nodes(self) -> list[onnx.NodeProto]:
