@@ -244,6 +244,19 @@ def test_a_user_rule_from_a_file(user_rule, tmp_path):
     assert edited.report.tolerance.exact  # an exact rule is checked bit for bit
 
 
+def test_the_readme_rule_runs(tmp_path):
+    from conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### `surgeon rewrite")[1]
+    block = section.split("```python")[1].split("```")[0]
+    rule = tmp_path / "readme_rule.py"
+    rule.write_text(block)
+    edited = surgeon.rewrite(surgeon.Model(parse(RELU)), [f"{rule}:ReluToMax"])
+    assert edited and edited.details["bit_identical"]
+    assert "Relu" not in {n.op_type for n in edited.model.proto.graph.node}
+
+
 def test_a_user_rule_that_changes_values_fails_verification(user_rule, tmp_path):
     model = write(parse(RELU), tmp_path / "m.onnx")
     out = tmp_path / "out.onnx"
