@@ -317,3 +317,16 @@ def test_nms_without_topk_equals_the_topk_graph_with_ties(tmp_path, layout):
         got, want = surgeon.run(b, feeds), surgeon.run(a, feeds)
         for name in want:
             assert got[name].tobytes() == want[name].tobytes(), name
+
+
+def test_hostile_names_and_attributes_are_escaped(tmp_path):
+    text = GRIDSAMPLE.replace("MODE", "bi\x1b[2Jcubic").replace("PADDING", "zeros")
+    path = write(_named(parse(text), "evil\x1b]0;pwned\x07"), tmp_path / "m.onnx")
+    res = run_cli("rewrite", path, "--rule", "gridsample")
+    assert res.status == 2
+    assert "\x1b" not in res.stderr and "\\x1b" in res.stderr
+    text = GRIDSAMPLE.replace("MODE", "nearest").replace("PADDING", "zeros")
+    path = write(_named(parse(text), "evil\x1b]0;pwned\x07"), tmp_path / "ok.onnx")
+    res = run_cli("rewrite", path, "--rule", "gridsample")
+    assert res.status == 0, res.stderr
+    assert "\x1b" not in res.stdout and "\\x1b" in res.stdout
