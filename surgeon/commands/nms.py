@@ -102,8 +102,8 @@ def add_arguments(parser) -> None:
         action="store_true",
         help="for targets without TopK: select by rank counting instead (`surgeon rewrite "
         "--rule topk`), verified bit-identical against the TopK graph. It compares every pair "
-        "of candidates: B x L x L memory at about 7 bytes a pair, L = boxes NMS kept + K "
-        "(detr: Q x C + K), e.g. 70 MB for L = 3,000",
+        "of candidates: B x L x L memory at about 16 bytes a pair, L = boxes NMS kept + K "
+        "(detr: Q x C + K), e.g. 140 MB for L = 3,000",
     )
     from surgeon.commands import _common
 

@@ -18,7 +18,7 @@ DESCRIPTION = (
     "  layernorm-fuse       the exporters' decomposed layer norm -> LayerNormalization\n"
     "  topk                 TopK -> rank counting + ScatterElements/GatherElements; exact,\n"
     "                       but it compares every pair along the axis: L x L memory per\n"
-    "                       row (about 7 bytes a pair: 70 MB for L = 3,000)\n"
+    "                       row (about 16 bytes a pair: 140 MB for L = 3,000)\n"
     "Your own rule: --rule path/to/my_rule.py:MyRule (see the README).\n\n"
     "Verification: every output against the original's, at the given sizes and at a\n"
     "second size where the model has dynamic dims (at a second seed where it has none);\n"
