@@ -390,3 +390,22 @@ def test_layernorm_fuse_without_scale_and_the_round_trip():
 def test_layernorm_fuse_refuses_below_opset_17():
     with pytest.raises(surgeon.UsageError, match="opset is 13"):
         surgeon.rewrite(surgeon.Model(_exported_layernorm(13)), ["layernorm-fuse"])
+
+
+def test_layernorm_fuse_leaves_a_pattern_whose_tensor_a_branch_reads():
+    proto = _exported_layernorm(17)
+    # an If body reads `s` (the Sqrt's output): fusing would remove it from under the If
+    then = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["s"], ["t"])],
+        "then",
+        [],
+        [onnx.helper.make_tensor_value_info("t", TensorProto.FLOAT, None)],
+    )
+    cond = onnx.helper.make_node(
+        "Constant", [], ["c"], value=onnx.helper.make_tensor("v", TensorProto.BOOL, [], [True])
+    )
+    branch = onnx.helper.make_node("If", ["c"], ["o"], then_branch=then, else_branch=then)
+    proto.graph.node.extend([cond, branch])
+    proto.graph.output.append(onnx.helper.make_tensor_value_info("o", TensorProto.FLOAT, None))
+    with pytest.raises(surgeon.UsageError, match="matches no node"):
+        surgeon.rewrite(surgeon.Model(proto), ["layernorm-fuse"])

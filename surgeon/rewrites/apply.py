@@ -22,7 +22,7 @@ from surgeon.edits.sizes import other_shapes, runtime_problem, verify_other_size
 from surgeon.errors import SurgeonError, UsageError, raise_name_errors, unknown_name
 from surgeon.feeds import FeedOptions, make_feeds
 from surgeon.model import Model
-from surgeon.protos import op_histogram
+from surgeon.protos import iter_graphs, op_histogram
 from surgeon.rewrites.graph import Match, RewriteGraph
 from surgeon.rewrites.rule import is_builtin, load_rule
 from surgeon.runner import RunOptions
@@ -113,8 +113,6 @@ def _apply_one(graph: RewriteGraph, rule, match: Match) -> list[dict]:
 
 def _drop_unused(graph: RewriteGraph, candidates: set[str]) -> None:
     """Remove initializers and Constant nodes that fed only the replaced nodes."""
-    from surgeon.model import iter_graphs
-
     g = graph.proto.graph
     # One pass is enough: a Constant node has no inputs, so removing it frees nothing else.
     if candidates:

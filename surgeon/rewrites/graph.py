@@ -22,6 +22,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from surgeon.dims import Dim
+from surgeon.protos import iter_graphs
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,15 @@ class RewriteGraph:
                     self._producers[out] = node
             for name in node.input:
                 self._consumers.setdefault(name, []).append(node)
+            # An If/Loop/Scan body may read this graph's tensors by name: the node that
+            # holds the body counts as their reader, so no rule removes them from under it.
+            for attr in node.attribute:
+                bodies = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs
+                for body in bodies:
+                    for sub in iter_graphs(body):
+                        for inner in sub.node:
+                            for name in inner.input:
+                                self._consumers.setdefault(name, []).append(node)
         self._initializers = {t.name: t for t in g.initializer}
         self._types: dict[str, onnx.TypeProto] = {}
         try:
