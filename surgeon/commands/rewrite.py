@@ -33,7 +33,7 @@ DESCRIPTION = (
     "examples:\n"
     "  surgeon rewrite --list\n"
     "  surgeon rewrite detr.onnx --rule gridsample -o detr_nogs.onnx\n"
-    "  surgeon rewrite model.onnx --rule einsum --rule layernorm-decompose -o m16.onnx\n"
+    "  surgeon rewrite model.onnx --rule einsum --rule layernorm-decompose -o lowered.onnx\n"
     "  surgeon rewrite model.onnx --rule my_rule.py:SwishToSigmoid -o out.onnx"
 )
 

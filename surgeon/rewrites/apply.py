@@ -91,6 +91,11 @@ def _apply_one(graph: RewriteGraph, rule, match: Match) -> list[dict]:
             position = len(kept)
             continue
         kept.append(node)
+    gone = {o for n in removed for o in n.output} - produced
+    if gone:  # declarations of tensors that no longer exist would only mislead
+        infos = [v for v in g.value_info if v.name not in gone]
+        del g.value_info[:]
+        g.value_info.extend(infos)
     inputs_before = {i for n in removed for i in n.input if i}
     order = kept[:position] + new + kept[position:]
     del g.node[:]
