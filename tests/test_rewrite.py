@@ -133,13 +133,13 @@ def test_a_node_the_rule_does_not_rewrite_is_refused(tmp_path):
 
 
 def test_unsupported_modes_are_refused_naming_node_and_attribute(tmp_path):
-    text = GRIDSAMPLE.replace("MODE", "bicubic").replace("PADDING", "reflection")
+    text = GRIDSAMPLE.replace("MODE", "bicubic").replace("PADDING", "mirror")
     path = write(_named(parse(text), "sampler"), tmp_path / "m.onnx")
     out = tmp_path / "out.onnx"
     res = run_cli("rewrite", path, "--rule", "gridsample", "-o", out)
     assert res.status == 2
     assert "node `sampler`: attribute mode=bicubic is not implemented" in res.stderr
-    assert "attribute padding_mode=reflection is not implemented" in res.stderr
+    assert "attribute padding_mode=mirror is not implemented" in res.stderr
     assert not out.exists()
 
 

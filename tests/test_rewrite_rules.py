@@ -183,7 +183,7 @@ agraph ({dtype}{x} x, {dtype}{g} grid) => (y) {{
 MODES = [
     (mode, padding, corners)
     for mode in ("bilinear", "nearest")
-    for padding in ("zeros", "border")
+    for padding in ("zeros", "border", "reflection")
     for corners in (0, 1)
 ]
 

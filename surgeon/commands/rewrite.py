@@ -12,7 +12,7 @@ DESCRIPTION = (
     HELP + "\n\nEach --rule replaces the nodes it matches (all of them, or only those given with\n"
     "--node) by a form built from operators the target has; rules run in the order given.\n"
     "`surgeon rewrite --list` lists them:\n"
-    "  gridsample           GridSample (bilinear/nearest, zeros/border) -> GatherElements\n"
+    "  gridsample           GridSample (bilinear/nearest, any padding) -> GatherElements\n"
     "  einsum               Einsum -> MatMul/Transpose/Reshape/ReduceSum\n"
     "  layernorm-decompose  LayerNormalization -> ReduceMean/Sub/Mul/Sqrt/... (opset < 17)\n"
     "  layernorm-fuse       the exporters' decomposed layer norm -> LayerNormalization\n"

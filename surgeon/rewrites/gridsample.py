@@ -7,13 +7,14 @@ coordinate is unnormalised (``align_corners=1``: ``(g + 1) / 2 * (size - 1)``; `
 (nearest, half to even like onnxruntime), their flat positions ``y * W + x`` gathered
 from X reshaped to [N, C, H*W] with GatherElements, and summed with the bilinear weights.
 ``padding_mode=zeros``: a corner outside the image counts 0 (a mask multiplies its
-weight); ``border``: the coordinate is clamped to the image first. The arithmetic is in
+weight); ``border``: the coordinate is clamped to the image first; ``reflection``: a
+coordinate outside is reflected back in, as onnxruntime does (about the pixel centres
+with ``align_corners=1``, the pixel edges with 0). The arithmetic is in
 float32 (float64 when X and grid are float64), X cast to it and the result back.
 
 "Unchanged": the same output within tolerance (not bit-identical: the weights are
 computed in another order than onnxruntime's kernel, a few float32 ulps apart).
-Refused, naming the attribute: ``mode=bicubic``/``cubic``, ``padding_mode=reflection``,
-inputs that are not 4-D. NaN coordinates are not supported (onnxruntime's result for
+Refused, naming the attribute: ``mode=bicubic``/``cubic``, inputs that are not 4-D. NaN coordinates are not supported (onnxruntime's result for
 them is not specified either). Nor are coordinates beyond about +-1e6: onnxruntime
 1.32's own kernel then reads wrong pixels (border padding, a 3x4 image of 0..11, x=1e7:
 it gives 14; x=1e8: 0), where the rewrite clamps as the operator defines.
@@ -30,10 +31,10 @@ _LINEAR = {"bilinear", "linear"}
 
 
 class GridSampleRule:
-    """GridSample (bilinear/nearest, zeros/border, any align_corners) -> GatherElements."""
+    """GridSample (bilinear/nearest, any padding, any align_corners) -> GatherElements."""
 
     name = "gridsample"
-    summary = "GridSample (bilinear/nearest, zeros/border) -> Floor/Round + GatherElements"
+    summary = "GridSample (bilinear/nearest, any padding) -> Floor/Round + GatherElements"
     exact = False
 
     def matches(self, graph: RewriteGraph) -> list[Match]:
@@ -47,9 +48,10 @@ class GridSampleRule:
             refusals = []
             if mode not in _LINEAR | {"nearest"}:
                 refusals.append(f"attribute mode={mode} is not implemented (bilinear, nearest)")
-            if padding not in ("zeros", "border"):
+            if padding not in ("zeros", "border", "reflection"):
                 refusals.append(
-                    f"attribute padding_mode={padding} is not implemented (zeros, border)"
+                    f"attribute padding_mode={padding} is not implemented "
+                    "(zeros, border, reflection)"
                 )
             for tensor, what in ((node.input[0], "input X"), (node.input[1], "grid")):
                 rank = graph.rank(tensor)
@@ -95,6 +97,8 @@ class GridSampleRule:
             if padding == "border":
                 zero = graph.scalar(0, np_type, "gs_zero")
                 c = graph.op("Max", [graph.op("Min", [c, last], "gs_min"), zero], "gs_border")
+            elif padding == "reflection":
+                c = self._reflect(graph, c, size_f, corners, np_type)
             else:
                 # Beyond [-2, size + 1] every corner is outside anyway; the bound keeps the
                 # integer conversion of huge coordinates defined.
@@ -175,3 +179,44 @@ class GridSampleRule:
         else:
             shaped = graph.op("Reshape", [total, out_shape], "gs_shaped")
             graph.op("Cast", [shaped], "gs_out", outputs=[node.output[0]], to=x_type)
+
+    @staticmethod
+    def _reflect(graph: RewriteGraph, c: str, size_f: str, corners: int, np_type) -> str:
+        """Reflect a coordinate outside [low, high] back inside, as onnxruntime does:
+        [0, size - 1] with align_corners, else [-0.5, size - 0.5]; d = the distance past
+        the edge, n = floor(d / span), r = d - n * span, then the edge it lands on
+        alternates with the parity of n. Inside, the coordinate stays as it is."""
+        half = graph.scalar(0.5, np_type, "gs_rhalf")
+        one = graph.scalar(1, np_type, "gs_rone")
+        if corners:
+            low = graph.scalar(0, np_type, "gs_rlow")
+            high = graph.op("Sub", [size_f, one], "gs_rhigh")
+        else:
+            low = graph.scalar(-0.5, np_type, "gs_rlow")
+            high = graph.op("Sub", [size_f, half], "gs_rhigh")
+        span = graph.op("Sub", [high, low], "gs_rspan")
+        below = graph.op("Less", [c, low], "gs_below")
+        above = graph.op("Greater", [c, high], "gs_above")
+        zero = graph.scalar(0, np_type, "gs_rzero")
+        past = graph.op(
+            "Where",
+            [
+                below,
+                graph.op("Sub", [low, c]),
+                graph.op("Where", [above, graph.op("Sub", [c, high]), zero]),
+            ],
+            "gs_past",
+        )
+        turns = graph.op("Floor", [graph.op("Div", [past, span])], "gs_turns")
+        rest = graph.op("Sub", [past, graph.op("Mul", [turns, span])], "gs_rest")
+        halves = graph.op("Floor", [graph.op("Mul", [turns, half])], "gs_halves")
+        odd = graph.op(
+            "Greater", [graph.op("Sub", [turns, graph.op("Add", [halves, halves])]), half], "gs_odd"
+        )
+        from_low = graph.op("Add", [low, rest], "gs_from_low")
+        from_high = graph.op("Sub", [high, rest], "gs_from_high")
+        # below: even turns land at low + r, odd at high - r; above the other way round
+        lands_low = graph.op("Xor", [below, odd], "gs_lands_low")
+        moved = graph.op("Where", [lands_low, from_low, from_high], "gs_moved")
+        outside = graph.op("Or", [below, above], "gs_outside")
+        return graph.op("Where", [outside, moved, c], "gs_reflected")
