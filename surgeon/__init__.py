@@ -77,6 +77,7 @@ _LAZY = {
     "DeleteNode": "surgeon.edits.node_edits_ops",
     "InsertNode": "surgeon.edits.node_edits_ops",
     "ChangeOpType": "surgeon.edits.node_edits_ops",
+    "rewrite": "surgeon.rewrites.apply",
     "check_dynamic": "surgeon.dynamic",
     "declared_vs_actual": "surgeon.shapecheck",
     "node_origin": "surgeon.origin",

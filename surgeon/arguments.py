@@ -62,6 +62,7 @@ MODEL_PARAMETERS: dict[str, dict[str, str]] = {
     "fold": {"model": "model"},
     "convert": {"model": "model"},
     "edit_nodes": {"model": "model"},
+    "rewrite": {"model": "model"},
     "check_dynamic": {"model": "model"},
     "declared_vs_actual": {"model": "model"},
     "node_origin": {"model": "model"},

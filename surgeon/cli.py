@@ -50,6 +50,7 @@ COMMANDS: dict[str, str] = {
     "check-dynamic": "surgeon.commands.check_dynamic",
     "fold": "surgeon.commands.fold",
     "convert": "surgeon.commands.convert",
+    "rewrite": "surgeon.commands.rewrite",
     "nms": "surgeon.commands.nms",
     "merge": "surgeon.commands.merge",
     "run": "surgeon.commands.run",

@@ -56,6 +56,7 @@ def _valid_calls(model, tmp_path):
         "fold": ((model,), {}),
         "convert": ((model, 11), {}),
         "edit_nodes": ((model, [surgeon.BypassNode("h")]), {}),
+        "rewrite": ((model, ["topk"]), {}),
         "check_dynamic": ((model,), {}),
         "declared_vs_actual": ((model, {}), {}),
         "node_origin": ((model, "n"), {}),

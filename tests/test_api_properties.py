@@ -102,9 +102,23 @@ def _valid_calls(model, folder):
         "DeleteNode": (("n0",), {}),
         "InsertNode": (("h", "Relu"), {"attributes": {}, "extra_inputs": ()}),
         "ChangeOpType": (("n0", "Sigmoid"), {}),
+        "rewrite": ((_topk_model(), ["topk"]), {}),
         "plan_fp16": ((model,), {"tolerance": surgeon.Tolerance(atol=1e-2, rtol=1e-2)}),
         "suggest_exclusions": (_quantized_pair(folder), {}),
     }
+
+
+def _topk_model():
+    """A model with a TopK for the rewrite's working call."""
+    return surgeon.Model(
+        parse(
+            """<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[N, 4] x) => (v, i) {
+    k = Constant <value = int64[1] {2}> ()
+    v, i = TopK (x, k)
+}"""
+        )
+    )
 
 
 def _quantized_pair(folder):

@@ -79,6 +79,7 @@ COMMAND_LINES = {
     "fold": lambda m: ["fold", m["first"]],
     "convert": lambda m: ["convert", m["first"], "--opset", "13"],
     "edit": lambda m: ["edit", m["first"], "--bypass", "n0"],
+    "rewrite": lambda m: ["rewrite", "--list"],
 }
 
 

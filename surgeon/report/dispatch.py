@@ -39,6 +39,8 @@ RENDERERS: dict[str, str] = {
     "surgeon.optimizer_blame.BlameReport": "surgeon.report.blame:render_blame",
     "surgeon.commands._exclude.SuggestExcludeOutcome": "surgeon.report.exclude:render_suggest_exclude_outcome",
     "surgeon.commands.fp16.Fp16Outcome": "surgeon.report.fp16:render_fp16",
+    "surgeon.commands.rewrite.RewriteOutcome": "surgeon.report.rewrite:render_rewrite",
+    "surgeon.commands.rewrite.RuleListing": "surgeon.report.rewrite:render_rules",
 }
 
 
