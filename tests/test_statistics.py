@@ -267,7 +267,9 @@ def test_statistics_mode_keeps_float_activations_inside():
     assert all(o.value is None for o in outs.values())
     added = stats_model.proto.graph.output[len(model.proto.graph.output) :]
     assert all(len(o.type.tensor_type.shape.dim) <= 1 for o in added)
-    assert len(stats_model.proto.graph.node) - len(model.proto.graph.node) <= 2 * 12
+    # 22 per float32 tensor: 9 full passes at most (the centered form's 3 run on an empty
+    # slice unless the sums would cancel), the rest on scalars; float16 adds a Reshape.
+    assert len(stats_model.proto.graph.node) - len(model.proto.graph.node) <= 22 + 23
 
 
 # ---------------------------------------------------------------- narrow dtypes
