@@ -17,6 +17,7 @@ from surgeon.errors import SurgeonError
 from surgeon.model import Model, dtype_name
 from surgeon.statistics.definition import (
     COUNT_FIELDS,
+    INTEGER_DTYPES,
     NEEDS_COUNTS,
     TensorStats,
     fill_moments,
@@ -54,15 +55,6 @@ _NATIVE = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.INT64)
 _ROUNDED = (TensorProto.FLOAT16, TensorProto.BFLOAT16)
 
 
-# The first pass takes the variance as sum(x^2)/n - mean^2 only where that keeps float64's
-# digits: when the mean square is at most this many times the variance, the rounding of
-# the sums is amplified at most this much (relative to the variance; the centered form's
-# own sum rounds by the same order). ReLU outputs are near 2 to 3, box coordinates about
-# 4; beyond it (Sigmoid outputs of 0.5 +- 0.01, a DFL expectation of 7.5 +- 0.07) the
-# graph computes the centered form sum((x - mean)^2) too, in the same run.
-CANCELLATION_LIMIT = 16.0
-
-
 # Fetched whole rather than measured in the graph: no numbers (strings), no known type
 # (sequences, maps, untyped), or no exact float64 form and no ReduceMin kernel (uint64).
 _FETCHED = (TensorProto.STRING, TensorProto.UNDEFINED, TensorProto.UINT64)
@@ -87,29 +79,12 @@ class _Constants:
     def neg_inf(self) -> str:
         return f"{self.prefix}/neg_inf"
 
-    @property
-    def whole(self) -> str:
-        return f"{self.prefix}/whole"
-
-    @property
-    def start(self) -> str:
-        return f"{self.prefix}/start"
-
-    @property
-    def cancellation(self) -> str:
-        return f"{self.prefix}/cancellation"
-
     def initializers(self) -> list[onnx.TensorProto]:
         zeros = [(e, np.zeros((), helper.tensor_dtype_to_np_dtype(e))) for e in _NATIVE]
         return [onnx.numpy_helper.from_array(z, self.zero(e)) for e, z in zeros] + [
             onnx.numpy_helper.from_array(np.array([-1], np.int64), self.flat),
             onnx.numpy_helper.from_array(np.array(math.inf), self.pos_inf),
             onnx.numpy_helper.from_array(np.array(-math.inf), self.neg_inf),
-            onnx.numpy_helper.from_array(np.array([2**62], np.int64), self.whole),
-            onnx.numpy_helper.from_array(np.array([0], np.int64), self.start),
-            onnx.numpy_helper.from_array(
-                np.array((CANCELLATION_LIMIT - 1) / CANCELLATION_LIMIT), self.cancellation
-            ),
         ]
 
 
@@ -170,48 +145,24 @@ def _stats_nodes(
             low = add("Where", [nan_mask, c.pos_inf, d], f"{p}/nan_as_pos_inf")
             high = add("Where", [nan_mask, c.neg_inf, d], f"{p}/nan_as_neg_inf")
             extreme_elem = TensorProto.DOUBLE
-    # Without counts, a NaN shows as a NaN sum and that tensor is measured again.
+    # Without counts, a NaN shows as a NaN mean and that tensor is measured again.
     numbers = [
         reduce("ReduceMin", low, f"{p}/min", extreme_elem),
         reduce("ReduceMax", high, f"{p}/max", extreme_elem),
     ]
-    if counts:
-        # Centered second moment (two passes): sum((x - mean)^2), stable where
-        # sum(x^2)/n - mean^2 cancels catastrophically (a constant -8.764 gave std 0.075).
-        mean = reduce("ReduceMean", d, f"{p}/mean", TensorProto.DOUBLE)
-        centered = add("Sub", [d, mean], f"{p}/centered")
-        numbers += [
-            mean,
-            reduce("ReduceSumSquare", centered, f"{p}/squared_deviations", TensorProto.DOUBLE),
-        ]
-    else:
-        # First pass: the plain sums, read straight off the float64 copy, and the centered
-        # form only where sum(x^2)/n - mean^2 would cancel (see CANCELLATION_LIMIT). The
-        # centered form's Sub writes a second float64 copy of the tensor and was the
-        # costliest statistics node (a third of their time on a YOLOv8n-size model); here
-        # it runs on a slice of the copy that is the whole tensor where the sums would
-        # cancel and empty elsewhere (an If per tensor did the same but tripled the
-        # session's creation time: a subgraph session per If).
-        total = reduce("ReduceSum", d, f"{p}/sum", TensorProto.DOUBLE)
-        squares = reduce("ReduceSumSquare", d, f"{p}/sum_of_squares", TensorProto.DOUBLE)
-        count = add("Size", [d], f"{p}/size")
-        size = add("Cast", [count], f"{p}/n", to=TensorProto.DOUBLE)
-        # mean_square > L * variance  <=>  S1^2 > n * S2 * (L - 1) / L
-        square_of_sum = add("Mul", [total, total], f"{p}/square_of_sum")
-        weighted = add("Mul", [squares, size], f"{p}/n_sum_of_squares")
-        bound = add("Mul", [weighted, c.cancellation], f"{p}/cancellation_bound")
-        cancels = add("Greater", [square_of_sum, bound], f"{p}/cancels")
-        as_int = add("Cast", [cancels], f"{p}/cancels_as_int", to=TensorProto.INT64)
-        # Slice clamps the end to the length: the whole tensor, or nothing.
-        end = add("Mul", [as_int, c.whole], f"{p}/end")
-        flat = add("Reshape", [d, c.flat], f"{p}/flat")
-        part = add("Slice", [flat, c.start, end], f"{p}/cancelling_part")
-        mean = add("Div", [total, size], f"{p}/mean")
-        centered = add("Sub", [part, mean], f"{p}/centered")
-        numbers += [total, squares]
-        squared_deviations = reduce(
-            "ReduceSumSquare", centered, f"{p}/squared_deviations", TensorProto.DOUBLE
-        )
+    # Centered second moment (two passes): sum((x - mean)^2), stable where
+    # sum(x^2)/n - mean^2 cancels catastrophically (a constant -8.764 gave std 0.075).
+    # (Tried: the plain sums, with the centered form computed only where they would
+    # cancel, on a slice that is empty elsewhere. It saves the Sub's pass but takes 12
+    # more nodes per tensor, and onnxruntime's session creation costs about 0.5 ms per
+    # node on this machine class: 2.9 against 1.7 s on a YOLOv8n-size model, for the
+    # same run time. An If per tensor was worse: a subgraph session each.)
+    mean = reduce("ReduceMean", d, f"{p}/mean", TensorProto.DOUBLE)
+    centered = add("Sub", [d, mean], f"{p}/centered")
+    numbers += [
+        mean,
+        reduce("ReduceSumSquare", centered, f"{p}/squared_deviations", TensorProto.DOUBLE),
+    ]
     masks = [("zero", add("Equal", [native, c.zero(native_elem)], f"{p}/zero_mask"))]
     if counts:
         masks += [("nan", nan_mask), ("inf", add("IsInf", [d], f"{p}/inf_mask"))]
@@ -222,8 +173,6 @@ def _stats_nodes(
     for label, mask in masks:
         as_number = add("Cast", [mask], f"{p}/{label}_as_number", to=count_elem)
         numbers.append(reduce("ReduceSum", as_number, f"{p}/{label}_count", count_elem))
-    if not counts:
-        numbers.append(squared_deviations)
     return nodes, StatsOutputs(numbers=tuple(numbers), shape=shape), infos
 
 
@@ -259,7 +208,7 @@ def _onnxruntime_builds(elem: int, opset: int, ir_version: int, counts: bool) ->
 def _copy_without_nodes(proto: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``proto`` whose main graph has no nodes yet. Copying the whole model and
     then clearing its node list left the old nodes in the copy's memory arena until the
-    copy was freed (tens of MB on a 4000-node statistics model)."""
+    copy was freed."""
     copy = onnx.ModelProto()
     for message, target, skip in ((proto, copy, "graph"), (proto.graph, copy.graph, "node")):
         for field, value in message.ListFields():
@@ -348,35 +297,14 @@ def _stats_from_numbers(
         mn, mx, mean, squared, zeros, nan, inf = numbers
         s.nan, s.inf = int(nan), int(inf)
     else:
-        mn, mx, total, squares, zeros, centered = numbers
-        moments = _moments_from_sums(mn, mx, total, squares, centered, size)
-        if moments is None:
-            # NaN/Inf or an overflow: measured again with exact counts (recount_stats).
-            s.flags = [NEEDS_COUNTS]
+        mn, mx, mean, squared, zeros = numbers
+        if dtype not in INTEGER_DTYPES and not all(
+            math.isfinite(v) for v in (mean, squared, mn, mx)
+        ):
+            s.flags = [NEEDS_COUNTS]  # NaN/Inf (or overflow): measured again with counts
             return s
-        mean, squared = moments
     s.zeros = zeros / size
     return flag_stats(fill_moments(s, mn, mx, mean, squared))
-
-
-def _moments_from_sums(
-    mn: float, mx: float, total: float, squares: float, centered: float, size: int
-) -> tuple[float, float] | None:
-    """(mean, sum of squared deviations) from the first pass's numbers: the extremes, the
-    plain sums, and the centered sum of squares (0 where the graph judged the plain sums
-    enough and left it out). None when they hold a NaN/Inf or overflowed."""
-    if not all(math.isfinite(v) for v in (mn, mx, total, squares, centered)):
-        return None
-    if mn == mx:
-        # Every element is the same value: exactly its mean, no spread (the sum of n equal
-        # values divided by n may be an ulp off).
-        return float(mn), 0.0
-    mean = total / size
-    if centered > 0:
-        return mean, centered
-    # (Also where the centered squares underflowed to 0: so do numpy's, and the plain
-    # sums' difference is then clamped to the same 0.)
-    return mean, max(squares - total * mean, 0.0)
 
 
 def stats_from_outputs(
@@ -401,7 +329,7 @@ def stats_from_outputs(
     s = _stats_from_numbers(
         name, node, op, index, [a.item() for a in arrays], values[outputs.shape], dtype
     )
-    if arrays[4].dtype == np.float32 and s.size >= 2**24:  # the zero count
+    if arrays[-1].dtype == np.float32 and s.size >= 2**24:
         # Counted in float32 on a declared shape smaller than the real one: not exact.
         s.flags = [NEEDS_COUNTS]
     return s
