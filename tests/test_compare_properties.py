@@ -284,3 +284,63 @@ def test_float64_differences_beyond_float64_are_judged_exactly():
     assert compare_arrays(huge, huge).cosine == 1.0  # no overflow in the norms
     tiny = np.full(4, 5e-324)
     assert compare_arrays(tiny, tiny).cosine == 1.0  # no underflow either
+
+
+# ---------------------------------------------------------------- the finite fast path
+@st.composite
+def finite_float_pairs(draw):
+    """float16/float32 pairs with every element finite, long enough to span several
+    blocks sometimes: near neighbours, zeros, denormals, extremes."""
+    dtype_a = draw(st.sampled_from([np.dtype("float16"), np.dtype("float32")]))
+    dtype_b = draw(st.sampled_from([np.dtype("float16"), np.dtype("float32")]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    n = draw(st.sampled_from([1, 7, 1000, (1 << 16) + 3, 3 * (1 << 16)]))
+    rng = np.random.default_rng(seed)
+    scale = draw(st.sampled_from([1e-40, 1e-3, 1.0, 1e4, 3e38]))
+    b = (rng.standard_normal(n) * scale).astype(np.float64)
+    a = b + rng.standard_normal(n) * scale * draw(st.sampled_from([0.0, 1e-7, 1e-3, 1.0]))
+    for arr in (a, b):
+        arr[rng.random(n) < draw(st.sampled_from([0.0, 0.1, 1.0]))] = 0.0
+    with np.errstate(over="ignore"):
+        a, b = a.astype(dtype_a), b.astype(dtype_b)
+    a[~np.isfinite(a)] = 1.0
+    b[~np.isfinite(b)] = -1.0
+    return a, b
+
+
+@SETTINGS
+@given(
+    finite_float_pairs(),
+    st.sampled_from([Tolerance(), Tolerance(1e-5, 1e-3), Tolerance(exact=True)]),
+)
+def test_finite_fast_path_equals_general_path(monkeypatch_module, pair, tolerance):
+    # Layer-wise comparison takes the block-wise path for finite float16/float32 tensors;
+    # every number must be the general path's (the sums may differ in their last bits).
+    from surgeon.compare import arrays
+
+    a, b = pair
+    fast = compare_arrays(a, b, tolerance)
+    with monkeypatch_module.context() as m:
+        m.setattr(arrays, "_measure_finite", lambda *args: None)
+        general = compare_arrays(a, b, tolerance)
+    assert (fast.status, fast.mismatches, fast.max_abs, fast.max_rel) == (
+        general.status,
+        general.mismatches,
+        general.max_abs,
+        general.max_rel,
+    )
+    assert fast.cosine == pytest.approx(general.cosine, rel=1e-12, abs=1e-300)
+    assert (fast.nan, fast.inf, fast.reference_nan, fast.reference_inf) == (0, 0, 0, 0)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as m:
+        yield m
+
+
+def test_nonfinite_values_leave_the_fast_path():
+    a = np.array([1.0, np.nan, np.inf], np.float32)
+    b = np.array([1.0, np.nan, np.inf], np.float32)
+    d = compare_arrays(a, b)
+    assert (d.mismatches, d.nan, d.inf, d.max_abs) == (0, 1, 1, 0.0)

@@ -227,6 +227,34 @@ def test_std_of_large_offset_data_matches_numpy():
         assert stats.std == pytest.approx(want, rel=1e-9)
 
 
+@pytest.mark.parametrize(
+    ("offset", "spread"),
+    [(0.0, 1.0), (2.0, 1.0), (0.5, 0.01), (7.5, 0.07), (-3.0, 0.8)],
+)
+def test_statistics_mode_equals_numpy_on_offset_data(offset, spread):
+    # Data far from zero relative to its spread (Sigmoid outputs, a DFL expectation) and
+    # near it: the centered form keeps numpy's numbers either way. Long enough that
+    # onnxruntime's summation order differs from numpy's pairwise one.
+    rng = np.random.default_rng(1)
+    x = (offset + rng.standard_normal(300_000) * spread).astype(np.float32)
+    model = identity_chain({"x": TensorProto.FLOAT})
+    found, _ = both_modes(model, {"x": x})
+    lean, full = found["a_0"]
+    v = x.astype(np.float64)
+    assert lean.mean == pytest.approx(float(np.mean(v)), rel=1e-13)
+    assert lean.std == pytest.approx(float(np.std(v)), rel=1e-11)
+    assert (lean.min, lean.max, lean.zeros, lean.flags) == (full.min, full.max, full.zeros, [])
+
+
+def test_integer_tensor_statistics_equal_numpy():
+    x = np.arange(-500, 1500, dtype=np.int64) * 3
+    found, _ = both_modes(identity_chain({"x": TensorProto.INT64}), {"x": x})
+    lean, _ = found["a_0"]
+    assert (lean.min, lean.max) == (-1500, 4497)
+    assert lean.mean == pytest.approx(float(np.mean(x)), rel=1e-15)
+    assert lean.std == pytest.approx(float(np.std(x)), rel=1e-13)
+
+
 def test_min_max_ignore_nan_in_both_modes():
     x = np.array([np.nan, 2.0, -3.0, np.nan], np.float32)
     found, _ = both_modes(identity_chain({"x": TensorProto.FLOAT}), {"x": x})
