@@ -1,10 +1,13 @@
-"""Loading a model: read the file, check it is an ONNX protobuf, read its external data
-(only from inside the model's folder) and validate its structure."""
+"""Loading a model: read the file, check it is an ONNX protobuf, check its external data
+(only from inside the model's folder; large tensors stay on disk, by reference) and
+validate its structure."""
 
 from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -12,11 +15,18 @@ from google.protobuf.message import DecodeError
 
 from surgeon.errors import ModelLoadError, UnsafePathError
 from surgeon.model import Model, _is_repeated, iter_all_tensors
+from surgeon.protos import INLINE_EXTERNAL_BELOW
 from surgeon.validation import check_structure
 
 
 def load(path: str | os.PathLike, *, validate: bool = True) -> Model:
-    """Load and validate an ONNX model, reading its external data into memory.
+    """Load and validate an ONNX model; its large external tensors stay on disk.
+
+    Every external-data reference is checked (inside the model's folder, a regular
+    file, in range), but only tensors under ``INLINE_EXTERNAL_BELOW`` bytes are read:
+    the weights stay in their files, where onnxruntime maps them and saving streams
+    them. The files' identities are recorded; if one is replaced or rewritten later,
+    running or saving the model refuses it rather than read other bytes.
 
     Args:
         path: The ``.onnx`` file. External data locations are resolved relative to its
@@ -77,8 +87,11 @@ def load(path: str | os.PathLike, *, validate: bool = True) -> Model:
         raise ModelLoadError(
             f"{path} parsed as protobuf but holds no ONNX graph; it is truncated or not an ONNX model"
         )
-    files = load_external_data(proto, p.parent, str(path))
-    model = Model(proto, p, files)
+    # Large tensors stay in their files (checked, not read): onnxruntime maps them and
+    # saving streams them, so no step holds a second copy of the weights in Python.
+    data = check_external_data(proto, p.parent, str(path), inline_below=INLINE_EXTERNAL_BELOW)
+    model = Model(proto, p, data.files)
+    model.external_stamps = dict(data.stamps)
     if validate:
         problems = check_structure(proto)
         if problems:
@@ -241,11 +254,49 @@ def resolve_external_location(location: str, base_dir: Path, where: str) -> Path
     return target
 
 
-def load_external_data(proto: onnx.ModelProto, base_dir: Path, where: str) -> list[str]:
-    """Read every external tensor of ``proto`` into memory; return the files used."""
+@dataclass(frozen=True)
+class ExternalData:
+    """What checking a model's external data found.
+
+    Attributes:
+        files: Relative names of the side files its tensors point into (first use order).
+        stamps: Resolved side file -> (device, inode, size, mtime in ns) when it was
+            checked: a file that no longer matches was replaced or rewritten, and the
+            references into it no longer mean what they meant.
+    """
+
+    files: tuple[str, ...]
+    stamps: Mapping[str, tuple[int, int, int, int]]
+
+
+def file_stamp(info: os.stat_result) -> tuple[int, int, int, int]:
+    """The identity of a file's content as far as the OS tells without reading it."""
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def check_external_data(
+    proto: onnx.ModelProto, base_dir: Path, where: str, *, inline_below: int | None = None
+) -> ExternalData:
+    """Check every external tensor of ``proto``; read into memory those under ``inline_below``.
+
+    Every reference, wherever the tensor lives (sparse-tensor attributes, subgraphs,
+    functions), is checked: its location resolves inside ``base_dir`` (see
+    :func:`resolve_external_location`), names a regular file, and its byte range lies
+    inside that file. Tensors of at least ``inline_below`` bytes keep their reference
+    (their data is left on disk for onnxruntime to map and for saving to stream); the
+    others are read into ``raw_data`` (None: every tensor is read, as before a model
+    could keep references).
+
+    Raises:
+        UnsafePathError: A location is absolute, climbs out with ``..`` or resolves
+            outside ``base_dir`` through a symlink.
+        ModelLoadError: A file is missing, not a regular file, or too short (all such
+            problems are collected, then reported once).
+    """
     problems: list[str] = []
     handles: dict[Path, object] = {}
     sizes: dict[Path, int] = {}
+    stamps: dict[str, tuple[int, int, int, int]] = {}
     used: list[str] = []
     try:
         # Every place a tensor can live (sparse-tensor attributes, subgraphs, functions):
@@ -275,6 +326,7 @@ def load_external_data(proto: onnx.ModelProto, base_dir: Path, where: str) -> li
                     problems.append(f"tensor `{t.name}`: {e.message}")
                     handles[target] = None
                     continue
+                stamps[str(target)] = file_stamp(os.fstat(handles[target].fileno()))
             fh = handles[target]
             if fh is None:
                 continue
@@ -290,6 +342,12 @@ def load_external_data(proto: onnx.ModelProto, base_dir: Path, where: str) -> li
                     f"of `{location}` ({sizes[target]} bytes); the data file is truncated or does not belong to this model"
                 )
                 continue
+            if inline_below is not None and length >= inline_below:
+                # Kept on disk; its length is written down so that sizes never need the
+                # file (onnx allows leaving it out: "to the end of the file").
+                if not fields.get("length"):
+                    t.external_data.add(key="length", value=str(length))
+                continue
             fh.seek(offset)
             t.raw_data = fh.read(length)
             del t.external_data[:]
@@ -300,4 +358,9 @@ def load_external_data(proto: onnx.ModelProto, base_dir: Path, where: str) -> li
                 fh.close()
     if problems:
         raise ModelLoadError(f"{where}: cannot read its external data", problems=problems)
-    return used
+    return ExternalData(tuple(used), stamps)
+
+
+def load_external_data(proto: onnx.ModelProto, base_dir: Path, where: str) -> list[str]:
+    """Read every external tensor of ``proto`` into memory; return the files used."""
+    return list(check_external_data(proto, base_dir, where).files)

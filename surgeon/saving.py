@@ -161,8 +161,11 @@ def _model_writers(model: Model, out: Path, external: bool, data_name: str | Non
     if not external:
 
         def write_model(fh):
+            from surgeon.weights import inline_external_data  # weights imports loading
+
             try:
-                payload = model.proto.SerializeToString()
+                # Weights left on disk by load are read in: a single file holds them all.
+                payload = inline_external_data(model).proto.SerializeToString()
             except ValueError as e:  # protobuf refuses > 2 GB
                 raise OutputPathError(
                     f"cannot write {out} as a single file: {e}", hint="Save with external data."
@@ -174,7 +177,7 @@ def _model_writers(model: Model, out: Path, external: bool, data_name: str | Non
     built = {}
 
     def write_data(fh):
-        built["skeleton"] = external_copy(model.proto, fh, name)
+        built["skeleton"] = external_copy(model.proto, fh, name, source=model)
 
     def write_skeleton(fh):
         fh.write(built.pop("skeleton").SerializeToString())
@@ -214,14 +217,16 @@ def _copy_fields(src, dst, skip: frozenset[str] | set[str] = frozenset()) -> Non
 class _DataWriter:
     """Appends tensor bytes to an external data file, page-aligned."""
 
-    def __init__(self, fh, location: str):
-        self.fh, self.location, self.offset = fh, location, 0
+    def __init__(self, fh, location: str, source: Model | None):
+        self.fh, self.location, self.offset, self.source = fh, location, 0, source
 
     def wants(self, t: onnx.TensorProto) -> bool:
-        """True for tensors that go to the file: in memory, at least EXTERNAL_THRESHOLD
-        bytes, not strings (which have no raw byte layout)."""
+        """True for tensors that go to the file: those whose bytes are in another external
+        file (the saved model never points into its input's weights), and those in
+        memory of at least EXTERNAL_THRESHOLD bytes that are not strings (which have no
+        raw byte layout)."""
         if t.data_location == onnx.TensorProto.EXTERNAL:
-            return False
+            return True
         if t.raw_data:
             return len(t.raw_data) >= EXTERNAL_THRESHOLD
         return tensor_nbytes(t) >= EXTERNAL_THRESHOLD and t.data_type != onnx.TensorProto.STRING
@@ -229,28 +234,47 @@ class _DataWriter:
     def write(self, source: onnx.TensorProto, target: onnx.TensorProto) -> None:
         """Write ``source``'s bytes and make ``target`` (a copy of it, or ``source`` itself
         when it is already a copy) point at them."""
-        # Typed fields (float_data, ...) become raw bytes in the file.
-        data = source.raw_data or onnx.numpy_helper.to_array(source).tobytes()
         pad = (-self.offset) % 4096  # page-aligned, so runtimes can mmap each tensor
         if pad:
             self.fh.write(b"\0" * pad)
             self.offset += pad
-        self.fh.write(data)
+        if source.data_location == onnx.TensorProto.EXTERNAL:
+            if self.source is None:
+                raise OutputPathError(
+                    f"tensor `{source.name}` keeps its values in an external data file, but "
+                    "the model has no folder to read it from",
+                    hint="Load the model with surgeon.load(path).",
+                )
+            from surgeon.weights import copy_tensor_data  # weights imports loading
+
+            # Streamed from the input's file, a chunk at a time: never all in memory.
+            length = copy_tensor_data(self.source, source, self.fh)
+        else:
+            # Typed fields (float_data, ...) become raw bytes in the file.
+            data = source.raw_data or onnx.numpy_helper.to_array(source).tobytes()
+            self.fh.write(data)
+            length = len(data)
         for name in _TENSOR_DATA_FIELDS:
             target.ClearField(name)
         target.data_location = onnx.TensorProto.EXTERNAL
         for k, v in (
             ("location", self.location),
             ("offset", str(self.offset)),
-            ("length", str(len(data))),
+            ("length", str(length)),
         ):
             target.external_data.add(key=k, value=v)
-        self.offset += len(data)
+        self.offset += length
 
 
-def external_copy(proto: onnx.ModelProto, fh, location: str) -> onnx.ModelProto:
+def external_copy(
+    proto: onnx.ModelProto, fh, location: str, *, source: Model | None = None
+) -> onnx.ModelProto:
     """A copy of ``proto`` whose large tensors live in ``fh`` (written here) under the
     name ``location``; ``proto`` itself is not modified.
+
+    Tensors that keep their values in external files (read from ``source``'s folder,
+    with its checks) are streamed into ``fh`` too: the copy never points into another
+    model's weights file, which could be replaced or deleted under it.
 
     The main graph's initializers, where the weights of real models are, are never
     copied: each one's bytes go straight to ``fh`` and the copy gets a stub pointing at
@@ -259,10 +283,16 @@ def external_copy(proto: onnx.ModelProto, fh, location: str) -> onnx.ModelProto:
     is freed: clearing weights in place and restoring them would cost two more copies.)
     Tensors elsewhere (Constant nodes, If/Loop bodies, functions) are copied, then moved.
     """
-    writer = _DataWriter(fh, location)
+    writer = _DataWriter(fh, location, source)
     skeleton = onnx.ModelProto()
     _copy_fields(proto, skeleton, skip={"graph"})
     _copy_fields(proto.graph, skeleton.graph, skip={"initializer"})
+    # The other tensors first, while the skeleton has no main-graph initializer: each
+    # tensor is then visited once (a stub already written points at the new file, which
+    # may have the same name as the input's).
+    for t in iter_tensors(skeleton):
+        if writer.wants(t):
+            writer.write(t, t)
     for t in proto.graph.initializer:
         stub = skeleton.graph.initializer.add()
         if writer.wants(t):
@@ -270,7 +300,4 @@ def external_copy(proto: onnx.ModelProto, fh, location: str) -> onnx.ModelProto:
             writer.write(t, stub)
         else:
             stub.CopyFrom(t)
-    for t in iter_tensors(skeleton):
-        if writer.wants(t):
-            writer.write(t, t)
     return skeleton
