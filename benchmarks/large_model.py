@@ -221,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
             if step == "baseline":
                 base = peak
             results[step] = (wall, peak)
-            verdict = "-" if step in UNTARGETED else ("met" if peak <= TARGET * weights else "MISSED")
+            verdict = (
+                "-" if step in UNTARGETED else ("met" if peak <= TARGET * weights else "MISSED")
+            )
             if verdict == "MISSED":
                 missed.append(step)
             print(

@@ -21,6 +21,7 @@ import onnx
 from surgeon._version import __version__
 from surgeon.annotations import checked_init
 from surgeon.errors import unknown_name
+from surgeon.external import WeightSource, bind_lazy_values, external_tensors, tensor_array
 from surgeon.graph_facts import graph_facts
 
 # Re-exported: these lived here before surgeon.protos took them (see its docstring).
@@ -81,11 +82,23 @@ class Model:
             return self._data_dir
         return self.path.parent if self.path is not None else None
 
-    def _same_data(self, proto: onnx.ModelProto, path=None) -> Model:
-        """A Model around ``proto`` that reads external data where this one does."""
-        model = Model(proto, path, self.external_data_files, self._data_dir)
+    def derive(self, proto: onnx.ModelProto, path: str | os.PathLike | None = None) -> Model:
+        """A Model around ``proto`` (built from this one's tensors) that reads external
+        data where this one does; ``path`` None gives it no file name of its own."""
+        model = Model(proto, path, self.external_data_files, self.data_dir)
         model.external_stamps = dict(self.external_stamps)
         return model
+
+    def tensor_array(self, tensor: onnx.TensorProto):
+        """A tensor's values as numpy, external bytes read from this model's folder
+        (``onnx.numpy_helper.to_array`` would look in the current folder)."""
+        return tensor_array(self.weight_source, tensor)
+
+    @property
+    def weight_source(self) -> WeightSource:
+        """Where this model's external tensors are read from (see :mod:`surgeon.external`)."""
+        where = str(self.path) if self.path is not None else self.name
+        return WeightSource(self.data_dir, where, dict(self.external_stamps))
 
     # ------------------------------------------------------------------ description
     @property
@@ -173,9 +186,8 @@ class Model:
         """
         gs = import_graphsurgeon()
         graph = gs.import_onnx(self.proto)
-        from surgeon.weights import bind_lazy_values  # weights imports this module
-
-        bind_lazy_values(graph, self)
+        if external_tensors(self.proto):
+            bind_lazy_values(graph, self.weight_source)
         return graph
 
     @classmethod
@@ -191,12 +203,12 @@ class Model:
         proto = gs.export_onnx(graph, do_type_check=False)
         if base is not None:
             copy_model_metadata(base.proto, proto)
-            return base._same_data(proto, base.path)
+            return base.derive(proto, base.path)
         return cls(proto)
 
     def with_proto(self, proto: onnx.ModelProto) -> Model:
         """A new Model around ``proto`` with this one's path and data files."""
-        return self._same_data(proto, self.path)
+        return self.derive(proto, self.path)
 
     def copy(self) -> Model:
         proto = onnx.ModelProto()

@@ -21,8 +21,15 @@ import onnx
 from surgeon.annotations import checked_init
 from surgeon.defaults import DEFAULT_OPTIMIZATION
 from surgeon.errors import RuntimeFailure, SurgeonError, UsageError, unknown_name
+from surgeon.external import external_tensors
 from surgeon.model import PROTO_LIMIT, Model, TensorInfo, tensor_nbytes
 from surgeon.saving import save
+
+# Re-exported: callers take it from here (read every external tensor into memory).
+from surgeon.weights import (
+    inline_external_data,  # noqa: F401
+    session_folder,
+)
 
 CREATE_LOCK = threading.Lock()
 OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
@@ -111,14 +118,6 @@ def custom_domains(model: Model) -> list[str]:
     return found
 
 
-def inline_external_data(model: Model) -> Model:
-    """``model``, or a copy of it with every external tensor read into memory (checked,
-    from its own folder): see :func:`surgeon.weights.inline_external_data`."""
-    from surgeon.weights import inline_external_data as inline
-
-    return inline(model)
-
-
 class Session:
     """An onnxruntime session over a Model, optionally exposing intermediate tensors."""
 
@@ -137,8 +136,6 @@ class Session:
         self.output_names = list(model.output_names) + extra
         ort = ort_module()
         so = session_options(self.options)
-        from surgeon.weights import external_tensors, session_folder
-
         # External weights stay where they are: onnxruntime gets the skeleton and the
         # folder to resolve its (checked) locations in, and maps the files itself.
         data_folder = session_folder(model)

@@ -11,6 +11,13 @@ from typing import TYPE_CHECKING
 import onnx
 
 from surgeon.errors import OutputPathError
+from surgeon.external import (
+    WeightSource,
+    copy_tensor_data,
+    external_tensors,
+    inline_all,
+    locate,
+)
 from surgeon.outputs import FilePlan, data_file_name, write_files
 from surgeon.protos import (
     EXTERNAL_THRESHOLD,
@@ -161,11 +168,12 @@ def _model_writers(model: Model, out: Path, external: bool, data_name: str | Non
     if not external:
 
         def write_model(fh):
-            from surgeon.weights import inline_external_data  # weights imports loading
-
+            if external_tensors(model.proto):
+                # Weights left on disk by load go into the single file, streamed.
+                write_streamed(model.proto, fh, model.weight_source, out)
+                return
             try:
-                # Weights left on disk by load are read in: a single file holds them all.
-                payload = inline_external_data(model).proto.SerializeToString()
+                payload = model.proto.SerializeToString()
             except ValueError as e:  # protobuf refuses > 2 GB
                 raise OutputPathError(
                     f"cannot write {out} as a single file: {e}", hint="Save with external data."
@@ -177,7 +185,7 @@ def _model_writers(model: Model, out: Path, external: bool, data_name: str | Non
     built = {}
 
     def write_data(fh):
-        built["skeleton"] = external_copy(model.proto, fh, name, source=model)
+        built["skeleton"] = external_copy(model.proto, fh, name, source=model.weight_source)
 
     def write_skeleton(fh):
         fh.write(built.pop("skeleton").SerializeToString())
@@ -217,7 +225,7 @@ def _copy_fields(src, dst, skip: frozenset[str] | set[str] = frozenset()) -> Non
 class _DataWriter:
     """Appends tensor bytes to an external data file, page-aligned."""
 
-    def __init__(self, fh, location: str, source: Model | None):
+    def __init__(self, fh, location: str, source: WeightSource | None):
         self.fh, self.location, self.offset, self.source = fh, location, 0, source
 
     def wants(self, t: onnx.TensorProto) -> bool:
@@ -245,8 +253,6 @@ class _DataWriter:
                     "the model has no folder to read it from",
                     hint="Load the model with surgeon.load(path).",
                 )
-            from surgeon.weights import copy_tensor_data  # weights imports loading
-
             # Streamed from the input's file, a chunk at a time: never all in memory.
             length = copy_tensor_data(self.source, source, self.fh)
         else:
@@ -267,7 +273,7 @@ class _DataWriter:
 
 
 def external_copy(
-    proto: onnx.ModelProto, fh, location: str, *, source: Model | None = None
+    proto: onnx.ModelProto, fh, location: str, *, source: WeightSource | None = None
 ) -> onnx.ModelProto:
     """A copy of ``proto`` whose large tensors live in ``fh`` (written here) under the
     name ``location``; ``proto`` itself is not modified.
@@ -301,3 +307,74 @@ def external_copy(
         else:
             stub.CopyFrom(t)
     return skeleton
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _key(message, name: str) -> bytes:
+    """The tag of a length-delimited field (wire type 2), from the schema."""
+    return _varint(message.DESCRIPTOR.fields_by_name[name].number << 3 | 2)
+
+
+def write_streamed(proto: onnx.ModelProto, fh, source: WeightSource, out: Path) -> None:
+    """Serialise ``proto`` into ``fh`` as one file, the external bytes of its main-graph
+    initializers streamed from their files into ``raw_data``, never all in memory.
+
+    Protobuf reads a message's fields in any order and a field written as its key, its
+    length and its bytes; so the model is its other fields, then the graph (its other
+    fields, then each initializer: a stub without data, then raw_data copied a chunk at a
+    time). Parsed, it is the proto ``SerializeToString`` would give with the bytes read
+    in. External tensors elsewhere (Constant nodes, subgraphs) are read into a copy.
+
+    Raises:
+        OutputPathError: The file would pass protobuf's 2 GB limit.
+    """
+    head = onnx.ModelProto()
+    _copy_fields(proto, head, skip={"graph"})
+    graph = onnx.GraphProto()
+    _copy_fields(proto.graph, graph, skip={"initializer"})
+    inline_all(source, head)
+    inline_all(source, graph)
+    raw_key = _key(onnx.TensorProto, "raw_data")
+    entries = []  # (stub bytes, external tensor or None, data length)
+    for t in proto.graph.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            entries.append((t.SerializeToString(), None, 0))
+            continue
+        stub = onnx.TensorProto()
+        _copy_fields(t, stub, skip=_TENSOR_DATA_FIELDS)
+        entries.append((stub.SerializeToString(), t, locate(source, t)[2]))
+
+    def body_size(stub: bytes, length: int, external) -> int:
+        if external is None:
+            return len(stub)
+        return len(stub) + len(raw_key) + len(_varint(length)) + length
+
+    init_key = _key(onnx.GraphProto, "initializer")
+    graph_bytes = graph.SerializeToString()
+    graph_size = len(graph_bytes)
+    for stub, t, length in entries:
+        size = body_size(stub, length, t)
+        graph_size += len(init_key) + len(_varint(size)) + size
+    head_bytes = head.SerializeToString()
+    graph_key = _key(onnx.ModelProto, "graph")
+    total = len(head_bytes) + len(graph_key) + len(_varint(graph_size)) + graph_size
+    if total > 2**31 - 1:
+        raise OutputPathError(
+            f"cannot write {out} as a single file: it would be {total} bytes, past "
+            "protobuf's 2 GB limit",
+            hint="Save with external data.",
+        )
+    fh.write(head_bytes + graph_key + _varint(graph_size) + graph_bytes)
+    for stub, t, length in entries:
+        fh.write(init_key + _varint(body_size(stub, length, t)) + stub)
+        if t is not None:
+            fh.write(raw_key + _varint(length))
+            copy_tensor_data(source, t, fh)
