@@ -277,9 +277,10 @@ def check_stamp(source: WeightSource, target: Path) -> None:
     except OSError:
         now = None
     if now != expected:
+        what = "was deleted" if now is None else "was replaced or changed"
         raise ModelLoadError(
-            f"{source.name}: its weights file {target.name} was replaced or changed since the "
-            "model was loaded; its external data references no longer describe it",
+            f"{source.name}: its weights file {target.name} {what} since the model was "
+            "loaded; its external data references no longer describe it",
             hint="Load the model again (surgeon.load) to use the file as it is now.",
         )
 
