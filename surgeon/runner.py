@@ -118,6 +118,11 @@ def custom_domains(model: Model) -> list[str]:
     return found
 
 
+def in_memory_bytes(model: Model) -> int:
+    """Weight bytes ``model`` holds in memory (those left in external files not counted)."""
+    return model.weight_bytes() - sum(tensor_nbytes(t) for t in external_tensors(model.proto))
+
+
 class Session:
     """An onnxruntime session over a Model, optionally exposing intermediate tensors."""
 
@@ -139,9 +144,7 @@ class Session:
         # External weights stay where they are: onnxruntime gets the skeleton and the
         # folder to resolve its (checked) locations in, and maps the files itself.
         data_folder = session_folder(model)
-        in_memory = model.weight_bytes() - sum(
-            tensor_nbytes(t) for t in external_tensors(model.proto)
-        )
+        in_memory = in_memory_bytes(model)
         graph_outputs = model.proto.graph.output
         # Untyped extra outputs are fine: onnxruntime infers their type. They are added
         # to the shared proto only for serialisation and removed right after.

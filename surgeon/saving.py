@@ -309,6 +309,10 @@ def external_copy(
     return skeleton
 
 
+# The largest message protobuf parses: a single file past it could be written but not read.
+SINGLE_FILE_LIMIT = 2**31 - 1
+
+
 def _varint(value: int) -> bytes:
     out = bytearray()
     while True:
@@ -366,7 +370,7 @@ def write_streamed(proto: onnx.ModelProto, fh, source: WeightSource, out: Path) 
     head_bytes = head.SerializeToString()
     graph_key = _key(onnx.ModelProto, "graph")
     total = len(head_bytes) + len(graph_key) + len(_varint(graph_size)) + graph_size
-    if total > 2**31 - 1:
+    if total > SINGLE_FILE_LIMIT:
         raise OutputPathError(
             f"cannot write {out} as a single file: it would be {total} bytes, past "
             "protobuf's 2 GB limit",

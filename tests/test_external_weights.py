@@ -189,7 +189,7 @@ def test_an_in_place_save_rewrites_the_weights_it_reads(tmp_path):
     result = run_cli(
         "rename", src, "--map", "y=z", "-o", src, "--inplace", "--external-data", "always"
     )
-    assert result.status == 0, result.err
+    assert result.status == 0, result.stderr
     again = surgeon.load(src)
     assert again.output_names == ["z"]
     x = np.random.default_rng(2).standard_normal((2, N)).astype(np.float32)
@@ -252,3 +252,33 @@ def test_merge_of_models_in_two_folders(tmp_path):
     assert len(_external_names(merged.model.proto)) == 2
     out = surgeon.save(merged.model, tmp_path / "merged.onnx", external_data=True)
     assert surgeon.verify(surgeon.load(out), merged.model, tolerance=EXACT).passed
+
+
+def test_a_single_file_past_protobufs_limit_is_refused_before_writing(tmp_path, monkeypatch):
+    import surgeon.saving
+    from surgeon.errors import OutputPathError
+
+    monkeypatch.setattr(surgeon.saving, "SINGLE_FILE_LIMIT", 2 * W0.nbytes)
+    m = surgeon.load(_write(tmp_path / "in"))
+    with pytest.raises(OutputPathError, match="past protobuf's 2 GB limit"):
+        surgeon.save(m, tmp_path / "one.onnx", external_data=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # no file, no temp file
+    result = run_cli(
+        "rename",
+        tmp_path / "in" / "m.onnx",
+        "--map",
+        "y=z",
+        "-o",
+        tmp_path / "z.onnx",
+        "--external-data",
+        "never",
+    )
+    assert result.status == 2 and "Save with external data" in result.stderr
+    assert not (tmp_path / "z.onnx").exists()
+
+
+def test_blame_maps_the_weights_too(tmp_path, spy):
+    m = surgeon.load(_write(tmp_path))
+    result = surgeon.blame(m)
+    assert result is not None
+    assert spy == {"read": 0, "copy": 0}
