@@ -282,3 +282,21 @@ def test_blame_maps_the_weights_too(tmp_path, spy):
     result = surgeon.blame(m)
     assert result is not None
     assert spy == {"read": 0, "copy": 0}
+
+
+def test_an_external_length_that_does_not_fit_the_shape_is_refused_at_load(tmp_path):
+    src = _write(tmp_path)
+    proto = onnx.load(str(src), load_external_data=False)
+    w0 = next(t for t in proto.graph.initializer if t.name == "w0")
+    for e in w0.external_data:
+        if e.key == "length":
+            e.value = str(W0.nbytes + 4)
+    onnx.save_model(proto, str(src))
+    result = run_cli("inspect", src)
+    assert result.status == 2 and f"needs {W0.nbytes}" in result.stderr
+    with pytest.raises(ModelLoadError) as caught:
+        surgeon.load(src)
+    assert any(
+        f"initializer `w0` holds {W0.nbytes + 4} bytes in its external data" in p
+        for p in caught.value.problems
+    )
