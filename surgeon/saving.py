@@ -88,6 +88,13 @@ def save(
     second rename fails the first is undone, so the model and its weights are replaced
     together or not at all.
 
+    The saved model never points into another file's weights: tensors that ``model``
+    keeps in external files (left on disk by :func:`surgeon.load`) are streamed, a chunk
+    at a time, into the output's own weights file (or into the single file), so a save
+    never holds the weights in memory, and the output stays valid when the input's
+    weights file is later replaced or deleted. An in-place save reads the old weights
+    file to the end before the new one is renamed over it.
+
     Args:
         external_data: Write weights to a side file. ``None`` (default) does so only when
             the model would pass protobuf's 2 GB limit.
