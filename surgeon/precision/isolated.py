@@ -245,7 +245,7 @@ def _batch_model(
     proto.opset_import.extend(src.opset_import)
     proto.functions.extend(src.functions)
     proto.graph.CopyFrom(graph)
-    return Model(proto, candidate.path, candidate.external_data_files), outputs
+    return candidate.derive(proto, candidate.path), outputs  # its weights stay on disk
 
 
 def _run_batches(
