@@ -11,6 +11,16 @@ here or :mod:`surgeon.external`:
 - saving streams each tensor from its file into the new weights file, a chunk at a time;
 - code that rewrites values (constant folding, float16 conversion) reads the whole model
   (:func:`inline_external_data`), one tensor at a time :meth:`Model.tensor_array`.
+
+Facts this rests on, measured with onnxruntime 1.32 and onnx-graphsurgeon 0.6.1:
+onnxruntime maps external data files; with prepacking (the default) MatMul weights are
+packed into anonymous memory and the map released, so a session costs about the weights
+once. Two live sessions cost twice (packed copies; even without prepacking RSS counts
+each mapping of the same file), two in sequence once: runs keep one session at a time.
+onnx-graphsurgeon imports an external initializer as LazyValues holding its TensorProto
+and exports that same proto back (still external, nothing read), but its ``load`` reads
+through ``numpy_helper.to_array`` with no folder, i.e. from the current folder: hence
+:meth:`Model.to_graph` binds them to the model's folder.
 """
 
 from __future__ import annotations
