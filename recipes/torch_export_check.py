@@ -105,9 +105,7 @@ def load_module(spec: str, torch):
 def load_weights(module, model: surgeon.Model, torch) -> bool:
     """Copy the model's initializers into the module when every state_dict entry has a
     same-named, same-shaped initializer; False (and nothing copied) otherwise."""
-    from onnx import numpy_helper
-
-    weights = {t.name: numpy_helper.to_array(t) for t in model.proto.graph.initializer}
+    weights = {t.name: model.tensor_array(t) for t in model.proto.graph.initializer}
     state = module.state_dict()
     if not all(
         k in weights and tuple(weights[k].shape) == tuple(v.shape) for k, v in state.items()

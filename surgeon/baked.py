@@ -102,7 +102,7 @@ def integer_constants(model: Model) -> dict[str, tuple[str, np.ndarray]]:
     g = model.proto.graph
     for t in g.initializer:
         if len(t.dims) <= 1 and (not t.dims or t.dims[0] <= _MAX_ELEMENTS):
-            arr = onnx.numpy_helper.to_array(t)
+            arr = model.tensor_array(t)  # from the model's folder if it is external
             if arr.dtype.kind in "iu":
                 out[t.name] = (t.name, arr)
     for n in g.node:

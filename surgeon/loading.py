@@ -1,22 +1,40 @@
-"""Loading a model: read the file, check it is an ONNX protobuf, read its external data
-(only from inside the model's folder) and validate its structure."""
+"""Loading a model: read the file, check it is an ONNX protobuf, check its external data
+(only from inside the model's folder; large tensors stay on disk, by reference) and
+validate its structure."""
 
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
 
-from surgeon.errors import ModelLoadError, UnsafePathError
-from surgeon.model import Model, _is_repeated, iter_all_tensors
+from surgeon.errors import ModelLoadError
+
+# Re-exported: they lived here before surgeon.external took them (the weights' readers
+# need them without importing the Model class).
+from surgeon.external import (  # noqa: F401
+    ExternalData,
+    check_external_data,
+    file_stamp,
+    load_external_data,
+    open_regular_file,
+    resolve_external_location,
+)
+from surgeon.model import Model, _is_repeated
+from surgeon.protos import INLINE_EXTERNAL_BELOW
 from surgeon.validation import check_structure
 
 
 def load(path: str | os.PathLike, *, validate: bool = True) -> Model:
-    """Load and validate an ONNX model, reading its external data into memory.
+    """Load and validate an ONNX model; its large external tensors stay on disk.
+
+    Every external-data reference is checked (inside the model's folder, a regular
+    file, in range), but only tensors under ``INLINE_EXTERNAL_BELOW`` bytes are read:
+    the weights stay in their files, where onnxruntime maps them and saving streams
+    them. The files' identities are recorded; if one is replaced or rewritten later,
+    running or saving the model refuses it rather than read other bytes.
 
     Args:
         path: The ``.onnx`` file. External data locations are resolved relative to its
@@ -77,8 +95,11 @@ def load(path: str | os.PathLike, *, validate: bool = True) -> Model:
         raise ModelLoadError(
             f"{path} parsed as protobuf but holds no ONNX graph; it is truncated or not an ONNX model"
         )
-    files = load_external_data(proto, p.parent, str(path))
-    model = Model(proto, p, files)
+    # Large tensors stay in their files (checked, not read): onnxruntime maps them and
+    # saving streams them, so no step holds a second copy of the weights in Python.
+    data = check_external_data(proto, p.parent, str(path), inline_below=INLINE_EXTERNAL_BELOW)
+    model = Model(proto, p, data.files)
+    model.external_stamps = dict(data.stamps)
     if validate:
         problems = check_structure(proto)
         if problems:
@@ -89,55 +110,6 @@ def load(path: str | os.PathLike, *, validate: bool = True) -> Model:
                 hint="The file may be truncated or was edited by a tool that broke the graph.",
             )
     return model
-
-
-_FILE_KINDS = (
-    (stat.S_ISFIFO, "a named pipe (FIFO)"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISDIR, "a folder"),
-)
-
-
-def open_regular_file(path: str | os.PathLike, what: str, error=ModelLoadError):
-    """Open ``path`` for reading only if it is a regular file; return ``(file, size)``.
-
-    A FIFO would block the open (or the read) forever and a device such as /dev/zero
-    never ends, so neither may be read as a model, a data file or an ``.npz``. The file
-    is opened with O_NONBLOCK (a FIFO opens at once instead of waiting for a writer),
-    then checked with fstat on the open descriptor, so nothing can swap the file between
-    the check and the read.
-
-    Args:
-        path: The file.
-        what: What the file should be, for the message ("an ONNX model").
-        error: The SurgeonError subclass to raise.
-
-    Raises:
-        error: The file is missing, unreadable, or not a regular file.
-    """
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise error(f"{path}: no such file") from None
-    except OSError as e:
-        raise error(f"{path}: cannot read the file ({e.strerror or e})") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            kind = next((k for test, k in _FILE_KINDS if test(info.st_mode)), "not a regular file")
-            raise error(
-                f"{path} is {kind}, not {what}; only regular files are read",
-                hint="Copy the data into a regular file and pass that.",
-            )
-        if hasattr(os, "set_blocking"):
-            os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb"), info.st_size
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 _TEXT_PLANS: dict[str, tuple[tuple[str, bool], ...]] = {}
@@ -199,105 +171,3 @@ def non_utf8_fields(message, where: str = "model") -> list[str]:
                 index = f"[{i}]" if _is_repeated(field) else ""
                 found += non_utf8_fields(v, f"{where}.{field.name}{index}")
     return found
-
-
-def _external_fields(t: onnx.TensorProto) -> dict[str, str]:
-    return {e.key: e.value for e in t.external_data}
-
-
-def resolve_external_location(location: str, base_dir: Path, where: str) -> Path:
-    """Resolve an external data ``location`` safely inside ``base_dir``.
-
-    Refuses absolute paths, ``..`` components and anything that resolves (through
-    symlinks) outside the model's folder.
-    """
-    if not location:
-        raise UnsafePathError(f"{where}: a tensor has external data with an empty location")
-    if "\0" in location:
-        # No file name holds a NUL byte; the OS would refuse it (ValueError in Python).
-        raise UnsafePathError(
-            f"{where}: external data location {location!r} contains a NUL byte; "
-            "the file is corrupted or crafted"
-        )
-    loc = location.replace("\\", "/")
-    if os.path.isabs(location) or loc.startswith("/") or (len(loc) > 1 and loc[1] == ":"):
-        raise UnsafePathError(
-            f"{where}: external data location `{location}` is an absolute path; "
-            "locations must be relative to the model's folder",
-            hint="Move the data file next to the model and rewrite its location.",
-        )
-    if ".." in loc.split("/"):
-        raise UnsafePathError(
-            f"{where}: external data location `{location}` climbs out of the model's folder with `..`",
-            hint="Move the data file next to the model and rewrite its location.",
-        )
-    base = base_dir.resolve()
-    target = (base / loc).resolve()
-    if target != base and base not in target.parents:
-        raise UnsafePathError(
-            f"{where}: external data location `{location}` resolves to {target}, outside the model's folder {base} (through a symlink)",
-            hint="Copy the data file into the model's folder instead of linking to it.",
-        )
-    return target
-
-
-def load_external_data(proto: onnx.ModelProto, base_dir: Path, where: str) -> list[str]:
-    """Read every external tensor of ``proto`` into memory; return the files used."""
-    problems: list[str] = []
-    handles: dict[Path, object] = {}
-    sizes: dict[Path, int] = {}
-    used: list[str] = []
-    try:
-        # Every place a tensor can live (sparse-tensor attributes, subgraphs, functions):
-        # none may keep an external reference that a runtime would resolve against the
-        # current folder.
-        for t in iter_all_tensors(proto):
-            if t.data_location != onnx.TensorProto.EXTERNAL:
-                continue
-            fields = _external_fields(t)
-            location = fields.get("location", "")
-            target = resolve_external_location(location, base_dir, where)
-            if location not in used:
-                used.append(location)
-            if target not in handles:
-                if not target.exists() or target.is_dir():
-                    problems.append(
-                        f"tensor `{t.name}`: external data file `{location}` is missing (looked in {base_dir})"
-                        + (": that name is a folder" if target.is_dir() else "")
-                    )
-                    handles[target] = None
-                    continue
-                try:
-                    handles[target], sizes[target] = open_regular_file(
-                        target, "an external data file", ModelLoadError
-                    )
-                except ModelLoadError as e:
-                    problems.append(f"tensor `{t.name}`: {e.message}")
-                    handles[target] = None
-                    continue
-            fh = handles[target]
-            if fh is None:
-                continue
-            try:
-                offset = int(fields.get("offset", "0") or 0)
-                length = int(fields["length"]) if fields.get("length") else sizes[target] - offset
-            except ValueError:
-                problems.append(f"tensor `{t.name}`: external data offset/length are not integers")
-                continue
-            if offset < 0 or length < 0 or offset + length > sizes[target]:
-                problems.append(
-                    f"tensor `{t.name}`: external data [{offset}, {offset + length}) lies past the end "
-                    f"of `{location}` ({sizes[target]} bytes); the data file is truncated or does not belong to this model"
-                )
-                continue
-            fh.seek(offset)
-            t.raw_data = fh.read(length)
-            del t.external_data[:]
-            t.data_location = onnx.TensorProto.DEFAULT
-    finally:
-        for fh in handles.values():
-            if fh is not None:
-                fh.close()
-    if problems:
-        raise ModelLoadError(f"{where}: cannot read its external data", problems=problems)
-    return used

@@ -1,7 +1,10 @@
 """The Model object: loading, validating, editing and atomically saving an ONNX model.
 
-A :class:`Model` holds the ``onnx.ModelProto`` (with external weights read into memory),
-the path it came from, and the external data files it used. Edits never mutate a Model:
+A :class:`Model` holds the ``onnx.ModelProto``, the path it came from, and the external
+data files it uses. Large external tensors stay in their files, by reference (see
+:func:`surgeon.loading.load`): the proto is then a skeleton of a few kilobytes however
+large the weights, so copying it for an edit costs nothing, and onnxruntime maps the
+weights from the files itself (:mod:`surgeon.weights`). Edits never mutate a Model:
 ``model.to_graph()`` hands out a fresh onnx-graphsurgeon graph, and ``Model.from_graph``
 wraps the edited graph into a new Model that keeps the original's metadata.
 """
@@ -18,6 +21,7 @@ import onnx
 from surgeon._version import __version__
 from surgeon.annotations import checked_init
 from surgeon.errors import unknown_name
+from surgeon.external import WeightSource, bind_lazy_values, external_tensors, tensor_array
 from surgeon.graph_facts import graph_facts
 
 # Re-exported: these lived here before surgeon.protos took them (see its docstring).
@@ -47,9 +51,15 @@ class Model:
     """One loaded ONNX model.
 
     Attributes:
-        proto: The ModelProto, with every weight in memory.
+        proto: The ModelProto. Tensors whose ``data_location`` is EXTERNAL keep their
+            values in files under :attr:`data_dir` (read only through
+            :mod:`surgeon.weights`, which checks them); the others hold theirs in memory.
         path: Where it was loaded from (None for models built in memory).
-        external_data_files: Relative names of the side files its weights came from.
+        external_data_files: Relative names of the side files its weights are in.
+        data_dir: The folder its external data locations are relative to (default: the
+            folder of ``path``).
+        external_stamps: Resolved side file -> its identity when loaded (see
+            :func:`surgeon.loading.file_stamp`): a file replaced since is refused.
     """
 
     def __init__(
@@ -57,10 +67,38 @@ class Model:
         proto: onnx.ModelProto,
         path: str | os.PathLike | None = None,
         external_data_files: Iterable[str] = (),
+        data_dir: str | os.PathLike | None = None,
     ):
         self.proto = proto
         self.path = Path(path) if path is not None else None
         self.external_data_files = list(external_data_files)
+        self._data_dir = Path(data_dir) if data_dir is not None else None
+        self.external_stamps: dict[str, tuple[int, int, int, int]] = {}
+
+    @property
+    def data_dir(self) -> Path | None:
+        """The folder external data locations are relative to (None: it has none)."""
+        if self._data_dir is not None:
+            return self._data_dir
+        return self.path.parent if self.path is not None else None
+
+    def derive(self, proto: onnx.ModelProto, path: str | os.PathLike | None = None) -> Model:
+        """A Model around ``proto`` (built from this one's tensors) that reads external
+        data where this one does; ``path`` None gives it no file name of its own."""
+        model = Model(proto, path, self.external_data_files, self.data_dir)
+        model.external_stamps = dict(self.external_stamps)
+        return model
+
+    def tensor_array(self, tensor: onnx.TensorProto):
+        """A tensor's values as numpy, external bytes read from this model's folder
+        (``onnx.numpy_helper.to_array`` would look in the current folder)."""
+        return tensor_array(self.weight_source, tensor)
+
+    @property
+    def weight_source(self) -> WeightSource:
+        """Where this model's external tensors are read from (see :mod:`surgeon.external`)."""
+        where = str(self.path) if self.path is not None else self.name
+        return WeightSource(self.data_dir, where, dict(self.external_stamps))
 
     # ------------------------------------------------------------------ description
     @property
@@ -140,9 +178,17 @@ class Model:
 
     # ------------------------------------------------------------------ editing
     def to_graph(self):
-        """A fresh, editable onnx-graphsurgeon Graph of this model (edits don't touch self)."""
+        """A fresh, editable onnx-graphsurgeon Graph of this model (edits don't touch self).
+
+        Its external constants stay lazy (exported back as the same references); read
+        (``.values``), they come from this model's folder with its checks, never from
+        the current folder, which is where onnx-graphsurgeon alone would look.
+        """
         gs = import_graphsurgeon()
-        return gs.import_onnx(self.proto)
+        graph = gs.import_onnx(self.proto)
+        if external_tensors(self.proto):
+            bind_lazy_values(graph, self.weight_source)
+        return graph
 
     @classmethod
     def from_graph(cls, graph, base: Model | None = None) -> Model:
@@ -157,12 +203,12 @@ class Model:
         proto = gs.export_onnx(graph, do_type_check=False)
         if base is not None:
             copy_model_metadata(base.proto, proto)
-            return cls(proto, base.path, base.external_data_files)
+            return base.derive(proto, base.path)
         return cls(proto)
 
     def with_proto(self, proto: onnx.ModelProto) -> Model:
         """A new Model around ``proto`` with this one's path and data files."""
-        return Model(proto, self.path, self.external_data_files)
+        return self.derive(proto, self.path)
 
     def copy(self) -> Model:
         proto = onnx.ModelProto()

@@ -31,16 +31,19 @@ class BlameRunner:
 
         self.model = model
         self.options = options
-        inlined = runner.inline_external_data(model)
-        if inlined.weight_bytes() > runner.FILE_THRESHOLD:
+        # Weights left on disk stay there: onnxruntime maps them from the model's folder
+        # (every reference checked first), as for the runner's sessions.
+        self.folder = runner.session_folder(model)
+        if runner.in_memory_bytes(model) > runner.FILE_THRESHOLD:
             from surgeon.saving import save
 
             folder = scratch.enter_context(tempfile.TemporaryDirectory(prefix="surgeon-blame-"))
             path = Path(folder) / "model.onnx"
-            save(Model(inlined.proto), path, external_data=True, durable=False)
+            save(model.with_proto(model.proto), path, external_data=True, durable=False)
             self.source: str | bytes = str(path)
+            self.folder = None
         else:
-            self.source = inlined.proto.SerializeToString()
+            self.source = model.proto.SerializeToString()
 
     def session(
         self,
@@ -60,6 +63,10 @@ class BlameRunner:
                 threads=self.options.threads,
             )
         )
+        if self.folder is not None:
+            so.add_session_config_entry(
+                "session.model_external_initializers_file_folder_path", self.folder
+            )
         if save_to is not None:
             so.optimized_model_filepath = str(save_to)
             # Weights go to a side file: only the graph's structure is read back.

@@ -23,6 +23,10 @@ import onnx
 PROTO_LIMIT = 2**31 - 64 * 2**20
 # Tensors at least this large go to the external data file when one is written.
 EXTERNAL_THRESHOLD = 1024
+# External tensors at least this large stay on disk when a model is loaded (by
+# reference, checked); smaller ones (shapes, axes, norms' scales) are read into memory,
+# where the graph logic that reads small constants finds them.
+INLINE_EXTERNAL_BELOW = 64 * 1024
 
 
 @dataclass(frozen=True)

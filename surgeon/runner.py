@@ -21,13 +21,21 @@ import onnx
 from surgeon.annotations import checked_init
 from surgeon.defaults import DEFAULT_OPTIMIZATION
 from surgeon.errors import RuntimeFailure, SurgeonError, UsageError, unknown_name
-from surgeon.model import PROTO_LIMIT, Model, TensorInfo
+from surgeon.external import external_tensors
+from surgeon.model import PROTO_LIMIT, Model, TensorInfo, tensor_nbytes
 from surgeon.saving import save
+
+# Re-exported: callers take it from here (read every external tensor into memory).
+from surgeon.weights import (
+    inline_external_data,  # noqa: F401
+    session_folder,
+)
 
 CREATE_LOCK = threading.Lock()
 OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
-# Models with more weights than this reach onnxruntime as a temporary file with external
-# data rather than as serialised bytes: serialising costs two transient copies of the
+# Models with more weights in memory than this reach onnxruntime as a temporary file with
+# external data rather than as serialised bytes (weights left on disk by surgeon.load do
+# not count: onnxruntime maps those from their own files): serialising costs two transient copies of the
 # weights, and a session built from bytes keeps two more, against one from a file.
 # (Above protobuf's 2 GB limit a file is the only way.)
 FILE_THRESHOLD = min(256 * 2**20, PROTO_LIMIT - 16 * 2**20)
@@ -115,36 +123,9 @@ def custom_domains(model: Model) -> list[str]:
     return found
 
 
-def inline_external_data(model: Model) -> Model:
-    """``model``, or a copy of it whose external data is read into memory.
-
-    onnxruntime, handed a model as bytes, resolves external data locations against the
-    process's current folder: a crafted location (in any tensor: a sparse-tensor
-    attribute, a subgraph, a function) would then read a file of the user's into the
-    run. :func:`surgeon.load` already reads every external tensor from inside the model's
-    own folder; a Model built in memory with references left in it is read the same way
-    here (from its own folder, with the same checks), or refused when it has no folder.
-    """
-    from surgeon.errors import ModelLoadError
-    from surgeon.model import iter_all_tensors
-
-    external = [
-        t for t in iter_all_tensors(model.proto) if t.data_location == onnx.TensorProto.EXTERNAL
-    ]
-    if not external:
-        return model
-    if model.path is None:
-        raise ModelLoadError(
-            f"{model.name}: tensor `{external[0].name}` keeps its values in an external data file, "
-            "but the model was not loaded from a file, so there is no folder to read it from",
-            hint="Load the model with surgeon.load(path), which reads its external data from the model's folder.",
-        )
-    from surgeon.loading import load_external_data
-
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
-    files = load_external_data(proto, model.path.parent, str(model.path))
-    return Model(proto, model.path, files)
+def in_memory_bytes(model: Model) -> int:
+    """Weight bytes ``model`` holds in memory (those left in external files not counted)."""
+    return model.weight_bytes() - sum(tensor_nbytes(t) for t in external_tensors(model.proto))
 
 
 class Session:
@@ -165,7 +146,10 @@ class Session:
         self.output_names = list(model.output_names) + extra
         ort = ort_module()
         so = session_options(self.options)
-        model = inline_external_data(model)
+        # External weights stay where they are: onnxruntime gets the skeleton and the
+        # folder to resolve its (checked) locations in, and maps the files itself.
+        data_folder = session_folder(model)
+        in_memory = in_memory_bytes(model)
         graph_outputs = model.proto.graph.output
         # Untyped extra outputs are fine: onnxruntime infers their type. They are added
         # to the shared proto only for serialisation and removed right after.
@@ -175,16 +159,21 @@ class Session:
         # creation, so a signal (raised as an exception by the CLI) removes it at once.
         with contextlib.ExitStack() as scratch:
             try:
-                if model.weight_bytes() > FILE_THRESHOLD:
+                if in_memory > FILE_THRESHOLD:
                     folder = scratch.enter_context(
                         tempfile.TemporaryDirectory(prefix="surgeon-run-")
                     )
                     path = Path(folder) / "model.onnx"
-                    # durable=False: a scratch copy deleted right after needs no fsync
-                    save(Model(model.proto), path, external_data=True, durable=False)
+                    # durable=False: a scratch copy deleted right after needs no fsync.
+                    # Its external tensors are streamed from their files into the copy.
+                    save(model.with_proto(model.proto), path, external_data=True, durable=False)
                     source = str(path)
                 else:
                     source = model.proto.SerializeToString()
+                    if data_folder is not None:
+                        so.add_session_config_entry(
+                            "session.model_external_initializers_file_folder_path", data_folder
+                        )
             finally:
                 if extra:
                     del graph_outputs[len(graph_outputs) - len(extra) :]

@@ -11,6 +11,13 @@ from typing import TYPE_CHECKING
 import onnx
 
 from surgeon.errors import OutputPathError
+from surgeon.external import (
+    WeightSource,
+    copy_tensor_data,
+    external_tensors,
+    inline_all,
+    locate,
+)
 from surgeon.outputs import FilePlan, data_file_name, write_files
 from surgeon.protos import (
     EXTERNAL_THRESHOLD,
@@ -80,6 +87,13 @@ def save(
     Both files are written to temp files and fsynced, then renamed into place; if the
     second rename fails the first is undone, so the model and its weights are replaced
     together or not at all.
+
+    The saved model never points into another file's weights: tensors that ``model``
+    keeps in external files (left on disk by :func:`surgeon.load`) are streamed, a chunk
+    at a time, into the output's own weights file (or into the single file), so a save
+    never holds the weights in memory, and the output stays valid when the input's
+    weights file is later replaced or deleted. An in-place save reads the old weights
+    file to the end before the new one is renamed over it.
 
     Args:
         external_data: Write weights to a side file. ``None`` (default) does so only when
@@ -161,6 +175,10 @@ def _model_writers(model: Model, out: Path, external: bool, data_name: str | Non
     if not external:
 
         def write_model(fh):
+            if external_tensors(model.proto):
+                # Weights left on disk by load go into the single file, streamed.
+                write_streamed(model.proto, fh, model.weight_source, out)
+                return
             try:
                 payload = model.proto.SerializeToString()
             except ValueError as e:  # protobuf refuses > 2 GB
@@ -174,7 +192,7 @@ def _model_writers(model: Model, out: Path, external: bool, data_name: str | Non
     built = {}
 
     def write_data(fh):
-        built["skeleton"] = external_copy(model.proto, fh, name)
+        built["skeleton"] = external_copy(model.proto, fh, name, source=model.weight_source)
 
     def write_skeleton(fh):
         fh.write(built.pop("skeleton").SerializeToString())
@@ -214,14 +232,16 @@ def _copy_fields(src, dst, skip: frozenset[str] | set[str] = frozenset()) -> Non
 class _DataWriter:
     """Appends tensor bytes to an external data file, page-aligned."""
 
-    def __init__(self, fh, location: str):
-        self.fh, self.location, self.offset = fh, location, 0
+    def __init__(self, fh, location: str, source: WeightSource | None):
+        self.fh, self.location, self.offset, self.source = fh, location, 0, source
 
     def wants(self, t: onnx.TensorProto) -> bool:
-        """True for tensors that go to the file: in memory, at least EXTERNAL_THRESHOLD
-        bytes, not strings (which have no raw byte layout)."""
+        """True for tensors that go to the file: those whose bytes are in another external
+        file (the saved model never points into its input's weights), and those in
+        memory of at least EXTERNAL_THRESHOLD bytes that are not strings (which have no
+        raw byte layout)."""
         if t.data_location == onnx.TensorProto.EXTERNAL:
-            return False
+            return True
         if t.raw_data:
             return len(t.raw_data) >= EXTERNAL_THRESHOLD
         return tensor_nbytes(t) >= EXTERNAL_THRESHOLD and t.data_type != onnx.TensorProto.STRING
@@ -229,28 +249,45 @@ class _DataWriter:
     def write(self, source: onnx.TensorProto, target: onnx.TensorProto) -> None:
         """Write ``source``'s bytes and make ``target`` (a copy of it, or ``source`` itself
         when it is already a copy) point at them."""
-        # Typed fields (float_data, ...) become raw bytes in the file.
-        data = source.raw_data or onnx.numpy_helper.to_array(source).tobytes()
         pad = (-self.offset) % 4096  # page-aligned, so runtimes can mmap each tensor
         if pad:
             self.fh.write(b"\0" * pad)
             self.offset += pad
-        self.fh.write(data)
+        if source.data_location == onnx.TensorProto.EXTERNAL:
+            if self.source is None:
+                raise OutputPathError(
+                    f"tensor `{source.name}` keeps its values in an external data file, but "
+                    "the model has no folder to read it from",
+                    hint="Load the model with surgeon.load(path).",
+                )
+            # Streamed from the input's file, a chunk at a time: never all in memory.
+            length = copy_tensor_data(self.source, source, self.fh)
+        else:
+            # Typed fields (float_data, ...) become raw bytes in the file.
+            data = source.raw_data or onnx.numpy_helper.to_array(source).tobytes()
+            self.fh.write(data)
+            length = len(data)
         for name in _TENSOR_DATA_FIELDS:
             target.ClearField(name)
         target.data_location = onnx.TensorProto.EXTERNAL
         for k, v in (
             ("location", self.location),
             ("offset", str(self.offset)),
-            ("length", str(len(data))),
+            ("length", str(length)),
         ):
             target.external_data.add(key=k, value=v)
-        self.offset += len(data)
+        self.offset += length
 
 
-def external_copy(proto: onnx.ModelProto, fh, location: str) -> onnx.ModelProto:
+def external_copy(
+    proto: onnx.ModelProto, fh, location: str, *, source: WeightSource | None = None
+) -> onnx.ModelProto:
     """A copy of ``proto`` whose large tensors live in ``fh`` (written here) under the
     name ``location``; ``proto`` itself is not modified.
+
+    Tensors that keep their values in external files (read from ``source``'s folder,
+    with its checks) are streamed into ``fh`` too: the copy never points into another
+    model's weights file, which could be replaced or deleted under it.
 
     The main graph's initializers, where the weights of real models are, are never
     copied: each one's bytes go straight to ``fh`` and the copy gets a stub pointing at
@@ -259,10 +296,16 @@ def external_copy(proto: onnx.ModelProto, fh, location: str) -> onnx.ModelProto:
     is freed: clearing weights in place and restoring them would cost two more copies.)
     Tensors elsewhere (Constant nodes, If/Loop bodies, functions) are copied, then moved.
     """
-    writer = _DataWriter(fh, location)
+    writer = _DataWriter(fh, location, source)
     skeleton = onnx.ModelProto()
     _copy_fields(proto, skeleton, skip={"graph"})
     _copy_fields(proto.graph, skeleton.graph, skip={"initializer"})
+    # The other tensors first, while the skeleton has no main-graph initializer: each
+    # tensor is then visited once (a stub already written points at the new file, which
+    # may have the same name as the input's).
+    for t in iter_tensors(skeleton):
+        if writer.wants(t):
+            writer.write(t, t)
     for t in proto.graph.initializer:
         stub = skeleton.graph.initializer.add()
         if writer.wants(t):
@@ -270,7 +313,79 @@ def external_copy(proto: onnx.ModelProto, fh, location: str) -> onnx.ModelProto:
             writer.write(t, stub)
         else:
             stub.CopyFrom(t)
-    for t in iter_tensors(skeleton):
-        if writer.wants(t):
-            writer.write(t, t)
     return skeleton
+
+
+# The largest message protobuf parses: a single file past it could be written but not read.
+SINGLE_FILE_LIMIT = 2**31 - 1
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _key(message, name: str) -> bytes:
+    """The tag of a length-delimited field (wire type 2), from the schema."""
+    return _varint(message.DESCRIPTOR.fields_by_name[name].number << 3 | 2)
+
+
+def write_streamed(proto: onnx.ModelProto, fh, source: WeightSource, out: Path) -> None:
+    """Serialise ``proto`` into ``fh`` as one file, the external bytes of its main-graph
+    initializers streamed from their files into ``raw_data``, never all in memory.
+
+    Protobuf reads a message's fields in any order and a field written as its key, its
+    length and its bytes; so the model is its other fields, then the graph (its other
+    fields, then each initializer: a stub without data, then raw_data copied a chunk at a
+    time). Parsed, it is the proto ``SerializeToString`` would give with the bytes read
+    in. External tensors elsewhere (Constant nodes, subgraphs) are read into a copy.
+
+    Raises:
+        OutputPathError: The file would pass protobuf's 2 GB limit.
+    """
+    head = onnx.ModelProto()
+    _copy_fields(proto, head, skip={"graph"})
+    graph = onnx.GraphProto()
+    _copy_fields(proto.graph, graph, skip={"initializer"})
+    inline_all(source, head)
+    inline_all(source, graph)
+    raw_key = _key(onnx.TensorProto, "raw_data")
+    entries = []  # (stub bytes, external tensor or None, data length)
+    for t in proto.graph.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            entries.append((t.SerializeToString(), None, 0))
+            continue
+        stub = onnx.TensorProto()
+        _copy_fields(t, stub, skip=_TENSOR_DATA_FIELDS)
+        entries.append((stub.SerializeToString(), t, locate(source, t)[2]))
+
+    def body_size(stub: bytes, length: int, external) -> int:
+        if external is None:
+            return len(stub)
+        return len(stub) + len(raw_key) + len(_varint(length)) + length
+
+    init_key = _key(onnx.GraphProto, "initializer")
+    graph_bytes = graph.SerializeToString()
+    graph_size = len(graph_bytes)
+    for stub, t, length in entries:
+        size = body_size(stub, length, t)
+        graph_size += len(init_key) + len(_varint(size)) + size
+    head_bytes = head.SerializeToString()
+    graph_key = _key(onnx.ModelProto, "graph")
+    total = len(head_bytes) + len(graph_key) + len(_varint(graph_size)) + graph_size
+    if total > SINGLE_FILE_LIMIT:
+        raise OutputPathError(
+            f"cannot write {out} as a single file: it would be {total} bytes, past "
+            "protobuf's 2 GB limit",
+            hint="Save with external data.",
+        )
+    fh.write(head_bytes + graph_key + _varint(graph_size) + graph_bytes)
+    for stub, t, length in entries:
+        fh.write(init_key + _varint(body_size(stub, length, t)) + stub)
+        if t is not None:
+            fh.write(raw_key + _varint(length))
+            copy_tensor_data(source, t, fh)

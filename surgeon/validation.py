@@ -36,11 +36,15 @@ _PACKED_TYPES = {
 
 def _raw_data_size_problem(t: onnx.TensorProto) -> str | None:
     """A sentence when ``t``'s raw bytes do not fit its shape and type (a damaged file)."""
-    if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type in _PACKED_TYPES:
+    if t.data_type in _PACKED_TYPES:
         return None
     if t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
         return None
     size = len(t.raw_data)
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        # Left on disk by load: its recorded length is what onnxruntime will read.
+        length = next((e.value for e in t.external_data if e.key == "length"), "")
+        size = int(length) if length.isdigit() else 0
     if not size:
         return None  # values in the typed fields (float_data, ...), or an empty tensor
     try:
@@ -54,8 +58,9 @@ def _raw_data_size_problem(t: onnx.TensorProto) -> str | None:
     count = int(np.prod(t.dims)) if len(t.dims) else 1
     if size == count * itemsize:
         return None
+    where = " in its external data" if t.data_location == onnx.TensorProto.EXTERNAL else ""
     return (
-        f"initializer `{t.name}` holds {size} bytes, but its shape {list(t.dims)} of "
+        f"initializer `{t.name}` holds {size} bytes{where}, but its shape {list(t.dims)} of "
         f"{dtype_name(t.data_type)} needs {count * itemsize}"
     )
 

@@ -340,7 +340,7 @@ def _single_node_model(model: Model, node, values: Mapping[str, np.ndarray]) -> 
         graph, opset_imports=list(model.proto.opset_import), ir_version=model.proto.ir_version
     )
     proto.functions.extend(model.proto.functions)
-    return Model(proto)
+    return model.derive(proto)  # its initializers' external data is where the model's is
 
 
 def _isolated(

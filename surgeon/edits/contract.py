@@ -6,7 +6,8 @@ copy of the model) and a *correspondence* (what "unchanged" means for it: which 
 of the edited model must equal which tensor of a reference). :func:`apply_edit` owns the
 rest, the same way for all of them:
 
-1. copy the model, so the input is never touched, and apply the change to the copy;
+1. copy the model, so the input is never touched, and apply the change to the copy (a
+   copy of kilobytes: weights that load left on disk are references, not bytes);
 2. append one provenance record (edit name, parameters, surgeon version);
 3. run the single verifier (:func:`surgeon.verification.verify`) with the edit's
    correspondence and the caller's feeds, tolerance and onnxruntime settings;

@@ -35,7 +35,7 @@ from surgeon.errors import SurgeonError, UsageError, raise_name_errors, unknown_
 from surgeon.feeds import FeedOptions, make_feeds
 from surgeon.model import Model, copy_model_metadata, iter_graphs
 from surgeon.protos import import_graphsurgeon, op_histogram
-from surgeon.runner import RunOptions
+from surgeon.runner import RunOptions, inline_external_data
 
 # Never folded: a QDQ model's pattern is what its targets read (see the module docstring).
 NOT_FOLDED = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
@@ -333,6 +333,9 @@ def fold(
         UsageError: A bound value of more than one element, or one its dtype cannot hold.
         SurgeonError: The folder changed a dtype in a way that cannot be undone.
     """
+    # Folding reads and rewrites weight values: external ones come into memory (from the
+    # model's folder; onnx alone would look for them in the current folder).
+    model = inline_external_data(model)
     bound = plan_bind(model, bind)
     if size_threshold is not None and size_threshold < 0:
         raise UsageError(f"size_threshold must be >= 0 bytes, not {size_threshold}")

@@ -43,6 +43,7 @@ from surgeon.errors import SurgeonError, UsageError, close_matches
 from surgeon.feeds import FeedOptions, make_feeds
 from surgeon.model import PROVENANCE_KEY, Model, copy_model_metadata, iter_graphs
 from surgeon.runner import RunOptions
+from surgeon.weights import share_folder
 
 
 # ---------------------------------------------------------------------- names
@@ -320,6 +321,8 @@ def build_merged(
     p1, p2 = onnx.ModelProto(), onnx.ModelProto()
     p1.CopyFrom(p1_source)
     p2.CopyFrom(p2_source)
+    # One data folder for the merged model (weights from a second folder come in).
+    holder = share_folder([(first, p1), (second, p2)])
     map2 = naming["map2"]
     _rename(p1.graph, naming["first"], {})
     _rename(p2.graph, map2, naming["second_nodes"])
@@ -382,7 +385,7 @@ def build_merged(
     proto.metadata_props.extend(props)
     if history:
         proto.metadata_props.add(key=PROVENANCE_KEY, value=json.dumps(history))
-    return Model(proto)
+    return holder.derive(proto)
 
 
 def merge_correspondence(

@@ -100,9 +100,15 @@ class FilePlan:
         self._groups += 1
         group = self._groups if replaceable else None
         if not isinstance(model, (str, os.PathLike)):  # a loaded Model
+            # Its weights files are read for as long as it lives (they stay on disk),
+            # also for a model built in memory from another's tensors (a merge).
+            folder = model.data_dir
+            data = [folder / f for f in model.external_data_files] if folder is not None else []
             if model.path is None:
+                for d in data:
+                    self._reads.append(_Read(d, f"the weights of {what}", None))
                 return self._groups
-            path, data = model.path, [model.path.parent / f for f in model.external_data_files]
+            path = model.path
         else:
             path, data = Path(model), []
         self._reads.append(_Read(path, what, (group, "model") if group else None))

@@ -34,7 +34,7 @@ from surgeon.model import Model
 from surgeon.names import intermediate_tensors
 from surgeon.precision.fp16_convert import Conversion, convert_float16
 from surgeon.precision.pairing import node_label
-from surgeon.runner import RunOptions, run
+from surgeon.runner import RunOptions, inline_external_data, run
 
 FP16_SCHEMA = "surgeon.fp16/1"
 TITLE = "fp16: outputs within tolerance of the float32 model"
@@ -266,6 +266,8 @@ def plan_fp16(
     if max_rounds < 0:
         raise UsageError(f"max_rounds={max_rounds}: a number of rounds, 0 or more")
     keep = _check_keep(model, keep)
+    # The conversion rewrites every float weight: external ones come into memory.
+    model = inline_external_data(model)
     feeds = dict(feeds) if feeds is not None else make_feeds(model, feed_options)
     reference = {**feeds, **run(model, feeds, outputs=intermediate_tensors(model), options=options)}
     state = _State(model, feeds, tolerance, options)

@@ -117,7 +117,10 @@ def _reference_value(
         if ref in reference_values:
             return reference_values[ref]
         if ref in pairing.reference_constants:
-            return numpy_helper.to_array(pairing.reference_constants[ref])
+            constant = pairing.reference_constants[ref]
+            if pairing.reference_model is not None:  # external bytes from its folder
+                return pairing.reference_model.tensor_array(constant)
+            return numpy_helper.to_array(constant)
     if tensor in graph_inputs and tensor in candidate_values:
         return candidate_values[tensor]
     return None
@@ -242,7 +245,7 @@ def _batch_model(
     proto.opset_import.extend(src.opset_import)
     proto.functions.extend(src.functions)
     proto.graph.CopyFrom(graph)
-    return Model(proto, candidate.path, candidate.external_data_files), outputs
+    return candidate.derive(proto, candidate.path), outputs  # its weights stay on disk
 
 
 def _run_batches(

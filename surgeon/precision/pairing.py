@@ -81,6 +81,8 @@ class Pairing:
             checked on its own.
         reference_constants: The reference model's initializers (values read on demand),
             empty when the reference is only a set of names.
+        reference_model: The reference Model, whose folder external constants are read
+            from (None when the reference is only a set of names).
         constants: The candidate's tensors computed from constants only.
         dtypes: Candidate tensor -> numpy dtype name, where known.
     """
@@ -89,6 +91,7 @@ class Pairing:
     refused: dict[str, str] = field(default_factory=dict)
     unpaired_inputs: dict[str, list[str]] = field(default_factory=dict)
     reference_constants: Mapping[str, onnx.TensorProto] = field(default_factory=dict)
+    reference_model: Model | None = None
     constants: set[str] = field(default_factory=set)
     dtypes: dict[str, str] = field(default_factory=dict)
 
@@ -216,7 +219,10 @@ def pair_tensors(
     producers = candidate.producers()
     dtypes = candidate_dtypes(candidate, candidate_values)
     pairing = Pairing(
-        reference_constants=ref_constants, constants=constant_tensors(proto), dtypes=dtypes
+        reference_constants=ref_constants,
+        reference_model=reference if isinstance(reference, Model) else None,
+        constants=constant_tensors(proto),
+        dtypes=dtypes,
     )
     pairs = pairing.pairs
     refused_refs: dict[str, str] = {}
