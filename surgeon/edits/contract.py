@@ -96,7 +96,8 @@ def apply_edit(
     label: str | None = None,
     copy: bool = True,
     details: Callable[[Model, DiffReport | None], dict] | None = None,
-    finish: Callable[[Model, DiffReport, Mapping[str, np.ndarray]], None] | None = None,
+    finish: Callable[[Model, DiffReport, Mapping[str, np.ndarray]], DiffReport | None]
+    | None = None,
 ) -> Edited:
     """Apply ``change`` to a copy of ``model``, record provenance, verify, return the result.
 
@@ -116,7 +117,8 @@ def apply_edit(
             a waste); the change must then return a new proto or Model.
         details: What the edit did, for reports, from the edited model and the report.
         finish: Adds to the report after the comparison (notes, rows of a runtime
-            check), given the edited model's computed tensors.
+            check), given the edited model's computed tensors; a report it returns
+            replaces the comparison's (an edit whose verdict is more than the rows).
 
     Returns:
         A frozen Edited; falsy when the verification failed.
@@ -196,5 +198,7 @@ def _verify(
     if label is not None:
         report.candidate = f"{model.name} ({label})"
     if finish is not None:
-        finish(edited, report, values)
+        replaced = finish(edited, report, values)
+        if replaced is not None:  # not `or`: a report is falsy when it failed
+            report = replaced
     return report

@@ -346,13 +346,12 @@ def edit_nodes(
             return Correspondence(title, unavailable=problem)
         return Correspondence(title, feeds=run_feeds, tolerance=tolerance)
 
-    def finish(edited: Model, report: DiffReport, values) -> None:
-        # The contract builds the verifier's DiffReport; this edit's verdict is its
-        # checks' (the rows inform), so that same object becomes a NodeEditReport, which
-        # every reader of the result (the recipe recorder included) then judges right.
-        report.__class__ = NodeEditReport
-        report.checks = list(checks)
-        report.expect_same = expect_same
+    def finish(edited: Model, report: DiffReport, values) -> NodeEditReport:
+        # This edit's verdict is its checks' (the rows inform): the comparison's report
+        # becomes a NodeEditReport, which every reader of the result (the recipe recorder
+        # included) then judges right.
+        known = {f.name: getattr(report, f.name) for f in fields(report) if f.init}
+        return NodeEditReport(**known, checks=list(checks), expect_same=expect_same)
 
     return apply_edit(
         model,
