@@ -242,3 +242,33 @@ def test_cli_usage_errors(cli, tmp_path):
 def test_an_input_of_unknown_rank_can_be_bound_from_the_api():
     edited = fold(Model(parse(IF_ON_MODE)), {"mode": 1}, tolerance=EXACT)
     assert edited.passed and edited.model.input_names == ["x"]
+
+
+# torch writes `w_shared = Identity(w)` for a weight that cloned layers share (RT-DETR's
+# decoder layers); folded, the MatMul reads a constant, and onnxruntime prepacks a
+# constant weight for its GEMM kernel, which sums in another order than the unpacked path
+# the original's run-time weight takes (4e-5 apart at these sizes on an AVX2 machine).
+SHARED_WEIGHT = """
+<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[1, 4, 512] x) => (float[1, 4, 8] y) {
+  shared = Identity(w)
+  y = MatMul(x, shared)
+}
+"""
+
+
+def test_a_weight_folded_to_a_constant_is_checked_bit_exact_without_prepacking():
+    proto = parse(SHARED_WEIGHT)
+    w = RNG.standard_normal((512, 8)).astype(np.float32)
+    proto.graph.initializer.append(numpy_helper.from_array(w, "w"))
+    model = Model(proto)
+    edited = fold(model, tolerance=EXACT)
+    assert edited.passed, edited.report
+    (matmul,) = edited.model.proto.graph.node
+    assert matmul.input[1] in {t.name for t in edited.model.proto.graph.initializer}
+    assert all(t.max_abs == 0 for t in edited.report.tensors)
+    (note,) = [n for n in edited.details["notes"] if "prepacking" in n]
+    assert "1 node(s)" in note
+    x = RNG.standard_normal((1, 4, 512)).astype(np.float32)
+    (got,) = reference(edited.model.proto, {"x": x})
+    np.testing.assert_allclose(got, x @ w, rtol=1e-5, atol=1e-4)
