@@ -116,7 +116,7 @@ def _advice(op: str, source: int, target: int) -> str:
         return ADVICE[op]
     first = _first_version(op, "")
     if first is not None and target < first:
-        return f"{op} exists from opset {first}: keep opset >= {first} or rewrite it"
+        return f"keep opset >= {first}, or rewrite it with ops opset {target} has"
     direction = "down" if target < source else "up"
     return (
         f"onnx's converter has no adapter {direction} for this {op}: re-export at opset "
