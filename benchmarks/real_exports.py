@@ -37,7 +37,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Run by the --python interpreter. RT-DETR's head is exported raw ([B, 300, 4+C]: boxes
+# Run by the --python interpreter (ultralytics 8.4 here). RT-DETR's head is exported raw ([B, 300, 4+C]: boxes
 # cx,cy,w,h normalised, sigmoided class scores), as ultralytics up to 8.3 exported it;
 # 8.4 puts its own top-k in the graph, which the patch of `postprocess` takes out.
 EXPORT_SCRIPT = r"""
@@ -55,7 +55,14 @@ torch.manual_seed(0)
 export(YOLO("yolov8n.yaml"), True, "yolov8n_dynamic.onnx")
 torch.manual_seed(0)
 RTDETRDecoder.postprocess = lambda self, boxes, scores: torch.cat([boxes, scores], -1)
-export(RTDETR("rtdetr-l.yaml"), False, "rtdetr-l.onnx")
+model = RTDETR("rtdetr-l.yaml")
+# ultralytics' own init gives this model's 300 queries one and the same score, which
+# would test nothing but ties: every weight gets seeded noise on top.
+generator = torch.Generator().manual_seed(0)
+with torch.no_grad():
+    for p in model.model.parameters():
+        p.add_(torch.randn(p.shape, generator=generator) * 0.02)
+export(model, False, "rtdetr-l.onnx")
 """
 
 
@@ -201,7 +208,8 @@ def check_rtdetr(path: Path) -> None:
         and np.allclose(got["det_boxes"][0, :n], want_boxes, atol=1e-6)
     )
     print(
-        f"detections: merged model {n}, numpy post-processing {len(want_scores)}; "
+        f"detections: merged model {n} ({len(np.unique(want_scores))} distinct scores), "
+        f"numpy post-processing {len(want_scores)}; "
         f"{'identical (classes, scores; boxes within 1e-6)' if same else 'DIFFERENT'}"
     )
 
