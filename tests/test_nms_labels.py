@@ -146,6 +146,9 @@ def test_detr_packed_input_matches_the_two_input_reference(agnostic):
         "detr", 5, max_det=10, probabilities=True, agnostic=agnostic, input_names=["preds"]
     )
     assert model.input_names == ["preds"]
+    with pytest.raises(UsageError) as e:
+        build_nms("detr", 5, input_names=["a", "b", "c"])
+    assert "got 3 input name(s), or 1 for a packed [B, Q, 4+C] input" in str(e.value)
     assert [d for d in model.inputs[0].shape][1:] == ["num_queries", 9]
     got = run_graph(model, [packed])
     _, images = check_against_reference(

@@ -190,7 +190,10 @@ def check_spec(
     if layout == "detr" and input_names is not None and len(tuple(input_names)) == 1:
         ins = tuple(input_names)  # one packed [B, Q, 4+C] input (ultralytics' RT-DETR)
     elif input_names is not None and layout_ok:
+        count = len(problems)
         ins = _given_names(input_names, ins, f"layout {layout}", "input", problems)
+        if layout == "detr" and len(problems) > count:
+            problems[-1] += ", or 1 for a packed [B, Q, 4+C] input"
     outs: tuple[str, ...] = DEFAULT_OUTPUTS[output_format] if format_ok else ()
     if output_names is not None and format_ok:
         if isinstance(output_names, Mapping):
