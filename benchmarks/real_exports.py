@@ -198,6 +198,8 @@ def check_rtdetr(path: Path) -> None:
     )
     merged, t = timed(surgeon.merge, model, nms)  # verified on surgeon's own seeded feeds
     print(f"merge + detr NMS (score > {score:.4f}): {verdict(merged)} in {t:.1f} s")
+    for note in merged.report.notes:
+        print(f"  note: {note}")
     got = run(merged.model, {"images": images})
     (want_boxes, want_scores, want_classes) = numpy_detr(raw, classes, score, 100)[0]
     n = int(got["num_dets"][0, 0])

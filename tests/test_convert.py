@@ -249,6 +249,8 @@ def test_softmax_on_an_inner_axis_and_resize_without_roi_convert_below_13(target
     onnx.checker.check_model(out, full_check=True)
     ops = [n.op_type for n in out.graph.node]
     assert ops.count("Transpose") == 2  # around the axis-1 Softmax only
+    # Softmax, LogSoftmax (its axis written out) and Resize: surgeon's own rewrites
+    assert edited.details["nodes_rewritten"] == 3
     (resize,) = [n for n in out.graph.node if n.op_type == "Resize"]
     roi = {t.name: t for t in out.graph.initializer}[resize.input[1]]
     assert list(roi.dims) == [0]

@@ -181,7 +181,7 @@ def plan_nodes(model: Model, target: int) -> tuple[list[dict], list[list], dict]
     inferred, _ = infer_shapes(proto)
     blockers: list[dict] = []
     plans: list[list] = []
-    counts = {"kept": 0, "adapted": 0, "probes": 0}
+    counts = {"kept": 0, "adapted": 0, "rewritten": 0, "probes": 0}
     seen: dict[bytes, object] = {}
     # Inference adds value_info but never nodes or graphs: both walks meet the same graphs.
     for graph, graph_inferred in zip(
@@ -232,6 +232,7 @@ def plan_nodes(model: Model, target: int) -> tuple[list[dict], list[list], dict]
                     block(why, "a static rank (reshape-io), or keep opset >= 13")
                 else:
                     counts["adapted"] += 1
+                    counts["rewritten"] += 1
                     adapted.append(
                         (
                             index,
@@ -242,6 +243,7 @@ def plan_nodes(model: Model, target: int) -> tuple[list[dict], list[list], dict]
             filled = fill_omitted_inputs(node, old) if down else None
             if filled is not None and same_meaning(filled[0], new, old, elem_types):
                 counts["adapted"] += 1
+                counts["rewritten"] += 1
                 adapted.append(
                     (index, *_filled_probe(node, filled, types, constants, proto, new, target))
                 )
@@ -542,6 +544,7 @@ def convert(
             "nodes": {"before": sum(before.values()), "after": sum(after.values())},
             "nodes_kept": counts["kept"],
             "nodes_adapted": counts["adapted"],
+            "nodes_rewritten": counts["rewritten"],
             "probes": counts["probes"],
         }
 
