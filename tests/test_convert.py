@@ -277,3 +277,18 @@ def test_softmax_of_unknown_rank_is_refused_with_the_node_named():
     (blocker,) = e.value.blockers
     assert blocker["node"] == "`dfl_softmax` (Softmax)"
     assert "known rank" in blocker["reason"] and "opset >= 13" in blocker["needs"]
+
+
+def test_softmax_of_a_type_the_older_op_lacks_is_refused():
+    proto = parse(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        agraph (bfloat16[2, 4, 3] x) => (bfloat16[2, 4, 3] y) {
+          y = Softmax<axis = 1>(x)
+        }
+        """
+    )
+    with pytest.raises(ConversionRefused) as e:
+        convert(Model(proto), 11)
+    (blocker,) = e.value.blockers
+    assert "tensor(bfloat16), a type Softmax takes only from opset 13" in blocker["reason"]

@@ -228,7 +228,10 @@ def plan_nodes(model: Model, target: int) -> tuple[list[dict], list[list], dict]
             if down and op in COERCING_OPS and old.since_version < 13 <= new.since_version:
                 rank = _rank(types.get(node.input[0]))
                 nodes, why = last_axis_rewrite(node, rank, new)
-                if why:
+                misfit = type_problem(node, old, elem_types)
+                if misfit:
+                    block(misfit, "that opset, or a Cast to a type the older op takes")
+                elif why:
                     block(why, "a static rank (reshape-io), or keep opset >= 13")
                 else:
                     counts["adapted"] += 1
