@@ -51,6 +51,11 @@ class RunOptions:
         custom_op_libraries: Shared libraries with custom operators; loaded only when
             given explicitly.
         threads: Intra-op threads (0 lets onnxruntime decide).
+        execution_order: ``default``, or ``priority`` (onnxruntime's priority-based order).
+        prepacking: Let onnxruntime repack constant weights for its GEMM kernels (its
+            default). False computes a MatMul the same way whether its weight is an
+            initializer or a tensor computed at run time (a prepacked weight takes
+            another summation path, which moves the last bits).
     """
 
     optimization: str = DEFAULT_OPTIMIZATION
@@ -61,6 +66,7 @@ class RunOptions:
     # from onnxruntime's arena, which grows by doubling and keeps its peak (debug's
     # statistics run: a float64 copy per tapped tensor, one at a time).
     memory_arena: bool = True
+    prepacking: bool = True
 
     def __post_init__(self):
         if self.optimization not in OPTIMIZATION_LEVELS:
@@ -93,6 +99,8 @@ def session_options(options: RunOptions):
     if options.execution_order == "priority":
         so.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     so.enable_cpu_mem_arena = options.memory_arena
+    if not options.prepacking:
+        so.add_session_config_entry("session.disable_prepacking", "1")
     for lib in options.custom_op_libraries:
         if not Path(lib).is_file():
             raise SurgeonError(f"custom op library {lib} does not exist")

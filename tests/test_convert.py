@@ -178,10 +178,11 @@ def test_cli_converts_writes_and_reports(cli, tmp_path):
 
 def test_a_wrong_conversion_fails_its_check_exit_1(cli, tmp_path, monkeypatch):
     # Softmax 13 normalises over its axis, Softmax 11 over everything from it on: keeping
-    # an axis-1 Softmax of a 4-D tensor as it is would be wrong, and the check says so.
+    # an axis-1 Softmax of a 4-D tensor as it is (what onnx's adapter does) would be
+    # wrong, and the check says so.
     import surgeon.edits.convert as convert_module
 
-    monkeypatch.setattr(convert_module, "same_meaning", lambda *args: True)
+    monkeypatch.setattr(convert_module, "last_axis_rewrite", lambda node, *args: ([node], None))
     src = write(
         parse(
             """
@@ -209,3 +210,85 @@ def test_usage_errors(cli, tmp_path):
     assert res.status == 2 and "opset 99" in res.stderr
     res = cli("convert", src)
     assert res.status == 2 and "--opset" in res.stderr
+
+
+def ort_run(proto: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
+    """A plain onnxruntime run (onnx.reference's Softmax before 13 works along the axis
+    alone, so it cannot tell the two meanings apart)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+# What torch writes for YOLOv8's head at opset 17: a Softmax on axis 1 of a 4-D tensor
+# (the DFL), a LogSoftmax on the last axis without the attribute (default -1 from 13, 1
+# before), and a nearest Resize that leaves the roi input out (required before 13).
+YOLO_HEAD = """
+<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[1, 4, 16, 8] x) => (float[1, 4, 16, 8] s, float[1, 4, 16, 8] l, float[1, 4, 32, 16] u) {
+  s = Softmax<axis = 1>(x)
+  l = LogSoftmax(x)
+  scales = Constant<value = float[4] {1.0, 1.0, 2.0, 2.0}>()
+  u = Resize<mode = "nearest", coordinate_transformation_mode = "asymmetric", nearest_mode = "floor">(x, , scales)
+}
+"""
+
+
+@pytest.mark.parametrize("target", [11, 12])
+def test_softmax_on_an_inner_axis_and_resize_without_roi_convert_below_13(target):
+    proto = parse(YOLO_HEAD)
+    edited = convert(Model(proto), target)
+    assert edited.passed, edited.report.summary()
+    out = edited.model.proto
+    onnx.checker.check_model(out, full_check=True)
+    ops = [n.op_type for n in out.graph.node]
+    assert ops.count("Transpose") == 2  # around the axis-1 Softmax only
+    # Softmax, LogSoftmax (its axis written out) and Resize: surgeon's own rewrites
+    assert edited.details["nodes_rewritten"] == 3
+    (resize,) = [n for n in out.graph.node if n.op_type == "Resize"]
+    roi = {t.name: t for t in out.graph.initializer}[resize.input[1]]
+    assert list(roi.dims) == [0]
+    x = RNG.standard_normal((1, 4, 16, 8)).astype(np.float32)
+    s, log_s, u = ort_run(out, {"x": x})
+    np.testing.assert_allclose(s, softmax(x, 1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(log_s, np.log(softmax(x, -1)), rtol=1e-5, atol=1e-5)
+    assert np.array_equal(u, x.repeat(2, axis=2).repeat(2, axis=3))
+
+
+def test_softmax_of_unknown_rank_is_refused_with_the_node_named():
+    proto = parse(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        agraph (float x) => (float y) {
+          y = Softmax<axis = 1>(x)
+        }
+        """
+    )
+    proto.graph.node[0].name = "dfl_softmax"
+    proto.graph.input[0].type.tensor_type.ClearField("shape")  # rank unknown
+    with pytest.raises(ConversionRefused) as e:
+        convert(Model(proto), 11)
+    (blocker,) = e.value.blockers
+    assert blocker["node"] == "`dfl_softmax` (Softmax)"
+    assert "known rank" in blocker["reason"] and "opset >= 13" in blocker["needs"]
+
+
+def test_softmax_of_a_type_the_older_op_lacks_is_refused():
+    proto = parse(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        agraph (bfloat16[2, 4, 3] x) => (bfloat16[2, 4, 3] y) {
+          y = Softmax<axis = 1>(x)
+        }
+        """
+    )
+    with pytest.raises(ConversionRefused) as e:
+        convert(Model(proto), 11)
+    (blocker,) = e.value.blockers
+    assert "tensor(bfloat16), a type Softmax takes only from opset 13" in blocker["reason"]

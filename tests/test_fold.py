@@ -242,3 +242,102 @@ def test_cli_usage_errors(cli, tmp_path):
 def test_an_input_of_unknown_rank_can_be_bound_from_the_api():
     edited = fold(Model(parse(IF_ON_MODE)), {"mode": 1}, tolerance=EXACT)
     assert edited.passed and edited.model.input_names == ["x"]
+
+
+# torch writes `w_shared = Identity(w)` for a weight that cloned layers share (RT-DETR's
+# decoder layers); folded, the MatMul reads a constant, and onnxruntime prepacks a
+# constant weight for its GEMM kernel, which sums in another order than the unpacked path
+# the original's run-time weight takes (4e-5 apart at these sizes on an AVX2 machine).
+SHARED_WEIGHT = """
+<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[1, 4, 512] x) => (float[1, 4, 8] y) {
+  shared = Identity(w)
+  y = MatMul(x, shared)
+}
+"""
+
+
+def test_a_weight_folded_to_a_constant_is_checked_bit_exact_without_prepacking():
+    proto = parse(SHARED_WEIGHT)
+    w = RNG.standard_normal((512, 8)).astype(np.float32)
+    proto.graph.initializer.append(numpy_helper.from_array(w, "w"))
+    model = Model(proto)
+    edited = fold(model, tolerance=EXACT)
+    assert edited.passed, edited.report
+    (matmul,) = edited.model.proto.graph.node
+    assert matmul.input[1] in {t.name for t in edited.model.proto.graph.initializer}
+    assert all(t.max_abs == 0 for t in edited.report.tensors)
+    (note,) = [n for n in edited.details["notes"] if "prepacking" in n]
+    assert "1 node(s)" in note
+    x = RNG.standard_normal((1, 4, 512)).astype(np.float32)
+    (got,) = reference(edited.model.proto, {"x": x})
+    np.testing.assert_allclose(got, x @ w, rtol=1e-5, atol=1e-4)
+
+
+# YOLOv8's anchor points as torch exports them with dynamic H, W: Shape -> Gather ->
+# Cast -> Range (+0.5) -> Expand to the grid, then added to the flattened feature map.
+YOLO_ANCHORS = """
+<ir_version: 8, opset_import: ["" : 17]>
+agraph (float[N, 2, H, W] f) => (float[N, 2, M] y) {
+  s = Shape(f)
+  i0 = Constant<value = int64[1] {0}>()
+  i1 = Constant<value = int64[1] {1}>()
+  i2 = Constant<value = int64[1] {2}>()
+  i3 = Constant<value = int64[1] {3}>()
+  n = Gather<axis = 0>(s, i0)
+  h = Gather<axis = 0>(s, i2)
+  w = Gather<axis = 0>(s, i3)
+  hs = Squeeze(h, i0)
+  ws = Squeeze(w, i0)
+  hf = Cast<to = 1>(hs)
+  wf = Cast<to = 1>(ws)
+  zero = Constant<value = float {0.0}>()
+  one = Constant<value = float {1.0}>()
+  half = Constant<value = float {0.5}>()
+  xr = Range(zero, wf, one)
+  yr = Range(zero, hf, one)
+  xs = Add(xr, half)
+  ys = Add(yr, half)
+  grid = Concat<axis = 0>(h, w)
+  gx = Expand(xs, grid)
+  ys1 = Unsqueeze(ys, i1)
+  gy = Expand(ys1, grid)
+  ax = Unsqueeze(gx, i0)
+  ay = Unsqueeze(gy, i0)
+  anchors = Concat<axis = 0>(ax, ay)
+  one_two = Constant<value = int64[2] {1, 2}>()
+  minus_one = Constant<value = int64[1] {-1}>()
+  flat_shape = Concat<axis = 0>(one_two, minus_one)
+  a = Reshape(anchors, flat_shape)
+  two = Constant<value = int64[1] {2}>()
+  feat_shape = Concat<axis = 0>(n, two, minus_one)
+  feat = Reshape(f, feat_shape)
+  y = Add(feat, a)
+}
+"""
+
+
+def yolo_anchors(f: np.ndarray) -> np.ndarray:
+    n, _, h, w = f.shape
+    gy, gx = np.meshgrid(np.arange(h) + 0.5, np.arange(w) + 0.5, indexing="ij")
+    anchors = np.stack([gx, gy]).reshape(1, 2, -1).astype(np.float32)
+    return f.reshape(n, 2, -1) + anchors
+
+
+def test_yolo_anchor_plumbing_folds_away_once_static_and_stays_while_dynamic():
+    proto = parse(YOLO_ANCHORS)
+    onnx.checker.check_model(proto)
+    model = Model(proto)
+    dynamic = fold(model, tolerance=EXACT)
+    assert dynamic.passed, dynamic.report
+    left = dynamic.details["shape_ops_left"]
+    assert left and all("not fixed" in row["why"] for row in left)
+    static = reshape_io(model, {"f": "1x2x4x6"}, check=False).model
+    folded = fold(static, tolerance=EXACT)
+    assert folded.passed and folded.details["shape_ops_left"] == []
+    assert not {"Shape", "Gather", "Range", "Cast", "Expand", "Concat"} & set(
+        ops(folded.model.proto)
+    )
+    f = RNG.standard_normal((1, 2, 4, 6)).astype(np.float32)
+    (got,) = reference(folded.model.proto, {"f": f})
+    np.testing.assert_array_equal(got, yolo_anchors(f))

@@ -132,3 +132,77 @@ def test_cli_best_class_and_probabilities(cli, tmp_path):
     assert res.status == 0, res.stderr
     assert res.json["params"]["probabilities"] is True
     assert "Sigmoid" not in res.json["op_types"]
+
+
+# ultralytics' RT-DETR export has one output [B, 300, 4+C]: normalised cx,cy,w,h, then
+# class probabilities (sigmoid applied in the graph).
+@pytest.mark.parametrize("agnostic", [False, True])
+def test_detr_packed_input_matches_the_two_input_reference(agnostic):
+    rng = np.random.default_rng(29)
+    boxes, _ = random_head("detr", 2, 30, 5, rng)
+    probabilities = rng.random((2, 30, 5)).astype(F32)
+    packed = np.concatenate([boxes, probabilities], axis=2)
+    model = build_nms(
+        "detr", 5, max_det=10, probabilities=True, agnostic=agnostic, input_names=["preds"]
+    )
+    assert model.input_names == ["preds"]
+    with pytest.raises(UsageError) as e:
+        build_nms("detr", 5, input_names=["a", "b", "c"])
+    assert "got 3 input name(s), or 1 for a packed [B, Q, 4+C] input" in str(e.value)
+    assert [d for d in model.inputs[0].shape][1:] == ["num_queries", 9]
+    got = run_graph(model, [packed])
+    _, images = check_against_reference(
+        build_nms("detr", 5, max_det=10, probabilities=True, agnostic=agnostic),
+        "detr",
+        [boxes, probabilities],
+        5,
+        max_det=10,
+        probabilities=True,
+        agnostic=agnostic,
+    )
+    want = [len(found) for found in images]
+    assert got["num_dets"].ravel().tolist() == want and max(want) > 0
+    for b, found in enumerate(images):
+        n = len(found)
+        assert got["det_scores"][b, :n].tolist() == [s for s, _, _ in found]
+        assert got["det_classes"][b, :n].tolist() == [c for _, c, _ in found]
+        np.testing.assert_array_equal(got["det_boxes"][b, :n], np.array([x for *_, x in found]))
+
+
+def test_merge_nms_detr_takes_a_one_output_detector_packed(cli, tmp_path):
+    import onnx
+    from onnx import helper
+
+    # A stand-in detector: its output is its input, [1, 6, 4+3] (boxes, probabilities).
+    det = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Identity", ["x"], ["output0"])],
+            "det",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 6, 7])],
+            [helper.make_tensor_value_info("output0", onnx.TensorProto.FLOAT, [1, 6, 7])],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    src = tmp_path / "det.onnx"
+    onnx.save(det, str(src))
+    rng = np.random.default_rng(31)
+    boxes, _ = random_head("detr", 1, 6, 3, rng)
+    x = np.concatenate([boxes, rng.random((1, 6, 3)).astype(F32)], axis=2)
+    feeds = tmp_path / "x.npz"
+    np.savez(feeds, x=x)
+    out = tmp_path / "merged.onnx"
+    res = cli(
+        "merge", src, "--nms", "detr", "--classes", "3", "--probabilities", "--score", "0.5", "--max-det", "5",
+        "--feeds", feeds, "-o", out, "--json",
+    )  # fmt: skip
+    assert res.status == 0, res.stderr
+    assert res.json["connections"][0]["input"] == "predictions"
+    assert res.json["nms"]["classes"] == 3 and res.json["nms"]["input_names"] == ["predictions"]
+    from surgeon.loading import load
+
+    got = run_graph(load(str(out)), [x])
+    probs = x[0, :, 4:]
+    q, c = np.nonzero(probs > F32(0.5))
+    order = np.lexsort((c, q, -probs[q, c]))[:5]
+    assert got["num_dets"][0, 0] == len(order)
+    assert got["det_classes"][0, : len(order)].tolist() == c[order].tolist()

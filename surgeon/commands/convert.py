@@ -19,7 +19,7 @@ DESCRIPTION = (
     "(every blocking node listed) or the input is bad.\n\n"
     "JSON (--json): schema surgeon.edit/1 with details.from, details.to, details.ir_version\n"
     "{before, after}, details.op_types, details.nodes, details.nodes_kept,\n"
-    "details.nodes_adapted, details.probes; a refusal is the error document, each blocker\n"
+    "details.nodes_adapted, details.nodes_rewritten, details.probes; a refusal is the error document, each blocker\n"
     "one of its problems.\n\n"
     "example:\n  surgeon convert model.onnx --opset 11 -o model_op11.onnx"
 )

@@ -94,7 +94,19 @@ def _nms_second(args, first, io_map):
     source = next((out for out, inp in io_map if inp == scores_input), None)
     if source is not None and source not in first.output_names:
         source = None  # merge() reports the unknown name with the others
-    model = build_nms(layout, args.classes, detector=first, source=source, **nms_kwargs(args))
+    # A one-output detector before the detr layout is the packed [B, Q, 4+C] form
+    # (ultralytics' RT-DETR export), unless --map sends it to one of the two inputs.
+    names = None
+    if layout == "detr" and len(first.output_names) == 1 and not io_map:
+        names = ("predictions",)
+    model = build_nms(
+        layout,
+        args.classes,
+        detector=first,
+        source=source,
+        input_names=names,
+        **nms_kwargs(args),
+    )
     params = dict(model.provenance[-1]["params"])
     params["classes_inferred"] = args.classes is None
     return model, params

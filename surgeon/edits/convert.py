@@ -17,6 +17,7 @@ applies rather than bit-identity).
 from __future__ import annotations
 
 import functools
+import re
 
 import onnx
 from onnx import helper, numpy_helper
@@ -25,9 +26,12 @@ from surgeon.compare import DiffReport, Tolerance
 from surgeon.edits import Edited
 from surgeon.edits.contract import Check, Correspondence, apply_edit
 from surgeon.edits.convert_nodes import (
+    COERCING_OPS,
     constants_of,
     drop_default_attributes,
+    fill_omitted_inputs,
     known_types,
+    last_axis_rewrite,
     probe_model,
     same_meaning,
     splice,
@@ -52,8 +56,10 @@ GRAPH_ATTRIBUTES = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 ADVICE = {
     "Resize": (
         "Resize before opset 11 has only `mode` and `scales` (no roi, sizes or "
-        "coordinate_transformation_mode), and onnx has no adapter down from 13: keep opset "
-        ">= 13, or re-export at the target opset so the exporter picks the older form"
+        "coordinate_transformation_mode), and at 11 and 12 no antialias, axes or "
+        "keep_aspect_ratio_policy (opset 18), and onnx has no adapter down from 13: keep "
+        "the opset that has what the node uses, or re-export at the target opset so the "
+        "exporter picks the older form"
     ),
     "GridSample": (
         "keep opset >= 16, or rewrite it as gathers (a bilinear gather form) before converting"
@@ -110,7 +116,7 @@ def _advice(op: str, source: int, target: int) -> str:
         return ADVICE[op]
     first = _first_version(op, "")
     if first is not None and target < first:
-        return f"{op} exists from opset {first}: keep opset >= {first} or rewrite it"
+        return f"keep opset >= {first}, or rewrite it with ops opset {target} has"
     direction = "down" if target < source else "up"
     return (
         f"onnx's converter has no adapter {direction} for this {op}: re-export at opset "
@@ -175,7 +181,7 @@ def plan_nodes(model: Model, target: int) -> tuple[list[dict], list[list], dict]
     inferred, _ = infer_shapes(proto)
     blockers: list[dict] = []
     plans: list[list] = []
-    counts = {"kept": 0, "adapted": 0, "probes": 0}
+    counts = {"kept": 0, "adapted": 0, "rewritten": 0, "probes": 0}
     seen: dict[bytes, object] = {}
     # Inference adds value_info but never nodes or graphs: both walks meet the same graphs.
     for graph, graph_inferred in zip(
@@ -219,6 +225,32 @@ def plan_nodes(model: Model, target: int) -> tuple[list[dict], list[list], dict]
                 continue
             old = onnx.defs.get_schema(op, target, "")
             new = onnx.defs.get_schema(op, source, "")
+            if down and op in COERCING_OPS and old.since_version < 13 <= new.since_version:
+                rank = _rank(types.get(node.input[0]))
+                nodes, why = last_axis_rewrite(node, rank, new)
+                misfit = type_problem(node, old, elem_types)
+                if misfit:
+                    block(misfit, "that opset, or a Cast to a type the older op takes")
+                elif why:
+                    block(why, "a static rank (reshape-io), or keep opset >= 13")
+                else:
+                    counts["adapted"] += 1
+                    counts["rewritten"] += 1
+                    adapted.append(
+                        (
+                            index,
+                            *_rewritten_probe(node, nodes, types, constants, proto, new, target),
+                        )
+                    )
+                continue
+            filled = fill_omitted_inputs(node, old) if down else None
+            if filled is not None and same_meaning(filled[0], new, old, elem_types):
+                counts["adapted"] += 1
+                counts["rewritten"] += 1
+                adapted.append(
+                    (index, *_filled_probe(node, filled, types, constants, proto, new, target))
+                )
+                continue
             if old.since_version == new.since_version or (
                 down and same_meaning(node, new, old, elem_types)
             ):
@@ -248,6 +280,34 @@ def plan_nodes(model: Model, target: int) -> tuple[list[dict], list[list], dict]
                 if down:
                     adapted.append((index, probe, converted))
     return blockers, plans, counts
+
+
+def _rank(info) -> int | None:
+    if info is None or not info.type.tensor_type.HasField("shape"):
+        return None
+    return len(info.type.tensor_type.shape.dim)
+
+
+def _filled_probe(node, filled, types, constants, proto, schema, target: int):
+    """``(probe, converted)`` for a node kept with empty constants in the inputs it
+    omits (:func:`~surgeon.edits.convert_nodes.fill_omitted_inputs`), in the form
+    :func:`~surgeon.edits.convert_nodes.splice` takes."""
+    return _rewritten_probe(node, [filled[0]], types, constants, proto, schema, target, filled[1])
+
+
+def _rewritten_probe(node, nodes, types, constants, proto, schema, target: int, tensors=()):
+    """``(probe, converted)`` for a node that surgeon rewrites itself as ``nodes`` (and
+    constant ``tensors``), in the form :func:`~surgeon.edits.convert_nodes.splice` takes."""
+    probe, _ = probe_model(node, types, constants, proto, schema)
+    converted = onnx.ModelProto()
+    converted.CopyFrom(probe)
+    del converted.graph.node[:]
+    converted.graph.node.extend(nodes)
+    converted.graph.initializer.extend(tensors)
+    for o in converted.opset_import:
+        if o.domain in DEFAULT_DOMAINS:
+            o.version = target
+    return probe, converted
 
 
 def _probe(node, types, constants, proto, source: int, target: int, schema):
@@ -397,8 +457,25 @@ def _check_converted(model: Model, proto: onnx.ModelProto, source: int, target: 
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as e:
+        reason = f"the converted model is not valid: {_first_line(e)}"
+        # The checker names the node ("Node (up)'s input 1 ..."): name it as a blocker.
+        named = re.search(r"Node \(([^)]*)\)", str(e))
+        nodes = {n.name: n for g in iter_graphs(proto.graph) for n in g.node if n.name}
+        node = nodes.get(named.group(1)) if named else None
+        if node is None:
+            _refuse(model, source, target, [_whole(reason)])
         _refuse(
-            model, source, target, [_whole(f"the converted model is not valid: {_first_line(e)}")]
+            model,
+            source,
+            target,
+            [
+                {
+                    "node": f"`{node.name}` ({node.op_type})",
+                    "op": node.op_type,
+                    "reason": reason,
+                    "needs": _advice(node.op_type, source, target),
+                }
+            ],
         )
 
 
@@ -470,6 +547,7 @@ def convert(
             "nodes": {"before": sum(before.values()), "after": sum(after.values())},
             "nodes_kept": counts["kept"],
             "nodes_adapted": counts["adapted"],
+            "nodes_rewritten": counts["rewritten"],
             "probes": counts["probes"],
         }
 

@@ -11,7 +11,15 @@ convert to 11. Here each node is judged on its own:
 - ``adapt``: a one-node model of it converts with onnx's converter (its constant inputs
   travel along, so an ``axes`` input can become an attribute); the converted nodes
   replace it (:func:`splice`);
-- ``block``: neither; the reason and what it would need are kept for the error.
+- ``fill``: the older op requires an input the node omits, and takes an empty tensor
+  there to mean "not given" (:data:`EMPTY_MEANS_UNSET`: Resize's ``roi`` and ``scales``
+  before opset 13, which exporters leave out); the node is kept with empty constants
+  in those places (:func:`fill_omitted_inputs`);
+- ``transpose``: a Softmax, LogSoftmax or Hardmax on another axis than the last, going
+  below 13 (where these ops flatten every axis from ``axis`` on into one, and onnx's
+  adapter keeps the axis as it is, which changes the values): the axis is transposed to
+  the last place and back (:func:`last_axis_rewrite`);
+- ``block``: none of these; the reason and what it would need are kept for the error.
 """
 
 from __future__ import annotations
@@ -28,6 +36,16 @@ from surgeon.edits.opsets import DEFAULT_DOMAINS
 # ones (axes, scales, pads, split sizes); larger ones (weights) travel as typed inputs,
 # so nodes that differ only in their weights share one probe.
 CONSTANT_PROBE_ELEMENTS = 64
+
+# (op, input) pairs an older version requires and takes as an empty tensor meaning "not
+# given", with the element type of that empty tensor. Resize 11/12: roi "only takes
+# effect when coordinate_transformation_mode is tf_crop_and_resize", and scales "must be
+# an empty tensor" when sizes is given; Resize 13 lets a node leave both out, which
+# torch's exporter does (Resize(x, "", scales)), and onnx has no adapter down from 13.
+EMPTY_MEANS_UNSET = {
+    ("Resize", "roi"): onnx.TensorProto.FLOAT,
+    ("Resize", "scales"): onnx.TensorProto.FLOAT,
+}
 
 
 def type_string(elem_type: int) -> str:
@@ -82,6 +100,17 @@ def _first_with_type(op: str, misfit: str, after: int) -> str:
     return "a later version"
 
 
+def omitted_required(names, formals_old) -> list[int]:
+    """Positions of inputs the older op requires (single, not optional) that the node
+    leaves empty or out."""
+    single = onnx.defs.OpSchema.FormalParameterOption.Single
+    return [
+        i
+        for i, formal in enumerate(formals_old)
+        if formal.option == single and (i >= len(names) or not names[i])
+    ]
+
+
 def _arity_fits(names, formals_new, formals_old) -> bool:
     used = max((i + 1 for i, n in enumerate(names) if n), default=0)
     variadic = onnx.defs.OpSchema.FormalParameterOption.Variadic
@@ -125,9 +154,79 @@ def same_meaning(node: onnx.NodeProto, new, old, elem_types: Mapping[str, int]) 
     inputs, outputs = list(node.input), list(node.output)
     if not _arity_fits(inputs, list(new.inputs), list(old.inputs)):
         return False
+    if omitted_required(inputs, list(old.inputs)):
+        return False  # Resize 13's empty roi is no Resize 11 (see fill_omitted_inputs)
     if not _arity_fits(outputs, list(new.outputs), list(old.outputs)):
         return False
     return type_problem(node, old, elem_types) is None
+
+
+def fill_omitted_inputs(
+    node: onnx.NodeProto, old
+) -> tuple[onnx.NodeProto, list[onnx.TensorProto]] | None:
+    """``node`` with an empty constant in each input the older op (schema ``old``)
+    requires and the node omits, and those constants; None when it omits none, or one
+    that an empty tensor does not stand for (not in :data:`EMPTY_MEANS_UNSET`)."""
+    formals = list(old.inputs)
+    missing = omitted_required(list(node.input), formals)
+    if not missing or any(
+        (node.op_type, formals[i].name) not in EMPTY_MEANS_UNSET for i in missing
+    ):
+        return None
+    filled = onnx.NodeProto()
+    filled.CopyFrom(node)
+    while len(filled.input) < max(missing) + 1:
+        filled.input.append("")
+    tensors = []
+    for i in missing:
+        formal = formals[i].name
+        name = f"{node.name or node.output[0]}/{formal}"
+        tensors.append(helper.make_tensor(name, EMPTY_MEANS_UNSET[(node.op_type, formal)], [0], []))
+        filled.input[i] = name
+    return filled, tensors
+
+
+# Before opset 13 these ops coerce their input to 2-D at ``axis`` (one softmax over all
+# axes from ``axis`` on); from 13 they work along ``axis`` alone.
+COERCING_OPS = frozenset({"Softmax", "LogSoftmax", "Hardmax"})
+
+
+def last_axis_rewrite(
+    node: onnx.NodeProto, rank: int | None, schema
+) -> tuple[list[onnx.NodeProto], str | None]:
+    """Nodes that compute a Softmax/LogSoftmax/Hardmax of opset >= 13 with the older op:
+    along the last axis the two agree (the axis is written out, as the defaults differ);
+    along another, Transpose it last, apply, Transpose back. ([], why) when the rank is
+    unknown."""
+    axis = next(
+        (a.i for a in node.attribute if a.name == "axis"), schema.attributes["axis"].default_value.i
+    )
+    if rank is None:
+        return (
+            [],
+            f"{node.op_type} along axis {axis} needs a known rank to convert below opset 13 (the older op flattens the axes from `axis` on)",
+        )
+    if not -rank <= axis < rank:
+        return [], f"{node.op_type} along axis {axis} of a rank-{rank} input: no such axis"
+    axis = axis + rank if axis < 0 else axis
+    last = onnx.NodeProto()
+    last.CopyFrom(node)
+    del last.attribute[:]
+    last.attribute.append(helper.make_attribute("axis", rank - 1))
+    if axis == rank - 1:
+        return [last], None
+    perm = list(range(rank))
+    perm[axis], perm[-1] = perm[-1], perm[axis]
+    base = node.name or node.output[0]
+    moved, result = f"{base}/moved", f"{base}/moved_out"
+    before = helper.make_node(
+        "Transpose", [node.input[0]], [moved], name=f"{base}/to_last", perm=perm
+    )
+    last.input[0], last.output[0] = moved, result
+    after = helper.make_node(
+        "Transpose", [result], [node.output[0]], name=f"{base}/back", perm=perm
+    )
+    return [before, last, after], None
 
 
 def constants_of(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:

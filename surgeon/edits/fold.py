@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -39,6 +40,11 @@ from surgeon.runner import RunOptions, inline_external_data
 
 # Never folded: a QDQ model's pattern is what its targets read (see the module docstring).
 NOT_FOLDED = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
+# Ops whose constant weights onnxruntime's CPU kernels repack ("prepack") at session
+# start; a weight folded from run-time tensor to initializer switches them to the packed
+# path, which sums in another order (RT-DETR's decoder: 6e-8 after folding the Identity
+# nodes torch writes for weights shared between cloned layers).
+PREPACKED_OPS = frozenset({"MatMul", "Gemm", "LSTM", "GRU"})
 MAX_PASSES = 8  # a fold that still changes the graph after 8 passes would be a folder bug
 
 
@@ -292,6 +298,27 @@ def _shape_ops_left(proto: onnx.ModelProto) -> list[dict]:
     return left
 
 
+def _weights_made_constant(original: onnx.ModelProto, folded: onnx.ModelProto) -> list[str]:
+    """Nodes of ops whose weights onnxruntime prepacks that read an initializer after
+    folding where the original node (known by its output) read a tensor computed at run
+    time."""
+    computed = {o for n in original.graph.node for o in n.output}
+    before = {n.output[0]: n for n in original.graph.node if n.op_type in PREPACKED_OPS}
+    inits = {t.name for t in folded.graph.initializer}
+    found = []
+    for n in folded.graph.node:
+        old = before.get(n.output[0]) if n.output else None
+        if old is None or old.op_type != n.op_type:
+            continue
+        # by position: deduplication may have renamed the weight since
+        if any(
+            new in inits and was in computed
+            for new, was in zip(n.input[1:], old.input[1:], strict=False)
+        ):
+            found.append(n.name or n.output[0])
+    return found
+
+
 def _initializer_stats(proto: onnx.ModelProto) -> tuple[int, int]:
     from surgeon.protos import tensor_nbytes
 
@@ -319,7 +346,8 @@ def fold(
         verify: Run the comparison with the original.
         feed_options: The inputs for the comparison; the bound inputs are fed their bound
             values, whatever these options say.
-        options: onnxruntime settings of both sides (default: optimisations off).
+        options: onnxruntime settings of both sides (default: optimisations off);
+            weight prepacking is off whatever they say.
         tolerance: When values count as equal (folding should keep them bit-identical;
             the report says whether they are).
 
@@ -337,6 +365,10 @@ def fold(
     # model's folder; onnx alone would look for them in the current folder).
     model = inline_external_data(model)
     bound = plan_bind(model, bind)
+    # Prepacking off on both sides: a weight that folding made an initializer would take
+    # onnxruntime's packed GEMM path and move the last bits (see PREPACKED_OPS), while
+    # the check is about the values the fold computed; every other setting is the caller's.
+    options = replace(options or RunOptions(optimization="disabled"), prepacking=False)
     if size_threshold is not None and size_threshold < 0:
         raise UsageError(f"size_threshold must be >= 0 bytes, not {size_threshold}")
     facts: dict = {}
@@ -383,6 +415,14 @@ def fold(
         ]
         if facts.get("inference"):
             notes.append(f"shape inference failed, so shapes did not fold: {facts['inference']}")
+        packed = _weights_made_constant(model.proto, edited.proto)
+        if packed:
+            notes.append(
+                f"{len(packed)} node(s) ({', '.join(packed[:3])}{', ...' if len(packed) > 3 else ''}) "
+                "now read a constant weight the original computed at run time: checked with "
+                "onnxruntime's weight prepacking off on both sides, as onnxruntime's packed "
+                "kernels for constant weights sum in another order (last-bit differences)"
+            )
         return {
             "op_types": {
                 op: {"before": before.get(op, 0), "after": after.get(op, 0)}
@@ -413,9 +453,7 @@ def fold(
         },
         change,
         correspondence,
-        check=Check(
-            verify, None, feed_options, options or RunOptions(optimization="disabled"), tolerance
-        ),
+        check=Check(verify, None, feed_options, options, tolerance),
         label="folded",
         details=details,
         finish=finish,

@@ -70,8 +70,8 @@ LAYOUT_HELP = {
     "yolov8": "one input [B, 4+C, N]: cx, cy, w, h, then C class scores (YOLOv8/v11)",
     "yolov5": "one input [B, N, 5+C]: cx, cy, w, h, objectness, C class scores",
     "boxes-scores": "two inputs: boxes [B, N, 4] and scores [B, N, C] (SSD/RetinaNet)",
-    "detr": "two inputs: boxes [B, Q, 4] (normalised cx,cy,w,h) and logits [B, Q, C]; "
-    "sigmoid + top-k, no NMS (RT-DETR)",
+    "detr": "two inputs: boxes [B, Q, 4] (normalised cx,cy,w,h) and logits [B, Q, C], or "
+    "one packed [B, Q, 4+C] (ultralytics' RT-DETR); sigmoid + top-k, no NMS (RT-DETR)",
 }
 
 
@@ -187,8 +187,13 @@ def check_spec(
     layout_ok = layout in LAYOUTS
     format_ok = output_format in FORMATS
     ins: tuple[str, ...] = DEFAULT_INPUTS[layout] if layout_ok else ()
-    if input_names is not None and layout_ok:
+    if layout == "detr" and input_names is not None and len(tuple(input_names)) == 1:
+        ins = tuple(input_names)  # one packed [B, Q, 4+C] input (ultralytics' RT-DETR)
+    elif input_names is not None and layout_ok:
+        count = len(problems)
         ins = _given_names(input_names, ins, f"layout {layout}", "input", problems)
+        if layout == "detr" and len(problems) > count:
+            problems[-1] += ", or 1 for a packed [B, Q, 4+C] input"
     outs: tuple[str, ...] = DEFAULT_OUTPUTS[output_format] if format_ok else ()
     if output_names is not None and format_ok:
         if isinstance(output_names, Mapping):
@@ -281,7 +286,9 @@ def build_nms(
         scale: Multiply box x by W and y by H before NMS (e.g. normalised boxes to pixels).
         num_boxes: Fix N (Q) in the input shapes; symbolic when None.
         input_names: Names for the layout's inputs (default ``predictions``, or
-            ``boxes``/``scores``, or ``boxes``/``logits``).
+            ``boxes``/``scores``, or ``boxes``/``logits``). One name for the detr layout:
+            one packed ``[B, Q, 4+C]`` input (boxes, then class scores), as ultralytics
+            exports RT-DETR.
         output_names: New names for the format's outputs: a full sequence, or a mapping
             from the default names.
         detector: The model the graph will follow; ``classes``, ``dtype`` and ``opset``
@@ -357,10 +364,13 @@ def read_detector(
     info = outputs.get(source) if source else None
     if info is None and names and names[-1] in outputs:
         info = outputs[names[-1]]
-    if info is None and len(outputs) == 1 and len(DEFAULT_INPUTS.get(layout, ())) == 1:
+    packed = layout == "detr" and len(names) == 1
+    if info is None and len(outputs) == 1 and (len(DEFAULT_INPUTS.get(layout, ())) == 1 or packed):
         (info,) = outputs.values()  # a one-output head feeding a one-input layout
     classes = None
-    if info is not None and info.shape is not None and len(info.shape) == 3:
+    # Not read for the packed detr form: a [B, 4+C, N] YOLO head would pass for one,
+    # so the class count is the caller's word there.
+    if info is not None and info.shape is not None and len(info.shape) == 3 and not packed:
         axis, extra = class_axis(layout)
         dim = info.shape[axis]
         if isinstance(dim, int) and dim - extra >= 1:

@@ -311,6 +311,12 @@ def build_from_spec(spec: NmsSpec) -> Built:
         class_scores = b.slice(pred, 2, 5, 5 + c, "class_scores")
         scores_nc = b.op("Mul", [objectness, class_scores], "scores_nc")
         scores_cn = b.op("Transpose", [scores_nc], "scores", perm=[0, 2, 1])
+    elif len(spec.input_names) == 1:  # detr, packed [B, Q, 4+C] (ultralytics' RT-DETR)
+        (pred_name,) = spec.input_names
+        inputs.append(helper.make_tensor_value_info(pred_name, elem, ["batch", n, 4 + c]))
+        pred = as_float(pred_name)
+        boxes = b.slice(pred, 2, 0, 4, "raw_boxes")
+        scores_nc = b.slice(pred, 2, 4, 4 + c, "class_scores")
     else:
         boxes_name, scores_name = spec.input_names
         inputs.append(helper.make_tensor_value_info(boxes_name, elem, ["batch", n, 4]))

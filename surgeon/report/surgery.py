@@ -71,8 +71,10 @@ def render_convert(console: Console, outcome) -> None:
     ir = d["ir_version"]
     console.print(
         shown(
-            f"{d['nodes_kept']} node(s) kept as they are, {d['nodes_adapted']} adapted by onnx's "
-            f"converter ({d['probes']} distinct probe(s)); IR version {ir['before']} -> {ir['after']}",
+            f"{d['nodes_kept']} node(s) kept as they are, {d['nodes_adapted']} adapted "
+            f"({d.get('nodes_rewritten', 0)} by surgeon's own rewrites, the others by onnx's "
+            f"converter from {d['probes']} distinct probe(s)); "
+            f"IR version {ir['before']} -> {ir['after']}",
             "dim",
         )
     )
