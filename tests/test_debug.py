@@ -460,3 +460,20 @@ def test_runs_without_spinning_threads_keep_the_same_numbers():
     spin = run(Model(proto), {"x": x}, options=RunOptions(threads=2))["y"]
     rest = run(Model(proto), {"x": x}, options=RunOptions(threads=2, spinning=False))["y"]
     assert spin.tobytes() == rest.tobytes()
+
+
+def test_only_the_cli_changes_the_allocator_policy(cli, monkeypatch):
+    # mallopt is process-wide: the debug command sets it, the library's debug() does not.
+    import ctypes
+
+    calls = []
+
+    class FakeLibc:
+        def __init__(self, name):
+            self.mallopt = lambda *args: calls.append(args)
+
+    monkeypatch.setattr(ctypes, "CDLL", FakeLibc)
+    debug(load(SAMPLES / "if_model.onnx"), DebugOptions())
+    assert calls == []
+    assert cli("debug", SAMPLES / "if_model.onnx", "--json").status == 0
+    assert calls == [(-3, 128 * 1024)]
