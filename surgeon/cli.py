@@ -231,12 +231,18 @@ def check_empty_paths(args) -> None:
             )
 
 
-def build_parser(stdout=None, stderr=None) -> argparse.ArgumentParser:
+def build_parser(
+    stdout=None, stderr=None, *, only: str | None = None, brief: bool = False
+) -> argparse.ArgumentParser:
     """The whole command line, every command's options included.
 
     Args:
         stdout: Where help and ``--version`` go (default: ``sys.stdout`` when written).
         stderr: Where usage errors go (default: ``sys.stderr`` when written).
+        only: Give options to this command alone; the others are bare names (their
+            modules not even imported). For an argv that names this command first.
+        brief: Each command with its one-line help and no options: enough for
+            ``surgeon --help`` and ``--version``.
     """
     streams = {"stdout": stdout, "stderr": stderr}
     parser = _Parser(
@@ -250,8 +256,17 @@ def build_parser(stdout=None, stderr=None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"surgeon {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     parent = _common_parent()
+    # Importing every command module and building every command's options was two
+    # thirds of `surgeon --help` and of every command's start: only what this argv
+    # can reach is built.
     for name, module_name in COMMANDS.items():
+        if only is not None and name != only:
+            sub.add_parser(name, **streams)  # argv names another command: never parsed
+            continue
         module = importlib.import_module(module_name)
+        if brief:
+            sub.add_parser(name, help=module.HELP, **streams)
+            continue
         p = sub.add_parser(
             name,
             help=module.HELP,
@@ -334,7 +349,13 @@ def _raise_broken_pipe() -> None:
 def _main(argv, console, err_console) -> int:
     out = console.file if console is not None else None
     err = err_console.file if err_console is not None else None
-    parser = build_parser(out, err)
+    given = sys.argv[1:] if argv is None else list(argv)
+    if given and given[0] in COMMANDS:
+        parser = build_parser(out, err, only=given[0])
+    elif all(a in ("-h", "--help", "--version") for a in given):
+        parser = build_parser(out, err, brief=True)
+    else:  # a misspelt command or a stray option: the full parser words the error
+        parser = build_parser(out, err)
     try:
         args = parser.parse_args(argv)
     except _UsageExit as e:
