@@ -256,9 +256,9 @@ def build_parser(
     parser.add_argument("--version", action="version", version=f"surgeon {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     parent = _common_parent()
-    # Importing every command module and building every command's options was two
-    # thirds of `surgeon --help` and of every command's start: only what this argv
-    # can reach is built.
+    # Building every command's options (and, for a command, importing every command
+    # module) was most of build_parser's 0.22 s of a 0.31 s `surgeon --help` (cProfile,
+    # loaded machine): only what this argv can reach is built.
     for name, module_name in COMMANDS.items():
         if only is not None and name != only:
             sub.add_parser(name, **streams)  # argv names another command: never parsed

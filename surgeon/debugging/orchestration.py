@@ -68,7 +68,7 @@ def debug(
     taps = [t for t in taps if bodies is None or t not in bodies.untyped]
     # spinning=False: debug runs thousands of small statistics kernels, between which
     # onnxruntime's spinning threads took the cores of a loaded machine (the statistics
-    # run 0.6 against 1.1 s on a YOLOv8n-size model). Same work split, same numbers, so
+    # run 0.6 against 1.0-1.3 s on a YOLOv8n-size model, alternated in one process). Same work split, same numbers, so
     # the tap check stays bit-exact; every run of debug (the reference too) uses it.
     run_options = RunOptions(
         optimization=options.optimization,
