@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
 
@@ -40,10 +39,7 @@ def test_every_command_help_is_light():
 
 
 def test_a_command_builds_only_its_own_parser():
-    # `surgeon debug ...` imports no other command's module; `surgeon --help` lists every
-    # command with its one-line help, the same text as the full parser's.
-    from surgeon.cli import COMMANDS, build_parser, main
-
+    # `surgeon debug ...` imports no other command's module.
     code = (
         "import sys\nfrom surgeon.cli import main\n"
         "main(['debug', '--help'])\n"
@@ -54,17 +50,6 @@ def test_a_command_builds_only_its_own_parser():
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
     ).stdout
     assert "OTHERS []" in out, out
-    full, brief = io.StringIO(), io.StringIO()
-    build_parser(full).print_help()
-    assert main(["--help"], *_consoles(brief)) == 0
-    assert brief.getvalue().split() == full.getvalue().split()
-    assert all(name in brief.getvalue() for name in COMMANDS)
-
-
-def _consoles(out):
-    from rich.console import Console
-
-    return Console(file=out, width=100), Console(file=io.StringIO(), width=100)
 
 
 def test_python_dash_m_works():
