@@ -38,6 +38,20 @@ def test_every_command_help_is_light():
         assert "HEAVY [] 0" in out, (name, out)
 
 
+def test_a_command_builds_only_its_own_parser():
+    # `surgeon debug ...` imports no other command's module.
+    code = (
+        "import sys\nfrom surgeon.cli import main\n"
+        "main(['debug', '--help'])\n"
+        "print('OTHERS', [m for m in sys.modules if m.startswith('surgeon.commands.')"
+        " and m.rsplit('.', 1)[1] not in ('debug', '_common')])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    ).stdout
+    assert "OTHERS []" in out, out
+
+
 def test_python_dash_m_works():
     res = subprocess.run(
         [sys.executable, "-m", "surgeon", "--version"], capture_output=True, text=True, cwd=ROOT

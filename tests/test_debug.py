@@ -439,3 +439,41 @@ def test_save_keeps_tensors_named_like_savez_arguments(cli, tmp_path):
     # and the file works as a reference
     res = cli("debug", path, "--ref", tmp_path / "taps.npz")
     assert res.status == 0, res.stderr
+
+
+def test_runs_without_spinning_threads_keep_the_same_numbers():
+    # debug's runs set spinning=False (idle onnxruntime threads sleep): the option reaches
+    # the session, and the work split, hence every number, is the same as with spinning.
+    from surgeon.model import Model
+    from surgeon.runner import RunOptions, run, session_options
+
+    so = session_options(RunOptions(spinning=False))
+    assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    proto = onnx.parser.parse_model(
+        """<ir_version: 8, opset_import: ["" : 17]>
+        g (float[64, 3000] x) => (float[64] y) {
+            a = Constant <value = int64[1] {1}> ()
+            y = ReduceSum <keepdims = 0> (x, a)
+        }"""
+    )
+    x = np.random.default_rng(0).standard_normal((64, 3000)).astype(np.float32)
+    spin = run(Model(proto), {"x": x}, options=RunOptions(threads=2))["y"]
+    rest = run(Model(proto), {"x": x}, options=RunOptions(threads=2, spinning=False))["y"]
+    assert spin.tobytes() == rest.tobytes()
+
+
+def test_only_the_cli_changes_the_allocator_policy(cli, monkeypatch):
+    # mallopt is process-wide: the debug command sets it, the library's debug() does not.
+    import ctypes
+
+    calls = []
+
+    class FakeLibc:
+        def __init__(self, name):
+            self.mallopt = lambda *args: calls.append(args)
+
+    monkeypatch.setattr(ctypes, "CDLL", FakeLibc)
+    debug(load(SAMPLES / "if_model.onnx"), DebugOptions())
+    assert calls == []
+    assert cli("debug", SAMPLES / "if_model.onnx", "--json").status == 0
+    assert calls == [(-3, 128 * 1024)]

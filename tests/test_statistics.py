@@ -446,3 +446,14 @@ def test_float16_computed_in_float32_is_measured_as_stored(optimization):
     for s in lean.stats:
         check(s, full.values[s.name])
         assert s.min == float(npdt(s.min)) and s.max == float(npdt(s.max)), s.name
+
+
+def test_the_types_known_to_build_are_what_the_probe_says():
+    # build_stats_model skips the probe session for float32 at these opsets: the probe
+    # itself (a session on the statistics nodes alone) must agree.
+    from surgeon.statistics.in_graph import _KNOWN_TO_BUILD, _onnxruntime_builds
+
+    for elem, opsets in _KNOWN_TO_BUILD.items():
+        for opset in opsets:
+            for counts in (False, True):
+                assert _onnxruntime_builds.__wrapped__(elem, opset, 8, counts), (opset, counts)

@@ -66,8 +66,14 @@ def debug(
         raise UsageError(f"nothing to tap in {model.name}: the selection matched no node outputs")
     bodies = body_taps.plan_debug_bodies(model, taps)  # taps inside If/Loop/Scan bodies
     taps = [t for t in taps if bodies is None or t not in bodies.untyped]
+    # spinning=False: debug runs thousands of small statistics kernels, between which
+    # onnxruntime's spinning threads took the cores of a loaded machine (the statistics
+    # run 0.6 against 1.0-1.3 s on a YOLOv8n-size model, alternated in one process). Same work split, same numbers, so
+    # the tap check stays bit-exact; every run of debug (the reference too) uses it.
     run_options = RunOptions(
-        optimization=options.optimization, custom_op_libraries=tuple(options.custom_op_libraries)
+        optimization=options.optimization,
+        custom_op_libraries=tuple(options.custom_op_libraries),
+        spinning=False,
     )
     ref = load_reference(options.reference, options.feed_options.max_feed_bytes)
     if ref is None and options.reference_optimization:
@@ -264,14 +270,14 @@ def _tap_and_measure(
 
     if want_values:
         return values_run(notes)
-    _map_large_buffers()
     candidate, outs = build_stats_model(model, taps, types)
     # Priority-based order runs each statistics node right after its tensor's producer,
     # so onnxruntime frees activations as in a plain run (its default order delays the
     # reductions and keeps every activation alive).
     # Without onnxruntime's arena: it grows by doubling to the largest float64 copy and
-    # keeps that peak. With _map_large_buffers, the process's peak on a YOLOv8n-size
-    # model went from 297 to 244 MiB (neither alone changed it much).
+    # keeps that peak. With the CLI's map_large_buffers (surgeon.commands.debug), the
+    # process's peak on a YOLOv8n-size model went from 297 to 244 MiB (neither alone
+    # changed it much).
     stats_options = dataclasses.replace(run_options, execution_order="priority", memory_arena=False)
     collected: dict[str, np.ndarray] = {}
     fetch = [x for pair in outs.values() for x in pair]
@@ -295,29 +301,6 @@ def _tap_and_measure(
         stats.append(stats_from_outputs(t, node, op, i, outs[t], collected, dtype))
     stats = recount_stats(model, stats, types, feeds, stats_options, say)
     return _TapRun("statistics", stats, tap_check, collected, notes)
-
-
-def _map_large_buffers() -> None:
-    """Have the C allocator map every buffer above 128 KiB on its own and unmap it when
-    freed (glibc only; elsewhere nothing changes).
-
-    glibc raises that threshold each time it frees such a buffer, so the tensors of one
-    onnxruntime run (the tap check's plain run) are later served from, and kept in, the
-    heap: the statistics run then stacked its own peak on top of the first one's (244
-    against 297 MiB peak on a YOLOv8n-size model). Setting it fixes it at glibc's
-    initial value for the rest of the process.
-    """
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # not glibc (musl, macOS): its own policy stays
-        return
-    mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
-
-
-# mallopt's parameter number for the mmap threshold (glibc's malloc.h).
-_M_MMAP_THRESHOLD = -3
 
 
 def _origin_lookup(model: Model) -> Callable[[str], str | None]:

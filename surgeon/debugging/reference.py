@@ -238,6 +238,7 @@ def _run_reference(report, model, taps, feeds, ref, options, run_options) -> dic
         ref_options = RunOptions(
             optimization=options.reference_optimization or run_options.optimization,
             custom_op_libraries=run_options.custom_op_libraries,
+            spinning=run_options.spinning,
         )
     ref_feeds = {}
     own = reference_only_inputs(model, ref_model, options) if ref.kind == "model" else []
