@@ -39,7 +39,7 @@ from surgeon.edits.convert_nodes import (
 )
 from surgeon.edits.fold import infer_shapes
 from surgeon.edits.opsets import DEFAULT_DOMAINS
-from surgeon.edits.sizes import runtime_problem, verify_other_size
+from surgeon.edits.sizes import runtime_correspondence, verify_other_size
 from surgeon.errors import SurgeonError, UsageError
 from surgeon.feeds import FeedOptions, make_feeds
 from surgeon.model import Model, iter_graphs
@@ -524,10 +524,7 @@ def convert(
     def correspondence(edited: Model) -> Correspondence:
         title = f"convert: outputs unchanged at opset {opset}"
         feeds = make_feeds(model, feed_options)
-        problem = runtime_problem(edited, model, feeds, options)
-        if problem is not None:
-            return Correspondence(title, unavailable=problem)
-        return Correspondence(title, feeds=feeds, tolerance=tolerance)
+        return runtime_correspondence(title, edited, model, feeds, options, tolerance)
 
     def finish(edited: Model, report: DiffReport, values) -> None:
         if report.tensors:  # not when the model did not run at all

@@ -31,7 +31,7 @@ from onnx import helper, numpy_helper
 from surgeon.compare import DiffReport, Tolerance
 from surgeon.edits import Edited
 from surgeon.edits.contract import Check, Correspondence, apply_edit
-from surgeon.edits.sizes import runtime_problem, verify_other_size, with_fixed
+from surgeon.edits.sizes import runtime_correspondence, verify_other_size, with_fixed
 from surgeon.errors import SurgeonError, UsageError, raise_name_errors, unknown_name
 from surgeon.feeds import FeedOptions, make_feeds
 from surgeon.model import Model, copy_model_metadata, iter_graphs
@@ -391,10 +391,7 @@ def fold(
         title = "fold: outputs unchanged" + (" (bound inputs fed their values)" if bound else "")
         feeds = make_feeds(model, with_fixed(feed_options, bound))
         feeds.update(bound)
-        problem = runtime_problem(edited, model, feeds, options)
-        if problem is not None:
-            return Correspondence(title, unavailable=problem)
-        return Correspondence(title, feeds=feeds, tolerance=tolerance)
+        return runtime_correspondence(title, edited, model, feeds, options, tolerance)
 
     def finish(edited: Model, report: DiffReport, values) -> None:
         if report.tensors:  # not when the model did not run at all

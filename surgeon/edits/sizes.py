@@ -16,6 +16,7 @@ from dataclasses import replace
 import numpy as np
 
 from surgeon.compare import DiffReport, TensorDiff, Tolerance
+from surgeon.edits.contract import Correspondence
 from surgeon.feeds import FeedOptions, resolve_shapes
 from surgeon.model import Model
 from surgeon.runner import RunOptions
@@ -108,12 +109,36 @@ def verify_other_size(
     second = verify(
         edited, original, feeds=feeds, tolerance=tolerance, options=options, title=report.title
     )
-    for row in second.tensors:
-        tag = f" @ {_size_tag(row)}"
-        report.tensors.append(replace(row, name=row.name + tag, reference=row.reference + tag))
-    report.notes.extend(n for n in second.notes if n not in report.notes)
-    report.notes.append(f"verified at a second size too ({text})")
+    join_second_run(report, second, _size_tag, f"verified at a second size too ({text})")
     return text
+
+
+def join_second_run(report: DiffReport, second: DiffReport, tag, note: str) -> None:
+    """Add ``second``'s rows to ``report``, each name tagged `` @ tag(row)``, with its
+    notes and ``note``."""
+    for row in second.tensors:
+        suffix = f" @ {tag(row)}"
+        report.tensors.append(
+            replace(row, name=row.name + suffix, reference=row.reference + suffix)
+        )
+    report.notes.extend(n for n in second.notes if n not in report.notes)
+    report.notes.append(note)
+
+
+def runtime_correspondence(
+    title: str,
+    edited: Model,
+    original: Model,
+    feeds: Mapping[str, np.ndarray],
+    options: RunOptions | None,
+    tolerance: Tolerance | None,
+) -> Correspondence:
+    """Same outputs on ``feeds``, once the edited model is known to run on them; a model
+    that does not run is the check's failure (see :func:`runtime_problem`)."""
+    problem = runtime_problem(edited, original, feeds, options)
+    if problem is not None:
+        return Correspondence(title, unavailable=problem)
+    return Correspondence(title, feeds=feeds, tolerance=tolerance)
 
 
 def _size_tag(row) -> str:

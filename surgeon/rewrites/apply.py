@@ -18,7 +18,12 @@ import onnx
 from surgeon.compare import EXACT, DiffReport, Tolerance
 from surgeon.edits import Edited
 from surgeon.edits.contract import Check, Correspondence, apply_edit
-from surgeon.edits.sizes import other_shapes, runtime_problem, verify_other_size
+from surgeon.edits.sizes import (
+    join_second_run,
+    other_shapes,
+    runtime_correspondence,
+    verify_other_size,
+)
 from surgeon.errors import SurgeonError, UsageError, raise_name_errors, unknown_name
 from surgeon.feeds import FeedOptions, make_feeds
 from surgeon.model import Model
@@ -209,11 +214,12 @@ def _second_seed(edited, model, report, feed_options, options, tolerance) -> Non
     second = verify(
         edited, model, feeds=feeds, tolerance=tolerance, options=options, title=report.title
     )
-    for row in second.tensors:
-        tag = f" @ seed {seed}"
-        report.tensors.append(replace(row, name=row.name + tag, reference=row.reference + tag))
-    report.notes.extend(n for n in second.notes if n not in report.notes)
-    report.notes.append(f"verified at a second seed too ({seed}): the model has no dynamic dim")
+    join_second_run(
+        report,
+        second,
+        lambda row: f"seed {seed}",
+        f"verified at a second seed too ({seed}): the model has no dynamic dim",
+    )
 
 
 def rewrite(
@@ -262,10 +268,7 @@ def rewrite(
     def correspondence(edited: Model) -> Correspondence:
         title = f"rewrite {', '.join(r.name for r in loaded)}: outputs unchanged"
         feeds = make_feeds(model, feed_options)
-        problem = runtime_problem(edited, model, feeds, run_options)
-        if problem is not None:
-            return Correspondence(title, unavailable=problem)
-        return Correspondence(title, feeds=feeds, tolerance=tol)
+        return runtime_correspondence(title, edited, model, feeds, run_options, tol)
 
     def finish(edited: Model, report: DiffReport, values) -> None:
         if not report.tensors:
