@@ -110,12 +110,15 @@ def add_comparison(
     shorter one) and :func:`diff_from_outputs` reports it from the shapes.
     """
     b = _Builder(graph, prefix)
-    a = actual
+    # Reshape before any Cast: onnxruntime's CPU runs float16 chains in float32 and
+    # drops a Cast pair float32 -> float16 -> wider, so a Cast reading the tensor would
+    # see it unrounded; a Reshape reads the float16 tensor itself, as a fetch does.
+    flat = b.const(np.array([-1], np.int64))
+    a = b.node("Reshape", [actual, flat])
     if actual_type != expected_type:
         a = b.node("Cast", [a], to=expected_type)
-    flat = b.const(np.array([-1], np.int64))
-    a = b.node("Reshape", [b.node("Cast", [a], to=TensorProto.DOUBLE), flat])
-    e = b.node("Reshape", [b.node("Cast", [expected], to=TensorProto.DOUBLE), flat])
+    a = b.node("Cast", [a], to=TensorProto.DOUBLE)
+    e = b.node("Cast", [b.node("Reshape", [expected, flat])], to=TensorProto.DOUBLE)
     one = b.const(np.array([1], np.int64))
     zero_i = b.const(np.array([0], np.int64))
     # Each side cut to the other's length (Slice clamps), so Sub never fails on shapes.
