@@ -185,6 +185,88 @@ def add_comparison(
     )
 
 
+def add_fast_comparison(
+    graph: onnx.GraphProto,
+    actual: str,
+    actual_type: int,
+    expected: str,
+    expected_type: int,
+    tolerance: Tolerance,
+    prefix: str,
+) -> ComparisonOutputs:
+    """:func:`add_comparison` for pairs whose shapes are known equal and whose values are
+    all finite: a third of the nodes and no masks (onnxruntime's Where, Slice and Concat
+    copies cost more than the arithmetic). Whether the values were finite shows in the
+    numbers (:func:`needs_general`); such pairs are compared again with
+    :func:`add_comparison`.
+
+    Finite float16/float32 values make every step exact or correctly rounded in float64:
+    a squared value never overflows nor vanishes, so the sum of squares is finite exactly
+    when every value is, and zero exactly when every value is 0.
+    """
+    b = _Builder(graph, prefix)
+    flat = b.const(np.array([-1], np.int64))
+    a = b.node("Reshape", [actual, flat])  # (see add_comparison: float16 read as fetched)
+    if actual_type != expected_type:
+        a = b.node("Cast", [a], to=expected_type)
+    a = b.node("Cast", [a], to=TensorProto.DOUBLE)
+    e = b.node("Cast", [b.node("Reshape", [expected, flat])], to=TensorProto.DOUBLE)
+    diff = b.node("Abs", [b.node("Sub", [a, e])])
+    magnitude = b.node("Abs", [e])
+    limit = b.node(
+        "Add",
+        [
+            b.node("Mul", [magnitude, b.const(np.array(tolerance.rtol, np.float64))]),
+            b.const(np.array(tolerance.atol, np.float64)),
+        ],
+    )
+    # |d| / |b| where b != 0, 0 where b == 0: 0 / 1 there (no mask, no Where).
+    zero_ref = b.node(
+        "Cast", [b.node("Equal", [magnitude, b.const(np.array(0.0))])], to=TensorProto.DOUBLE
+    )
+    kept = b.node("Sub", [b.const(np.array(1.0)), zero_ref])
+    rel = b.node("Div", [b.node("Mul", [diff, kept]), b.node("Add", [magnitude, zero_ref])])
+    zero = b.const(np.array([0.0]))
+    norm = b.node("ReduceSumSquare", [a], keepdims=1)
+    reference_norm = b.node("ReduceSumSquare", [e], keepdims=1)
+    mismatches = b.node(
+        "ReduceSum",
+        [b.node("Cast", [b.node("Greater", [diff, limit])], to=TensorProto.DOUBLE)],
+        keepdims=1,
+    )
+    # (finite and nonzero stand in for the counts: see diff_from_outputs)
+    numbers = {
+        "nan": zero,
+        "reference_nan": zero,
+        "inf": zero,
+        "reference_inf": zero,
+        "mismatches": mismatches,
+        "finite": b.const(np.array([1.0])),
+        "nonzero": reference_norm,
+        "max_abs": b.node("ReduceMax", [diff], keepdims=1),
+        "max_rel": b.node("ReduceMax", [rel], keepdims=1),
+        "dot": b.node("ReduceSum", [b.node("Mul", [a, e])], keepdims=1),
+        "norm": norm,
+        "reference_norm": reference_norm,
+    }
+    packed = b.node("Concat", [numbers[f] for f in _FIELDS], axis=0)
+    return ComparisonOutputs(
+        shape=b.node("Shape", [actual]),
+        reference_shape=b.node("Shape", [expected]),
+        numbers=packed,
+        dtype=_DTYPES[expected_type],
+    )
+
+
+def needs_general(outputs: ComparisonOutputs, values: Mapping[str, np.ndarray]) -> bool:
+    """True when a pair compared by :func:`add_fast_comparison` held a NaN or Inf (or
+    its shapes differ): its numbers do not hold, compare it with :func:`add_comparison`."""
+    n = dict(zip(_FIELDS, values[outputs.numbers].tolist(), strict=True))
+    return not (math.isfinite(n["norm"]) and math.isfinite(n["reference_norm"])) or list(
+        values[outputs.shape]
+    ) != list(values[outputs.reference_shape])
+
+
 def diff_from_outputs(
     outputs: ComparisonOutputs,
     values: Mapping[str, np.ndarray],
@@ -243,4 +325,11 @@ def _cosine(dot: float, norm: float, reference_norm: float) -> float:
     return float(np.clip(dot / (math.sqrt(norm) * math.sqrt(reference_norm)), -1.0, 1.0))
 
 
-__all__ = ["ComparisonOutputs", "add_comparison", "diff_from_outputs", "in_graph_comparable"]
+__all__ = [
+    "ComparisonOutputs",
+    "add_comparison",
+    "add_fast_comparison",
+    "diff_from_outputs",
+    "in_graph_comparable",
+    "needs_general",
+]

@@ -27,8 +27,10 @@ from surgeon.compare import TensorDiff, Tolerance
 from surgeon.compare.in_graph import (
     ComparisonOutputs,
     add_comparison,
+    add_fast_comparison,
     diff_from_outputs,
     in_graph_comparable,
+    needs_general,
 )
 from surgeon.model import Model
 from surgeon.runner import RunOptions, run
@@ -72,6 +74,7 @@ class InGraphResult:
     reference_values: dict[str, object] = field(default_factory=dict)
     in_graph: int = 0  # pairs compared by nodes in the graph
     fetched: int = 0  # pairs compared on fetched values
+    runs: int = 0  # onnxruntime runs of the merged model (2 when a pair held NaN/Inf)
 
 
 def _fresh_prefix(names: Sequence[str]) -> str:
@@ -85,8 +88,8 @@ def compare_in_graph(
     model: Model,
     reference: Model,
     pairs: Sequence[tuple[str, str]],
-    types: Mapping[str, int],
-    reference_types: Mapping[str, int],
+    types: Mapping[str, onnx.TypeProto],
+    reference_types: Mapping[str, onnx.TypeProto],
     feeds: Mapping[str, np.ndarray],
     reference_feeds: Mapping[str, np.ndarray],
     shared_inputs: Mapping[str, str],
@@ -98,8 +101,12 @@ def compare_in_graph(
     """Run ``model`` and ``reference`` as one model and compare each (candidate tensor,
     reference tensor) of ``pairs``.
 
+    Pairs whose shapes are known equal go through the cheap finite-only nodes first; the
+    few that held a NaN or Inf are compared again by the general nodes in a second run
+    (only then: the count of such runs is in ``InGraphResult.runs``).
+
     Args:
-        types: Candidate tensor -> ONNX element type, where known.
+        types: Candidate tensor -> its type, where known.
         reference_types: The same for reference tensors.
         feeds: The model's feeds.
         reference_feeds: The reference's feeds by its input names.
@@ -111,122 +118,164 @@ def compare_in_graph(
     """
     from surgeon.compare import compare_arrays
 
-    src, ref = model.proto, reference.proto
-    taken = [*model.tensor_names(), *(n.name for n in src.graph.node)]
-    prefix = _fresh_prefix(taken)
-    ref_inits = {t.name for t in ref.graph.initializer}
-    ref_inputs = {i.name for i in ref.graph.input} - ref_inits
-
-    def rename(t: str) -> str:
-        if not t:
-            return t
-        if t in ref_inputs and t in shared_inputs:
-            return shared_inputs[t]
-        return prefix + t
-
-    proto = onnx.ModelProto()
-    proto.CopyFrom(src)
-    graph = proto.graph
-    del graph.node[:]
-    del graph.output[:]
-    del graph.value_info[:]
-    proto.ir_version = max(src.ir_version, ref.ir_version)
-    have = {o.domain or "" for o in proto.opset_import}
-    proto.opset_import.extend(o for o in ref.opset_import if (o.domain or "") not in have)
-    for t in ref.graph.initializer:
-        copy = graph.initializer.add()
-        copy.CopyFrom(t)
-        copy.name = rename(t.name)
-    for i in ref.graph.input:
-        if i.name in ref_inputs and i.name not in shared_inputs:
-            copy = graph.input.add()
-            copy.CopyFrom(i)
-            copy.name = rename(i.name)
-
-    # Which pairs the nodes compare, and which leave onnxruntime as values.
-    in_graph: list[tuple[str, str]] = []
+    elem = {n: t.tensor_type.elem_type for n, t in types.items() if t.HasField("tensor_type")}
+    ref_elem = {
+        n: t.tensor_type.elem_type for n, t in reference_types.items() if t.HasField("tensor_type")
+    }
+    fast: list[tuple[str, str]] = []
+    general: list[tuple[str, str]] = []
     fetched: list[tuple[str, str]] = []
     for c, r in dict.fromkeys(pairs):
-        if c in types and r in reference_types:
-            if in_graph_comparable(types[c], reference_types[r], tolerance):
-                in_graph.append((c, r))
-                continue
-        fetched.append((c, r))
-
-    # Node order: the reference's nodes up to a pair's reference producer, then the
-    # candidate's node, then the comparison. onnxruntime's priority-based order keeps
-    # this order among ready nodes, so each pair is reduced right after it is made.
-    ref_nodes = list(ref.graph.node)
-    ref_producer = {o: k for k, n in enumerate(ref_nodes) for o in n.output if o}
-    next_ref = 0
-    waiting: dict[str, list[tuple[str, str]]] = {}
-    for c, r in in_graph:
-        waiting.setdefault(c, []).append((c, r))
-    outputs: dict[tuple[str, str], ComparisonOutputs] = {}
-    count = 0
-
-    def emit_reference_until(k: int) -> None:
-        nonlocal next_ref
-        while next_ref <= k:
-            node = ref_nodes[next_ref]
-            copy = graph.node.add()
-            copy.CopyFrom(node)
-            copy.name = prefix + (node.name or f"node{next_ref}")
-            copy.input[:] = [rename(x) for x in node.input]
-            copy.output[:] = [rename(x) for x in node.output]
-            next_ref += 1
-
-    def compare(c: str, r: str) -> None:
-        nonlocal count
-        emit_reference_until(ref_producer.get(r, -1))
-        count += 1
-        outputs[(c, r)] = add_comparison(
-            graph, c, types[c], rename(r), reference_types[r], tolerance, f"{prefix}cmp{count}/"
-        )
-
-    produced = {o for n in src.graph.node for o in n.output if o}
-    for c in [c for c in waiting if c not in produced]:  # graph inputs, initializers
-        for c_, r in waiting.pop(c):
-            compare(c_, r)
-    for node in src.graph.node:
-        graph.node.append(node)
-        for o in node.output:
-            for c, r in waiting.pop(o, []):
-                compare(c, r)
-    emit_reference_until(len(ref_nodes) - 1)
-
-    wanted = [n for out in outputs.values() for n in out.names()]
-    values_wanted = dict.fromkeys(
-        [c for c, _ in fetched]
-        + [rename(r) for _, r in fetched]
-        + [rename(r) for r in keep_reference]
+        if in_graph_comparable(elem.get(c, 0), ref_elem.get(r, 0), tolerance):
+            same = _static_shape(types[c]) == _static_shape(reference_types[r]) is not None
+            (fast if same and _static_shape(types[c]) else general).append((c, r))
+        else:
+            fetched.append((c, r))
+    merge = _Merge(model, reference, shared_inputs)
+    result = InGraphResult(in_graph=len(fast) + len(general), fetched=len(fetched))
+    keep = [merge.rename(r) for r in keep_reference]
+    values = dict.fromkeys([c for c, _ in fetched] + [merge.rename(r) for _, r in fetched] + keep)
+    outputs, got = merge.run(
+        fast, general, list(values), elem, ref_elem, feeds, reference_feeds, tolerance, options
     )
-    for name in [*wanted, *values_wanted]:
-        graph.output.add().name = name
-    merged = Model(proto, model.path, model.external_data_files)
-    run_feeds = dict(feeds)
-    for name, value in reference_feeds.items():
-        if name not in shared_inputs:
-            run_feeds[rename(name)] = value
-    # Priority order, no arena: as the statistics mode runs (surgeon.debugging.orchestration).
-    merged_options = dataclasses.replace(options, execution_order="priority", memory_arena=False)
-    got = run(merged, run_feeds, outputs=[*wanted, *values_wanted], options=merged_options)
-
-    result = InGraphResult(in_graph=len(outputs), fetched=len(fetched))
-    for (c, r), out in outputs.items():
-        result.diffs[(c, r)] = diff_from_outputs(out, got, tolerance, name=c, reference=r)
-        if types[c] != reference_types[r]:
-            result.cast_notes[(c, r)] = _cast_note(out.dtype, _DTYPE_NAMES[types[c]])
+    result.runs = 1
+    again = [pair for pair in fast if needs_general(outputs[pair], got)]
     for c, r in fetched:
-        actual, expected = got[c], got[rename(r)]
+        actual, expected = got[c], got[merge.rename(r)]
         result.diffs[(c, r)], note = _compare_values(
             compare_arrays, actual, expected, tolerance, c, r
         )
         if note:
             result.cast_notes[(c, r)] = note
-    for r in keep_reference:
-        result.reference_values[r] = got[rename(r)]
+    for r, name in zip(keep_reference, keep, strict=True):
+        result.reference_values[r] = got[name]
+    diffs = {
+        pair: diff_from_outputs(out, got, tolerance, name=pair[0], reference=pair[1])
+        for pair, out in outputs.items()
+        if pair not in again
+    }
+    del got
+    if again:
+        outputs, got = merge.run(
+            [], again, [], elem, ref_elem, feeds, reference_feeds, tolerance, options
+        )
+        result.runs += 1
+        for pair in again:
+            diffs[pair] = diff_from_outputs(
+                outputs[pair], got, tolerance, name=pair[0], reference=pair[1]
+            )
+    for (c, r), diff in diffs.items():
+        result.diffs[(c, r)] = diff
+        if elem[c] != ref_elem[r]:
+            result.cast_notes[(c, r)] = _cast_note(diff.dtype, _DTYPE_NAMES[elem[c]])
     return result
+
+
+def _static_shape(t: onnx.TypeProto) -> tuple[int, ...] | None:
+    """The shape when every dim is a known positive number, else None."""
+    if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
+        return None
+    dims = t.tensor_type.shape.dim
+    if not all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
+        return None
+    return tuple(d.dim_value for d in dims)
+
+
+class _Merge:
+    """The candidate and the renamed reference in one model, with comparison nodes."""
+
+    def __init__(self, model: Model, reference: Model, shared_inputs: Mapping[str, str]):
+        self.model, self.reference, self.shared = model, reference, shared_inputs
+        taken = [*model.tensor_names(), *(n.name for n in model.proto.graph.node)]
+        self.prefix = _fresh_prefix(taken)
+        ref = reference.proto
+        inits = {t.name for t in ref.graph.initializer}
+        self.ref_inputs = {i.name for i in ref.graph.input} - inits
+
+    def rename(self, t: str) -> str:
+        if not t:
+            return t
+        if t in self.ref_inputs and t in self.shared:
+            return self.shared[t]
+        return self.prefix + t
+
+    def run(
+        self, fast, general, values, elem, ref_elem, feeds, reference_feeds, tolerance, options
+    ):
+        """One run comparing ``fast`` and ``general`` pairs and fetching ``values``:
+        (pair -> its ComparisonOutputs, the fetched outputs)."""
+        src, ref, rename, prefix = self.model.proto, self.reference.proto, self.rename, self.prefix
+        proto = onnx.ModelProto()
+        proto.CopyFrom(src)
+        graph = proto.graph
+        del graph.node[:]
+        del graph.output[:]
+        del graph.value_info[:]
+        proto.ir_version = max(src.ir_version, ref.ir_version)
+        have = {o.domain or "" for o in proto.opset_import}
+        proto.opset_import.extend(o for o in ref.opset_import if (o.domain or "") not in have)
+        for t in ref.graph.initializer:
+            copy = graph.initializer.add()
+            copy.CopyFrom(t)
+            copy.name = rename(t.name)
+        for i in ref.graph.input:
+            if i.name in self.ref_inputs and i.name not in self.shared:
+                copy = graph.input.add()
+                copy.CopyFrom(i)
+                copy.name = rename(i.name)
+        # Node order: the reference's nodes up to a pair's reference producer, then the
+        # candidate's node, then the comparison. onnxruntime's priority-based order keeps
+        # this order among ready nodes, so each pair is reduced right after it is made.
+        ref_nodes = list(ref.graph.node)
+        ref_producer = {o: k for k, n in enumerate(ref_nodes) for o in n.output if o}
+        next_ref = 0
+        builder = {pair: add_fast_comparison for pair in fast}
+        builder.update({pair: add_comparison for pair in general})
+        waiting: dict[str, list[tuple[str, str]]] = {}
+        for c, r in builder:
+            waiting.setdefault(c, []).append((c, r))
+        outputs: dict[tuple[str, str], ComparisonOutputs] = {}
+
+        def emit_reference_until(k: int) -> None:
+            nonlocal next_ref
+            while next_ref <= k:
+                node = ref_nodes[next_ref]
+                copy = graph.node.add()
+                copy.CopyFrom(node)
+                copy.name = prefix + (node.name or f"node{next_ref}")
+                copy.input[:] = [rename(x) for x in node.input]
+                copy.output[:] = [rename(x) for x in node.output]
+                next_ref += 1
+
+        def compare(c: str, r: str) -> None:
+            emit_reference_until(ref_producer.get(r, -1))
+            outputs[(c, r)] = builder[(c, r)](
+                graph, c, elem[c], rename(r), ref_elem[r], tolerance, f"{prefix}cmp{len(outputs)}/"
+            )
+
+        produced = {o for n in src.graph.node for o in n.output if o}
+        for c in [c for c in waiting if c not in produced]:  # graph inputs, initializers
+            for pair in waiting.pop(c):
+                compare(*pair)
+        for node in src.graph.node:
+            graph.node.append(node)
+            for o in node.output:
+                for pair in waiting.pop(o, []):
+                    compare(*pair)
+        emit_reference_until(len(ref_nodes) - 1)
+        wanted = [n for out in outputs.values() for n in out.names()] + list(values)
+        for name in wanted:
+            graph.output.add().name = name
+        merged = Model(proto, self.model.path, self.model.external_data_files)
+        run_feeds = dict(feeds)
+        for name, value in reference_feeds.items():
+            if name not in self.shared:
+                run_feeds[rename(name)] = value
+        # Priority order, no arena: as the statistics mode runs (see orchestration).
+        merged_options = dataclasses.replace(
+            options, execution_order="priority", memory_arena=False
+        )
+        return outputs, run(merged, run_feeds, outputs=wanted, options=merged_options)
 
 
 def _cast_note(reference_dtype: str, dtype: str) -> str:

@@ -280,10 +280,8 @@ def _compare_layers_in_graph(
         if t in pairing.pairs and pairing.pairs[t].reference in has_value
     ]
     pairs = list(dict.fromkeys(by_name + through))
-    types = _elem_types(learn_types(model, [c for c, _ in pairs], run_options))
-    ref_types = _elem_types(
-        learn_types(ref_model, list(dict.fromkeys(r for _, r in pairs)), run_options)
-    )
+    types = learn_types(model, [c for c, _ in pairs], run_options)
+    ref_types = learn_types(ref_model, list(dict.fromkeys(r for _, r in pairs)), run_options)
     inputs = set(model.input_names)
     shared = {
         i: name_map.get(i, i)
@@ -334,10 +332,6 @@ def _compare_layers_in_graph(
         origin,
         cumulative=cumulative,
     )
-
-
-def _elem_types(types: Mapping[str, object]) -> dict[str, int]:
-    return {n: t.tensor_type.elem_type for n, t in types.items() if t.HasField("tensor_type")}
 
 
 def _random_feeds_failure(e: RuntimeFailure, report, model: Model, own) -> RuntimeFailure:
