@@ -174,3 +174,23 @@ def test_merge_refusals(tmp_path):
     other.opset_import[0].version = 16
     assert "opset" in merge_refusal(model, load(write(other, tmp_path / "b.onnx")))
     assert merge_refusal(model, model) is None
+
+
+def test_names_that_look_like_the_merge_prefixes(tmp_path):
+    """Tensors named like the merged model's own prefixes neither collide nor mix up."""
+
+    def hostile(scale):
+        m = _chain(scale)
+        names = {"m": "surgeon.ref/m", "r": "surgeon.cmp/0/3", "y": "cmp0/1"}
+        for node in m.graph.node:
+            node.input[:] = [names.get(x, x) for x in node.input]
+            node.output[:] = [names.get(x, x) for x in node.output]
+        for o in m.graph.output:
+            o.name = names.get(o.name, o.name)
+        return m
+
+    cand = write(hostile(1.001), tmp_path / "c.onnx")
+    ref = write(hostile(1.0), tmp_path / "r.onnx")
+    fast, slow = _both(cand, DebugOptions(reference=str(ref)))
+    assert {"surgeon.ref/m", "surgeon.cmp/0/3"} <= {layer.diff.name for layer in fast.layers}
+    _assert_same(fast, slow)

@@ -36,6 +36,7 @@ from surgeon.model import Model
 from surgeon.runner import RunOptions, run
 
 _PREFIX = "surgeon.ref/"
+_COMPARE_PREFIX = "surgeon.cmp/"
 _DTYPE_NAMES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
 
 
@@ -77,8 +78,7 @@ class InGraphResult:
     runs: int = 0  # onnxruntime runs of the merged model (2 when a pair held NaN/Inf)
 
 
-def _fresh_prefix(names: Sequence[str]) -> str:
-    prefix = _PREFIX
+def _fresh_prefix(names: Sequence[str], prefix: str = _PREFIX) -> str:
     while any(n.startswith(prefix) for n in names):
         prefix = "_" + prefix
     return prefix
@@ -188,6 +188,9 @@ class _Merge:
         self.model, self.reference, self.shared = model, reference, shared_inputs
         taken = [*model.tensor_names(), *(n.name for n in model.proto.graph.node)]
         self.prefix = _fresh_prefix(taken)
+        # The comparison nodes' own names: no model name starts with it, and no renamed
+        # reference name can (those start with self.prefix).
+        self.compare_prefix = _fresh_prefix(taken, _COMPARE_PREFIX)
         ref = reference.proto
         inits = {t.name for t in ref.graph.initializer}
         self.ref_inputs = {i.name for i in ref.graph.input} - inits
@@ -250,7 +253,13 @@ class _Merge:
         def compare(c: str, r: str) -> None:
             emit_reference_until(ref_producer.get(r, -1))
             outputs[(c, r)] = builder[(c, r)](
-                graph, c, elem[c], rename(r), ref_elem[r], tolerance, f"{prefix}cmp{len(outputs)}/"
+                graph,
+                c,
+                elem[c],
+                rename(r),
+                ref_elem[r],
+                tolerance,
+                f"{self.compare_prefix}{len(outputs)}/",
             )
 
         produced = {o for n in src.graph.node for o in n.output if o}
