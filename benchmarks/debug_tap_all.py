@@ -178,7 +178,7 @@ def bench_model(model: Path, shape: str, repeat: int, tmp: Path, poly: str | Non
             ok &= met
             line += f"  <= {spec[3]}x wall, <= {spec[4]}x mem: {'met' if met else 'NOT met'}"
         elif spec:
-            line += "  (target: the largest activation plus the file; not streamed yet)"
+            line += "  (target: the largest activation plus the file; streamed in chunks of 64 MiB)"
         print(line)
     print("CPU seconds (user + system, median; less sensitive to other processes' load):")
     print("  " + ", ".join(f"{label} {c:.2f}" for label, c in cpu.items()))

@@ -172,7 +172,9 @@ def run(args, ctx) -> int:
         name_map=name_map,
         reference_optimization=args.ref_optimization,
         tolerance=tol,
-        keep_values=bool(args.save),
+        # --save streams the tapped tensors in chunks after the run (bounded memory);
+        # taps inside If/Loop/Scan bodies only come from the one-run values path.
+        keep_values=bool(args.save) and _holds_subgraphs(model),
         optimization=args.optimization,
         custom_op_libraries=tuple(args.custom_op_library),
         feed_options=feeds,
@@ -198,7 +200,23 @@ def run(args, ctx) -> int:
         if tapped is not None and tapped.passed:
             written.append(str(_common.save_output(tapped.model, args)))
         if args.save and (report.tap_check is None or report.tap_check.passed):
-            written.append(str(save_values(report, args.save)))
+            if options.keep_values:
+                written.append(str(save_values(report, args.save)))
+            else:
+                from surgeon.debugging import saving
+                from surgeon.debugging.saving import (
+                    plan_chunks,
+                    save_values_streamed,
+                )
+                from surgeon.npz import format_bytes
+
+                chunks = plan_chunks(report)
+                report.notes.append(
+                    f"--save: the tapped tensors were fetched in {len(chunks)} run(s) of "
+                    f"{model.name} (at most {format_bytes(saving.SAVE_CHUNK_BYTES)} each, beyond "
+                    "one tensor), so memory holds one chunk at a time"
+                )
+                written.append(str(save_values_streamed(model, report, args.save, options, chunks)))
         if args.html:
             from surgeon.report.html import write_debug_html
 
@@ -233,3 +251,10 @@ def map_large_buffers() -> None:
 
 # mallopt's parameter number for the mmap threshold (glibc's malloc.h).
 _M_MMAP_THRESHOLD = -3
+
+
+def _holds_subgraphs(model) -> bool:
+    """True when a node holds a subgraph (If/Loop/Scan): body taps need the values path."""
+    from surgeon.precision.pairing import holds_subgraph
+
+    return any(holds_subgraph(n) for n in model.proto.graph.node)

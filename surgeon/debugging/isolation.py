@@ -44,6 +44,8 @@ def judge_by_isolated_error(
     options: DebugOptions,
     run_options: RunOptions,
     origin,
+    *,
+    cumulative: Mapping[str, object] | None = None,
 ) -> PrecisionReport:
     """Compute every checkable node's isolated error and set the root cause from it, into
     ``report`` (``precision``, ``root_cause``, ``other_roots``, each layer's ``isolated``).
@@ -51,6 +53,8 @@ def judge_by_isolated_error(
     Args:
         reference: The reference Model, or the names of the saved activations.
         reference_values: Reference tensor -> value, the reference's inputs included.
+        cumulative: Tapped tensor -> its diff with the reference, when it was compared
+            without fetching the values (surgeon.debugging.in_graph_compare).
     """
     candidate_values = {**feeds, **values}
     precision = analyse_precision(
@@ -61,6 +65,7 @@ def judge_by_isolated_error(
         options.tolerance,
         name_map=dict(options.name_map),
         options=run_options,
+        cumulative=cumulative,
     )
     report.precision = precision
     layers = {layer.diff.name: layer for layer in report.layers}

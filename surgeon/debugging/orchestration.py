@@ -18,6 +18,7 @@ from surgeon.debugging.reference import (
     Reference,
     check_pairing,
     compare_layers,
+    compares_in_graph,
     feeds_from_activations,
     load_reference,
     reference_only_inputs,
@@ -100,7 +101,10 @@ def debug(
     feeds = dict(feeds)
 
     say = progress or (lambda phase: None)
-    has_ref, unstackable = ref is not None, {}
+    # A reference model compared inside onnxruntime needs no candidate values: the
+    # tapped run stays a statistics run (compare_layers then merges the two models).
+    in_graph = bodies is None and compares_in_graph(model, ref, options)
+    has_ref, unstackable = ref is not None and not in_graph, {}
     while True:
         try:
             run = _tap_and_measure(facts, taps, feeds, options, run_options, has_ref, say, bodies)

@@ -5,6 +5,7 @@ root-cause node."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
@@ -190,6 +191,17 @@ def compare_layers(
     collect_unknown_names(
         "tensor", name_map.values(), model.tensor_names(), model.name, model_path=model.path
     )
+    if ref.kind == "model" and report.mode == "statistics":
+        # the tapped run fetched no values: compare_layers_in_graph's path
+        collect_unknown_names(
+            "tensor",
+            name_map.keys(),
+            ref.source.tensor_names(),
+            ref.source.name,
+            model_path=ref.source.path,
+        )
+        _compare_layers_in_graph(report, facts, taps, feeds, ref, options, run_options, origin)
+        return
     if ref.kind == "arrays":
         expected = ref.source
         collect_unknown_names("tensor", name_map.keys(), list(expected), ref.label)
@@ -206,7 +218,9 @@ def compare_layers(
         reference_inputs = expected.pop(_REFERENCE_FEEDS)
     report.reference = ref.label
     report.tolerance = options.tolerance
-    compared = _pair_layers(report, facts, taps, values, expected, to_ref, options)
+    compared = _pair_layers(
+        report, facts, taps, to_ref, _values_pair_diff(values, expected, options.tolerance)
+    )
     if ref.kind == "arrays":
         used = {to_ref.get(t, t) for t in compared} | set(model.input_names)
         report.unused_reference = [k for k in expected if k not in used]
@@ -221,6 +235,117 @@ def compare_layers(
         reference, reference_values = ref.source, {**reference_inputs, **expected}
     judge_by_isolated_error(
         report, facts, values, feeds, reference, reference_values, options, run_options, origin
+    )
+
+
+def compares_in_graph(model: Model, ref: Reference | None, options: DebugOptions) -> bool:
+    """True when the layer comparison with ``ref`` runs inside onnxruntime (see
+    :mod:`surgeon.debugging.in_graph_compare`), so the tapped run need not fetch the
+    candidate's values: a reference model at the model's own optimisation level that
+    can share one model with it."""
+    from surgeon.debugging.in_graph_compare import merge_refusal
+
+    return (
+        ref is not None
+        and ref.kind == "model"
+        and not options.reference_optimization
+        and merge_refusal(model, ref.source) is None
+    )
+
+
+def _compare_layers_in_graph(
+    report, facts, taps, feeds, ref: Reference, options, run_options, origin
+) -> None:
+    """:func:`compare_layers` for a reference model, compared inside onnxruntime: the
+    candidate's values never leave it (the tapped run was a statistics run)."""
+    from surgeon.debugging.in_graph_compare import compare_in_graph
+    from surgeon.debugging.isolation import judge_by_isolated_error
+    from surgeon.edits.tap import learn_types
+    from surgeon.precision.pairing import pair_tensors
+
+    model, ref_model = facts.model, ref.source
+    name_map = dict(options.name_map)  # reference name -> model name
+    to_ref = {v: k for k, v in name_map.items()}
+    available = set(ref_model.tensor_names())
+    by_name = [(t, to_ref.get(t, t)) for t in taps if to_ref.get(t, t) in available]
+    kept = dict.fromkeys(r for _, r in by_name)  # what the isolated stage is given
+    pairing = pair_tensors(model, ref_model, name_map=name_map)
+    # the cumulative error of each tapped tensor paired through a Cast or Q/DQ chain (with
+    # a value the isolated stage has: a compared tensor, or a reference weight)
+    ref_feeds, own = _reference_feeds(report, model, feeds, ref, options)
+    has_value = kept.keys() | set(pairing.reference_constants) | set(ref_feeds)
+    through = [
+        (t, pairing.pairs[t].reference)
+        for t in taps
+        if t in pairing.pairs and pairing.pairs[t].reference in has_value
+    ]
+    pairs = list(dict.fromkeys(by_name + through))
+    types = learn_types(model, [c for c, _ in pairs], run_options)
+    ref_types = learn_types(ref_model, list(dict.fromkeys(r for _, r in pairs)), run_options)
+    inputs = set(model.input_names)
+    shared = {
+        i: name_map.get(i, i)
+        for i, value in ref_feeds.items()
+        if name_map.get(i, i) in inputs and value is feeds.get(name_map.get(i, i))
+    }
+    try:
+        result = compare_in_graph(
+            model,
+            ref_model,
+            pairs,
+            types,
+            ref_types,
+            feeds,
+            ref_feeds,
+            shared,
+            options.tolerance,
+            run_options,
+            keep_reference=list(kept),
+        )
+    except RuntimeFailure as e:
+        raise _random_feeds_failure(e, report, model, own) from None
+    report.reference = ref.label
+    report.tolerance = options.tolerance
+
+    def pair_diff(t: str, ref_name: str):
+        diff = result.diffs.get((t, ref_name))
+        note = result.cast_notes.get((t, ref_name))
+        if diff is not None and note:
+            diff = dataclasses.replace(diff)
+            diff.message = (diff.message + "; " if diff.message else "") + note
+        return diff
+
+    compared = _pair_layers(report, facts, taps, to_ref, pair_diff)
+    _rank_root_causes(report, facts, compared, False, origin)
+    if not compared:
+        return
+    cumulative = {t: result.diffs[(t, r)] for t, r in through}
+    judge_by_isolated_error(
+        report,
+        facts,
+        {},
+        feeds,
+        ref_model,
+        {**ref_feeds, **result.reference_values},
+        options,
+        run_options,
+        origin,
+        cumulative=cumulative,
+    )
+
+
+def _random_feeds_failure(e: RuntimeFailure, report, model: Model, own) -> RuntimeFailure:
+    """``e``, naming the reference's inputs that were fed random values (the likely cause)."""
+    randoms = [n for n in own if report.reference_feeds.get(n, "").startswith("random")]
+    if not randoms:
+        return e
+    return RuntimeFailure(
+        f"{e.message} (the reference ran on random values for its input(s) "
+        f"{names_text(randoms)}, which {model.name} does not have)",
+        hint=(
+            "Give their values in the feeds file under the reference's input names "
+            "(--feeds feeds.npz on the command line)."
+        ),
     )
 
 
@@ -240,6 +365,21 @@ def _run_reference(report, model, taps, feeds, ref, options, run_options) -> dic
             custom_op_libraries=run_options.custom_op_libraries,
             spinning=run_options.spinning,
         )
+    ref_feeds, own = _reference_feeds(report, model, feeds, ref, options)
+    try:
+        values = run(ref_model, ref_feeds, outputs=wanted, options=ref_options)
+        values[_REFERENCE_FEEDS] = ref_feeds
+        return values
+    except RuntimeFailure as e:
+        raise _random_feeds_failure(e, report, model, own) from None
+
+
+def _reference_feeds(report, model: Model, feeds, ref: Reference, options: DebugOptions):
+    """The reference's feeds by its input names (the model's feeds, cast to the
+    reference's dtype where they differ, and its own inputs), and its own inputs' names;
+    where each came from goes into ``report.reference_feeds``."""
+    ref_model: Model = ref.source
+    name_map = dict(options.name_map)  # reference name -> model name
     ref_feeds = {}
     own = reference_only_inputs(model, ref_model, options) if ref.kind == "model" else []
     for info_in in ref_model.inputs:
@@ -261,22 +401,7 @@ def _run_reference(report, model, taps, feeds, ref, options, run_options) -> dic
         ref_feeds.update(
             _feed_reference_only(report, model, ref_model, own, options.feed_options, ref_feeds)
         )
-    try:
-        values = run(ref_model, ref_feeds, outputs=wanted, options=ref_options)
-        values[_REFERENCE_FEEDS] = ref_feeds
-        return values
-    except RuntimeFailure as e:
-        randoms = [n for n in own if report.reference_feeds.get(n, "").startswith("random")]
-        if randoms:
-            raise RuntimeFailure(
-                f"{e.message} (the reference ran on random values for its input(s) "
-                f"{names_text(randoms)}, which {model.name} does not have)",
-                hint=(
-                    "Give their values in the feeds file under the reference's input names "
-                    "(--feeds feeds.npz on the command line)."
-                ),
-            ) from None
-        raise
+    return ref_feeds, own
 
 
 def _feed_reference_only(
@@ -302,15 +427,13 @@ def _feed_reference_only(
     return extra
 
 
-def _pair_layers(report, facts, taps, values, expected, to_ref, options) -> set[str]:
-    """One :class:`LayerDiff` per tapped tensor with a reference value, into
-    ``report.layers`` (the rest into ``report.unmatched``); returns the compared names."""
-    compared: set[str] = set()
-    for i, t in enumerate(taps):
-        ref_name = to_ref.get(t, t)
+def _values_pair_diff(values, expected, tolerance):
+    """The values path's comparison of a tapped tensor with its reference value (None
+    when either is missing); a numeric candidate of another dtype is cast first."""
+
+    def pair_diff(t: str, ref_name: str):
         if ref_name not in expected or t not in values:
-            report.unmatched.append(t)
-            continue
+            return None
         actual, exp = values[t], expected[ref_name]
         note = ""
         both_arrays = isinstance(actual, np.ndarray) and isinstance(exp, np.ndarray)
@@ -322,9 +445,25 @@ def _pair_layers(report, facts, taps, values, expected, to_ref, options) -> set[
         ):
             note = f"compared as {exp.dtype.name} (model has {actual.dtype.name})"
             actual = actual.astype(exp.dtype)
-        diff = compare_arrays(actual, exp, options.tolerance, name=t, reference=ref_name)
+        diff = compare_arrays(actual, exp, tolerance, name=t, reference=ref_name)
         if note:
             diff.message = (diff.message + "; " if diff.message else "") + note
+        return diff
+
+    return pair_diff
+
+
+def _pair_layers(report, facts, taps, to_ref, pair_diff) -> set[str]:
+    """One :class:`LayerDiff` per tapped tensor with a reference value, into
+    ``report.layers`` (the rest into ``report.unmatched``); returns the compared names.
+    ``pair_diff(tensor, reference name)`` gives the diff, None when there is no pair."""
+    compared: set[str] = set()
+    for i, t in enumerate(taps):
+        ref_name = to_ref.get(t, t)
+        diff = pair_diff(t, ref_name)
+        if diff is None:
+            report.unmatched.append(t)
+            continue
         node, op, inputs = facts.node_info.get(t, ("?", "?", []))
         report.layers.append(LayerDiff(diff, node, op, i, inputs, diverged=not diff.passed))
         compared.add(t)

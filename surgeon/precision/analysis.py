@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from surgeon.compare import Tolerance
+from surgeon.compare import TensorDiff, Tolerance
 from surgeon.model import Model
 from surgeon.precision.isolated import IsolatedError, IsolatedRun, isolated_errors
 from surgeon.precision.pairing import Pairing, pair_tensors
@@ -62,6 +62,7 @@ def analyse_precision(
     *,
     name_map: Mapping[str, str] | None = None,
     options: RunOptions | None = None,
+    cumulative: Mapping[str, TensorDiff] | None = None,
 ) -> PrecisionReport:
     """Pair ``candidate``'s tensors with the reference's, run every checkable node on the
     reference's values at its inputs (one batched onnxruntime run), rank the nodes by
@@ -75,6 +76,8 @@ def analyse_precision(
         tolerance: When a tensor matches.
         name_map: Reference name -> candidate name for tensors named differently.
         options: onnxruntime options (custom-op libraries, threads).
+        cumulative: Candidate tensor -> its diff with the reference, computed already
+            (in place of ``candidate_values`` for the cumulative errors).
     """
     if not isinstance(reference, Model):
         reference = list(dict.fromkeys([*reference, *reference_values]))
@@ -82,7 +85,13 @@ def analyse_precision(
         candidate, reference, name_map=name_map, candidate_values=candidate_values
     )
     run = isolated_errors(
-        candidate, pairing, reference_values, candidate_values, tolerance, options=options
+        candidate,
+        pairing,
+        reference_values,
+        candidate_values,
+        tolerance,
+        options=options,
+        cumulative=cumulative,
     )
     root = pick_root_cause(run)
     ranking = sorted((u for u in run.units if u.rank is not None), key=lambda u: u.rank)

@@ -351,6 +351,7 @@ def isolated_errors(
     tolerance: Tolerance = Tolerance(),
     *,
     options: RunOptions | None = None,
+    cumulative: Mapping[str, TensorDiff] | None = None,
 ) -> IsolatedRun:
     """Run every checkable node of ``candidate`` on the reference's values at its inputs.
 
@@ -365,6 +366,8 @@ def isolated_errors(
         tolerance: When an output matches the reference.
         options: Custom-op libraries and threads for onnxruntime; optimisation is always
             disabled (each node as the graph defines it).
+        cumulative: Candidate tensor -> its diff with the reference, computed already
+            (e.g. inside onnxruntime); used where ``candidate_values`` lacks the tensor.
 
     Returns:
         An :class:`IsolatedRun`; rank it with :func:`surgeon.precision.rank_units`.
@@ -419,7 +422,9 @@ def isolated_errors(
             if worst is None or sev.key() < worst[0].key():
                 worst = (sev, diff, o)
         r.severity, r.isolated, out = worst
-        if out in candidate_values:
+        if cumulative is not None and out in cumulative and out not in candidate_values:
+            r.cumulative = cumulative[out]
+        elif out in candidate_values:
             r.cumulative = compare_arrays(
                 _as_reference_dtype(candidate_values[out], lookup(out)),
                 lookup(out),

@@ -1,0 +1,335 @@
+"""Comparing two tensors inside an onnxruntime graph: nodes that reduce a pair of float
+tensors to a handful of numbers, and :func:`diff_from_outputs`, which turns those numbers
+into the :class:`TensorDiff` that :func:`surgeon.compare.compare_arrays` gives on the
+same two arrays.
+
+Why in the graph: a layer-wise comparison fetched every activation of both models and
+kept them alive at once; compared where they are made, onnxruntime frees each pair as a
+plain run frees its tensors, and only three small outputs per pair leave it.
+
+The nodes follow compare_arrays's general float path in float64 (every float16/float32
+value, and the difference of two of them, is exact or correctly rounded there, as in
+numpy): NaN/Inf counted per side; mismatches where the values differ, NaN matching NaN,
+finite pairs within ``atol + rtol * |reference|``; max_abs, max_rel and the cosine's
+sums over the pairs finite on both sides. Sums run in onnxruntime's order, not numpy's:
+the cosine may differ from compare_arrays's in the last bits (the tests allow 1e-12);
+every other number is identical.
+
+Pairs the nodes cannot hold (other dtypes, ``exact`` bit-identity, containers) are
+refused by :func:`in_graph_comparable`; the caller compares those values itself.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from surgeon.compare.results import TensorDiff, Tolerance
+
+# float16/float32 only: their values and differences are exact in float64, so no
+# difference overflows and no integer goes beyond 2**53 (compare_arrays's special cases).
+_DTYPES = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16"}
+
+# Positions in the packed float64 vector of numbers per pair.
+_FIELDS = (
+    "nan",
+    "reference_nan",
+    "inf",
+    "reference_inf",
+    "mismatches",
+    "finite",
+    "nonzero",
+    "max_abs",
+    "max_rel",
+    "dot",
+    "norm",
+    "reference_norm",
+)
+
+
+def in_graph_comparable(elem_type: int, reference_elem_type: int, tolerance: Tolerance) -> bool:
+    """True when a pair of these ONNX element types can be compared in the graph with
+    the same numbers compare_arrays gives (``exact`` compares bits: refused)."""
+    return not tolerance.exact and elem_type in _DTYPES and reference_elem_type in _DTYPES
+
+
+@dataclass(frozen=True)
+class ComparisonOutputs:
+    """The graph outputs of one compared pair: each side's shape and the packed numbers."""
+
+    shape: str
+    reference_shape: str
+    numbers: str
+    dtype: str  # the dtype compared (the reference's; the candidate is cast to it)
+
+    def names(self) -> list[str]:
+        return [self.shape, self.reference_shape, self.numbers]
+
+
+class _Builder:
+    """Appends nodes and constants with fresh names under one prefix."""
+
+    def __init__(self, graph: onnx.GraphProto, prefix: str) -> None:
+        self.graph, self.prefix, self.count = graph, prefix, 0
+
+    def name(self) -> str:
+        self.count += 1
+        return f"{self.prefix}{self.count}"
+
+    def node(self, op: str, inputs: list[str], **attrs) -> str:
+        out = self.name()
+        self.graph.node.append(helper.make_node(op, inputs, [out], name=out, **attrs))
+        return out
+
+    def const(self, value: np.ndarray) -> str:
+        out = self.name()
+        self.graph.initializer.append(onnx.numpy_helper.from_array(value, out))
+        return out
+
+
+def add_comparison(
+    graph: onnx.GraphProto,
+    actual: str,
+    actual_type: int,
+    expected: str,
+    expected_type: int,
+    tolerance: Tolerance,
+    prefix: str,
+) -> ComparisonOutputs:
+    """Append to ``graph`` the nodes comparing tensor ``actual`` with ``expected``
+    (element types as ONNX enums, both accepted by :func:`in_graph_comparable`) and
+    return the names of their outputs (not yet graph outputs). Needs opset >= 11.
+
+    The candidate is first cast to the reference's dtype, as the layer comparison casts
+    it; a shape mismatch does not fail the run (the flattened sides are cut to the
+    shorter one) and :func:`diff_from_outputs` reports it from the shapes.
+    """
+    b = _Builder(graph, prefix)
+    # Reshape before any Cast: onnxruntime's CPU runs float16 chains in float32 and
+    # drops a Cast pair float32 -> float16 -> wider, so a Cast reading the tensor would
+    # see it unrounded; a Reshape reads the float16 tensor itself, as a fetch does.
+    flat = b.const(np.array([-1], np.int64))
+    a = b.node("Reshape", [actual, flat])
+    if actual_type != expected_type:
+        a = b.node("Cast", [a], to=expected_type)
+    a = b.node("Cast", [a], to=TensorProto.DOUBLE)
+    e = b.node("Cast", [b.node("Reshape", [expected, flat])], to=TensorProto.DOUBLE)
+    one = b.const(np.array([1], np.int64))
+    zero_i = b.const(np.array([0], np.int64))
+    # Each side cut to the other's length (Slice clamps), so Sub never fails on shapes.
+    a_cut = b.node("Slice", [a, zero_i, b.node("Reshape", [b.node("Size", [e]), one])])
+    e_cut = b.node("Slice", [e, zero_i, b.node("Reshape", [b.node("Size", [a]), one])])
+    zero = b.const(np.array([0.0]))
+
+    def count(mask: str) -> str:
+        return b.node("ReduceSum", [b.node("Cast", [mask], to=TensorProto.DOUBLE)], keepdims=1)
+
+    def total(x: str) -> str:
+        # The 0 appended makes the sum of nothing 0 and keeps the shape [1].
+        return b.node("ReduceSum", [b.node("Concat", [x, zero], axis=0)], keepdims=1)
+
+    def largest(x: str) -> str:
+        # Values >= 0; the 0 appended keeps ReduceMax off an empty tensor.
+        return b.node("ReduceMax", [b.node("Concat", [x, zero], axis=0)], keepdims=1)
+
+    nan_a, nan_e = b.node("IsNaN", [a_cut]), b.node("IsNaN", [e_cut])
+    bad_a = b.node("Or", [nan_a, b.node("IsInf", [a_cut])])
+    bad_e = b.node("Or", [nan_e, b.node("IsInf", [e_cut])])
+    finite = b.node("Not", [b.node("Or", [bad_a, bad_e])])
+    diff = b.node("Abs", [b.node("Sub", [a_cut, e_cut])])
+    magnitude = b.node("Abs", [e_cut])
+    same = b.node("Or", [b.node("Equal", [a_cut, e_cut]), b.node("And", [nan_a, nan_e])])
+    # atol + rtol * |reference|, in compare_arrays's order of operations; not Greater
+    # rather than LessOrEqual (opset 12) so opset 11 models take it.
+    limit = b.node(
+        "Add",
+        [
+            b.node("Mul", [magnitude, b.const(np.array(tolerance.rtol, np.float64))]),
+            b.const(np.array(tolerance.atol, np.float64)),
+        ],
+    )
+    within = b.node("And", [finite, b.node("Not", [b.node("Greater", [diff, limit])])])
+    same = b.node("Or", [same, within])
+    nonzero = b.node("And", [finite, b.node("Not", [b.node("Equal", [e_cut, zero])])])
+    scalar_zero = b.const(np.array(0.0))
+    rel = b.node("Div", [diff, b.node("Where", [nonzero, magnitude, b.const(np.array(1.0))])])
+
+    def on_finite(x: str, mask: str = finite) -> str:
+        return b.node("Where", [mask, x, scalar_zero])
+
+    numbers = {
+        "nan": count(b.node("IsNaN", [a])),
+        "reference_nan": count(b.node("IsNaN", [e])),
+        "inf": count(b.node("IsInf", [a])),
+        "reference_inf": count(b.node("IsInf", [e])),
+        "mismatches": count(b.node("Not", [same])),
+        "finite": count(finite),
+        "nonzero": count(nonzero),
+        "max_abs": largest(on_finite(diff)),
+        "max_rel": largest(on_finite(rel, nonzero)),
+        "dot": total(on_finite(b.node("Mul", [a_cut, e_cut]))),
+        "norm": total(on_finite(b.node("Mul", [a_cut, a_cut]))),
+        "reference_norm": total(on_finite(b.node("Mul", [e_cut, e_cut]))),
+    }
+    packed = b.node("Concat", [numbers[f] for f in _FIELDS], axis=0)
+    return ComparisonOutputs(
+        shape=b.node("Shape", [actual]),
+        reference_shape=b.node("Shape", [expected]),
+        numbers=packed,
+        dtype=_DTYPES[expected_type],
+    )
+
+
+def add_fast_comparison(
+    graph: onnx.GraphProto,
+    actual: str,
+    actual_type: int,
+    expected: str,
+    expected_type: int,
+    tolerance: Tolerance,
+    prefix: str,
+) -> ComparisonOutputs:
+    """:func:`add_comparison` for pairs whose shapes are known equal and whose values are
+    all finite: a third of the nodes and no masks (onnxruntime's Where, Slice and Concat
+    copies cost more than the arithmetic). Whether the values were finite shows in the
+    numbers (:func:`needs_general`); such pairs are compared again with
+    :func:`add_comparison`.
+
+    Finite float16/float32 values make every step exact or correctly rounded in float64:
+    a squared value never overflows nor vanishes, so the sum of squares is finite exactly
+    when every value is, and zero exactly when every value is 0.
+    """
+    b = _Builder(graph, prefix)
+    flat = b.const(np.array([-1], np.int64))
+    a = b.node("Reshape", [actual, flat])  # (see add_comparison: float16 read as fetched)
+    if actual_type != expected_type:
+        a = b.node("Cast", [a], to=expected_type)
+    a = b.node("Cast", [a], to=TensorProto.DOUBLE)
+    e = b.node("Cast", [b.node("Reshape", [expected, flat])], to=TensorProto.DOUBLE)
+    diff = b.node("Abs", [b.node("Sub", [a, e])])
+    magnitude = b.node("Abs", [e])
+    limit = b.node(
+        "Add",
+        [
+            b.node("Mul", [magnitude, b.const(np.array(tolerance.rtol, np.float64))]),
+            b.const(np.array(tolerance.atol, np.float64)),
+        ],
+    )
+    # |d| / |b| where b != 0, 0 where b == 0: 0 / 1 there (no mask, no Where).
+    zero_ref = b.node(
+        "Cast", [b.node("Equal", [magnitude, b.const(np.array(0.0))])], to=TensorProto.DOUBLE
+    )
+    kept = b.node("Sub", [b.const(np.array(1.0)), zero_ref])
+    rel = b.node("Div", [b.node("Mul", [diff, kept]), b.node("Add", [magnitude, zero_ref])])
+    zero = b.const(np.array([0.0]))
+    norm = b.node("ReduceSumSquare", [a], keepdims=1)
+    reference_norm = b.node("ReduceSumSquare", [e], keepdims=1)
+    mismatches = b.node(
+        "ReduceSum",
+        [b.node("Cast", [b.node("Greater", [diff, limit])], to=TensorProto.DOUBLE)],
+        keepdims=1,
+    )
+    # (finite and nonzero stand in for the counts: see diff_from_outputs)
+    numbers = {
+        "nan": zero,
+        "reference_nan": zero,
+        "inf": zero,
+        "reference_inf": zero,
+        "mismatches": mismatches,
+        "finite": b.const(np.array([1.0])),
+        "nonzero": reference_norm,
+        "max_abs": b.node("ReduceMax", [diff], keepdims=1),
+        "max_rel": b.node("ReduceMax", [rel], keepdims=1),
+        "dot": b.node("ReduceSum", [b.node("Mul", [a, e])], keepdims=1),
+        "norm": norm,
+        "reference_norm": reference_norm,
+    }
+    packed = b.node("Concat", [numbers[f] for f in _FIELDS], axis=0)
+    return ComparisonOutputs(
+        shape=b.node("Shape", [actual]),
+        reference_shape=b.node("Shape", [expected]),
+        numbers=packed,
+        dtype=_DTYPES[expected_type],
+    )
+
+
+def needs_general(outputs: ComparisonOutputs, values: Mapping[str, np.ndarray]) -> bool:
+    """True when a pair compared by :func:`add_fast_comparison` held a NaN or Inf (or
+    its shapes differ): its numbers do not hold, compare it with :func:`add_comparison`."""
+    n = dict(zip(_FIELDS, values[outputs.numbers].tolist(), strict=True))
+    return not (math.isfinite(n["norm"]) and math.isfinite(n["reference_norm"])) or list(
+        values[outputs.shape]
+    ) != list(values[outputs.reference_shape])
+
+
+def diff_from_outputs(
+    outputs: ComparisonOutputs,
+    values: Mapping[str, np.ndarray],
+    tolerance: Tolerance,
+    *,
+    name: str,
+    reference: str,
+) -> TensorDiff:
+    """The :class:`TensorDiff` of a pair compared in the graph, from the run's values of
+    ``outputs``: the numbers compare_arrays gives on the two arrays (the candidate cast
+    to the reference's dtype)."""
+    del tolerance  # applied in the graph; kept for symmetry with compare_arrays
+    shape = [int(d) for d in values[outputs.shape]]
+    reference_shape = [int(d) for d in values[outputs.reference_shape]]
+    n = dict(zip(_FIELDS, values[outputs.numbers].tolist(), strict=True))
+    size = math.prod(reference_shape)
+    d = TensorDiff(
+        name=name,
+        reference=reference,
+        status="ok",
+        shape=shape,
+        reference_shape=reference_shape,
+        dtype=outputs.dtype,
+        reference_dtype=outputs.dtype,
+        size=size,
+    )
+    d.nan, d.reference_nan = int(n["nan"]), int(n["reference_nan"])
+    d.inf, d.reference_inf = int(n["inf"]), int(n["reference_inf"])
+    if shape != reference_shape:
+        d.status = "shape"
+        d.message = f"shape {shape} != reference {reference_shape}"
+        d.mismatches = size
+        return d
+    if size == 0:
+        d.max_abs, d.max_rel, d.cosine = 0.0, 0.0, 1.0
+        return d
+    d.mismatches = int(n["mismatches"])
+    if n["finite"]:
+        d.max_abs = n["max_abs"]
+        if n["nonzero"]:
+            d.max_rel = n["max_rel"]
+        else:
+            d.max_rel = 0.0 if d.max_abs == 0 else math.inf
+        d.cosine = _cosine(n["dot"], n["norm"], n["reference_norm"])
+    if d.mismatches:
+        d.status = "mismatch"
+        d.message = f"{d.mismatches} of {d.size} elements differ"
+    return d
+
+
+def _cosine(dot: float, norm: float, reference_norm: float) -> float:
+    """compare_arrays's cosine from the sums: a float16/float32 value squared never
+    vanishes in float64, so a zero sum means an all-zero side."""
+    if norm == 0 or reference_norm == 0:
+        return 1.0 if norm == reference_norm else 0.0
+    return float(np.clip(dot / (math.sqrt(norm) * math.sqrt(reference_norm)), -1.0, 1.0))
+
+
+__all__ = [
+    "ComparisonOutputs",
+    "add_comparison",
+    "add_fast_comparison",
+    "diff_from_outputs",
+    "in_graph_comparable",
+    "needs_general",
+]
