@@ -306,6 +306,8 @@ def test_nms_without_topk_equals_the_topk_graph_with_ties(tmp_path, layout):
     doc = json.loads(res.stdout)
     assert doc["params"]["no_topk"] is True and "bit-identical" in doc["params"]["no_topk_check"]
     assert "TopK" in _ops(plain) and "TopK" not in _ops(free)
+    text = run_cli(*common, "--no-topk", "-o", tmp_path / "again.onnx")
+    assert text.status == 0 and "--no-topk: TopK rewritten; PASS" in text.stdout
     a, b = surgeon.load(plain), surgeon.load(free)
     rng = np.random.default_rng(2)
     for boxes in (6, 11):  # two sizes, scores with ties

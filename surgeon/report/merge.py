@@ -53,6 +53,8 @@ def render_nms(console: Console, info: dict) -> None:
     console.print(io_table("inputs and outputs", info["inputs"], info["outputs"]))
     ops = ", ".join(f"{k} {v}" for k, v in info["op_types"].items())
     console.print(shown(f"{info['nodes']} nodes, opset {info['opset']}: {ops}", "dim"))
+    if p.get("no_topk"):  # the TopK-free graph was checked against the TopK one
+        console.print(shown(f"--no-topk: TopK rewritten; {p['no_topk_check']}", "green"))
     if info.get("output"):
         console.print(shown(f"wrote {info['output']}", "green"))
 
