@@ -8,7 +8,7 @@ import json
 import numpy as np
 import onnx
 import pytest
-from conftest import parse, run_cli, write
+from conftest import ROOT, parse, run_cli, write
 
 import surgeon
 from surgeon.commands import _common
@@ -319,6 +319,28 @@ def test_nms_without_topk_equals_the_topk_graph_with_ties(tmp_path, layout):
         got, want = surgeon.run(b, feeds), surgeon.run(a, feeds)
         for name in want:
             assert got[name].tobytes() == want[name].tobytes(), name
+
+
+def test_merge_nms_without_topk_verifies_and_leaves_no_topk(tmp_path):
+    detector = ROOT / "sample_models" / "tiny_yolo.onnx"
+    out = tmp_path / "merged.onnx"
+    res = run_cli("merge", detector, "--nms", "yolov8", "--classes", "3", "--no-topk", "-o", out)
+    assert res.status == 0, res.stderr
+    assert "--no-topk: TopK rewritten; PASS" in res.stdout
+    assert "TopK" not in _ops(out) and "NonMaxSuppression" in _ops(out)
+    with_topk = tmp_path / "with_topk.onnx"
+    assert (
+        run_cli("merge", detector, "--nms", "yolov8", "--classes", "3", "-o", with_topk).status == 0
+    )
+    a, b = surgeon.load(with_topk), surgeon.load(out)
+    for batch in (1, 2):  # two sizes: the merged models agree bit for bit
+        feeds = surgeon.make_feeds(a, surgeon.FeedOptions(seed=batch, dims={"batch": batch}))
+        got, want = surgeon.run(b, feeds), surgeon.run(a, feeds)
+        for name in want:
+            assert got[name].tobytes() == want[name].tobytes(), name
+    # Without --nms the option has nothing to apply to.
+    res = run_cli("merge", detector, with_topk, "--no-topk", "-o", tmp_path / "x.onnx")
+    assert res.status == 2 and "--no-topk only applies with --nms" in res.stderr
 
 
 def test_hostile_names_and_attributes_are_escaped(tmp_path):

@@ -108,6 +108,10 @@ def _nms_second(args, first, io_map):
         **nms_kwargs(args),
     )
     params = dict(model.provenance[-1]["params"])
+    if args.no_topk:
+        from surgeon.commands.nms import without_topk
+
+        model, params = without_topk(model, params)
     params["classes_inferred"] = args.classes is None
     return model, params
 
@@ -138,6 +142,7 @@ def run(args, ctx) -> int:
             "--box-format": args.box_format is not None,
             "--format": args.output_format != "efficient",
             "--scale": args.scale is not None,
+            "--no-topk": args.no_topk,
         }
         given = [flag for flag, used in nms_only.items() if used]
         if given:

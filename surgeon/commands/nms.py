@@ -81,6 +81,14 @@ def add_nms_arguments(parser, *, required: bool) -> None:
         metavar="W,H",
         help="multiply box x by W and y by H before NMS (normalised boxes to pixels)",
     )
+    group.add_argument(
+        "--no-topk",
+        action="store_true",
+        help="for targets without TopK: select by rank counting instead (`surgeon rewrite "
+        "--rule topk`), verified bit-identical against the TopK graph. It compares every pair "
+        "of candidates: B x L x L memory at about 16 bytes a pair, L = boxes NMS kept + K "
+        "(detr: Q x C + K), e.g. 140 MB for L = 3,000",
+    )
 
 
 def add_arguments(parser) -> None:
@@ -96,14 +104,6 @@ def add_arguments(parser) -> None:
     )
     group.add_argument(
         "--num-boxes", type=int, default=None, metavar="N", help="fix N in the input shapes"
-    )
-    group.add_argument(
-        "--no-topk",
-        action="store_true",
-        help="for targets without TopK: select by rank counting instead (`surgeon rewrite "
-        "--rule topk`), verified bit-identical against the TopK graph. It compares every pair "
-        "of candidates: B x L x L memory at about 16 bytes a pair, L = boxes NMS kept + K "
-        "(detr: Q x C + K), e.g. 140 MB for L = 3,000",
     )
     from surgeon.commands import _common
 

@@ -66,6 +66,8 @@ def render_merge(console: Console, info: dict, report=None) -> None:
         n = info["nms"]
         title += f" ({n['layout']} NMS, {n['classes']} classes, {n['output_format']} outputs)"
     console.print(shown(title, "bold"))
+    if info.get("nms") and info["nms"].get("no_topk"):
+        console.print(shown(f"--no-topk: TopK rewritten; {info['nms']['no_topk_check']}", "green"))
     console.print(shown(f"connected {_HOW.get(info['how'], info['how'])}:"))
     for c in info["connections"]:
         console.print(
