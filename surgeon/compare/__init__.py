@@ -6,7 +6,7 @@ Numbers only, no rendering: ``surgeon.report`` draws these as rich tables and th
 writes ``to_dict()`` as JSON. A report is truthy when it passed.
 """
 
-from surgeon.compare.arrays import compare_arrays, compare_named
+from surgeon.compare.arrays import as_reference_dtype, cast_note, compare_arrays, compare_named
 from surgeon.compare.results import (
     DIFF_SCHEMA,
     EXACT,
@@ -24,6 +24,8 @@ __all__ = [
     "DiffReport",
     "TensorDiff",
     "Tolerance",
+    "as_reference_dtype",
+    "cast_note",
     "compare_arrays",
     "compare_named",
     "extra",

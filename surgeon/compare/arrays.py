@@ -21,6 +21,31 @@ from surgeon.compare.results import (
 )
 
 
+def cast_note(reference_dtype: str, dtype: str) -> str:
+    """The note of a comparison across dtypes: it ran in the reference's dtype."""
+    return f"compared as {reference_dtype} (model has {dtype})"
+
+
+def as_reference_dtype(actual, expected):
+    """``actual`` in ``expected``'s dtype when both are numeric arrays of different dtypes
+    (a float16 model against its float32 original: the comparison runs in the reference's
+    dtype), with :func:`cast_note`; anything else (sequences, optionals, equal dtypes) as
+    it is, with "". A value beyond the target dtype becomes inf, which the comparison
+    then reports, so numpy's overflow warning is not raised.
+    """
+    if (
+        isinstance(actual, np.ndarray)
+        and isinstance(expected, np.ndarray)
+        and actual.dtype != expected.dtype
+        and actual.dtype.kind in "fiub"
+        and expected.dtype.kind in "fiub"
+    ):
+        with np.errstate(over="ignore", invalid="ignore"):
+            cast = actual.astype(expected.dtype)
+        return cast, cast_note(expected.dtype.name, actual.dtype.name)
+    return actual, ""
+
+
 def _count(mask: np.ndarray) -> int:
     return int(np.count_nonzero(mask))
 

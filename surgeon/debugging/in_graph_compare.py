@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from surgeon.compare import TensorDiff, Tolerance
+from surgeon.compare import TensorDiff, Tolerance, as_reference_dtype, cast_note
 from surgeon.compare.in_graph import (
     ComparisonOutputs,
     add_comparison,
@@ -142,9 +142,8 @@ def compare_in_graph(
     again = [pair for pair in fast if needs_general(outputs[pair], got)]
     for c, r in fetched:
         actual, expected = got[c], got[merge.rename(r)]
-        result.diffs[(c, r)], note = _compare_values(
-            compare_arrays, actual, expected, tolerance, c, r
-        )
+        actual, note = as_reference_dtype(actual, expected)
+        result.diffs[(c, r)] = compare_arrays(actual, expected, tolerance, name=c, reference=r)
         if note:
             result.cast_notes[(c, r)] = note
     for r, name in zip(keep_reference, keep, strict=True):
@@ -167,7 +166,7 @@ def compare_in_graph(
     for (c, r), diff in diffs.items():
         result.diffs[(c, r)] = diff
         if elem[c] != ref_elem[r]:
-            result.cast_notes[(c, r)] = _cast_note(diff.dtype, _DTYPE_NAMES[elem[c]])
+            result.cast_notes[(c, r)] = cast_note(diff.dtype, _DTYPE_NAMES[elem[c]])
     return result
 
 
@@ -285,28 +284,6 @@ class _Merge:
             options, execution_order="priority", memory_arena=False
         )
         return outputs, run(merged, run_feeds, outputs=wanted, options=merged_options)
-
-
-def _cast_note(reference_dtype: str, dtype: str) -> str:
-    return f"compared as {reference_dtype} (model has {dtype})"
-
-
-def _compare_values(compare_arrays, actual, expected, tolerance, name, reference):
-    """compare_arrays as the values path of the layer comparison does it (a numeric
-    candidate of another dtype is cast to the reference's first), and the note on that
-    cast ("" when none)."""
-    note = ""
-    if (
-        isinstance(actual, np.ndarray)
-        and isinstance(expected, np.ndarray)
-        and actual.dtype != expected.dtype
-        and actual.dtype.kind in "fiub"
-        and expected.dtype.kind in "fiub"
-    ):
-        note = _cast_note(expected.dtype.name, actual.dtype.name)
-        with np.errstate(over="ignore", invalid="ignore"):
-            actual = actual.astype(expected.dtype)
-    return compare_arrays(actual, expected, tolerance, name=name, reference=reference), note
 
 
 __all__ = ["InGraphResult", "compare_in_graph", "merge_refusal"]

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from surgeon.compare import compare_arrays
+from surgeon.compare import as_reference_dtype, compare_arrays
 from surgeon.debugging._graph import DebugFacts
 from surgeon.debugging.results import DebugOptions, DebugReport, LayerDiff, names_text
 from surgeon.errors import RuntimeFailure, UsageError, close_matches, collect_unknown_names
@@ -191,8 +191,7 @@ def compare_layers(
     collect_unknown_names(
         "tensor", name_map.values(), model.tensor_names(), model.name, model_path=model.path
     )
-    if ref.kind == "model" and report.mode == "statistics":
-        # the tapped run fetched no values: compare_layers_in_graph's path
+    if ref.kind == "model":
         collect_unknown_names(
             "tensor",
             name_map.keys(),
@@ -200,20 +199,14 @@ def compare_layers(
             ref.source.name,
             model_path=ref.source.path,
         )
-        _compare_layers_in_graph(report, facts, taps, feeds, ref, options, run_options, origin)
-        return
+        if report.mode == "statistics":
+            # the tapped run fetched no values: compare_layers_in_graph's path
+            _compare_layers_in_graph(report, facts, taps, feeds, ref, options, run_options, origin)
+            return
     if ref.kind == "arrays":
         expected = ref.source
         collect_unknown_names("tensor", name_map.keys(), list(expected), ref.label)
     else:
-        if ref.kind == "model":
-            collect_unknown_names(
-                "tensor",
-                name_map.keys(),
-                ref.source.tensor_names(),
-                ref.source.name,
-                model_path=ref.source.path,
-            )
         expected = _run_reference(report, model, taps, feeds, ref, options, run_options)
         reference_inputs = expected.pop(_REFERENCE_FEEDS)
     report.reference = ref.label
@@ -434,17 +427,8 @@ def _values_pair_diff(values, expected, tolerance):
     def pair_diff(t: str, ref_name: str):
         if ref_name not in expected or t not in values:
             return None
-        actual, exp = values[t], expected[ref_name]
-        note = ""
-        both_arrays = isinstance(actual, np.ndarray) and isinstance(exp, np.ndarray)
-        if (
-            both_arrays  # sequences and optionals are compared element by element as they are
-            and actual.dtype != exp.dtype
-            and actual.dtype.kind in "fiub"
-            and exp.dtype.kind in "fiub"
-        ):
-            note = f"compared as {exp.dtype.name} (model has {actual.dtype.name})"
-            actual = actual.astype(exp.dtype)
+        exp = expected[ref_name]
+        actual, note = as_reference_dtype(values[t], exp)
         diff = compare_arrays(actual, exp, tolerance, name=t, reference=ref_name)
         if note:
             diff.message = (diff.message + "; " if diff.message else "") + note

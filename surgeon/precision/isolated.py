@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from surgeon.compare import TensorDiff, Tolerance, compare_arrays
+from surgeon.compare import TensorDiff, Tolerance, as_reference_dtype, compare_arrays
 from surgeon.errors import RuntimeFailure
 from surgeon.model import Model
 from surgeon.precision.pairing import Pair, Pairing, holds_subgraph, node_label
@@ -292,21 +292,6 @@ def _run_batches(
     return results
 
 
-def _as_reference_dtype(actual, expected):
-    """The candidate's value in the reference's dtype (float16 against float32, say), as
-    the debug comparison does; other pairs as they are."""
-    if (
-        isinstance(actual, np.ndarray)
-        and isinstance(expected, np.ndarray)
-        and actual.dtype != expected.dtype
-        and actual.dtype.kind in "fiub"
-        and expected.dtype.kind in "fiub"
-    ):
-        with np.errstate(over="ignore", invalid="ignore"):
-            return actual.astype(expected.dtype)
-    return actual
-
-
 def _feed_value(value, dtype: str | None):
     """A reference value cast to the candidate's dtype there."""
     value = np.asarray(value)
@@ -412,7 +397,7 @@ def isolated_errors(
             pair = pairing.pairs[o]
             expected = lookup(o)
             diff = compare_arrays(
-                _as_reference_dtype(got[o], expected),
+                as_reference_dtype(got[o], expected)[0],
                 expected,
                 tolerance,
                 name=o,
@@ -426,7 +411,7 @@ def isolated_errors(
             r.cumulative = cumulative[out]
         elif out in candidate_values:
             r.cumulative = compare_arrays(
-                _as_reference_dtype(candidate_values[out], lookup(out)),
+                as_reference_dtype(candidate_values[out], lookup(out))[0],
                 lookup(out),
                 tolerance,
                 name=out,
