@@ -32,6 +32,12 @@ def io_table(title: str, inputs: list[dict], outputs: list[dict]) -> Table:
     return table
 
 
+def _print_no_topk_check(console: Console, params: dict) -> None:
+    """With --no-topk: the TopK-free graph's check against the TopK one."""
+    if params.get("no_topk"):
+        console.print(shown(f"--no-topk: TopK rewritten; {params['no_topk_check']}", "green"))
+
+
 def render_nms(console: Console, info: dict) -> None:
     """What ``surgeon nms`` built."""
     p = info["params"]
@@ -53,8 +59,7 @@ def render_nms(console: Console, info: dict) -> None:
     console.print(io_table("inputs and outputs", info["inputs"], info["outputs"]))
     ops = ", ".join(f"{k} {v}" for k, v in info["op_types"].items())
     console.print(shown(f"{info['nodes']} nodes, opset {info['opset']}: {ops}", "dim"))
-    if p.get("no_topk"):  # the TopK-free graph was checked against the TopK one
-        console.print(shown(f"--no-topk: TopK rewritten; {p['no_topk_check']}", "green"))
+    _print_no_topk_check(console, p)
     if info.get("output"):
         console.print(shown(f"wrote {info['output']}", "green"))
 
@@ -66,8 +71,7 @@ def render_merge(console: Console, info: dict, report=None) -> None:
         n = info["nms"]
         title += f" ({n['layout']} NMS, {n['classes']} classes, {n['output_format']} outputs)"
     console.print(shown(title, "bold"))
-    if info.get("nms") and info["nms"].get("no_topk"):
-        console.print(shown(f"--no-topk: TopK rewritten; {info['nms']['no_topk_check']}", "green"))
+    _print_no_topk_check(console, info.get("nms") or {})
     console.print(shown(f"connected {_HOW.get(info['how'], info['how'])}:"))
     for c in info["connections"]:
         console.print(
