@@ -146,8 +146,21 @@ class Session:
     """An onnxruntime session over a Model, optionally exposing intermediate tensors."""
 
     def __init__(
-        self, model: Model, *, extra_outputs: Iterable[str] = (), options: RunOptions | None = None
+        self,
+        model: Model,
+        *,
+        extra_outputs: Iterable[str] = (),
+        options: RunOptions | None = None,
+        initializers: Mapping[str, np.ndarray] | None = None,
     ):
+        """
+        Args:
+            initializers: Weights the caller hands to onnxruntime itself, by name, for a
+                model whose proto leaves them out (see :func:`borrowable_weights`): they
+                are neither copied into that proto nor serialised and parsed again.
+                onnxruntime 1.32 copies them when it builds the session (measured); they
+                are kept alive with the session all the same, as its API asks.
+        """
         self.model = model
         self.options = options or RunOptions()
         graph_outputs = set(model.output_names)
@@ -166,14 +179,28 @@ class Session:
         in_memory = in_memory_bytes(model)
         graph_outputs = model.proto.graph.output
         # Untyped extra outputs are fine: onnxruntime infers their type. They are added
-        # to the shared proto only for serialisation and removed right after.
+        # to the shared proto only for serialisation and removed right after, as are the
+        # placeholders of the borrowed initializers.
         for n in extra:
             graph_outputs.add(name=n)
+        borrowed = dict(initializers or {})
+        _check_borrowed(borrowed, model)
+        through_file = in_memory > FILE_THRESHOLD
+        # Kept alive as long as the session.
+        self._borrowed = [] if through_file else _borrow(so, borrowed)
+        graph_inits = model.proto.graph.initializer
+        for name, array in borrowed.items():
+            # Through a file, the weights go into the scratch copy like any other.
+            graph_inits.append(
+                onnx.numpy_helper.from_array(array, name)
+                if through_file
+                else _placeholder(name, array)
+            )
         # The scratch folder is a context manager around both the save and the session
         # creation, so a signal (raised as an exception by the CLI) removes it at once.
         with contextlib.ExitStack() as scratch:
             try:
-                if in_memory > FILE_THRESHOLD:
+                if through_file:
                     folder = scratch.enter_context(
                         tempfile.TemporaryDirectory(prefix="surgeon-run-")
                     )
@@ -191,6 +218,8 @@ class Session:
             finally:
                 if extra:
                     del graph_outputs[len(graph_outputs) - len(extra) :]
+                if borrowed:
+                    del graph_inits[len(graph_inits) - len(borrowed) :]
             try:
                 # onnxruntime prints "EP Error ... Falling back" to stdout on some failures
                 # (then retries on the same CPU provider): keep stdout for our output
@@ -270,6 +299,83 @@ class Session:
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for a failed run
             raise self._failure("run", e) from None
         return dict(zip(names, values, strict=True))
+
+
+# Element types whose numpy arrays onnxruntime takes as they are (no ml_dtypes, no strings).
+_BORROWABLE = frozenset(
+    "float32 float64 float16 int8 int16 int32 int64 uint8 uint16 uint32 uint64 bool".split()
+)
+# Smaller tensors stay in the serialised model: a placeholder and an OrtValue cost more.
+BORROW_FROM = 1024
+
+
+def borrowable_weights(model: Model) -> dict[str, np.ndarray]:
+    """The main graph's initializers held in memory (not in external files) that
+    onnxruntime can take as arrays: at least ``BORROW_FROM`` bytes, of a plain numpy type.
+
+    A model built without them (e.g. the statistics model of ``debug``) runs with
+    ``Session(..., initializers=...)``: its proto then holds no copy of the weights and
+    its serialised bytes none either. Each array is one copy of the tensor's bytes.
+    """
+    from onnx import numpy_helper
+
+    found = {}
+    for t in model.proto.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL or t.ByteSize() < BORROW_FROM:
+            continue
+        try:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name
+        except (KeyError, ValueError):  # an undefined or unknown element type
+            continue
+        if dtype not in _BORROWABLE:
+            continue
+        found[t.name] = np.ascontiguousarray(numpy_helper.to_array(t))
+    return found
+
+
+def _placeholder(name: str, array: np.ndarray) -> onnx.TensorProto:
+    """An initializer with no bytes, marked external: onnxruntime takes its value from
+    the OrtValue given under the same name (SessionOptions.add_external_initializers)
+    and never opens the placeholder location."""
+    t = onnx.TensorProto(name=name, data_type=onnx_dtype_of(array), dims=array.shape)
+    t.data_location = onnx.TensorProto.EXTERNAL
+    t.external_data.add(key="location", value="surgeon-borrowed-initializer")
+    return t
+
+
+def _check_borrowed(arrays: Mapping[str, np.ndarray], model: Model) -> None:
+    """
+    Raises:
+        UsageError: A name that is not a string or that the model already holds, or a
+            value that is not a numpy array of a type onnxruntime takes as it is.
+    """
+    if not arrays:
+        return
+    held = {t.name for t in model.proto.graph.initializer}
+    for name, array in arrays.items():
+        if not isinstance(name, str) or name in held:
+            raise UsageError(
+                f"initializers: {name!r} is not a name {model.name} leaves out (each "
+                "borrowed weight must be missing from the model's initializers)"
+            )
+        if not isinstance(array, np.ndarray) or array.dtype.name not in _BORROWABLE:
+            got = array.dtype.name if isinstance(array, np.ndarray) else type(array).__name__
+            raise UsageError(
+                f"initializers: `{name}` must be a numpy array of one of "
+                f"{', '.join(sorted(_BORROWABLE))}, not {got}"
+            )
+
+
+def _borrow(so, arrays: Mapping[str, np.ndarray]) -> list:
+    """Register ``arrays`` with the session options as external initializers; returns the
+    OrtValues, kept as long as the session (onnxruntime 1.32 copies them when it builds
+    the session, but its API does not promise to)."""
+    if not arrays:
+        return []
+    ort = ort_module()
+    values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays.values()]
+    so.add_external_initializers(list(arrays), values)
+    return values
 
 
 def run(

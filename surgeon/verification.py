@@ -99,6 +99,8 @@ def verify(
     report_extra: bool = True,
     fetch: Iterable[str] = (),
     collect: dict[str, np.ndarray] | None = None,
+    reference_last: bool = False,
+    candidate_initializers: Mapping[str, np.ndarray] | None = None,
 ) -> DiffReport:
     """Run ``reference`` and ``candidate`` on the same feeds and compare tensors.
 
@@ -121,6 +123,12 @@ def verify(
         fetch: More candidate tensors to compute in the same run (not compared).
         collect: When given, receives every candidate tensor of that run by name, so a
             caller (e.g. debug) can use the verified run's values without a second run.
+        reference_last: Run the candidate first and the reference after it (only when no
+            candidate input is fed from a reference tensor). For a candidate whose run
+            costs more memory than the reference's (debug's statistics model), so its
+            peak does not stack on the heap the reference's run left behind.
+        candidate_initializers: Weights the candidate's proto leaves out, handed to
+            onnxruntime as arrays (``surgeon.runner.Session``'s ``initializers``).
 
     Returns:
         A DiffReport; truthy when every pair matched and there was at least one (with
@@ -171,8 +179,11 @@ def verify(
     # The reference runs first, then the candidate's session is built: overlapping the two
     # in threads saved 4% of `debug --tap all`'s wall time but raised its peak memory
     # from 1.6x to 1.85x a plain run (both sessions alive), so they take turns.
-    expected = _compute(reference, feeds, ref_needed, reference_options)
-    session = Session(candidate, extra_outputs=wanted, options=options)
+    reference_last = reference_last and not candidate_inputs
+    expected = {} if reference_last else _compute(reference, feeds, ref_needed, reference_options)
+    session = Session(
+        candidate, extra_outputs=wanted, options=options, initializers=candidate_initializers
+    )
 
     cand_feeds = {}
     problems = []
@@ -229,6 +240,13 @@ def verify(
     actual = session.run(cand_feeds, wanted) if wanted else {}
     if collect is not None:
         collect.update(actual)
+    if reference_last:
+        # Only the compared outputs are kept; the rest of the candidate's values (the
+        # caller's, in collect) and its session go before the reference runs.
+        del session
+        kept = {c for c, _ in pairs} | set(extras)
+        actual = {name: value for name, value in actual.items() if name in kept}
+        expected = _compute(reference, feeds, ref_needed, reference_options)
     for c, _ in pairs:  # inputs passed straight through
         if c not in actual and c in cand_feeds:
             actual[c] = cand_feeds[c]

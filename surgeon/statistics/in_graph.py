@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +37,11 @@ class StatsOutputs:
     numbers: tuple[str, ...] = ()
     shape: str | None = None
     value: str | None = None
+    # A large tensor's moments, per chunk of its flattened elements: (mean, sum of
+    # squared deviations) of each, combined in Python. ``numbers`` then holds min, max
+    # and the zero count only.
+    chunks: tuple[tuple[str, str], ...] = ()
+    chunk_size: int = 0
 
     def __iter__(self) -> Iterator[str]:
         return iter(
@@ -44,6 +49,7 @@ class StatsOutputs:
                 *self.numbers,
                 *([self.shape] if self.shape else ()),
                 *([self.value] if self.value else ()),
+                *(name for pair in self.chunks for name in pair),
             ]
         )
 
@@ -60,9 +66,25 @@ _ROUNDED = (TensorProto.FLOAT16, TensorProto.BFLOAT16)
 _FETCHED = (TensorProto.STRING, TensorProto.UNDEFINED, TensorProto.UINT64)
 
 
+# Tensors above this many elements get their float64 moments a chunk at a time: the
+# float64 copy and its centred copy then take 2 x 8 x CHUNK bytes instead of 16 bytes per
+# element of the whole tensor (a YOLOv8n-size model at 640: its 1.6M-element tensors
+# took 26 MB at once). Chan's pairwise combination keeps numpy's float64 numbers.
+CHUNK = 2**18
+
+
 @dataclass(frozen=True)
 class _Constants:
     prefix: str
+    chunks: int = 0  # chunk bounds needed: 0 .. chunks
+
+    def bound(self, j: int) -> str:
+        """The flat index j * CHUNK, as a 1-element int64 tensor (Slice's starts/ends)."""
+        return f"{self.prefix}/bound_{j}"
+
+    @property
+    def axis0(self) -> str:
+        return f"{self.prefix}/axis0"
 
     def zero(self, elem: int) -> str:
         return f"{self.prefix}/zero_{elem}"
@@ -81,19 +103,35 @@ class _Constants:
 
     def initializers(self) -> list[onnx.TensorProto]:
         zeros = [(e, np.zeros((), helper.tensor_dtype_to_np_dtype(e))) for e in _NATIVE]
-        return [onnx.numpy_helper.from_array(z, self.zero(e)) for e, z in zeros] + [
-            onnx.numpy_helper.from_array(np.array([-1], np.int64), self.flat),
-            onnx.numpy_helper.from_array(np.array(math.inf), self.pos_inf),
-            onnx.numpy_helper.from_array(np.array(-math.inf), self.neg_inf),
-        ]
+        return (
+            [onnx.numpy_helper.from_array(z, self.zero(e)) for e, z in zeros]
+            + [
+                onnx.numpy_helper.from_array(np.array([-1], np.int64), self.flat),
+                onnx.numpy_helper.from_array(np.array(math.inf), self.pos_inf),
+                onnx.numpy_helper.from_array(np.array(-math.inf), self.neg_inf),
+                onnx.numpy_helper.from_array(np.array([0], np.int64), self.axis0),
+            ]
+            + [
+                onnx.numpy_helper.from_array(np.array([j * CHUNK], np.int64), self.bound(j))
+                for j in range(self.chunks + 1 if self.chunks else 0)
+            ]
+        )
 
 
 def _stats_nodes(
-    p: str, x: str, elem: int, counts: bool, c: _Constants, small: bool = False
+    p: str,
+    x: str,
+    elem: int,
+    counts: bool,
+    c: _Constants,
+    small: bool = False,
+    chunks: int = 0,
 ) -> tuple[list[onnx.NodeProto], StatsOutputs, list[onnx.ValueInfoProto]]:
     """Nodes computing the statistics of tensor ``x`` (element type ``elem``), names under
     ``p``; with the outputs they define and those outputs' types. ``small``: the tensor
-    is known to hold fewer than 2**24 elements (float32 counts it exactly).
+    is known to hold fewer than 2**24 elements (float32 counts it exactly). ``chunks``:
+    take the moments over that many chunks of CHUNK flattened elements (float32 and
+    float64 tensors of a known size, without counts; see :func:`_chunked_moments`).
 
     Each statistic is its own scalar output (keepdims=0): no Reshape/Concat nodes, whose
     per-node cost shows at a few thousand nodes.
@@ -110,6 +148,8 @@ def _stats_nodes(
         infos.append(helper.make_tensor_value_info(out, elem, []))
         return out
 
+    if chunks:
+        return _chunked_stats_nodes(p, x, elem, c, small, chunks)
     # The sums are taken on a float64 copy: exact for every type but 64-bit integers
     # (whose extremes are taken in their own dtype), and sums of float32 values keep their
     # low digits. Its Shape is the tensor's; taking it from the copy keeps Shape off
@@ -176,6 +216,69 @@ def _stats_nodes(
     return nodes, StatsOutputs(numbers=tuple(numbers), shape=shape), infos
 
 
+def _chunked_stats_nodes(
+    p: str, x: str, elem: int, c: _Constants, small: bool, chunks: int
+) -> tuple[list[onnx.NodeProto], StatsOutputs, list[onnx.ValueInfoProto]]:
+    """:func:`_stats_nodes` for a large float32/float64 tensor: extremes and zeros on the
+    tensor itself, the float64 moments of each chunk of its flattened elements (a Slice,
+    its float64 copy, its mean and centred sum of squares), freed chunk by chunk."""
+    nodes: list[onnx.NodeProto] = []
+    infos: list[onnx.ValueInfoProto] = []
+
+    def add(op: str, inputs: list[str], out: str, **attrs) -> str:
+        nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
+        return out
+
+    def reduce(op: str, source: str, out: str, out_elem: int) -> str:
+        add(op, [source], out, keepdims=0)
+        infos.append(helper.make_tensor_value_info(out, out_elem, []))
+        return out
+
+    shape = add("Shape", [x], f"{p}/shape")
+    infos.append(helper.make_tensor_value_info(shape, TensorProto.INT64, [None]))
+    numbers = [
+        reduce("ReduceMin", x, f"{p}/min", elem),
+        reduce("ReduceMax", x, f"{p}/max", elem),
+    ]
+    zero = add("Equal", [x, c.zero(elem)], f"{p}/zero_mask")
+    count_elem = TensorProto.FLOAT if small else TensorProto.DOUBLE
+    as_number = add("Cast", [zero], f"{p}/zero_as_number", to=count_elem)
+    numbers.append(reduce("ReduceSum", as_number, f"{p}/zero_count", count_elem))
+    flat = add("Reshape", [x, c.flat], f"{p}/flat")
+    pairs = []
+    for j in range(chunks):
+        q = f"{p}/chunk{j}"
+        part = add("Slice", [flat, c.bound(j), c.bound(j + 1), c.axis0], f"{q}/part")
+        d = (
+            part
+            if elem == TensorProto.DOUBLE
+            else add("Cast", [part], f"{q}/double", to=TensorProto.DOUBLE)
+        )
+        mean = reduce("ReduceMean", d, f"{q}/mean", TensorProto.DOUBLE)
+        centered = add("Sub", [d, mean], f"{q}/centered")
+        squared = reduce("ReduceSumSquare", centered, f"{q}/squared_deviations", TensorProto.DOUBLE)
+        pairs.append((mean, squared))
+    return (
+        nodes,
+        StatsOutputs(numbers=tuple(numbers), shape=shape, chunks=tuple(pairs), chunk_size=CHUNK),
+        infos,
+    )
+
+
+def combine_chunks(
+    means: list[float], squared: list[float], size: int, chunk: int
+) -> tuple[float, float]:
+    """The mean and sum of squared deviations of ``size`` elements from those of their
+    consecutive chunks of ``chunk`` elements (the last one shorter): Chan et al.'s pairwise
+    update, without the cancellation of sum(x^2) - n mean^2."""
+    if not all(math.isfinite(v) for v in (*means, *squared)):
+        return math.nan, math.nan  # NaN/Inf (or overflow): measured again with the counts
+    counts = [chunk] * (len(means) - 1) + [size - chunk * (len(means) - 1)]
+    mean = math.fsum(n * m for n, m in zip(counts, means, strict=True)) / size
+    spread = math.fsum(n * (m - mean) ** 2 for n, m in zip(counts, means, strict=True))
+    return mean, math.fsum(squared) + spread
+
+
 def _static_size(t: onnx.TypeProto) -> float:
     """The element count of a tensor type with a fully static shape, else infinity."""
     tt = t.tensor_type
@@ -218,16 +321,18 @@ def _builds(elem: int, opset: int, ir_version: int, counts: bool) -> bool:
     )
 
 
-def _copy_without_nodes(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``proto`` whose main graph has no nodes yet. Copying the whole model and
-    then clearing its node list left the old nodes in the copy's memory arena until the
-    copy was freed."""
+def _copy_without_nodes(proto: onnx.ModelProto, leave_out: Collection[str] = ()) -> onnx.ModelProto:
+    """A copy of ``proto`` whose main graph has no nodes yet, nor the initializers named
+    in ``leave_out``. Copying the whole model and then clearing its node list left the old
+    nodes in the copy's memory arena until the copy was freed."""
     copy = onnx.ModelProto()
     for message, target, skip in ((proto, copy, "graph"), (proto.graph, copy.graph, "node")):
         for field, value in message.ListFields():
             if field.name == skip:
                 continue
-            if hasattr(value, "extend"):  # a repeated field
+            if field.name == "initializer" and leave_out:
+                copy.graph.initializer.extend(t for t in value if t.name not in leave_out)
+            elif hasattr(value, "extend"):  # a repeated field
                 getattr(target, field.name).extend(value)
             elif field.message_type is not None:
                 getattr(target, field.name).CopyFrom(value)
@@ -237,7 +342,12 @@ def _copy_without_nodes(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def build_stats_model(
-    model: Model, taps: list[str], types: Mapping[str, onnx.TypeProto], *, counts: bool = False
+    model: Model,
+    taps: list[str],
+    types: Mapping[str, onnx.TypeProto],
+    *,
+    counts: bool = False,
+    borrowed: Collection[str] = (),
 ) -> tuple[Model, dict[str, StatsOutputs]]:
     """A copy of ``model`` with, after each tapped tensor's producer, reduction nodes whose
     only outputs are the tensor's statistics, extremes and shape.
@@ -249,17 +359,30 @@ def build_stats_model(
     Args:
         counts: Also count NaN and Inf exactly, and take min/max ignoring NaN (the second
             pass, for the few tensors whose first-pass numbers are not finite).
+        borrowed: Initializers left out of the new model: the caller hands them to
+            onnxruntime itself (``surgeon.runner.Session(..., initializers=...)`` with
+            ``surgeon.runner.borrowable_weights``), so the weights are not copied.
 
     Returns:
         The new model and ``tap -> StatsOutputs`` for every tap.
     """
-    proto = _copy_without_nodes(model.proto)
+    proto = _copy_without_nodes(model.proto, frozenset(borrowed))
     graph = proto.graph
     taken = set(model.tensor_names()) | {n.name for n in model.proto.graph.node}
     prefix = STATS_PREFIX
     while any(t.startswith(prefix) for t in taken):
         prefix += "_"
-    c = _Constants(prefix)
+    # Chunks are for tensors whose element count is known before the run (the run's
+    # shape is checked against it: a tensor of another size is measured again whole).
+    sizes = {t: _static_size(types[t]) if t in types else math.inf for t in taps}
+    chunked = {
+        t: math.ceil(n / CHUNK)
+        for t, n in sizes.items()
+        if not counts
+        and CHUNK < n < math.inf
+        and types[t].tensor_type.elem_type in (TensorProto.FLOAT, TensorProto.DOUBLE)
+    }
+    c = _Constants(prefix, max(chunked.values(), default=0))
     graph.initializer.extend(c.initializers())
     wanted = set(taps)
     outputs: dict[str, StatsOutputs] = {}
@@ -279,7 +402,7 @@ def build_stats_model(
                 outputs[t] = StatsOutputs(value=t)
                 continue
             new, outs, infos = _stats_nodes(
-                f"{prefix}/{len(outputs)}", t, elem, counts, c, _static_size(types[t]) < 2**24
+                f"{prefix}/{len(outputs)}", t, elem, counts, c, sizes[t] < 2**24, chunked.get(t, 0)
             )
             graph.node.extend(new)
             graph.output.extend(infos)
@@ -339,9 +462,22 @@ def stats_from_outputs(
     if outputs.value is not None:
         return stats_from_array(name, node, op, index, values[outputs.value])
     arrays = [np.asarray(values[n]) for n in outputs.numbers]
-    s = _stats_from_numbers(
-        name, node, op, index, [a.item() for a in arrays], values[outputs.shape], dtype
-    )
+    numbers = [a.item() for a in arrays]
+    shape = values[outputs.shape]
+    if outputs.chunks:
+        size = int(np.prod(shape))
+        k = len(outputs.chunks)
+        if not (outputs.chunk_size * (k - 1) < size <= outputs.chunk_size * k):
+            # The run's tensor is not the size the chunks were laid out for (a declared
+            # shape that was wrong): measure it again whole, with the counts.
+            s = TensorStats(name, node, op, index, [int(d) for d in shape], dtype, size=size)
+            s.flags = [NEEDS_COUNTS]
+            return s
+        means = [float(np.asarray(values[m])) for m, _ in outputs.chunks]
+        squares = [float(np.asarray(values[q])) for _, q in outputs.chunks]
+        mean, squared = combine_chunks(means, squares, size, outputs.chunk_size)
+        numbers = [numbers[0], numbers[1], mean, squared, numbers[2]]
+    s = _stats_from_numbers(name, node, op, index, numbers, shape, dtype)
     if arrays[-1].dtype == np.float32 and s.size >= 2**24:
         # Counted in float32 on a declared shape smaller than the real one: not exact.
         s.flags = [NEEDS_COUNTS]

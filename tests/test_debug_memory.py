@@ -1,0 +1,251 @@
+"""How debug's statistics run keeps memory down without changing a number: weights handed
+to onnxruntime as arrays (not copied into the statistics model nor serialised), and the
+tapped model run before the plain one (verify's ``reference_last``).
+
+Each is checked against an independent plain onnxruntime run, and the debug report
+against the one the previous order and copies gave."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import SAMPLES
+from onnx import TensorProto, helper, numpy_helper
+
+from surgeon.compare import EXACT
+from surgeon.debugging import DebugOptions, debug
+from surgeon.edits.tap import learn_types, select_taps
+from surgeon.feeds import FeedOptions, make_feeds
+from surgeon.loading import load
+from surgeon.model import Model
+from surgeon.runner import BORROW_FROM, RunOptions, Session, borrowable_weights
+from surgeon.statistics import build_stats_model
+from surgeon.verification import verify
+
+
+def _plain(model: Model, feeds) -> dict[str, np.ndarray]:
+    """An independent onnxruntime run (optimisations off, as surgeon runs)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(
+        model.proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds), strict=True))
+
+
+def _conv_model(dtype=np.float32) -> Model:
+    """Conv -> Relu -> MatMul, and a Gather, with weights of several sizes and types: a
+    256x256 matrix (64 KiB and more: left on disk when saved as external data), a conv
+    weight, an int64 index tensor, and a small bias (kept in the proto)."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((32, 3, 3, 3)).astype(dtype)
+    b = rng.standard_normal(32).astype(dtype)  # 64-256 bytes: stays in the proto
+    m = rng.standard_normal((256, 256)).astype(dtype)
+    idx = np.arange(600, dtype=np.int64) % 256  # 4800 bytes, an integer weight
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("MatMul", ["r", "m"], ["y"]),
+        helper.make_node("Gather", ["m", "idx"], ["g"], axis=0),
+    ]
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", elem, [1, 3, 4, 256])],
+        [
+            helper.make_tensor_value_info("y", elem, None),
+            helper.make_tensor_value_info("g", elem, None),
+        ],
+        [
+            numpy_helper.from_array(w, "w"),
+            numpy_helper.from_array(b, "b"),
+            numpy_helper.from_array(m, "m"),
+            numpy_helper.from_array(idx, "idx"),
+        ],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    return Model(proto)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_borrowed_weights_run_equals_a_plain_run(dtype):
+    model = _conv_model(dtype)
+    before = model.proto.SerializeToString()
+    weights = borrowable_weights(model)
+    assert set(weights) == {"w", "m", "idx"}  # the 16-element bias stays in the proto
+    assert all(model.proto.graph.initializer[i].ByteSize() >= BORROW_FROM for i in (0, 2, 3))
+    # A model without them, as the statistics model is built, runs with them given.
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(model.proto)
+    kept = [t for t in stripped.graph.initializer if t.name not in weights]
+    del stripped.graph.initializer[:]
+    stripped.graph.initializer.extend(kept)
+    feeds = make_feeds(model, FeedOptions(seed=5))
+    got = Session(Model(stripped), initializers=weights).run(feeds)
+    want = _plain(model, feeds)
+    for name in ("y", "g"):
+        assert got[name].dtype == want[name].dtype
+        np.testing.assert_array_equal(got[name], want[name])
+    assert model.proto.SerializeToString() == before  # placeholders removed again
+
+
+def test_borrowed_weights_through_a_scratch_file(monkeypatch):
+    # A model with more weights in memory than FILE_THRESHOLD reaches onnxruntime as a
+    # scratch file: the borrowed weights are written into it like the others.
+    import surgeon.runner
+
+    model = _conv_model()
+    before = model.proto.SerializeToString()
+    weights = borrowable_weights(model)
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(model.proto)
+    kept = [t for t in stripped.graph.initializer if t.name not in weights]
+    del stripped.graph.initializer[:]
+    stripped.graph.initializer.extend(kept)
+    monkeypatch.setattr(surgeon.runner, "FILE_THRESHOLD", -1)
+    feeds = make_feeds(model, FeedOptions(seed=6))
+    got = Session(Model(stripped), initializers=weights).run(feeds)
+    np.testing.assert_array_equal(got["y"], _plain(model, feeds)["y"])
+    assert len(stripped.graph.initializer) == len(kept)  # the copies went into the file
+    assert model.proto.SerializeToString() == before
+
+
+def test_external_and_exotic_initializers_are_not_borrowed(tmp_path):
+    model = _conv_model()
+    path = tmp_path / "ext.onnx"
+    onnx.save(model.proto, str(path), save_as_external_data=True, size_threshold=0)
+    loaded = load(path)
+    # Large external tensors stay on disk (onnxruntime maps them); small ones were read in.
+    borrowed = borrowable_weights(loaded)
+    assert "m" not in borrowed and "w" in borrowed
+    bf16 = helper.make_tensor("bf", TensorProto.BFLOAT16, [1024], np.zeros(1024, np.uint16))
+    strings = helper.make_tensor("s", TensorProto.STRING, [300], [b"x" * 8] * 300)
+    model.proto.graph.initializer.extend([bf16, strings])
+    assert not {"bf", "s"} & set(borrowable_weights(model))
+
+
+def test_stats_model_leaves_borrowed_initializers_out():
+    model = load(SAMPLES / "tiny_yolo.onnx")
+    taps = select_taps(model, ["all"])
+    types = learn_types(model, [t for t in taps if t not in model.output_names])
+    weights = borrowable_weights(model)
+    assert weights
+    lean, outs = build_stats_model(model, taps, types, borrowed=weights)
+    full, outs_full = build_stats_model(model, taps, types)
+    names = {t.name for t in lean.proto.graph.initializer}
+    assert not names & set(weights)
+    assert names | set(weights) == {t.name for t in full.proto.graph.initializer}
+    assert outs == outs_full
+    feeds = make_feeds(model, FeedOptions(seed=0))
+    fetch = [x for pair in outs.values() for x in pair]
+    got = Session(lean, extra_outputs=fetch, initializers=weights).run(feeds, fetch)
+    want = Session(full, extra_outputs=fetch).run(feeds, fetch)
+    assert got.keys() == want.keys()
+    for k in got:
+        np.testing.assert_array_equal(got[k], want[k])
+
+
+@pytest.mark.parametrize("sample", ["tiny_yolo.onnx", "two_conv.onnx"])
+def test_reference_last_gives_the_same_report(sample):
+    model = load(SAMPLES / sample)
+    taps = select_taps(model, ["all"])
+    tapped = Session(model, extra_outputs=taps)  # only to check the names are real
+    assert tapped.output_names
+    feeds = make_feeds(model, FeedOptions(seed=2))
+    kept: dict = {}
+    args = dict(pairs=[(o, o) for o in model.output_names], feeds=feeds, tolerance=EXACT)
+    first = verify(model, model, fetch=taps, collect=kept, reference_last=True, **args)
+    second = verify(model, model, fetch=taps, **args)
+    assert first.to_dict() == second.to_dict()
+    assert first and set(taps) <= set(kept)
+
+
+def test_reference_last_with_candidate_inputs_runs_the_reference_first():
+    # An extracted part is fed from the reference's tensors: the reference must run first
+    # whatever the caller asked for.
+    model = load(SAMPLES / "two_conv.onnx")
+    from surgeon.edits.extract import extract
+
+    first_node = model.proto.graph.node[0]
+    part = extract(model, inputs=[first_node.output[0]], outputs=model.output_names).model
+    report = verify(
+        part,
+        model,
+        candidate_inputs={first_node.output[0]: first_node.output[0]},
+        pairs=[(o, o) for o in model.output_names],
+        feeds=make_feeds(model, FeedOptions(seed=0)),
+        reference_last=True,
+    )
+    assert report
+
+
+def test_debug_report_is_unchanged_by_the_memory_savings():
+    # The statistics run (weights borrowed, tapped model first) against the values run
+    # (every tensor fetched and measured with numpy): same statistics and tap check.
+    model = load(SAMPLES / "tiny_yolo.onnx")
+    lean = debug(model, DebugOptions(taps=["all"]))
+    full = debug(model, DebugOptions(taps=["all"], keep_values=True))
+    assert lean.mode == "statistics" and full.mode == "values"
+    assert lean.tap_check and full.tap_check
+    by_name = {s.name: s for s in full.stats}
+    for s in lean.stats:
+        f = by_name[s.name]
+        assert (s.shape, s.min, s.max, s.zeros, s.flags) == (
+            f.shape,
+            f.min,
+            f.max,
+            f.zeros,
+            f.flags,
+        )
+        assert s.mean == pytest.approx(f.mean, rel=1e-12, abs=1e-300)
+        assert s.std == pytest.approx(f.std, rel=1e-10, abs=1e-300)
+
+
+def test_a_model_that_cannot_run_is_blamed_for_itself(tmp_path):
+    # The tapped model runs first now: a model whose own node fails must still be
+    # reported as the model failing, not as surgeon's statistics nodes failing.
+    proto = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Reshape", ["x", "shape"], ["y"], name="bad_reshape")],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(np.array([4, 4], np.int64), "shape")],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    proto.ir_version = 8
+    from surgeon.errors import RuntimeFailure
+
+    with pytest.raises(RuntimeFailure) as info:
+        debug(Model(proto), DebugOptions(taps=["all"]))
+    assert "statistics nodes" not in str(info.value.message)
+    assert "Reshape" in str(info.value.message) or "bad_reshape" in str(info.value.message)
+
+
+def test_bad_borrowed_initializers_are_usage_errors():
+    from surgeon.errors import UsageError
+
+    model = _conv_model()
+    with pytest.raises(UsageError, match="leaves out"):
+        Session(model, initializers={"m": np.zeros((256, 256), np.float32)})
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(model.proto)
+    del stripped.graph.initializer[2]  # m
+    for bad in ([1, 2], np.array(["a"]), np.zeros(3, np.complex64)):
+        with pytest.raises(UsageError, match="numpy array"):
+            Session(Model(stripped), initializers={"m": bad})
+
+
+def test_run_options_unchanged_for_the_plain_run():
+    # The borrowed path is only taken when asked for: a plain run still serialises the
+    # model with its weights (its proto is what onnxruntime gets).
+    model = _conv_model()
+    feeds = make_feeds(model, FeedOptions(seed=4))
+    got = Session(model, options=RunOptions(optimization="disabled")).run(feeds)
+    np.testing.assert_array_equal(got["y"], _plain(model, feeds)["y"])
