@@ -133,3 +133,25 @@ def test_combine_chunks_equals_numpy(chunks, chunk, offset, spread, seed):
 def test_combine_chunks_gives_nan_for_non_finite_parts():
     assert all(math.isnan(v) for v in combine_chunks([1.0, math.inf], [0.0, 0.0], 4, 2))
     assert all(math.isnan(v) for v in combine_chunks([math.nan], [0.0], 1, 1))
+
+
+def test_dynamic_tensors_are_chunked_at_the_feeds_sizes(monkeypatch):
+    # A dynamic export (the common case): the sizes come from shape inference at the
+    # feeds' shapes, then are checked against the run.
+    import surgeon.statistics.in_graph as in_graph
+
+    made = []
+    original = in_graph._chunked_stats_nodes
+    monkeypatch.setattr(
+        in_graph, "_chunked_stats_nodes", lambda *a, **k: made.append(a[1]) or original(*a, **k)
+    )
+    size = 2 * CHUNK + 5
+    x = (3.0 + np.random.default_rng(7).standard_normal(size)).astype(np.float32)
+    model = _chain(TensorProto.FLOAT, ["n"])
+    found = _stats(model, x)
+    assert "a" in made
+    check(found["a"], x)
+    assert in_graph.run_sizes(model, {"x": x}, learn_types(model, ["a"])) == {"a": size}
+    # Static types need no plan.
+    static = _chain(TensorProto.FLOAT, [size])
+    assert in_graph.run_sizes(static, {"x": x}, learn_types(static, ["a"])) == {}

@@ -41,6 +41,7 @@ from surgeon.statistics import (
     TensorStats,
     build_stats_model,
     recount_stats,
+    run_sizes,
     stats_from_array,
     stats_from_outputs,
 )
@@ -279,7 +280,8 @@ def _tap_and_measure(
     # The statistics model holds no copy of the weights, nor do its serialised bytes:
     # onnxruntime gets them as arrays (YOLOv8n-size: peak 224 -> 212 MiB).
     weights = borrowable_weights(model)
-    candidate, outs = build_stats_model(model, taps, types, borrowed=weights)
+    sizes = run_sizes(model, feeds, {t: types[t] for t in taps if t in types})
+    candidate, outs = build_stats_model(model, taps, types, borrowed=weights, sizes=sizes)
     # Priority-based order runs each statistics node right after its tensor's producer,
     # so onnxruntime frees activations as in a plain run (its default order delays the
     # reductions and keeps every activation alive).

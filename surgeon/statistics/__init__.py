@@ -52,6 +52,7 @@ from surgeon.statistics.in_graph import (
     StatsOutputs,
     build_stats_model,
     recount_stats,
+    run_sizes,
     stats_from_outputs,
 )
 
@@ -67,6 +68,7 @@ __all__ = [
     "TensorStats",
     "build_stats_model",
     "recount_stats",
+    "run_sizes",
     "stats_from_array",
     "stats_from_outputs",
 ]

@@ -341,6 +341,43 @@ def _copy_without_nodes(proto: onnx.ModelProto, leave_out: Collection[str] = ())
     return copy
 
 
+def run_sizes(
+    model: Model, feeds: Mapping[str, object], types: Mapping[str, onnx.TypeProto]
+) -> dict[str, int]:
+    """Element counts of the typed tensors whose declared shape is not static, as ONNX
+    shape inference gives them with the inputs at the feeds' shapes (nothing when every
+    type is static, or when inference gives up). Only a plan: :func:`stats_from_outputs`
+    checks each against the run's real shape, and a tensor of another size is measured
+    again whole."""
+    dynamic = [t for t, ty in types.items() if _static_size(ty) == math.inf]
+    if not dynamic:
+        return {}
+    from surgeon.graph_facts import inference_skeleton
+
+    skeleton = inference_skeleton(model)
+    for vi in skeleton.graph.input:
+        value = feeds.get(vi.name)
+        shape = getattr(value, "shape", None)
+        if shape is None or not vi.type.HasField("tensor_type"):
+            continue
+        dims = vi.type.tensor_type.shape
+        dims.ClearField("dim")
+        for d in shape:
+            dims.dim.add(dim_value=int(d))
+    try:
+        graph = onnx.shape_inference.infer_shapes(
+            skeleton, check_type=False, strict_mode=False, data_prop=True
+        ).graph
+    except Exception:  # noqa: BLE001 - inference raises several types on real models; no plan then
+        return {}
+    wanted = set(dynamic)
+    return {
+        vi.name: int(n)
+        for vi in [*graph.value_info, *graph.output]
+        if vi.name in wanted and (n := _static_size(vi.type)) < math.inf
+    }
+
+
 def build_stats_model(
     model: Model,
     taps: list[str],
@@ -348,6 +385,7 @@ def build_stats_model(
     *,
     counts: bool = False,
     borrowed: Collection[str] = (),
+    sizes: Mapping[str, int] | None = None,
 ) -> tuple[Model, dict[str, StatsOutputs]]:
     """A copy of ``model`` with, after each tapped tensor's producer, reduction nodes whose
     only outputs are the tensor's statistics, extremes and shape.
@@ -362,6 +400,8 @@ def build_stats_model(
         borrowed: Initializers left out of the new model: the caller hands them to
             onnxruntime itself (``surgeon.runner.Session(..., initializers=...)`` with
             ``surgeon.runner.borrowable_weights``), so the weights are not copied.
+        sizes: Element counts expected at run time where the types leave them open
+            (:func:`run_sizes`), so large tensors of dynamic models are chunked too.
 
     Returns:
         The new model and ``tap -> StatsOutputs`` for every tap.
@@ -374,7 +414,8 @@ def build_stats_model(
         prefix += "_"
     # Chunks are for tensors whose element count is known before the run (the run's
     # shape is checked against it: a tensor of another size is measured again whole).
-    sizes = {t: _static_size(types[t]) if t in types else math.inf for t in taps}
+    planned = sizes or {}
+    sizes = {t: planned.get(t, _static_size(types[t])) if t in types else math.inf for t in taps}
     chunked = {
         t: math.ceil(n / CHUNK)
         for t, n in sizes.items()
