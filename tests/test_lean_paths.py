@@ -3,11 +3,14 @@
 Each test pins one shortcut against the straightforward computation it replaced: the
 tensor walks (a per-type field plan, one pass per graph), byte counts that read
 ``raw_data`` once or not at all, feeds drawn chunk by chunk, NaN/Inf counted without a
-float64 copy, and the NaN-source walk skipped when no output holds NaN.
+float64 copy, and external references resolved once per file within one check (every
+tensor still checked, nothing kept between checks). The NaN-source walk skipped when no
+output holds NaN is pinned by the verdict tests (test_corpus, test_review_numbers).
 """
 
 from __future__ import annotations
 
+import os
 import zlib
 
 import numpy as np
@@ -15,11 +18,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import surgeon
 from surgeon import external, protos
 from surgeon.debugging.nonfinite import _count_nonfinite
+from surgeon.errors import ModelLoadError, UnsafePathError
 from surgeon.feeds import _NORMAL_CHUNK, _random_values, _standard_normal
 from surgeon.graph_facts import INFERENCE_WEIGHT_LIMIT, inference_skeleton
 from surgeon.model import Model, TensorInfo
+from surgeon.weights import session_folder
 
 
 def _t(name, values, dtype=np.float32):
@@ -213,3 +219,96 @@ def test_nonfinite_counts_equal_the_float64_counts(dtype):
     big = big.astype(dtype)
     wide = big.astype(np.float64)
     assert _count_nonfinite(big) == (int(np.isnan(wide).sum()), int(np.isinf(wide).sum()))
+
+
+# ---------------------------------------------------------------- external references
+def _external_model(folder, names=("w0", "w1", "w2")):
+    """Three 64 KiB weights in one file (kept on disk by load), summed by Adds."""
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = [np.full((128, 128), i + 1, np.float32) for i in range(len(names))]
+    nodes, last = [], "x"
+    for i, name in enumerate(names):
+        nodes.append(helper.make_node("Add", [last, name], [f"s{i}"]))
+        last = f"s{i}"
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [128, 128])],
+        [helper.make_tensor_value_info(last, TensorProto.FLOAT, [128, 128])],
+        [numpy_helper.from_array(w, n) for w, n in zip(weights, names, strict=True)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save_model(
+        model,
+        str(folder / "m.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="m.data",
+        size_threshold=0,
+    )
+    return folder / "m.onnx"
+
+
+def _set_location(proto, name, location):
+    t = next(t for t in proto.graph.initializer if t.name == name)
+    for e in t.external_data:
+        if e.key == "location":
+            e.value = location
+
+
+def test_one_check_resolves_each_file_once(tmp_path, monkeypatch):
+
+    m = surgeon.load(_external_model(tmp_path))
+    resolutions = []
+    resolve = type(tmp_path).resolve
+
+    def counting(self, *a, **k):
+        resolutions.append(self)
+        return resolve(self, *a, **k)
+
+    monkeypatch.setattr(type(tmp_path), "resolve", counting)
+    assert session_folder(m) == str(tmp_path)
+    # The folder and the file, once each for three tensors (it was twice per tensor).
+    assert len(resolutions) == 2
+    resolutions.clear()
+    session_folder(m)  # a new check resolves again: nothing is kept between checks
+    assert len(resolutions) == 2
+
+
+def test_every_tensor_is_checked_though_its_file_was_resolved(tmp_path):
+
+    m = surgeon.load(_external_model(tmp_path / "models"))
+    (tmp_path / "m.data").write_bytes((tmp_path / "models" / "m.data").read_bytes())
+    # The same file, reached by another spelling that climbs out: refused.
+    proto = onnx.ModelProto()
+    proto.CopyFrom(m.proto)
+    _set_location(proto, "w2", "../m.data")
+    with pytest.raises(UnsafePathError, match="climbs out"):
+        session_folder(m.with_proto(proto))
+    # A link in the folder to a file outside it, after two tensors in the good file.
+    (tmp_path / "models" / "link.data").symlink_to(tmp_path / "m.data")
+    proto.CopyFrom(m.proto)
+    _set_location(proto, "w2", "link.data")
+    with pytest.raises(UnsafePathError, match="outside the model's folder"):
+        session_folder(m.with_proto(proto))
+    # A range past the end of the (already opened) file, on the last tensor.
+    proto.CopyFrom(m.proto)
+    w2 = next(t for t in proto.graph.initializer if t.name == "w2")
+    for e in w2.external_data:
+        if e.key == "offset":
+            e.value = str(10**9)
+    with pytest.raises(ModelLoadError, match="lies past the end"):
+        session_folder(m.with_proto(proto))
+
+
+def test_a_file_swapped_for_a_link_between_checks_is_refused(tmp_path):
+
+    src = _external_model(tmp_path / "models")
+    m = surgeon.load(src)
+    assert session_folder(m) is not None
+    outside = tmp_path / "elsewhere.data"
+    os.replace(tmp_path / "models" / "m.data", outside)
+    (tmp_path / "models" / "m.data").symlink_to(outside)
+    with pytest.raises(UnsafePathError, match="outside the model's folder"):
+        session_folder(m)
