@@ -4,7 +4,8 @@ Each test pins one shortcut against the straightforward computation it replaced:
 tensor walks (a per-type field plan, one pass per graph), byte counts that read
 ``raw_data`` once or not at all, feeds drawn chunk by chunk, NaN/Inf counted without a
 float64 copy, and external references resolved once per file within one check (every
-tensor still checked, nothing kept between checks). The NaN-source walk skipped when no
+tensor still checked, nothing kept between checks), and the UTF-8 check of every text
+field at load (a field plan per message class). The NaN-source walk skipped when no
 output holds NaN is pinned by the verdict tests (test_corpus, test_review_numbers).
 """
 
@@ -24,6 +25,7 @@ from surgeon.debugging.nonfinite import _count_nonfinite
 from surgeon.errors import ModelLoadError, UnsafePathError
 from surgeon.feeds import _NORMAL_CHUNK, _random_values, _standard_normal
 from surgeon.graph_facts import INFERENCE_WEIGHT_LIMIT, inference_skeleton
+from surgeon.loading import _has_non_utf8, non_utf8_fields
 from surgeon.model import Model, TensorInfo
 from surgeon.weights import session_folder
 
@@ -312,3 +314,37 @@ def test_a_file_swapped_for_a_link_between_checks_is_refused(tmp_path):
     (tmp_path / "models" / "m.data").symlink_to(outside)
     with pytest.raises(UnsafePathError, match="outside the model's folder"):
         session_folder(m)
+
+
+# ---------------------------------------------------------------- text fields at load
+def _with_bad_text(placeholder: bytes) -> onnx.ModelProto:
+    """A model whose text ``placeholder`` (4 letters) is replaced by bytes that are not
+    UTF-8, wherever it is."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"], name="NODE", tag=[b"\xff\xfe"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["DIMS"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    graph.node[0].input.append("INPT")
+    data = helper.make_model(graph).SerializeToString()
+    assert data.count(placeholder) == 1
+    proto = onnx.ModelProto()
+    proto.ParseFromString(data.replace(placeholder, b"\xff\xfe\xfd\xfc"))
+    return proto
+
+
+@pytest.mark.parametrize("placeholder", [b"NODE", b"INPT", b"DIMS"])
+def test_text_that_is_not_utf8_is_found_anywhere(placeholder):
+    proto = _with_bad_text(placeholder)
+    assert _has_non_utf8(proto)
+    assert len(non_utf8_fields(proto)) == 1
+
+
+def test_bytes_fields_are_not_text():
+    clean = _with_bad_text(b"NODE")
+    clean.graph.node[0].name = "node"
+    # The attribute's `strings` are bytes by the schema (they may be anything), so
+    # they are not a damaged text field.
+    assert clean.graph.node[0].attribute[0].strings == [b"\xff\xfe"]
+    assert not _has_non_utf8(clean)
