@@ -29,13 +29,9 @@ def check_structure(proto: onnx.ModelProto) -> list[str]:
     return problems
 
 
-# Re-exported name: the set lives in surgeon.protos (declared_nbytes uses it too).
-_PACKED_TYPES = PACKED_TYPES
-
-
 def _raw_data_size_problem(t: onnx.TensorProto) -> str | None:
     """A sentence when ``t``'s raw bytes do not fit its shape and type (a damaged file)."""
-    if t.data_type in _PACKED_TYPES:
+    if t.data_type in PACKED_TYPES:  # sub-byte types: raw size is not count * itemsize
         return None
     if t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
         return None
