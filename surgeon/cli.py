@@ -408,7 +408,33 @@ def entry_point() -> None:
     except BrokenPipeError:
         _silence_stdout()
         code = ExitStatus.BROKEN_PIPE
-    sys.exit(code)
+    _exit(int(code))
+
+
+def _exit(code: int) -> None:
+    """End the process with ``code`` without tearing the interpreter down.
+
+    Tearing down frees every object one at a time (protos, arrays, onnxruntime's
+    objects, every module), which the OS does at once: it was 75 ms of the wall time of
+    ``surgeon debug`` on a YOLOv8n-size model (95 against 20 ms from the end of main()
+    to the end of the process, measured). What an exit must still do is done here:
+    the atexit handlers run (weakref finalizers, such as a temp folder's cleanup;
+    coverage's data file) and the standard streams are flushed. With another Python
+    thread alive, or an interpreter without the hook that runs the handlers, Python
+    exits as usual.
+    """
+    import atexit
+    import threading
+
+    run_handlers = getattr(atexit, "_run_exitfuncs", None)
+    if run_handlers is None or threading.active_count() > 1:
+        sys.exit(code)
+    run_handlers()
+    for stream in (sys.stdout, sys.stderr):
+        # What the handlers wrote; a closed pipe loses it quietly, as stdout above.
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -84,11 +84,19 @@ def _external_fields(t: onnx.TensorProto) -> dict[str, str]:
     return {e.key: e.value for e in t.external_data}
 
 
-def resolve_external_location(location: str, base_dir: Path, where: str) -> Path:
+def resolve_external_location(
+    location: str, base_dir: Path, where: str, *, resolved: dict | None = None
+) -> Path:
     """Resolve an external data ``location`` safely inside ``base_dir``.
 
     Refuses absolute paths, ``..`` components and anything that resolves (through
     symlinks) outside the model's folder.
+
+    Args:
+        resolved: A memo for one check of many tensors: each (location, folder) is
+            resolved through the file system once per check instead of once per
+            tensor (a resolution costs an lstat per path component; a model's tensors
+            share one or a few files). The text checks run for every call.
     """
     if not location:
         raise UnsafePathError(f"{where}: a tensor has external data with an empty location")
@@ -110,6 +118,9 @@ def resolve_external_location(location: str, base_dir: Path, where: str) -> Path
             f"{where}: external data location `{location}` climbs out of the model's folder with `..`",
             hint="Move the data file next to the model and rewrite its location.",
         )
+    key = (loc, base_dir)
+    if resolved is not None and key in resolved:
+        return resolved[key]
     base = base_dir.resolve()
     target = (base / loc).resolve()
     if target != base and base not in target.parents:
@@ -117,6 +128,8 @@ def resolve_external_location(location: str, base_dir: Path, where: str) -> Path
             f"{where}: external data location `{location}` resolves to {target}, outside the model's folder {base} (through a symlink)",
             hint="Copy the data file into the model's folder instead of linking to it.",
         )
+    if resolved is not None:
+        resolved[key] = target
     return target
 
 
@@ -141,7 +154,12 @@ def file_stamp(info: os.stat_result) -> tuple[int, int, int, int]:
 
 
 def check_external_data(
-    proto: onnx.ModelProto, base_dir: Path, where: str, *, inline_below: int | None = None
+    proto: onnx.ModelProto,
+    base_dir: Path,
+    where: str,
+    *,
+    inline_below: int | None = None,
+    resolved: dict | None = None,
 ) -> ExternalData:
     """Check every external tensor of ``proto``; read into memory those under ``inline_below``.
 
@@ -153,12 +171,16 @@ def check_external_data(
     others are read into ``raw_data`` (None: every tensor is read, as before a model
     could keep references).
 
+    ``resolved``: the memo of :func:`resolve_external_location` to share with a caller
+    that resolved the same locations in the same check (a new one otherwise).
+
     Raises:
         UnsafePathError: A location is absolute, climbs out with ``..`` or resolves
             outside ``base_dir`` through a symlink.
         ModelLoadError: A file is missing, not a regular file, or too short (all such
             problems are collected, then reported once).
     """
+    resolved = {} if resolved is None else resolved
     problems: list[str] = []
     handles: dict[Path, object] = {}
     sizes: dict[Path, int] = {}
@@ -173,7 +195,7 @@ def check_external_data(
                 continue
             fields = _external_fields(t)
             location = fields.get("location", "")
-            target = resolve_external_location(location, base_dir, where)
+            target = resolve_external_location(location, base_dir, where, resolved=resolved)
             if location not in used:
                 used.append(location)
             if target not in handles:
@@ -267,8 +289,14 @@ def _no_folder(source: WeightSource, t: onnx.TensorProto) -> ModelLoadError:
     )
 
 
-def check_stamp(source: WeightSource, target: Path) -> None:
-    """Refuse ``target`` if it is not the file ``source`` was loaded with."""
+def check_stamp(source: WeightSource, target: Path, *, checked: set | None = None) -> None:
+    """Refuse ``target`` if it is not the file ``source`` was loaded with.
+
+    ``checked``: files found unchanged already in this check (one stat per file, not
+    per tensor); ``target`` is added once it passes.
+    """
+    if checked is not None and target in checked:
+        return
     expected = source.stamps.get(str(target))
     if expected is None:
         return
@@ -283,16 +311,27 @@ def check_stamp(source: WeightSource, target: Path) -> None:
             "loaded; its external data references no longer describe it",
             hint="Load the model again (surgeon.load) to use the file as it is now.",
         )
+    if checked is not None:
+        checked.add(target)
 
 
-def locate(source: WeightSource, t: onnx.TensorProto) -> tuple[Path, int, int]:
+def locate(
+    source: WeightSource,
+    t: onnx.TensorProto,
+    *,
+    resolved: dict | None = None,
+    checked: set | None = None,
+) -> tuple[Path, int, int]:
     """(file, offset, length) of ``t``'s bytes, checked: inside the folder and the file
-    it was loaded with."""
+    it was loaded with. ``resolved`` and ``checked``: memos of one check of many
+    tensors (see :func:`resolve_external_location` and :func:`check_stamp`)."""
     if source.folder is None:
         raise _no_folder(source, t)
     fields = _external_fields(t)
-    target = resolve_external_location(fields.get("location", ""), source.folder, source.name)
-    check_stamp(source, target)
+    target = resolve_external_location(
+        fields.get("location", ""), source.folder, source.name, resolved=resolved
+    )
+    check_stamp(source, target, checked=checked)
     try:
         offset = int(fields.get("offset", "0") or 0)
         length = int(fields["length"]) if fields.get("length") else None
@@ -317,11 +356,16 @@ def check_references(source: WeightSource, proto) -> list[onnx.TensorProto]:
     tensors = external_tensors(proto)
     if not tensors:
         return tensors
+    # One check: each location is resolved, and each file's identity compared, once
+    # (every tensor's text checks, range and length still run).
+    resolved: dict = {}
+    checked: set = set()
     for t in tensors:
-        locate(source, t)  # inside the folder, and the file it was loaded with
+        # inside the folder, and the file it was loaded with
+        locate(source, t, resolved=resolved, checked=checked)
     probe = onnx.ModelProto()
     probe.graph.initializer.extend(_stub(t) for t in tensors)
-    check_external_data(probe, source.folder, source.name, inline_below=0)
+    check_external_data(probe, source.folder, source.name, inline_below=0, resolved=resolved)
     return tensors
 
 

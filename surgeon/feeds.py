@@ -247,7 +247,7 @@ def _random_values(info: TensorInfo, shape: tuple[int, ...], seed: int) -> np.nd
     if np_dtype.name in LOW_PRECISION_INTS:
         return rng.integers(0, 2, size=shape).astype(np_dtype)
     if np_dtype.kind == "f":
-        return rng.standard_normal(shape).astype(np_dtype)
+        return _standard_normal(rng, shape, np_dtype)
     if np_dtype == np.uint8:
         return rng.integers(0, 256, size=shape, dtype=np.uint8)
     if np_dtype.kind in "iu":
@@ -255,6 +255,33 @@ def _random_values(info: TensorInfo, shape: tuple[int, ...], seed: int) -> np.nd
     raise SurgeonError(
         f"cannot make random values for input `{info.name}` of type {dtype}; give its values in an .npz of input values"
     )
+
+
+# Normal values are drawn this many at a time (512 KiB of float64).
+_NORMAL_CHUNK = 1 << 16
+
+
+def _standard_normal(rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype):
+    """``rng.standard_normal(shape).astype(dtype)``, the same numbers, without holding a
+    float64 copy of the whole input.
+
+    The values are numpy's float64 normal stream rounded to ``dtype`` (a float32 draw
+    would be another algorithm, other numbers). The stream does not depend on how it is
+    cut: each value takes the next random bits, nothing is carried between calls, so
+    drawing chunk by chunk into a reused float64 buffer gives the same values and leaves
+    the generator in the same state. A 1x3x640x640 float32 input: 4.7 MiB instead of
+    14 MiB at the peak, and no 9.4 MiB buffer to fault in and free.
+    """
+    if dtype == np.float64:
+        return rng.standard_normal(shape)
+    out = np.empty(shape, dtype)
+    flat = out.reshape(-1)  # a view: `out` is new and contiguous
+    buffer = np.empty(min(_NORMAL_CHUNK, flat.size), np.float64)
+    for start in range(0, flat.size, _NORMAL_CHUNK):
+        part = buffer[: min(_NORMAL_CHUNK, flat.size - start)]
+        rng.standard_normal(out=part)
+        flat[start : start + len(part)] = part  # rounds as astype does
+    return out
 
 
 def _itemsize(dtype: str | None) -> int:

@@ -47,7 +47,20 @@ def _float(x: float):
 def jsonable(value: Any) -> Any:
     """``value`` as plain JSON data (dicts, lists, str, int, float, bool, None), by the
     policy in the module docstring."""
-    if value is None or isinstance(value, (bool, str)):
+    # The plain types first, by exact type: a debug report holds thousands of numbers,
+    # and the isinstance chain below took twice as long for each.
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return value
+    if kind is float:
+        return value if math.isfinite(value) else _float(value)
+    if kind is int:
+        return value
+    if kind is dict:
+        return {k if type(k) is str else _key(k): jsonable(v) for k, v in value.items()}
+    if kind is list:
+        return [jsonable(v) for v in value]
+    if isinstance(value, (bool, str)):  # subclasses (a str enum)
         return value
     if isinstance(value, int):
         return int(value)  # IntEnum members (ExitStatus) as plain numbers
@@ -81,7 +94,76 @@ def _key(key: Any) -> str:
 
 def dumps(data: Any) -> str:
     """The text of one JSON document (indented, ASCII, no NaN), without a newline."""
-    return json.dumps(jsonable(data), indent=2, ensure_ascii=True, allow_nan=False)
+    plain = jsonable(data)
+    try:
+        return _indented(plain)
+    except _NotPlain:  # cannot happen after jsonable; json says what is wrong
+        return json.dumps(plain, indent=2, ensure_ascii=True, allow_nan=False)
+
+
+class _NotPlain(Exception):
+    """A value :func:`_indented` does not write (json.dumps then does, or says why)."""
+
+
+def _indented(plain: Any) -> str:
+    """``json.dumps(plain, indent=2, ensure_ascii=True, allow_nan=False)``, the same
+    text, for the plain data :func:`jsonable` gives.
+
+    json writes an indented document with its pure-Python encoder (its C encoder does
+    not indent), a generator per container: this writes the same layout into one list.
+    Strings go through json's own ASCII escaping, numbers through the reprs json uses.
+    """
+    parts: list[str] = []
+    append = parts.append
+    quote = json.encoder.encode_basestring_ascii
+
+    def write(value, indent: str) -> None:
+        kind = type(value)
+        if kind is str:
+            append(quote(value))
+        elif value is None:
+            append("null")
+        elif value is True:
+            append("true")
+        elif value is False:
+            append("false")
+        elif kind is float:
+            if not math.isfinite(value):
+                raise _NotPlain
+            append(float.__repr__(value))
+        elif kind is int:
+            append(int.__repr__(value))
+        elif kind is dict:
+            if not value:
+                append("{}")
+                return
+            inner = indent + "  "
+            separator = "{\n" + inner
+            for key, item in value.items():
+                if type(key) is not str:
+                    raise _NotPlain
+                append(separator)
+                append(quote(key))
+                append(": ")
+                write(item, inner)
+                separator = ",\n" + inner
+            append("\n" + indent + "}")
+        elif kind is list:
+            if not value:
+                append("[]")
+                return
+            inner = indent + "  "
+            separator = "[\n" + inner
+            for item in value:
+                append(separator)
+                write(item, inner)
+                separator = ",\n" + inner
+            append("\n" + indent + "]")
+        else:
+            raise _NotPlain
+
+    write(plain, "")
+    return "".join(parts)
 
 
 def write_json(file: IO[str], data: Any) -> None:

@@ -112,20 +112,26 @@ def load(path: str | os.PathLike, *, validate: bool = True) -> Model:
     return model
 
 
-_TEXT_PLANS: dict[str, tuple[tuple[str, bool], ...]] = {}
+# Message class -> names of its (single text, repeated text, single message, repeated
+# message) fields; keyed by class, not descriptor name: the walk below looks it up for
+# every message of the model.
+_TEXT_PLANS: dict[type, tuple[tuple[str, ...], ...]] = {}
 
 
-def _text_plan(descriptor) -> tuple[tuple[tuple[str, bool], ...], tuple[tuple[str, bool], ...]]:
-    """(string fields, message fields) of a message type, each as (name, repeated)."""
-    plan = _TEXT_PLANS.get(descriptor.full_name)
+def _text_plan(message) -> tuple[tuple[str, ...], ...]:
+    """(single text, repeated text, single message, repeated message) field names of
+    ``message``'s type."""
+    plan = _TEXT_PLANS.get(type(message))
     if plan is None:
-        strings = tuple(
-            (f.name, _is_repeated(f)) for f in descriptor.fields if f.type == f.TYPE_STRING
+        fields = message.DESCRIPTOR.fields
+        texts = [f for f in fields if f.type == f.TYPE_STRING]
+        messages = [f for f in fields if f.message_type is not None]
+        plan = _TEXT_PLANS[type(message)] = (
+            tuple(f.name for f in texts if not _is_repeated(f)),
+            tuple(f.name for f in texts if _is_repeated(f)),
+            tuple(f.name for f in messages if not _is_repeated(f)),
+            tuple(f.name for f in messages if _is_repeated(f)),
         )
-        messages = tuple(
-            (f.name, _is_repeated(f)) for f in descriptor.fields if f.message_type is not None
-        )
-        plan = _TEXT_PLANS[descriptor.full_name] = (strings, messages)
     return plan
 
 
@@ -136,19 +142,18 @@ def _has_non_utf8(message) -> bool:
     stack = [message]
     while stack:
         m = stack.pop()
-        strings, messages = _text_plan(m.DESCRIPTOR)
-        for name, repeated in strings:
-            value = getattr(m, name)
-            if repeated:
-                if any(isinstance(v, bytes) for v in value):
-                    return True
-            elif isinstance(value, bytes):
+        one_text, many_texts, one_message, many_messages = _text_plan(m)
+        for name in one_text:
+            if type(getattr(m, name)) is bytes:
                 return True
-        for name, repeated in messages:
-            if repeated:
-                stack.extend(getattr(m, name))
-            elif m.HasField(name):
+        for name in many_texts:
+            if bytes in map(type, getattr(m, name)):  # no Python loop per name
+                return True
+        for name in one_message:
+            if m.HasField(name):
                 stack.append(getattr(m, name))
+        for name in many_messages:
+            stack.extend(getattr(m, name))
     return False
 
 

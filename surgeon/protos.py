@@ -131,23 +131,49 @@ def iter_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
 
 def iter_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     """Yield every TensorProto that can hold weights: initializers and Constant values,
-    in the main graph, subgraphs and local functions."""
-    graphs = list(iter_graphs(proto.graph))
+    in the main graph, subgraphs and local functions.
+
+    Graph by graph in :func:`iter_graphs` order (depth first, each graph before its
+    bodies), local functions last; within a graph: initializers, sparse initializers,
+    then node attributes in node order.
+    """
+    yield from _graph_tensors(proto.graph)
     for f in proto.functions:
         fake = onnx.GraphProto()
         fake.node.extend(f.node)
-        graphs.extend(iter_graphs(fake))
-    for g in graphs:
-        yield from g.initializer
-        for sparse in g.sparse_initializer:
-            yield sparse.values
-            yield sparse.indices
-        for node in g.node:
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.TENSOR:
-                    yield attr.t
-                elif attr.type == onnx.AttributeProto.TENSORS:
-                    yield from attr.tensors
+        yield from _graph_tensors(fake)
+
+
+def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """The tensors of ``graph`` and then of its bodies, in the order of iter_tensors.
+
+    One pass over the nodes finds both the attribute tensors and the bodies: walking the
+    graphs first with :func:`iter_graphs`, then the nodes of each again, read every
+    attribute twice (a 2,652-node model: 4.8 against 2.7 ms per call, measured)."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    bodies: list[onnx.GraphProto] = []
+    for node in graph.node:
+        for attr in node.attribute:
+            kind = attr.type
+            if kind == _TENSOR:
+                yield attr.t
+            elif kind == _TENSORS:
+                yield from attr.tensors
+            elif kind == _GRAPH:
+                bodies.append(attr.g)
+            elif kind == _GRAPHS:
+                bodies.extend(attr.graphs)
+    for body in bodies:
+        yield from _graph_tensors(body)
+
+
+_TENSOR = onnx.AttributeProto.TENSOR
+_TENSORS = onnx.AttributeProto.TENSORS
+_GRAPH = onnx.AttributeProto.GRAPH
+_GRAPHS = onnx.AttributeProto.GRAPHS
 
 
 def _types_holding_tensors() -> set[str]:
@@ -174,20 +200,30 @@ def _types_holding_tensors() -> set[str]:
     return holding
 
 
-_TENSOR_FIELDS: dict[str, tuple[str, ...]] = {}
+_HOLDING: set[str] | None = None
+# Message class -> (field name, repeated) of its fields that can lead to a TensorProto.
+_TENSOR_FIELDS: dict[type, tuple[tuple[str, bool], ...]] = {}
 
 
-def _tensor_fields(descriptor) -> tuple[str, ...]:
-    """Names of the message fields of ``descriptor`` that can lead to a TensorProto."""
-    cached = _TENSOR_FIELDS.get(descriptor.full_name)
+def _tensor_fields(message) -> tuple[tuple[str, bool], ...]:
+    """(name, repeated) of the fields of ``message``'s type that can lead to a TensorProto.
+
+    Computed once per message type, the repeated flag included: looking both up on the
+    descriptor at every visit (``fields_by_name``, ``is_repeated``) was half the cost of
+    a walk, which runs a few times per onnxruntime session (external-data checks).
+    """
+    kind = type(message)
+    cached = _TENSOR_FIELDS.get(kind)
     if cached is None:
-        holding = _types_holding_tensors()
+        global _HOLDING
+        if _HOLDING is None:
+            _HOLDING = _types_holding_tensors()
         cached = tuple(
-            f.name
-            for f in descriptor.fields
-            if f.message_type is not None and f.message_type.full_name in holding
+            (f.name, _is_repeated(f))
+            for f in message.DESCRIPTOR.fields
+            if f.message_type is not None and f.message_type.full_name in _HOLDING
         )
-        _TENSOR_FIELDS[descriptor.full_name] = cached
+        _TENSOR_FIELDS[kind] = cached
     return cached
 
 
@@ -201,16 +237,18 @@ def iter_all_tensors(message) -> Iterator[onnx.TensorProto]:
     place nobody thought of cannot point a runtime at a file. Only fields whose type can
     hold a tensor are visited, which keeps it linear and cheap.
     """
+    tensor_type = onnx.TensorProto
     stack = [message]
     while stack:
         m = stack.pop()
-        if isinstance(m, onnx.TensorProto):
+        if type(m) is tensor_type:
             yield m
             continue
-        for name in _tensor_fields(m.DESCRIPTOR):
-            field = m.DESCRIPTOR.fields_by_name[name]
-            if _is_repeated(field):
-                stack.extend(reversed(getattr(m, name)))
+        for name, repeated in _tensor_fields(m):
+            if repeated:
+                items = getattr(m, name)
+                if items:  # most attributes hold no tensor list: no reversed() for them
+                    stack.extend(reversed(items))
             elif m.HasField(name):
                 stack.append(getattr(m, name))
 
@@ -222,13 +260,48 @@ def tensor_nbytes(t: onnx.TensorProto) -> int:
             if e.key == "length":
                 return int(e.value)
         return 0
-    if t.raw_data:
-        return len(t.raw_data)
+    # Each read of raw_data copies the bytes (protobuf hands out a new bytes object):
+    # read it once, and only when it is set (tensors with typed fields need no copy).
+    if t.HasField("raw_data"):
+        size = len(t.raw_data)
+        if size:
+            return size
     count = math.prod(t.dims)  # exact Python ints; np.prod costs ~30 us per tensor
     try:
         return count * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
     except (KeyError, TypeError, ValueError):  # a type this onnx does not map to numpy
         return 0
+
+
+# Element types packed below one byte per element: their raw size is not count * itemsize.
+PACKED_TYPES = frozenset(
+    getattr(onnx.TensorProto, name)
+    for name in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
+    if hasattr(onnx.TensorProto, name)
+)
+
+
+def declared_nbytes(t: onnx.TensorProto) -> int | None:
+    """Bytes ``t``'s shape and element type call for, without reading its data (reading
+    ``raw_data`` copies it); None for strings, packed and unknown types.
+
+    A valid tensor holds exactly this many; :func:`tensor_nbytes` says what it holds.
+    """
+    if t.data_type in PACKED_TYPES or t.data_type in (
+        onnx.TensorProto.STRING,
+        onnx.TensorProto.UNDEFINED,
+    ):
+        return None
+    itemsize = _itemsize(t.data_type)
+    return None if itemsize is None else math.prod(t.dims) * itemsize
+
+
+@functools.cache
+def _itemsize(elem_type: int) -> int | None:
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).itemsize
+    except (KeyError, TypeError, ValueError):  # a type this onnx does not map to numpy
+        return None
 
 
 _GS = None

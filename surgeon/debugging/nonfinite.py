@@ -43,12 +43,23 @@ def _count_nonfinite(value) -> tuple[int, int] | None:
         return None
     if value.dtype.kind in "biuOUSb":
         return (0, 0)
-    try:
-        # float64 holds every narrower float exactly (bfloat16 and float8 included).
-        x = value.astype(np.float64)
-    except (TypeError, ValueError):
-        return None
-    return (int(np.isnan(x).sum()), int(np.isinf(x).sum()))
+    if value.dtype in _NUMPY_FLOATS:
+        x = value  # numpy's own floats: counted in place, no float64 copy of the tensor
+    else:
+        try:
+            # float64 holds every narrower float exactly (bfloat16 and float8 included).
+            x = value.astype(np.float64)
+        except (TypeError, ValueError):
+            return None
+    if np.isfinite(x).all():  # the usual case: one pass instead of two
+        return (0, 0)
+    return (int(np.count_nonzero(np.isnan(x))), int(np.count_nonzero(np.isinf(x))))
+
+
+# Float types whose NaN/Inf numpy counts in place, exactly as after a cast to float64
+# (not longdouble: values beyond float64's range would become Inf in the cast; not
+# complex: the cast keeps the real part only).
+_NUMPY_FLOATS = frozenset(np.dtype(t) for t in ("float16", "float32", "float64"))
 
 
 def blame_nonfinite(
@@ -156,6 +167,13 @@ def _blame_nan_sources(facts: DebugFacts, found: list[NonFinite], known, lookup)
     """
     constant = facts.constants
     from_inf = {x.tensor for x in found if x.from_inf}
+    if not any((c := known.get(o)) is not None and c[0] for o in facts.model.output_names):
+        # No graph output holds NaN, so no source reaches one: skip the walk, which
+        # reads every constant the graph uses (all the weights) to look for NaN.
+        for x in found:
+            if x.from_inf:
+                x.kind, x.from_inf = "inherited", False
+        return
     carries: dict[str, list[str]] = {}  # tensor -> NaN sources it may carry
     for node in facts.nodes:
         outs = [o for o in node.output if o]
