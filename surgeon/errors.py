@@ -8,7 +8,6 @@ a hint to rerun with ``--traceback``.
 
 from __future__ import annotations
 
-import difflib
 import re
 import shlex
 import unicodedata
@@ -149,6 +148,8 @@ def close_matches(name: str, candidates: Iterable[str], limit: int = 3) -> list[
     (``/model.0/conv/Conv_output_0``) and users tend to type a fragment of them.
     """
     pool = list(dict.fromkeys(candidates))
+    import difflib  # here: 5 ms of every start for a question most runs never ask
+
     found = difflib.get_close_matches(name, pool, n=limit, cutoff=0.6)
     lowered = name.lower()
     if lowered:

@@ -249,3 +249,20 @@ def test_run_options_unchanged_for_the_plain_run():
     feeds = make_feeds(model, FeedOptions(seed=4))
     got = Session(model, options=RunOptions(optimization="disabled")).run(feeds)
     np.testing.assert_array_equal(got["y"], _plain(model, feeds)["y"])
+
+
+@pytest.mark.parametrize("sample", ["ext_weights.onnx", "two_conv.onnx", "tiny_yolo.onnx"])
+def test_in_memory_bytes_from_declared_sizes(sample):
+    # Sized from shapes and types (no copy of raw_data): the same number as the bytes the
+    # in-memory tensors hold, external ones left out.
+    from surgeon.external import is_external
+    from surgeon.protos import iter_tensors
+    from surgeon.runner import in_memory_bytes
+
+    model = load(SAMPLES / sample)
+    held = sum(
+        len(t.raw_data) if t.raw_data else numpy_helper.to_array(t).nbytes
+        for t in iter_tensors(model.proto)
+        if not is_external(t)
+    )
+    assert in_memory_bytes(model) == held
