@@ -27,12 +27,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 from bench_models import build_yolo
+from measure import measure as measure_command
 from onnx import TensorProto, helper, numpy_helper
 
 REAL_YOLO = Path("/work/real/yolov8n.onnx")
@@ -119,17 +119,13 @@ RUNS = (
 
 
 def measure(cmd: list[str]) -> tuple[float, float, float]:
-    """Wall seconds, peak RSS (MiB) and CPU seconds (user + system) of one process run."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    code = os.waitstatus_to_exitcode(status)
+    """Wall seconds, peak RSS (MiB) and CPU seconds (user + system) of one process run,
+    launched from a small process (benchmarks/measure.py: wait4 from this one would count
+    this process's own memory in every child's peak)."""
+    wall, peak, cpu, code, err = measure_command(cmd, env=ENV)
     if code not in (0, 1):
         raise SystemExit(f"command failed ({code}): {' '.join(cmd)}\n{err}")
-    # ru_maxrss is KiB on Linux
-    return wall, usage.ru_maxrss / 1024.0, usage.ru_utime + usage.ru_stime
+    return wall, peak, cpu
 
 
 def bench_model(model: Path, shape: str, repeat: int, tmp: Path, poly: str | None) -> bool:

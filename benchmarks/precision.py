@@ -19,8 +19,9 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from measure import measure
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE = Path("/work/real/venv/lib/python3.11/site-packages")
@@ -42,19 +43,15 @@ run(m, make_feeds(m, FeedOptions(seed=0)))
 
 
 def measure_child(argv: list[str]) -> tuple[float, float, str, int]:
-    """Run argv with stdout to a file; (seconds, peak RSS MiB, stdout, exit status), the
-    rusage from wait4 on that one child."""
+    """Run argv with stdout to a file; (seconds, peak RSS MiB, stdout, exit status),
+    launched from a small process (benchmarks/measure.py: wait4 from this one would count
+    this process's own memory in the child's peak)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     with tempfile.TemporaryFile() as out:
-        start = time.perf_counter()
-        pid = os.posix_spawn(
-            argv[0], argv, env, file_actions=[(os.POSIX_SPAWN_DUP2, out.fileno(), 1)]
-        )
-        _, status, usage = os.wait4(pid, 0)
-        seconds = time.perf_counter() - start
+        seconds, peak, _, status, _ = measure(argv, env=env, stdout=out)
         out.seek(0)
         text = out.read().decode()
-    return seconds, usage.ru_maxrss / 1024, text, os.waitstatus_to_exitcode(status)
+    return seconds, peak, text, status
 
 
 def main() -> int:
