@@ -7,6 +7,7 @@ This is the only module that imports onnxruntime, and it does so lazily, so that
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import re
 import tempfile
@@ -161,15 +162,17 @@ class Session:
         *,
         extra_outputs: Iterable[str] = (),
         options: RunOptions | None = None,
-        initializers: Mapping[str, np.ndarray] | None = None,
+        initializers: Mapping[str, np.ndarray] | BorrowedWeights | None = None,
     ):
         """
         Args:
-            initializers: Weights the caller hands to onnxruntime itself, by name, for a
-                model whose proto leaves them out (see :func:`borrowable_weights`): they
-                are neither copied into that proto nor serialised and parsed again.
-                onnxruntime 1.32 copies them when it builds the session (measured); they
-                are kept alive with the session all the same, as its API asks.
+            initializers: Weights handed to onnxruntime as arrays, by name, for a model
+                whose proto leaves them out: they are neither copied into that proto nor
+                serialised and parsed again. Arrays given as a mapping are kept alive
+                with the session, as onnxruntime's API asks. :class:`BorrowedWeights`
+                are read from their model when the session is built and, where
+                onnxruntime copies them (probed once per process; 1.32 does), dropped
+                right after, so no Python copy stays beside onnxruntime's.
         """
         self.model = model
         self.options = options or RunOptions()
@@ -193,10 +196,16 @@ class Session:
         # placeholders of the borrowed initializers.
         for n in extra:
             graph_outputs.add(name=n)
-        borrowed = dict(initializers or {})
+        lent = isinstance(initializers, BorrowedWeights)
+        if not (lent or initializers is None or isinstance(initializers, Mapping)):
+            raise UsageError(
+                "initializers: give a mapping of names to numpy arrays or BorrowedWeights, "
+                f"not {type(initializers).__name__}"
+            )
+        borrowed = initializers.arrays() if lent else dict(initializers or {})
         _check_borrowed(borrowed, model)
         through_file = in_memory > FILE_THRESHOLD
-        # Kept alive as long as the session.
+        # Kept alive as long as the session (or its creation, below).
         self._borrowed = [] if through_file else _borrow(so, borrowed)
         graph_inits = model.proto.graph.initializer
         for name, array in borrowed.items():
@@ -241,6 +250,11 @@ class Session:
                     )
             except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for a model it refuses
                 raise self._failure("load", e) from None
+        if lent and _onnxruntime_copies_initializers():
+            # onnxruntime holds its own copy now: ours would only add to the peak of the
+            # run (13 MB on a YOLOv8n-size model).
+            self._borrowed = []
+            borrowed.clear()
         self.input_names = [i.name for i in self._session.get_inputs()]
         self._raw_outputs = {
             o.name for o in self._session.get_outputs() if _ort_type_name(o.type) in _RAW_TYPES
@@ -319,28 +333,85 @@ _BORROWABLE = frozenset(
 BORROW_FROM = 1024
 
 
+def _borrowable(t: onnx.TensorProto) -> bool:
+    """An initializer held in memory that onnxruntime can take as an array: at least
+    ``BORROW_FROM`` bytes, of a plain numpy type."""
+    if t.data_location == onnx.TensorProto.EXTERNAL or t.ByteSize() < BORROW_FROM:
+        return False
+    try:
+        return onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name in _BORROWABLE
+    except (KeyError, ValueError):  # an undefined or unknown element type
+        return False
+
+
 def borrowable_weights(model: Model) -> dict[str, np.ndarray]:
-    """The main graph's initializers held in memory (not in external files) that
-    onnxruntime can take as arrays: at least ``BORROW_FROM`` bytes, of a plain numpy type.
+    """The main graph's in-memory initializers that onnxruntime can take as arrays
+    (at least ``BORROW_FROM`` bytes, of a plain numpy type), each read into one array.
 
     A model built without them (e.g. the statistics model of ``debug``) runs with
     ``Session(..., initializers=...)``: its proto then holds no copy of the weights and
-    its serialised bytes none either. Each array is one copy of the tensor's bytes.
+    its serialised bytes none either.
     """
     from onnx import numpy_helper
 
-    found = {}
-    for t in model.proto.graph.initializer:
-        if t.data_location == onnx.TensorProto.EXTERNAL or t.ByteSize() < BORROW_FROM:
-            continue
-        try:
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name
-        except (KeyError, ValueError):  # an undefined or unknown element type
-            continue
-        if dtype not in _BORROWABLE:
-            continue
-        found[t.name] = np.ascontiguousarray(numpy_helper.to_array(t))
-    return found
+    return {
+        t.name: np.ascontiguousarray(numpy_helper.to_array(t))
+        for t in model.proto.graph.initializer
+        if _borrowable(t)
+    }
+
+
+class BorrowedWeights:
+    """The weights :func:`borrowable_weights` would read from ``model``, read only when
+    a Session is built with them (``Session(..., initializers=BorrowedWeights(m))``),
+    so the caller holds no copy in between.
+
+    Attributes:
+        names: The initializers' names (a model built without them names them as
+            inputs of its nodes).
+    """
+
+    def __init__(self, model: Model):
+        self.model = model
+        self.names = frozenset(t.name for t in model.proto.graph.initializer if _borrowable(t))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return borrowable_weights(self.model)
+
+
+@functools.cache
+def _onnxruntime_copies_initializers() -> bool:
+    """Whether onnxruntime copies an initializer given as an OrtValue when it builds a
+    session (1.32 does). Probed on a 4 MiB weight, as large as the ones debug lends: a
+    write to the array after the session is built must not show in a run. Where it
+    would, the arrays are kept as long as the session."""
+    from onnx import helper
+
+    array = np.arange(1024 * 1024, dtype=np.float32).reshape(1024, 1024)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["w", "i"], ["y"], axis=0)],
+        "probe",
+        [helper.make_tensor_value_info("i", onnx.TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [_placeholder("w", array)],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    proto.ir_version = 8
+    ort = ort_module()
+    so = session_options(RunOptions(optimization="disabled"))
+    values = _borrow(so, {"w": array})
+    try:
+        session = ort.InferenceSession(
+            proto.SerializeToString(), so, providers=["CPUExecutionProvider"]
+        )
+        index = {"i": np.array([7], np.int64)}
+        before = session.run(None, index)[0].copy()
+        array += 1
+        after = session.run(None, index)[0]
+    except Exception:  # noqa: BLE001 - any failure: assume nothing, keep the arrays
+        return False
+    del values
+    return bool(np.array_equal(before, after))
 
 
 def _placeholder(name: str, array: np.ndarray) -> onnx.TensorProto:

@@ -18,7 +18,7 @@ from surgeon.compare import DiffReport, Tolerance, compare_named, extra
 from surgeon.errors import SurgeonError, close_matches, did_you_mean
 from surgeon.feeds import FeedOptions, describe_feeds, make_feeds
 from surgeon.model import Model
-from surgeon.runner import RunOptions, Session, run
+from surgeon.runner import BorrowedWeights, RunOptions, Session, run
 
 
 @dataclass
@@ -100,7 +100,7 @@ def verify(
     fetch: Iterable[str] = (),
     collect: dict[str, np.ndarray] | None = None,
     reference_last: bool = False,
-    candidate_initializers: Mapping[str, np.ndarray] | None = None,
+    candidate_initializers: Mapping[str, np.ndarray] | BorrowedWeights | None = None,
 ) -> DiffReport:
     """Run ``reference`` and ``candidate`` on the same feeds and compare tensors.
 
