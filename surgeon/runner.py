@@ -354,11 +354,16 @@ def borrowable_weights(model: Model) -> dict[str, np.ndarray]:
     """
     from onnx import numpy_helper
 
-    return {
-        t.name: np.ascontiguousarray(numpy_helper.to_array(t))
-        for t in model.proto.graph.initializer
-        if _borrowable(t)
-    }
+    return {t.name: np.ascontiguousarray(numpy_helper.to_array(t)) for t in _lendable(model)}
+
+
+def _lendable(model: Model) -> list[onnx.TensorProto]:
+    """Borrowable initializers that are neither graph inputs (an overridable default) nor
+    graph outputs: a model built without those would lose an input's default or an
+    output's producer."""
+    graph = model.proto.graph
+    io = {v.name for v in graph.input} | {v.name for v in graph.output}
+    return [t for t in graph.initializer if t.name not in io and _borrowable(t)]
 
 
 class BorrowedWeights:
@@ -373,7 +378,7 @@ class BorrowedWeights:
 
     def __init__(self, model: Model):
         self.model = model
-        self.names = frozenset(t.name for t in model.proto.graph.initializer if _borrowable(t))
+        self.names = frozenset(t.name for t in _lendable(model))
 
     def arrays(self) -> dict[str, np.ndarray]:
         return borrowable_weights(self.model)

@@ -314,3 +314,18 @@ def test_initializers_of_the_wrong_kind_are_usage_errors():
 
     with pytest.raises(UsageError, match="mapping of names"):
         Session(_conv_model(), initializers=object())
+
+
+@pytest.mark.parametrize("role", ["input", "output"])
+def test_weights_that_are_graph_inputs_or_outputs_are_not_borrowed(role):
+    # Found in review: a weight listed as a graph output failed the tap check
+    # ("W (missing)"), one listed as a graph input could not be fed.
+    from surgeon.runner import BorrowedWeights
+
+    model = _conv_model()
+    info = helper.make_tensor_value_info("m", TensorProto.FLOAT, [256, 256])
+    (model.proto.graph.input if role == "input" else model.proto.graph.output).append(info)
+    assert "m" not in borrowable_weights(model)
+    assert "m" not in BorrowedWeights(model).names
+    report = debug(model, DebugOptions(taps=["all"]))
+    assert report.mode == "statistics" and report.tap_check
