@@ -72,6 +72,17 @@ def _conv_model(dtype=np.float32) -> Model:
     return Model(proto)
 
 
+def _without(model: Model, names) -> onnx.ModelProto:
+    """A copy of ``model``'s proto without the initializers ``names`` (as the statistics
+    model is built without the weights it borrows)."""
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(model.proto)
+    kept = [t for t in stripped.graph.initializer if t.name not in names]
+    del stripped.graph.initializer[:]
+    stripped.graph.initializer.extend(kept)
+    return stripped
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_borrowed_weights_run_equals_a_plain_run(dtype):
     model = _conv_model(dtype)
@@ -80,11 +91,7 @@ def test_borrowed_weights_run_equals_a_plain_run(dtype):
     assert set(weights) == {"w", "m", "idx"}  # the 16-element bias stays in the proto
     assert all(model.proto.graph.initializer[i].ByteSize() >= BORROW_FROM for i in (0, 2, 3))
     # A model without them, as the statistics model is built, runs with them given.
-    stripped = onnx.ModelProto()
-    stripped.CopyFrom(model.proto)
-    kept = [t for t in stripped.graph.initializer if t.name not in weights]
-    del stripped.graph.initializer[:]
-    stripped.graph.initializer.extend(kept)
+    stripped = _without(model, weights)
     feeds = make_feeds(model, FeedOptions(seed=5))
     got = Session(Model(stripped), initializers=weights).run(feeds)
     want = _plain(model, feeds)
@@ -102,16 +109,13 @@ def test_borrowed_weights_through_a_scratch_file(monkeypatch):
     model = _conv_model()
     before = model.proto.SerializeToString()
     weights = borrowable_weights(model)
-    stripped = onnx.ModelProto()
-    stripped.CopyFrom(model.proto)
-    kept = [t for t in stripped.graph.initializer if t.name not in weights]
-    del stripped.graph.initializer[:]
-    stripped.graph.initializer.extend(kept)
+    stripped = _without(model, weights)
     monkeypatch.setattr(surgeon.runner, "FILE_THRESHOLD", -1)
     feeds = make_feeds(model, FeedOptions(seed=6))
     got = Session(Model(stripped), initializers=weights).run(feeds)
     np.testing.assert_array_equal(got["y"], _plain(model, feeds)["y"])
-    assert len(stripped.graph.initializer) == len(kept)  # the copies went into the file
+    # The copies went into the file, not into the caller's proto.
+    assert len(stripped.graph.initializer) == len(model.proto.graph.initializer) - len(weights)
     assert model.proto.SerializeToString() == before
 
 
@@ -274,11 +278,7 @@ def test_borrowed_weights_are_read_late_and_dropped_once_onnxruntime_copies_them
     model = _conv_model()
     lent = BorrowedWeights(model)
     assert lent.names == {"w", "m", "idx"}
-    stripped = onnx.ModelProto()
-    stripped.CopyFrom(model.proto)
-    kept = [t for t in stripped.graph.initializer if t.name not in lent.names]
-    del stripped.graph.initializer[:]
-    stripped.graph.initializer.extend(kept)
+    stripped = _without(model, lent.names)
     session = Session(Model(stripped), initializers=lent)
     feeds = make_feeds(model, FeedOptions(seed=8))
     want = _plain(model, feeds)
@@ -300,11 +300,7 @@ def test_the_copy_probe_says_no_when_onnxruntime_would_share(monkeypatch):
     monkeypatch.setattr(runner, "_onnxruntime_copies_initializers", lambda: False)
     model = _conv_model()
     lent = runner.BorrowedWeights(model)
-    stripped = onnx.ModelProto()
-    stripped.CopyFrom(model.proto)
-    kept = [t for t in stripped.graph.initializer if t.name not in lent.names]
-    del stripped.graph.initializer[:]
-    stripped.graph.initializer.extend(kept)
+    stripped = _without(model, lent.names)
     session = Session(Model(stripped), initializers=lent)
     assert len(session._borrowed) == 3
 

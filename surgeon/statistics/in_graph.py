@@ -118,6 +118,23 @@ class _Constants:
         )
 
 
+def _builders(nodes: list[onnx.NodeProto], infos: list[onnx.ValueInfoProto]):
+    """``add(op, inputs, out, **attrs)`` appends a node named after its one output;
+    ``reduce(op, source, out, elem)`` a scalar reduction (keepdims=0) whose output is
+    typed in ``infos``. Both return the output's name."""
+
+    def add(op: str, inputs: list[str], out: str, **attrs) -> str:
+        nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
+        return out
+
+    def reduce(op: str, source: str, out: str, elem: int) -> str:
+        add(op, [source], out, keepdims=0)
+        infos.append(helper.make_tensor_value_info(out, elem, []))
+        return out
+
+    return add, reduce
+
+
 def _stats_nodes(
     p: str,
     x: str,
@@ -136,17 +153,8 @@ def _stats_nodes(
     Each statistic is its own scalar output (keepdims=0): no Reshape/Concat nodes, whose
     per-node cost shows at a few thousand nodes.
     """
-    nodes = []
-    infos = []
-
-    def add(op: str, inputs: list[str], out: str, **attrs) -> str:
-        nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
-        return out
-
-    def reduce(op: str, x: str, out: str, elem: int) -> str:
-        add(op, [x], out, keepdims=0)
-        infos.append(helper.make_tensor_value_info(out, elem, []))
-        return out
+    nodes, infos = [], []
+    add, reduce = _builders(nodes, infos)
 
     if chunks:
         return _chunked_stats_nodes(p, x, elem, c, chunks)
@@ -223,17 +231,8 @@ def _chunked_stats_nodes(
     itself; per chunk of its flattened elements (a Slice), the float64 moments (its
     float64 copy, its mean and centred sum of squares) and the zero count, freed chunk by
     chunk."""
-    nodes: list[onnx.NodeProto] = []
-    infos: list[onnx.ValueInfoProto] = []
-
-    def add(op: str, inputs: list[str], out: str, **attrs) -> str:
-        nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
-        return out
-
-    def reduce(op: str, source: str, out: str, out_elem: int) -> str:
-        add(op, [source], out, keepdims=0)
-        infos.append(helper.make_tensor_value_info(out, out_elem, []))
-        return out
+    nodes, infos = [], []
+    add, reduce = _builders(nodes, infos)
 
     shape = add("Shape", [x], f"{p}/shape")
     infos.append(helper.make_tensor_value_info(shape, TensorProto.INT64, [None]))
