@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from conftest import SAMPLES
 from onnx import TensorProto, helper, numpy_helper
+from test_verify import _ort_run as _plain  # an independent onnxruntime run
 
 from surgeon.compare import EXACT
 from surgeon.debugging import DebugOptions, debug
@@ -23,17 +23,6 @@ from surgeon.model import Model
 from surgeon.runner import BORROW_FROM, RunOptions, Session, borrowable_weights
 from surgeon.statistics import build_stats_model
 from surgeon.verification import verify
-
-
-def _plain(model: Model, feeds) -> dict[str, np.ndarray]:
-    """An independent onnxruntime run (optimisations off, as surgeon runs)."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(
-        model.proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, feeds), strict=True))
 
 
 def _conv_model(dtype=np.float32) -> Model:
