@@ -66,9 +66,37 @@ class ComparisonOutputs:
     reference_shape: str
     numbers: str
     dtype: str  # the dtype compared (the reference's; the candidate is cast to it)
+    # [excess, born] of surgeon.precision.severity, when asked for ("" otherwise)
+    severity: str = ""
 
     def names(self) -> list[str]:
-        return [self.shape, self.reference_shape, self.numbers]
+        return [self.shape, self.reference_shape, self.numbers] + (
+            [self.severity] if self.severity else []
+        )
+
+
+def severity_in_graph(tolerance: Tolerance) -> bool:
+    """True when the severity numbers (:func:`surgeon.precision.severity`'s excess and
+    born count) can be computed by the comparison nodes with the numbers numpy gives:
+    every limit ``atol + rtol * |reference|`` is positive and finite for float16/float32
+    references, so a ratio is never 0 / 0 nor inf / inf (never NaN)."""
+    return (
+        not tolerance.exact
+        and tolerance.atol > 0
+        and math.isfinite(tolerance.atol + tolerance.rtol * _FLOAT32_MAX_BOUND)
+    )
+
+
+# Above float32's largest finite value (3.4028235e38): bounds every |reference| here.
+_FLOAT32_MAX_BOUND = 3.5e38
+
+
+def _needs_raw(actual_type: int, expected_type: int) -> bool:
+    """True when the candidate cast to the reference's dtype loses bits (float32 against
+    a float16 reference): the severity reads the candidate's own values, not the cast."""
+    return actual_type != expected_type and not (
+        actual_type == TensorProto.FLOAT16 and expected_type == TensorProto.FLOAT
+    )
 
 
 class _Builder:
@@ -100,6 +128,8 @@ def add_comparison(
     expected_type: int,
     tolerance: Tolerance,
     prefix: str,
+    *,
+    severity: bool = False,
 ) -> ComparisonOutputs:
     """Append to ``graph`` the nodes comparing tensor ``actual`` with ``expected``
     (element types as ONNX enums, both accepted by :func:`in_graph_comparable`) and
@@ -108,6 +138,11 @@ def add_comparison(
     The candidate is first cast to the reference's dtype, as the layer comparison casts
     it; a shape mismatch does not fail the run (the flattened sides are cut to the
     shorter one) and :func:`diff_from_outputs` reports it from the shapes.
+
+    With ``severity`` (only when :func:`severity_in_graph`), the nodes also give the
+    excess (largest ``|a - b| / (atol + rtol * |b|)`` over the pairs finite on both
+    sides, ``a`` the candidate in its own dtype) and the count of elements born
+    non-finite (``a`` not finite where ``b`` is), see :func:`severity_from_outputs`.
     """
     b = _Builder(graph, prefix)
     # Reshape before any Cast: onnxruntime's CPU runs float16 chains in float32 and
@@ -177,11 +212,25 @@ def add_comparison(
         "reference_norm": total(on_finite(b.node("Mul", [e_cut, e_cut]))),
     }
     packed = b.node("Concat", [numbers[f] for f in _FIELDS], axis=0)
+    severity_numbers = ""
+    if severity:
+        raw_diff, raw_finite, raw_bad = diff, finite, bad_a
+        if _needs_raw(actual_type, expected_type):
+            raw = b.node("Cast", [b.node("Reshape", [actual, flat])], to=TensorProto.DOUBLE)
+            raw = b.node("Slice", [raw, zero_i, b.node("Reshape", [b.node("Size", [e]), one])])
+            raw_bad = b.node("Or", [b.node("IsNaN", [raw]), b.node("IsInf", [raw])])
+            raw_finite = b.node("Not", [b.node("Or", [raw_bad, bad_e])])
+            raw_diff = b.node("Abs", [b.node("Sub", [raw, e_cut])])
+        # limit > 0 (severity_in_graph): a difference of 0 has the ratio 0 already
+        excess = largest(on_finite(b.node("Div", [raw_diff, limit]), raw_finite))
+        born = count(b.node("And", [raw_bad, b.node("Not", [bad_e])]))
+        severity_numbers = b.node("Concat", [excess, born], axis=0)
     return ComparisonOutputs(
         shape=b.node("Shape", [actual]),
         reference_shape=b.node("Shape", [expected]),
         numbers=packed,
         dtype=_DTYPES[expected_type],
+        severity=severity_numbers,
     )
 
 
@@ -193,6 +242,8 @@ def add_fast_comparison(
     expected_type: int,
     tolerance: Tolerance,
     prefix: str,
+    *,
+    severity: bool = False,
 ) -> ComparisonOutputs:
     """:func:`add_comparison` for pairs whose shapes are known equal and whose values are
     all finite: a third of the nodes and no masks (onnxruntime's Where, Slice and Concat
@@ -250,12 +301,49 @@ def add_fast_comparison(
         "reference_norm": reference_norm,
     }
     packed = b.node("Concat", [numbers[f] for f in _FIELDS], axis=0)
+    severity_numbers = ""
+    if severity:
+        # Finite values (else the pair is compared again by add_comparison): no element
+        # is born non-finite, and limit > 0 (severity_in_graph) makes every ratio a number.
+        raw_diff = diff
+        if _needs_raw(actual_type, expected_type):
+            raw = b.node("Cast", [b.node("Reshape", [actual, flat])], to=TensorProto.DOUBLE)
+            raw_diff = b.node("Abs", [b.node("Sub", [raw, e])])
+        excess = b.node("ReduceMax", [b.node("Div", [raw_diff, limit])], keepdims=1)
+        severity_numbers = b.node("Concat", [excess, zero], axis=0)
     return ComparisonOutputs(
         shape=b.node("Shape", [actual]),
         reference_shape=b.node("Shape", [expected]),
         numbers=packed,
         dtype=_DTYPES[expected_type],
+        severity=severity_numbers,
     )
+
+
+def add_overflow_count(graph: onnx.GraphProto, source: str, narrowed: str, prefix: str) -> str:
+    """Append the nodes counting the elements of float tensor ``source`` that are finite
+    but not once cast (``narrowed``, e.g. float32 1e5 in float16); returns the name of
+    the count, a float64 vector of one element. A cast keeps NaN a NaN and Inf an Inf,
+    so those are the elements infinite in ``narrowed`` and not in ``source``."""
+    b = _Builder(graph, prefix)
+    flat = b.const(np.array([-1], np.int64))
+    wide = b.node("Cast", [b.node("Reshape", [source, flat])], to=TensorProto.DOUBLE)
+    # (a Reshape reads the narrowed tensor as it is stored: see add_comparison)
+    back = b.node("Cast", [b.node("Reshape", [narrowed, flat])], to=TensorProto.DOUBLE)
+    mask = b.node("And", [b.node("IsInf", [back]), b.node("Not", [b.node("IsInf", [wide])])])
+    counted = b.node(
+        "Concat", [b.node("Cast", [mask], to=TensorProto.DOUBLE), b.const(np.array([0.0]))], axis=0
+    )
+    return b.node("ReduceSum", [counted], keepdims=1)
+
+
+def severity_from_outputs(
+    outputs: ComparisonOutputs, values: Mapping[str, np.ndarray]
+) -> tuple[float, int]:
+    """(excess, born count) of a pair compared with ``severity``; meaningful only when
+    the two shapes are equal (as surgeon.precision.severity measures them)."""
+    excess, born = values[outputs.severity].tolist()
+    return float(excess), int(born)
 
 
 def needs_general(outputs: ComparisonOutputs, values: Mapping[str, np.ndarray]) -> bool:
@@ -329,7 +417,10 @@ __all__ = [
     "ComparisonOutputs",
     "add_comparison",
     "add_fast_comparison",
+    "add_overflow_count",
     "diff_from_outputs",
     "in_graph_comparable",
     "needs_general",
+    "severity_from_outputs",
+    "severity_in_graph",
 ]

@@ -168,13 +168,21 @@ def measure_severity(
 ) -> Severity:
     """The severity of one output compared with its reference (``diff`` from
     compare_arrays; ``inherited`` when an input overflowed the candidate's dtype)."""
-    size = diff.size
     if not (_numeric(actual) and _numeric(expected)) or np.shape(actual) != np.shape(expected):
         # Sequences, strings, or a shape that differs: pass/fail is all there is to say.
+        return severity_from(diff, None, 0, inherited)
+    excess, born = _excess_and_born(actual, expected, tolerance)
+    return severity_from(diff, excess, born, inherited)
+
+
+def severity_from(diff: TensorDiff, excess: float | None, born: int, inherited: bool) -> Severity:
+    """The severity from ``diff`` and the excess and born count measured elsewhere (e.g.
+    inside onnxruntime); ``excess`` None when the two sides cannot be measured element
+    by element (other shapes, not numbers): then pass/fail is all there is to say."""
+    size = diff.size
+    if excess is None:
         excess = 0.0 if diff.passed else math.inf
         born = 0
-    else:
-        excess, born = _excess_and_born(actual, expected, tolerance)
     mismatches = diff.mismatches if diff.status in ("ok", "mismatch") else size
     if diff.passed:
         tier = "within"
