@@ -26,6 +26,7 @@ import onnx
 from surgeon.compare import TensorDiff, Tolerance, as_reference_dtype, cast_note
 from surgeon.compare.in_graph import (
     ComparisonOutputs,
+    SharedNodes,
     add_comparison,
     add_fast_comparison,
     add_overflow_count,
@@ -468,6 +469,7 @@ class _Merge:
         ref_nodes = list(ref.graph.node)
         ref_producer = {o: k for k, n in enumerate(ref_nodes) for o in n.output if o}
         next_ref = 0
+        shared = SharedNodes()  # one constant per value, one reference side per tensor
         builder = {pair: add_fast_comparison for pair in fast}
         builder.update({pair: add_comparison for pair in general})
         waiting: dict[str, list[tuple[str, str]]] = {}
@@ -496,6 +498,7 @@ class _Merge:
                 ref_elem[r],
                 tolerance,
                 f"{self.compare_prefix}{len(outputs)}/",
+                shared=shared,
             )
 
         plan = plan or _UnitPlan([], [], False)
@@ -566,6 +569,7 @@ class _Merge:
                     tolerance,
                     f"{self.compare_prefix}{iso}{k}/{i}/",
                     severity=True,
+                    shared=shared,
                 )
 
         produced = {o for n in src.graph.node for o in n.output if o}
