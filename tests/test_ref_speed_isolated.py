@@ -19,6 +19,7 @@ from test_precision_float16 import float_model, random_orders, to_float16
 import surgeon.debugging.in_graph_compare as in_graph_compare
 from surgeon.compare import Tolerance, as_reference_dtype, compare_arrays
 from surgeon.compare.in_graph import (
+    SharedNodes,
     add_comparison,
     add_fast_comparison,
     add_overflow_count,
@@ -123,7 +124,7 @@ def test_a_refused_merged_run_runs_again_without_units(tmp_path, monkeypatch):
 _ELEM = {np.dtype(np.float16): TensorProto.FLOAT16, np.dtype(np.float32): TensorProto.FLOAT}
 
 
-def _run_comparison(actual: np.ndarray, expected: np.ndarray, tolerance, fast: bool):
+def _run_comparison(actual: np.ndarray, expected: np.ndarray, tolerance, fast, rank=None):
     graph = helper.make_graph(
         [],
         "cmp",
@@ -133,6 +134,7 @@ def _run_comparison(actual: np.ndarray, expected: np.ndarray, tolerance, fast: b
         ],
         [],
     )
+    extra = {"rank": rank, "shared": SharedNodes()} if fast else {}
     build = add_fast_comparison if fast else add_comparison
     out = build(
         graph,
@@ -143,6 +145,7 @@ def _run_comparison(actual: np.ndarray, expected: np.ndarray, tolerance, fast: b
         tolerance,
         "c/",
         severity=True,
+        **extra,
     )
     graph.output.extend(onnx.ValueInfoProto(name=n) for n in out.names())
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -175,12 +178,13 @@ def test_severity_nodes_give_numpys_numbers(kind, tolerance):
         actual, expected = _arrays(np.random.default_rng(3), kind)
     want = _excess_and_born(actual, expected, tolerance)
     want_diff = compare_arrays(as_reference_dtype(actual, expected)[0], expected, tolerance)
-    for fast in (True, False):
-        out, got = _run_comparison(actual, expected, tolerance, fast)
+    # the fast nodes flattened, and in the tensors' own rank (float32 pairs); general
+    for fast, rank in ((True, None), (True, actual.ndim), (False, None)):
+        out, got = _run_comparison(actual, expected, tolerance, fast, rank)
         if fast and needs_general(out, got):
             assert kind in ("nonfinite", "overflow")  # the caller compares them again
             continue
-        assert severity_from_outputs(out, got) == want, (kind, fast)
+        assert severity_from_outputs(out, got) == want, (kind, fast, rank)
         diff = diff_from_outputs(out, got, tolerance, name="", reference="")
         assert (diff.mismatches, diff.max_abs, diff.max_rel) == (
             want_diff.mismatches,

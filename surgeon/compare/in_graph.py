@@ -270,6 +270,7 @@ def add_fast_comparison(
     *,
     severity: bool = False,
     shared: SharedNodes | None = None,
+    rank: int | None = None,
 ) -> ComparisonOutputs:
     """:func:`add_comparison` for pairs whose shapes are known equal and whose values are
     all finite: a third of the nodes and no masks (onnxruntime's Where, Slice and Concat
@@ -286,11 +287,18 @@ def add_fast_comparison(
     order that lets each float64 temporary die soonest (onnxruntime's priority order
     follows the node order among ready nodes): the candidate's float64 copy is read by
     its sums and the difference, then only the difference lives on.
+
+    ``rank`` (the two tensors' rank, when known) lets float32 pairs be compared in
+    their own shape: no flattening Reshape, which copies a tensor still read later.
+    Float16 tensors are always read through a Reshape (see add_comparison).
     """
     b = _Builder(graph, prefix, shared)
-    ref = _fast_reference_side(b, expected, tolerance)
+    half = TensorProto.FLOAT16 in (actual_type, expected_type)
+    # the rank the nodes work in: 1 (flattened) or the tensors' own
+    rank = 1 if half or not rank else rank
+    ref = _fast_reference_side(b, expected, tolerance, rank)
     flat = b.const(np.array([-1], np.int64))
-    a = b.node("Reshape", [actual, flat])  # (see add_comparison: float16 read as fetched)
+    a = b.node("Reshape", [actual, flat]) if rank == 1 else actual
     if actual_type != expected_type:
         a = b.node("Cast", [a], to=expected_type)
     a = b.node("Cast", [a], to=TensorProto.DOUBLE)
@@ -300,7 +308,7 @@ def add_fast_comparison(
     diff = b.node("Abs", [b.node("Sub", [a, e])])
     raw_diff = diff
     if severity and _needs_raw(actual_type, expected_type):
-        raw = b.node("Cast", [b.node("Reshape", [actual, flat])], to=TensorProto.DOUBLE)
+        raw = b.node("Cast", [b.node("Reshape", [actual, flat])], to=TensorProto.DOUBLE)  # rank 1
         raw_diff = b.node("Abs", [b.node("Sub", [raw, e])])
     max_abs = b.node("ReduceMax", [diff], keepdims=1)
     mismatches = b.node(
@@ -313,10 +321,11 @@ def add_fast_comparison(
         # Finite values (else the pair is compared again by add_comparison): no element
         # is born non-finite, and limit > 0 (severity_in_graph) makes every ratio a number.
         excess = b.node("ReduceMax", [b.node("Div", [raw_diff, ref["limit"]])], keepdims=1)
-    # |d| / |b| where b != 0, 0 where b == 0: 0 / 1 there (no mask, no Where).
-    rel = b.node("Div", [b.node("Mul", [diff, ref["kept"]]), ref["denominator"]])
+    # |d| / |b| where b != 0, |d| / inf = 0 where b == 0 (|d| is finite here)
+    rel = b.node("Div", [diff, ref["denominator"]])
     max_rel = b.node("ReduceMax", [rel], keepdims=1)
-    zero = b.const(np.array([0.0]))
+    # numbers of shape [1] * rank, as the reductions give them (keepdims)
+    zero = b.const(np.zeros([1] * rank))
     # (finite and nonzero stand in for the counts: see diff_from_outputs)
     numbers = {
         "nan": zero,
@@ -324,7 +333,7 @@ def add_fast_comparison(
         "inf": zero,
         "reference_inf": zero,
         "mismatches": mismatches,
-        "finite": b.const(np.array([1.0])),
+        "finite": b.const(np.ones([1] * rank)),
         "nonzero": ref["reference_norm"],
         "max_abs": max_abs,
         "max_rel": max_rel,
@@ -343,14 +352,17 @@ def add_fast_comparison(
     )
 
 
-def _fast_reference_side(b: _Builder, expected: str, tolerance: Tolerance) -> dict[str, str]:
+def _fast_reference_side(
+    b: _Builder, expected: str, tolerance: Tolerance, rank: int
+) -> dict[str, str]:
     """The nodes of the fast comparison that read only the reference tensor (made once
-    per graph when ``b`` shares)."""
-    key = (expected, tolerance.atol, tolerance.rtol)
+    per graph and rank when ``b`` shares)."""
+    key = (expected, tolerance.atol, tolerance.rtol, rank)
     if b.shared is not None and key in b.shared.references:
         return b.shared.references[key]
     flat = b.const(np.array([-1], np.int64))
-    e = b.node("Cast", [b.node("Reshape", [expected, flat])], to=TensorProto.DOUBLE)
+    e = b.node("Reshape", [expected, flat]) if rank == 1 else expected
+    e = b.node("Cast", [e], to=TensorProto.DOUBLE)
     magnitude = b.node("Abs", [e])
     # atol + rtol * |reference|, in compare_arrays's order of operations
     limit = b.node(
@@ -360,14 +372,13 @@ def _fast_reference_side(b: _Builder, expected: str, tolerance: Tolerance) -> di
             b.const(np.array(tolerance.atol, np.float64)),
         ],
     )
-    zero_ref = b.node(
-        "Cast", [b.node("Equal", [magnitude, b.const(np.array(0.0))])], to=TensorProto.DOUBLE
-    )
+    # |b|, or inf where b == 0: a ratio there is 0, as compare_arrays leaves zero
+    # references out of max_rel (one Where here instead of a mask per comparison)
+    zero_ref = b.node("Equal", [magnitude, b.const(np.array(0.0))])
     side = {
         "e": e,
         "limit": limit,
-        "kept": b.node("Sub", [b.const(np.array(1.0)), zero_ref]),
-        "denominator": b.node("Add", [magnitude, zero_ref]),
+        "denominator": b.node("Where", [zero_ref, b.const(np.array(np.inf)), magnitude]),
         "reference_norm": b.node("ReduceSumSquare", [e], keepdims=1),
         "shape": b.node("Shape", [expected]),
     }
@@ -398,14 +409,14 @@ def severity_from_outputs(
 ) -> tuple[float, int]:
     """(excess, born count) of a pair compared with ``severity``; meaningful only when
     the two shapes are equal (as surgeon.precision.severity measures them)."""
-    excess, born = values[outputs.severity].tolist()
+    excess, born = values[outputs.severity].ravel().tolist()
     return float(excess), int(born)
 
 
 def needs_general(outputs: ComparisonOutputs, values: Mapping[str, np.ndarray]) -> bool:
     """True when a pair compared by :func:`add_fast_comparison` held a NaN or Inf (or
     its shapes differ): its numbers do not hold, compare it with :func:`add_comparison`."""
-    n = dict(zip(_FIELDS, values[outputs.numbers].tolist(), strict=True))
+    n = dict(zip(_FIELDS, values[outputs.numbers].ravel().tolist(), strict=True))
     return not (math.isfinite(n["norm"]) and math.isfinite(n["reference_norm"])) or list(
         values[outputs.shape]
     ) != list(values[outputs.reference_shape])
@@ -425,7 +436,7 @@ def diff_from_outputs(
     del tolerance  # applied in the graph; kept for symmetry with compare_arrays
     shape = [int(d) for d in values[outputs.shape]]
     reference_shape = [int(d) for d in values[outputs.reference_shape]]
-    n = dict(zip(_FIELDS, values[outputs.numbers].tolist(), strict=True))
+    n = dict(zip(_FIELDS, values[outputs.numbers].ravel().tolist(), strict=True))
     size = math.prod(reference_shape)
     d = TensorDiff(
         name=name,

@@ -304,6 +304,12 @@ def compare_in_graph(
         else:
             fetched.append((c, r))
     merge = _Merge(model, reference, shared_inputs)
+    # the rank the fast nodes compare in (no flattening copy for float32 pairs)
+    merge.ranks = {
+        c: len(_static_shape(types[c]))
+        for c in [c for c, _ in fast] + [o for unit in units for o, _ in unit.outputs]
+        if _static_shape(types[c])
+    }
     result = InGraphResult(in_graph=len(fast) + len(general), fetched=len(fetched))
     keep = [merge.rename(r) for r in keep_reference]
     values = dict.fromkeys([c for c, _ in fetched] + [merge.rename(r) for _, r in fetched] + keep)
@@ -417,6 +423,7 @@ class _Merge:
         # reference name can (those start with self.prefix).
         self.compare_prefix = _fresh_prefix(taken, _COMPARE_PREFIX)
         self.isolated_prefix = _fresh_prefix(taken, _ISOLATED_PREFIX)
+        self.ranks: dict[str, int] = {}  # candidate tensor -> its static rank
         ref = reference.proto
         inits = {t.name for t in ref.graph.initializer}
         self.ref_inputs = {i.name for i in ref.graph.input} - inits
@@ -490,7 +497,9 @@ class _Merge:
 
         def compare(c: str, r: str) -> None:
             emit_reference_until(ref_producer.get(r, -1))
-            outputs[(c, r)] = builder[(c, r)](
+            build = builder[(c, r)]
+            extra = {"rank": self.ranks.get(c)} if build is add_fast_comparison else {}
+            outputs[(c, r)] = build(
                 graph,
                 c,
                 elem[c],
@@ -499,6 +508,7 @@ class _Merge:
                 tolerance,
                 f"{self.compare_prefix}{len(outputs)}/",
                 shared=shared,
+                **extra,
             )
 
         plan = plan or _UnitPlan([], [], False)
@@ -559,7 +569,9 @@ class _Merge:
                 copy.input[:] = [unit_name(x) for x in node.input]
                 copy.output[:] = [unit_name(x) for x in node.output]
             for i, (o, r) in enumerate(unit.outputs):
-                build = add_fast_comparison if o in plan.fast[k] else add_comparison
+                fast_nodes = o in plan.fast[k]
+                build = add_fast_comparison if fast_nodes else add_comparison
+                extra = {"rank": self.ranks.get(o)} if fast_nodes else {}
                 plan.compared[k][o] = build(
                     graph,
                     unit_name(o),
@@ -570,6 +582,7 @@ class _Merge:
                     f"{self.compare_prefix}{iso}{k}/{i}/",
                     severity=True,
                     shared=shared,
+                    **extra,
                 )
 
         produced = {o for n in src.graph.node for o in n.output if o}
