@@ -210,3 +210,15 @@ def test_overflow_count_gives_numpys_count():
         narrowed = wide.astype(np.float16)
     assert got.tolist() == [np.count_nonzero(np.isfinite(wide) & ~np.isfinite(narrowed))]
     assert got.tolist() == [3.0]
+
+
+def test_an_optimised_run_keeps_the_values_path(tmp_path, spy):
+    """The isolated run disables optimisation: with --optimization basic the merged run
+    does not, so no unit goes inside it (their values are fetched as before)."""
+    reference = float_model(1e4)
+    cand, options = _fp16_options(tmp_path, reference, to_float16(reference), Tolerance(1e-2))
+    options = dataclasses.replace(options, optimization="basic")
+    fast, slow = _both(cand, options)
+    assert spy[0][0] == 0 and spy[0][1].reference_values
+    assert fast.root_cause.node == "square"
+    assert _normalise(_without(fast.to_dict(), "y")) == _normalise(_without(slow.to_dict(), "y"))
