@@ -222,3 +222,25 @@ def test_an_optimised_run_keeps_the_values_path(tmp_path, spy):
     assert spy[0][0] == 0 and spy[0][1].reference_values
     assert fast.root_cause.node == "square"
     assert _normalise(_without(fast.to_dict(), "y")) == _normalise(_without(slow.to_dict(), "y"))
+
+
+def test_names_that_look_like_the_isolated_prefix(tmp_path, spy):
+    """Tensors named like the isolated units' prefix neither collide nor mix up."""
+    from test_debug_in_graph import _chain
+
+    def hostile(scale):
+        m = _chain(scale)
+        names = {"m": "surgeon.iso/0/m", "r": "surgeon.iso/in/0", "y": "surgeon.iso/1/0/relu"}
+        for node in m.graph.node:
+            node.input[:] = [names.get(x, x) for x in node.input]
+            node.output[:] = [names.get(x, x) for x in node.output]
+        for o in m.graph.output:
+            o.name = names.get(o.name, o.name)
+        return m
+
+    cand = write(hostile(1.001), tmp_path / "c.onnx")
+    ref = write(hostile(1.0), tmp_path / "r.onnx")
+    fast, slow = _both(cand, DebugOptions(reference=str(ref)))
+    assert spy[0][0] >= 2
+    assert {"surgeon.iso/0/m", "surgeon.iso/in/0"} <= {layer.diff.name for layer in fast.layers}
+    assert _normalise(fast.to_dict()) == _normalise(slow.to_dict())
