@@ -66,16 +66,62 @@ class ComparisonOutputs:
     reference_shape: str
     numbers: str
     dtype: str  # the dtype compared (the reference's; the candidate is cast to it)
+    # [excess, born] of surgeon.precision.severity, when asked for ("" otherwise)
+    severity: str = ""
 
     def names(self) -> list[str]:
-        return [self.shape, self.reference_shape, self.numbers]
+        return [self.shape, self.reference_shape, self.numbers] + (
+            [self.severity] if self.severity else []
+        )
+
+
+def severity_in_graph(tolerance: Tolerance) -> bool:
+    """True when the severity numbers (:func:`surgeon.precision.severity`'s excess and
+    born count) can be computed by the comparison nodes with the numbers numpy gives:
+    every limit ``atol + rtol * |reference|`` is positive and finite for float16/float32
+    references, so a ratio is never 0 / 0 nor inf / inf (never NaN)."""
+    return (
+        not tolerance.exact
+        and tolerance.atol > 0
+        and math.isfinite(tolerance.atol + tolerance.rtol * _FLOAT32_MAX_BOUND)
+    )
+
+
+# Above float32's largest finite value (3.4028235e38): bounds every |reference| here.
+_FLOAT32_MAX_BOUND = 3.5e38
+
+
+def _needs_raw(actual_type: int, expected_type: int) -> bool:
+    """True when the candidate cast to the reference's dtype loses bits (float32 against
+    a float16 reference): the severity reads the candidate's own values, not the cast."""
+    return actual_type != expected_type and not (
+        actual_type == TensorProto.FLOAT16 and expected_type == TensorProto.FLOAT
+    )
+
+
+class SharedNodes:
+    """What the comparisons appended to one graph share: constants (one initializer per
+    value, not one per comparison) and the reference side of the fast comparison (a
+    reference tensor compared with several candidates, e.g. the candidate's own tensor
+    and an isolated unit's output, is cast, measured and bounded once).
+
+    Why: onnxruntime's session creation grows with every node and initializer (about
+    0.1 ms each measured on a 14k-node merged model), and every float64 pass over an
+    activation costs its run.
+    """
+
+    def __init__(self) -> None:
+        self.constants: dict[tuple, str] = {}
+        self.references: dict[tuple, dict[str, str]] = {}
 
 
 class _Builder:
     """Appends nodes and constants with fresh names under one prefix."""
 
-    def __init__(self, graph: onnx.GraphProto, prefix: str) -> None:
-        self.graph, self.prefix, self.count = graph, prefix, 0
+    def __init__(
+        self, graph: onnx.GraphProto, prefix: str, shared: SharedNodes | None = None
+    ) -> None:
+        self.graph, self.prefix, self.count, self.shared = graph, prefix, 0, shared
 
     def name(self) -> str:
         self.count += 1
@@ -87,8 +133,13 @@ class _Builder:
         return out
 
     def const(self, value: np.ndarray) -> str:
+        key = (value.dtype.str, value.shape, value.tobytes())
+        if self.shared is not None and key in self.shared.constants:
+            return self.shared.constants[key]
         out = self.name()
         self.graph.initializer.append(onnx.numpy_helper.from_array(value, out))
+        if self.shared is not None:
+            self.shared.constants[key] = out
         return out
 
 
@@ -100,6 +151,9 @@ def add_comparison(
     expected_type: int,
     tolerance: Tolerance,
     prefix: str,
+    *,
+    severity: bool = False,
+    shared: SharedNodes | None = None,
 ) -> ComparisonOutputs:
     """Append to ``graph`` the nodes comparing tensor ``actual`` with ``expected``
     (element types as ONNX enums, both accepted by :func:`in_graph_comparable`) and
@@ -108,8 +162,14 @@ def add_comparison(
     The candidate is first cast to the reference's dtype, as the layer comparison casts
     it; a shape mismatch does not fail the run (the flattened sides are cut to the
     shorter one) and :func:`diff_from_outputs` reports it from the shapes.
+
+    With ``severity`` (only when :func:`severity_in_graph`), the nodes also give the
+    excess (largest ``|a - b| / (atol + rtol * |b|)`` over the pairs finite on both
+    sides, ``a`` the candidate in its own dtype) and the count of elements born
+    non-finite (``a`` not finite where ``b`` is), see :func:`severity_from_outputs`.
+    With ``shared``, constants are one initializer per value in the graph.
     """
-    b = _Builder(graph, prefix)
+    b = _Builder(graph, prefix, shared)
     # Reshape before any Cast: onnxruntime's CPU runs float16 chains in float32 and
     # drops a Cast pair float32 -> float16 -> wider, so a Cast reading the tensor would
     # see it unrounded; a Reshape reads the float16 tensor itself, as a fetch does.
@@ -177,11 +237,25 @@ def add_comparison(
         "reference_norm": total(on_finite(b.node("Mul", [e_cut, e_cut]))),
     }
     packed = b.node("Concat", [numbers[f] for f in _FIELDS], axis=0)
+    severity_numbers = ""
+    if severity:
+        raw_diff, raw_finite, raw_bad = diff, finite, bad_a
+        if _needs_raw(actual_type, expected_type):
+            raw = b.node("Cast", [b.node("Reshape", [actual, flat])], to=TensorProto.DOUBLE)
+            raw = b.node("Slice", [raw, zero_i, b.node("Reshape", [b.node("Size", [e]), one])])
+            raw_bad = b.node("Or", [b.node("IsNaN", [raw]), b.node("IsInf", [raw])])
+            raw_finite = b.node("Not", [b.node("Or", [raw_bad, bad_e])])
+            raw_diff = b.node("Abs", [b.node("Sub", [raw, e_cut])])
+        # limit > 0 (severity_in_graph): a difference of 0 has the ratio 0 already
+        excess = largest(on_finite(b.node("Div", [raw_diff, limit]), raw_finite))
+        born = count(b.node("And", [raw_bad, b.node("Not", [bad_e])]))
+        severity_numbers = b.node("Concat", [excess, born], axis=0)
     return ComparisonOutputs(
         shape=b.node("Shape", [actual]),
         reference_shape=b.node("Shape", [expected]),
         numbers=packed,
         dtype=_DTYPES[expected_type],
+        severity=severity_numbers,
     )
 
 
@@ -193,6 +267,10 @@ def add_fast_comparison(
     expected_type: int,
     tolerance: Tolerance,
     prefix: str,
+    *,
+    severity: bool = False,
+    shared: SharedNodes | None = None,
+    rank: int | None = None,
 ) -> ComparisonOutputs:
     """:func:`add_comparison` for pairs whose shapes are known equal and whose values are
     all finite: a third of the nodes and no masks (onnxruntime's Where, Slice and Concat
@@ -203,37 +281,51 @@ def add_fast_comparison(
     Finite float16/float32 values make every step exact or correctly rounded in float64:
     a squared value never overflows nor vanishes, so the sum of squares is finite exactly
     when every value is, and zero exactly when every value is 0.
+
+    With ``shared``, constants and the reference side (``expected`` in float64, its
+    magnitude, limit and sum of squares) are made once per graph. The nodes come in the
+    order that lets each float64 temporary die soonest (onnxruntime's priority order
+    follows the node order among ready nodes): the candidate's float64 copy is read by
+    its sums and the difference, then only the difference lives on.
+
+    ``rank`` (the two tensors' rank, when known) lets float32 pairs be compared in
+    their own shape: no flattening Reshape, which copies a tensor still read later.
+    Float16 tensors are always read through a Reshape (see add_comparison).
     """
-    b = _Builder(graph, prefix)
+    b = _Builder(graph, prefix, shared)
+    half = TensorProto.FLOAT16 in (actual_type, expected_type)
+    # the rank the nodes work in: 1 (flattened) or the tensors' own
+    rank = 1 if half or not rank else rank
+    ref = _fast_reference_side(b, expected, tolerance, rank)
     flat = b.const(np.array([-1], np.int64))
-    a = b.node("Reshape", [actual, flat])  # (see add_comparison: float16 read as fetched)
+    a = b.node("Reshape", [actual, flat]) if rank == 1 else actual
     if actual_type != expected_type:
         a = b.node("Cast", [a], to=expected_type)
     a = b.node("Cast", [a], to=TensorProto.DOUBLE)
-    e = b.node("Cast", [b.node("Reshape", [expected, flat])], to=TensorProto.DOUBLE)
-    diff = b.node("Abs", [b.node("Sub", [a, e])])
-    magnitude = b.node("Abs", [e])
-    limit = b.node(
-        "Add",
-        [
-            b.node("Mul", [magnitude, b.const(np.array(tolerance.rtol, np.float64))]),
-            b.const(np.array(tolerance.atol, np.float64)),
-        ],
-    )
-    # |d| / |b| where b != 0, 0 where b == 0: 0 / 1 there (no mask, no Where).
-    zero_ref = b.node(
-        "Cast", [b.node("Equal", [magnitude, b.const(np.array(0.0))])], to=TensorProto.DOUBLE
-    )
-    kept = b.node("Sub", [b.const(np.array(1.0)), zero_ref])
-    rel = b.node("Div", [b.node("Mul", [diff, kept]), b.node("Add", [magnitude, zero_ref])])
-    zero = b.const(np.array([0.0]))
+    e = ref["e"]
     norm = b.node("ReduceSumSquare", [a], keepdims=1)
-    reference_norm = b.node("ReduceSumSquare", [e], keepdims=1)
+    dot = b.node("ReduceSum", [b.node("Mul", [a, e])], keepdims=1)
+    diff = b.node("Abs", [b.node("Sub", [a, e])])
+    raw_diff = diff
+    if severity and _needs_raw(actual_type, expected_type):
+        raw = b.node("Cast", [b.node("Reshape", [actual, flat])], to=TensorProto.DOUBLE)  # rank 1
+        raw_diff = b.node("Abs", [b.node("Sub", [raw, e])])
+    max_abs = b.node("ReduceMax", [diff], keepdims=1)
     mismatches = b.node(
         "ReduceSum",
-        [b.node("Cast", [b.node("Greater", [diff, limit])], to=TensorProto.DOUBLE)],
+        [b.node("Cast", [b.node("Greater", [diff, ref["limit"]])], to=TensorProto.DOUBLE)],
         keepdims=1,
     )
+    excess = ""
+    if severity:
+        # Finite values (else the pair is compared again by add_comparison): no element
+        # is born non-finite, and limit > 0 (severity_in_graph) makes every ratio a number.
+        excess = b.node("ReduceMax", [b.node("Div", [raw_diff, ref["limit"]])], keepdims=1)
+    # |d| / |b| where b != 0, |d| / inf = 0 where b == 0 (|d| is finite here)
+    rel = b.node("Div", [diff, ref["denominator"]])
+    max_rel = b.node("ReduceMax", [rel], keepdims=1)
+    # numbers of shape [1] * rank, as the reductions give them (keepdims)
+    zero = b.const(np.zeros([1] * rank))
     # (finite and nonzero stand in for the counts: see diff_from_outputs)
     numbers = {
         "nan": zero,
@@ -241,27 +333,90 @@ def add_fast_comparison(
         "inf": zero,
         "reference_inf": zero,
         "mismatches": mismatches,
-        "finite": b.const(np.array([1.0])),
-        "nonzero": reference_norm,
-        "max_abs": b.node("ReduceMax", [diff], keepdims=1),
-        "max_rel": b.node("ReduceMax", [rel], keepdims=1),
-        "dot": b.node("ReduceSum", [b.node("Mul", [a, e])], keepdims=1),
+        "finite": b.const(np.ones([1] * rank)),
+        "nonzero": ref["reference_norm"],
+        "max_abs": max_abs,
+        "max_rel": max_rel,
+        "dot": dot,
         "norm": norm,
-        "reference_norm": reference_norm,
+        "reference_norm": ref["reference_norm"],
     }
     packed = b.node("Concat", [numbers[f] for f in _FIELDS], axis=0)
+    severity_numbers = b.node("Concat", [excess, zero], axis=0) if severity else ""
     return ComparisonOutputs(
         shape=b.node("Shape", [actual]),
-        reference_shape=b.node("Shape", [expected]),
+        reference_shape=ref["shape"],
         numbers=packed,
         dtype=_DTYPES[expected_type],
+        severity=severity_numbers,
     )
+
+
+def _fast_reference_side(
+    b: _Builder, expected: str, tolerance: Tolerance, rank: int
+) -> dict[str, str]:
+    """The nodes of the fast comparison that read only the reference tensor (made once
+    per graph and rank when ``b`` shares)."""
+    key = (expected, tolerance.atol, tolerance.rtol, rank)
+    if b.shared is not None and key in b.shared.references:
+        return b.shared.references[key]
+    flat = b.const(np.array([-1], np.int64))
+    e = b.node("Reshape", [expected, flat]) if rank == 1 else expected
+    e = b.node("Cast", [e], to=TensorProto.DOUBLE)
+    magnitude = b.node("Abs", [e])
+    # atol + rtol * |reference|, in compare_arrays's order of operations
+    limit = b.node(
+        "Add",
+        [
+            b.node("Mul", [magnitude, b.const(np.array(tolerance.rtol, np.float64))]),
+            b.const(np.array(tolerance.atol, np.float64)),
+        ],
+    )
+    # |b|, or inf where b == 0: a ratio there is 0, as compare_arrays leaves zero
+    # references out of max_rel (one Where here instead of a mask per comparison)
+    zero_ref = b.node("Equal", [magnitude, b.const(np.array(0.0))])
+    side = {
+        "e": e,
+        "limit": limit,
+        "denominator": b.node("Where", [zero_ref, b.const(np.array(np.inf)), magnitude]),
+        "reference_norm": b.node("ReduceSumSquare", [e], keepdims=1),
+        "shape": b.node("Shape", [expected]),
+    }
+    if b.shared is not None:
+        b.shared.references[key] = side
+    return side
+
+
+def add_overflow_count(graph: onnx.GraphProto, source: str, narrowed: str, prefix: str) -> str:
+    """Append the nodes counting the elements of float tensor ``source`` that are finite
+    but not once cast (``narrowed``, e.g. float32 1e5 in float16); returns the name of
+    the count, a float64 vector of one element. A cast keeps NaN a NaN and Inf an Inf,
+    so those are the elements infinite in ``narrowed`` and not in ``source``."""
+    b = _Builder(graph, prefix)
+    flat = b.const(np.array([-1], np.int64))
+    wide = b.node("Cast", [b.node("Reshape", [source, flat])], to=TensorProto.DOUBLE)
+    # (a Reshape reads the narrowed tensor as it is stored: see add_comparison)
+    back = b.node("Cast", [b.node("Reshape", [narrowed, flat])], to=TensorProto.DOUBLE)
+    mask = b.node("And", [b.node("IsInf", [back]), b.node("Not", [b.node("IsInf", [wide])])])
+    counted = b.node(
+        "Concat", [b.node("Cast", [mask], to=TensorProto.DOUBLE), b.const(np.array([0.0]))], axis=0
+    )
+    return b.node("ReduceSum", [counted], keepdims=1)
+
+
+def severity_from_outputs(
+    outputs: ComparisonOutputs, values: Mapping[str, np.ndarray]
+) -> tuple[float, int]:
+    """(excess, born count) of a pair compared with ``severity``; meaningful only when
+    the two shapes are equal (as surgeon.precision.severity measures them)."""
+    excess, born = values[outputs.severity].ravel().tolist()
+    return float(excess), int(born)
 
 
 def needs_general(outputs: ComparisonOutputs, values: Mapping[str, np.ndarray]) -> bool:
     """True when a pair compared by :func:`add_fast_comparison` held a NaN or Inf (or
     its shapes differ): its numbers do not hold, compare it with :func:`add_comparison`."""
-    n = dict(zip(_FIELDS, values[outputs.numbers].tolist(), strict=True))
+    n = dict(zip(_FIELDS, values[outputs.numbers].ravel().tolist(), strict=True))
     return not (math.isfinite(n["norm"]) and math.isfinite(n["reference_norm"])) or list(
         values[outputs.shape]
     ) != list(values[outputs.reference_shape])
@@ -281,7 +436,7 @@ def diff_from_outputs(
     del tolerance  # applied in the graph; kept for symmetry with compare_arrays
     shape = [int(d) for d in values[outputs.shape]]
     reference_shape = [int(d) for d in values[outputs.reference_shape]]
-    n = dict(zip(_FIELDS, values[outputs.numbers].tolist(), strict=True))
+    n = dict(zip(_FIELDS, values[outputs.numbers].ravel().tolist(), strict=True))
     size = math.prod(reference_shape)
     d = TensorDiff(
         name=name,
@@ -327,9 +482,13 @@ def _cosine(dot: float, norm: float, reference_norm: float) -> float:
 
 __all__ = [
     "ComparisonOutputs",
+    "SharedNodes",
     "add_comparison",
     "add_fast_comparison",
+    "add_overflow_count",
     "diff_from_outputs",
     "in_graph_comparable",
     "needs_general",
+    "severity_from_outputs",
+    "severity_in_graph",
 ]

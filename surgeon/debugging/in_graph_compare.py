@@ -6,8 +6,17 @@ Why: fetching every activation of both models kept them all alive at once (4.6x 
 7.1x the memory of plain runs). Here each pair is reduced where it is made and
 onnxruntime frees it as a plain run would; only three small outputs per pair leave the
 run, plus the values of the pairs the nodes cannot compare (other dtypes, ``exact``),
-which are compared with compare_arrays as before (never dropped), and the reference
-values the isolated-error stage is given.
+which are compared with compare_arrays as before (never dropped).
+
+The isolated-error stage (surgeon.precision.isolated) runs in the same model where it
+can (:func:`plan_isolation`): each unit's candidate nodes copied after the candidate
+node, fed the reference's tensors (cast to the candidate's dtype there), each output
+compared with the reference's by the same nodes plus the severity numbers. So the
+reference's activations never leave onnxruntime either (fetching them for a separate
+isolated session was the peak: 736 MB for a YOLOv8n-size debug run, 428 MB now) and no
+second session is built. Units the nodes cannot take (integer outputs, casts other than
+between floats, an optimised run, a zero atol) keep the values path: their reference
+values are fetched.
 
 :func:`merge_refusal` says when the two graphs cannot share a model (opset versions that
 differ, reference subgraphs or local functions, sparse weights): debug then keeps the
@@ -17,7 +26,7 @@ values path.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,17 +35,22 @@ import onnx
 from surgeon.compare import TensorDiff, Tolerance, as_reference_dtype, cast_note
 from surgeon.compare.in_graph import (
     ComparisonOutputs,
+    SharedNodes,
     add_comparison,
     add_fast_comparison,
+    add_overflow_count,
     diff_from_outputs,
     in_graph_comparable,
     needs_general,
+    severity_from_outputs,
+    severity_in_graph,
 )
-from surgeon.model import Model
+from surgeon.model import Model, dtype_name
 from surgeon.runner import RunOptions, run
 
 _PREFIX = "surgeon.ref/"
 _COMPARE_PREFIX = "surgeon.cmp/"
+_ISOLATED_PREFIX = "surgeon.iso/"
 _DTYPE_NAMES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
 
 
@@ -76,6 +90,167 @@ class InGraphResult:
     in_graph: int = 0  # pairs compared by nodes in the graph
     fetched: int = 0  # pairs compared on fetched values
     runs: int = 0  # onnxruntime runs of the merged model (2 when a pair held NaN/Inf)
+    # the isolated units' outputs: candidate output -> (its diff, excess, born count),
+    # excess None when the shapes differ (see surgeon.precision.isolated.MeasuredOutput)
+    isolated: dict[str, tuple[TensorDiff, float | None, int]] = field(default_factory=dict)
+    # fed candidate tensors whose finite reference value overflowed the candidate's dtype
+    overflowed: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class IsolatedUnit:
+    """A unit of surgeon.precision.isolated run inside the merged model: copies of its
+    candidate nodes, fed the reference's tensors (cast to the candidate's dtype there),
+    each output compared with its reference tensor by the comparison nodes.
+
+    Attributes:
+        nodes: The unit's candidate nodes in graph order.
+        position: The index of its last node in the candidate's node list (the unit is
+            placed right after it).
+        feeds: Candidate tensor -> (the reference tensor whose value it takes, or None
+            for the candidate's own graph input; that tensor's ONNX element type; the
+            element type to cast it to, 0 for none). Casts are between float types only.
+        initializers: Candidate initializers the nodes read (kept, not renamed).
+        outputs: (candidate output, reference tensor) pairs compared.
+    """
+
+    nodes: Sequence[onnx.NodeProto]
+    position: int
+    feeds: Mapping[str, tuple[str | None, int, int]]
+    initializers: Sequence[str]
+    outputs: Sequence[tuple[str, str]]
+
+
+@dataclass
+class IsolationPlan:
+    """How the isolated-error stage splits between the merged run and the values path.
+
+    Attributes:
+        has_reference: Candidate tensor -> whether the isolated stage has a reference
+            value for it (the units are planned with it: the same units as when every
+            value is fetched).
+        units: The units run inside the merged model (see :class:`IsolatedUnit`).
+        keep: Reference tensors the other units need fetched (their values path).
+    """
+
+    has_reference: Callable[[str], bool]
+    units: list[IsolatedUnit]
+    keep: list[str]
+
+
+_FLOAT_ELEMS = {
+    "float16": onnx.TensorProto.FLOAT16,
+    "float32": onnx.TensorProto.FLOAT,
+    "float64": onnx.TensorProto.DOUBLE,
+}
+
+
+def plan_isolation(
+    model: Model,
+    reference: Model,
+    pairing,
+    kept: Sequence[str],
+    feeds: Mapping[str, object],
+    reference_feeds: Mapping[str, object],
+    types: dict[str, onnx.TypeProto],
+    reference_types: dict[str, onnx.TypeProto],
+    tolerance: Tolerance,
+    options: RunOptions,
+) -> IsolationPlan | None:
+    """Which isolated units (surgeon.precision.isolated) run inside the merged model,
+    given the reference values the values path would hold: ``kept`` (fetched reference
+    tensors), ``reference_feeds`` and the reference's initializers. None when none can:
+    the isolated run disables optimisation (so must the merged one), and the severity
+    numbers need a tolerance :func:`severity_in_graph` accepts.
+
+    A unit runs in the graph when each of its outputs pairs with a reference tensor the
+    comparison nodes accept (float16/float32) and each feed is that tensor as it is or
+    cast between float types; the others keep the values path. ``types`` and
+    ``reference_types`` are completed with the units' tensors.
+    """
+    from surgeon.edits.tap import learn_types
+    from surgeon.precision.isolated import plan_units
+
+    if options.optimization != "disabled" or not severity_in_graph(tolerance):
+        return None
+    kept = set(kept)
+    if any(r not in reference_types for r in kept):
+        return None  # a value whose kind is not known before it is fetched
+    constants = pairing.reference_constants
+    graph_inputs = set(model.input_names)
+
+    def has_reference(t: str) -> bool:
+        # surgeon.precision.isolated._reference_value's order, on what the values hold
+        ref = pairing.reference_of(t)
+        if ref is not None:
+            if ref in kept:
+                return reference_types[ref].HasField("tensor_type")
+            if ref in reference_feeds:
+                return isinstance(reference_feeds[ref], np.ndarray)
+            if ref in constants:
+                return True
+        return t in graph_inputs and isinstance(feeds.get(t), np.ndarray)
+
+    def source(t: str) -> tuple[str | None, str | None]:
+        """(the reference tensor fed at ``t`` or None for its own input, its dtype)."""
+        ref = pairing.reference_of(t)
+        if ref is not None:
+            if ref in kept:
+                elem = reference_types[ref].tensor_type.elem_type
+                return ref, dtype_name(elem) if elem else None
+            if ref in reference_feeds:
+                return ref, reference_feeds[ref].dtype.name
+            if ref in constants:
+                return ref, dtype_name(constants[ref].data_type)
+        return None, feeds[t].dtype.name
+
+    units, _ = plan_units(model, pairing, has_reference)
+    outputs = [(o, pairing.pairs[o].reference) for u in units for o in u.outputs]
+    types.update(learn_types(model, [o for o, _ in outputs if o not in types], options))
+    reference_types.update(
+        learn_types(reference, [r for _, r in outputs if r not in reference_types], options)
+    )
+    in_graph, keep = [], {}
+    for unit in units:
+        spec = _unit_in_graph(unit, pairing, source, types, reference_types, tolerance)
+        if spec is not None:
+            in_graph.append(spec)
+            continue
+        for t in [*unit.feeds, *unit.outputs]:
+            ref = pairing.reference_of(t)
+            if ref in kept:
+                keep[ref] = None
+    return IsolationPlan(has_reference, in_graph, list(keep))
+
+
+def _unit_in_graph(unit, pairing, source, types, reference_types, tolerance):
+    """``unit`` as an :class:`IsolatedUnit`, or None when it must keep the values path."""
+    outputs = []
+    for o in unit.outputs:
+        r = pairing.pairs[o].reference
+        if o not in types or r not in reference_types:
+            return None
+        c_type, r_type = types[o], reference_types[r]
+        if not (c_type.HasField("tensor_type") and r_type.HasField("tensor_type")):
+            return None
+        if not in_graph_comparable(
+            c_type.tensor_type.elem_type, r_type.tensor_type.elem_type, tolerance
+        ):
+            return None
+        outputs.append((o, r))
+    fed = {}
+    for t in unit.feeds:
+        ref, dtype = source(t)
+        wanted = pairing.dtypes.get(t)
+        # surgeon.precision.isolated._feed_value casts to the candidate's dtype there
+        elem = _FLOAT_ELEMS.get(dtype, 0)
+        if not wanted or wanted == "str" or wanted == dtype:
+            fed[t] = (ref, elem, 0)
+        elif wanted in _FLOAT_ELEMS and elem:
+            fed[t] = (ref, elem, _FLOAT_ELEMS[wanted])
+        else:
+            return None
+    return IsolatedUnit(unit.nodes, unit.position, fed, unit.initializers, outputs)
 
 
 def _fresh_prefix(names: Sequence[str], prefix: str = _PREFIX) -> str:
@@ -97,6 +272,7 @@ def compare_in_graph(
     options: RunOptions,
     *,
     keep_reference: Sequence[str] = (),
+    units: Sequence[IsolatedUnit] = (),
 ) -> InGraphResult:
     """Run ``model`` and ``reference`` as one model and compare each (candidate tensor,
     reference tensor) of ``pairs``.
@@ -112,6 +288,11 @@ def compare_in_graph(
         reference_feeds: The reference's feeds by its input names.
         shared_inputs: Reference input -> model input fed the very same value (fed once).
         keep_reference: Reference tensors whose values are returned as well.
+        units: Isolated units to run on the reference's tensors inside the same run (the
+            types of their outputs and of the reference tensors they read must be in
+            ``types`` and ``reference_types``, every pair accepted by
+            in_graph_comparable, and the tolerance by severity_in_graph); their diffs
+            and severity numbers go to ``InGraphResult.isolated``.
 
     Raises:
         RuntimeFailure: onnxruntime cannot run the merged model.
@@ -132,11 +313,37 @@ def compare_in_graph(
         else:
             fetched.append((c, r))
     merge = _Merge(model, reference, shared_inputs)
+    # the rank the fast nodes compare in (no flattening copy for float32 pairs)
+    merge.ranks = {
+        c: len(_static_shape(types[c]))
+        for c in [c for c, _ in fast] + [o for unit in units for o, _ in unit.outputs]
+        if _static_shape(types[c])
+    }
     result = InGraphResult(in_graph=len(fast) + len(general), fetched=len(fetched))
     keep = [merge.rename(r) for r in keep_reference]
     values = dict.fromkeys([c for c, _ in fetched] + [merge.rename(r) for _, r in fetched] + keep)
+    # each unit's outputs: the fast nodes when both shapes are known equal
+    unit_fast = [
+        {
+            o
+            for o, r in unit.outputs
+            if _static_shape(types[o])
+            and _static_shape(types[o]) == _static_shape(reference_types[r])
+        }
+        for unit in units
+    ]
+    plan = _UnitPlan(units, unit_fast, count_overflow=True)
     outputs, got = merge.run(
-        fast, general, list(values), elem, ref_elem, feeds, reference_feeds, tolerance, options
+        fast,
+        general,
+        list(values),
+        elem,
+        ref_elem,
+        feeds,
+        reference_feeds,
+        tolerance,
+        options,
+        plan,
     )
     result.runs = 1
     again = [pair for pair in fast if needs_general(outputs[pair], got)]
@@ -153,21 +360,55 @@ def compare_in_graph(
         for pair, out in outputs.items()
         if pair not in again
     }
+    result.overflowed = {t for t, name in plan.overflow.items() if got[name][0] > 0}
+    redo = _measure_units(result, plan, got, tolerance)
     del got
-    if again:
+    if again or redo:
+        # units whose fast nodes met a NaN/Inf (or other shapes): every output general
+        plan = _UnitPlan([units[k] for k in redo], [set() for _ in redo], count_overflow=False)
         outputs, got = merge.run(
-            [], again, [], elem, ref_elem, feeds, reference_feeds, tolerance, options
+            [], again, [], elem, ref_elem, feeds, reference_feeds, tolerance, options, plan
         )
         result.runs += 1
         for pair in again:
             diffs[pair] = diff_from_outputs(
                 outputs[pair], got, tolerance, name=pair[0], reference=pair[1]
             )
+        _measure_units(result, plan, got, tolerance)
     for (c, r), diff in diffs.items():
         result.diffs[(c, r)] = diff
         if elem[c] != ref_elem[r]:
             result.cast_notes[(c, r)] = cast_note(diff.dtype, _DTYPE_NAMES[elem[c]])
     return result
+
+
+@dataclass
+class _UnitPlan:
+    """The isolated units of one merged run, which of each one's outputs take the fast
+    nodes, and (filled by the run) their comparison outputs and overflow counts."""
+
+    units: Sequence[IsolatedUnit]
+    fast: Sequence[set[str]]
+    count_overflow: bool
+    compared: list[dict[str, ComparisonOutputs]] = field(default_factory=list)
+    overflow: dict[str, str] = field(default_factory=dict)  # fed tensor -> its count
+
+
+def _measure_units(result: InGraphResult, plan: _UnitPlan, got, tolerance) -> list[int]:
+    """Each unit's diffs and severity numbers into ``result.isolated``; returns the
+    units to compare again with the general nodes (a fast output held NaN/Inf)."""
+    redo = []
+    for k, (unit, compared) in enumerate(zip(plan.units, plan.compared, strict=True)):
+        if any(o in plan.fast[k] and needs_general(compared[o], got) for o, _ in unit.outputs):
+            redo.append(k)
+            continue
+        for o, r in unit.outputs:
+            diff = diff_from_outputs(compared[o], got, tolerance, name=o, reference=r)
+            if diff.shape != diff.reference_shape:
+                result.isolated[o] = (diff, None, 0)
+            else:
+                result.isolated[o] = (diff, *severity_from_outputs(compared[o], got))
+    return redo
 
 
 def _static_shape(t: onnx.TypeProto) -> tuple[int, ...] | None:
@@ -190,6 +431,8 @@ class _Merge:
         # The comparison nodes' own names: no model name starts with it, and no renamed
         # reference name can (those start with self.prefix).
         self.compare_prefix = _fresh_prefix(taken, _COMPARE_PREFIX)
+        self.isolated_prefix = _fresh_prefix(taken, _ISOLATED_PREFIX)
+        self.ranks: dict[str, int] = {}  # candidate tensor -> its static rank
         ref = reference.proto
         inits = {t.name for t in ref.graph.initializer}
         self.ref_inputs = {i.name for i in ref.graph.input} - inits
@@ -202,10 +445,21 @@ class _Merge:
         return self.prefix + t
 
     def run(
-        self, fast, general, values, elem, ref_elem, feeds, reference_feeds, tolerance, options
+        self,
+        fast,
+        general,
+        values,
+        elem,
+        ref_elem,
+        feeds,
+        reference_feeds,
+        tolerance,
+        options,
+        plan: _UnitPlan | None = None,
     ):
-        """One run comparing ``fast`` and ``general`` pairs and fetching ``values``:
-        (pair -> its ComparisonOutputs, the fetched outputs)."""
+        """One run comparing ``fast`` and ``general`` pairs, running ``plan``'s isolated
+        units and fetching ``values``: (pair -> its ComparisonOutputs, the fetched
+        outputs); the units' comparison outputs go into ``plan``."""
         src, ref, rename, prefix = self.model.proto, self.reference.proto, self.rename, self.prefix
         proto = onnx.ModelProto()
         proto.CopyFrom(src)
@@ -231,6 +485,7 @@ class _Merge:
         ref_nodes = list(ref.graph.node)
         ref_producer = {o: k for k, n in enumerate(ref_nodes) for o in n.output if o}
         next_ref = 0
+        shared = SharedNodes()  # one constant per value, one reference side per tensor
         builder = {pair: add_fast_comparison for pair in fast}
         builder.update({pair: add_comparison for pair in general})
         waiting: dict[str, list[tuple[str, str]]] = {}
@@ -251,7 +506,9 @@ class _Merge:
 
         def compare(c: str, r: str) -> None:
             emit_reference_until(ref_producer.get(r, -1))
-            outputs[(c, r)] = builder[(c, r)](
+            build = builder[(c, r)]
+            extra = {"rank": self.ranks.get(c)} if build is add_fast_comparison else {}
+            outputs[(c, r)] = build(
                 graph,
                 c,
                 elem[c],
@@ -259,19 +516,101 @@ class _Merge:
                 ref_elem[r],
                 tolerance,
                 f"{self.compare_prefix}{len(outputs)}/",
+                shared=shared,
+                **extra,
             )
+
+        plan = plan or _UnitPlan([], [], False)
+        after: dict[int, list[int]] = {}
+        for k, unit in enumerate(plan.units):
+            after.setdefault(unit.position, []).append(k)
+        plan.compared = [{} for _ in plan.units]
+        plan.overflow = {}
+        sources: dict[str, str] = {}  # fed candidate tensor -> its tensor in the merged graph
+        iso = self.isolated_prefix
+
+        def guarded(name: str, label: str) -> str:
+            # An Identity between a float16 tensor and the unit: onnxruntime's CPU drops
+            # a Cast pair float32 -> float16 -> float32 (the reference producer's Cast
+            # back to float16, or ours, then the one it puts before a node without a
+            # float16 kernel), and the node would read unrounded values where the
+            # isolated run feeds the rounded float16 tensor.
+            graph.node.add().CopyFrom(
+                onnx.helper.make_node("Identity", [name], [label], name=label)
+            )
+            return label
+
+        def source(t: str, ref_name: str | None, elem_type: int, to: int) -> str:
+            if t in sources:
+                return sources[t]
+            name = rename(ref_name) if ref_name is not None else t
+            label = f"{iso}in/{len(sources)}"
+            if elem_type == onnx.TensorProto.FLOAT16:
+                name = guarded(name, label + "/read")
+            if to:
+                cast = label + "/cast"
+                graph.node.add().CopyFrom(
+                    onnx.helper.make_node("Cast", [name], [cast], name=cast, to=to)
+                )
+                if plan.count_overflow and to != onnx.TensorProto.DOUBLE:
+                    plan.overflow[t] = add_overflow_count(graph, name, cast, label + "/overflow/")
+                name = guarded(cast, label) if to == onnx.TensorProto.FLOAT16 else cast
+            sources[t] = name
+            return name
+
+        def run_unit(k: int) -> None:
+            unit = plan.units[k]
+            needed = [r for r, _, _ in unit.feeds.values() if r is not None]
+            needed += [r for _, r in unit.outputs]
+            emit_reference_until(max((ref_producer.get(r, -1) for r in needed), default=-1))
+            inits = set(unit.initializers)
+            local = {t: source(t, *unit.feeds[t]) for t in unit.feeds}
+
+            def unit_name(t: str) -> str:
+                if not t or t in inits:
+                    return t
+                return local.get(t) or f"{iso}{k}/{t}"
+
+            for j, node in enumerate(unit.nodes):
+                copy = graph.node.add()
+                copy.CopyFrom(node)
+                copy.name = f"{iso}{k}/{j}/{node.name}"
+                copy.input[:] = [unit_name(x) for x in node.input]
+                copy.output[:] = [unit_name(x) for x in node.output]
+            for i, (o, r) in enumerate(unit.outputs):
+                fast_nodes = o in plan.fast[k]
+                build = add_fast_comparison if fast_nodes else add_comparison
+                extra = {"rank": self.ranks.get(o)} if fast_nodes else {}
+                plan.compared[k][o] = build(
+                    graph,
+                    unit_name(o),
+                    elem[o],
+                    rename(r),
+                    ref_elem[r],
+                    tolerance,
+                    f"{self.compare_prefix}{iso}{k}/{i}/",
+                    severity=True,
+                    shared=shared,
+                    **extra,
+                )
 
         produced = {o for n in src.graph.node for o in n.output if o}
         for c in [c for c in waiting if c not in produced]:  # graph inputs, initializers
             for pair in waiting.pop(c):
                 compare(*pair)
-        for node in src.graph.node:
+        for position, node in enumerate(src.graph.node):
             graph.node.append(node)
             for o in node.output:
                 for pair in waiting.pop(o, []):
                     compare(*pair)
+            for k in after.get(position, []):
+                run_unit(k)
         emit_reference_until(len(ref_nodes) - 1)
         wanted = [n for out in outputs.values() for n in out.names()] + list(values)
+        wanted += [
+            n for compared in plan.compared for out in compared.values() for n in out.names()
+        ]
+        wanted += list(plan.overflow.values())
         for name in wanted:
             graph.output.add().name = name
         merged = Model(proto, self.model.path, self.model.external_data_files)
@@ -286,4 +625,11 @@ class _Merge:
         return outputs, run(merged, run_feeds, outputs=wanted, options=merged_options)
 
 
-__all__ = ["InGraphResult", "compare_in_graph", "merge_refusal"]
+__all__ = [
+    "InGraphResult",
+    "IsolatedUnit",
+    "IsolationPlan",
+    "compare_in_graph",
+    "merge_refusal",
+    "plan_isolation",
+]

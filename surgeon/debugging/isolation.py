@@ -46,6 +46,8 @@ def judge_by_isolated_error(
     origin,
     *,
     cumulative: Mapping[str, object] | None = None,
+    pairing=None,
+    measured=None,
 ) -> PrecisionReport:
     """Compute every checkable node's isolated error and set the root cause from it, into
     ``report`` (``precision``, ``root_cause``, ``other_roots``, each layer's ``isolated``).
@@ -55,6 +57,10 @@ def judge_by_isolated_error(
         reference_values: Reference tensor -> value, the reference's inputs included.
         cumulative: Tapped tensor -> its diff with the reference, when it was compared
             without fetching the values (surgeon.debugging.in_graph_compare).
+        pairing: The tensor pairing, when the caller made it already.
+        measured: Units whose isolated errors were measured inside onnxruntime
+            (surgeon.precision.isolated.MeasuredUnits); ``reference_values`` then need
+            hold only the other units' values.
     """
     candidate_values = {**feeds, **values}
     precision = analyse_precision(
@@ -66,6 +72,8 @@ def judge_by_isolated_error(
         name_map=dict(options.name_map),
         options=run_options,
         cumulative=cumulative,
+        pairing=pairing,
+        measured=measured,
     )
     report.precision = precision
     layers = {layer.diff.name: layer for layer in report.layers}

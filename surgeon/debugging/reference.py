@@ -250,10 +250,20 @@ def _compare_layers_in_graph(
     report, facts, taps, feeds, ref: Reference, options, run_options, origin
 ) -> None:
     """:func:`compare_layers` for a reference model, compared inside onnxruntime: the
-    candidate's values never leave it (the tapped run was a statistics run)."""
-    from surgeon.debugging.in_graph_compare import compare_in_graph
+    candidate's values never leave it (the tapped run was a statistics run).
+
+    The isolated-error stage runs there too where it can (see
+    :func:`surgeon.debugging.in_graph_compare.plan_isolation`): each unit's candidate
+    nodes copied into the merged model, fed the reference's tensors, compared with the
+    reference's outputs by the comparison nodes. So the reference's activations never
+    leave onnxruntime either and no second session is built; units it cannot take keep
+    the values path (their reference values fetched), and when onnxruntime refuses the
+    merged model with units, it runs again without them (the values path for all).
+    """
+    from surgeon.debugging.in_graph_compare import compare_in_graph, plan_isolation
     from surgeon.debugging.isolation import judge_by_isolated_error
     from surgeon.edits.tap import learn_types
+    from surgeon.precision.isolated import MeasuredOutput, MeasuredUnits
     from surgeon.precision.pairing import pair_tensors
 
     model, ref_model = facts.model, ref.source
@@ -262,7 +272,8 @@ def _compare_layers_in_graph(
     available = set(ref_model.tensor_names())
     by_name = [(t, to_ref.get(t, t)) for t in taps if to_ref.get(t, t) in available]
     kept = dict.fromkeys(r for _, r in by_name)  # what the isolated stage is given
-    pairing = pair_tensors(model, ref_model, name_map=name_map)
+    # (the candidate's values: its feeds, as the isolated stage is given them)
+    pairing = pair_tensors(model, ref_model, name_map=name_map, candidate_values=feeds)
     # the cumulative error of each tapped tensor paired through a Cast or Q/DQ chain (with
     # a value the isolated stage has: a compared tensor, or a reference weight)
     ref_feeds, own = _reference_feeds(report, model, feeds, ref, options)
@@ -281,8 +292,21 @@ def _compare_layers_in_graph(
         for i, value in ref_feeds.items()
         if name_map.get(i, i) in inputs and value is feeds.get(name_map.get(i, i))
     }
-    try:
-        result = compare_in_graph(
+    plan = plan_isolation(
+        model,
+        ref_model,
+        pairing,
+        list(kept),
+        feeds,
+        ref_feeds,
+        types,
+        ref_types,
+        options.tolerance,
+        run_options,
+    )
+
+    def merged_run(units, keep):
+        return compare_in_graph(
             model,
             ref_model,
             pairs,
@@ -293,8 +317,18 @@ def _compare_layers_in_graph(
             shared,
             options.tolerance,
             run_options,
-            keep_reference=list(kept),
+            keep_reference=keep,
+            units=units,
         )
+
+    try:
+        try:
+            result = merged_run(plan.units, plan.keep) if plan else merged_run((), list(kept))
+        except RuntimeFailure:
+            if not plan or not plan.units:
+                raise
+            plan = None  # a unit onnxruntime refuses: the values path finds which
+            result = merged_run((), list(kept))
     except RuntimeFailure as e:
         raise _random_feeds_failure(e, report, model, own) from None
     report.reference = ref.label
@@ -313,6 +347,13 @@ def _compare_layers_in_graph(
     if not compared:
         return
     cumulative = {t: result.diffs[(t, r)] for t, r in through}
+    measured = None
+    if plan:
+        measured = MeasuredUnits(
+            plan.has_reference,
+            {o: MeasuredOutput(*m) for o, m in result.isolated.items()},
+            result.overflowed,
+        )
     judge_by_isolated_error(
         report,
         facts,
@@ -324,6 +365,8 @@ def _compare_layers_in_graph(
         run_options,
         origin,
         cumulative=cumulative,
+        pairing=pairing,
+        measured=measured,
     )
 
 

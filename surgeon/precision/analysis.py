@@ -12,7 +12,12 @@ from dataclasses import dataclass, field
 
 from surgeon.compare import TensorDiff, Tolerance
 from surgeon.model import Model
-from surgeon.precision.isolated import IsolatedError, IsolatedRun, isolated_errors
+from surgeon.precision.isolated import (
+    IsolatedError,
+    IsolatedRun,
+    MeasuredUnits,
+    isolated_errors,
+)
 from surgeon.precision.pairing import Pairing, pair_tensors
 from surgeon.precision.severity import RootCause, pick_root_cause
 from surgeon.runner import RunOptions
@@ -63,6 +68,8 @@ def analyse_precision(
     name_map: Mapping[str, str] | None = None,
     options: RunOptions | None = None,
     cumulative: Mapping[str, TensorDiff] | None = None,
+    pairing: Pairing | None = None,
+    measured: MeasuredUnits | None = None,
 ) -> PrecisionReport:
     """Pair ``candidate``'s tensors with the reference's, run every checkable node on the
     reference's values at its inputs (one batched onnxruntime run), rank the nodes by
@@ -78,12 +85,16 @@ def analyse_precision(
         options: onnxruntime options (custom-op libraries, threads).
         cumulative: Candidate tensor -> its diff with the reference, computed already
             (in place of ``candidate_values`` for the cumulative errors).
+        pairing: The pairing, when the caller made it already (with the same
+            arguments :func:`pair_tensors` would be given here).
+        measured: Units evaluated already (see :func:`isolated_errors`).
     """
     if not isinstance(reference, Model):
         reference = list(dict.fromkeys([*reference, *reference_values]))
-    pairing = pair_tensors(
-        candidate, reference, name_map=name_map, candidate_values=candidate_values
-    )
+    if pairing is None:
+        pairing = pair_tensors(
+            candidate, reference, name_map=name_map, candidate_values=candidate_values
+        )
     run = isolated_errors(
         candidate,
         pairing,
@@ -92,6 +103,7 @@ def analyse_precision(
         tolerance,
         options=options,
         cumulative=cumulative,
+        measured=measured,
     )
     root = pick_root_cause(run)
     ranking = sorted((u for u in run.units if u.rank is not None), key=lambda u: u.rank)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,7 +29,7 @@ from surgeon.compare import TensorDiff, Tolerance, as_reference_dtype, compare_a
 from surgeon.errors import RuntimeFailure
 from surgeon.model import Model
 from surgeon.precision.pairing import Pair, Pairing, holds_subgraph, node_label
-from surgeon.precision.severity import Severity, measure_severity
+from surgeon.precision.severity import Severity, measure_severity, severity_from
 from surgeon.runner import RunOptions, run
 
 # A unit grows through inputs without reference values; beyond this many nodes it would
@@ -95,12 +95,46 @@ class IsolatedError:
 
 
 @dataclass
-class _Unit:
+class Unit:
+    """A unit as planned: the nodes it runs (graph order, the compared node last, at
+    ``position`` in the candidate's node list), the candidate tensors fed with reference
+    values, the candidate initializers it reads, and its compared outputs."""
+
     result: IsolatedError
     nodes: list[onnx.NodeProto]
     feeds: list[str]  # candidate tensors fed with reference values
     initializers: list[str]
     outputs: list[str]
+    position: int = -1
+
+
+@dataclass(frozen=True)
+class MeasuredOutput:
+    """A unit's output compared with its reference elsewhere (inside onnxruntime): its
+    diff, and the excess and born count of surgeon.precision.severity (excess None when
+    the shapes differ)."""
+
+    diff: TensorDiff
+    excess: float | None
+    born: int
+
+
+@dataclass
+class MeasuredUnits:
+    """Units evaluated elsewhere, for :func:`isolated_errors`.
+
+    Attributes:
+        has_reference: Candidate tensor -> whether it has a reference value; the units
+            are planned with it (the values of units evaluated elsewhere are not given).
+        outputs: Candidate output -> its measure; a unit is taken from here when all its
+            outputs are, and run on values otherwise.
+        overflowed: Fed candidate tensors whose finite reference value is not finite in
+            the candidate's dtype.
+    """
+
+    has_reference: Callable[[str], bool]
+    outputs: dict[str, MeasuredOutput] = field(default_factory=dict)
+    overflowed: set[str] = field(default_factory=set)
 
 
 def _reference_value(
@@ -126,15 +160,23 @@ def _reference_value(
     return None
 
 
+def plan_units(
+    candidate: Model, pairing: Pairing, has_reference: Callable[[str], bool]
+) -> tuple[list[Unit], list[IsolatedError]]:
+    """The units :func:`isolated_errors` evaluates (and the nodes it skips, with why),
+    given which candidate tensors have a reference value."""
+    return _build_units(candidate, pairing, has_reference)
+
+
 def _build_units(
     candidate: Model, pairing: Pairing, has_reference
-) -> tuple[list[_Unit], list[IsolatedError]]:
+) -> tuple[list[Unit], list[IsolatedError]]:
     graph = candidate.proto.graph
     # Positions, not the node objects: protobuf hands out a new wrapper on every access.
     nodes = list(graph.node)
     producer_of = {o: i for i, n in enumerate(nodes) for o in n.output if o}
     initializers = {t.name for t in graph.initializer} - {v.name for v in graph.input}
-    units: list[_Unit] = []
+    units: list[Unit] = []
     skipped: list[IsolatedError] = []
     for index, node in enumerate(nodes):
         outs = [o for o in node.output if o and o in pairing.pairs and has_reference(o)]
@@ -182,7 +224,7 @@ def _build_units(
         if result.status != "evaluated":
             skipped.append(result)
             continue
-        units.append(_Unit(result, ordered, feeds, inits, outs))
+        units.append(Unit(result, ordered, feeds, inits, outs, index))
     return units, skipped
 
 
@@ -196,7 +238,7 @@ def _fresh_prefix(proto: onnx.ModelProto) -> str:
 
 
 def _batch_model(
-    candidate: Model, units: list[_Unit], feeds: Mapping[str, np.ndarray], prefix: str
+    candidate: Model, units: list[Unit], feeds: Mapping[str, np.ndarray], prefix: str
 ) -> tuple[Model, dict[tuple[int, str], str]]:
     """One model holding a renamed copy of every unit; returns it and (unit index,
     output) -> batch output name."""
@@ -250,7 +292,7 @@ def _batch_model(
 
 def _run_batches(
     candidate: Model,
-    units: list[_Unit],
+    units: list[Unit],
     feeds: Mapping[str, np.ndarray],
     options: RunOptions,
     prefix: str,
@@ -337,6 +379,7 @@ def isolated_errors(
     *,
     options: RunOptions | None = None,
     cumulative: Mapping[str, TensorDiff] | None = None,
+    measured: MeasuredUnits | None = None,
 ) -> IsolatedRun:
     """Run every checkable node of ``candidate`` on the reference's values at its inputs.
 
@@ -353,6 +396,10 @@ def isolated_errors(
             disabled (each node as the graph defines it).
         cumulative: Candidate tensor -> its diff with the reference, computed already
             (e.g. inside onnxruntime); used where ``candidate_values`` lacks the tensor.
+        measured: Units evaluated already (inside onnxruntime, see
+            surgeon.debugging.in_graph_compare): the units are planned with its
+            ``has_reference``, and only the others are run here, on
+            ``reference_values`` (which then need hold only their values).
 
     Returns:
         An :class:`IsolatedRun`; rank it with :func:`surgeon.precision.rank_units`.
@@ -372,40 +419,65 @@ def isolated_errors(
     def has_reference(t: str) -> bool:
         return isinstance(lookup(t), np.ndarray)
 
-    units, skipped = _build_units(candidate, pairing, has_reference)
+    units, skipped = _build_units(
+        candidate, pairing, measured.has_reference if measured is not None else has_reference
+    )
+    elsewhere = {
+        k
+        for k, unit in enumerate(units)
+        if measured is not None and all(o in measured.outputs for o in unit.outputs)
+    }
+    here = [k for k in range(len(units)) if k not in elsewhere]
     feeds: dict[str, np.ndarray] = {}
-    overflowed: set[str] = set()
-    for t in dict.fromkeys(x for u in units for x in u.feeds):
+    overflowed: set[str] = set(measured.overflowed) if measured is not None else set()
+    for t in dict.fromkeys(x for k in here for x in units[k].feeds):
         value = _feed_value(lookup(t), pairing.dtypes.get(t))
         feeds[t] = value
         if _overflowed(lookup(t), value):
             overflowed.add(t)
     run_options = dataclasses.replace(options or RunOptions(), optimization="disabled")
     stats = {"runs": 0, "session_seconds": 0.0}
-    outcome = _run_batches(
-        candidate, units, feeds, run_options, _fresh_prefix(candidate.proto), stats
+    ran = _run_batches(
+        candidate,
+        [units[k] for k in here],
+        feeds,
+        run_options,
+        _fresh_prefix(candidate.proto),
+        stats,
     )
+    outcome = {k: ran.get(j) for j, k in enumerate(here)}
+    del ran  # each unit's values are dropped once it is measured
     for k, unit in enumerate(units):
         r = unit.result
         r.overflowed_inputs = sorted(t for t in unit.feeds if t in overflowed)
-        got = outcome.get(k)
-        if isinstance(got, str) or got is None:
-            r.status, r.reason = "failed", got or "not run"
-            continue
-        worst: tuple | None = None
-        for o in unit.outputs:
-            pair = pairing.pairs[o]
-            expected = lookup(o)
-            diff = compare_arrays(
-                as_reference_dtype(got[o], expected)[0],
-                expected,
-                tolerance,
-                name=o,
-                reference=pair.reference,
-            )
-            sev = measure_severity(got[o], expected, diff, tolerance, bool(r.overflowed_inputs))
-            if worst is None or sev.key() < worst[0].key():
-                worst = (sev, diff, o)
+        if k in elsewhere:
+            worst = None
+            for o in unit.outputs:
+                m = measured.outputs[o]
+                sev = severity_from(m.diff, m.excess, m.born, bool(r.overflowed_inputs))
+                if worst is None or sev.key() < worst[0].key():
+                    worst = (sev, m.diff, o)
+        else:
+            got = outcome.get(k)
+            if isinstance(got, str) or got is None:
+                r.status, r.reason = "failed", got or "not run"
+                continue
+            worst = None
+            for o in unit.outputs:
+                pair = pairing.pairs[o]
+                expected = lookup(o)
+                diff = compare_arrays(
+                    as_reference_dtype(got[o], expected)[0],
+                    expected,
+                    tolerance,
+                    name=o,
+                    reference=pair.reference,
+                )
+                sev = measure_severity(got[o], expected, diff, tolerance, bool(r.overflowed_inputs))
+                if worst is None or sev.key() < worst[0].key():
+                    worst = (sev, diff, o)
+            del got
+            outcome[k] = None  # the unit's values are no longer needed
         r.severity, r.isolated, out = worst
         if cumulative is not None and out in cumulative and out not in candidate_values:
             r.cumulative = cumulative[out]
@@ -428,4 +500,12 @@ def isolated_errors(
     return run
 
 
-__all__ = ["IsolatedError", "IsolatedRun", "isolated_errors"]
+__all__ = [
+    "IsolatedError",
+    "IsolatedRun",
+    "MeasuredOutput",
+    "MeasuredUnits",
+    "Unit",
+    "isolated_errors",
+    "plan_units",
+]
