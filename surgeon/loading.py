@@ -10,7 +10,9 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from surgeon.errors import ModelLoadError
+from surgeon import embedded
+from surgeon.embedded import LeftOut, skeleton_without_weights
+from surgeon.errors import ModelLoadError, UnsafePathError
 
 # Re-exported: they lived here before surgeon.external took them (the weights' readers
 # need them without importing the Model class).
@@ -27,14 +29,16 @@ from surgeon.protos import INLINE_EXTERNAL_BELOW
 from surgeon.validation import check_structure
 
 
-def load(path: str | os.PathLike, *, validate: bool = True) -> Model:
-    """Load and validate an ONNX model; its large external tensors stay on disk.
+def load(path: str | os.PathLike, *, validate: bool = True, weights_on_disk: bool = False) -> Model:
+    """Load and validate an ONNX model; its large tensors stay on disk.
 
     Every external-data reference is checked (inside the model's folder, a regular
     file, in range), but only tensors under ``INLINE_EXTERNAL_BELOW`` bytes are read:
     the weights stay in their files, where onnxruntime maps them and saving streams
-    them. The files' identities are recorded; if one is replaced or rewritten later,
-    running or saving the model refuses it rather than read other bytes.
+    them. Large initializers embedded in the model file itself can be treated the
+    same way (see ``weights_on_disk``). The files' identities are recorded; if one is
+    replaced or rewritten later, running or saving the model refuses it rather than
+    read other bytes.
 
     Args:
         path: The ``.onnx`` file. External data locations are resolved relative to its
@@ -42,6 +46,14 @@ def load(path: str | os.PathLike, *, validate: bool = True) -> Model:
         validate: Check the graph's structure (defined inputs, produced outputs, no
             duplicate producers, no cycles, a known opset). Problems are collected and
             reported together.
+        weights_on_disk: Leave the embedded initializers of at least
+            ``embedded.ON_DISK_FROM`` bytes in the model file, as external-data
+            references into it (:mod:`surgeon.embedded`), instead of in memory: no
+            copy of them in Python, and onnxruntime reads them from the file. The
+            model file then counts as a weights file: replaced after loading, it is
+            refused (load again). Off by default: the proto then no longer stands
+            alone (``onnx.save(model.proto, ...)`` elsewhere would point into this
+            file); surgeon's own commands that only read a model (debug) turn it on.
 
     Raises:
         ModelLoadError: The file is missing, not an ONNX protobuf, truncated, its external
@@ -68,20 +80,24 @@ def load(path: str | os.PathLike, *, validate: bool = True) -> Model:
                 f"{path} is {size / 2**30:.1f} GiB, more than an ONNX file can hold (2 GiB); "
                 "it is not an ONNX model, or its weights belong in an external data file"
             )
+        stamp = file_stamp(os.fstat(fh.fileno()))
         try:
             data = fh.read()
         except OSError as e:
             raise ModelLoadError(f"{path}: cannot read the file ({e.strerror})") from None
     if not data:
         raise ModelLoadError(f"{path} is empty, not an ONNX model")
-    proto = onnx.ModelProto()
-    try:
-        proto.ParseFromString(data)
-    except (DecodeError, RuntimeError, ValueError) as e:
-        raise ModelLoadError(
-            f"{path} is not a readable ONNX model: the protobuf does not parse ({e}). "
-            "The file may be truncated, corrupted, or not an ONNX file at all."
-        ) from None
+    self_target = _self_reference(p) if weights_on_disk else None
+    proto, left_out = _parse_skeleton(data) if self_target is not None else (None, [])
+    if proto is None:
+        proto = onnx.ModelProto()
+        try:
+            proto.ParseFromString(data)
+        except (DecodeError, RuntimeError, ValueError) as e:
+            raise ModelLoadError(
+                f"{path} is not a readable ONNX model: the protobuf does not parse ({e}). "
+                "The file may be truncated, corrupted, or not an ONNX file at all."
+            ) from None
     del data
     garbled = non_utf8_fields(proto)
     if garbled:
@@ -100,6 +116,18 @@ def load(path: str | os.PathLike, *, validate: bool = True) -> Model:
     data = check_external_data(proto, p.parent, str(path), inline_below=INLINE_EXTERNAL_BELOW)
     model = Model(proto, p, data.files)
     model.external_stamps = dict(data.stamps)
+    if left_out:
+        # After the check above: these references were read off the file itself, and
+        # the file is the model's own, not one of its side files.
+        for entry in left_out:
+            t = proto.graph.initializer[entry.index]
+            t.data_location = onnx.TensorProto.EXTERNAL
+            t.external_data.add(key="location", value=p.name)
+            t.external_data.add(key="offset", value=str(entry.offset))
+            t.external_data.add(key="length", value=str(entry.length))
+        # The identity from before the read: a file changed while it was read no
+        # longer matches, and is refused when the weights are first needed.
+        model.external_stamps[str(self_target)] = stamp
     if validate:
         problems = check_structure(proto)
         if problems:
@@ -110,6 +138,41 @@ def load(path: str | os.PathLike, *, validate: bool = True) -> Model:
                 hint="The file may be truncated or was edited by a tool that broke the graph.",
             )
     return model
+
+
+def _self_reference(p: Path) -> Path | None:
+    """The model file as an external-data location resolves it inside its own folder
+    (None where it would not: a symlink to another folder, a name the check refuses)."""
+    try:
+        target = resolve_external_location(p.name, p.parent, str(p))
+    except UnsafePathError:
+        return None
+    try:
+        return target if target == p.resolve() else None
+    except OSError:
+        return None
+
+
+def _parse_skeleton(data: bytes) -> tuple[onnx.ModelProto | None, list[LeftOut]]:
+    """``data`` parsed without its large embedded weights, and where they lie in it
+    ((None, []) when it cannot be: the caller parses ``data`` whole)."""
+    found = skeleton_without_weights(data, embedded.ON_DISK_FROM)
+    if found is None:
+        return None, []
+    skeleton, left_out = found
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(skeleton)
+    except (DecodeError, RuntimeError, ValueError):
+        return None, []
+    initializers = proto.graph.initializer
+    for entry in left_out:
+        if entry.index >= len(initializers):
+            return None, []
+        t = initializers[entry.index]
+        if t.name != entry.name or t.HasField("raw_data") or t.external_data:
+            return None, []
+    return proto, left_out
 
 
 # Message class -> names of its (single text, repeated text, single message, repeated

@@ -120,6 +120,7 @@ def run(args, ctx) -> int:
         from surgeon.commands._exclude import run_suggest_exclude
 
         return run_suggest_exclude(args, ctx)
+    import os
     from pathlib import Path
 
     from surgeon.debugging import DebugOptions, debug, save_values
@@ -155,10 +156,18 @@ def run(args, ctx) -> int:
         reads=reads,
         writes=side,
     )
-    model = load(args.model)
+    # weights_on_disk: the weights stay in the file, where onnxruntime reads them (no
+    # Python copy); a model written (-o) streams them into its own file.
+    model = load(args.model, weights_on_disk=True)
     reference = args.ref
     if ref_model:
-        reference = load(args.ref)  # loaded once, here, so its files are protected too
+        # Loaded once, here, so its files are protected too. Its weights stay on disk
+        # only beside the model's: the models built from both (the merged comparison,
+        # a stripped model) read external data from one folder.
+        same_folder = os.path.realpath(Path(args.ref).parent) == os.path.realpath(
+            Path(args.model).parent
+        )
+        reference = load(args.ref, weights_on_disk=same_folder)
     _common.check_files(
         args,
         [(model, "the input model"), (reference if ref_model else None, "the reference model")],

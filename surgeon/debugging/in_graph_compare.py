@@ -26,6 +26,7 @@ values path.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -45,6 +46,7 @@ from surgeon.compare.in_graph import (
     severity_from_outputs,
     severity_in_graph,
 )
+from surgeon.external import external_tensors, inline_all
 from surgeon.model import Model, dtype_name
 from surgeon.runner import RunOptions, run
 
@@ -436,6 +438,24 @@ class _Merge:
         ref = reference.proto
         inits = {t.name for t in ref.graph.initializer}
         self.ref_inputs = {i.name for i in ref.graph.input} - inits
+        self._ref_proto: onnx.ModelProto | None = None
+
+    def _same_folder(self) -> bool:
+        a, b = self.model.data_dir, self.reference.data_dir
+        return a is not None and b is not None and os.path.realpath(a) == os.path.realpath(b)
+
+    def reference_proto(self) -> onnx.ModelProto:
+        """The reference's proto as the merged model can hold it: its external tensors
+        resolve in the candidate's folder (the merged model has one), so a reference
+        kept in another folder comes with those tensors read into memory (once)."""
+        ref = self.reference.proto
+        if self._same_folder() or not external_tensors(ref):
+            return ref
+        if self._ref_proto is None:
+            self._ref_proto = onnx.ModelProto()
+            self._ref_proto.CopyFrom(ref)
+            inline_all(self.reference.weight_source, self._ref_proto)
+        return self._ref_proto
 
     def rename(self, t: str) -> str:
         if not t:
@@ -460,7 +480,12 @@ class _Merge:
         """One run comparing ``fast`` and ``general`` pairs, running ``plan``'s isolated
         units and fetching ``values``: (pair -> its ComparisonOutputs, the fetched
         outputs); the units' comparison outputs go into ``plan``."""
-        src, ref, rename, prefix = self.model.proto, self.reference.proto, self.rename, self.prefix
+        src, ref, rename, prefix = (
+            self.model.proto,
+            self.reference_proto(),
+            self.rename,
+            self.prefix,
+        )
         proto = onnx.ModelProto()
         proto.CopyFrom(src)
         graph = proto.graph
@@ -613,7 +638,13 @@ class _Merge:
         wanted += list(plan.overflow.values())
         for name in wanted:
             graph.output.add().name = name
-        merged = Model(proto, self.model.path, self.model.external_data_files)
+        files = list(self.model.external_data_files)
+        stamps = dict(self.model.external_stamps)
+        if ref is self.reference.proto:  # its external tensors are in the same folder
+            files += [f for f in self.reference.external_data_files if f not in files]
+            stamps.update(self.reference.external_stamps)
+        merged = Model(proto, self.model.path, files)
+        merged.external_stamps = stamps
         run_feeds = dict(feeds)
         for name, value in reference_feeds.items():
             if name not in self.shared:
