@@ -60,6 +60,13 @@ _TENSOR_DIMS, _TENSOR_DATA_TYPE, _TENSOR_NAME, _TENSOR_RAW_DATA = 1, 2, 8, 9
 _PLAIN_TENSOR_FIELDS = {1, 2, 8, 12, 16}
 
 
+# A tensor of higher rank stays embedded (the product of a million dims is slow).
+_MAX_RANK = 64
+# A model or graph of more fields is parsed whole: a crafted file of millions of tiny fields
+# would cost seconds in this walk and nothing in protobuf's parser.
+_MAX_GRAPH_FIELDS = 2**20
+
+
 class _Malformed(Exception):
     """The wire data is not what the walk can follow; parse the file whole."""
 
@@ -141,6 +148,8 @@ def _plain_raw_data(data, start: int, end: int) -> tuple[str, int, int] | None:
     name = None
     raw = None
     for number, wire, _, value_start, value_end in _fields(data, start, end):
+        if len(dims) > _MAX_RANK:
+            return None
         if number == _TENSOR_RAW_DATA and wire == 2 and raw is None:
             raw = (value_start, value_end - value_start)
         elif number == _TENSOR_DIMS and wire == 0:
@@ -173,14 +182,18 @@ def _graph_skeleton(data, start: int, end: int, base: int, threshold: int, left_
     initializers are counted from ``base`` (a graph field may appear more than once)."""
     parts = []
     index = base
-    for number, wire, field_start, value_start, value_end in _fields(data, start, end):
+    copied = start  # data[copied:field_start] is still to be copied verbatim
+    for count, (number, wire, field_start, value_start, value_end) in enumerate(
+        _fields(data, start, end)
+    ):
+        if count > _MAX_GRAPH_FIELDS:
+            raise _Malformed
         if number != _GRAPH_INITIALIZER or wire != 2:
-            parts.append(data[field_start:value_end])
             continue
         plain = _plain_raw_data(data, value_start, value_end)
-        if plain is None or plain[2] < threshold:
-            parts.append(data[field_start:value_end])
-        else:
+        if plain is not None and plain[2] >= threshold:
+            parts.append(data[copied:field_start])
+            copied = value_end
             name, offset, length = plain
             left_out.append(LeftOut(index, name, offset, length))
             tensor = [
@@ -191,6 +204,7 @@ def _graph_skeleton(data, start: int, end: int, base: int, threshold: int, left_
             body = b"".join(tensor)
             parts.append(_key(_GRAPH_INITIALIZER) + _encode_varint(len(body)) + body)
         index += 1
+    parts.append(data[copied:end])
     return parts, index
 
 
@@ -210,15 +224,22 @@ def skeleton_without_weights(data: bytes, threshold: int) -> tuple[bytes, list[L
         parts = []
         left_out: list[LeftOut] = []
         initializers = 0
-        for number, wire, field_start, value_start, value_end in _fields(view, 0, len(view)):
+        copied = 0
+        for count, (number, wire, field_start, value_start, value_end) in enumerate(
+            _fields(view, 0, len(view))
+        ):
+            if count > _MAX_GRAPH_FIELDS:
+                raise _Malformed
             if number != _MODEL_GRAPH or wire != 2:
-                parts.append(view[field_start:value_end])
                 continue
+            parts.append(view[copied:field_start])
+            copied = value_end
             graph, initializers = _graph_skeleton(
                 view, value_start, value_end, initializers, threshold, left_out
             )
             body = b"".join(graph)
             parts.append(_key(_MODEL_GRAPH) + _encode_varint(len(body)) + body)
+        parts.append(view[copied:])
     except _Malformed:
         return None
     if not left_out:

@@ -114,7 +114,8 @@ def load(path: str | os.PathLike, *, validate: bool = True, weights_on_disk: boo
     # Large tensors stay in their files (checked, not read): onnxruntime maps them and
     # saving streams them, so no step holds a second copy of the weights in Python.
     data = check_external_data(proto, p.parent, str(path), inline_below=INLINE_EXTERNAL_BELOW)
-    model = Model(proto, p, data.files)
+    # An absolute folder: a later chdir must not move where the references point.
+    model = Model(proto, p, data.files, p.parent.absolute())
     model.external_stamps = dict(data.stamps)
     if left_out:
         # After the check above: these references were read off the file itself, and
@@ -122,12 +123,12 @@ def load(path: str | os.PathLike, *, validate: bool = True, weights_on_disk: boo
         for entry in left_out:
             t = proto.graph.initializer[entry.index]
             t.data_location = onnx.TensorProto.EXTERNAL
-            t.external_data.add(key="location", value=p.name)
+            t.external_data.add(key="location", value=self_target[1])
             t.external_data.add(key="offset", value=str(entry.offset))
             t.external_data.add(key="length", value=str(entry.length))
         # The identity from before the read: a file changed while it was read no
         # longer matches, and is refused when the weights are first needed.
-        model.external_stamps[str(self_target)] = stamp
+        model.external_stamps[str(self_target[0])] = stamp
     if validate:
         problems = check_structure(proto)
         if problems:
@@ -140,17 +141,22 @@ def load(path: str | os.PathLike, *, validate: bool = True, weights_on_disk: boo
     return model
 
 
-def _self_reference(p: Path) -> Path | None:
-    """The model file as an external-data location resolves it inside its own folder
-    (None where it would not: a symlink to another folder, a name the check refuses)."""
+def _self_reference(p: Path) -> tuple[Path, str] | None:
+    """The model file resolved, and the location naming it from inside its own folder
+    (None where there is none: a symlink to another folder, a name the check refuses, a
+    name that is not UTF-8)."""
     try:
         target = resolve_external_location(p.name, p.parent, str(p))
-    except UnsafePathError:
+        if target != p.resolve():
+            return None
+        # The file itself, not a link to it: a link re-pointed later must not be read,
+        # and onnx refuses to read external data through a symlink.
+        location = target.relative_to(p.parent.resolve()).as_posix()
+        location.encode("utf-8")
+        resolve_external_location(location, p.parent, str(p))
+    except (UnsafePathError, OSError, ValueError):  # UnicodeEncodeError is a ValueError
         return None
-    try:
-        return target if target == p.resolve() else None
-    except OSError:
-        return None
+    return target, location
 
 
 def _parse_skeleton(data: bytes) -> tuple[onnx.ModelProto | None, list[LeftOut]]:

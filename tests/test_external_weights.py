@@ -226,6 +226,23 @@ def test_external_constants_read_from_the_model_folder_not_the_current_one(tmp_p
     assert folded.passed, folded.report.summary()
 
 
+def test_a_model_loaded_by_a_relative_path_still_reads_its_folder_after_a_chdir(
+    tmp_path, monkeypatch
+):
+    """The data folder is made absolute at load: a later chdir into a folder that holds
+    a file of the same name must not change which bytes the references point at."""
+    _write(tmp_path / "models")
+    decoy = _write(tmp_path / "decoy")
+    (decoy.parent / "m.onnx.data").write_bytes(b"\x00" * (4 * W0.nbytes))
+    monkeypatch.chdir(tmp_path / "models")
+    m = surgeon.load("m.onnx")
+    monkeypatch.chdir(decoy.parent)
+    x = RNG.standard_normal((2, N)).astype(np.float32)
+    from surgeon.runner import Session
+
+    np.testing.assert_allclose(Session(m).run({"x": x})["y"], _reference(x), atol=1e-5)
+
+
 def test_references_built_in_memory_are_checked_before_a_run(tmp_path):
     src = _write(tmp_path / "models")
     m = surgeon.load(src)
