@@ -55,9 +55,13 @@ def _raw_data_size_problem(t: onnx.TensorProto) -> str | None:
     if size == count * itemsize:
         return None
     where = " in its external data" if t.data_location == onnx.TensorProto.EXTERNAL else ""
+    needed = count * itemsize
+    # A crafted shape can need a number of bytes past what str() of an int prints.
+    needs = str(needed) if needed < 10**30 else "more than 10**30"
+    dims = list(t.dims) if len(t.dims) <= 8 else f"of rank {len(t.dims)}"
     return (
-        f"initializer `{t.name}` holds {size} bytes{where}, but its shape {list(t.dims)} of "
-        f"{dtype_name(t.data_type)} needs {count * itemsize}"
+        f"initializer `{t.name}` holds {size} bytes{where}, but its shape {dims} of "
+        f"{dtype_name(t.data_type)} needs {needs}"
     )
 
 

@@ -261,3 +261,24 @@ def test_debug_side_outputs_cannot_overwrite_the_input(tmp_path):
         result = run_cli("debug", model, flag, model)
         _assert_refused(result)
         assert model.read_bytes() == before
+
+
+@pytest.mark.parametrize("dims", [[2**62] * 250, [2] * 5000, [2**62] * 3])
+def test_initializer_whose_shape_needs_more_bytes_than_str_prints(tmp_path, dims):
+    """A crafted shape needing more bytes than str() of an int prints (over 4300 digits)
+    or of rank 5000 is a damaged file, named as such in a short message."""
+    model = parse(
+        '<ir_version: 8, opset_import: ["" : 17]> g (float[2] x) => (y) { y = Add(x, w) }'
+    )
+    w = model.graph.initializer.add(name="w", data_type=onnx.TensorProto.FLOAT)
+    w.raw_data = b"\0" * 8
+    w.dims.extend([2])
+    path = write(model, tmp_path / "m.onnx")
+    proto = onnx.load(str(path))
+    proto.graph.initializer[0].ClearField("dims")
+    proto.graph.initializer[0].dims.extend(dims)
+    path.write_bytes(proto.SerializeToString())
+    res = run_cli("inspect", path, "--json")
+    assert res.status == 2, res.stderr
+    assert "initializer `w` holds 8 bytes" in res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr) < 2000

@@ -80,7 +80,6 @@ def blame_nonfinite(
     born, and the run fails, with a hint to tap its inputs. ``facts``: the model's graph
     facts when the caller has them already.
     """
-    from onnx import numpy_helper
 
     facts = facts or DebugFacts(model)
     found: list[NonFinite] = []
@@ -94,7 +93,6 @@ def blame_nonfinite(
         known[s.name] = None if s.flags == [NEEDS_COUNTS] else (s.nan, s.inf)
     initializers = {t.name: t for t in model.proto.graph.initializer}
     constant_nodes = facts.constant_nodes
-    base = str(model.path.parent) if getattr(model, "path", None) is not None else None
 
     def lookup(name: str) -> tuple[int, int] | None:
         if name in known:
@@ -102,11 +100,12 @@ def blame_nonfinite(
         counts = None
         try:
             if name in initializers:
-                counts = _count_nonfinite(numpy_helper.to_array(initializers[name], base or ""))
+                # From the model's own folder, checked (onnx would read the current one).
+                counts = _count_nonfinite(model.tensor_array(initializers[name]))
             elif name in constant_nodes:
                 for a in constant_nodes[name].attribute:
                     if a.name == "value":
-                        counts = _count_nonfinite(numpy_helper.to_array(a.t, base or ""))
+                        counts = _count_nonfinite(model.tensor_array(a.t))
                     elif a.name in ("value_float", "value_floats"):
                         counts = _count_nonfinite(
                             np.asarray(a.f if a.name == "value_float" else list(a.floats))
