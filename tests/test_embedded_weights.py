@@ -139,3 +139,24 @@ def test_reference_with_external_data_in_another_folder(samples, cli, tmp_path, 
     res = cli("debug", out, "--ref", samples / "ext_weights.onnx", "--json")
     assert res.status == 0, res.stderr
     assert res.json["passed"] and len(res.json["comparison"]) == 5
+
+
+@pytest.mark.parametrize("name", ["tiny_yolo.onnx", "two_conv.onnx", "if_model.onnx"])
+@pytest.mark.parametrize("command", ["inspect", "diff", "debug"])
+def test_commands_that_keep_weights_on_disk_report_the_same(
+    samples, cli, monkeypatch, name, command
+):
+    """inspect, diff and debug load with the weights left in the file: the same report as
+    with every weight in memory (nothing on disk at a huge threshold)."""
+    path = samples / name
+    argv = {
+        "inspect": ["inspect", path, "--json"],
+        "diff": ["diff", path, path, "--json"],
+        "debug": ["debug", path, "--tap", "all", "--ref", path, "--json"],
+    }[command]
+    monkeypatch.setattr(surgeon.embedded, "ON_DISK_FROM", 65)
+    on_disk = cli(*argv)
+    monkeypatch.setattr(surgeon.embedded, "ON_DISK_FROM", 2**62)
+    in_memory = cli(*argv)
+    assert on_disk.status == in_memory.status, on_disk.stderr
+    assert _without_timings(on_disk.json) == _without_timings(in_memory.json)

@@ -81,8 +81,9 @@ def run(args, ctx) -> int:
         tol = dataclasses.replace(tol, cast=True)
     feed_options = _common.feed_options(args)
     run_options = _common.run_options(args)
-    reference = load(args.reference)
-    candidate = load(args.candidate)
+    # Each model runs in its own session: their weights can stay in their files.
+    reference = load(args.reference, weights_on_disk=True)
+    candidate = load(args.candidate, weights_on_disk=True)
     unknown = [
         unknown_name(
             "tensor",

@@ -28,7 +28,8 @@ def run(args, ctx) -> int:
     from surgeon.inspection import describe
     from surgeon.loading import load
 
-    model = load(args.model)
+    # Nothing here reads weight values: they stay in the file (a skeleton is parsed).
+    model = load(args.model, weights_on_disk=True)
     info = describe(model)
     if args.names is not None:
         from surgeon.inspection import list_names
