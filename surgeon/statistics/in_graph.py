@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -284,7 +284,7 @@ def combine_chunks(
 def _static_size(t: onnx.TypeProto) -> float:
     """The element count of a tensor type with a fully static shape, else infinity."""
     tt = t.tensor_type
-    if not tt.HasField("shape") or not all(d.HasField("dim_value") for d in tt.shape.dim):
+    if not _all_dims(t):  # (an exporter's -1 is an unknown dim, not a negative count)
         return math.inf
     return math.prod(d.dim_value for d in tt.shape.dim)
 
@@ -343,19 +343,22 @@ def _copy_without_nodes(proto: onnx.ModelProto, leave_out: Collection[str] = ())
     return copy
 
 
-def run_sizes(
-    model: Model, feeds: Mapping[str, object], types: Mapping[str, onnx.TypeProto]
-) -> dict[str, int]:
-    """Element counts of the typed tensors whose declared shape is not static, as ONNX
-    shape inference gives them with the inputs at the feeds' shapes (nothing when every
-    type is static, or when inference gives up). Only a plan: :func:`stats_from_outputs`
-    checks each against the run's real shape, and a tensor of another size is measured
-    again whole."""
-    dynamic = [t for t, ty in types.items() if _static_size(ty) == math.inf]
-    if not dynamic:
-        return {}
+def inferred_at_feeds(model: Model, feeds: Mapping[str, object]) -> dict[str, onnx.TypeProto]:
+    """The types ONNX shape inference gives every tensor of ``model``'s main graph with
+    its inputs at the feeds' shapes (empty when inference gives up). Only a plan: a shape
+    found here can differ at run time (a wrong declaration, an op inference gets wrong),
+    so whoever builds on it checks the run's shapes.
+
+    The last result is kept on the model (the statistics and the layer comparison of one
+    debug run ask for the same feeds)."""
     from surgeon.graph_facts import inference_skeleton
 
+    key = tuple(
+        (name, tuple(getattr(value, "shape", ()) or ())) for name, value in sorted(feeds.items())
+    )
+    cached = model.__dict__.get("_inferred_at_feeds")
+    if cached is not None and cached[0] == key and cached[1] is model.proto.graph:
+        return cached[2]
     skeleton = inference_skeleton(model)
     for vi in skeleton.graph.input:
         value = feeds.get(vi.name)
@@ -370,14 +373,93 @@ def run_sizes(
         graph = onnx.shape_inference.infer_shapes(
             skeleton, check_type=False, strict_mode=False, data_prop=True
         ).graph
+        found = {vi.name: vi.type for vi in [*graph.value_info, *graph.output]}
     except Exception:  # noqa: BLE001 - inference raises several types on real models; no plan then
+        found = {}
+    model.__dict__["_inferred_at_feeds"] = (key, model.proto.graph, found)
+    return found
+
+
+def run_sizes(
+    model: Model, feeds: Mapping[str, object], types: Mapping[str, onnx.TypeProto]
+) -> dict[str, int]:
+    """Element counts of the typed tensors whose declared shape is not static, as ONNX
+    shape inference gives them with the inputs at the feeds' shapes (nothing when every
+    type is static, or when inference gives up). Only a plan: :func:`stats_from_outputs`
+    checks each against the run's real shape, and a tensor of another size is measured
+    again whole."""
+    dynamic = [t for t, ty in types.items() if _static_size(ty) == math.inf]
+    if not dynamic:
         return {}
-    wanted = set(dynamic)
+    inferred = inferred_at_feeds(model, feeds)
     return {
-        vi.name: int(n)
-        for vi in [*graph.value_info, *graph.output]
-        if vi.name in wanted and (n := _static_size(vi.type)) < math.inf
+        t: int(n) for t in dynamic if t in inferred and (n := _static_size(inferred[t])) < math.inf
     }
+
+
+def static_types_at_feeds(
+    model: Model, feeds: Mapping[str, object], types: Mapping[str, onnx.TypeProto]
+) -> dict[str, onnx.TypeProto]:
+    """``types`` with the shapes left open made static where shape inference at the
+    feeds' shapes (:func:`inferred_at_feeds`) gives every dim, of the same element type
+    and rank, agreeing with every dim already declared. A plan, as there: the caller
+    checks the run's shapes."""
+    open_ = [t for t, ty in types.items() if ty.HasField("tensor_type") and not _all_dims(ty)]
+    if not open_:
+        return dict(types)
+    inferred = inferred_at_feeds(model, feeds)
+    out = dict(types)
+    for t in open_:
+        found = inferred.get(t)
+        if found is None or not _all_dims(found):
+            continue
+        declared, seen = types[t].tensor_type, found.tensor_type
+        if declared.elem_type != seen.elem_type:
+            continue
+        if declared.HasField("shape"):
+            dims = declared.shape.dim
+            if len(dims) != len(seen.shape.dim) or any(
+                _known(d) and d.dim_value != e.dim_value
+                for d, e in zip(dims, seen.shape.dim, strict=True)
+            ):
+                continue
+        out[t] = found
+    return out
+
+
+def with_shapes(
+    types: Mapping[str, onnx.TypeProto], shapes: Mapping[str, Sequence[int]]
+) -> dict[str, onnx.TypeProto]:
+    """``types`` with each shape still open replaced by the one in ``shapes`` where that
+    agrees with it (same rank, every known dim equal). A plan, as for
+    :func:`static_types_at_feeds`."""
+    out = dict(types)
+    for t, shape in shapes.items():
+        ty = types.get(t)
+        if ty is None or not ty.HasField("tensor_type") or _all_dims(ty):
+            continue
+        declared = ty.tensor_type
+        if declared.HasField("shape") and (
+            len(declared.shape.dim) != len(shape)
+            or any(
+                _known(d) and d.dim_value != n
+                for d, n in zip(declared.shape.dim, shape, strict=True)
+            )
+        ):
+            continue
+        out[t] = onnx.helper.make_tensor_type_proto(declared.elem_type, [int(n) for n in shape])
+    return out
+
+
+def _known(d) -> bool:
+    """A dim given as a number (exporters write -1 for an unknown one)."""
+    return d.HasField("dim_value") and d.dim_value >= 0
+
+
+def _all_dims(t: onnx.TypeProto) -> bool:
+    """Every dim of a tensor type is a known number."""
+    tt = t.tensor_type
+    return tt.HasField("shape") and all(_known(d) for d in tt.shape.dim)
 
 
 def build_stats_model(
