@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from surgeon.protos import INLINE_EXTERNAL_BELOW
+from surgeon.protos import INLINE_EXTERNAL_BELOW, encode_varint
 
 # Embedded initializers at least this large stay in the file (as external tensors of
 # that size do); smaller ones (shapes, axes, scales) are parsed into memory, where the
@@ -99,18 +99,6 @@ def _varint(data, pos: int, end: int) -> tuple[int, int]:
         if not byte & 0x80:
             return result, pos
         shift += 7
-
-
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 def _fields(data, start: int, end: int):
@@ -202,14 +190,14 @@ def _graph_skeleton(data, start: int, end: int, base: int, threshold: int, left_
                 if n != _TENSOR_RAW_DATA
             ]
             body = b"".join(tensor)
-            parts.append(_key(_GRAPH_INITIALIZER) + _encode_varint(len(body)) + body)
+            parts.append(_key(_GRAPH_INITIALIZER) + encode_varint(len(body)) + body)
         index += 1
     parts.append(data[copied:end])
     return parts, index
 
 
 def _key(number: int) -> bytes:
-    return _encode_varint(number << 3 | 2)
+    return encode_varint(number << 3 | 2)
 
 
 def skeleton_without_weights(data: bytes, threshold: int) -> tuple[bytes, list[LeftOut]] | None:
@@ -238,7 +226,7 @@ def skeleton_without_weights(data: bytes, threshold: int) -> tuple[bytes, list[L
                 view, value_start, value_end, initializers, threshold, left_out
             )
             body = b"".join(graph)
-            parts.append(_key(_MODEL_GRAPH) + _encode_varint(len(body)) + body)
+            parts.append(_key(_MODEL_GRAPH) + encode_varint(len(body)) + body)
         parts.append(view[copied:])
     except _Malformed:
         return None

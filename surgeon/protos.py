@@ -29,6 +29,16 @@ EXTERNAL_THRESHOLD = 1024
 INLINE_EXTERNAL_BELOW = 64 * 1024
 
 
+def encode_varint(value: int) -> bytes:
+    """``value`` (non-negative) as a protobuf varint: seven bits a byte, low bits first."""
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """Name, element type and shape of a graph input or output.

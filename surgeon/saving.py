@@ -23,6 +23,7 @@ from surgeon.protos import (
     EXTERNAL_THRESHOLD,
     PROTO_LIMIT,
     _is_repeated,
+    encode_varint,
     iter_tensors,
     tensor_nbytes,
 )
@@ -320,18 +321,9 @@ def external_copy(
 SINGLE_FILE_LIMIT = 2**31 - 1
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
 def _key(message, name: str) -> bytes:
     """The tag of a length-delimited field (wire type 2), from the schema."""
-    return _varint(message.DESCRIPTOR.fields_by_name[name].number << 3 | 2)
+    return encode_varint(message.DESCRIPTOR.fields_by_name[name].number << 3 | 2)
 
 
 def write_streamed(proto: onnx.ModelProto, fh, source: WeightSource, out: Path) -> None:
@@ -366,26 +358,26 @@ def write_streamed(proto: onnx.ModelProto, fh, source: WeightSource, out: Path) 
     def body_size(stub: bytes, length: int, external) -> int:
         if external is None:
             return len(stub)
-        return len(stub) + len(raw_key) + len(_varint(length)) + length
+        return len(stub) + len(raw_key) + len(encode_varint(length)) + length
 
     init_key = _key(onnx.GraphProto, "initializer")
     graph_bytes = graph.SerializeToString()
     graph_size = len(graph_bytes)
     for stub, t, length in entries:
         size = body_size(stub, length, t)
-        graph_size += len(init_key) + len(_varint(size)) + size
+        graph_size += len(init_key) + len(encode_varint(size)) + size
     head_bytes = head.SerializeToString()
     graph_key = _key(onnx.ModelProto, "graph")
-    total = len(head_bytes) + len(graph_key) + len(_varint(graph_size)) + graph_size
+    total = len(head_bytes) + len(graph_key) + len(encode_varint(graph_size)) + graph_size
     if total > SINGLE_FILE_LIMIT:
         raise OutputPathError(
             f"cannot write {out} as a single file: it would be {total} bytes, past "
             "protobuf's 2 GB limit",
             hint="Save with external data.",
         )
-    fh.write(head_bytes + graph_key + _varint(graph_size) + graph_bytes)
+    fh.write(head_bytes + graph_key + encode_varint(graph_size) + graph_bytes)
     for stub, t, length in entries:
-        fh.write(init_key + _varint(body_size(stub, length, t)) + stub)
+        fh.write(init_key + encode_varint(body_size(stub, length, t)) + stub)
         if t is not None:
-            fh.write(raw_key + _varint(length))
+            fh.write(raw_key + encode_varint(length))
             copy_tensor_data(source, t, fh)

@@ -27,6 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 import surgeon
 import surgeon.embedded
 from surgeon.errors import ModelLoadError
+from surgeon.protos import encode_varint
 from surgeon.runner import Session
 
 RNG = np.random.default_rng(11)
@@ -64,23 +65,14 @@ def _save(proto, path):
 
 
 # ---------------------------------------------------------------- wire-level crafting
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def _ld(number: int, payload: bytes) -> bytes:
     """A length-delimited field."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+    return encode_varint(number << 3 | 2) + encode_varint(len(payload)) + payload
 
 
 def _int(number: int, value: int) -> bytes:
     """A varint field (negative values as int64 two's complement)."""
-    return _varint(number << 3) + _varint(value % 2**64)
+    return encode_varint(number << 3) + encode_varint(value % 2**64)
 
 
 def _tensor(name=b"w", dims=(4, 8), data_type=1, raw=W.tobytes(), before=b"", after=b""):
@@ -195,12 +187,12 @@ def test_every_flipped_byte_gives_the_same_outcome(tmp_path):
             _assert_same(path)
 
 
-_GROUP = _varint(50 << 3 | 3) + _varint(50 << 3 | 4)
+_GROUP = encode_varint(50 << 3 | 3) + encode_varint(50 << 3 | 4)
 _METADATA = _ld(16, _ld(1, b"k") + _ld(2, b"v"))
 # name -> (tensor bytes, the initializers expected on disk; None: the file is refused)
 CASES = {
     "plain": (_tensor(), {"w"}),
-    "packed dims": (_tensor(dims=(), before=_ld(1, _varint(4) + _varint(8))), {"w"}),
+    "packed dims": (_tensor(dims=(), before=_ld(1, encode_varint(4) + encode_varint(8))), {"w"}),
     "raw_data first": (_tensor(raw=None, before=_ld(9, W.tobytes())), {"w"}),
     "doc and metadata": (_tensor(after=_ld(12, b"doc") + _METADATA), {"w"}),
     "name as a varint too": (_tensor(after=_int(8, 5)), {"w"}),
@@ -210,7 +202,10 @@ CASES = {
     "length disagrees": (_tensor(dims=(4, 9)), None),
     "negative dims": (_tensor(dims=(-4, -8)), set()),
     "huge dims": (_tensor(dims=(2**62, 8)), None),
-    "dim past 64 bits": (_tensor(dims=(), before=_varint(1 << 3) + _varint(2**64 + 32)), set()),
+    "dim past 64 bits": (
+        _tensor(dims=(), before=encode_varint(1 << 3) + encode_varint(2**64 + 32)),
+        set(),
+    ),
     "string": (_tensor(data_type=TensorProto.STRING), set()),
     "int4": (_tensor(data_type=TensorProto.INT4, dims=(4, 64)), set()),
     "float8": (_tensor(data_type=TensorProto.FLOAT8E4M3FN, dims=(4, 32)), set()),
