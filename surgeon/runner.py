@@ -190,12 +190,7 @@ class Session:
         # folder to resolve its (checked) locations in, and maps the files itself.
         data_folder = session_folder(model)
         in_memory = in_memory_bytes(model)
-        graph_outputs = model.proto.graph.output
-        # Untyped extra outputs are fine: onnxruntime infers their type. They are added
-        # to the shared proto only for serialisation and removed right after, as are the
-        # placeholders of the borrowed initializers.
-        for n in extra:
-            graph_outputs.add(name=n)
+        # Every argument is checked before the caller's proto is touched (below).
         lent = isinstance(initializers, BorrowedWeights)
         if not (lent or initializers is None or isinstance(initializers, Mapping)):
             raise UsageError(
@@ -204,6 +199,12 @@ class Session:
             )
         borrowed = initializers.arrays() if lent else dict(initializers or {})
         _check_borrowed(borrowed, model)
+        graph_outputs = model.proto.graph.output
+        # Untyped extra outputs are fine: onnxruntime infers their type. They are added
+        # to the shared proto only for serialisation and removed right after, as are the
+        # placeholders of the borrowed initializers.
+        for n in extra:
+            graph_outputs.add(name=n)
         through_file = in_memory > FILE_THRESHOLD
         # Kept alive as long as the session (or its creation, below).
         self._borrowed = [] if through_file else _borrow(so, borrowed)
@@ -449,6 +450,13 @@ def _check_borrowed(arrays: Mapping[str, np.ndarray], model: Model) -> None:
             raise UsageError(
                 f"initializers: `{name}` must be a numpy array of one of "
                 f"{', '.join(sorted(_BORROWABLE))}, not {got}"
+            )
+        if not array.flags.c_contiguous:
+            # onnxruntime reads the buffer as C-ordered: a view (a transpose, a slice
+            # with steps) would be read as other values, or refused with its own error.
+            raise UsageError(
+                f"initializers: `{name}` is not C-contiguous (a transposed or strided "
+                "view); pass np.ascontiguousarray(...) of it"
             )
 
 

@@ -301,6 +301,34 @@ def test_initializers_of_the_wrong_kind_are_usage_errors():
         Session(_conv_model(), initializers=object())
 
 
+def test_a_refused_session_leaves_the_callers_proto_as_it_was():
+    """Extra outputs go onto the model's proto only after every argument is checked."""
+    from surgeon.errors import UsageError
+
+    model = _conv_model()
+    before = model.proto.SerializeToString()
+    tensor = model.proto.graph.node[0].output[0]
+    for bad in (object(), {"m": np.zeros((256, 256), np.float32)}):
+        with pytest.raises(UsageError):
+            Session(model, extra_outputs=[tensor], initializers=bad)
+        assert model.proto.SerializeToString() == before
+
+
+def test_a_strided_borrowed_array_is_a_usage_error():
+    from surgeon.errors import UsageError
+
+    model = _conv_model()
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(model.proto)
+    m = next(t for t in stripped.graph.initializer if t.name == "m")
+    value = onnx.numpy_helper.to_array(m)
+    stripped.graph.initializer.remove(m)
+    with pytest.raises(UsageError, match="C-contiguous"):
+        Session(Model(stripped), initializers={"m": np.asfortranarray(value)})
+    # the contiguous copy runs
+    Session(Model(stripped), initializers={"m": np.ascontiguousarray(value)})
+
+
 @pytest.mark.parametrize("role", ["input", "output"])
 def test_weights_that_are_graph_inputs_or_outputs_are_not_borrowed(role):
     # Found in review: a weight listed as a graph output failed the tap check
