@@ -303,15 +303,14 @@ def _compare_layers_in_graph(
         static_types_at_feeds(model, feeds, types),
         static_types_at_feeds(ref_model, ref_feeds, ref_types),
     )
-    # Where inference leaves a shape open, the tapped run measured the candidate's (and
-    # a reference tensor paired with it is taken to have the same shape: the same plan).
+    # Where inference leaves a candidate's shape open, the tapped run measured it. A
+    # reference tensor's shape is never assumed from its pair's: a wrong guess would cost
+    # a failed run (row counts after NMS differ) or a broadcast to [K, K] before the
+    # shapes are compared (review).
     ran = {s.name: s.shape for s in report.stats if s.shape is not None}
-    refined = (
-        with_shapes(refined[0], {c: ran[c] for c, _ in pairs if c in ran}),
-        with_shapes(refined[1], {r: ran[c] for c, r in pairs if c in ran}),
-    )
+    refined = (with_shapes(refined[0], {c: ran[c] for c, _ in pairs if c in ran}), refined[1])
 
-    def attempt(types, ref_types):
+    def attempt(types, ref_types, *, planned: bool):
         plan = plan_isolation(
             model,
             ref_model,
@@ -344,18 +343,18 @@ def _compare_layers_in_graph(
         try:
             return plan, merged_run(plan.units, plan.keep) if plan else merged_run((), list(kept))
         except RuntimeFailure:
-            if not plan or not plan.units:
-                raise
+            if planned or not plan or not plan.units:
+                raise  # (a failed plan is made again as declared first, units and all)
             # a unit onnxruntime refuses: the values path finds which
             return None, merged_run((), list(kept))
 
     try:
         try:
-            plan, result = attempt(*refined)
+            plan, result = attempt(*refined, planned=refined != declared)
         except RuntimeFailure:
             if refined == declared:
                 raise
-            plan, result = attempt(*declared)
+            plan, result = attempt(*declared, planned=False)
     except RuntimeFailure as e:
         raise _random_feeds_failure(e, report, model, own) from None
     report.reference = ref.label

@@ -351,10 +351,14 @@ def inferred_at_feeds(model: Model, feeds: Mapping[str, object]) -> dict[str, on
 
     The last result is kept on the model (the statistics and the layer comparison of one
     debug run ask for the same feeds)."""
-    from surgeon.graph_facts import inference_skeleton
+    from surgeon.graph_facts import _fingerprint, inference_skeleton
 
-    key = tuple(
-        (name, tuple(getattr(value, "shape", ()) or ())) for name, value in sorted(feeds.items())
+    key = (
+        tuple(
+            (name, tuple(getattr(value, "shape", ()) or ()))
+            for name, value in sorted(feeds.items())
+        ),
+        _fingerprint(model.proto.graph),  # a graph edited in place (names, counts)
     )
     cached = model.__dict__.get("_inferred_at_feeds")
     if cached is not None and cached[0] == key and cached[1] is model.proto.graph:
