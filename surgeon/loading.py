@@ -53,7 +53,7 @@ def load(path: str | os.PathLike, *, validate: bool = True, weights_on_disk: boo
             model file then counts as a weights file: replaced after loading, it is
             refused (load again). Off by default: the proto then no longer stands
             alone (``onnx.save(model.proto, ...)`` elsewhere would point into this
-            file); surgeon's own commands that only read a model (debug) turn it on.
+            file); surgeon's debug, inspect and diff commands turn it on.
 
     Raises:
         ModelLoadError: The file is missing, not an ONNX protobuf, truncated, its external
