@@ -1,7 +1,7 @@
 """Embedded weights left in the model file (load(..., weights_on_disk=True)): the same
 model as a full parse, values included, on many seeded random models; no copy of the
-weights in Python; debug gives the same report either way and still finds a planted
-weight change."""
+weights in Python; debug, inspect and diff give the same report either way, and debug
+still finds a planted weight change."""
 
 from __future__ import annotations
 
