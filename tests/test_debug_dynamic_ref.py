@@ -13,12 +13,13 @@ from conftest import parse, write
 from surgeon.statistics.in_graph import static_types_at_feeds, with_shapes
 
 
-def _compress_model(threshold: float) -> onnx.ModelProto:
-    """Rows of x whose first column exceeds ``threshold``: a shape no inference knows."""
+def compress_model(threshold: float, rows: str = "N") -> onnx.ModelProto:
+    """Rows of x whose first column exceeds ``threshold``: a shape no inference knows
+    (with ``rows`` static too, as after a detector's NMS)."""
     return parse(
         f"""
         <ir_version: 8, opset_import: ["" : 13]>
-        g (float[N, 3] x) => (float[M, 3] y) {{
+        g (float[{rows}, 3] x) => (float[M, 3] y) {{
             limit = Constant<value = float {{{threshold}}}>()
             first = Constant<value = int64 {{0}}>()
             column = Gather<axis = 1>(x, first)
@@ -38,8 +39,8 @@ def _compress_model(threshold: float) -> onnx.ModelProto:
     ],
 )
 def test_reference_tensor_of_another_run_shape_is_a_shape_mismatch(tmp_path, cli, first_column):
-    candidate = write(_compress_model(0.0), tmp_path / "candidate.onnx")
-    reference = write(_compress_model(-100.0), tmp_path / "reference.onnx")
+    candidate = write(compress_model(0.0), tmp_path / "candidate.onnx")
+    reference = write(compress_model(-100.0), tmp_path / "reference.onnx")
     x = np.random.default_rng(0).standard_normal((8, 3)).astype(np.float32)
     x[:, 0] = first_column
     feeds = tmp_path / "feeds.npz"

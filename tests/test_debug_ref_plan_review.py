@@ -15,6 +15,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from conftest import parse, write
+from test_debug_dynamic_ref import compress_model
 
 H = '<ir_version: 8, opset_import: ["" : 13]>\n'
 # The reference's `m` gets its shape from the feed `s`: no inference knows it, so the
@@ -178,21 +179,6 @@ def test_reference_of_transposed_shape_does_not_broadcast_quadratically(tmp_path
     assert peaks[0] < peaks[1] + 150, peaks
 
 
-def _compress(threshold: float) -> onnx.ModelProto:
-    """Static input; the rows kept depend on the values (as after a detector's NMS)."""
-    return parse(
-        H
-        + f"""g (float[8, 3] x) => (float[M, 3] y) {{
-            limit = Constant<value = float {{{threshold}}}>()
-            first = Constant<value = int64 {{0}}>()
-            column = Gather<axis = 1>(x, first)
-            keep = Greater(column, limit)
-            rows = Compress<axis = 0>(x, keep)
-            y = Relu(rows)
-        }}"""
-    )
-
-
 def test_data_dependent_row_count_mismatch_costs_at_most_two_merged_runs(
     tmp_path, cli, monkeypatch
 ):
@@ -206,7 +192,10 @@ def test_data_dependent_row_count_mismatch_costs_at_most_two_merged_runs(
         return real_run(model, *args, **kwargs)
 
     monkeypatch.setattr(in_graph_compare, "run", counting)
-    c, r = write(_compress(0.0), tmp_path / "c.onnx"), write(_compress(-100.0), tmp_path / "r.onnx")
+    c, r = (
+        write(compress_model(0.0, "8"), tmp_path / "c.onnx"),
+        write(compress_model(-100.0, "8"), tmp_path / "r.onnx"),
+    )
     x = np.random.default_rng(0).standard_normal((8, 3)).astype(np.float32)
     x[:, 0] = [1, 2, -1, -1, -1, -1, -1, -1]
     np.savez(tmp_path / "f.npz", x=x)
