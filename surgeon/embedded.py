@@ -128,18 +128,19 @@ def _fields(data, start: int, end: int):
         pos = value_end
 
 
-def _plain_raw_data(data, start: int, end: int) -> tuple[str, int, int] | None:
-    """(name, offset, length) of a plain initializer's raw_data, or None when the tensor
-    is anything else (see ``_PLAIN_TENSOR_FIELDS``)."""
+def _plain_raw_data(data, start: int, end: int) -> tuple[str, int, int, int] | None:
+    """(name, where its raw_data field starts, where its bytes start, their length) of a
+    plain initializer, or None when the tensor is anything else (see
+    ``_PLAIN_TENSOR_FIELDS``)."""
     dims: list[int] = []
     data_type = 0
     name = None
     raw = None
-    for number, wire, _, value_start, value_end in _fields(data, start, end):
+    for number, wire, field_start, value_start, value_end in _fields(data, start, end):
         if len(dims) > _MAX_RANK:
             return None
         if number == _TENSOR_RAW_DATA and wire == 2 and raw is None:
-            raw = (value_start, value_end - value_start)
+            raw = (field_start, value_start, value_end - value_start)
         elif number == _TENSOR_DIMS and wire == 0:
             dims.append(_varint(data, value_start, value_end)[0])
         elif number == _TENSOR_DIMS and wire == 2:  # packed dims
@@ -160,9 +161,9 @@ def _plain_raw_data(data, start: int, end: int) -> tuple[str, int, int] | None:
         return None
     # dims are int64 on the wire: a negative one reads as a huge varint and never
     # matches the length below.
-    if math.prod(dims) * _ITEM_SIZE[data_type] != raw[1]:
+    if math.prod(dims) * _ITEM_SIZE[data_type] != raw[2]:
         return None
-    return name, raw[0], raw[1]
+    return name, *raw
 
 
 def _graph_skeleton(data, start: int, end: int, base: int, threshold: int, left_out: list):
@@ -179,17 +180,13 @@ def _graph_skeleton(data, start: int, end: int, base: int, threshold: int, left_
         if number != _GRAPH_INITIALIZER or wire != 2:
             continue
         plain = _plain_raw_data(data, value_start, value_end)
-        if plain is not None and plain[2] >= threshold:
+        if plain is not None and plain[3] >= threshold:
             parts.append(data[copied:field_start])
             copied = value_end
-            name, offset, length = plain
+            name, raw_field, offset, length = plain
             left_out.append(LeftOut(index, name, offset, length))
-            tensor = [
-                data[f_start:f_end]
-                for n, _, f_start, _, f_end in _fields(data, value_start, value_end)
-                if n != _TENSOR_RAW_DATA
-            ]
-            body = b"".join(tensor)
+            # the tensor's fields around its one raw_data field, as they are
+            body = b"".join((data[value_start:raw_field], data[offset + length : value_end]))
             parts.append(_key(_GRAPH_INITIALIZER) + encode_varint(len(body)) + body)
         index += 1
     parts.append(data[copied:end])

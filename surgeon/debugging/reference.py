@@ -299,16 +299,17 @@ def _compare_layers_in_graph(
     # are three times as many: 89k nodes against 860 on PP-OCRv4's recognizer). A plan:
     # a pair whose run shapes differ is compared again by the general nodes, and a run
     # that fails on the plan is made again as declared.
-    refined = (
-        static_types_at_feeds(model, feeds, types),
-        static_types_at_feeds(ref_model, ref_feeds, ref_types),
-    )
     # Where inference leaves a candidate's shape open, the tapped run measured it. A
     # reference tensor's shape is never assumed from its pair's: a wrong guess would cost
     # a failed run (row counts after NMS differ) or a broadcast to [K, K] before the
     # shapes are compared (review).
     ran = {s.name: s.shape for s in report.stats if s.shape is not None}
-    refined = (with_shapes(refined[0], {c: ran[c] for c, _ in pairs if c in ran}), refined[1])
+    refined = (
+        with_shapes(
+            static_types_at_feeds(model, feeds, types), {c: ran[c] for c, _ in pairs if c in ran}
+        ),
+        static_types_at_feeds(ref_model, ref_feeds, ref_types),
+    )
 
     def attempt(types, ref_types, *, planned: bool):
         plan = plan_isolation(

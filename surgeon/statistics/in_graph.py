@@ -418,16 +418,10 @@ def static_types_at_feeds(
         if found is None or not _all_dims(found):
             continue
         declared, seen = types[t].tensor_type, found.tensor_type
-        if declared.elem_type != seen.elem_type:
-            continue
-        if declared.HasField("shape"):
-            dims = declared.shape.dim
-            if len(dims) != len(seen.shape.dim) or any(
-                _known(d) and d.dim_value != e.dim_value
-                for d, e in zip(dims, seen.shape.dim, strict=True)
-            ):
-                continue
-        out[t] = found
+        if declared.elem_type == seen.elem_type and _admits(
+            declared, [e.dim_value for e in seen.shape.dim]
+        ):
+            out[t] = found
     return out
 
 
@@ -443,16 +437,19 @@ def with_shapes(
         if ty is None or not ty.HasField("tensor_type") or _all_dims(ty):
             continue
         declared = ty.tensor_type
-        if declared.HasField("shape") and (
-            len(declared.shape.dim) != len(shape)
-            or any(
-                _known(d) and d.dim_value != n
-                for d, n in zip(declared.shape.dim, shape, strict=True)
-            )
-        ):
-            continue
-        out[t] = onnx.helper.make_tensor_type_proto(declared.elem_type, [int(n) for n in shape])
+        if _admits(declared, shape):
+            out[t] = onnx.helper.make_tensor_type_proto(declared.elem_type, [int(n) for n in shape])
     return out
+
+
+def _admits(declared: onnx.TypeProto.Tensor, dims: Sequence[int]) -> bool:
+    """The declared tensor type admits the shape ``dims``: no shape declared, or the
+    same rank with every known dim equal."""
+    if not declared.HasField("shape"):
+        return True
+    return len(declared.shape.dim) == len(dims) and all(
+        not _known(d) or d.dim_value == n for d, n in zip(declared.shape.dim, dims, strict=True)
+    )
 
 
 def _known(d) -> bool:
