@@ -420,14 +420,16 @@ def _exit(code: int) -> None:
     to the end of the process, measured). What an exit must still do is done here:
     the atexit handlers run (weakref finalizers, such as a temp folder's cleanup;
     coverage's data file) and the standard streams are flushed. With another Python
-    thread alive, or an interpreter without the hook that runs the handlers, Python
-    exits as usual.
+    thread alive (daemons aside: an interrupted run's reference, see
+    ``surgeon.verification``, is stopped with the process), or an interpreter without the
+    hook that runs the handlers, Python exits as usual.
     """
     import atexit
     import threading
 
     run_handlers = getattr(atexit, "_run_exitfuncs", None)
-    if run_handlers is None or threading.active_count() > 1:
+    others = [t for t in threading.enumerate() if t is not threading.main_thread()]
+    if run_handlers is None or any(not t.daemon for t in others):
         sys.exit(code)
     run_handlers()
     for stream in (sys.stdout, sys.stderr):

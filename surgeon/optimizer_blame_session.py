@@ -34,7 +34,7 @@ class BlameRunner:
         # Weights left on disk stay there: onnxruntime maps them from the model's folder
         # (every reference checked first), as for the runner's sessions.
         self.folder = runner.session_folder(model)
-        if runner.in_memory_bytes(model) > runner.FILE_THRESHOLD:
+        if runner.through_file(model):
             from surgeon.saving import save
 
             folder = scratch.enter_context(tempfile.TemporaryDirectory(prefix="surgeon-blame-"))

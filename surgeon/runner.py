@@ -139,6 +139,11 @@ def custom_domains(model: Model) -> list[str]:
     return found
 
 
+def through_file(model: Model) -> bool:
+    """Whether ``model`` reaches onnxruntime as a scratch file (see FILE_THRESHOLD)."""
+    return in_memory_bytes(model) > FILE_THRESHOLD
+
+
 def in_memory_bytes(model: Model) -> int:
     """Weight bytes ``model`` holds in memory (those left in external files not counted).
 
@@ -189,7 +194,6 @@ class Session:
         # External weights stay where they are: onnxruntime gets the skeleton and the
         # folder to resolve its (checked) locations in, and maps the files itself.
         data_folder = session_folder(model)
-        in_memory = in_memory_bytes(model)
         # Every argument is checked before the caller's proto is touched (below).
         lent = isinstance(initializers, BorrowedWeights)
         if not (lent or initializers is None or isinstance(initializers, Mapping)):
@@ -205,22 +209,20 @@ class Session:
         # placeholders of the borrowed initializers.
         for n in extra:
             graph_outputs.add(name=n)
-        through_file = in_memory > FILE_THRESHOLD
+        through = through_file(model)
         # Kept alive as long as the session (or its creation, below).
-        self._borrowed = [] if through_file else _borrow(so, borrowed)
+        self._borrowed = [] if through else _borrow(so, borrowed)
         graph_inits = model.proto.graph.initializer
         for name, array in borrowed.items():
             # Through a file, the weights go into the scratch copy like any other.
             graph_inits.append(
-                onnx.numpy_helper.from_array(array, name)
-                if through_file
-                else _placeholder(name, array)
+                onnx.numpy_helper.from_array(array, name) if through else _placeholder(name, array)
             )
         # The scratch folder is a context manager around both the save and the session
         # creation, so a signal (raised as an exception by the CLI) removes it at once.
         with contextlib.ExitStack() as scratch:
             try:
-                if through_file:
+                if through:
                     folder = scratch.enter_context(
                         tempfile.TemporaryDirectory(prefix="surgeon-run-")
                     )

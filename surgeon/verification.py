@@ -101,6 +101,7 @@ def verify(
     collect: dict[str, np.ndarray] | None = None,
     reference_last: bool = False,
     candidate_initializers: Mapping[str, np.ndarray] | BorrowedWeights | None = None,
+    reference_alongside: bool = False,
 ) -> DiffReport:
     """Run ``reference`` and ``candidate`` on the same feeds and compare tensors.
 
@@ -129,6 +130,11 @@ def verify(
             peak does not stack on the heap the reference's run left behind.
         candidate_initializers: Weights the candidate's proto leaves out, handed to
             onnxruntime as arrays (``surgeon.runner.Session``'s ``initializers``).
+        reference_alongside: Run the reference in a thread while the candidate's
+            session is built (only when no candidate input is fed from a reference
+            tensor, and not with ``reference_last``): the two overlap on two cores, and
+            the reference's session is gone before the candidate runs. For models whose
+            weights are small: for that moment both sessions hold them.
 
     Returns:
         A DiffReport; truthy when every pair matched and there was at least one (with
@@ -176,14 +182,23 @@ def verify(
     wanted = list(
         dict.fromkeys([c for c, _ in pairs if c in cand_names] + [e for e in extras] + list(fetch))
     )
-    # The reference runs first, then the candidate's session is built: overlapping the two
-    # in threads saved 4% of `debug --tap all`'s wall time but raised its peak memory
-    # from 1.6x to 1.85x a plain run (both sessions alive), so they take turns.
+    # By default the reference runs first, then the candidate's session is built: one
+    # session at a time, so a model's weights are held once (see surgeon.weights).
+    # reference_alongside overlaps the two on two cores instead.
     reference_last = reference_last and not candidate_inputs
-    expected = {} if reference_last else _compute(reference, feeds, ref_needed, reference_options)
+    pending = None
+    expected: dict[str, np.ndarray] = {}
+    if reference_alongside and not reference_last and not candidate_inputs:
+        pending = _start(lambda: _compute(reference, feeds, ref_needed, reference_options))
+    elif not reference_last:
+        expected = _compute(reference, feeds, ref_needed, reference_options)
+    # (If the candidate's session fails, its error is raised at once: the reference's
+    # thread is a daemon, left to end on its own, never waited for on an error path.)
     session = Session(
         candidate, extra_outputs=wanted, options=options, initializers=candidate_initializers
     )
+    if pending is not None:
+        expected = pending()  # the reference's session is gone before the candidate runs
 
     cand_feeds = {}
     problems = []
@@ -269,6 +284,33 @@ def verify(
         feeds=described,
         notes=notes,
     )
+
+
+def _start(work):
+    """Run ``work()`` in a thread; return a function that waits for it and gives its
+    result (or raises its exception)."""
+    import threading
+
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["value"] = work()
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+            outcome["error"] = e
+
+    # A daemon: a caller that fails or is interrupted (Ctrl-C, SIGTERM) does not wait for
+    # onnxruntime, and the CLI's exit does not either.
+    thread = threading.Thread(target=target, name="surgeon-reference", daemon=True)
+    thread.start()
+
+    def wait():
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
+
+    return wait
 
 
 def _feed_sources(

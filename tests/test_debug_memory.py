@@ -1,6 +1,7 @@
 """How debug's statistics run keeps memory down without changing a number: weights handed
 to onnxruntime as arrays (not copied into the statistics model nor serialised), and the
-tapped model run before the plain one (verify's ``reference_last``).
+tapped model run before the plain one (verify's ``reference_last``), or the plain one run
+while the tapped model's session is built (``reference_alongside``).
 
 Each is checked against an independent plain onnxruntime run, and the debug report
 against the one the previous order and copies gave."""
@@ -177,6 +178,81 @@ def test_reference_last_with_candidate_inputs_runs_the_reference_first():
     assert report
 
 
+@pytest.mark.parametrize("sample", ["tiny_yolo.onnx", "two_conv.onnx"])
+def test_reference_alongside_gives_the_same_report(sample):
+    model = load(SAMPLES / sample)
+    taps = select_taps(model, ["all"])
+    feeds = make_feeds(model, FeedOptions(seed=2))
+    kept: dict = {}
+    args = dict(pairs=[(o, o) for o in model.output_names], feeds=feeds, tolerance=EXACT)
+    overlapped = verify(model, model, fetch=taps, collect=kept, reference_alongside=True, **args)
+    plain = verify(model, model, fetch=taps, **args)
+    assert overlapped.to_dict() == plain.to_dict()
+    assert overlapped and set(taps) <= set(kept)
+
+
+def test_reference_alongside_reports_the_candidates_error_at_once(monkeypatch):
+    import threading
+
+    import surgeon.verification as verification
+    from surgeon.errors import RuntimeFailure
+
+    model = load(SAMPLES / "two_conv.onnx")
+    release = threading.Event()
+
+    def hanging_reference(*args):
+        release.wait(60)
+        raise RuntimeFailure("the reference failed too")
+
+    def broken_session(*args, **kwargs):
+        raise RuntimeFailure("the candidate failed")
+
+    monkeypatch.setattr(verification, "_compute", hanging_reference)
+    monkeypatch.setattr(verification, "Session", broken_session)
+    try:
+        with pytest.raises(RuntimeFailure, match="the candidate failed"):
+            verify(
+                model, model, feeds=make_feeds(model, FeedOptions(seed=0)), reference_alongside=True
+            )
+        # not waited for, and a daemon (the CLI's exit does not wait for it either)
+        (thread,) = [t for t in threading.enumerate() if t.name == "surgeon-reference"]
+        assert thread.daemon and thread.is_alive()
+    finally:
+        release.set()
+
+
+def test_reference_alongside_raises_the_references_error(monkeypatch):
+    import surgeon.verification as verification
+    from surgeon.errors import RuntimeFailure
+
+    model = load(SAMPLES / "two_conv.onnx")
+
+    def failing_reference(*args):
+        raise RuntimeFailure("onnxruntime could not run the reference")
+
+    monkeypatch.setattr(verification, "_compute", failing_reference)
+    with pytest.raises(RuntimeFailure, match="could not run the reference"):
+        verify(model, model, feeds=make_feeds(model, FeedOptions(seed=0)), reference_alongside=True)
+
+
+def test_reference_alongside_is_ignored_with_candidate_inputs():
+    # An extracted part is fed from the reference's tensors: the reference runs first.
+    model = load(SAMPLES / "two_conv.onnx")
+    from surgeon.edits.extract import extract
+
+    first_node = model.proto.graph.node[0]
+    part = extract(model, inputs=[first_node.output[0]], outputs=model.output_names).model
+    report = verify(
+        part,
+        model,
+        candidate_inputs={first_node.output[0]: first_node.output[0]},
+        pairs=[(o, o) for o in model.output_names],
+        feeds=make_feeds(model, FeedOptions(seed=0)),
+        reference_alongside=True,
+    )
+    assert report
+
+
 def test_debug_report_is_unchanged_by_the_memory_savings():
     # The statistics run (weights borrowed, tapped model first) against the values run
     # (every tensor fetched and measured with numpy): same statistics and tap check.
@@ -342,3 +418,21 @@ def test_weights_that_are_graph_inputs_or_outputs_are_not_borrowed(role):
     assert "m" not in BorrowedWeights(model).names
     report = debug(model, DebugOptions(taps=["all"]))
     assert report.mode == "statistics" and report.tap_check
+
+
+@pytest.mark.parametrize("limit, overlapped", [(0, False), (2**40, True)])
+def test_debug_overlaps_the_tap_check_only_for_small_weights(monkeypatch, limit, overlapped):
+    import surgeon.debugging.orchestration as orchestration
+
+    seen = []
+    real = orchestration.verify
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("reference_alongside"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(orchestration, "verify", spy)
+    monkeypatch.setattr(orchestration, "ALONGSIDE_WEIGHTS", limit)
+    report = debug(load(SAMPLES / "tiny_yolo.onnx"), DebugOptions(taps=["all"]))
+    assert report.mode == "statistics" and report.tap_check
+    assert seen == [overlapped]
