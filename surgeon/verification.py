@@ -9,6 +9,7 @@ sequence (what a merge must reproduce).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -70,13 +71,29 @@ class Chain:
         return {n: env[n] for n in wanted if n in env}
 
 
-def _compute(reference: Model | Chain, feeds, names, options) -> dict[str, np.ndarray]:
+def _compute(
+    reference: Model | Chain, feeds, names, options, built: threading.Event | None = None
+) -> dict[str, np.ndarray]:
+    """The reference's values of ``names`` on ``feeds``. ``built`` is set once the
+    reference's session is built (a chain's: before its first), or failed to be."""
+    try:
+        if isinstance(reference, Chain):
+            session, wanted = None, []
+        else:
+            available = set(reference.tensor_names())
+            wanted = [n for n in dict.fromkeys(names) if n in available]
+            # (Nothing asked, nothing run: onnxruntime reads an empty list as "every
+            # output".)
+            session = Session(reference, extra_outputs=wanted, options=options) if wanted else None
+    finally:
+        if built is not None:
+            built.set()
     if isinstance(reference, Chain):
         return reference.compute(feeds, names, options)
-    available = set(reference.tensor_names())
-    wanted = [n for n in dict.fromkeys(names) if n in available]
-    # (Nothing asked, nothing run: onnxruntime reads an empty list as "every output".)
-    values = run(reference, feeds, outputs=wanted, options=options) if wanted else {}
+    values = {}
+    if session is not None:
+        values = session.run(feeds, wanted)
+        del session  # gone before the candidate's run (verify's reference_alongside)
     for n in wanted:  # graph inputs asked for by name come straight from the feeds
         if n not in values and n in feeds:
             values[n] = feeds[n]
@@ -189,7 +206,11 @@ def verify(
     pending = None
     expected: dict[str, np.ndarray] = {}
     if reference_alongside and not reference_last and not candidate_inputs:
-        pending = _start(lambda: _compute(reference, feeds, ref_needed, reference_options))
+        # The reference's session is built first (session creations take turns, see
+        # surgeon.runner.CREATE_LOCK); its run then overlaps the candidate's build.
+        built = threading.Event()
+        pending = _start(lambda: _compute(reference, feeds, ref_needed, reference_options, built))
+        built.wait()
     elif not reference_last:
         expected = _compute(reference, feeds, ref_needed, reference_options)
     # (If the candidate's session fails, its error is raised at once: the reference's
@@ -289,8 +310,6 @@ def verify(
 def _start(work):
     """Run ``work()`` in a thread; return a function that waits for it and gives its
     result (or raises its exception)."""
-    import threading
-
     outcome: dict = {}
 
     def target():

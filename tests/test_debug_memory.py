@@ -201,6 +201,7 @@ def test_reference_alongside_reports_the_candidates_error_at_once(monkeypatch):
     release = threading.Event()
 
     def hanging_reference(*args):
+        args[4].set()  # its session "built": the candidate's is built next
         release.wait(60)
         raise RuntimeFailure("the reference failed too")
 
@@ -228,6 +229,7 @@ def test_reference_alongside_raises_the_references_error(monkeypatch):
     model = load(SAMPLES / "two_conv.onnx")
 
     def failing_reference(*args):
+        args[4].set()
         raise RuntimeFailure("onnxruntime could not run the reference")
 
     monkeypatch.setattr(verification, "_compute", failing_reference)
@@ -436,3 +438,51 @@ def test_debug_overlaps_the_tap_check_only_for_small_weights(monkeypatch, limit,
     report = debug(load(SAMPLES / "tiny_yolo.onnx"), DebugOptions(taps=["all"]))
     assert report.mode == "statistics" and report.tap_check
     assert seen == [overlapped]
+
+
+def test_reference_alongside_builds_the_references_session_first(monkeypatch):
+    # Session creations take turns (runner.CREATE_LOCK): the reference's comes first, so
+    # its run, not its creation, overlaps the candidate's build.
+    import surgeon.verification as verification
+
+    order = []
+    real = verification.Session
+
+    class Recording(real):
+        def __init__(self, model, **kwargs):
+            order.append(("build", model.name))
+            super().__init__(model, **kwargs)
+
+        def run(self, feeds, outputs=None):
+            order.append(("run", self.model.name))
+            return super().run(feeds, outputs)
+
+    monkeypatch.setattr(verification, "Session", Recording)
+    model = load(SAMPLES / "two_conv.onnx")
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    proto.graph.name = "tapped"
+    tapped = Model(proto)
+    report = verify(
+        tapped, model, feeds=make_feeds(model, FeedOptions(seed=0)), reference_alongside=True
+    )
+    assert report
+    assert order[0] == ("build", model.name)
+    assert order[-1] == ("run", "tapped")
+    assert order.index(("build", "tapped")) > 0
+
+
+def test_reference_alongside_with_a_failing_reference_session_does_not_wait_forever():
+    # The reference's session cannot be built (a bad custom op library path): the
+    # candidate is still built, then the reference's error is raised.
+    from surgeon.errors import SurgeonError
+
+    model = load(SAMPLES / "two_conv.onnx")
+    with pytest.raises(SurgeonError, match="custom op library"):
+        verify(
+            model,
+            model,
+            feeds=make_feeds(model, FeedOptions(seed=0)),
+            reference_options=RunOptions(custom_op_libraries=("/nonexistent/lib.so",)),
+            reference_alongside=True,
+        )
