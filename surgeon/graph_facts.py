@@ -215,8 +215,13 @@ def _small(t: onnx.TensorProto) -> bool:
     What its shape and type declare is tested first: that reads no data, while
     tensor_nbytes copies raw_data to measure it (13 MB on a YOLOv8n-size model, ~10 ms).
     The exact size still decides for the declared-small ones, so no initializer above
-    the limit reaches inference, whatever its dims claim.
+    the limit reaches inference, whatever its dims claim. A tensor kept in an external
+    file is never small.
     """
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        # Never kept, whatever its size: the checker looks for its file from the current
+        # folder, and inference cannot read its values.
+        return False
     declared = declared_nbytes(t)
     if declared is not None and declared > INFERENCE_WEIGHT_LIMIT:
         return False

@@ -292,3 +292,49 @@ def test_softmax_of_a_type_the_older_op_lacks_is_refused():
         convert(Model(proto), 11)
     (blocker,) = e.value.blockers
     assert "tensor(bfloat16), a type Softmax takes only from opset 13" in blocker["reason"]
+
+
+def _external_matmul(tmp_path):
+    """A MatMul whose 1024x64 weight (256 KiB) stays in a side file when loaded."""
+    proto = parse(
+        """
+        <ir_version: 8, opset_import: ["" : 13]>
+        agraph (float[1, 1024] x) => (float[1, 64] y) {
+          y = MatMul(x, w)
+        }
+        """
+    )
+    w = np.random.default_rng(0).standard_normal((1024, 64)).astype(np.float32)
+    proto.graph.initializer.append(numpy_helper.from_array(w, "w"))
+    path = tmp_path / "m.onnx"
+    onnx.save(proto, str(path), save_as_external_data=True, location="m.data", size_threshold=0)
+    model = load(path)
+    assert model.proto.graph.initializer[0].data_location == onnx.TensorProto.EXTERNAL
+    return model
+
+
+def test_a_converted_model_with_weights_on_disk_is_still_checked(tmp_path, monkeypatch):
+    # The checker read the external file from the current folder, refused the original,
+    # and the converted model went unchecked: a broken conversion must be refused.
+    import surgeon.edits.convert as convert_module
+
+    model = _external_matmul(tmp_path)
+    monkeypatch.chdir(tmp_path.parent)  # not the model's folder
+    real = convert_module._convert_up
+
+    def broken(*args):
+        converted = real(*args)
+        converted.graph.node[0].input[1] = "no_such_tensor"
+        return converted
+
+    monkeypatch.setattr(convert_module, "_convert_up", broken)
+    with pytest.raises(ConversionRefused) as e:
+        convert(model, 17)
+    assert "not valid" in str(e.value.blockers)
+
+
+def test_a_model_with_weights_on_disk_converts_and_verifies(tmp_path, monkeypatch):
+    model = _external_matmul(tmp_path)
+    monkeypatch.chdir(tmp_path.parent)
+    edited = convert(model, 17)
+    assert edited.report and edited.model.opset == 17
