@@ -480,3 +480,28 @@ def test_render_export_check():
     assert text.startswith("FAIL: 1 problem(s) in the torchscript export")
     assert "onnxruntime failed" in text and "x: 1x3x16x12" in text
     assert "[axis-failed]" in text and "PyTorch: the top-level module (ViewFromShape)" in text
+
+
+def test_an_export_with_its_weights_beside_it_keeps_them(monkeypatch):
+    # Above 2 GB torch writes the weights next to the model, in surgeon's scratch folder,
+    # which is gone when export returns: the model must hold them (the exporter is made
+    # to write them beside it here, at any size).
+    real = torch.onnx.export
+
+    def beside(module, args, path, **kwargs):
+        real(module, args, path, **kwargs)
+        proto = onnx.load(path)
+        onnx.save(proto, path, save_as_external_data=True, location="w.bin", size_threshold=0)
+
+    monkeypatch.setattr(torch.onnx, "export", beside)
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3), torch.nn.Conv2d(64, 64, 3)).eval()
+    check = st.export(module, (example(1, 3, 8, 8),), exporter="torchscript")
+    assert check, check.summary()
+    model = check.model
+    assert not any(
+        t.data_location == onnx.TensorProto.EXTERNAL for t in model.proto.graph.initializer
+    )
+    x = example(1, 3, 8, 8)
+    got = run(model, {model.input_names[0]: x.numpy()})[model.output_names[0]]
+    np.testing.assert_allclose(got, module(x).detach().numpy(), rtol=1e-4, atol=1e-5)

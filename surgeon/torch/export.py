@@ -278,6 +278,7 @@ def _signature(torch, module, args, input_names, output_names, dynamic_axes, exp
 def _run_exporter(torch, module, args, sig: _Signature, exporter, opset, pitfalls):
     """``torch.onnx.export`` into a scratch folder, quietly; (Model in memory, seconds)."""
     from surgeon.loading import load
+    from surgeon.weights import inline_external_data
 
     kwargs = dict(
         input_names=sig.export_names,
@@ -318,7 +319,10 @@ def _run_exporter(torch, module, args, sig: _Signature, exporter, opset, pitfall
                     else f'Try exporter="{other}".',
                 ) from None
         seconds = time.perf_counter() - started
-        model = Model(load(target).proto)
+        # Above 2 GB the exporter writes the weights beside the model, in this folder,
+        # which goes away below: they are read into memory first (the model keeps no
+        # folder).
+        model = Model(inline_external_data(load(target)).proto)
     for w in caught:
         if issubclass(w.category, torch.jit.TracerWarning):
             where = f"{os.path.basename(w.filename)}:{w.lineno}: " if w.filename else ""
