@@ -9,6 +9,7 @@ sequence (what a merge must reproduce).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -72,24 +73,24 @@ class Chain:
 
 
 def _compute(
-    reference: Model | Chain, feeds, names, options, built: threading.Event | None = None
+    reference: Model | Chain, feeds, names, options, overlap: _Overlap | None = None
 ) -> dict[str, np.ndarray]:
-    """The reference's values of ``names`` on ``feeds``. ``built`` is set once the
-    reference's session is built (a chain's: before its first), or failed to be."""
-    try:
-        if isinstance(reference, Chain):
-            session, wanted = None, []
-        else:
-            available = set(reference.tensor_names())
-            wanted = [n for n in dict.fromkeys(names) if n in available]
-            # (Nothing asked, nothing run: onnxruntime reads an empty list as "every
-            # output".)
-            session = Session(reference, extra_outputs=wanted, options=options) if wanted else None
-    finally:
-        if built is not None:
-            built.set()
+    """The reference's values of ``names`` on ``feeds``; ``overlap`` (a Model reference)
+    is told once its session is built, or failed to be."""
     if isinstance(reference, Chain):
         return reference.compute(feeds, names, options)
+    available = set(reference.tensor_names())
+    wanted = [n for n in dict.fromkeys(names) if n in available]
+    try:
+        # (Nothing asked, nothing run: onnxruntime reads an empty list as "every output".)
+        session = Session(reference, extra_outputs=wanted, options=options) if wanted else None
+    except BaseException:
+        if overlap is not None:
+            overlap.session_failed = True
+        raise
+    finally:
+        if overlap is not None:
+            overlap.built.set()
     values = {}
     if session is not None:
         values = session.run(feeds, wanted)
@@ -98,6 +99,43 @@ def _compute(
         if n not in values and n in feeds:
             values[n] = feeds[n]
     return values
+
+
+class _Overlap:
+    """The reference's values computed in a thread (verify's ``reference_alongside``).
+
+    ``built`` is set once the reference's session is built or failed to be (whatever
+    else happens, at the latest when the thread ends), ``session_failed`` says which.
+    The thread is a daemon: an interrupted caller (Ctrl-C, SIGTERM) does not wait for
+    onnxruntime, and the CLI's exit does not either.
+    """
+
+    def __init__(self, reference: Model, feeds, names, options) -> None:
+        self.built = threading.Event()
+        self.session_failed = False
+        self._outcome: dict = {}
+        self._thread = threading.Thread(
+            target=self._work,
+            args=(reference, feeds, names, options),
+            name="surgeon-reference",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _work(self, reference, feeds, names, options) -> None:
+        try:
+            self._outcome["value"] = _compute(reference, feeds, names, options, self)
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+            self._outcome["error"] = e
+        finally:
+            self.built.set()
+
+    def result(self) -> dict[str, np.ndarray]:
+        """Wait for the values (or raise the reference's error)."""
+        self._thread.join()
+        if "error" in self._outcome:
+            raise self._outcome["error"]
+        return self._outcome["value"]
 
 
 def verify(
@@ -147,11 +185,12 @@ def verify(
             peak does not stack on the heap the reference's run left behind.
         candidate_initializers: Weights the candidate's proto leaves out, handed to
             onnxruntime as arrays (``surgeon.runner.Session``'s ``initializers``).
-        reference_alongside: Run the reference in a thread while the candidate's
-            session is built (only when no candidate input is fed from a reference
-            tensor, and not with ``reference_last``): the two overlap on two cores, and
-            the reference's session is gone before the candidate runs. For models whose
-            weights are small: for that moment both sessions hold them.
+        reference_alongside: Run a reference Model in a thread while the candidate's
+            session is built (not a Chain, not when a candidate input is fed from a
+            reference tensor, not with ``reference_last``): the reference's session is
+            built first, then its run overlaps the candidate's build on two cores, and
+            it is gone before the candidate runs. Errors are the sequential order's. For
+            models whose weights are small: for that moment both sessions hold them.
 
     Returns:
         A DiffReport; truthy when every pair matched and there was at least one (with
@@ -203,23 +242,32 @@ def verify(
     # session at a time, so a model's weights are held once (see surgeon.weights).
     # reference_alongside overlaps the two on two cores instead.
     reference_last = reference_last and not candidate_inputs
-    pending = None
+    overlap = None
     expected: dict[str, np.ndarray] = {}
     if reference_alongside and not reference_last and not candidate_inputs:
-        # The reference's session is built first (session creations take turns, see
-        # surgeon.runner.CREATE_LOCK); its run then overlaps the candidate's build.
-        built = threading.Event()
-        pending = _start(lambda: _compute(reference, feeds, ref_needed, reference_options, built))
-        built.wait()
-    elif not reference_last:
+        if isinstance(reference, Model):  # (a chain builds a session per model: in turn)
+            # Its session is built first (session creations take turns, see
+            # surgeon.runner.CREATE_LOCK); its run then overlaps the candidate's build.
+            overlap = _Overlap(reference, feeds, ref_needed, reference_options)
+            overlap.built.wait()
+            if overlap.session_failed:
+                overlap.result()  # its error, as the sequential order gives it
+    if overlap is None and not reference_last:
         expected = _compute(reference, feeds, ref_needed, reference_options)
-    # (If the candidate's session fails, its error is raised at once: the reference's
-    # thread is a daemon, left to end on its own, never waited for on an error path.)
-    session = Session(
-        candidate, extra_outputs=wanted, options=options, initializers=candidate_initializers
-    )
-    if pending is not None:
-        expected = pending()  # the reference's session is gone before the candidate runs
+    try:
+        session = Session(
+            candidate, extra_outputs=wanted, options=options, initializers=candidate_initializers
+        )
+    except Exception:
+        # The reference's run is waited for (its error dropped): a program that ends
+        # with onnxruntime still running in another thread aborts in its teardown. An
+        # interruption (Ctrl-C, SIGTERM) is not waited for.
+        if overlap is not None:
+            with contextlib.suppress(Exception):
+                overlap.result()
+        raise
+    if overlap is not None:
+        expected = overlap.result()  # the reference's session is gone before the candidate runs
 
     cand_feeds = {}
     problems = []
@@ -305,31 +353,6 @@ def verify(
         feeds=described,
         notes=notes,
     )
-
-
-def _start(work):
-    """Run ``work()`` in a thread; return a function that waits for it and gives its
-    result (or raises its exception)."""
-    outcome: dict = {}
-
-    def target():
-        try:
-            outcome["value"] = work()
-        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
-            outcome["error"] = e
-
-    # A daemon: a caller that fails or is interrupted (Ctrl-C, SIGTERM) does not wait for
-    # onnxruntime, and the CLI's exit does not either.
-    thread = threading.Thread(target=target, name="surgeon-reference", daemon=True)
-    thread.start()
-
-    def wait():
-        thread.join()
-        if "error" in outcome:
-            raise outcome["error"]
-        return outcome["value"]
-
-    return wait
 
 
 def _feed_sources(

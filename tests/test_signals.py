@@ -58,6 +58,7 @@ DRIVER = textwrap.dedent("""
         import surgeon.verification
 
         def hang(*args):
+            args[4].built.set()  # its session built: now "running"
             open(os.environ["HANGING_REFERENCE"], "w").close()
             time.sleep(60)
 
