@@ -218,13 +218,8 @@ def test_inferred_at_feeds_sees_an_in_place_edit():
     assert [d.dim_value for d in found["z"].tensor_type.shape.dim] == [3, 4]
 
 
-@pytest.mark.xfail(
-    reason="pre-existing (before the reviewed commits): onnxruntime's float16 graph run "
-    "feeds Add a more precise ReduceMean value than the stored float16 tensor (Add re-run "
-    "on the stored tensors gives numpy's sums), so identical models blame Add for its "
-    "own error: 2 of 24 elements in the merged run, 9 of 24 on the values path",
-    strict=True,
-)
+# (Was a strict xfail: fixed by comparing each unit with the reference's own node re-run
+# on the same stored values, surgeon.precision.isolated.plan_twin.)
 def test_identical_float16_models_blame_no_node(tmp_path, cli):
     model = parse(
         H

@@ -29,6 +29,7 @@ import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -49,6 +50,9 @@ from surgeon.compare.in_graph import (
 from surgeon.external import external_tensors, inline_all
 from surgeon.model import Model, dtype_name
 from surgeon.runner import RunOptions, run
+
+if TYPE_CHECKING:
+    from surgeon.precision.isolated import Twin
 
 _PREFIX = "surgeon.ref/"
 _COMPARE_PREFIX = "surgeon.cmp/"
@@ -114,6 +118,9 @@ class IsolatedUnit:
             element type to cast it to, 0 for none). Casts are between float types only.
         initializers: Candidate initializers the nodes read (kept, not renamed).
         outputs: (candidate output, reference tensor) pairs compared.
+        twins: Candidate output -> the reference node run on the same stored inputs,
+            compared with it instead of the reference's float16 tensor (see
+            surgeon.precision.isolated.plan_twin).
     """
 
     nodes: Sequence[onnx.NodeProto]
@@ -121,6 +128,7 @@ class IsolatedUnit:
     feeds: Mapping[str, tuple[str | None, int, int]]
     initializers: Sequence[str]
     outputs: Sequence[tuple[str, str]]
+    twins: Mapping[str, Twin] = field(default_factory=dict)
 
 
 @dataclass
@@ -252,7 +260,21 @@ def _unit_in_graph(unit, pairing, source, types, reference_types, tolerance):
             fed[t] = (ref, elem, _FLOAT_ELEMS[wanted])
         else:
             return None
-    return IsolatedUnit(unit.nodes, unit.position, fed, unit.initializers, outputs)
+    from surgeon.precision.isolated import plan_twin
+
+    # Compared with the reference's own node re-run on the same stored values where the
+    # reference may have read them unrounded (the values path does the same:
+    # surgeon.precision.isolated._run_twins).
+    fed_dtypes = {
+        t: (dtype_name(elem), dtype_name(to or elem)) for t, (_, elem, to) in fed.items() if elem
+    }
+    twins = {
+        o: twin
+        for o, r in outputs
+        if types[o].tensor_type.elem_type == reference_types[r].tensor_type.elem_type
+        and (twin := plan_twin(unit, o, pairing, fed_dtypes)) is not None
+    }
+    return IsolatedUnit(unit.nodes, unit.position, fed, unit.initializers, outputs, twins)
 
 
 def _fresh_prefix(names: Sequence[str], prefix: str = _PREFIX) -> str:
@@ -583,6 +605,23 @@ class _Merge:
             sources[t] = name
             return name
 
+        def run_twin(twin: Twin, label: str, reads: Mapping[str, int]) -> str:
+            # The reference's node on the stored inputs, read as the unit reads them
+            # (float16 ones through an Identity); returns the compared output's name.
+            inits = set(twin.initializers)
+            inputs = []
+            for x in twin.node.input:
+                if x and x not in inits and reads.get(x) == onnx.TensorProto.FLOAT16:
+                    inputs.append(guarded(rename(x), f"{label}in/{len(inputs)}"))
+                else:
+                    inputs.append(rename(x) if x else x)
+            copy = graph.node.add()
+            copy.CopyFrom(twin.node)
+            copy.name = label + (twin.node.name or "node")
+            copy.input[:] = inputs
+            copy.output[:] = [f"{label}{y}" if y else y for y in twin.node.output]
+            return f"{label}{twin.output}"
+
         def run_unit(k: int) -> None:
             unit = plan.units[k]
             needed = [r for r, _, _ in unit.feeds.values() if r is not None]
@@ -602,15 +641,17 @@ class _Merge:
                 copy.name = f"{iso}{k}/{j}/{node.name}"
                 copy.input[:] = [unit_name(x) for x in node.input]
                 copy.output[:] = [unit_name(x) for x in node.output]
+            reads = {ref: elem_type for ref, elem_type, _ in unit.feeds.values() if ref}
             for i, (o, r) in enumerate(unit.outputs):
                 fast_nodes = o in plan.fast[k]
                 build = add_fast_comparison if fast_nodes else add_comparison
                 extra = {"rank": self.ranks.get(o)} if fast_nodes else {}
+                twin = unit.twins.get(o)
                 plan.compared[k][o] = build(
                     graph,
                     unit_name(o),
                     elem[o],
-                    rename(r),
+                    rename(r) if twin is None else run_twin(twin, f"{iso}{k}/twin{i}/", reads),
                     ref_elem[r],
                     tolerance,
                     f"{self.compare_prefix}{iso}{k}/{i}/",

@@ -228,6 +228,74 @@ def _build_units(
     return units, skipped
 
 
+# Dtypes whose graph run can skip a rounding between two nodes: onnxruntime's CPU
+# computes float16/bfloat16 chains in float32 and rounds a tensor only where it is stored
+# (fetched, or read by a node that needs it rounded), so a node of the reference may have
+# read its inputs unrounded where the isolated run reads them as stored.
+ROUNDING_SKIPPED = frozenset({"float16", "bfloat16"})
+
+
+@dataclass(frozen=True)
+class Twin:
+    """The reference's own producer of a compared reference tensor, to be run on the
+    same stored values a unit is fed: what the reference's node gives on them.
+
+    Attributes:
+        node: The reference's node (not copied).
+        feeds: Candidate tensor fed to the unit -> the reference tensor the node reads in
+            its place (the unit's feed's reference: the same stored value).
+        initializers: Reference initializers the node reads.
+        output: The reference tensor compared with the unit's output.
+    """
+
+    node: onnx.NodeProto
+    feeds: Mapping[str, str]
+    initializers: tuple[str, ...]
+    output: str
+
+
+def plan_twin(
+    unit: Unit, output: str, pairing: Pairing, fed_dtypes: Mapping[str, tuple[str, str]]
+) -> Twin | None:
+    """The twin of ``unit``'s compared ``output`` (a candidate tensor of the reference's
+    dtype), or None. ``fed_dtypes``: each fed candidate tensor -> (its reference value's
+    dtype, the dtype the unit reads it in).
+
+    A twin is the reference node producing the output's pair, when that node reads only
+    the references of the unit's feeds (at least one of a ROUNDING_SKIPPED dtype, each
+    read by the unit in its own dtype) and reference initializers, and holds no
+    subgraph. Comparing the unit with it rather than with the reference's stored tensor
+    compares two nodes on the same stored inputs, which is a node's own error: the
+    stored tensor may come from unrounded inputs (see ROUNDING_SKIPPED), and identical
+    float16 nodes were blamed for that."""
+    reference = pairing.reference_model
+    if reference is None or output not in pairing.pairs:
+        return None
+    target = pairing.pairs[output].reference
+    node = reference.producers().get(target)
+    if node is None or holds_subgraph(node):
+        return None
+    fed = {pairing.reference_of(t): t for t in unit.feeds if pairing.reference_of(t)}
+    constants = pairing.reference_constants
+    feeds: dict[str, str] = {}
+    initializers: list[str] = []
+    for x in node.input:
+        if not x:
+            continue
+        if x in fed:
+            feeds[fed[x]] = x
+        elif x in constants and x not in reference.input_names:
+            initializers.append(x)
+        else:
+            return None
+    kinds = [fed_dtypes.get(c) for c in feeds]
+    if any(k is None or k[0] != k[1] for k in kinds):
+        return None  # a cast feed: the unit reads other values than the node did
+    if not any(k[0] in ROUNDING_SKIPPED for k in kinds):
+        return None  # no input the reference's run may have read unrounded
+    return Twin(node, feeds, tuple(dict.fromkeys(initializers)), target)
+
+
 def _fresh_prefix(proto: onnx.ModelProto) -> str:
     """A prefix no initializer name starts with (the batch keeps initializer names)."""
     names = [t.name for t in proto.graph.initializer]
@@ -358,6 +426,51 @@ def _overflowed(reference, fed: np.ndarray) -> bool:
 
 
 @dataclass
+class _TwinUnit:
+    """A twin laid out as a unit for :func:`_batch_model` (reference tensor names)."""
+
+    nodes: list[onnx.NodeProto]
+    feeds: list[str]
+    initializers: list[str]
+    outputs: list[str]
+
+
+def _run_twins(units, here, pairing: Pairing, lookup, options, stats) -> dict:
+    """(unit index, output) -> the value of its twin (:func:`plan_twin`): the
+    reference's node run on the stored values the unit was fed, in one more batch run.
+    Outputs without a twin, or whose twin onnxruntime refused, keep the reference's
+    stored value."""
+    planned: dict[tuple[int, str], Twin] = {}
+    for k in here:
+        unit = units[k]
+        fed_dtypes = {}
+        for t in unit.feeds:
+            stored = np.asarray(lookup(t)).dtype.name
+            fed_dtypes[t] = (stored, pairing.dtypes.get(t) or stored)
+        for o in unit.outputs:
+            value = lookup(o)
+            if not isinstance(value, np.ndarray) or pairing.dtypes.get(o) != value.dtype.name:
+                continue
+            twin = plan_twin(unit, o, pairing, fed_dtypes)
+            if twin is not None:
+                planned[(k, o)] = twin
+    if not planned:
+        return {}
+    reference = pairing.reference_model
+    layout = [
+        _TwinUnit([t.node], list(t.feeds.values()), list(t.initializers), [t.output])
+        for t in planned.values()
+    ]
+    feeds = {x: np.asarray(lookup(c)) for t in planned.values() for c, x in t.feeds.items()}
+    ran = _run_batches(reference, layout, feeds, options, _fresh_prefix(reference.proto), stats)
+    return {
+        key: got[twin.output]
+        for j, (key, twin) in enumerate(planned.items())
+        if isinstance(got := ran.get(j), dict)
+    }
+
+
+@dataclass
 class IsolatedRun:
     """What :func:`isolated_errors` computed; see :mod:`surgeon.precision.ranking` for the
     ranking and the root cause."""
@@ -447,6 +560,7 @@ def isolated_errors(
     )
     outcome = {k: ran.get(j) for j, k in enumerate(here)}
     del ran  # each unit's values are dropped once it is measured
+    twins = _run_twins(units, here, pairing, lookup, run_options, stats)
     for k, unit in enumerate(units):
         r = unit.result
         r.overflowed_inputs = sorted(t for t in unit.feeds if t in overflowed)
@@ -465,7 +579,7 @@ def isolated_errors(
             worst = None
             for o in unit.outputs:
                 pair = pairing.pairs[o]
-                expected = lookup(o)
+                expected = twins.get((k, o), lookup(o))
                 diff = compare_arrays(
                     as_reference_dtype(got[o], expected)[0],
                     expected,
