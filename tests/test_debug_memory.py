@@ -144,8 +144,9 @@ def test_stats_model_leaves_borrowed_initializers_out():
         np.testing.assert_array_equal(got[k], want[k])
 
 
+@pytest.mark.parametrize("order", ["reference_last", "reference_alongside"])
 @pytest.mark.parametrize("sample", ["tiny_yolo.onnx", "two_conv.onnx"])
-def test_reference_last_gives_the_same_report(sample):
+def test_either_order_gives_the_same_report(sample, order):
     model = load(SAMPLES / sample)
     taps = select_taps(model, ["all"])
     tapped = Session(model, extra_outputs=taps)  # only to check the names are real
@@ -153,13 +154,14 @@ def test_reference_last_gives_the_same_report(sample):
     feeds = make_feeds(model, FeedOptions(seed=2))
     kept: dict = {}
     args = dict(pairs=[(o, o) for o in model.output_names], feeds=feeds, tolerance=EXACT)
-    first = verify(model, model, fetch=taps, collect=kept, reference_last=True, **args)
+    first = verify(model, model, fetch=taps, collect=kept, **{order: True}, **args)
     second = verify(model, model, fetch=taps, **args)
     assert first.to_dict() == second.to_dict()
     assert first and set(taps) <= set(kept)
 
 
-def test_reference_last_with_candidate_inputs_runs_the_reference_first():
+@pytest.mark.parametrize("order", ["reference_last", "reference_alongside"])
+def test_with_candidate_inputs_the_reference_runs_first(order):
     # An extracted part is fed from the reference's tensors: the reference must run first
     # whatever the caller asked for.
     model = load(SAMPLES / "two_conv.onnx")
@@ -173,22 +175,9 @@ def test_reference_last_with_candidate_inputs_runs_the_reference_first():
         candidate_inputs={first_node.output[0]: first_node.output[0]},
         pairs=[(o, o) for o in model.output_names],
         feeds=make_feeds(model, FeedOptions(seed=0)),
-        reference_last=True,
+        **{order: True},
     )
     assert report
-
-
-@pytest.mark.parametrize("sample", ["tiny_yolo.onnx", "two_conv.onnx"])
-def test_reference_alongside_gives_the_same_report(sample):
-    model = load(SAMPLES / sample)
-    taps = select_taps(model, ["all"])
-    feeds = make_feeds(model, FeedOptions(seed=2))
-    kept: dict = {}
-    args = dict(pairs=[(o, o) for o in model.output_names], feeds=feeds, tolerance=EXACT)
-    overlapped = verify(model, model, fetch=taps, collect=kept, reference_alongside=True, **args)
-    plain = verify(model, model, fetch=taps, **args)
-    assert overlapped.to_dict() == plain.to_dict()
-    assert overlapped and set(taps) <= set(kept)
 
 
 def test_reference_alongside_reports_the_candidates_error_after_the_reference_ends(
@@ -235,24 +224,6 @@ def test_reference_alongside_raises_the_references_error(monkeypatch):
     monkeypatch.setattr(verification, "_compute", failing_reference)
     with pytest.raises(RuntimeFailure, match="could not run the reference"):
         verify(model, model, feeds=make_feeds(model, FeedOptions(seed=0)), reference_alongside=True)
-
-
-def test_reference_alongside_is_ignored_with_candidate_inputs():
-    # An extracted part is fed from the reference's tensors: the reference runs first.
-    model = load(SAMPLES / "two_conv.onnx")
-    from surgeon.edits.extract import extract
-
-    first_node = model.proto.graph.node[0]
-    part = extract(model, inputs=[first_node.output[0]], outputs=model.output_names).model
-    report = verify(
-        part,
-        model,
-        candidate_inputs={first_node.output[0]: first_node.output[0]},
-        pairs=[(o, o) for o in model.output_names],
-        feeds=make_feeds(model, FeedOptions(seed=0)),
-        reference_alongside=True,
-    )
-    assert report
 
 
 def test_debug_report_is_unchanged_by_the_memory_savings():
@@ -420,24 +391,6 @@ def test_weights_that_are_graph_inputs_or_outputs_are_not_borrowed(role):
     assert "m" not in BorrowedWeights(model).names
     report = debug(model, DebugOptions(taps=["all"]))
     assert report.mode == "statistics" and report.tap_check
-
-
-@pytest.mark.parametrize("limit, overlapped", [(0, False), (2**40, True)])
-def test_debug_overlaps_the_tap_check_only_for_small_weights(monkeypatch, limit, overlapped):
-    import surgeon.debugging.orchestration as orchestration
-
-    seen = []
-    real = orchestration.verify
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs.get("reference_alongside"))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(orchestration, "verify", spy)
-    monkeypatch.setattr(orchestration, "ALONGSIDE_WEIGHTS", limit)
-    report = debug(load(SAMPLES / "tiny_yolo.onnx"), DebugOptions(taps=["all"]))
-    assert report.mode == "statistics" and report.tap_check
-    assert seen == [overlapped]
 
 
 def test_reference_alongside_builds_the_references_session_first(monkeypatch):
