@@ -110,16 +110,16 @@ def test_a_twin_reads_only_the_units_stored_inputs_and_reference_weights(tmp_pat
     model = load(write(parse(MEAN_ADD), tmp_path / "m.onnx"))
     unit, pairing = _unit_of(model, model, "t")
     same = {t: ("float16", "float16") for t in unit.feeds}
-    twin = isolated.plan_twin(unit, "t", pairing, same)
+    twin = isolated.plan_twin(unit, "t", pairing, same, pairing.reference_model.producers())
     assert twin is not None and twin.node.op_type == "Add" and twin.output == "t"
     assert set(twin.feeds) == {"h", "r"} and twin.initializers == ()
     # a feed cast to another dtype (a float32 candidate against a float16 reference):
     # the unit reads other values than the reference's node did, no twin
     cast = {t: ("float16", "float32") for t in unit.feeds}
-    assert isolated.plan_twin(unit, "t", pairing, cast) is None
+    assert isolated.plan_twin(unit, "t", pairing, cast, pairing.reference_model.producers()) is None
     # only float32 inputs: nothing the reference's run can have read unrounded
     wide = {t: ("float32", "float32") for t in unit.feeds}
-    assert isolated.plan_twin(unit, "t", pairing, wide) is None
+    assert isolated.plan_twin(unit, "t", pairing, wide, pairing.reference_model.producers()) is None
 
 
 def test_no_twin_when_the_references_node_reads_something_else(tmp_path):
@@ -138,7 +138,7 @@ def test_no_twin_when_the_references_node_reads_something_else(tmp_path):
     reference = load(write(other, tmp_path / "r.onnx"))
     unit, pairing = _unit_of(candidate, reference, "t")
     same = {t: ("float16", "float16") for t in unit.feeds}
-    assert isolated.plan_twin(unit, "t", pairing, same) is None
+    assert isolated.plan_twin(unit, "t", pairing, same, pairing.reference_model.producers()) is None
 
 
 def test_a_twin_onnxruntime_refuses_keeps_the_stored_reference(tmp_path, monkeypatch):

@@ -221,8 +221,9 @@ def plan_isolation(
         learn_types(reference, [r for _, r in outputs if r not in reference_types], options)
     )
     in_graph, keep = [], {}
+    producers = reference.producers()  # (asked once: each call checks the graph's fingerprint)
     for unit in units:
-        spec = _unit_in_graph(unit, pairing, source, types, reference_types, tolerance)
+        spec = _unit_in_graph(unit, pairing, source, types, reference_types, tolerance, producers)
         if spec is not None:
             in_graph.append(spec)
             continue
@@ -233,7 +234,7 @@ def plan_isolation(
     return IsolationPlan(has_reference, in_graph, list(keep))
 
 
-def _unit_in_graph(unit, pairing, source, types, reference_types, tolerance):
+def _unit_in_graph(unit, pairing, source, types, reference_types, tolerance, producers):
     """``unit`` as an :class:`IsolatedUnit`, or None when it must keep the values path."""
     outputs = []
     for o in unit.outputs:
@@ -272,7 +273,7 @@ def _unit_in_graph(unit, pairing, source, types, reference_types, tolerance):
         o: twin
         for o, r in outputs
         if types[o].tensor_type.elem_type == reference_types[r].tensor_type.elem_type
-        and (twin := plan_twin(unit, o, pairing, fed_dtypes)) is not None
+        and (twin := plan_twin(unit, o, pairing, fed_dtypes, producers)) is not None
     }
     return IsolatedUnit(unit.nodes, unit.position, fed, unit.initializers, outputs, twins)
 

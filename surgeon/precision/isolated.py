@@ -255,11 +255,16 @@ class Twin:
 
 
 def plan_twin(
-    unit: Unit, output: str, pairing: Pairing, fed_dtypes: Mapping[str, tuple[str, str]]
+    unit: Unit,
+    output: str,
+    pairing: Pairing,
+    fed_dtypes: Mapping[str, tuple[str, str]],
+    producers: Mapping[str, onnx.NodeProto],
 ) -> Twin | None:
     """The twin of ``unit``'s compared ``output`` (a candidate tensor of the reference's
     dtype), or None. ``fed_dtypes``: each fed candidate tensor -> (its reference value's
-    dtype, the dtype the unit reads it in).
+    dtype, the dtype the unit reads it in); ``producers``: the reference's
+    (``pairing.reference_model.producers()``, asked once by the caller).
 
     A twin is the reference node producing the output's pair, when that node reads only
     the references of the unit's feeds (at least one of a ROUNDING_SKIPPED dtype, each
@@ -271,8 +276,10 @@ def plan_twin(
     reference = pairing.reference_model
     if reference is None or output not in pairing.pairs:
         return None
+    if not any(fed_dtypes.get(t, ("",))[0] in ROUNDING_SKIPPED for t in unit.feeds):
+        return None  # (the common case, float32 models: decided before any lookup)
     target = pairing.pairs[output].reference
-    node = reference.producers().get(target)
+    node = producers.get(target)
     if node is None or holds_subgraph(node):
         return None
     fed = {pairing.reference_of(t): t for t in unit.feeds if pairing.reference_of(t)}
@@ -441,6 +448,9 @@ def _run_twins(units, here, pairing: Pairing, lookup, options, stats) -> dict:
     Outputs without a twin, or whose twin onnxruntime refused, keep the reference's
     stored value."""
     planned: dict[tuple[int, str], Twin] = {}
+    if pairing.reference_model is None:
+        return {}
+    producers = pairing.reference_model.producers()
     for k in here:
         unit = units[k]
         fed_dtypes = {}
@@ -451,7 +461,7 @@ def _run_twins(units, here, pairing: Pairing, lookup, options, stats) -> dict:
             value = lookup(o)
             if not isinstance(value, np.ndarray) or pairing.dtypes.get(o) != value.dtype.name:
                 continue
-            twin = plan_twin(unit, o, pairing, fed_dtypes)
+            twin = plan_twin(unit, o, pairing, fed_dtypes, producers)
             if twin is not None:
                 planned[(k, o)] = twin
     if not planned:
