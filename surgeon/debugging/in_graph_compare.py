@@ -266,9 +266,10 @@ def _unit_in_graph(unit, pairing, source, types, reference_types, tolerance, pro
     # Compared with the reference's own node re-run on the same stored values where the
     # reference may have read them unrounded (the values path does the same:
     # surgeon.precision.isolated._run_twins).
-    fed_dtypes = {
-        t: (dtype_name(elem), dtype_name(to or elem)) for t, (_, elem, to) in fed.items() if elem
-    }
+    fed_dtypes = {}
+    for t in unit.feeds:
+        dtype = source(t)[1]
+        fed_dtypes[t] = (dtype, pairing.dtypes.get(t) or dtype)
     twins = {
         o: twin
         for o, r in outputs
@@ -606,20 +607,15 @@ class _Merge:
             sources[t] = name
             return name
 
-        def run_twin(twin: Twin, label: str, reads: Mapping[str, int]) -> str:
-            # The reference's node on the stored inputs, read as the unit reads them
-            # (float16 ones through an Identity); returns the compared output's name.
-            inits = set(twin.initializers)
-            inputs = []
-            for x in twin.node.input:
-                if x and x not in inits and reads.get(x) == onnx.TensorProto.FLOAT16:
-                    inputs.append(guarded(rename(x), f"{label}in/{len(inputs)}"))
-                else:
-                    inputs.append(rename(x) if x else x)
+        def run_twin(twin: Twin, label: str, local: Mapping[str, str]) -> str:
+            # The reference's node on the stored inputs, each read through the very
+            # tensor the unit reads (its float16 guard): onnxruntime then hands both
+            # nodes the same values, rounded or not. Returns the compared output's name.
+            read = {x: local[c] for c, x in twin.feeds.items()}
             copy = graph.node.add()
             copy.CopyFrom(twin.node)
             copy.name = label + (twin.node.name or "node")
-            copy.input[:] = inputs
+            copy.input[:] = [read.get(x) or (rename(x) if x else x) for x in twin.node.input]
             copy.output[:] = [f"{label}{y}" if y else y for y in twin.node.output]
             return f"{label}{twin.output}"
 
@@ -642,7 +638,6 @@ class _Merge:
                 copy.name = f"{iso}{k}/{j}/{node.name}"
                 copy.input[:] = [unit_name(x) for x in node.input]
                 copy.output[:] = [unit_name(x) for x in node.output]
-            reads = {ref: elem_type for ref, elem_type, _ in unit.feeds.values() if ref}
             for i, (o, r) in enumerate(unit.outputs):
                 fast_nodes = o in plan.fast[k]
                 build = add_fast_comparison if fast_nodes else add_comparison
@@ -652,7 +647,7 @@ class _Merge:
                     graph,
                     unit_name(o),
                     elem[o],
-                    rename(r) if twin is None else run_twin(twin, f"{iso}{k}/twin{i}/", reads),
+                    rename(r) if twin is None else run_twin(twin, f"{iso}{k}/twin{i}/", local),
                     ref_elem[r],
                     tolerance,
                     f"{self.compare_prefix}{iso}{k}/{i}/",
