@@ -161,3 +161,33 @@ def test_a_twin_onnxruntime_refuses_keeps_the_stored_reference(tmp_path, monkeyp
     assert report.mode == "values"
     # the stored tensor: onnxruntime's unrounded ReduceMean shows as Add's own error
     assert _own_errors(report)["Add->t"][0] > 0
+
+
+def test_the_rounding_guard_hands_a_node_the_stored_float16_tensor():
+    # A Sub -> guard -> Mul chain: Mul reads Sub's output rounded to float16, as a fetch
+    # (or the isolated run's feed) gives it; the probe's choice is checked independently.
+    from onnx import TensorProto, helper
+
+    from surgeon.debugging.in_graph_compare import rounding_guard
+    from surgeon.model import Model
+    from surgeon.runner import RunOptions, run
+
+    chain = rounding_guard()
+    assert chain in (("Identity",), ("Transpose", "Transpose"))
+    rng = np.random.default_rng(7)
+    a, b = (rng.standard_normal((3, 5, 7)).astype(np.float16) for _ in range(2))
+    nodes = [helper.make_node("Sub", ["a", "b"], ["g0"])]
+    nodes += [helper.make_node(op, [f"g{j}"], [f"g{j + 1}"]) for j, op in enumerate(chain)]
+    nodes.append(helper.make_node("Mul", [f"g{len(chain)}", f"g{len(chain)}"], ["y"]))
+    half = TensorProto.FLOAT16
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(n, half, [3, 5, 7]) for n in "ab"],
+        [helper.make_tensor_value_info("y", half, [3, 5, 7])],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    got = run(Model(proto), {"a": a, "b": b}, options=RunOptions(optimization="disabled"))["y"]
+    stored = (a.astype(np.float32) - b.astype(np.float32)).astype(np.float16)
+    np.testing.assert_array_equal(got, (stored.astype(np.float32) ** 2).astype(np.float16))

@@ -10,11 +10,12 @@ crash.
 
 The two bugs the review found in the merged run (a twin read its inputs through guards
 of its own, which onnxruntime can bypass, while the unit read the shared one; a unit
-with an integer or bfloat16 feed got no twin there) are fixed and their tests pass. The
-strict xfail left is older than the change: the float16 guards do not always round, so
-an overflowing float16 model's per-unit numbers differ between the paths (both verdicts
-clean). (The review also checked float32 reports byte-identical to the commit before the
-change, by running both trees; that one-off check is not kept in the suite.)"""
+with an integer or bfloat16 feed got no twin there) are fixed and their tests pass, as
+is the older one it found (the merged run's float16 guards did not always round, so an
+overflowing float16 model's per-unit numbers differed between the paths:
+in_graph_compare.rounding_guard). (The review also checked float32 reports
+byte-identical to the commit before the change, by running both trees; that one-off
+check is not kept in the suite.)"""
 
 from __future__ import annotations
 
@@ -365,13 +366,6 @@ def test_identical_model_with_an_integer_activation_feed_is_clean_in_graph(tmp_p
     assert _own(fast) == _own(slow)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the merged run's float16 guards (in_graph_compare._Merge.run.guarded, used by "
-    "source() and run_twin) do not always round: where onnxruntime bypasses them the "
-    "units read finite float32 values that the stored float16 tensors hold as Inf, so "
-    "per-unit results (inf counts, max abs) differ from the values path",
-)
 def test_identical_overflowing_float16_model_gives_the_same_report_on_both_paths(tmp_path):
     reference = to_float16(float_model(300.0))  # `sq` overflows float16
     fast, slow = _run_both(

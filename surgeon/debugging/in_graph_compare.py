@@ -26,6 +26,7 @@ values path.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ from surgeon.compare.in_graph import (
     severity_from_outputs,
     severity_in_graph,
 )
+from surgeon.errors import SurgeonError
 from surgeon.external import external_tensors, inline_all
 from surgeon.model import Model, dtype_name
 from surgeon.runner import RunOptions, run
@@ -277,6 +279,50 @@ def _unit_in_graph(unit, pairing, source, types, reference_types, tolerance, pro
         and (twin := plan_twin(unit, o, pairing, fed_dtypes, producers)) is not None
     }
     return IsolatedUnit(unit.nodes, unit.position, fed, unit.initializers, outputs, twins)
+
+
+@functools.cache
+def rounding_guard() -> tuple[str, ...]:
+    """The ops (each with one input and no attribute) that, placed between a float16
+    tensor and a node, make onnxruntime hand the node the stored, rounded tensor.
+
+    onnxruntime's CPU runs float16 nodes without a float16 kernel in float32 and drops
+    the Cast pairs between them, through data-movement nodes too: in 1.32 a Sub ->
+    Identity -> Mul chain (or Reshape, Slice, Concat, Tile, Expand, Cast, Split in the
+    middle) reads Sub's unrounded float32 values, while a pair of Transposes (each
+    reversing the dims, together the identity at every rank) rounds. Which is so is
+    onnxruntime's behaviour, not a contract: a probe (one small session, once per
+    process) picks the first of Identity and the Transpose pair that rounds, Identity
+    when neither does."""
+    from surgeon.runner import RunOptions
+    from surgeon.runner import run as run_model
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((4, 16)).astype(np.float16) for _ in range(2))
+    stored = (a.astype(np.float32) - b.astype(np.float32)).astype(np.float16)
+    want = (stored.astype(np.float32) ** 2).astype(np.float16)
+    for chain in (("Identity",), ("Transpose", "Transpose")):
+        nodes = [onnx.helper.make_node("Sub", ["a", "b"], ["g0"])]
+        nodes += [onnx.helper.make_node(op, [f"g{j}"], [f"g{j + 1}"]) for j, op in enumerate(chain)]
+        nodes.append(onnx.helper.make_node("Mul", [f"g{len(chain)}"] * 2, ["y"]))
+        half = onnx.TensorProto.FLOAT16
+        graph = onnx.helper.make_graph(
+            nodes,
+            "probe",
+            [onnx.helper.make_tensor_value_info(n, half, [4, 16]) for n in "ab"],
+            [onnx.helper.make_tensor_value_info("y", half, [4, 16])],
+        )
+        proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
+        proto.ir_version = 8
+        try:
+            got = run_model(
+                Model(proto), {"a": a, "b": b}, options=RunOptions(optimization="disabled")
+            )["y"]
+        except SurgeonError:
+            continue
+        if np.array_equal(got, want):
+            return chain
+    return ("Identity",)
 
 
 def _fresh_prefix(names: Sequence[str], prefix: str = _PREFIX) -> str:
@@ -579,14 +625,14 @@ class _Merge:
         iso = self.isolated_prefix
 
         def guarded(name: str, label: str) -> str:
-            # An Identity between a float16 tensor and the unit: onnxruntime's CPU drops
-            # a Cast pair float32 -> float16 -> float32 (the reference producer's Cast
-            # back to float16, or ours, then the one it puts before a node without a
-            # float16 kernel), and the node would read unrounded values where the
-            # isolated run feeds the rounded float16 tensor.
-            graph.node.add().CopyFrom(
-                onnx.helper.make_node("Identity", [name], [label], name=label)
-            )
+            # Nodes between a float16 tensor and the unit that make onnxruntime round it
+            # (see rounding_guard): its CPU runs float16 chains in float32 and would hand
+            # the unit unrounded values where the isolated run feeds the stored tensor.
+            chain = rounding_guard()
+            for j, op in enumerate(chain):
+                out = label if j == len(chain) - 1 else f"{label}/{j}"
+                graph.node.add().CopyFrom(onnx.helper.make_node(op, [name], [out], name=out))
+                name = out
             return label
 
         def source(t: str, ref_name: str | None, elem_type: int, to: int) -> str:
