@@ -181,8 +181,9 @@ def verify(
             caller (e.g. debug) can use the verified run's values without a second run.
         reference_last: Run the candidate first and the reference after it (only when no
             candidate input is fed from a reference tensor). For a candidate whose run
-            costs more memory than the reference's (debug's statistics model), so its
-            peak does not stack on the heap the reference's run left behind.
+            costs more memory than the reference's, so its peak does not stack on the
+            heap the reference's run left behind (debug's statistics model ran so until
+            it took ``reference_alongside``).
         candidate_initializers: Weights the candidate's proto leaves out, handed to
             onnxruntime as arrays (``surgeon.runner.Session``'s ``initializers``).
         reference_alongside: Run a reference Model in a thread while the candidate's
