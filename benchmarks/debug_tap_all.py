@@ -1,6 +1,6 @@
 """Benchmark: `surgeon debug` against plain onnxruntime runs of the same model.
 
-Builds (or takes) two models, a 183-node residual CNN at 224 and a YOLOv8n-size detector
+Builds (or takes) two models, a 187-node residual CNN at 224 and a YOLOv8n-size detector
 at 640 (see bench_models.py; /work/real/yolov8n.onnx too when it exists), then measures
 in fresh processes, process start included:
   1. a plain onnxruntime run of the model (the baseline), and two plain runs in one
@@ -40,7 +40,7 @@ ENV = dict(os.environ)  # the measured processes' environment (see main)
 
 
 def build_cnn(path: Path, size: int = 224) -> tuple[Path, str]:
-    """A 183-node residual CNN (Conv/Relu/Add, BatchNorm folded as exporters do) with
+    """A 187-node residual CNN (Conv/Relu/Add, BatchNorm folded as exporters do) with
     three stages at 112, 56 and 28 pixels; seeded weights."""
     rng = np.random.default_rng(0)
     nodes, inits = [], []
