@@ -77,14 +77,14 @@ def resolve_shapes(
 
     Args:
         given: Shapes of inputs whose values already exist (an ``.npz``). They are taken
-            as they are, and the symbolic dims they fix become the defaults of the other
-            inputs, below ``options`` (which win without an error, as an explicit
-            choice).
+            as they are, and the symbolic dims they fix become the dims of the other
+            inputs; a shape or size in ``options`` that disagrees with them is refused
+            (the given value would be used, not the shape asked for).
 
     Raises:
         SurgeonError: ``options`` names an input or a dim that does not exist, gives a
-            shape of the wrong rank, contradicts a static dim, or gives one symbolic dim
-            two different values.
+            shape of the wrong rank, contradicts a static dim or a given value, or gives
+            one symbolic dim two different values.
     """
     inputs = model.inputs
     names = [i.name for i in inputs]
@@ -144,11 +144,36 @@ def resolve_shapes(
             resolved[info.name] = shape
     # Symbol values of the given arrays (first one wins; make_feeds checked static dims).
     from_given: dict[str, int] = {}
+    given_by: dict[str, str] = {}
     for info in inputs:
         if given and info.name in given and info.shape is not None:
-            for d, n in zip(info.shape, given[info.name], strict=False):
-                if isinstance(d, str):
-                    from_given.setdefault(d, int(n))
+            for axis, (d, n) in enumerate(zip(info.shape, given[info.name], strict=False)):
+                key = _dim_key(info.name, axis, d)
+                if not (isinstance(d, int) and d > 0) and key not in from_given:
+                    from_given[key] = int(n)
+                    given_by[key] = info.name
+    # A chosen shape or size never loses silently to a given value: the value would be
+    # used, not the shape asked for.
+    for info in inputs:
+        if given and info.name in given and info.name in options.shapes:
+            asked, have = tuple(options.shapes[info.name]), tuple(given[info.name])
+            if asked != have:
+                problems.append(
+                    f"the shape given for `{info.name}` ({'x'.join(map(str, asked))}) is not "
+                    f"the shape of its value in the feeds file ({'x'.join(map(str, have))}); "
+                    "give one or the other"
+                )
+    for key, value in chosen.items():
+        if (
+            key in from_given
+            and from_given[key] != value
+            and origin[key] != (f"the shape of `{given_by[key]}`")
+        ):
+            problems.append(
+                f"{origin[key]} sets {key} = {value}, but the value of `{given_by[key]}` in "
+                f"the feeds file has {key} = {from_given[key]}; inputs sharing the dim "
+                f"`{key}` need one value"
+            )
     for info in inputs:
         if info.name in resolved:
             continue
@@ -166,8 +191,8 @@ def resolve_shapes(
                 shape.append(d)
             elif _dim_key(info.name, axis, d) in chosen:
                 shape.append(chosen[_dim_key(info.name, axis, d)])
-            elif isinstance(d, str) and d in from_given:
-                shape.append(from_given[d])
+            elif _dim_key(info.name, axis, d) in from_given:
+                shape.append(from_given[_dim_key(info.name, axis, d)])
             else:
                 value = DEFAULT_BATCH if axis == 0 else DEFAULT_DIM
                 if isinstance(d, str):

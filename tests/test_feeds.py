@@ -224,6 +224,50 @@ def test_partial_npz_rest_random_and_shared_dims_follow_the_file(tmp_path):
     assert feeds["ids"].shape == (5,)
 
 
+@pytest.mark.parametrize(
+    "shapes, dims, message",
+    [
+        # the file's own input at another shape: the file's value would be used
+        ({"images": [3, 3, 16, 16]}, {}, r"`images` \(3x3x16x16\) is not the shape of its value"),
+        # a dim the file's value fixes, set otherwise
+        ({}, {"batch": 2}, r"batch=2 sets batch = 2, but the value of `images`"),
+        ({}, {"H": 4}, r"H=4 sets H = 4, but the value of `images`"),
+        # through another input's shape: inputs sharing `batch` need one value
+        ({"mask": [2, 7]}, {}, r"the shape of `mask` sets batch = 2, but the value of `images`"),
+    ],
+)
+def test_a_shape_that_contradicts_the_feeds_file_is_refused(tmp_path, shapes, dims, message):
+    # It used to lose silently: the file's value ran, not the shape asked for.
+    images = np.zeros((3, 3, 8, 8), np.float32)
+    options = FeedOptions(npz=_npz(tmp_path, images=images), shapes=shapes, dims=dims)
+    with pytest.raises(UsageError, match=message):
+        make_feeds(MODEL, options)
+
+
+def test_a_shape_that_agrees_with_the_feeds_file_is_taken(tmp_path):
+    images = np.zeros((3, 3, 8, 8), np.float32)
+    options = FeedOptions(
+        npz=_npz(tmp_path, images=images),
+        shapes={"images": [3, 3, 8, 8], "mask": [3, 5]},
+        dims={"H": 8},
+    )
+    feeds = make_feeds(MODEL, options)
+    assert feeds["images"].shape == (3, 3, 8, 8) and feeds["mask"].shape == (3, 5)
+
+
+def test_cli_refuses_a_shape_the_feeds_file_contradicts(tmp_path, cli):
+    from conftest import SAMPLES
+
+    np.savez(tmp_path / "f.npz", **{"in": np.zeros((1, 3, 16, 16), np.float32)})
+    for spec in ("in:1x3x32x32", "H=32"):
+        res = cli(
+            "debug", SAMPLES / "two_conv.onnx", "--feeds", tmp_path / "f.npz", "--shape", spec
+        )
+        assert res.status == 2 and "feeds file" in res.stderr and "Traceback" not in res.stderr
+    res = cli("debug", SAMPLES / "two_conv.onnx", "--feeds", tmp_path / "f.npz", "--shape", "H=16")
+    assert res.status == 0, res.stderr
+
+
 def test_npz_wrong_key_with_suggestion(tmp_path):
     path = _npz(tmp_path, image=np.zeros((1, 3, 8, 8), np.float32))
     with pytest.raises(SurgeonError) as e:

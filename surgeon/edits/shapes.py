@@ -33,6 +33,7 @@ from surgeon.feeds import (
 )
 from surgeon.graph_facts import inferred_graph
 from surgeon.model import Model, value_info_to_tensor_info
+from surgeon.npz import read_npz_index
 from surgeon.runner import RunOptions
 
 
@@ -311,9 +312,11 @@ def reshape_io(
             return Correspondence("reshape-io: runs at other sizes", unavailable=UNCOMPARABLE)
         # replace, not a fresh FeedOptions: the seed, values and size limit the caller
         # set all hold. dims={}: ``shapes`` already resolves every dim of every input.
+        given = set(read_npz_index(feed_options.npz)) if feed_options.npz else set()
+        chosen = {k: v for k, v in shapes.items() if k not in given}
         return Correspondence(
             "reshape-io: same values at the original's sizes, and runs at other sizes",
-            feeds=make_feeds(model, replace(feed_options, shapes=shapes, dims={})),
+            feeds=make_feeds(model, replace(feed_options, shapes=chosen, dims={})),
         )
 
     def finish(edited: Model, report: DiffReport, values) -> None:
@@ -422,8 +425,14 @@ def _comparable_shapes(
     """Input shapes both the original and the edited model accept: the caller's for the
     original when they fit the edited model, else the edited model's defaults when they
     fit the original; None when neither does."""
+    # Inputs the feeds file gives keep its values' shapes.
+    given = (
+        {k: e.shape for k, e in read_npz_index(feed_options.npz).items()}
+        if feed_options.npz
+        else {}
+    )
     try:
-        ref_shapes = resolve_shapes(model, feed_options)
+        ref_shapes = resolve_shapes(model, feed_options, given=given)
     except SurgeonError:
         ref_shapes = None
     if ref_shapes is not None and _fits(ref_shapes, edited):
