@@ -94,6 +94,17 @@ def test_text(samples, name):
         assert re.search(rf"│ {op} +│ +{n} │", res.stdout), op
 
 
+def test_the_node_count_mentions_subgraphs_only_when_there_are_some(samples):
+    plain = _flat(run_cli("inspect", samples / "two_conv.onnx").stdout)
+    assert "2 nodes ·" in plain and "subgraph" not in plain.split("·")[2]
+    nested = _flat(run_cli("inspect", samples / "if_model.onnx").stdout)
+    main = len(onnx.load(str(samples / "if_model.onnx")).graph.node)
+    total = run_cli("inspect", samples / "if_model.onnx", "--json").json[
+        "nodes_including_subgraphs"
+    ]
+    assert total > main and f"{main} nodes ({total} with those in subgraphs)" in nested
+
+
 def test_dynamic_dims_by_name(samples):
     info = run_cli("inspect", samples / "tiny_yolo.onnx", "--json").json
     assert info["inputs"] == [{"name": "images", "dtype": "float32", "shape": ["batch", 3, 64, 64]}]

@@ -30,12 +30,10 @@ def render_inspect(console: Console, info: dict) -> None:
     console.print(shown(info["file"] or info["graph_name"] or "model", "bold"))
     console.print(shown(f"IR version {info['ir_version']} · opsets {opsets} · producer {producer}"))
     p = info["parameters"]
-    console.print(
-        shown(
-            f"{info['nodes']} nodes ({info['nodes_including_subgraphs']} with subgraphs) · "
-            f"{p['count']:,} parameters ({_bytes(p['bytes'])})"
-        )
-    )
+    nodes = f"{info['nodes']} nodes"
+    if info["nodes_including_subgraphs"] != info["nodes"]:  # If/Loop/Scan bodies
+        nodes += f" ({info['nodes_including_subgraphs']} with those in subgraphs)"
+    console.print(shown(f"{nodes} · {p['count']:,} parameters ({_bytes(p['bytes'])})"))
     io = SafeTable(title="inputs and outputs", title_justify="left")
     io.add_column("kind")
     io.add_column("name", kind="name")
