@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import importlib
 import os
+import re
 import sys
 
 from surgeon._version import __version__
@@ -172,6 +173,35 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self._stdout = stdout
         self._stderr = stderr
+        self._argv: list[str] = []
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._argv = list(sys.argv[1:] if args is None else args)  # for error()'s hints
+        return super().parse_known_args(args, namespace)
+
+    def _hint(self, message: str) -> str | None:
+        """Close matches for a mistyped command or option (``debgu``, ``--tapp``)."""
+        from surgeon.errors import did_you_mean
+
+        commands = next(
+            (a.choices for a in self._actions if isinstance(a, argparse._SubParsersAction)),
+            {},
+        )
+        wrong = re.match(r"argument COMMAND: invalid choice: '(.*?)'", message)
+        if wrong and commands:
+            return did_you_mean(wrong.group(1), commands)
+        if not message.startswith("unrecognized arguments:"):
+            return None
+        # The options of the command the arguments name (its parser reports nothing).
+        parser = next((commands[t] for t in self._argv if t in commands), self)
+        options = [o for a in parser._actions for o in a.option_strings]
+        hints = []
+        for token in message.split(":", 1)[1].split():
+            option = token.split("=", 1)[0]
+            hint = did_you_mean(option, options) if option.startswith("-") else None
+            if hint:
+                hints.append(f"`{option}`: {hint}")
+        return "; ".join(hints) or None
 
     def _print_message(self, message, file=None):
         # Every argparse write passes here (help, usage, --version, error); it names
@@ -185,6 +215,12 @@ class _Parser(argparse.ArgumentParser):
             file.flush()
 
     def error(self, message):  # one paragraph, exit 2
+        try:
+            hint = self._hint(message)
+        except Exception:  # noqa: BLE001 - a hint must never break the usage error itself
+            hint = None
+        if hint:
+            message = f"{message}; {hint}"
         self.print_usage(sys.stderr)
         # argparse quotes the user's arguments (`unrecognized arguments: ...`) raw: an
         # ESC or newline in one must not reach the terminal.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
 
 
@@ -67,6 +68,27 @@ def test_unknown_option_is_usage_error(cli):
     res = cli("inspect", "--no-such-flag", "x.onnx")
     assert res.status == 2
     assert "unrecognized arguments" in res.stderr  # the given err console, not sys.stderr
+
+
+@pytest.mark.parametrize(
+    "argv, hint",
+    [
+        (["debgu", "m.onnx"], "did you mean `debug`?"),
+        (["debug", "m.onnx", "--tapp", "x"], "`--tapp`: did you mean `--tap`"),
+        (["debug", "m.onnx", "--tap=x", "--jsn"], "`--jsn`: did you mean `--json`?"),
+        (["inspect", "m.onnx", "--nmaes"], "`--nmaes`: did you mean `--names`"),
+    ],
+)
+def test_a_mistyped_command_or_option_gets_close_matches(cli, argv, hint):
+    res = cli(*argv)
+    assert res.status == 2 and hint in res.stderr and "Traceback" not in res.stderr
+    res = cli(*argv, "--json")
+    assert res.status == 2 and hint in res.json["message"]
+
+
+def test_nothing_close_is_no_hint(cli):
+    res = cli("zzzz")
+    assert res.status == 2 and "invalid choice" in res.stderr and "did you mean" not in res.stderr
 
 
 def test_error_is_one_paragraph_without_traceback(cli, tmp_path):
