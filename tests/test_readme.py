@@ -38,3 +38,20 @@ def test_readme_tours_every_command():
 def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "<!-- test-command -->" in README and "test-command" in ci
+
+
+def test_readme_names_every_top_level_json_key(cli, tmp_path):
+    # Each key these documents write is named in the README's JSON section (a new
+    # user's tour found undocumented ones).
+    runs = {
+        "inspect": ["inspect", SAMPLES / "tiny_yolo.onnx"],
+        "debug": ["debug", SAMPLES / "tiny_yolo.onnx", "--ref", SAMPLES / "tiny_yolo.onnx"],
+        "debug --tap": ["debug", SAMPLES / "if_model.onnx"],
+        "diff": ["diff", SAMPLES / "two_conv.onnx", SAMPLES / "two_conv.onnx"],
+        "fp16": ["fp16", SAMPLES / "two_conv.onnx", "-o", tmp_path / "half.onnx", "--atol", "1"],
+    }
+    missing = {}
+    for label, argv in runs.items():
+        doc = cli(*argv, "--json").json
+        missing[label] = [k for k in doc if f"`{k}`" not in README]
+    assert not any(missing.values()), missing
