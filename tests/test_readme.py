@@ -41,14 +41,25 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_readme_names_every_top_level_json_key(cli, tmp_path):
-    # Each key these documents write is named in the README's JSON section (a new
-    # user's tour found undocumented ones).
+    # Each key these documents write is named in the README (a new user's tour found
+    # undocumented ones).
     runs = {
         "inspect": ["inspect", SAMPLES / "tiny_yolo.onnx"],
         "debug": ["debug", SAMPLES / "tiny_yolo.onnx", "--ref", SAMPLES / "tiny_yolo.onnx"],
         "debug --tap": ["debug", SAMPLES / "if_model.onnx"],
         "diff": ["diff", SAMPLES / "two_conv.onnx", SAMPLES / "two_conv.onnx"],
         "fp16": ["fp16", SAMPLES / "two_conv.onnx", "-o", tmp_path / "half.onnx", "--atol", "1"],
+        "blame": ["blame", SAMPLES / "two_conv.onnx"],
+        "check-dynamic": ["check-dynamic", SAMPLES / "tiny_yolo.onnx"],
+        "extract": [
+            "extract",
+            SAMPLES / "two_conv.onnx",
+            "--outputs",
+            "conv0_out",
+            "-o",
+            tmp_path / "e.onnx",
+        ],
+        "recipes": ["recipes"],
     }
     missing = {}
     for label, argv in runs.items():
