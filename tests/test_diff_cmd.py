@@ -245,7 +245,7 @@ def test_json_keys_are_stable_and_documented(samples):
     assert set(data["feeds"]["images"]) == {"shape", "dtype", "from"}
     assert data["schema"] == "surgeon.diff/1"
     documented = readme_json_keys("diff")
-    actual = DIFF_TOP | DIFF_TENSOR | {"atol", "rtol", "exact", "shape", "dtype", "from"}
+    actual = DIFF_TOP | DIFF_TENSOR | {"atol", "rtol", "exact", "cast", "shape", "dtype", "from"}
     actual |= {"file", "random", "given"}  # the values of `from`
     # Everything the README promises exists (status values and `null`/`inf` aside).
     assert documented - STATUSES - {"null", "inf"} <= actual
