@@ -164,11 +164,9 @@ def resolve_shapes(
                     "give one or the other"
                 )
     for key, value in chosen.items():
-        if (
-            key in from_given
-            and from_given[key] != value
-            and origin[key] != (f"the shape of `{given_by[key]}`")
-        ):
+        # (A given input with a shape of its own is reported above, or agrees with its
+        # value, and then a disagreeing size was reported with the chosen shapes.)
+        if key in from_given and from_given[key] != value and given_by[key] not in options.shapes:
             problems.append(
                 f"{origin[key]} sets {key} = {value}, but the value of `{given_by[key]}` in "
                 f"the feeds file has {key} = {from_given[key]}; inputs sharing the dim "

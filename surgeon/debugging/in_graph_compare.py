@@ -294,13 +294,11 @@ def rounding_guard() -> tuple[str, ...]:
     onnxruntime's behaviour, not a contract: a probe (one small session, once per
     process) picks the first of Identity and the Transpose pair that rounds, Identity
     when neither does."""
-    from surgeon.runner import RunOptions
-    from surgeon.runner import run as run_model
-
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal((4, 16)).astype(np.float16) for _ in range(2))
     stored = (a.astype(np.float32) - b.astype(np.float32)).astype(np.float16)
     want = (stored.astype(np.float32) ** 2).astype(np.float16)
+    disabled = RunOptions(optimization="disabled")
     for chain in (("Identity",), ("Transpose", "Transpose")):
         nodes = [onnx.helper.make_node("Sub", ["a", "b"], ["g0"])]
         nodes += [onnx.helper.make_node(op, [f"g{j}"], [f"g{j + 1}"]) for j, op in enumerate(chain)]
@@ -315,9 +313,7 @@ def rounding_guard() -> tuple[str, ...]:
         proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
         proto.ir_version = 8
         try:
-            got = run_model(
-                Model(proto), {"a": a, "b": b}, options=RunOptions(optimization="disabled")
-            )["y"]
+            got = run(Model(proto), {"a": a, "b": b}, options=disabled)["y"]
         except SurgeonError:
             continue
         if np.array_equal(got, want):
