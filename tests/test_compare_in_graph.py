@@ -21,7 +21,7 @@ from surgeon.compare.in_graph import (
 _TYPES = {np.float32: TensorProto.FLOAT, np.float16: TensorProto.FLOAT16}
 
 
-def _in_graph(a: np.ndarray, b: np.ndarray, tolerance: Tolerance, build=add_comparison):
+def _in_graph(a: np.ndarray, b: np.ndarray, tolerance: Tolerance, build=add_comparison, **extra):
     import onnxruntime as ort
 
     ta, tb = _TYPES[a.dtype.type], _TYPES[b.dtype.type]
@@ -34,7 +34,7 @@ def _in_graph(a: np.ndarray, b: np.ndarray, tolerance: Tolerance, build=add_comp
         ],
         [],
     )
-    outs = build(graph, "a", ta, "b", tb, tolerance, "cmp/")
+    outs = build(graph, "a", ta, "b", tb, tolerance, "cmp/", **extra)
     for o in outs.names():
         graph.output.append(helper.make_empty_tensor_value_info(o))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
@@ -53,14 +53,14 @@ def _expected(a, b, tolerance):
     return compare_arrays(a, b, tolerance, name="t", reference="t")
 
 
-def _same(got, want):
+def _same(got, want, cosine_tolerance=1e-12):
     g, w = got.to_dict(), want.to_dict()
     gc, wc = g.pop("cosine", None), w.pop("cosine", None)
     assert g == w
     if wc is None or gc is None:
         assert gc == wc
     else:
-        assert math.isclose(gc, wc, rel_tol=1e-12, abs_tol=1e-12)
+        assert math.isclose(gc, wc, rel_tol=1e-12, abs_tol=cosine_tolerance)
 
 
 def _random_pair(rng, dtypes):
@@ -136,7 +136,9 @@ def test_fast_nodes_equal_compare_arrays_or_defer(dtypes):
         if a.shape != b.shape or a.size == 0:
             continue  # the fast nodes are only built for equal, known, non-empty shapes
         tolerance = Tolerance(atol=1e-4, rtol=float(10.0 ** rng.integers(-6, 0)))
-        got = _in_graph(a, b, tolerance, add_fast_comparison)
+        # every other pair with its size: the mismatches counted in float32
+        extra = {"size": a.size, "rank": a.ndim} if rng.random() < 0.5 else {}
+        got = _in_graph(a, b, tolerance, add_fast_comparison, **extra)
         finite = np.isfinite(a.astype(np.float64)).all() and np.isfinite(b).all()
         if got is None:
             assert not finite
@@ -165,3 +167,31 @@ def test_fast_nodes_relative_error_at_zero_tiny_and_huge_references(dtype):
         got = _in_graph(a, b, t, add_fast_comparison)
         assert got is not None
         _same(got, _expected(a, b, t))
+
+
+@pytest.mark.parametrize("count_in_float32", [False, True])
+def test_fast_nodes_count_and_cosine_on_large_and_lopsided_pairs(count_in_float32):
+    """The fast nodes' forms (the dot product from sums of squares, a float32 mismatch
+    count) against compare_arrays: a count in the millions, exact; the cosine of tensors
+    of opposite directions and of near twins within 1e-12, and of tensors far apart in
+    size within the documented bound (about 1e-16 times the ratio of their norms)."""
+    rng = np.random.default_rng(3)
+    b = rng.standard_normal(3_000_000).astype(np.float32)
+    a = b.copy()
+    a[::2] += np.float32(1.0)  # 1.5M mismatches, none at the tolerance's edge
+    t = Tolerance(atol=1e-4, rtol=1e-3)
+    extra = {"size": a.size} if count_in_float32 else {}
+    got = _in_graph(a, b, t, add_fast_comparison, **extra)
+    assert got.mismatches == 1_500_000
+    _same(got, _expected(a, b, t))
+    small = rng.standard_normal(1000).astype(np.float32)
+    for a, b in [
+        (small * np.float32(1e4), small + rng.standard_normal(1000).astype(np.float32)),
+        (-small, small),
+        (small + np.float32(1e-6), small),
+        (small, small * np.float32(1e-4)),
+    ]:
+        ratio = float(np.linalg.norm(a.astype(np.float64)) / np.linalg.norm(b.astype(np.float64)))
+        bound = 1e-12 + 4e-16 * (ratio + 1 / ratio)
+        got = _in_graph(a, b, t, add_fast_comparison, size=a.size)
+        _same(got, _expected(a, b, t), cosine_tolerance=bound)

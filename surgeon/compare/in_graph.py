@@ -13,7 +13,10 @@ numpy): NaN/Inf counted per side; mismatches where the values differ, NaN matchi
 finite pairs within ``atol + rtol * |reference|``; max_abs, max_rel and the cosine's
 sums over the pairs finite on both sides. Sums run in onnxruntime's order, not numpy's:
 the cosine may differ from compare_arrays's in the last bits (the tests allow 1e-12);
-every other number is identical.
+every other number is identical. (The fast nodes take the dot product from sums of
+squares: its error is then that of a sum of squares, about 1e-16 of ``|a|^2 + |b|^2``,
+so the cosine's stays within about 1e-16 times ``|a| / |b| + |b| / |a|``: the last bits
+for two tensors of similar size, as a layer and its reference are.)
 
 Pairs the nodes cannot hold (other dtypes, ``exact`` bit-identity, containers) are
 refused by :func:`in_graph_comparable`; the caller compares those values itself.
@@ -68,10 +71,17 @@ class ComparisonOutputs:
     dtype: str  # the dtype compared (the reference's; the candidate is cast to it)
     # [excess, born] of surgeon.precision.severity, when asked for ("" otherwise)
     severity: str = ""
+    # The fast nodes' forms (see add_fast_comparison): the "dot" slot of ``numbers``
+    # holds the sum of squared differences, and the mismatch count, when set, is this
+    # float32 output rather than its slot.
+    dot_from_difference: bool = False
+    mismatches: str = ""
 
     def names(self) -> list[str]:
-        return [self.shape, self.reference_shape, self.numbers] + (
-            [self.severity] if self.severity else []
+        return (
+            [self.shape, self.reference_shape, self.numbers]
+            + ([self.severity] if self.severity else [])
+            + ([self.mismatches] if self.mismatches else [])
         )
 
 
@@ -271,6 +281,7 @@ def add_fast_comparison(
     severity: bool = False,
     shared: SharedNodes | None = None,
     rank: int | None = None,
+    size: int | None = None,
 ) -> ComparisonOutputs:
     """:func:`add_comparison` for pairs whose shapes are known equal and whose values are
     all finite: a third of the nodes and no masks (onnxruntime's Where, Slice and Concat
@@ -291,6 +302,12 @@ def add_fast_comparison(
     ``rank`` (the two tensors' rank, when known) lets float32 pairs be compared in
     their own shape: no flattening Reshape, which copies a tensor still read later.
     Float16 tensors are always read through a Reshape (see add_comparison).
+
+    Two passes over float64 copies are saved (measured on a 1.6M-element pair: 3.2 ms
+    for Mul + ReduceSum against 0.85 for a ReduceSumSquare; 3.7 against 2.8 ms for the
+    count): the dot product comes from the sums of squares, ``a.b = (|a|^2 + |b|^2 -
+    |a - b|^2) / 2``, and ``size`` (the element count, when known) below 2**24 lets
+    the mismatches be counted in float32, exact there.
     """
     b = _Builder(graph, prefix, shared)
     half = TensorProto.FLOAT16 in (actual_type, expected_type)
@@ -304,16 +321,21 @@ def add_fast_comparison(
     a = b.node("Cast", [a], to=TensorProto.DOUBLE)
     e = ref["e"]
     norm = b.node("ReduceSumSquare", [a], keepdims=1)
-    dot = b.node("ReduceSum", [b.node("Mul", [a, e])], keepdims=1)
-    diff = b.node("Abs", [b.node("Sub", [a, e])])
+    signed = b.node("Sub", [a, e])
+    # |a - b|^2 in place of the dot product (see above): finite values of these dtypes
+    # make each square exact or correctly rounded, as numpy's products are.
+    squared_difference = b.node("ReduceSumSquare", [signed], keepdims=1)
+    diff = b.node("Abs", [signed])
     raw_diff = diff
     if severity and _needs_raw(actual_type, expected_type):
         raw = b.node("Cast", [b.node("Reshape", [actual, flat])], to=TensorProto.DOUBLE)  # rank 1
         raw_diff = b.node("Abs", [b.node("Sub", [raw, e])])
     max_abs = b.node("ReduceMax", [diff], keepdims=1)
+    # a sum of ones and zeros below 2**24 is exact in float32 whatever the order
+    count_type = TensorProto.FLOAT if size is not None and size < 2**24 else TensorProto.DOUBLE
     mismatches = b.node(
         "ReduceSum",
-        [b.node("Cast", [b.node("Greater", [diff, ref["limit"]])], to=TensorProto.DOUBLE)],
+        [b.node("Cast", [b.node("Greater", [diff, ref["limit"]])], to=count_type)],
         keepdims=1,
     )
     excess = ""
@@ -332,12 +354,13 @@ def add_fast_comparison(
         "reference_nan": zero,
         "inf": zero,
         "reference_inf": zero,
-        "mismatches": mismatches,
+        # (a float32 count is its own output: the packed numbers are float64)
+        "mismatches": zero if count_type == TensorProto.FLOAT else mismatches,
         "finite": b.const(np.ones([1] * rank)),
         "nonzero": ref["reference_norm"],
         "max_abs": max_abs,
         "max_rel": max_rel,
-        "dot": dot,
+        "dot": squared_difference,
         "norm": norm,
         "reference_norm": ref["reference_norm"],
     }
@@ -349,6 +372,8 @@ def add_fast_comparison(
         numbers=packed,
         dtype=_DTYPES[expected_type],
         severity=severity_numbers,
+        dot_from_difference=True,
+        mismatches=mismatches if count_type == TensorProto.FLOAT else "",
     )
 
 
@@ -465,14 +490,19 @@ def diff_from_outputs(
     if size == 0:
         d.max_abs, d.max_rel, d.cosine = 0.0, 0.0, 1.0
         return d
-    d.mismatches = int(n["mismatches"])
+    d.mismatches = int(
+        values[outputs.mismatches].ravel()[0] if outputs.mismatches else n["mismatches"]
+    )
     if n["finite"]:
         d.max_abs = n["max_abs"]
         if n["nonzero"]:
             d.max_rel = n["max_rel"]
         else:
             d.max_rel = 0.0 if d.max_abs == 0 else math.inf
-        d.cosine = _cosine(n["dot"], n["norm"], n["reference_norm"])
+        dot = n["dot"]
+        if outputs.dot_from_difference:  # the slot holds |a - b|^2 (add_fast_comparison)
+            dot = (n["norm"] + n["reference_norm"] - dot) / 2
+        d.cosine = _cosine(dot, n["norm"], n["reference_norm"])
     if d.mismatches:
         d.status = "mismatch"
         d.message = f"{d.mismatches} of {d.size} elements differ"

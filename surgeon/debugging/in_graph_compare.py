@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -381,9 +382,10 @@ def compare_in_graph(
         else:
             fetched.append((c, r))
     merge = _Merge(model, reference, shared_inputs)
-    # the rank the fast nodes compare in (no flattening copy for float32 pairs)
-    merge.ranks = {
-        c: len(_static_shape(types[c]))
+    # the static shapes the fast nodes compare at: in their rank (no flattening copy for
+    # float32 pairs) and, below 2**24 elements, counting in float32
+    merge.shapes = {
+        c: _static_shape(types[c])
         for c in [c for c, _ in fast] + [o for unit in units for o, _ in unit.outputs]
         if _static_shape(types[c])
     }
@@ -500,7 +502,7 @@ class _Merge:
         # reference name can (those start with self.prefix).
         self.compare_prefix = _fresh_prefix(taken, _COMPARE_PREFIX)
         self.isolated_prefix = _fresh_prefix(taken, _ISOLATED_PREFIX)
-        self.ranks: dict[str, int] = {}  # candidate tensor -> its static rank
+        self.shapes: dict[str, tuple[int, ...]] = {}  # candidate tensor -> its static shape
         ref = reference.proto
         inits = {t.name for t in ref.graph.initializer}
         self.ref_inputs = {i.name for i in ref.graph.input} - inits
@@ -522,6 +524,18 @@ class _Merge:
             self._ref_proto.CopyFrom(ref)
             inline_all(self.reference.weight_source, self._ref_proto)
         return self._ref_proto
+
+    def fast_extra(self, candidate: str) -> dict[str, int | None]:
+        """The rank and size add_fast_comparison is given for a candidate tensor."""
+        shape = self.shapes.get(candidate)
+        return (
+            {"rank": None, "size": None}
+            if shape is None
+            else {
+                "rank": len(shape),
+                "size": math.prod(shape),
+            }
+        )
 
     def rename(self, t: str) -> str:
         if not t:
@@ -598,7 +612,7 @@ class _Merge:
         def compare(c: str, r: str) -> None:
             emit_reference_until(ref_producer.get(r, -1))
             build = builder[(c, r)]
-            extra = {"rank": self.ranks.get(c)} if build is add_fast_comparison else {}
+            extra = self.fast_extra(c) if build is add_fast_comparison else {}
             outputs[(c, r)] = build(
                 graph,
                 c,
@@ -683,7 +697,7 @@ class _Merge:
             for i, (o, r) in enumerate(unit.outputs):
                 fast_nodes = o in plan.fast[k]
                 build = add_fast_comparison if fast_nodes else add_comparison
-                extra = {"rank": self.ranks.get(o)} if fast_nodes else {}
+                extra = self.fast_extra(o) if fast_nodes else {}
                 twin = unit.twins.get(o)
                 plan.compared[k][o] = build(
                     graph,
