@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -343,3 +343,23 @@ def op_histogram(proto: onnx.ModelProto, *, include_subgraphs: bool = False) -> 
 def _is_repeated(field) -> bool:
     flag = getattr(field, "is_repeated", None)  # protobuf >= 5.29; `label` before
     return bool(flag) if flag is not None else field.label == field.LABEL_REPEATED
+
+
+def copy_without_nodes(proto: onnx.ModelProto, leave_out: Collection[str] = ()) -> onnx.ModelProto:
+    """A copy of ``proto`` whose main graph has no nodes yet, nor the initializers named
+    in ``leave_out``. Copying the whole model and then clearing its node list left the old
+    nodes in the copy's memory arena until the copy was freed."""
+    copy = onnx.ModelProto()
+    for message, target, skip in ((proto, copy, "graph"), (proto.graph, copy.graph, "node")):
+        for field, value in message.ListFields():
+            if field.name == skip:
+                continue
+            if field.name == "initializer" and leave_out:
+                copy.graph.initializer.extend(t for t in value if t.name not in leave_out)
+            elif hasattr(value, "extend"):  # a repeated field
+                getattr(target, field.name).extend(value)
+            elif field.message_type is not None:
+                getattr(target, field.name).CopyFrom(value)
+            else:
+                setattr(target, field.name, value)
+    return copy

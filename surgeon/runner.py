@@ -12,7 +12,7 @@ import io
 import re
 import tempfile
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -357,14 +357,14 @@ def borrowable_weights(model: Model) -> dict[str, np.ndarray]:
     """
     from onnx import numpy_helper
 
-    return {t.name: np.ascontiguousarray(numpy_helper.to_array(t)) for t in _lendable(model)}
+    return {t.name: np.ascontiguousarray(numpy_helper.to_array(t)) for t in _lendable(model.proto)}
 
 
-def _lendable(model: Model) -> list[onnx.TensorProto]:
+def _lendable(proto: onnx.ModelProto) -> list[onnx.TensorProto]:
     """Borrowable initializers that are neither graph inputs (an overridable default) nor
     graph outputs: a model built without those would lose an input's default or an
     output's producer."""
-    graph = model.proto.graph
+    graph = proto.graph
     io = {v.name for v in graph.input} | {v.name for v in graph.output}
     return [t for t in graph.initializer if t.name not in io and _borrowable(t)]
 
@@ -374,17 +374,34 @@ class BorrowedWeights:
     a Session is built with them (``Session(..., initializers=BorrowedWeights(m))``),
     so the caller holds no copy in between.
 
+    ``renamed`` adds other models' weights under new names (a proto and its renaming
+    function each), for a model that holds several (debug's merged comparison model).
+
     Attributes:
         names: The initializers' names (a model built without them names them as
             inputs of its nodes).
     """
 
-    def __init__(self, model: Model):
+    def __init__(
+        self,
+        model: Model,
+        renamed: Sequence[tuple[onnx.ModelProto, Callable[[str], str]]] = (),
+    ):
         self.model = model
-        self.names = frozenset(t.name for t in _lendable(model))
+        self._sources = [(model.proto, None), *renamed]
+        self.names = frozenset(name for name, _ in self._lent())
+
+    def _lent(self) -> list[tuple[str, onnx.TensorProto]]:
+        return [
+            (rename(t.name) if rename else t.name, t)
+            for proto, rename in self._sources
+            for t in _lendable(proto)
+        ]
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return borrowable_weights(self.model)
+        from onnx import numpy_helper
+
+        return {name: np.ascontiguousarray(numpy_helper.to_array(t)) for name, t in self._lent()}
 
 
 @functools.cache
@@ -480,19 +497,22 @@ def run(
     *,
     outputs: Iterable[str] | None = None,
     options: RunOptions | None = None,
+    initializers: BorrowedWeights | None = None,
 ) -> dict[str, np.ndarray]:
     """Run ``model`` once and return tensors by name.
 
     Args:
         outputs: Tensor names to return; intermediate tensors are exposed as needed.
             Defaults to the model's outputs.
+        initializers: Weights the model leaves out, handed to onnxruntime as arrays
+            (see :class:`Session`).
     """
     wanted = list(outputs) if outputs is not None else model.output_names
     if not wanted:  # onnxruntime would return every output for an empty list
         raise UsageError(
             "`outputs` is empty: name a tensor, or leave it None for the model's outputs"
         )
-    session = Session(model, extra_outputs=wanted, options=options)
+    session = Session(model, extra_outputs=wanted, options=options, initializers=initializers)
     return session.run(feeds, wanted)
 
 

@@ -15,6 +15,7 @@ from onnx import TensorProto, helper
 
 from surgeon.errors import SurgeonError
 from surgeon.model import Model, dtype_name
+from surgeon.protos import copy_without_nodes
 from surgeon.statistics.definition import (
     COUNT_FIELDS,
     INTEGER_DTYPES,
@@ -323,26 +324,6 @@ def _builds(elem: int, opset: int, ir_version: int, counts: bool) -> bool:
     )
 
 
-def _copy_without_nodes(proto: onnx.ModelProto, leave_out: Collection[str] = ()) -> onnx.ModelProto:
-    """A copy of ``proto`` whose main graph has no nodes yet, nor the initializers named
-    in ``leave_out``. Copying the whole model and then clearing its node list left the old
-    nodes in the copy's memory arena until the copy was freed."""
-    copy = onnx.ModelProto()
-    for message, target, skip in ((proto, copy, "graph"), (proto.graph, copy.graph, "node")):
-        for field, value in message.ListFields():
-            if field.name == skip:
-                continue
-            if field.name == "initializer" and leave_out:
-                copy.graph.initializer.extend(t for t in value if t.name not in leave_out)
-            elif hasattr(value, "extend"):  # a repeated field
-                getattr(target, field.name).extend(value)
-            elif field.message_type is not None:
-                getattr(target, field.name).CopyFrom(value)
-            else:
-                setattr(target, field.name, value)
-    return copy
-
-
 def inferred_at_feeds(model: Model, feeds: Mapping[str, object]) -> dict[str, onnx.TypeProto]:
     """The types ONNX shape inference gives every tensor of ``model``'s main graph with
     its inputs at the feeds' shapes (empty when inference gives up). Only a plan: a shape
@@ -491,7 +472,7 @@ def build_stats_model(
     Returns:
         The new model and ``tap -> StatsOutputs`` for every tap.
     """
-    proto = _copy_without_nodes(model.proto, frozenset(borrowed))
+    proto = copy_without_nodes(model.proto, frozenset(borrowed))
     graph = proto.graph
     taken = set(model.tensor_names()) | {n.name for n in model.proto.graph.node}
     prefix = STATS_PREFIX
