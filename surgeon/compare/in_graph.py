@@ -30,9 +30,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from surgeon.compare.results import TensorDiff, Tolerance
+from surgeon.protos import fill_node
 
 # float16/float32 only: their values and differences are exact in float64, so no
 # difference overflows and no integer goes beyond 2**53 (compare_arrays's special cases).
@@ -139,7 +140,7 @@ class _Builder:
 
     def node(self, op: str, inputs: list[str], **attrs) -> str:
         out = self.name()
-        self.graph.node.append(helper.make_node(op, inputs, [out], name=out, **attrs))
+        fill_node(self.graph.node.add(), op, inputs, out, **attrs)
         return out
 
     def const(self, value: np.ndarray) -> str:

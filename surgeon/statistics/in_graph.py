@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 
 from surgeon.errors import SurgeonError
 from surgeon.model import Model, dtype_name
-from surgeon.protos import copy_without_nodes
+from surgeon.protos import copy_without_nodes, fill_node
 from surgeon.statistics.definition import (
     COUNT_FIELDS,
     INTEGER_DTYPES,
@@ -125,7 +125,7 @@ def _builders(nodes: list[onnx.NodeProto], infos: list[onnx.ValueInfoProto]):
     typed in ``infos``. Both return the output's name."""
 
     def add(op: str, inputs: list[str], out: str, **attrs) -> str:
-        nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
+        nodes.append(fill_node(onnx.NodeProto(), op, inputs, out, **attrs))
         return out
 
     def reduce(op: str, source: str, out: str, elem: int) -> str:
