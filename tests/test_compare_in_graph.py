@@ -195,3 +195,14 @@ def test_fast_nodes_count_and_cosine_on_large_and_lopsided_pairs(count_in_float3
         bound = 1e-12 + 4e-16 * (ratio + 1 / ratio)
         got = _in_graph(a, b, t, add_fast_comparison, size=a.size)
         _same(got, _expected(a, b, t), cosine_tolerance=bound)
+
+
+def test_a_float32_count_planned_below_2_24_elements_that_ran_above_is_compared_again():
+    """The float32 mismatch count is exact below 2**24 elements only: a pair planned
+    below and run above (a planned shape that did not hold) defers to the general nodes."""
+    b = np.zeros(2**24 + 1, np.float32)
+    a = b.copy()
+    a[::2] = 1.0
+    t = Tolerance(atol=1e-4, rtol=1e-3)
+    assert _in_graph(a, b, t, add_fast_comparison, size=10) is None  # planned: 10
+    assert _in_graph(a, b, t, add_fast_comparison).mismatches == 2**23 + 1  # float64 count

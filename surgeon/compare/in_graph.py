@@ -444,14 +444,18 @@ def severity_from_outputs(
 
 
 def needs_general(outputs: ComparisonOutputs, values: Mapping[str, np.ndarray]) -> bool:
-    """True when a pair compared by :func:`add_fast_comparison` held a NaN or Inf: its
-    numbers do not hold, compare it with :func:`add_comparison`.
+    """True when a pair compared by :func:`add_fast_comparison` held a NaN or Inf, or
+    was counted in float32 at a run size where that count may be inexact (a planned
+    size below 2**24 that did not hold): its numbers do not hold, compare it with
+    :func:`add_comparison`.
 
     A pair whose run shapes differ (a planned shape that did not hold) needs nothing
     more: finite sums of squares say neither side holds a NaN or Inf (the counts the
     fast nodes give, zero, are right), and :func:`diff_from_outputs` reports the shapes
     without reading the other numbers."""
     n = dict(zip(_FIELDS, values[outputs.numbers].ravel().tolist(), strict=True))
+    if outputs.mismatches and math.prod(int(d) for d in values[outputs.shape]) >= 2**24:
+        return True
     return not (math.isfinite(n["norm"]) and math.isfinite(n["reference_norm"]))
 
 
