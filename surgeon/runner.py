@@ -355,9 +355,7 @@ def borrowable_weights(model: Model) -> dict[str, np.ndarray]:
     ``Session(..., initializers=...)``: its proto then holds no copy of the weights and
     its serialised bytes none either.
     """
-    from onnx import numpy_helper
-
-    return {t.name: np.ascontiguousarray(numpy_helper.to_array(t)) for t in _lendable(model.proto)}
+    return BorrowedWeights(model).arrays()
 
 
 def _lendable(proto: onnx.ModelProto) -> list[onnx.TensorProto]:
