@@ -360,11 +360,14 @@ def borrowable_weights(model: Model) -> dict[str, np.ndarray]:
 
 def _lendable(proto: onnx.ModelProto) -> list[onnx.TensorProto]:
     """Borrowable initializers that are neither graph inputs (an overridable default) nor
-    graph outputs: a model built without those would lose an input's default or an
-    output's producer."""
+    graph outputs (a model built without those would lose an input's default or an
+    output's producer), and that a node of the main graph reads: onnxruntime drops an
+    unused initializer when it loads the model, and then refuses the array given for it
+    (an exporter's leftover weight made debug --ref fail). The others stay in the proto."""
     graph = proto.graph
     io = {v.name for v in graph.input} | {v.name for v in graph.output}
-    return [t for t in graph.initializer if t.name not in io and _borrowable(t)]
+    read = {name for node in graph.node for name in node.input}
+    return [t for t in graph.initializer if t.name in read - io and _borrowable(t)]
 
 
 class BorrowedWeights:

@@ -13,10 +13,7 @@ numpy): NaN/Inf counted per side; mismatches where the values differ, NaN matchi
 finite pairs within ``atol + rtol * |reference|``; max_abs, max_rel and the cosine's
 sums over the pairs finite on both sides. Sums run in onnxruntime's order, not numpy's:
 the cosine may differ from compare_arrays's in the last bits (the tests allow 1e-12);
-every other number is identical. (The fast nodes take the dot product from sums of
-squares: its error is then that of a sum of squares, about 1e-16 of ``|a|^2 + |b|^2``,
-so the cosine's stays within about 1e-16 times ``|a| / |b| + |b| / |a|``: the last bits
-for two tensors of similar size, as a layer and its reference are.)
+every other number is identical.
 
 Pairs the nodes cannot hold (other dtypes, ``exact`` bit-identity, containers) are
 refused by :func:`in_graph_comparable`; the caller compares those values itself.
@@ -72,10 +69,8 @@ class ComparisonOutputs:
     dtype: str  # the dtype compared (the reference's; the candidate is cast to it)
     # [excess, born] of surgeon.precision.severity, when asked for ("" otherwise)
     severity: str = ""
-    # The fast nodes' forms (see add_fast_comparison): the "dot" slot of ``numbers``
-    # holds the sum of squared differences, and the mismatch count, when set, is this
-    # float32 output rather than its slot.
-    dot_from_difference: bool = False
+    # The fast nodes' float32 mismatch count (see add_fast_comparison), when set: this
+    # output rather than its slot in ``numbers``.
     mismatches: str = ""
 
     def names(self) -> list[str]:
@@ -304,11 +299,11 @@ def add_fast_comparison(
     their own shape: no flattening Reshape, which copies a tensor still read later.
     Float16 tensors are always read through a Reshape (see add_comparison).
 
-    Two passes over float64 copies are saved (measured on a 1.6M-element pair: 3.2 ms
-    for Mul + ReduceSum against 0.85 for a ReduceSumSquare; 3.7 against 2.8 ms for the
-    count): the dot product comes from the sums of squares, ``a.b = (|a|^2 + |b|^2 -
-    |a - b|^2) / 2``, and ``size`` (the element count, when known) below 2**24 lets
-    the mismatches be counted in float32, exact there.
+    ``size`` (the element count, when known) below 2**24 lets the mismatches be
+    counted in float32, exact there (measured on a 1.6M-element pair: 2.8 against 3.7
+    ms). (The dot product stays a Mul and ReduceSum: taken from sums of squares,
+    ``(|a|^2 + |b|^2 - |a - b|^2) / 2``, it saved a pass but lost the cosine for tensors
+    of norms far apart, 0 for a copy scaled by 2**-70: review.)
     """
     b = _Builder(graph, prefix, shared)
     half = TensorProto.FLOAT16 in (actual_type, expected_type)
@@ -322,11 +317,8 @@ def add_fast_comparison(
     a = b.node("Cast", [a], to=TensorProto.DOUBLE)
     e = ref["e"]
     norm = b.node("ReduceSumSquare", [a], keepdims=1)
-    signed = b.node("Sub", [a, e])
-    # |a - b|^2 in place of the dot product (see above): finite values of these dtypes
-    # make each square exact or correctly rounded, as numpy's products are.
-    squared_difference = b.node("ReduceSumSquare", [signed], keepdims=1)
-    diff = b.node("Abs", [signed])
+    dot = b.node("ReduceSum", [b.node("Mul", [a, e])], keepdims=1)
+    diff = b.node("Abs", [b.node("Sub", [a, e])])
     raw_diff = diff
     if severity and _needs_raw(actual_type, expected_type):
         raw = b.node("Cast", [b.node("Reshape", [actual, flat])], to=TensorProto.DOUBLE)  # rank 1
@@ -361,7 +353,7 @@ def add_fast_comparison(
         "nonzero": ref["reference_norm"],
         "max_abs": max_abs,
         "max_rel": max_rel,
-        "dot": squared_difference,
+        "dot": dot,
         "norm": norm,
         "reference_norm": ref["reference_norm"],
     }
@@ -373,7 +365,6 @@ def add_fast_comparison(
         numbers=packed,
         dtype=_DTYPES[expected_type],
         severity=severity_numbers,
-        dot_from_difference=True,
         mismatches=mismatches if count_type == TensorProto.FLOAT else "",
     )
 
@@ -504,10 +495,7 @@ def diff_from_outputs(
             d.max_rel = n["max_rel"]
         else:
             d.max_rel = 0.0 if d.max_abs == 0 else math.inf
-        dot = n["dot"]
-        if outputs.dot_from_difference:  # the slot holds |a - b|^2 (add_fast_comparison)
-            dot = (n["norm"] + n["reference_norm"] - dot) / 2
-        d.cosine = _cosine(dot, n["norm"], n["reference_norm"])
+        d.cosine = _cosine(n["dot"], n["norm"], n["reference_norm"])
     if d.mismatches:
         d.status = "mismatch"
         d.message = f"{d.mismatches} of {d.size} elements differ"
