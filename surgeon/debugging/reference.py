@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import onnx
 
 from surgeon.compare import as_reference_dtype, compare_arrays
 from surgeon.debugging._graph import DebugFacts
@@ -346,15 +347,22 @@ def _compare_layers_in_graph(
             # a unit onnxruntime refuses: the values path finds which
             return None, merged_run((), list(kept))
 
-    try:
+    # The shapes inferred at the feeds, then as declared (there a unit onnxruntime
+    # refuses sends every unit to the values path), then none at all: every pair on the
+    # general nodes, which take any shape, so a declared shape the run does not follow
+    # (another rank: the fast nodes' numbers cannot be joined) cannot stop the comparison.
+    attempts = [(refined, True)] if refined != declared else []
+    attempts.append((declared, False))
+    shapeless = (_without_shapes(types), _without_shapes(ref_types))
+    if shapeless != declared:
+        attempts.append((shapeless, False))
+    for k, (typed, planned) in enumerate(attempts):
         try:
-            plan, result = attempt(*refined, planned=refined != declared)
-        except RuntimeFailure:
-            if refined == declared:
-                raise
-            plan, result = attempt(*declared, planned=False)
-    except RuntimeFailure as e:
-        raise _random_feeds_failure(e, report, model, own) from None
+            plan, result = attempt(*typed, planned=planned)
+            break
+        except RuntimeFailure as e:
+            if k == len(attempts) - 1:
+                raise _random_feeds_failure(e, report, model, own) from None
     report.reference = ref.label
     report.tolerance = options.tolerance
 
@@ -392,6 +400,18 @@ def _compare_layers_in_graph(
         pairing=pairing,
         measured=measured,
     )
+
+
+def _without_shapes(types: dict[str, onnx.TypeProto]) -> dict[str, onnx.TypeProto]:
+    """``types`` with every tensor's shape left open (element types kept)."""
+    open_types = {}
+    for name, t in types.items():
+        copy = onnx.TypeProto()
+        copy.CopyFrom(t)
+        if copy.HasField("tensor_type"):
+            copy.tensor_type.ClearField("shape")
+        open_types[name] = copy
+    return open_types
 
 
 def _random_feeds_failure(e: RuntimeFailure, report, model: Model, own) -> RuntimeFailure:
