@@ -307,12 +307,17 @@ def reshape_io(
             # now, before the value comparison runs.
             variables = dynamic_dims(edited, sizes, export, batch)
             refuse_large_cases(edited, size_cases(edited, variables), feed_options.max_feed_bytes)
-        shapes = _comparable_shapes(model, edited, feed_options)
+        # Inputs the feeds file gives keep its values' shapes.
+        given = (
+            {k: e.shape for k, e in read_npz_index(feed_options.npz).items()}
+            if feed_options.npz
+            else {}
+        )
+        shapes = _comparable_shapes(model, edited, feed_options, given)
         if shapes is None:
             return Correspondence("reshape-io: runs at other sizes", unavailable=UNCOMPARABLE)
         # replace, not a fresh FeedOptions: the seed, values and size limit the caller
         # set all hold. dims={}: ``shapes`` already resolves every dim of every input.
-        given = set(read_npz_index(feed_options.npz)) if feed_options.npz else set()
         chosen = {k: v for k, v in shapes.items() if k not in given}
         return Correspondence(
             "reshape-io: same values at the original's sizes, and runs at other sizes",
@@ -420,17 +425,12 @@ UNCOMPARABLE = (
 
 
 def _comparable_shapes(
-    model: Model, edited: Model, feed_options: FeedOptions
+    model: Model, edited: Model, feed_options: FeedOptions, given: dict[str, tuple]
 ) -> dict[str, tuple] | None:
     """Input shapes both the original and the edited model accept: the caller's for the
-    original when they fit the edited model, else the edited model's defaults when they
-    fit the original; None when neither does."""
-    # Inputs the feeds file gives keep its values' shapes.
-    given = (
-        {k: e.shape for k, e in read_npz_index(feed_options.npz).items()}
-        if feed_options.npz
-        else {}
-    )
+    original when they fit the edited model (``given``: the shapes of the feeds file's
+    values), else the edited model's defaults when they fit the original; None when
+    neither does."""
     try:
         ref_shapes = resolve_shapes(model, feed_options, given=given)
     except SurgeonError:
