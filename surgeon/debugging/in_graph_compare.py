@@ -52,7 +52,7 @@ from surgeon.compare.in_graph import (
 from surgeon.errors import SurgeonError
 from surgeon.external import external_tensors, inline_all
 from surgeon.model import Model, dtype_name
-from surgeon.protos import copy_without_nodes
+from surgeon.protos import copy_without_nodes, fill_node
 from surgeon.runner import BorrowedWeights, RunOptions, run
 
 if TYPE_CHECKING:
@@ -641,7 +641,7 @@ class _Merge:
             chain = rounding_guard()
             for j, op in enumerate(chain):
                 out = label if j == len(chain) - 1 else f"{label}/{j}"
-                graph.node.add().CopyFrom(onnx.helper.make_node(op, [name], [out], name=out))
+                fill_node(graph.node.add(), op, [name], out)
                 name = out
             return label
 
@@ -654,9 +654,7 @@ class _Merge:
                 name = guarded(name, label + "/read")
             if to:
                 cast = label + "/cast"
-                graph.node.add().CopyFrom(
-                    onnx.helper.make_node("Cast", [name], [cast], name=cast, to=to)
-                )
+                fill_node(graph.node.add(), "Cast", [name], cast, to=to)
                 if plan.count_overflow and to != onnx.TensorProto.DOUBLE:
                     plan.overflow[t] = add_overflow_count(graph, name, cast, label + "/overflow/")
                 name = guarded(cast, label) if to == onnx.TensorProto.FLOAT16 else cast
