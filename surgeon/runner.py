@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from surgeon import fastops_library as fastops
 from surgeon.annotations import checked_init
 from surgeon.defaults import DEFAULT_OPTIMIZATION
 from surgeon.errors import RuntimeFailure, SurgeonError, UsageError, unknown_name
@@ -131,6 +132,7 @@ def custom_domains(model: Model) -> list[str]:
     from surgeon.model import iter_graphs
 
     known = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training"}
+    known.add(fastops.DOMAIN)
     found = []
     for g in iter_graphs(model.proto.graph):
         for n in g.node:
@@ -191,6 +193,15 @@ class Session:
         self.output_names = list(model.output_names) + extra
         ort = ort_module()
         so = session_options(self.options)
+        library = fastops.library()
+        if library and any(o.domain == fastops.DOMAIN for o in model.proto.opset_import):
+            # surgeon's own measurement nodes (placed where fastops.available())
+            try:
+                so.register_custom_ops_library(library)
+            except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
+                raise SurgeonError(
+                    f"cannot load surgeon's kernels {library}: {first_line(e)}"
+                ) from None
         # External weights stay where they are: onnxruntime gets the skeleton and the
         # folder to resolve its (checked) locations in, and maps the files itself.
         data_folder = session_folder(model)

@@ -95,3 +95,22 @@ def quantize_qdq(proto, folder, shape, *, batches: int, exclude=()):
         nodes_to_exclude=list(exclude),
     )
     return onnx.load(str(dst))
+
+
+@pytest.fixture
+def onnx_nodes(monkeypatch):
+    """Measure and compare with ONNX nodes, not surgeon's kernel library (the path taken
+    where the library was not built): see surgeon.fastops."""
+    monkeypatch.setenv("SURGEON_FASTOPS", "0")
+
+
+@pytest.fixture(params=["kernels", "nodes"])
+def measure_path(request, monkeypatch):
+    """Each test twice: with surgeon's kernel library (when built) and with ONNX nodes."""
+    from surgeon import fastops
+
+    if request.param == "nodes":
+        monkeypatch.setenv("SURGEON_FASTOPS", "0")
+    elif not fastops.available():
+        pytest.skip("surgeon's kernel library is not built here")
+    return request.param

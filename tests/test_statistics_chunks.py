@@ -49,7 +49,7 @@ def _stats(model: Model, x: np.ndarray):
 @pytest.mark.parametrize("size", [CHUNK + 1, 2 * CHUNK, 3 * CHUNK - 7])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(("offset", "spread"), [(0.0, 1.0), (7.5, 0.07), (1000.0, 0.01)])
-def test_chunked_moments_equal_numpy(size, dtype, offset, spread):
+def test_chunked_moments_equal_numpy(size, dtype, offset, spread, measure_path):
     rng = np.random.default_rng(size)
     x = (offset + rng.standard_normal(size) * spread).astype(dtype)
     x[::97] = 0  # zeros counted on the whole tensor
@@ -61,7 +61,7 @@ def test_chunked_moments_equal_numpy(size, dtype, offset, spread):
     assert found["a"].std == pytest.approx(float(np.std(v)), rel=1e-9)
 
 
-def test_large_static_tensors_are_chunked_without_a_whole_float64_copy():
+def test_large_static_tensors_are_chunked_without_a_whole_float64_copy(onnx_nodes):
     size = 2 * CHUNK + 5
     model = _chain(TensorProto.FLOAT, [size])
     types = learn_types(model, ["a"])
@@ -82,7 +82,7 @@ def test_large_static_tensors_are_chunked_without_a_whole_float64_copy():
     assert not outs["a"].chunks
 
 
-def test_nan_and_inf_in_one_chunk_are_counted_by_the_second_pass():
+def test_nan_and_inf_in_one_chunk_are_counted_by_the_second_pass(onnx_nodes):
     size = 2 * CHUNK + 3
     x = np.random.default_rng(0).standard_normal(size).astype(np.float32)
     x[CHUNK + 10] = np.nan
@@ -93,7 +93,7 @@ def test_nan_and_inf_in_one_chunk_are_counted_by_the_second_pass():
     check(s, x)
 
 
-def test_a_wrong_declared_shape_is_measured_again_whole():
+def test_a_wrong_declared_shape_is_measured_again_whole(onnx_nodes):
     # The chunks are laid out for the declared 3 x CHUNK elements; the run gives fewer.
     # The tensor is measured again, whole, rather than from chunks that do not fit.
     declared = 3 * CHUNK
@@ -135,7 +135,7 @@ def test_combine_chunks_gives_nan_for_non_finite_parts():
     assert all(math.isnan(v) for v in combine_chunks([math.nan], [0.0], 1, 1))
 
 
-def test_dynamic_tensors_are_chunked_at_the_feeds_sizes(monkeypatch):
+def test_dynamic_tensors_are_chunked_at_the_feeds_sizes(monkeypatch, onnx_nodes):
     # A dynamic export (the common case): the sizes come from shape inference at the
     # feeds' shapes, then are checked against the run.
     import surgeon.statistics.in_graph as in_graph

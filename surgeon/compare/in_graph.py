@@ -72,6 +72,9 @@ class ComparisonOutputs:
     # The fast nodes' float32 mismatch count (see add_fast_comparison), when set: this
     # output rather than its slot in ``numbers``.
     mismatches: str = ""
+    # surgeon.fastops' ComparePair: ``numbers`` holds the twelve numbers, then the
+    # severity numbers [excess, born], for every pair (finite or not).
+    fused: bool = False
 
     def names(self) -> list[str]:
         return (
@@ -369,6 +372,53 @@ def add_fast_comparison(
     )
 
 
+def add_fused_comparison(
+    graph: onnx.GraphProto,
+    actual: str,
+    actual_type: int,
+    expected: str,
+    expected_type: int,
+    tolerance: Tolerance,
+    prefix: str,
+    *,
+    severity: bool = False,
+    shared: SharedNodes | None = None,
+    **_plan,
+) -> ComparisonOutputs:
+    """:func:`add_comparison` as one node of surgeon's kernel library (see
+    :mod:`surgeon.fastops`; only when ``fastops.available()``, and the graph's model must
+    import its domain): the same numbers from one pass over the pair, NaN, Inf and
+    shape mismatches included, so no pair is compared twice. ``severity`` costs nothing
+    more (the numbers are always there); the shape plan add_fast_comparison takes
+    (``rank``, ``size``) is not needed."""
+    from surgeon import fastops
+
+    del severity, _plan
+    b = _Builder(graph, prefix, shared)
+    bounds = b.const(np.array([tolerance.atol, tolerance.rtol], np.float64))
+    inputs = [actual, expected]
+    if TensorProto.FLOAT16 in (actual_type, expected_type):
+        # A Reshape reads a float16 tensor as it is stored (see add_comparison).
+        flat = b.const(np.array([-1], np.int64))
+        inputs = [b.node("Reshape", [x, flat]) for x in inputs]
+    numbers, shape, reference_shape = b.name(), b.name(), b.name()
+    fill_node(graph.node.add(), fastops.COMPARE, [*inputs, bounds], numbers)
+    node = graph.node[-1]
+    node.domain = fastops.DOMAIN
+    node.output.extend([shape, reference_shape])
+    if inputs[0] != actual:
+        # the shapes are those of the tensors, not of their flattened reads
+        shape = b.node("Shape", [actual])
+        reference_shape = b.node("Shape", [expected])
+    return ComparisonOutputs(
+        shape=shape,
+        reference_shape=reference_shape,
+        numbers=numbers,
+        dtype=_DTYPES[expected_type],
+        fused=True,
+    )
+
+
 def _fast_reference_side(
     b: _Builder, expected: str, tolerance: Tolerance, rank: int
 ) -> dict[str, str]:
@@ -430,7 +480,10 @@ def severity_from_outputs(
 ) -> tuple[float, int]:
     """(excess, born count) of a pair compared with ``severity``; meaningful only when
     the two shapes are equal (as surgeon.precision.severity measures them)."""
-    excess, born = values[outputs.severity].ravel().tolist()
+    if outputs.fused:
+        excess, born = values[outputs.numbers].ravel().tolist()[len(_FIELDS) :]
+    else:
+        excess, born = values[outputs.severity].ravel().tolist()
     return float(excess), int(born)
 
 
@@ -444,6 +497,8 @@ def needs_general(outputs: ComparisonOutputs, values: Mapping[str, np.ndarray]) 
     more: finite sums of squares say neither side holds a NaN or Inf (the counts the
     fast nodes give, zero, are right), and :func:`diff_from_outputs` reports the shapes
     without reading the other numbers."""
+    if outputs.fused:
+        return False
     n = dict(zip(_FIELDS, values[outputs.numbers].ravel().tolist(), strict=True))
     if outputs.mismatches and math.prod(int(d) for d in values[outputs.shape]) >= 2**24:
         return True
@@ -464,7 +519,8 @@ def diff_from_outputs(
     del tolerance  # applied in the graph; kept for symmetry with compare_arrays
     shape = [int(d) for d in values[outputs.shape]]
     reference_shape = [int(d) for d in values[outputs.reference_shape]]
-    n = dict(zip(_FIELDS, values[outputs.numbers].ravel().tolist(), strict=True))
+    numbers = values[outputs.numbers].ravel().tolist()
+    n = dict(zip(_FIELDS, numbers[: len(_FIELDS)] if outputs.fused else numbers, strict=True))
     size = math.prod(reference_shape)
     d = TensorDiff(
         name=name,
@@ -515,6 +571,7 @@ __all__ = [
     "SharedNodes",
     "add_comparison",
     "add_fast_comparison",
+    "add_fused_comparison",
     "add_overflow_count",
     "diff_from_outputs",
     "in_graph_comparable",

@@ -36,12 +36,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
+from surgeon import fastops
 from surgeon.compare import TensorDiff, Tolerance, as_reference_dtype, cast_note
 from surgeon.compare.in_graph import (
     ComparisonOutputs,
     SharedNodes,
     add_comparison,
     add_fast_comparison,
+    add_fused_comparison,
     add_overflow_count,
     diff_from_outputs,
     in_graph_comparable,
@@ -591,8 +593,14 @@ class _Merge:
         ref_producer = {o: k for k, n in enumerate(ref_nodes) for o in n.output if o}
         next_ref = 0
         shared = SharedNodes()  # one constant per value, one reference side per tensor
-        builder = {pair: add_fast_comparison for pair in fast}
-        builder.update({pair: add_comparison for pair in general})
+        # surgeon's kernel where available: one node and one pass per pair
+        fused = fastops.available()
+        if fused:
+            proto.opset_import.add(domain=fastops.DOMAIN, version=1)
+        builder = {pair: add_fused_comparison if fused else add_fast_comparison for pair in fast}
+        builder.update(
+            {pair: add_fused_comparison if fused else add_comparison for pair in general}
+        )
         waiting: dict[str, list[tuple[str, str]]] = {}
         for c, r in builder:
             waiting.setdefault(c, []).append((c, r))
@@ -695,6 +703,7 @@ class _Merge:
             for i, (o, r) in enumerate(unit.outputs):
                 fast_nodes = o in plan.fast[k]
                 build = add_fast_comparison if fast_nodes else add_comparison
+                build = add_fused_comparison if fused else build
                 extra = self.fast_extra(o) if fast_nodes else {}
                 twin = unit.twins.get(o)
                 plan.compared[k][o] = build(

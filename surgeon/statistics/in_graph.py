@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from surgeon import fastops
 from surgeon.errors import SurgeonError
 from surgeon.model import Model, dtype_name
 from surgeon.protos import copy_without_nodes, fill_node
@@ -43,11 +44,14 @@ class StatsOutputs:
     # then holds min and max only.
     chunks: tuple[tuple[str, str, str], ...] = ()
     chunk_size: int = 0
+    # surgeon.fastops' TensorStats: one float64 vector of the COUNT_FIELDS numbers.
+    packed: str | None = None
 
     def __iter__(self) -> Iterator[str]:
         return iter(
             [
                 *self.numbers,
+                *([self.packed] if self.packed else ()),
                 *([self.shape] if self.shape else ()),
                 *([self.value] if self.value else ()),
                 *(name for pair in self.chunks for name in pair),
@@ -489,6 +493,10 @@ def build_stats_model(
         and CHUNK < n < math.inf
         and types[t].tensor_type.elem_type in (TensorProto.FLOAT, TensorProto.DOUBLE)
     }
+    fused = fastops.available()
+    if fused:
+        chunked = {}
+        proto.opset_import.add(domain=fastops.DOMAIN, version=1)
     c = _Constants(prefix, max(chunked.values(), default=0))
     graph.initializer.extend(c.initializers())
     wanted = set(taps)
@@ -499,6 +507,20 @@ def build_stats_model(
             if t not in wanted or t in outputs:
                 continue
             elem = types[t].tensor_type.elem_type if t in types else TensorProto.UNDEFINED
+            if fused and elem in fastops.STATS_TYPES:
+                # One pass of surgeon's kernel: every number, NaN/Inf counts included.
+                p = f"{prefix}/{len(outputs)}"
+                fill_node(graph.node.add(), fastops.STATS, [t], f"{p}/stats")
+                graph.node[-1].output.append(f"{p}/shape")
+                graph.node[-1].domain = fastops.DOMAIN
+                graph.output.extend(
+                    [
+                        helper.make_tensor_value_info(f"{p}/stats", TensorProto.DOUBLE, [7]),
+                        helper.make_tensor_value_info(f"{p}/shape", TensorProto.INT64, [None]),
+                    ]
+                )
+                outputs[t] = StatsOutputs(packed=f"{p}/stats", shape=f"{p}/shape")
+                continue
             if (
                 elem in _FETCHED
                 or model.opset < 11
@@ -568,9 +590,12 @@ def stats_from_outputs(
     """
     if outputs.value is not None:
         return stats_from_array(name, node, op, index, values[outputs.value])
+    shape = values[outputs.shape]
+    if outputs.packed is not None:
+        numbers = np.asarray(values[outputs.packed]).tolist()
+        return _stats_from_numbers(name, node, op, index, numbers, shape, dtype)
     arrays = [np.asarray(values[n]) for n in outputs.numbers]
     numbers = [a.item() for a in arrays]
-    shape = values[outputs.shape]
     if outputs.chunks:
         size = int(np.prod(shape))
         k = len(outputs.chunks)

@@ -1,0 +1,709 @@
+/*
+ * surgeon's fused measurement kernels, an onnxruntime custom-op library (domain
+ * "ai.surgeon"): one pass over a tensor where the equivalent ONNX nodes take about a
+ * dozen, each materialising a float64 copy of the activation.
+ *
+ *   TensorStats(x) -> numbers: double[7], shape: int64[rank]
+ *       min, max (both ignoring NaN), mean, sum of squared deviations from the mean,
+ *       zero count, NaN count, Inf count; x float16, bfloat16, float32 or float64.
+ *
+ *   ComparePair(actual, expected, tolerance: double[2] = (atol, rtol))
+ *       -> numbers: double[14], shape: int64[rank], reference_shape: int64[rank]
+ *       The twelve numbers of surgeon.compare.in_graph's comparison nodes (nan,
+ *       reference_nan, inf, reference_inf, mismatches, finite, nonzero, max_abs,
+ *       max_rel, dot, norm, reference_norm), then the severity numbers (excess, born).
+ *       actual and expected are float16 or float32; actual is rounded to expected's
+ *       dtype first, as compare_arrays casts it (severity reads actual as it is).
+ *
+ * Every per-element step is the IEEE float64 operation the ONNX nodes perform (built
+ * with -ffp-contract=off: no fused multiply-add), so counts and extremes are identical;
+ * sums are pairwise (as numpy's), so they differ from onnxruntime's in the last bits only.
+ *
+ * No onnxruntime header ships with its Python wheel: the few entries of the C API used
+ * here are declared below by their position in the OrtApi table of API version 13 (the
+ * table is append-only, so later onnxruntime versions keep these positions).
+ */
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(_WIN32)
+#define SURGEON_EXPORT __declspec(dllexport)
+#else
+#define SURGEON_EXPORT __attribute__((visibility("default")))
+#endif
+
+typedef struct OrtStatus OrtStatus;
+typedef struct OrtValue OrtValue;
+typedef struct OrtKernelContext OrtKernelContext;
+typedef struct OrtKernelInfo OrtKernelInfo;
+typedef struct OrtSessionOptions OrtSessionOptions;
+typedef struct OrtCustomOpDomain OrtCustomOpDomain;
+typedef struct OrtTensorTypeAndShapeInfo OrtTypeShape;
+
+typedef struct OrtApiBase {
+    const void *(*GetApi)(uint32_t version);
+    const char *(*GetVersionString)(void);
+} OrtApiBase;
+
+enum { API_VERSION = 13 };
+
+/* ONNXTensorElementDataType values (those of onnx.TensorProto). */
+enum { T_UNDEFINED = 0, T_FLOAT = 1, T_INT64 = 7, T_FLOAT16 = 10, T_DOUBLE = 11, T_BFLOAT16 = 16 };
+
+/* Positions in the OrtApi table. */
+enum {
+    API_CreateStatus = 0,
+    API_CreateCustomOpDomain = 26,
+    API_CustomOpDomain_Add = 27,
+    API_AddCustomOpDomain = 28,
+    API_GetTensorMutableData = 51,
+    API_GetTensorElementType = 60,
+    API_GetDimensionsCount = 61,
+    API_GetDimensions = 62,
+    API_GetTensorShapeElementCount = 64,
+    API_GetTensorTypeAndShape = 65,
+    API_KernelContext_GetInput = 90,
+    API_KernelContext_GetOutput = 91,
+    API_ReleaseTensorTypeAndShapeInfo = 99,
+};
+
+typedef void *const *Api;
+
+#define CALL(api, slot, type) ((type)(api)[slot])
+
+typedef struct OrtCustomOp {
+    uint32_t version;
+    void *(*CreateKernel)(const struct OrtCustomOp *op, const void *api, const OrtKernelInfo *info);
+    const char *(*GetName)(const struct OrtCustomOp *op);
+    const char *(*GetExecutionProviderType)(const struct OrtCustomOp *op);
+    int (*GetInputType)(const struct OrtCustomOp *op, size_t index);
+    size_t (*GetInputTypeCount)(const struct OrtCustomOp *op);
+    int (*GetOutputType)(const struct OrtCustomOp *op, size_t index);
+    size_t (*GetOutputTypeCount)(const struct OrtCustomOp *op);
+    void (*KernelCompute)(void *kernel, OrtKernelContext *context);
+    void (*KernelDestroy)(void *kernel);
+    int (*GetInputCharacteristic)(const struct OrtCustomOp *op, size_t index);
+    int (*GetOutputCharacteristic)(const struct OrtCustomOp *op, size_t index);
+    int (*GetInputMemoryType)(const struct OrtCustomOp *op, size_t index);
+} OrtCustomOp;
+
+/* ---- element access -------------------------------------------------------------- */
+
+static double half_to_double(uint16_t h) {
+    int exponent = (h >> 10) & 0x1f;
+    double mantissa = (double)(h & 0x3ff);
+    double magnitude;
+    if (exponent == 0x1f) {
+        magnitude = (h & 0x3ff) ? NAN : INFINITY;
+    } else if (exponent == 0) {
+        magnitude = ldexp(mantissa, -24);
+    } else {
+        magnitude = ldexp(mantissa + 1024.0, exponent - 25);
+    }
+    return (h & 0x8000) ? -magnitude : magnitude;
+}
+
+static double bfloat_to_double(uint16_t b) {
+    uint32_t bits = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return (double)f;
+}
+
+/* float32 -> float16, rounding to nearest even (overflow to Inf, NaN stays NaN). */
+static uint16_t float_to_half(float f) {
+    uint32_t x;
+    memcpy(&x, &f, sizeof x);
+    uint32_t sign = (x >> 16) & 0x8000u;
+    uint32_t mantissa = x & 0x7fffffu;
+    int exponent = (int)((x >> 23) & 0xffu);
+    if (exponent == 0xff) {
+        return (uint16_t)(sign | 0x7c00u | (mantissa ? 0x200u : 0u));
+    }
+    int e = exponent - 127 + 15;
+    if (e >= 0x1f) {
+        return (uint16_t)(sign | 0x7c00u);
+    }
+    if (e <= 0) {
+        if (e < -10) {
+            return (uint16_t)sign;
+        }
+        uint32_t full = mantissa | 0x800000u;
+        int shift = 14 - e;
+        uint32_t kept = full >> shift;
+        uint32_t rest = full & ((1u << shift) - 1u);
+        uint32_t halfway = 1u << (shift - 1);
+        if (rest > halfway || (rest == halfway && (kept & 1u))) {
+            kept++;
+        }
+        return (uint16_t)(sign | kept);
+    }
+    uint32_t h = sign | ((uint32_t)e << 10) | (mantissa >> 13);
+    uint32_t rest = mantissa & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) {
+        h++; /* a carry into the exponent gives the next binade, or Inf */
+    }
+    return (uint16_t)h;
+}
+
+typedef struct {
+    const void *data;
+    int type;
+} Source;
+
+static inline double load(Source s, size_t i) {
+    switch (s.type) {
+    case T_FLOAT:
+        return (double)((const float *)s.data)[i];
+    case T_DOUBLE:
+        return ((const double *)s.data)[i];
+    case T_FLOAT16:
+        return half_to_double(((const uint16_t *)s.data)[i]);
+    default:
+        return bfloat_to_double(((const uint16_t *)s.data)[i]);
+    }
+}
+
+/* actual's element i as expected's dtype holds it (the cast compare_arrays makes) */
+static inline double load_as(Source s, int as_type, size_t i) {
+    if (s.type == T_FLOAT && as_type == T_FLOAT16) {
+        return half_to_double(float_to_half(((const float *)s.data)[i]));
+    }
+    return load(s, i);
+}
+
+/* ---- pairwise sums ----------------------------------------------------------------- */
+
+/* Sums are accumulated per block of BLOCK elements and the block sums combined pairwise
+ * (a binary counter of partial sums): the error grows with log2(n / BLOCK), as numpy's. */
+enum { BLOCK = 128, LEVELS = 64 };
+
+typedef struct {
+    double partial[LEVELS];
+    uint64_t filled; /* bit k: partial[k] holds the sum of 2**k blocks */
+} Pairwise;
+
+static void pairwise_add(Pairwise *p, double block) {
+    int k = 0;
+    while (p->filled & (1ull << k)) {
+        block += p->partial[k];
+        p->filled &= ~(1ull << k);
+        k++;
+    }
+    p->partial[k] = block;
+    p->filled |= 1ull << k;
+}
+
+static double pairwise_total(const Pairwise *p) {
+    double total = 0.0;
+    for (int k = 0; k < LEVELS; k++) {
+        if (p->filled & (1ull << k)) {
+            total += p->partial[k];
+        }
+    }
+    return total;
+}
+
+/* ---- shared kernel plumbing --------------------------------------------------------- */
+
+typedef struct {
+    Api api;
+} Kernel;
+
+typedef struct {
+    Api api;
+    const OrtValue *value;
+    Source source;
+    size_t count;
+    size_t rank;
+    int64_t dims[64];
+    int ok;
+} Input;
+
+static Input read_input(Api api, OrtKernelContext *context, size_t index) {
+    Input in;
+    memset(&in, 0, sizeof in);
+    in.api = api;
+    if (CALL(api, API_KernelContext_GetInput, OrtStatus *(*)(OrtKernelContext *, size_t, const OrtValue **))(
+            context, index, &in.value) || !in.value) {
+        return in;
+    }
+    OrtTypeShape *info = NULL;
+    if (CALL(api, API_GetTensorTypeAndShape, OrtStatus *(*)(const OrtValue *, OrtTypeShape **))(in.value, &info)) {
+        return in;
+    }
+    int type = 0;
+    size_t rank = 0, count = 0;
+    int bad = CALL(api, API_GetTensorElementType, OrtStatus *(*)(const OrtTypeShape *, int *))(info, &type) != NULL;
+    bad |= CALL(api, API_GetDimensionsCount, OrtStatus *(*)(const OrtTypeShape *, size_t *))(info, &rank) != NULL;
+    bad |= rank > 64;
+    if (!bad) {
+        bad |= CALL(api, API_GetDimensions, OrtStatus *(*)(const OrtTypeShape *, int64_t *, size_t))(info, in.dims, rank) != NULL;
+        bad |= CALL(api, API_GetTensorShapeElementCount, OrtStatus *(*)(const OrtTypeShape *, size_t *))(info, &count) != NULL;
+    }
+    CALL(api, API_ReleaseTensorTypeAndShapeInfo, void (*)(OrtTypeShape *))(info);
+    void *data = NULL;
+    if (!bad && count) {
+        bad |= CALL(api, API_GetTensorMutableData, OrtStatus *(*)(OrtValue *, void **))((OrtValue *)in.value, &data) != NULL;
+    }
+    if (bad) {
+        return in;
+    }
+    in.source.data = data;
+    in.source.type = type;
+    in.count = count;
+    in.rank = rank;
+    in.ok = type == T_FLOAT || type == T_DOUBLE || type == T_FLOAT16 || type == T_BFLOAT16;
+    return in;
+}
+
+static void *output(Api api, OrtKernelContext *context, size_t index, const int64_t *dims, size_t rank) {
+    OrtValue *value = NULL;
+    if (CALL(api, API_KernelContext_GetOutput,
+             OrtStatus *(*)(OrtKernelContext *, size_t, const int64_t *, size_t, OrtValue **))(
+            context, index, dims, rank, &value) || !value) {
+        return NULL;
+    }
+    void *data = NULL;
+    if (CALL(api, API_GetTensorMutableData, OrtStatus *(*)(OrtValue *, void **))(value, &data)) {
+        return NULL;
+    }
+    return data;
+}
+
+static void write_shape(Api api, OrtKernelContext *context, size_t index, const Input *in) {
+    int64_t rank = (int64_t)in->rank;
+    int64_t *shape = (int64_t *)output(api, context, index, &rank, 1);
+    if (shape) {
+        for (size_t k = 0; k < in->rank; k++) {
+            shape[k] = in->dims[k];
+        }
+    }
+}
+
+static void *create_kernel(const OrtCustomOp *op, const void *api, const OrtKernelInfo *info) {
+    (void)op;
+    (void)info;
+    static Kernel kernels[1];
+    /* The kernel holds nothing but the API table, the same for every node. */
+    kernels[0].api = (Api)api;
+    return &kernels[0];
+}
+
+static void destroy_kernel(void *kernel) { (void)kernel; }
+
+static const char *cpu_provider(const OrtCustomOp *op) {
+    (void)op;
+    return NULL;
+}
+
+static int required(const OrtCustomOp *op, size_t index) {
+    (void)op;
+    (void)index;
+    return 0; /* INPUT_OUTPUT_REQUIRED */
+}
+
+static int default_memory(const OrtCustomOp *op, size_t index) {
+    (void)op;
+    (void)index;
+    return 0; /* OrtMemTypeDefault */
+}
+
+/* ---- TensorStats --------------------------------------------------------------------- */
+
+/* The float32 fast pass: sum, extremes and zeros of values assumed finite (a float32 sum
+ * in float64 cannot overflow, so a finite sum proves them so); written without branches
+ * so the compiler vectorises it. */
+/* Inner loops keep LANES independent accumulators (numpy's pairwise sum does the same),
+ * which lets the compiler vectorise them; a block's sum is the sum of its lanes. */
+enum { LANES = 8 };
+
+static double lanes_total(const double *lane) {
+    return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
+static double stats_float_pass(const float *x, size_t count, double *low_out, double *high_out,
+                               double *zeros_out) {
+    double low[LANES], high[LANES];
+    int64_t zeros[LANES];
+    for (int j = 0; j < LANES; j++) {
+        low[j] = INFINITY;
+        high[j] = -INFINITY;
+        zeros[j] = 0;
+    }
+    Pairwise sum;
+    memset(&sum, 0, sizeof sum);
+    size_t whole = count - count % BLOCK;
+    for (size_t start = 0; start < whole; start += BLOCK) {
+        double acc[LANES] = {0};
+        for (size_t i = start; i < start + BLOCK; i += LANES) {
+            for (int j = 0; j < LANES; j++) {
+                double v = (double)x[i + j];
+                acc[j] += v;
+                low[j] = v < low[j] ? v : low[j];
+                high[j] = v > high[j] ? v : high[j];
+                zeros[j] += v == 0.0;
+            }
+        }
+        pairwise_add(&sum, lanes_total(acc));
+    }
+    double rest = 0.0;
+    for (size_t i = whole; i < count; i++) {
+        double v = (double)x[i];
+        rest += v;
+        low[0] = v < low[0] ? v : low[0];
+        high[0] = v > high[0] ? v : high[0];
+        zeros[0] += v == 0.0;
+    }
+    if (whole < count) pairwise_add(&sum, rest);
+    double lo = INFINITY, hi = -INFINITY;
+    int64_t z = 0;
+    for (int j = 0; j < LANES; j++) {
+        lo = low[j] < lo ? low[j] : lo;
+        hi = high[j] > hi ? high[j] : hi;
+        z += zeros[j];
+    }
+    *low_out = lo;
+    *high_out = hi;
+    *zeros_out = (double)z;
+    return pairwise_total(&sum);
+}
+
+static double squares_float_pass(const float *x, size_t count, double mean) {
+    Pairwise squares;
+    memset(&squares, 0, sizeof squares);
+    size_t whole = count - count % BLOCK;
+    for (size_t start = 0; start < whole; start += BLOCK) {
+        double acc[LANES] = {0};
+        for (size_t i = start; i < start + BLOCK; i += LANES) {
+            for (int j = 0; j < LANES; j++) {
+                double centered = (double)x[i + j] - mean;
+                acc[j] += centered * centered;
+            }
+        }
+        pairwise_add(&squares, lanes_total(acc));
+    }
+    double rest = 0.0;
+    for (size_t i = whole; i < count; i++) {
+        double centered = (double)x[i] - mean;
+        rest += centered * centered;
+    }
+    if (whole < count) pairwise_add(&squares, rest);
+    return pairwise_total(&squares);
+}
+
+static void stats_compute(void *kernel, OrtKernelContext *context) {
+    Api api = ((Kernel *)kernel)->api;
+    Input x = read_input(api, context, 0);
+    int64_t seven = 7;
+    double *numbers = (double *)output(api, context, 0, &seven, 1);
+    write_shape(api, context, 1, &x);
+    if (!numbers) {
+        return;
+    }
+    for (int k = 0; k < 7; k++) {
+        numbers[k] = NAN;
+    }
+    if (!x.ok && x.count) {
+        return;
+    }
+    if (x.source.type == T_FLOAT) {
+        const float *data = (const float *)x.source.data;
+        double low, high, zeros;
+        double total = stats_float_pass(data, x.count, &low, &high, &zeros);
+        if (isfinite(total)) {
+            double mean = total / (double)x.count;
+            numbers[0] = low;
+            numbers[1] = high;
+            numbers[2] = mean;
+            numbers[3] = squares_float_pass(data, x.count, mean);
+            numbers[4] = zeros;
+            numbers[5] = 0;
+            numbers[6] = 0;
+            return;
+        }
+    }
+    double low = INFINITY, high = -INFINITY;
+    double zeros = 0, nans = 0, infs = 0;
+    Pairwise sum;
+    memset(&sum, 0, sizeof sum);
+    for (size_t start = 0; start < x.count; start += BLOCK) {
+        size_t end = start + BLOCK < x.count ? start + BLOCK : x.count;
+        double block = 0.0;
+        for (size_t i = start; i < end; i++) {
+            double v = load(x.source, i);
+            block += v;
+            if (v < low) low = v;
+            if (v > high) high = v;
+            zeros += v == 0.0;
+            nans += v != v;
+            infs += isinf(v) != 0;
+        }
+        pairwise_add(&sum, block);
+    }
+    double mean = pairwise_total(&sum) / (double)x.count;
+    Pairwise squares;
+    memset(&squares, 0, sizeof squares);
+    for (size_t start = 0; start < x.count; start += BLOCK) {
+        size_t end = start + BLOCK < x.count ? start + BLOCK : x.count;
+        double block = 0.0;
+        for (size_t i = start; i < end; i++) {
+            double centered = load(x.source, i) - mean;
+            block += centered * centered;
+        }
+        pairwise_add(&squares, block);
+    }
+    numbers[0] = low;
+    numbers[1] = high;
+    numbers[2] = mean;
+    numbers[3] = pairwise_total(&squares);
+    numbers[4] = zeros;
+    numbers[5] = nans;
+    numbers[6] = infs;
+}
+
+static const char *stats_name(const OrtCustomOp *op) {
+    (void)op;
+    return "TensorStats";
+}
+static int stats_input_type(const OrtCustomOp *op, size_t index) {
+    (void)op;
+    (void)index;
+    return T_UNDEFINED; /* any tensor type; the kernel reads the floats */
+}
+static size_t stats_input_count(const OrtCustomOp *op) {
+    (void)op;
+    return 1;
+}
+static int stats_output_type(const OrtCustomOp *op, size_t index) {
+    (void)op;
+    return index == 0 ? T_DOUBLE : T_INT64;
+}
+static size_t stats_output_count(const OrtCustomOp *op) {
+    (void)op;
+    return 2;
+}
+
+/* ---- ComparePair ---------------------------------------------------------------------- */
+
+/* The float32 fast pass of ComparePair: both sides assumed finite (finite sums of
+ * squares prove it afterwards: a float32 value squared cannot overflow float64). Fills
+ * numbers[4..13]; the NaN/Inf counts are then 0 and every pair is finite. */
+static void compare_float_pass(const float *a, const float *e, size_t n, double atol, double rtol,
+                               double *numbers) {
+    double max_abs[LANES], max_rel[LANES], excess[LANES];
+    int64_t mismatches[LANES], nonzero[LANES];
+    for (int j = 0; j < LANES; j++) {
+        max_abs[j] = max_rel[j] = excess[j] = 0.0;
+        mismatches[j] = nonzero[j] = 0;
+    }
+    Pairwise dot, norm, reference_norm;
+    memset(&dot, 0, sizeof dot);
+    memset(&norm, 0, sizeof norm);
+    memset(&reference_norm, 0, sizeof reference_norm);
+    size_t whole = n - n % BLOCK;
+    for (size_t start = 0; start <= n && start < n; start += BLOCK) {
+        size_t end = start < whole ? start + BLOCK : n;
+        size_t step = start < whole ? LANES : 1;
+        double d[LANES] = {0}, q[LANES] = {0}, r[LANES] = {0};
+        for (size_t i = start; i < end; i += step) {
+            for (int j = 0; j < (int)step; j++) {
+                double x = (double)a[i + j], y = (double)e[i + j];
+                double diff = fabs(x - y);
+                double magnitude = fabs(y);
+                double limit = magnitude * rtol + atol;
+                mismatches[j] += (diff > limit) & (x != y);
+                max_abs[j] = diff > max_abs[j] ? diff : max_abs[j];
+                nonzero[j] += y != 0.0;
+                /* |d| / inf = 0 where the reference is 0: left out of max_rel */
+                double rel = diff / (y != 0.0 ? magnitude : INFINITY);
+                max_rel[j] = rel > max_rel[j] ? rel : max_rel[j];
+                double ratio = diff / limit;
+                excess[j] = ratio > excess[j] ? ratio : excess[j];
+                d[j] += x * y;
+                q[j] += x * x;
+                r[j] += y * y;
+            }
+        }
+        pairwise_add(&dot, lanes_total(d));
+        pairwise_add(&norm, lanes_total(q));
+        pairwise_add(&reference_norm, lanes_total(r));
+    }
+    double worst_abs = 0, worst_rel = 0, worst_excess = 0;
+    int64_t m = 0, nz = 0;
+    for (int j = 0; j < LANES; j++) {
+        worst_abs = max_abs[j] > worst_abs ? max_abs[j] : worst_abs;
+        worst_rel = max_rel[j] > worst_rel ? max_rel[j] : worst_rel;
+        worst_excess = excess[j] > worst_excess ? excess[j] : worst_excess;
+        m += mismatches[j];
+        nz += nonzero[j];
+    }
+    numbers[4] = (double)m;
+    numbers[5] = (double)n;
+    numbers[6] = (double)nz;
+    numbers[7] = worst_abs;
+    numbers[8] = worst_rel;
+    numbers[9] = pairwise_total(&dot);
+    numbers[10] = pairwise_total(&norm);
+    numbers[11] = pairwise_total(&reference_norm);
+    numbers[12] = worst_excess;
+    numbers[13] = 0;
+}
+
+static void compare_compute(void *kernel, OrtKernelContext *context) {
+    Api api = ((Kernel *)kernel)->api;
+    Input a = read_input(api, context, 0);
+    Input e = read_input(api, context, 1);
+    Input tol = read_input(api, context, 2);
+    int64_t fourteen = 14;
+    double *numbers = (double *)output(api, context, 0, &fourteen, 1);
+    write_shape(api, context, 1, &a);
+    write_shape(api, context, 2, &e);
+    if (!numbers) {
+        return;
+    }
+    for (int k = 0; k < 14; k++) {
+        numbers[k] = NAN;
+    }
+    if ((!a.ok && a.count) || (!e.ok && e.count) || !tol.ok || tol.source.type != T_DOUBLE || tol.count != 2) {
+        return;
+    }
+    const double atol = ((const double *)tol.source.data)[0];
+    const double rtol = ((const double *)tol.source.data)[1];
+    const int as_type = e.source.type;
+    if (a.source.type == T_FLOAT && as_type == T_FLOAT && a.count == e.count) {
+        compare_float_pass((const float *)a.source.data, (const float *)e.source.data, a.count, atol,
+                           rtol, numbers);
+        if (isfinite(numbers[10]) && isfinite(numbers[11])) {
+            numbers[0] = numbers[1] = numbers[2] = numbers[3] = 0;
+            return;
+        }
+    }
+    double nan_a = 0, nan_e = 0, inf_a = 0, inf_e = 0;
+    /* NaN and Inf are counted over each whole side; the rest over the common length. */
+    for (size_t i = 0; i < a.count; i++) {
+        double v = load_as(a.source, as_type, i);
+        nan_a += v != v;
+        inf_a += isinf(v) != 0;
+    }
+    for (size_t i = 0; i < e.count; i++) {
+        double v = load(e.source, i);
+        nan_e += v != v;
+        inf_e += isinf(v) != 0;
+    }
+    size_t n = a.count < e.count ? a.count : e.count;
+    double mismatches = 0, finite = 0, nonzero = 0, max_abs = 0, max_rel = 0;
+    double excess = 0, born = 0;
+    Pairwise dot, norm, reference_norm;
+    memset(&dot, 0, sizeof dot);
+    memset(&norm, 0, sizeof norm);
+    memset(&reference_norm, 0, sizeof reference_norm);
+    for (size_t start = 0; start < n; start += BLOCK) {
+        size_t end = start + BLOCK < n ? start + BLOCK : n;
+        double block_dot = 0, block_norm = 0, block_reference = 0;
+        for (size_t i = start; i < end; i++) {
+            double x = load_as(a.source, as_type, i);
+            double y = load(e.source, i);
+            double raw = load(a.source, i); /* actual in its own dtype */
+            int bad_x = !isfinite(x), bad_y = !isfinite(y), bad_raw = !isfinite(raw);
+            double magnitude = fabs(y);
+            double limit = magnitude * rtol + atol;
+            if (!bad_x && !bad_y) {
+                double diff = fabs(x - y);
+                finite += 1;
+                if (x != y && diff > limit) mismatches += 1;
+                if (diff > max_abs) max_abs = diff;
+                if (y != 0.0) {
+                    double rel = diff / magnitude;
+                    nonzero += 1;
+                    if (rel > max_rel) max_rel = rel;
+                }
+                block_dot += x * y;
+                block_norm += x * x;
+                block_reference += y * y;
+            } else if (!(x == y || (x != x && y != y))) {
+                mismatches += 1;
+            }
+            if (!bad_raw && !bad_y) {
+                double ratio = fabs(raw - y) / limit;
+                if (ratio > excess) excess = ratio;
+            }
+            born += bad_raw && !bad_y;
+        }
+        pairwise_add(&dot, block_dot);
+        pairwise_add(&norm, block_norm);
+        pairwise_add(&reference_norm, block_reference);
+    }
+    numbers[0] = nan_a;
+    numbers[1] = nan_e;
+    numbers[2] = inf_a;
+    numbers[3] = inf_e;
+    numbers[4] = mismatches;
+    numbers[5] = finite;
+    numbers[6] = nonzero;
+    numbers[7] = max_abs;
+    numbers[8] = max_rel;
+    numbers[9] = pairwise_total(&dot);
+    numbers[10] = pairwise_total(&norm);
+    numbers[11] = pairwise_total(&reference_norm);
+    numbers[12] = excess;
+    numbers[13] = born;
+}
+
+static const char *compare_name(const OrtCustomOp *op) {
+    (void)op;
+    return "ComparePair";
+}
+static int compare_input_type(const OrtCustomOp *op, size_t index) {
+    (void)op;
+    return index == 2 ? T_DOUBLE : T_UNDEFINED;
+}
+static size_t compare_input_count(const OrtCustomOp *op) {
+    (void)op;
+    return 3;
+}
+static int compare_output_type(const OrtCustomOp *op, size_t index) {
+    (void)op;
+    return index == 0 ? T_DOUBLE : T_INT64;
+}
+static size_t compare_output_count(const OrtCustomOp *op) {
+    (void)op;
+    return 3;
+}
+
+/* ---- registration -------------------------------------------------------------------- */
+
+static const OrtCustomOp stats_op = {
+    API_VERSION,       create_kernel,      stats_name,     cpu_provider,   stats_input_type,
+    stats_input_count, stats_output_type,  stats_output_count, stats_compute, destroy_kernel,
+    required,          required,           default_memory,
+};
+
+static const OrtCustomOp compare_op = {
+    API_VERSION,         create_kernel,       compare_name,         cpu_provider,    compare_input_type,
+    compare_input_count, compare_output_type, compare_output_count, compare_compute, destroy_kernel,
+    required,            required,            default_memory,
+};
+
+SURGEON_EXPORT OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase *base) {
+    Api api = (Api)base->GetApi(API_VERSION);
+    if (!api) {
+        return NULL; /* cannot even make a status; onnxruntime then fails on the nodes */
+    }
+    OrtCustomOpDomain *domain = NULL;
+    OrtStatus *status =
+        CALL(api, API_CreateCustomOpDomain, OrtStatus *(*)(const char *, OrtCustomOpDomain **))("ai.surgeon", &domain);
+    if (status) return status;
+    status = CALL(api, API_CustomOpDomain_Add, OrtStatus *(*)(OrtCustomOpDomain *, const OrtCustomOp *))(domain, &stats_op);
+    if (status) return status;
+    status = CALL(api, API_CustomOpDomain_Add, OrtStatus *(*)(OrtCustomOpDomain *, const OrtCustomOp *))(domain, &compare_op);
+    if (status) return status;
+    /* The domain is not released: the sessions made with these options keep using it. */
+    return CALL(api, API_AddCustomOpDomain, OrtStatus *(*)(OrtSessionOptions *, OrtCustomOpDomain *))(options, domain);
+}
+
+/* Built as a Python extension module by setuptools, which expects this symbol on some
+ * platforms; it is never imported (onnxruntime loads the library by its path). */
+SURGEON_EXPORT void *PyInit__fastops(void) { return NULL; }
