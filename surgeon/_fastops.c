@@ -26,6 +26,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(_WIN32)
@@ -64,8 +65,10 @@ enum {
     API_GetDimensions = 62,
     API_GetTensorShapeElementCount = 64,
     API_GetTensorTypeAndShape = 65,
+    API_KernelInfoGetAttribute_int64 = 86,
     API_KernelContext_GetInput = 90,
     API_KernelContext_GetOutput = 91,
+    API_ReleaseStatus = 93,
     API_ReleaseTensorTypeAndShapeInfo = 99,
 };
 
@@ -206,14 +209,108 @@ static double pairwise_total(const Pairwise *p) {
     return total;
 }
 
+/* ---- typed loads (branch-free, so loops over them vectorise) --------------------------- */
+
+static inline double load_f32(const void *p, size_t i) { return (double)((const float *)p)[i]; }
+
+static inline double load_f64(const void *p, size_t i) { return ((const double *)p)[i]; }
+
+static inline double bits_to_double(uint32_t bits) {
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return (double)f;
+}
+
+/* float16 -> float32 bits, exact: a normal half is rebiased in the integers, a subnormal
+ * one (m * 2**-24) converted from its integer mantissa; no float arithmetic on
+ * subnormals, so a denormals-are-zero mode cannot change it. */
+static inline double load_f16(const void *p, size_t i) {
+    uint16_t h = ((const uint16_t *)p)[i];
+    uint32_t rest = h & 0x7fffu;
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t normal = (rest << 13) + (112u << 23);
+    uint32_t special = 0x7f800000u | ((rest & 0x3ffu) << 13);
+    uint32_t bits = (rest >= 0x7c00u ? special : normal) | sign;
+    double subnormal = (double)rest * 0x1p-24;
+    return rest < 0x400u ? (h & 0x8000u ? -subnormal : subnormal) : bits_to_double(bits);
+}
+
+static inline double load_bf16(const void *p, size_t i) {
+    return bits_to_double((uint32_t)((const uint16_t *)p)[i] << 16);
+}
+
+/* ---- work split over threads --------------------------------------------------------- */
+
+/* Large tensors are cut into spans of SPAN elements, each measured on its own (its sums
+ * pairwise over its blocks) and the spans combined in their order: the numbers do not
+ * depend on how many threads ran them. */
+enum { SPAN = 1 << 16, MAX_THREADS = 8 };
+
+typedef void (*SpanFn)(void *job, size_t span);
+
+#if defined(_WIN32)
+static int cpu_count(void) { return 1; }
+
+static void for_spans(SpanFn fn, void *job, size_t spans, int threads) {
+    (void)threads;
+    for (size_t k = 0; k < spans; k++) fn(job, k);
+}
+#else
+#include <pthread.h>
+#include <unistd.h>
+
+static int cpu_count(void) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > 4 ? 4 : (int)n;
+}
+
+typedef struct {
+    SpanFn fn;
+    void *job;
+    size_t spans, first, stride;
+} Worker;
+
+static void *work(void *arg) {
+    Worker *w = (Worker *)arg;
+    for (size_t k = w->first; k < w->spans; k += w->stride) w->fn(w->job, k);
+    return NULL;
+}
+
+static void for_spans(SpanFn fn, void *job, size_t spans, int threads) {
+    if ((size_t)threads > spans) threads = (int)spans;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads < 1) threads = 1;
+    Worker workers[MAX_THREADS];
+    pthread_t ids[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (int t = 0; t < threads; t++) {
+        workers[t].fn = fn;
+        workers[t].job = job;
+        workers[t].spans = spans;
+        workers[t].first = (size_t)t;
+        workers[t].stride = (size_t)threads;
+    }
+    for (int t = 1; t < threads; t++) started[t] = pthread_create(&ids[t], NULL, work, &workers[t]) == 0;
+    work(&workers[0]);
+    for (int t = 1; t < threads; t++) {
+        if (started[t]) {
+            pthread_join(ids[t], NULL);
+        } else {
+            work(&workers[t]); /* no thread: its spans run here */
+        }
+    }
+}
+#endif
+
 /* ---- shared kernel plumbing --------------------------------------------------------- */
 
 typedef struct {
     Api api;
+    int threads;  /* 0: one per core (at most 4) */
+    int severity; /* ComparePair: compute the severity numbers */
 } Kernel;
 
 typedef struct {
-    Api api;
     const OrtValue *value;
     Source source;
     size_t count;
@@ -222,31 +319,47 @@ typedef struct {
     int ok;
 } Input;
 
+static void release(Api api, OrtStatus *status) {
+    if (status) CALL(api, API_ReleaseStatus, void (*)(OrtStatus *))(status);
+}
+
 static Input read_input(Api api, OrtKernelContext *context, size_t index) {
     Input in;
     memset(&in, 0, sizeof in);
-    in.api = api;
-    if (CALL(api, API_KernelContext_GetInput, OrtStatus *(*)(OrtKernelContext *, size_t, const OrtValue **))(
-            context, index, &in.value) || !in.value) {
+    OrtStatus *status =
+        CALL(api, API_KernelContext_GetInput, OrtStatus *(*)(OrtKernelContext *, size_t, const OrtValue **))(
+            context, index, &in.value);
+    if (status || !in.value) {
+        release(api, status);
         return in;
     }
     OrtTypeShape *info = NULL;
-    if (CALL(api, API_GetTensorTypeAndShape, OrtStatus *(*)(const OrtValue *, OrtTypeShape **))(in.value, &info)) {
+    status = CALL(api, API_GetTensorTypeAndShape, OrtStatus *(*)(const OrtValue *, OrtTypeShape **))(in.value, &info);
+    if (status) {
+        release(api, status);
         return in;
     }
     int type = 0;
     size_t rank = 0, count = 0;
-    int bad = CALL(api, API_GetTensorElementType, OrtStatus *(*)(const OrtTypeShape *, int *))(info, &type) != NULL;
-    bad |= CALL(api, API_GetDimensionsCount, OrtStatus *(*)(const OrtTypeShape *, size_t *))(info, &rank) != NULL;
-    bad |= rank > 64;
+    int bad = 0;
+    OrtStatus *s1 = CALL(api, API_GetTensorElementType, OrtStatus *(*)(const OrtTypeShape *, int *))(info, &type);
+    OrtStatus *s2 = CALL(api, API_GetDimensionsCount, OrtStatus *(*)(const OrtTypeShape *, size_t *))(info, &rank);
+    bad = s1 != NULL || s2 != NULL || rank > 64;
+    release(api, s1);
+    release(api, s2);
     if (!bad) {
-        bad |= CALL(api, API_GetDimensions, OrtStatus *(*)(const OrtTypeShape *, int64_t *, size_t))(info, in.dims, rank) != NULL;
-        bad |= CALL(api, API_GetTensorShapeElementCount, OrtStatus *(*)(const OrtTypeShape *, size_t *))(info, &count) != NULL;
+        s1 = CALL(api, API_GetDimensions, OrtStatus *(*)(const OrtTypeShape *, int64_t *, size_t))(info, in.dims, rank);
+        s2 = CALL(api, API_GetTensorShapeElementCount, OrtStatus *(*)(const OrtTypeShape *, size_t *))(info, &count);
+        bad = s1 != NULL || s2 != NULL;
+        release(api, s1);
+        release(api, s2);
     }
     CALL(api, API_ReleaseTensorTypeAndShapeInfo, void (*)(OrtTypeShape *))(info);
     void *data = NULL;
     if (!bad && count) {
-        bad |= CALL(api, API_GetTensorMutableData, OrtStatus *(*)(OrtValue *, void **))((OrtValue *)in.value, &data) != NULL;
+        s1 = CALL(api, API_GetTensorMutableData, OrtStatus *(*)(OrtValue *, void **))((OrtValue *)in.value, &data);
+        bad = s1 != NULL;
+        release(api, s1);
     }
     if (bad) {
         return in;
@@ -261,13 +374,17 @@ static Input read_input(Api api, OrtKernelContext *context, size_t index) {
 
 static void *output(Api api, OrtKernelContext *context, size_t index, const int64_t *dims, size_t rank) {
     OrtValue *value = NULL;
-    if (CALL(api, API_KernelContext_GetOutput,
-             OrtStatus *(*)(OrtKernelContext *, size_t, const int64_t *, size_t, OrtValue **))(
-            context, index, dims, rank, &value) || !value) {
+    OrtStatus *status = CALL(api, API_KernelContext_GetOutput,
+                             OrtStatus *(*)(OrtKernelContext *, size_t, const int64_t *, size_t, OrtValue **))(
+        context, index, dims, rank, &value);
+    if (status || !value) {
+        release(api, status);
         return NULL;
     }
     void *data = NULL;
-    if (CALL(api, API_GetTensorMutableData, OrtStatus *(*)(OrtValue *, void **))(value, &data)) {
+    status = CALL(api, API_GetTensorMutableData, OrtStatus *(*)(OrtValue *, void **))(value, &data);
+    if (status) {
+        release(api, status);
         return NULL;
     }
     return data;
@@ -283,16 +400,31 @@ static void write_shape(Api api, OrtKernelContext *context, size_t index, const 
     }
 }
 
-static void *create_kernel(const OrtCustomOp *op, const void *api, const OrtKernelInfo *info) {
-    (void)op;
-    (void)info;
-    static Kernel kernels[1];
-    /* The kernel holds nothing but the API table, the same for every node. */
-    kernels[0].api = (Api)api;
-    return &kernels[0];
+static int64_t int_attribute(Api api, const OrtKernelInfo *info, const char *name, int64_t fallback) {
+    int64_t value = 0;
+    OrtStatus *status =
+        CALL(api, API_KernelInfoGetAttribute_int64, OrtStatus *(*)(const OrtKernelInfo *, const char *, int64_t *))(
+            info, name, &value);
+    if (status) {
+        release(api, status);
+        return fallback;
+    }
+    return value;
 }
 
-static void destroy_kernel(void *kernel) { (void)kernel; }
+static void *create_kernel(const OrtCustomOp *op, const void *api_table, const OrtKernelInfo *info) {
+    (void)op;
+    Api api = (Api)api_table;
+    Kernel *kernel = (Kernel *)malloc(sizeof *kernel);
+    if (!kernel) return NULL;
+    kernel->api = api;
+    int64_t threads = int_attribute(api, info, "threads", 0);
+    kernel->threads = threads > 0 && threads <= MAX_THREADS ? (int)threads : cpu_count();
+    kernel->severity = int_attribute(api, info, "severity", 1) != 0;
+    return kernel;
+}
+
+static void destroy_kernel(void *kernel) { free(kernel); }
 
 static const char *cpu_provider(const OrtCustomOp *op) {
     (void)op;
@@ -311,11 +443,8 @@ static int default_memory(const OrtCustomOp *op, size_t index) {
     return 0; /* OrtMemTypeDefault */
 }
 
-/* ---- TensorStats --------------------------------------------------------------------- */
+static size_t span_count(size_t count) { return (count + SPAN - 1) / SPAN; }
 
-/* The float32 fast pass: sum, extremes and zeros of values assumed finite (a float32 sum
- * in float64 cannot overflow, so a finite sum proves them so); written without branches
- * so the compiler vectorises it. */
 /* Inner loops keep LANES independent accumulators (numpy's pairwise sum does the same),
  * which lets the compiler vectorise them; a block's sum is the sum of its lanes. */
 enum { LANES = 8 };
@@ -324,78 +453,149 @@ static double lanes_total(const double *lane) {
     return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
 }
 
-static double stats_float_pass(const float *x, size_t count, double *low_out, double *high_out,
-                               double *zeros_out) {
-    double low[LANES], high[LANES];
-    int64_t zeros[LANES];
-    for (int j = 0; j < LANES; j++) {
-        low[j] = INFINITY;
-        high[j] = -INFINITY;
-        zeros[j] = 0;
+/* ---- TensorStats --------------------------------------------------------------------- */
+
+/* The fast passes assume finite values: the float64 sum of the tensor is then finite, and
+ * a finite sum proves them finite (a NaN or Inf makes it NaN or Inf). Otherwise the
+ * general pass below counts NaN and Inf. */
+typedef struct {
+    double low, high, sum, squares;
+    int64_t zeros;
+} StatsPart;
+
+typedef struct {
+    const void *x;
+    size_t count;
+    double mean;
+    StatsPart *parts;
+} StatsJob;
+
+#define DEFINE_STATS(SUFFIX, LOAD)                                                                  \
+    static void stats_first_##SUFFIX(void *arg, size_t k) {                                         \
+        StatsJob *job = (StatsJob *)arg;                                                            \
+        size_t lo = k * SPAN, hi = lo + SPAN < job->count ? lo + SPAN : job->count;                 \
+        double low[LANES], high[LANES];                                                             \
+        int64_t zeros[LANES];                                                                       \
+        for (int j = 0; j < LANES; j++) {                                                           \
+            low[j] = INFINITY;                                                                      \
+            high[j] = -INFINITY;                                                                    \
+            zeros[j] = 0;                                                                           \
+        }                                                                                           \
+        Pairwise sum;                                                                               \
+        memset(&sum, 0, sizeof sum);                                                                \
+        size_t whole = lo + (hi - lo) / BLOCK * BLOCK;                                              \
+        for (size_t start = lo; start < whole; start += BLOCK) {                                    \
+            double acc[LANES] = {0};                                                                \
+            for (size_t i = start; i < start + BLOCK; i += LANES) {                                 \
+                for (int j = 0; j < LANES; j++) {                                                   \
+                    double v = LOAD(job->x, i + j);                                                 \
+                    acc[j] += v;                                                                    \
+                    low[j] = v < low[j] ? v : low[j];                                               \
+                    high[j] = v > high[j] ? v : high[j];                                            \
+                    zeros[j] += v == 0.0;                                                           \
+                }                                                                                   \
+            }                                                                                       \
+            pairwise_add(&sum, lanes_total(acc));                                                   \
+        }                                                                                           \
+        double rest = 0.0;                                                                          \
+        for (size_t i = whole; i < hi; i++) {                                                       \
+            double v = LOAD(job->x, i);                                                             \
+            rest += v;                                                                              \
+            low[0] = v < low[0] ? v : low[0];                                                       \
+            high[0] = v > high[0] ? v : high[0];                                                    \
+            zeros[0] += v == 0.0;                                                                   \
+        }                                                                                           \
+        if (whole < hi) pairwise_add(&sum, rest);                                                   \
+        StatsPart *part = &job->parts[k];                                                           \
+        part->low = INFINITY;                                                                       \
+        part->high = -INFINITY;                                                                     \
+        part->zeros = 0;                                                                            \
+        for (int j = 0; j < LANES; j++) {                                                           \
+            part->low = low[j] < part->low ? low[j] : part->low;                                    \
+            part->high = high[j] > part->high ? high[j] : part->high;                               \
+            part->zeros += zeros[j];                                                                \
+        }                                                                                           \
+        part->sum = pairwise_total(&sum);                                                           \
+    }                                                                                               \
+    static void stats_second_##SUFFIX(void *arg, size_t k) {                                        \
+        StatsJob *job = (StatsJob *)arg;                                                            \
+        size_t lo = k * SPAN, hi = lo + SPAN < job->count ? lo + SPAN : job->count;                 \
+        double mean = job->mean;                                                                    \
+        Pairwise squares;                                                                           \
+        memset(&squares, 0, sizeof squares);                                                       \
+        size_t whole = lo + (hi - lo) / BLOCK * BLOCK;                                              \
+        for (size_t start = lo; start < whole; start += BLOCK) {                                    \
+            double acc[LANES] = {0};                                                                \
+            for (size_t i = start; i < start + BLOCK; i += LANES) {                                 \
+                for (int j = 0; j < LANES; j++) {                                                   \
+                    double centered = LOAD(job->x, i + j) - mean;                                   \
+                    acc[j] += centered * centered;                                                  \
+                }                                                                                   \
+            }                                                                                       \
+            pairwise_add(&squares, lanes_total(acc));                                               \
+        }                                                                                           \
+        double rest = 0.0;                                                                          \
+        for (size_t i = whole; i < hi; i++) {                                                       \
+            double centered = LOAD(job->x, i) - mean;                                               \
+            rest += centered * centered;                                                            \
+        }                                                                                           \
+        if (whole < hi) pairwise_add(&squares, rest);                                               \
+        job->parts[k].squares = pairwise_total(&squares);                                           \
     }
+
+DEFINE_STATS(f32, load_f32)
+DEFINE_STATS(f64, load_f64)
+DEFINE_STATS(f16, load_f16)
+DEFINE_STATS(bf16, load_bf16)
+
+/* The fast passes over spans; 0 when the values are not all finite (nothing written). */
+static int stats_fast(const Input *x, int threads, double *numbers) {
+    SpanFn first, second;
+    switch (x->source.type) {
+    case T_FLOAT: first = stats_first_f32; second = stats_second_f32; break;
+    case T_DOUBLE: first = stats_first_f64; second = stats_second_f64; break;
+    case T_FLOAT16: first = stats_first_f16; second = stats_second_f16; break;
+    default: first = stats_first_bf16; second = stats_second_bf16; break;
+    }
+    size_t spans = span_count(x->count);
+    StatsPart *parts = (StatsPart *)malloc(spans * sizeof *parts);
+    if (!parts) return 0;
+    StatsJob job = {x->source.data, x->count, 0.0, parts};
+    for_spans(first, &job, spans, threads);
     Pairwise sum;
     memset(&sum, 0, sizeof sum);
-    size_t whole = count - count % BLOCK;
-    for (size_t start = 0; start < whole; start += BLOCK) {
-        double acc[LANES] = {0};
-        for (size_t i = start; i < start + BLOCK; i += LANES) {
-            for (int j = 0; j < LANES; j++) {
-                double v = (double)x[i + j];
-                acc[j] += v;
-                low[j] = v < low[j] ? v : low[j];
-                high[j] = v > high[j] ? v : high[j];
-                zeros[j] += v == 0.0;
-            }
-        }
-        pairwise_add(&sum, lanes_total(acc));
+    double low = INFINITY, high = -INFINITY;
+    int64_t zeros = 0;
+    for (size_t k = 0; k < spans; k++) {
+        pairwise_add(&sum, parts[k].sum);
+        low = parts[k].low < low ? parts[k].low : low;
+        high = parts[k].high > high ? parts[k].high : high;
+        zeros += parts[k].zeros;
     }
-    double rest = 0.0;
-    for (size_t i = whole; i < count; i++) {
-        double v = (double)x[i];
-        rest += v;
-        low[0] = v < low[0] ? v : low[0];
-        high[0] = v > high[0] ? v : high[0];
-        zeros[0] += v == 0.0;
+    double total = pairwise_total(&sum);
+    if (!isfinite(total)) {
+        free(parts);
+        return 0;
     }
-    if (whole < count) pairwise_add(&sum, rest);
-    double lo = INFINITY, hi = -INFINITY;
-    int64_t z = 0;
-    for (int j = 0; j < LANES; j++) {
-        lo = low[j] < lo ? low[j] : lo;
-        hi = high[j] > hi ? high[j] : hi;
-        z += zeros[j];
-    }
-    *low_out = lo;
-    *high_out = hi;
-    *zeros_out = (double)z;
-    return pairwise_total(&sum);
-}
-
-static double squares_float_pass(const float *x, size_t count, double mean) {
+    job.mean = total / (double)x->count;
+    for_spans(second, &job, spans, threads);
     Pairwise squares;
     memset(&squares, 0, sizeof squares);
-    size_t whole = count - count % BLOCK;
-    for (size_t start = 0; start < whole; start += BLOCK) {
-        double acc[LANES] = {0};
-        for (size_t i = start; i < start + BLOCK; i += LANES) {
-            for (int j = 0; j < LANES; j++) {
-                double centered = (double)x[i + j] - mean;
-                acc[j] += centered * centered;
-            }
-        }
-        pairwise_add(&squares, lanes_total(acc));
-    }
-    double rest = 0.0;
-    for (size_t i = whole; i < count; i++) {
-        double centered = (double)x[i] - mean;
-        rest += centered * centered;
-    }
-    if (whole < count) pairwise_add(&squares, rest);
-    return pairwise_total(&squares);
+    for (size_t k = 0; k < spans; k++) pairwise_add(&squares, parts[k].squares);
+    free(parts);
+    numbers[0] = low;
+    numbers[1] = high;
+    numbers[2] = job.mean;
+    numbers[3] = pairwise_total(&squares);
+    numbers[4] = (double)zeros;
+    numbers[5] = 0;
+    numbers[6] = 0;
+    return 1;
 }
 
 static void stats_compute(void *kernel, OrtKernelContext *context) {
-    Api api = ((Kernel *)kernel)->api;
+    Kernel *k = (Kernel *)kernel;
+    Api api = k->api;
     Input x = read_input(api, context, 0);
     int64_t seven = 7;
     double *numbers = (double *)output(api, context, 0, &seven, 1);
@@ -403,28 +603,16 @@ static void stats_compute(void *kernel, OrtKernelContext *context) {
     if (!numbers) {
         return;
     }
-    for (int k = 0; k < 7; k++) {
-        numbers[k] = NAN;
+    for (int j = 0; j < 7; j++) {
+        numbers[j] = NAN;
     }
     if (!x.ok && x.count) {
         return;
     }
-    if (x.source.type == T_FLOAT) {
-        const float *data = (const float *)x.source.data;
-        double low, high, zeros;
-        double total = stats_float_pass(data, x.count, &low, &high, &zeros);
-        if (isfinite(total)) {
-            double mean = total / (double)x.count;
-            numbers[0] = low;
-            numbers[1] = high;
-            numbers[2] = mean;
-            numbers[3] = squares_float_pass(data, x.count, mean);
-            numbers[4] = zeros;
-            numbers[5] = 0;
-            numbers[6] = 0;
-            return;
-        }
+    if (x.count && stats_fast(&x, k->threads, numbers)) {
+        return;
     }
+    /* The general pass (a NaN or Inf somewhere, or an empty tensor): one thread. */
     double low = INFINITY, high = -INFINITY;
     double zeros = 0, nans = 0, infs = 0;
     Pairwise sum;
@@ -488,72 +676,153 @@ static size_t stats_output_count(const OrtCustomOp *op) {
 
 /* ---- ComparePair ---------------------------------------------------------------------- */
 
-/* The float32 fast pass of ComparePair: both sides assumed finite (finite sums of
- * squares prove it afterwards: a float32 value squared cannot overflow float64). Fills
- * numbers[4..13]; the NaN/Inf counts are then 0 and every pair is finite. */
-static void compare_float_pass(const float *a, const float *e, size_t n, double atol, double rtol,
-                               double *numbers) {
-    double max_abs[LANES], max_rel[LANES], excess[LANES];
-    int64_t mismatches[LANES], nonzero[LANES];
-    for (int j = 0; j < LANES; j++) {
-        max_abs[j] = max_rel[j] = excess[j] = 0.0;
-        mismatches[j] = nonzero[j] = 0;
+/* The fast pass: both sides assumed finite, of equal sizes, and the candidate's values
+ * exact in the reference's dtype (float32/float32, float16/float16, float16/float32),
+ * so it is its own "raw" value for the severity. Finite sums of squares prove the
+ * values finite afterwards (a float32 value squared cannot overflow float64); otherwise
+ * the general pass below runs. */
+typedef struct {
+    int64_t mismatches, nonzero;
+    double max_abs, max_rel, excess, dot, norm, reference_norm;
+} ComparePart;
+
+typedef struct {
+    const void *a, *e;
+    size_t count;
+    double atol, rtol;
+    ComparePart *parts;
+} CompareJob;
+
+#define DEFINE_COMPARE(SUFFIX, LOAD_A, LOAD_E, SEVERITY)                                            \
+    static void compare_##SUFFIX(void *arg, size_t k) {                                             \
+        CompareJob *job = (CompareJob *)arg;                                                        \
+        size_t lo = k * SPAN, hi = lo + SPAN < job->count ? lo + SPAN : job->count;                 \
+        const double atol = job->atol, rtol = job->rtol;                                            \
+        double max_abs[LANES], max_rel[LANES], excess[LANES];                                       \
+        int64_t mismatches[LANES], nonzero[LANES];                                                  \
+        for (int j = 0; j < LANES; j++) {                                                           \
+            max_abs[j] = max_rel[j] = excess[j] = 0.0;                                              \
+            mismatches[j] = nonzero[j] = 0;                                                         \
+        }                                                                                           \
+        Pairwise dot, norm, reference_norm;                                                         \
+        memset(&dot, 0, sizeof dot);                                                                \
+        memset(&norm, 0, sizeof norm);                                                              \
+        memset(&reference_norm, 0, sizeof reference_norm);                                          \
+        for (size_t start = lo; start < hi; start += BLOCK) {                                       \
+            size_t end = start + BLOCK < hi ? start + BLOCK : hi;                                   \
+            double d[LANES] = {0}, q[LANES] = {0}, r[LANES] = {0};                                  \
+            size_t i = start;                                                                       \
+            for (; i + LANES <= end; i += LANES) {                                                  \
+                for (int j = 0; j < LANES; j++) {                                                   \
+                    COMPARE_STEP(LOAD_A, LOAD_E, SEVERITY, i + j, j)                                \
+                }                                                                                   \
+            }                                                                                       \
+            for (; i < end; i++) {                                                                  \
+                COMPARE_STEP(LOAD_A, LOAD_E, SEVERITY, i, 0)                                        \
+            }                                                                                       \
+            pairwise_add(&dot, lanes_total(d));                                                     \
+            pairwise_add(&norm, lanes_total(q));                                                    \
+            pairwise_add(&reference_norm, lanes_total(r));                                          \
+        }                                                                                           \
+        ComparePart *part = &job->parts[k];                                                         \
+        memset(part, 0, sizeof *part);                                                              \
+        for (int j = 0; j < LANES; j++) {                                                           \
+            part->max_abs = max_abs[j] > part->max_abs ? max_abs[j] : part->max_abs;                \
+            part->max_rel = max_rel[j] > part->max_rel ? max_rel[j] : part->max_rel;                \
+            part->excess = excess[j] > part->excess ? excess[j] : part->excess;                     \
+            part->mismatches += mismatches[j];                                                      \
+            part->nonzero += nonzero[j];                                                            \
+        }                                                                                           \
+        part->dot = pairwise_total(&dot);                                                           \
+        part->norm = pairwise_total(&norm);                                                         \
+        part->reference_norm = pairwise_total(&reference_norm);                                     \
     }
+
+/* One element: the float64 steps of surgeon.compare.in_graph's nodes, in their order. */
+#define COMPARE_STEP(LOAD_A, LOAD_E, SEVERITY, I, J)                                                \
+    {                                                                                               \
+        double x = LOAD_A(job->a, (I)), y = LOAD_E(job->e, (I));                                    \
+        double diff = fabs(x - y);                                                                  \
+        double magnitude = fabs(y);                                                                 \
+        double limit = magnitude * rtol + atol;                                                     \
+        mismatches[J] += (diff > limit) & (x != y);                                                 \
+        max_abs[J] = diff > max_abs[J] ? diff : max_abs[J];                                         \
+        nonzero[J] += y != 0.0;                                                                     \
+        /* |d| / inf = 0 where the reference is 0: left out of max_rel */                          \
+        double rel = diff / (y != 0.0 ? magnitude : INFINITY);                                      \
+        max_rel[J] = rel > max_rel[J] ? rel : max_rel[J];                                           \
+        if (SEVERITY) {                                                                             \
+            double ratio = diff / limit;                                                            \
+            excess[J] = ratio > excess[J] ? ratio : excess[J];                                      \
+        }                                                                                           \
+        d[J] += x * y;                                                                              \
+        q[J] += x * x;                                                                              \
+        r[J] += y * y;                                                                              \
+    }
+
+DEFINE_COMPARE(f32_f32, load_f32, load_f32, 0)
+DEFINE_COMPARE(f32_f32_severity, load_f32, load_f32, 1)
+DEFINE_COMPARE(f16_f16, load_f16, load_f16, 0)
+DEFINE_COMPARE(f16_f16_severity, load_f16, load_f16, 1)
+DEFINE_COMPARE(f16_f32, load_f16, load_f32, 0)
+DEFINE_COMPARE(f16_f32_severity, load_f16, load_f32, 1)
+
+/* The fast pass over spans; 0 when it does not apply or met a NaN/Inf (nothing kept). */
+static int compare_fast(const Input *a, const Input *e, double atol, double rtol, const Kernel *kernel,
+                        double *numbers) {
+    int ta = a->source.type, te = e->source.type, s = kernel->severity;
+    SpanFn fn;
+    if (a->count != e->count || !a->count) return 0;
+    if (ta == T_FLOAT && te == T_FLOAT) {
+        fn = s ? compare_f32_f32_severity : compare_f32_f32;
+    } else if (ta == T_FLOAT16 && te == T_FLOAT16) {
+        fn = s ? compare_f16_f16_severity : compare_f16_f16;
+    } else if (ta == T_FLOAT16 && te == T_FLOAT) {
+        fn = s ? compare_f16_f32_severity : compare_f16_f32;
+    } else {
+        return 0;
+    }
+    size_t spans = span_count(a->count);
+    ComparePart *parts = (ComparePart *)malloc(spans * sizeof *parts);
+    if (!parts) return 0;
+    CompareJob job = {a->source.data, e->source.data, a->count, atol, rtol, parts};
+    for_spans(fn, &job, spans, kernel->threads);
     Pairwise dot, norm, reference_norm;
     memset(&dot, 0, sizeof dot);
     memset(&norm, 0, sizeof norm);
     memset(&reference_norm, 0, sizeof reference_norm);
-    size_t whole = n - n % BLOCK;
-    for (size_t start = 0; start <= n && start < n; start += BLOCK) {
-        size_t end = start < whole ? start + BLOCK : n;
-        size_t step = start < whole ? LANES : 1;
-        double d[LANES] = {0}, q[LANES] = {0}, r[LANES] = {0};
-        for (size_t i = start; i < end; i += step) {
-            for (int j = 0; j < (int)step; j++) {
-                double x = (double)a[i + j], y = (double)e[i + j];
-                double diff = fabs(x - y);
-                double magnitude = fabs(y);
-                double limit = magnitude * rtol + atol;
-                mismatches[j] += (diff > limit) & (x != y);
-                max_abs[j] = diff > max_abs[j] ? diff : max_abs[j];
-                nonzero[j] += y != 0.0;
-                /* |d| / inf = 0 where the reference is 0: left out of max_rel */
-                double rel = diff / (y != 0.0 ? magnitude : INFINITY);
-                max_rel[j] = rel > max_rel[j] ? rel : max_rel[j];
-                double ratio = diff / limit;
-                excess[j] = ratio > excess[j] ? ratio : excess[j];
-                d[j] += x * y;
-                q[j] += x * x;
-                r[j] += y * y;
-            }
-        }
-        pairwise_add(&dot, lanes_total(d));
-        pairwise_add(&norm, lanes_total(q));
-        pairwise_add(&reference_norm, lanes_total(r));
+    ComparePart all;
+    memset(&all, 0, sizeof all);
+    for (size_t k = 0; k < spans; k++) {
+        all.mismatches += parts[k].mismatches;
+        all.nonzero += parts[k].nonzero;
+        all.max_abs = parts[k].max_abs > all.max_abs ? parts[k].max_abs : all.max_abs;
+        all.max_rel = parts[k].max_rel > all.max_rel ? parts[k].max_rel : all.max_rel;
+        all.excess = parts[k].excess > all.excess ? parts[k].excess : all.excess;
+        pairwise_add(&dot, parts[k].dot);
+        pairwise_add(&norm, parts[k].norm);
+        pairwise_add(&reference_norm, parts[k].reference_norm);
     }
-    double worst_abs = 0, worst_rel = 0, worst_excess = 0;
-    int64_t m = 0, nz = 0;
-    for (int j = 0; j < LANES; j++) {
-        worst_abs = max_abs[j] > worst_abs ? max_abs[j] : worst_abs;
-        worst_rel = max_rel[j] > worst_rel ? max_rel[j] : worst_rel;
-        worst_excess = excess[j] > worst_excess ? excess[j] : worst_excess;
-        m += mismatches[j];
-        nz += nonzero[j];
-    }
-    numbers[4] = (double)m;
-    numbers[5] = (double)n;
-    numbers[6] = (double)nz;
-    numbers[7] = worst_abs;
-    numbers[8] = worst_rel;
+    free(parts);
+    double q = pairwise_total(&norm), r = pairwise_total(&reference_norm);
+    if (!isfinite(q) || !isfinite(r)) return 0;
+    numbers[0] = numbers[1] = numbers[2] = numbers[3] = 0;
+    numbers[4] = (double)all.mismatches;
+    numbers[5] = (double)a->count;
+    numbers[6] = (double)all.nonzero;
+    numbers[7] = all.max_abs;
+    numbers[8] = all.max_rel;
     numbers[9] = pairwise_total(&dot);
-    numbers[10] = pairwise_total(&norm);
-    numbers[11] = pairwise_total(&reference_norm);
-    numbers[12] = worst_excess;
+    numbers[10] = q;
+    numbers[11] = r;
+    numbers[12] = s ? all.excess : NAN;
     numbers[13] = 0;
+    return 1;
 }
 
 static void compare_compute(void *kernel, OrtKernelContext *context) {
-    Api api = ((Kernel *)kernel)->api;
+    Kernel *k = (Kernel *)kernel;
+    Api api = k->api;
     Input a = read_input(api, context, 0);
     Input e = read_input(api, context, 1);
     Input tol = read_input(api, context, 2);
@@ -564,23 +833,20 @@ static void compare_compute(void *kernel, OrtKernelContext *context) {
     if (!numbers) {
         return;
     }
-    for (int k = 0; k < 14; k++) {
-        numbers[k] = NAN;
+    for (int j = 0; j < 14; j++) {
+        numbers[j] = NAN;
     }
     if ((!a.ok && a.count) || (!e.ok && e.count) || !tol.ok || tol.source.type != T_DOUBLE || tol.count != 2) {
         return;
     }
     const double atol = ((const double *)tol.source.data)[0];
     const double rtol = ((const double *)tol.source.data)[1];
-    const int as_type = e.source.type;
-    if (a.source.type == T_FLOAT && as_type == T_FLOAT && a.count == e.count) {
-        compare_float_pass((const float *)a.source.data, (const float *)e.source.data, a.count, atol,
-                           rtol, numbers);
-        if (isfinite(numbers[10]) && isfinite(numbers[11])) {
-            numbers[0] = numbers[1] = numbers[2] = numbers[3] = 0;
-            return;
-        }
+    if (compare_fast(&a, &e, atol, rtol, k, numbers)) {
+        return;
     }
+    /* The general pass (NaN/Inf, other sizes, a float32 candidate rounded to a float16
+     * reference, or an empty pair): one thread. */
+    const int as_type = e.source.type;
     double nan_a = 0, nan_e = 0, inf_a = 0, inf_e = 0;
     /* NaN and Inf are counted over each whole side; the rest over the common length. */
     for (size_t i = 0; i < a.count; i++) {
@@ -648,7 +914,7 @@ static void compare_compute(void *kernel, OrtKernelContext *context) {
     numbers[9] = pairwise_total(&dot);
     numbers[10] = pairwise_total(&norm);
     numbers[11] = pairwise_total(&reference_norm);
-    numbers[12] = excess;
+    numbers[12] = k->severity ? excess : NAN;
     numbers[13] = born;
 }
 

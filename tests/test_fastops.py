@@ -53,7 +53,7 @@ def _model(nodes, inputs, outputs, initializers=()) -> Model:
     return Model(proto)
 
 
-def _compare(a: np.ndarray, b: np.ndarray, tolerance: Tolerance):
+def _compare(a: np.ndarray, b: np.ndarray, tolerance: Tolerance, severity: bool = False):
     graph = helper.make_graph(
         [],
         "g",
@@ -63,7 +63,9 @@ def _compare(a: np.ndarray, b: np.ndarray, tolerance: Tolerance):
         ],
         [],
     )
-    out = add_fused_comparison(graph, "a", _ELEM[a.dtype], "b", _ELEM[b.dtype], tolerance, "c/")
+    out = add_fused_comparison(
+        graph, "a", _ELEM[a.dtype], "b", _ELEM[b.dtype], tolerance, "c/", severity=severity
+    )
     model = _model(list(graph.node), list(graph.input), out.names(), graph.initializer)
     got = run(model, {"a": a, "b": b}, options=RunOptions())
     assert not needs_general(out, got)
@@ -184,7 +186,7 @@ def test_float32_rounded_to_float16_as_numpy_rounds():
 def test_severity_equals_numpys(kind, tolerance):
     with np.errstate(over="ignore"):
         actual, expected = _arrays(np.random.default_rng(3), kind)
-    out, got = _compare(actual, expected, tolerance)
+    out, got = _compare(actual, expected, tolerance, severity=True)
     assert severity_from_outputs(out, got) == _excess_and_born(actual, expected, tolerance)
     want = compare_arrays(as_reference_dtype(actual, expected)[0], expected, tolerance)
     _same(diff_from_outputs(out, got, tolerance, name="", reference=""), want)
@@ -239,3 +241,34 @@ def test_statistics_of_a_large_offset_tensor_keep_numpys_std():
     assert s.mean == pytest.approx(float(v.mean()), rel=1e-14)
     assert s.std == pytest.approx(float(v.std()), rel=1e-9)
     assert math.isfinite(s.std)
+
+
+def test_threads_do_not_change_the_numbers():
+    # Spans of 2**16 elements are combined in their order, whatever thread ran them.
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(5 * 2**16 + 11) * 10 + 3).astype(np.float32)
+    y = (x + rng.standard_normal(x.size).astype(np.float32) * 1e-3).astype(np.float32)
+    tol = onnx.numpy_helper.from_array(np.array([1e-4, 1e-4]), "tol")
+    got = []
+    for threads in (1, 2, 3, 8):
+        nodes = [
+            helper.make_node(
+                fastops.STATS, ["x"], ["s", "shape"], domain=fastops.DOMAIN, threads=threads
+            ),
+            helper.make_node(
+                fastops.COMPARE,
+                ["x", "y", "tol"],
+                ["c", "cs", "ys"],
+                domain=fastops.DOMAIN,
+                threads=threads,
+                severity=1,
+            ),
+        ]
+        inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("x", "y")]
+        model = _model(nodes, inputs, ["s", "c"], [tol])
+        values = run(model, {"x": x, "y": y}, options=RunOptions())
+        got.append((values["s"].tobytes(), values["c"].tobytes()))
+    assert len(set(got)) == 1
+    s = np.frombuffer(got[0][0])
+    v = x.astype(np.float64)
+    assert s[2] == pytest.approx(v.mean(), rel=1e-14)

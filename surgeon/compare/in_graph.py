@@ -388,12 +388,11 @@ def add_fused_comparison(
     """:func:`add_comparison` as one node of surgeon's kernel library (see
     :mod:`surgeon.fastops`; only when ``fastops.available()``, and the graph's model must
     import its domain): the same numbers from one pass over the pair, NaN, Inf and
-    shape mismatches included, so no pair is compared twice. ``severity`` costs nothing
-    more (the numbers are always there); the shape plan add_fast_comparison takes
-    (``rank``, ``size``) is not needed."""
+    shape mismatches included, so no pair is compared twice. The shape plan
+    add_fast_comparison takes (``rank``, ``size``) is not needed."""
     from surgeon import fastops
 
-    del severity, _plan
+    del _plan
     b = _Builder(graph, prefix, shared)
     bounds = b.const(np.array([tolerance.atol, tolerance.rtol], np.float64))
     inputs = [actual, expected]
@@ -402,7 +401,8 @@ def add_fused_comparison(
         flat = b.const(np.array([-1], np.int64))
         inputs = [b.node("Reshape", [x, flat]) for x in inputs]
     numbers, shape, reference_shape = b.name(), b.name(), b.name()
-    fill_node(graph.node.add(), fastops.COMPARE, [*inputs, bounds], numbers)
+    # (without severity the kernel skips its division per element)
+    fill_node(graph.node.add(), fastops.COMPARE, [*inputs, bounds], numbers, severity=int(severity))
     node = graph.node[-1]
     node.domain = fastops.DOMAIN
     node.output.extend([shape, reference_shape])
