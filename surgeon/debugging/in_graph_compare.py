@@ -55,7 +55,8 @@ from surgeon.errors import SurgeonError
 from surgeon.external import external_tensors, inline_all
 from surgeon.model import Model, dtype_name
 from surgeon.protos import copy_without_nodes, fill_node
-from surgeon.runner import BorrowedWeights, RunOptions, run
+from surgeon.runner import BorrowedWeights, RunOptions, Session, run
+from surgeon.statistics.in_graph import StatsOutputs, add_fused_stats
 
 if TYPE_CHECKING:
     from surgeon.precision.isolated import Twin
@@ -63,6 +64,7 @@ if TYPE_CHECKING:
 _PREFIX = "surgeon.ref/"
 _COMPARE_PREFIX = "surgeon.cmp/"
 _ISOLATED_PREFIX = "surgeon.iso/"
+_STATS_PREFIX = "surgeon.stats/"  # the candidate's statistics (Fold)
 _DTYPE_NAMES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
 
 
@@ -107,6 +109,31 @@ class InGraphResult:
     isolated: dict[str, tuple[TensorDiff, float | None, int]] = field(default_factory=dict)
     # fed candidate tensors whose finite reference value overflowed the candidate's dtype
     overflowed: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Fold:
+    """The candidate's statistics and tap check folded into the merged run (debug
+    ``--ref`` with surgeon's kernel library): no separate statistics run.
+
+    The merged model also measures each of ``taps`` right after it is made (the
+    kernel's TensorStats; other dtypes are fetched) and exposes the candidate's original
+    outputs ``outputs`` under their own names. ``before_run`` is called once the merged
+    session is built, right before it runs (the caller's plain run, overlapping the
+    build, ends there); ``finish(stats, values)`` gets each tap's StatsOutputs and the
+    merged run's values, once, after the run that compared the pairs; ``check`` is called
+    when a merged run fails.
+    """
+
+    taps: Sequence[str]
+    types: Mapping[str, onnx.TypeProto]
+    outputs: Sequence[str]
+    before_run: Callable[[], None]
+    finish: Callable[[dict, dict], None]
+    # raises the candidate's own error when its plain run failed (a failed merged run
+    # is first blamed on the candidate, as the separate statistics run would)
+    check: Callable[[], None]
+    stats: dict = field(default_factory=dict)  # tap -> StatsOutputs, filled by the merge
 
 
 @dataclass(frozen=True)
@@ -345,6 +372,7 @@ def compare_in_graph(
     *,
     keep_reference: Sequence[str] = (),
     units: Sequence[IsolatedUnit] = (),
+    fold: Fold | None = None,
 ) -> InGraphResult:
     """Run ``model`` and ``reference`` as one model and compare each (candidate tensor,
     reference tensor) of ``pairs``.
@@ -365,6 +393,8 @@ def compare_in_graph(
             ``types`` and ``reference_types``, every pair accepted by
             in_graph_comparable, and the tolerance by severity_in_graph); their diffs
             and severity numbers go to ``InGraphResult.isolated``.
+        fold: The candidate's statistics and tap check in the same run (only where
+            ``fastops.available()``: then no pair is compared twice).
 
     Raises:
         RuntimeFailure: onnxruntime cannot run the merged model.
@@ -417,8 +447,11 @@ def compare_in_graph(
         tolerance,
         options,
         plan,
+        fold,
     )
     result.runs = 1
+    if fold is not None:
+        fold.finish(fold.stats, got)
     again = [pair for pair in fast if needs_general(outputs[pair], got)]
     for c, r in fetched:
         actual, expected = got[c], got[merge.rename(r)]
@@ -505,6 +538,7 @@ class _Merge:
         # reference name can (those start with self.prefix).
         self.compare_prefix = _fresh_prefix(taken, _COMPARE_PREFIX)
         self.isolated_prefix = _fresh_prefix(taken, _ISOLATED_PREFIX)
+        self.stats_prefix = _fresh_prefix(taken, _STATS_PREFIX)
         self.shapes: dict[str, tuple[int, ...]] = {}  # candidate tensor -> its static shape
         ref = reference.proto
         inits = {t.name for t in ref.graph.initializer}
@@ -554,10 +588,12 @@ class _Merge:
         tolerance,
         options,
         plan: _UnitPlan | None = None,
+        fold: Fold | None = None,
     ):
         """One run comparing ``fast`` and ``general`` pairs, running ``plan``'s isolated
         units and fetching ``values``: (pair -> its ComparisonOutputs, the fetched
-        outputs); the units' comparison outputs go into ``plan``."""
+        outputs); the units' comparison outputs go into ``plan``, ``fold``'s statistics
+        outputs into ``fold.stats``."""
         src, ref, rename, prefix = (
             self.model.proto,
             self.reference_proto(),
@@ -594,9 +630,23 @@ class _Merge:
         next_ref = 0
         shared = SharedNodes()  # one constant per value, one reference side per tensor
         # surgeon's kernel where available: one node and one pass per pair
-        fused = fastops.available()
+        fused = fastops.available() or fold is not None
         if fused:
             proto.opset_import.add(domain=fastops.DOMAIN, version=1)
+        measured: dict[str, StatsOutputs] = {}
+        measure = set(fold.taps) if fold is not None else set()
+
+        def measure_tap(t: str) -> None:
+            # the candidate's statistics (Fold), right after the tensor is made
+            if t not in measure or t in measured:
+                return
+            ty = fold.types.get(t)
+            elem = ty.tensor_type.elem_type if ty is not None and ty.HasField("tensor_type") else 0
+            if elem in fastops.STATS_TYPES:
+                measured[t] = add_fused_stats(graph, t, f"{self.stats_prefix}{len(measured)}")
+            else:  # the value itself, measured with numpy
+                measured[t] = StatsOutputs(value=t)
+
         builder = {pair: add_fused_comparison if fused else add_fast_comparison for pair in fast}
         builder.update(
             {pair: add_fused_comparison if fused else add_comparison for pair in general}
@@ -723,9 +773,12 @@ class _Merge:
         for c in [c for c in waiting if c not in produced]:  # graph inputs, initializers
             for pair in waiting.pop(c):
                 compare(*pair)
+        for t in measure - produced:  # graph inputs, initializers: their values
+            measured[t] = StatsOutputs(value=t)
         for position, node in enumerate(src.graph.node):
             graph.node.append(node)
             for o in node.output:
+                measure_tap(o)
                 for pair in waiting.pop(o, []):
                     compare(*pair)
             for k in after.get(position, []):
@@ -736,8 +789,18 @@ class _Merge:
             n for compared in plan.compared for out in compared.values() for n in out.names()
         ]
         wanted += list(plan.overflow.values())
+        if fold is not None:
+            fold.stats = measured
+            # the candidate's original outputs (the tap check) and its statistics
+            # (an output that is a graph input is the feed's value: not fetched)
+            inputs = {i.name for i in src.graph.input}
+            wanted += [o for o in fold.outputs if o not in inputs]
+            wanted += [n for outs in measured.values() for n in outs]
+            wanted = list(dict.fromkeys(wanted))
+        have_output = {o.name for o in graph.output}
         for name in wanted:
-            graph.output.add().name = name
+            if name not in have_output:
+                graph.output.add().name = name
         files = list(self.model.external_data_files)
         stamps = dict(self.model.external_stamps)
         if ref is self.reference.proto:  # its external tensors are in the same folder
@@ -753,7 +816,10 @@ class _Merge:
         merged_options = dataclasses.replace(
             options, execution_order="priority", memory_arena=False
         )
-        got = run(merged, run_feeds, outputs=wanted, options=merged_options, initializers=lent)
+        session = Session(merged, extra_outputs=wanted, options=merged_options, initializers=lent)
+        if fold is not None:
+            fold.before_run()
+        got = session.run(run_feeds, wanted)
         return outputs, got
 
 

@@ -3,13 +3,16 @@ compare with the reference; and :func:`save_values` for the tapped values."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnx
 
+from surgeon import fastops
 from surgeon.compare import EXACT, DiffReport
 from surgeon.debugging import bodies as body_taps
 from surgeon.debugging._graph import DebugFacts
@@ -37,7 +40,7 @@ from surgeon.errors import RuntimeFailure, SurgeonError, UsageError
 from surgeon.feeds import describe_feeds, make_feeds
 from surgeon.model import Model, dtype_name
 from surgeon.protos import declared_nbytes, iter_tensors, tensor_nbytes
-from surgeon.runner import BorrowedWeights, RunOptions, through_file
+from surgeon.runner import BorrowedWeights, RunOptions, run, through_file
 from surgeon.statistics import (
     TensorStats,
     build_stats_model,
@@ -106,6 +109,10 @@ def debug(
     # A reference model compared inside onnxruntime needs no candidate values: the
     # tapped run stays a statistics run (compare_layers then merges the two models).
     in_graph = bodies is None and compares_in_graph(model, ref, options)
+    if in_graph and _folds(model, options):
+        folded = _debug_folded(facts, taps, feeds, ref, options, run_options, notes, origin, say)
+        if folded is not None:
+            return folded
     has_ref, unstackable = ref is not None and not in_graph, {}
     while True:
         try:
@@ -120,47 +127,16 @@ def debug(
     if unstackable:
         run.notes.append(body_taps.dropped_note(list(unstackable)))
     body_results = body_taps.finish_body_taps(run.stats, run.values, bodies) if bodies else []
-    for s in run.stats:
-        if s.flags:
-            s.origin = origin(s.node)
-    nonfinite = blame_nonfinite(model, run.stats, feeds, facts=facts)
-    if bodies is not None:
-        body_taps.reblame_body_nonfinite(nonfinite, run.stats, bodies, facts)
-    for x in nonfinite:
-        if x.fails:
-            x.origin = origin(x.node)
-    report = DebugReport(
-        model=model.name,
-        stats=run.stats,
-        tap_check=run.tap_check,
-        not_tappable={
-            **not_tappable(model),
-            **{
-                t: "(not a tensor, or its dtype unknown)"
-                for t in (bodies.untyped if bodies else ())
-            },
-            **unstackable,
-        },
-        feeds=describe_feeds(feeds),
-        seed=options.feed_options.seed,
-        optimization=options.optimization,
-        first_anomaly=rank_anomaly(run.stats, nonfinite, facts.constants),
-        mode=run.mode,
-        nonfinite=nonfinite,
-        notes=notes + run.notes,
+    report = _new_report(model, feeds, options, notes, run.mode)
+    report.not_tappable.update(
+        {t: "(not a tensor, or its dtype unknown)" for t in (bodies.untyped if bodies else ())}
     )
-    report.feed_values = dict(feeds)
+    report.not_tappable.update(unstackable)
+    _fill_from_run(report, run, facts, feeds, origin, bodies)
     if bodies is not None:
         report.bodies = {"taps": [b.to_dict() for b in body_results]}
         executed = {s.name for s in run.stats}
         taps = [t for t in taps if t not in bodies.taps or t in executed]
-    if run.tap_check is not None:  # name the two sides apart in the report
-        run.tap_check.candidate = f"{model.name} (tapped)"
-    report.float16 = any(s.dtype == "float16" for s in run.stats)
-    report.float16_tap_tolerance = (
-        run.tap_check is not None and run.tap_check.tolerance == FLOAT16_TAP_TOLERANCE
-    )
-    report.shape_mismatches = _declared_vs_real(model, feeds, run.stats, run.values)
     if options.keep_values:
         report.values = {t: run.values[t] for t in taps if t in run.values}
     if ref is not None:
@@ -170,6 +146,160 @@ def debug(
             lookup = body_taps.reference_lookup(report, model, feeds, ref, options, run_options)
             body_taps.refine_body_root(report, bodies, run.values, lookup)
     return report
+
+
+def _new_report(
+    model: Model, feeds: Mapping[str, np.ndarray], options: DebugOptions, notes, mode: str
+) -> DebugReport:
+    """A report before the tapped run: what the run's results are added to."""
+    report = DebugReport(
+        model=model.name,
+        stats=[],
+        tap_check=None,
+        not_tappable=dict(not_tappable(model)),
+        feeds=describe_feeds(feeds),
+        seed=options.feed_options.seed,
+        optimization=options.optimization,
+        mode=mode,
+        notes=list(notes),
+    )
+    report.feed_values = dict(feeds)
+    return report
+
+
+def _fill_from_run(
+    report: DebugReport, run: _TapRun, facts: DebugFacts, feeds, origin, bodies=None
+) -> None:
+    """The tapped run's results into ``report``: statistics with the origins of flagged
+    tensors, the tap check, where each NaN/Inf was born, the first anomaly, and the
+    declared shapes the run contradicted."""
+    model = facts.model
+    for s in run.stats:
+        if s.flags:
+            s.origin = origin(s.node)
+    nonfinite = blame_nonfinite(model, run.stats, feeds, facts=facts)
+    if bodies is not None:
+        body_taps.reblame_body_nonfinite(nonfinite, run.stats, bodies, facts)
+    for x in nonfinite:
+        if x.fails:
+            x.origin = origin(x.node)
+    report.stats = run.stats
+    report.tap_check = run.tap_check
+    report.nonfinite = nonfinite
+    report.first_anomaly = rank_anomaly(run.stats, nonfinite, facts.constants)
+    report.notes += run.notes
+    if run.tap_check is not None:  # name the two sides apart in the report
+        run.tap_check.candidate = f"{model.name} (tapped)"
+    report.float16 = any(s.dtype == "float16" for s in run.stats)
+    report.float16_tap_tolerance = (
+        run.tap_check is not None and run.tap_check.tolerance == FLOAT16_TAP_TOLERANCE
+    )
+    report.shape_mismatches = _declared_vs_real(model, feeds, run.stats, run.values)
+
+
+def _folds(model: Model, options: DebugOptions) -> bool:
+    """Whether debug --ref folds the statistics run into the merged run (see
+    :func:`_debug_folded`): surgeon's kernels built, no values kept, opset 11 or later
+    (statistics mode's condition)."""
+    return fastops.available() and not options.keep_values and model.opset >= 11
+
+
+def _debug_folded(
+    facts: DebugFacts, taps, feeds, ref, options: DebugOptions, run_options, notes, origin, say
+) -> DebugReport | None:
+    """debug --ref with the candidate measured in the merged run of the layer comparison
+    (:class:`surgeon.debugging.in_graph_compare.Fold`): one run of the candidate fewer.
+
+    The tap check compares the merged model's copies of the original outputs with a plain
+    run of the untapped model (bit for bit, as the statistics run's), made in a thread
+    while the merged model is built where the weights are small. The statistics are
+    surgeon's kernel's, as in the statistics run (NaN/Inf counted at once). What follows
+    is debug's usual path: NaN/Inf blame, first anomaly, then the layers. None when
+    declined (a float16 or bfloat16 model): the caller takes the usual path.
+    """
+    from surgeon.debugging.in_graph_compare import Fold
+    from surgeon.verification import Overlap, tap_check_report
+
+    model = facts.model
+    say(f"typing {len(taps)} tapped tensors")
+    graph_outputs = set(model.output_names)
+    types = learn_types(model, [t for t in taps if t not in graph_outputs], run_options)
+    for vi in model.proto.graph.output:
+        if vi.type.tensor_type.elem_type:
+            types.setdefault(vi.name, vi.type)
+    narrow = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+    if any(t.tensor_type.elem_type in narrow for t in types.values()):
+        # Declined: a measuring node on a float16 tensor makes onnxruntime round it where
+        # it otherwise computes the chain in float32 (the reference's copy would not
+        # be), so the pairs are compared apart from the statistics (debug's usual path).
+        return None
+    tap_tolerance, tolerance_notes = _tap_tolerance(options, types)
+    report = _new_report(model, feeds, options, notes, "statistics")
+    outputs = list(model.output_names)
+    plain_options = dataclasses.replace(run_options, memory_arena=False)
+    say(f"running {model.name} and {ref.label} with {len(taps)} taps and the tap check")
+    # The plain run overlaps the merged model's build (one core each) where the weights
+    # are small: both hold them for that moment.
+    alongside = _weight_bytes(model) <= ALONGSIDE_WEIGHTS and not through_file(model)
+    plain = Overlap(model, feeds, outputs, plain_options) if alongside else None
+    expected: dict[str, np.ndarray] = {}
+
+    def plain_values() -> dict[str, np.ndarray]:
+        if not expected:
+            expected.update(
+                plain.result() if plain is not None else run(model, feeds, options=plain_options)
+            )
+        return expected
+
+    def finish(stats_outputs, values) -> None:
+        tap_check = tap_check_report(
+            model,
+            {o: values[o] for o in outputs if o in values},
+            plain_values(),
+            feeds,
+            tap_tolerance,
+            "tap check: original outputs unchanged",
+        )
+        stats = []
+        for i, t in enumerate(taps):
+            node, op, _ = facts.node_info.get(t, ("?", "?", []))
+            dtype = dtype_name(types[t].tensor_type.elem_type) if t in types else None
+            stats.append(stats_from_outputs(t, node, op, i, stats_outputs[t], values, dtype))
+        run_result = _TapRun("statistics", stats, tap_check, values, tolerance_notes)
+        _fill_from_run(report, run_result, facts, feeds, origin)
+
+    fold = Fold(
+        taps=taps,
+        types=types,
+        outputs=outputs,
+        before_run=plain_values,
+        finish=finish,
+        check=plain_values,
+    )
+    try:
+        compare_layers(report, facts, taps, {}, feeds, ref, options, run_options, origin, fold)
+    except BaseException:
+        # A run left in the thread is waited for (see verify), its error dropped.
+        if plain is not None:
+            with contextlib.suppress(Exception):
+                plain.result()
+        raise
+    return report
+
+
+def _tap_tolerance(options: DebugOptions, types) -> tuple:
+    """The tap check's tolerance (bit-identity at optimisation level disabled, except for
+    a float16 model) and the note that explains a float16 allowance."""
+    tolerance = EXACT if options.optimization == "disabled" else options.tolerance
+    if options.optimization == "disabled" and computes_in_float16(types):
+        tolerance = FLOAT16_TAP_TOLERANCE
+        return tolerance, [
+            "float16 model: the tap check allows atol="
+            f"{tolerance.atol:.3g}, rtol={tolerance.rtol:.3g} (8 float16 ulps at 1) "
+            "instead of bit-identity, because onnxruntime's CPU computes float16 chains in "
+            "float32 and rounds only where a tensor is exposed, so a tap moves the last bits"
+        ]
+    return tolerance, []
 
 
 def _make_feeds(model: Model, ref: Reference | None, options: DebugOptions):
@@ -233,16 +363,7 @@ def _tap_and_measure(
     for vi in model.proto.graph.output:
         if vi.type.tensor_type.elem_type:
             types.setdefault(vi.name, vi.type)
-    tap_tolerance = EXACT if options.optimization == "disabled" else options.tolerance
-    notes: list[str] = []
-    if options.optimization == "disabled" and computes_in_float16({**types, **inside_types}):
-        tap_tolerance = FLOAT16_TAP_TOLERANCE
-        notes.append(
-            "float16 model: the tap check allows atol="
-            f"{tap_tolerance.atol:.3g}, rtol={tap_tolerance.rtol:.3g} (8 float16 ulps at 1) "
-            "instead of bit-identity, because onnxruntime's CPU computes float16 chains in "
-            "float32 and rounds only where a tensor is exposed, so a tap moves the last bits"
-        )
+    tap_tolerance, notes = _tap_tolerance(options, {**types, **inside_types})
     want_values = has_reference or options.keep_values or model.opset < 11 or bool(inside)
 
     def checked_run(candidate, fetch, candidate_options, sink, weights=None, alongside=False):

@@ -178,9 +178,14 @@ def compare_layers(
     options: DebugOptions,
     run_options: RunOptions,
     origin,
+    fold=None,
 ) -> None:
     """Compare each tapped tensor with its reference value and name the root cause, into
     ``report`` (its ``layers``, ``unmatched``, ``root_cause`` and related fields).
+
+    ``fold`` (a :class:`surgeon.debugging.in_graph_compare.Fold`, for a reference model
+    compared inside onnxruntime): the tapped run's statistics and tap check are made in
+    the merged run too, and handed to ``fold.finish`` before the layers are judged.
 
     Raises:
         NameNotFoundError: A ``name_map`` entry names no tensor.
@@ -202,7 +207,9 @@ def compare_layers(
         )
         if report.mode == "statistics":
             # the tapped run fetched no values: compare_layers_in_graph's path
-            _compare_layers_in_graph(report, facts, taps, feeds, ref, options, run_options, origin)
+            _compare_layers_in_graph(
+                report, facts, taps, feeds, ref, options, run_options, origin, fold
+            )
             return
     if ref.kind == "arrays":
         expected = ref.source
@@ -245,7 +252,7 @@ def compares_in_graph(model: Model, ref: Reference | None, options: DebugOptions
 
 
 def _compare_layers_in_graph(
-    report, facts, taps, feeds, ref: Reference, options, run_options, origin
+    report, facts, taps, feeds, ref: Reference, options, run_options, origin, fold=None
 ) -> None:
     """:func:`compare_layers` for a reference model, compared inside onnxruntime: the
     candidate's values never leave it (the tapped run was a statistics run).
@@ -337,6 +344,7 @@ def _compare_layers_in_graph(
                 run_options,
                 keep_reference=keep,
                 units=units,
+                fold=fold,
             )
 
         try:
@@ -361,6 +369,8 @@ def _compare_layers_in_graph(
             plan, result = attempt(*typed, planned=planned)
             break
         except RuntimeFailure as e:
+            if fold is not None:
+                fold.check()  # the candidate's own failure (its plain run) comes first
             if k == len(attempts) - 1:
                 raise _random_feeds_failure(e, report, model, own) from None
     report.reference = ref.label

@@ -508,18 +508,7 @@ def build_stats_model(
                 continue
             elem = types[t].tensor_type.elem_type if t in types else TensorProto.UNDEFINED
             if fused and elem in fastops.STATS_TYPES:
-                # One pass of surgeon's kernel: every number, NaN/Inf counts included.
-                p = f"{prefix}/{len(outputs)}"
-                fill_node(graph.node.add(), fastops.STATS, [t], f"{p}/stats")
-                graph.node[-1].output.append(f"{p}/shape")
-                graph.node[-1].domain = fastops.DOMAIN
-                graph.output.extend(
-                    [
-                        helper.make_tensor_value_info(f"{p}/stats", TensorProto.DOUBLE, [7]),
-                        helper.make_tensor_value_info(f"{p}/shape", TensorProto.INT64, [None]),
-                    ]
-                )
-                outputs[t] = StatsOutputs(packed=f"{p}/stats", shape=f"{p}/shape")
+                outputs[t] = add_fused_stats(graph, t, f"{prefix}/{len(outputs)}")
                 continue
             if (
                 elem in _FETCHED
@@ -539,6 +528,24 @@ def build_stats_model(
     for t in taps:  # graph inputs or names no node produces: nothing to insert after
         outputs.setdefault(t, StatsOutputs(value=t))
     return model.with_proto(proto), outputs
+
+
+def add_fused_stats(graph: onnx.GraphProto, tensor: str, prefix: str) -> StatsOutputs:
+    """Append one node of surgeon's kernel library measuring ``tensor`` (every number,
+    NaN/Inf counts included, in one pass; see :mod:`surgeon.fastops`) and make its
+    outputs graph outputs. Only where ``fastops.available()``, for a tensor whose element
+    type is in ``fastops.STATS_TYPES``; the model must import ``fastops.DOMAIN``."""
+    numbers, shape = f"{prefix}/stats", f"{prefix}/shape"
+    node = fill_node(graph.node.add(), fastops.STATS, [tensor], numbers)
+    node.output.append(shape)
+    node.domain = fastops.DOMAIN
+    graph.output.extend(
+        [
+            helper.make_tensor_value_info(numbers, TensorProto.DOUBLE, [7]),
+            helper.make_tensor_value_info(shape, TensorProto.INT64, [None]),
+        ]
+    )
+    return StatsOutputs(packed=numbers, shape=shape)
 
 
 def _stats_from_numbers(
