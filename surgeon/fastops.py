@@ -85,8 +85,10 @@ def _self_test() -> bool:
     try:
         # through surgeon's runner, which registers the library for the domain
         session = Session(Model(proto))
-        finite = [session.run({"x": x, "y": y})[n] for n in names]
-        general = [session.run({"x": x_bad, "y": y_bad})[n] for n in names]
+        got = session.run({"x": x, "y": y}, names)
+        finite = [got[n] for n in names]
+        got = session.run({"x": x_bad, "y": y_bad}, names)
+        general = [got[n] for n in names]
     except SurgeonError:
         return False
     d = x.astype(np.float64)

@@ -10,8 +10,9 @@ sequence (what a merge must reproduce).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -111,6 +112,7 @@ class _Overlap:
     """
 
     def __init__(self, reference: Model, feeds, names, options) -> None:
+        self.reference = reference
         self.built = threading.Event()
         self.session_failed = False
         self._outcome: dict = {}
@@ -138,8 +140,27 @@ class _Overlap:
         return self._outcome["value"]
 
 
-# (debug's folded --ref run starts the plain run of the untapped model itself)
+# (debug starts the plain run of the untapped model itself, see reference_started)
 Overlap = _Overlap
+
+_STARTED: contextvars.ContextVar[_Overlap | None] = contextvars.ContextVar(
+    "surgeon_reference_started", default=None
+)
+
+
+@contextlib.contextmanager
+def reference_started(overlap: _Overlap | None) -> Iterator[None]:
+    """Within this block, :func:`verify` of ``overlap``'s reference model takes that
+    thread's values (an :class:`Overlap` the caller started earlier on the same feeds,
+    for the reference tensors verify compares) instead of running the reference: so its
+    run also overlaps the caller's own work before verify (debug's tap check overlaps
+    the typing and the statistics model's making). Not a parameter of verify: an
+    internal thread is no part of the public call."""
+    token = _STARTED.set(overlap)
+    try:
+        yield
+    finally:
+        _STARTED.reset(token)
 
 
 def tap_check_report(
@@ -229,6 +250,8 @@ def verify(
             built first, then its run overlaps the candidate's build on two cores, and
             it is gone before the candidate runs. Errors are the sequential order's. For
             models whose weights are small: for that moment both sessions hold them.
+            A thread the caller started earlier for this reference (see
+            :func:`reference_started`) is taken instead of a new one.
 
     Returns:
         A DiffReport; truthy when every pair matched and there was at least one (with
@@ -282,7 +305,13 @@ def verify(
     reference_last = reference_last and not candidate_inputs
     overlap = None
     expected: dict[str, np.ndarray] = {}
-    if reference_alongside and not reference_last and not candidate_inputs:
+    started = _STARTED.get()
+    if started is not None and started.reference is reference:
+        overlap = started
+        overlap.built.wait()
+        if overlap.session_failed:
+            overlap.result()  # its error, as the sequential order gives it
+    elif reference_alongside and not reference_last and not candidate_inputs:
         if isinstance(reference, Model):  # (a chain builds a session per model: in turn)
             # Its session is built first (session creations take turns, see
             # surgeon.runner.CREATE_LOCK); its run then overlaps the candidate's build.

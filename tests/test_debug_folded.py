@@ -243,3 +243,30 @@ def test_float16_models_are_declined(tmp_path, monkeypatch):
     report = debug(load(cand), dataclasses.replace(options, name_map={}))
     assert calls == [False]  # declined: the usual path measured it
     assert report.mode == "statistics" and report.tap_check.passed
+
+
+def test_a_started_plain_run_serves_only_its_own_reference():
+    """verification.reference_started hands verify a thread's values only when verify's
+    reference is that thread's model (else they would be another model's outputs)."""
+    from surgeon.model import Model
+    from surgeon.runner import RunOptions
+    from surgeon.verification import Overlap, reference_started, verify
+
+    def one(op: str) -> Model:
+        return Model(
+            _graph(
+                [helper.make_node(op, ["x"], ["y"], name="n")],
+                name=op,
+                inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                outputs=[helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+            )
+        )
+
+    relu, neg = one("Relu"), one("Neg")
+    feeds = {"x": np.arange(-3, 3, dtype=np.float32).reshape(2, 3)}
+    started = Overlap(relu, feeds, ["y"], RunOptions())
+    with reference_started(started):
+        other = verify(one("Neg"), neg, feeds=feeds)  # neg runs itself
+        own = verify(one("Relu"), relu, feeds=feeds)  # the thread's values
+    assert other.passed and own.passed
+    assert started.result()["y"].tolist() == [[0, 0, 0], [0, 1, 2]]

@@ -262,7 +262,10 @@ def test_debug_json_is_the_same_overlapped_or_not(tmp_path, monkeypatch, which):
     real = orchestration.verify
 
     def spy(*args, **kwargs):
-        seen.append(kwargs.get("reference_alongside"))
+        # (the tap check's plain run is started before verify: reference_started)
+        seen.append(
+            bool(kwargs.get("reference_alongside")) or verification._STARTED.get() is not None
+        )
         return real(*args, **kwargs)
 
     monkeypatch.setattr(orchestration, "verify", spy)

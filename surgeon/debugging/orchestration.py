@@ -49,7 +49,7 @@ from surgeon.statistics import (
     stats_from_array,
     stats_from_outputs,
 )
-from surgeon.verification import verify
+from surgeon.verification import reference_started, verify
 
 
 def debug(
@@ -218,7 +218,7 @@ def _debug_folded(
     declined (a float16 or bfloat16 model): the caller takes the usual path.
     """
     from surgeon.debugging.in_graph_compare import Fold
-    from surgeon.verification import Overlap, tap_check_report
+    from surgeon.verification import tap_check_report
 
     model = facts.model
     say(f"typing {len(taps)} tapped tensors")
@@ -236,18 +236,17 @@ def _debug_folded(
     tap_tolerance, tolerance_notes = _tap_tolerance(options, types)
     report = _new_report(model, feeds, options, notes, "statistics")
     outputs = list(model.output_names)
-    plain_options = dataclasses.replace(run_options, memory_arena=False)
     say(f"running {model.name} and {ref.label} with {len(taps)} taps and the tap check")
-    # The plain run overlaps the merged model's build (one core each) where the weights
-    # are small: both hold them for that moment.
-    alongside = _weight_bytes(model) <= ALONGSIDE_WEIGHTS and not through_file(model)
-    plain = Overlap(model, feeds, outputs, plain_options) if alongside else None
+    # The plain run overlaps the merged model's build (see _start_plain_run).
+    plain = _start_plain_run(model, feeds, run_options)
     expected: dict[str, np.ndarray] = {}
 
     def plain_values() -> dict[str, np.ndarray]:
         if not expected:
             expected.update(
-                plain.result() if plain is not None else run(model, feeds, options=plain_options)
+                plain.result()
+                if plain is not None
+                else run(model, feeds, options=dataclasses.replace(run_options, memory_arena=False))
             )
         return expected
 
@@ -278,11 +277,8 @@ def _debug_folded(
     )
     try:
         compare_layers(report, facts, taps, {}, feeds, ref, options, run_options, origin, fold)
-    except BaseException:
-        # A run left in the thread is waited for (see verify), its error dropped.
-        if plain is not None:
-            with contextlib.suppress(Exception):
-                plain.result()
+    except Exception:  # (an interruption is not waited for, as above)
+        _abandon(plain)
         raise
     return report
 
@@ -352,6 +348,47 @@ def _tap_and_measure(
     statistics, so onnxruntime can free each activation as in a plain run.
     """
     model = facts.model
+    inside = bodies.taps if bodies is not None else {}  # typed and exposed by the plan
+    want_values = has_reference or options.keep_values or model.opset < 11 or bool(inside)
+    # The tap check's plain run starts now, in a thread: it overlaps the typing, the
+    # statistics model's making and its session build (one core each) where the weights
+    # are small, as both sessions hold them for that moment. (Not through a scratch
+    # file: an interrupted run would leave it behind.)
+    started = _start_plain_run(model, feeds, run_options) if not want_values else None
+    try:
+        return _measure(facts, taps, feeds, options, run_options, say, bodies, want_values, started)
+    except Exception:
+        # (an interruption, Ctrl-C or SIGTERM, is not waited for: the thread is a daemon)
+        _abandon(started)
+        raise
+
+
+def _start_plain_run(model: Model, feeds, run_options: RunOptions):
+    """The plain run of the untapped model (the tap check's reference values), started in
+    a thread without onnxruntime's arena (what it held stayed in the process after its
+    session was gone, under the statistics run's peak: YOLOv8n-size 204 -> 181 MiB); None
+    where the weights are large or go through a scratch file (run in turn then)."""
+    from surgeon.verification import Overlap
+
+    if _weight_bytes(model) > ALONGSIDE_WEIGHTS or through_file(model):
+        return None
+    options = dataclasses.replace(run_options, memory_arena=False)
+    return Overlap(model, feeds, list(model.output_names), options)
+
+
+def _abandon(started) -> None:
+    """Wait for a plain run left in its thread, its error dropped (a program that ends with
+    onnxruntime running in another thread aborts in its teardown)."""
+    if started is not None:
+        with contextlib.suppress(Exception):
+            started.result()
+
+
+def _measure(
+    facts: DebugFacts, taps, feeds, options, run_options, say, bodies, want_values, started
+) -> _TapRun:
+    """:func:`_tap_and_measure` once its plain run is started (``started``)."""
+    model = facts.model
     say(f"typing {len(taps)} tapped tensors")
     graph_outputs = set(model.output_names)
     inside = bodies.taps if bodies is not None else {}  # typed and exposed by the plan
@@ -364,9 +401,14 @@ def _tap_and_measure(
         if vi.type.tensor_type.elem_type:
             types.setdefault(vi.name, vi.type)
     tap_tolerance, notes = _tap_tolerance(options, {**types, **inside_types})
-    want_values = has_reference or options.keep_values or model.opset < 11 or bool(inside)
 
-    def checked_run(candidate, fetch, candidate_options, sink, weights=None, alongside=False):
+    def checked_run(
+        candidate, fetch, candidate_options, sink, weights=None, alongside=False, started=None
+    ):
+        with reference_started(started):
+            return _checked_run(candidate, fetch, candidate_options, sink, weights, alongside)
+
+    def _checked_run(candidate, fetch, candidate_options, sink, weights, alongside):
         return verify(
             candidate,
             model,
@@ -427,15 +469,10 @@ def _tap_and_measure(
         # small, as both sessions hold them for that moment. A model that cannot run
         # fails here, then in values_run's plain run with its own error.
         tap_check = checked_run(
-            candidate,
-            fetch,
-            stats_options,
-            collected,
-            weights=weights,
-            # (Not through a scratch file: an interrupted run would leave it behind.)
-            alongside=_weight_bytes(model) <= ALONGSIDE_WEIGHTS and not through_file(model),
+            candidate, fetch, stats_options, collected, weights=weights, started=started
         )
     except RuntimeFailure as e:
+        _abandon(started)  # (its failure, the model's own, comes again in values_run)
         # The statistics nodes are surgeon's, not the user's: if onnxruntime cannot run
         # them (a kernel missing at run time), measure the tensors themselves instead of
         # blaming the model. A failure of the model itself fails this run as well.
