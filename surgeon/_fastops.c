@@ -455,23 +455,28 @@ static double lanes_total(const double *lane) {
 
 /* ---- TensorStats --------------------------------------------------------------------- */
 
-/* The fast passes assume finite values: the float64 sum of the tensor is then finite, and
+/* The fast pass assumes finite values: the float64 sum of the tensor is then finite, and
  * a finite sum proves them finite (a NaN or Inf makes it NaN or Inf). Otherwise the
- * general pass below counts NaN and Inf. */
+ * general pass below counts NaN and Inf.
+ *
+ * One read of the tensor: each block of BLOCK elements is summed, then (still in the
+ * cache) its squared deviations from its own mean are summed. The tensor's sum of
+ * squared deviations is then sum_b M2_b + sum_b n_b (mean_b - mean)^2, every term
+ * non-negative (no cancellation, as numpy's two-pass form), with the block means kept. */
 typedef struct {
-    double low, high, sum, squares;
+    double low, high, sum, within;
     int64_t zeros;
 } StatsPart;
 
 typedef struct {
     const void *x;
     size_t count;
-    double mean;
     StatsPart *parts;
+    double *block_means; /* one per block of BLOCK elements (the last may be shorter) */
 } StatsJob;
 
 #define DEFINE_STATS(SUFFIX, LOAD)                                                                  \
-    static void stats_first_##SUFFIX(void *arg, size_t k) {                                         \
+    static void stats_##SUFFIX(void *arg, size_t k) {                                               \
         StatsJob *job = (StatsJob *)arg;                                                            \
         size_t lo = k * SPAN, hi = lo + SPAN < job->count ? lo + SPAN : job->count;                 \
         double low[LANES], high[LANES];                                                             \
@@ -481,8 +486,9 @@ typedef struct {
             high[j] = -INFINITY;                                                                    \
             zeros[j] = 0;                                                                           \
         }                                                                                           \
-        Pairwise sum;                                                                               \
+        Pairwise sum, within;                                                                       \
         memset(&sum, 0, sizeof sum);                                                                \
+        memset(&within, 0, sizeof within);                                                          \
         size_t whole = lo + (hi - lo) / BLOCK * BLOCK;                                              \
         for (size_t start = lo; start < whole; start += BLOCK) {                                    \
             double acc[LANES] = {0};                                                                \
@@ -495,17 +501,37 @@ typedef struct {
                     zeros[j] += v == 0.0;                                                           \
                 }                                                                                   \
             }                                                                                       \
-            pairwise_add(&sum, lanes_total(acc));                                                   \
+            double block_sum = lanes_total(acc);                                                    \
+            double block_mean = block_sum / (double)BLOCK;                                          \
+            double sq[LANES] = {0};                                                                 \
+            for (size_t i = start; i < start + BLOCK; i += LANES) {                                 \
+                for (int j = 0; j < LANES; j++) {                                                   \
+                    double centered = LOAD(job->x, i + j) - block_mean;                             \
+                    sq[j] += centered * centered;                                                   \
+                }                                                                                   \
+            }                                                                                       \
+            pairwise_add(&sum, block_sum);                                                          \
+            pairwise_add(&within, lanes_total(sq));                                                 \
+            job->block_means[start / BLOCK] = block_mean;                                           \
         }                                                                                           \
-        double rest = 0.0;                                                                          \
-        for (size_t i = whole; i < hi; i++) {                                                       \
-            double v = LOAD(job->x, i);                                                             \
-            rest += v;                                                                              \
-            low[0] = v < low[0] ? v : low[0];                                                       \
-            high[0] = v > high[0] ? v : high[0];                                                    \
-            zeros[0] += v == 0.0;                                                                   \
+        if (whole < hi) {                                                                           \
+            double rest = 0.0;                                                                      \
+            for (size_t i = whole; i < hi; i++) {                                                   \
+                double v = LOAD(job->x, i);                                                         \
+                rest += v;                                                                          \
+                low[0] = v < low[0] ? v : low[0];                                                   \
+                high[0] = v > high[0] ? v : high[0];                                                \
+                zeros[0] += v == 0.0;                                                               \
+            }                                                                                       \
+            double rest_mean = rest / (double)(hi - whole), rest_sq = 0.0;                          \
+            for (size_t i = whole; i < hi; i++) {                                                   \
+                double centered = LOAD(job->x, i) - rest_mean;                                      \
+                rest_sq += centered * centered;                                                     \
+            }                                                                                       \
+            pairwise_add(&sum, rest);                                                               \
+            pairwise_add(&within, rest_sq);                                                         \
+            job->block_means[whole / BLOCK] = rest_mean;                                            \
         }                                                                                           \
-        if (whole < hi) pairwise_add(&sum, rest);                                                   \
         StatsPart *part = &job->parts[k];                                                           \
         part->low = INFINITY;                                                                       \
         part->high = -INFINITY;                                                                     \
@@ -516,31 +542,7 @@ typedef struct {
             part->zeros += zeros[j];                                                                \
         }                                                                                           \
         part->sum = pairwise_total(&sum);                                                           \
-    }                                                                                               \
-    static void stats_second_##SUFFIX(void *arg, size_t k) {                                        \
-        StatsJob *job = (StatsJob *)arg;                                                            \
-        size_t lo = k * SPAN, hi = lo + SPAN < job->count ? lo + SPAN : job->count;                 \
-        double mean = job->mean;                                                                    \
-        Pairwise squares;                                                                           \
-        memset(&squares, 0, sizeof squares);                                                       \
-        size_t whole = lo + (hi - lo) / BLOCK * BLOCK;                                              \
-        for (size_t start = lo; start < whole; start += BLOCK) {                                    \
-            double acc[LANES] = {0};                                                                \
-            for (size_t i = start; i < start + BLOCK; i += LANES) {                                 \
-                for (int j = 0; j < LANES; j++) {                                                   \
-                    double centered = LOAD(job->x, i + j) - mean;                                   \
-                    acc[j] += centered * centered;                                                  \
-                }                                                                                   \
-            }                                                                                       \
-            pairwise_add(&squares, lanes_total(acc));                                               \
-        }                                                                                           \
-        double rest = 0.0;                                                                          \
-        for (size_t i = whole; i < hi; i++) {                                                       \
-            double centered = LOAD(job->x, i) - mean;                                               \
-            rest += centered * centered;                                                            \
-        }                                                                                           \
-        if (whole < hi) pairwise_add(&squares, rest);                                               \
-        job->parts[k].squares = pairwise_total(&squares);                                           \
+        part->within = pairwise_total(&within);                                                     \
     }
 
 DEFINE_STATS(f32, load_f32)
@@ -548,45 +550,58 @@ DEFINE_STATS(f64, load_f64)
 DEFINE_STATS(f16, load_f16)
 DEFINE_STATS(bf16, load_bf16)
 
-/* The fast passes over spans; 0 when the values are not all finite (nothing written). */
+/* The fast pass over spans; 0 when the values are not all finite (nothing written). */
 static int stats_fast(const Input *x, int threads, double *numbers) {
-    SpanFn first, second;
+    SpanFn fn;
     switch (x->source.type) {
-    case T_FLOAT: first = stats_first_f32; second = stats_second_f32; break;
-    case T_DOUBLE: first = stats_first_f64; second = stats_second_f64; break;
-    case T_FLOAT16: first = stats_first_f16; second = stats_second_f16; break;
-    default: first = stats_first_bf16; second = stats_second_bf16; break;
+    case T_FLOAT: fn = stats_f32; break;
+    case T_DOUBLE: fn = stats_f64; break;
+    case T_FLOAT16: fn = stats_f16; break;
+    default: fn = stats_bf16; break;
     }
     size_t spans = span_count(x->count);
+    size_t blocks = (x->count + BLOCK - 1) / BLOCK;
     StatsPart *parts = (StatsPart *)malloc(spans * sizeof *parts);
-    if (!parts) return 0;
-    StatsJob job = {x->source.data, x->count, 0.0, parts};
-    for_spans(first, &job, spans, threads);
-    Pairwise sum;
+    double *block_means = (double *)malloc(blocks * sizeof *block_means);
+    if (!parts || !block_means) {
+        free(parts);
+        free(block_means);
+        return 0;
+    }
+    StatsJob job = {x->source.data, x->count, parts, block_means};
+    for_spans(fn, &job, spans, threads);
+    Pairwise sum, within;
     memset(&sum, 0, sizeof sum);
+    memset(&within, 0, sizeof within);
     double low = INFINITY, high = -INFINITY;
     int64_t zeros = 0;
     for (size_t k = 0; k < spans; k++) {
         pairwise_add(&sum, parts[k].sum);
+        pairwise_add(&within, parts[k].within);
         low = parts[k].low < low ? parts[k].low : low;
         high = parts[k].high > high ? parts[k].high : high;
         zeros += parts[k].zeros;
     }
+    free(parts);
     double total = pairwise_total(&sum);
     if (!isfinite(total)) {
-        free(parts);
+        free(block_means);
         return 0;
     }
-    job.mean = total / (double)x->count;
-    for_spans(second, &job, spans, threads);
-    Pairwise squares;
-    memset(&squares, 0, sizeof squares);
-    for (size_t k = 0; k < spans; k++) pairwise_add(&squares, parts[k].squares);
-    free(parts);
+    double mean = total / (double)x->count;
+    /* the blocks' means around the tensor's, weighted by their sizes */
+    Pairwise between;
+    memset(&between, 0, sizeof between);
+    for (size_t b = 0; b < blocks; b++) {
+        double n = b + 1 < blocks || x->count % BLOCK == 0 ? (double)BLOCK : (double)(x->count % BLOCK);
+        double d = block_means[b] - mean;
+        pairwise_add(&between, n * d * d);
+    }
+    free(block_means);
     numbers[0] = low;
     numbers[1] = high;
-    numbers[2] = job.mean;
-    numbers[3] = pairwise_total(&squares);
+    numbers[2] = mean;
+    numbers[3] = pairwise_total(&within) + pairwise_total(&between);
     numbers[4] = (double)zeros;
     numbers[5] = 0;
     numbers[6] = 0;
