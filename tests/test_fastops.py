@@ -272,3 +272,25 @@ def test_threads_do_not_change_the_numbers():
     s = np.frombuffer(got[0][0])
     v = x.astype(np.float64)
     assert s[2] == pytest.approx(v.mean(), rel=1e-14)
+
+
+@pytest.mark.parametrize("order", ["rising", "falling", "one_ulp_late"])
+def test_maxima_of_quotients_equal_dividing_every_element(order):
+    """max_rel and the excess (maxima kept per lane and span, combined at the end) equal
+    compare_arrays's and the severity's whether a new maximum comes in every block, never
+    after the first, or once, late, by one ulp."""
+    n = 40 * 128 + 5
+    b = np.linspace(1.0, 2.0, n).astype(np.float32)
+    if order == "one_ulp_late":
+        a = (b * np.float32(1.0 + 2.0**-10)).astype(np.float32)
+        k = n - 700
+        a[k] = np.nextafter(a[k], np.float32(np.inf))  # its quotient: one step above
+    else:
+        step = np.linspace(1e-4, 1e-2, n) if order == "rising" else np.linspace(1e-2, 1e-4, n)
+        a = (b * (1 + step)).astype(np.float32)
+    t = Tolerance(atol=1e-3, rtol=1e-3)
+    out, got = _compare(a, b, t, severity=True)
+    diff = diff_from_outputs(out, got, t, name="t", reference="t")
+    want = compare_arrays(a, b, t, name="t", reference="t")
+    assert diff.max_rel == want.max_rel and diff.max_abs == want.max_abs
+    assert severity_from_outputs(out, got) == _excess_and_born(a, b, t)
