@@ -15,6 +15,13 @@
  *       actual and expected are float16 or float32; actual is rounded to expected's
  *       dtype first, as compare_arrays casts it (severity reads actual as it is).
  *
+ *   MeasurePair(actual, expected, tolerance) -> ComparePair's outputs, then TensorStats'
+ *       numbers of actual, from one read of the pair (debug --ref measures and compares
+ *       every candidate tensor).
+ *
+ *   Attributes: severity (ComparePair, MeasurePair; default 1) computes the severity
+ *   numbers; threads (default 0: one per core, at most 4) for tensors above 2**16.
+ *
  * Every per-element step is the IEEE float64 operation the ONNX nodes perform (built
  * with -ffp-contract=off: no fused multiply-add), so counts and extremes are identical;
  * sums are pairwise (as numpy's), so they differ from onnxruntime's in the last bits only.
@@ -550,32 +557,47 @@ DEFINE_STATS(f64, load_f64)
 DEFINE_STATS(f16, load_f16)
 DEFINE_STATS(bf16, load_bf16)
 
-/* The fast pass over spans; 0 when the values are not all finite (nothing written). */
-static int stats_fast(const Input *x, int threads, double *numbers) {
+/* A fast statistics pass in three steps (so MeasurePair can run it span by span beside
+ * a comparison): stats_begin picks the loop and allocates, spans run it, stats_end
+ * combines the spans; stats_end gives 0 when the values were not all finite. */
+typedef struct {
+    StatsJob job;
     SpanFn fn;
+    size_t spans, blocks;
+} StatsRun;
+
+static int stats_begin(const Input *x, StatsRun *run) {
+    memset(run, 0, sizeof *run);
+    if (!x->count) return 0;
     switch (x->source.type) {
-    case T_FLOAT: fn = stats_f32; break;
-    case T_DOUBLE: fn = stats_f64; break;
-    case T_FLOAT16: fn = stats_f16; break;
-    default: fn = stats_bf16; break;
+    case T_FLOAT: run->fn = stats_f32; break;
+    case T_DOUBLE: run->fn = stats_f64; break;
+    case T_FLOAT16: run->fn = stats_f16; break;
+    default: run->fn = stats_bf16; break;
     }
-    size_t spans = span_count(x->count);
-    size_t blocks = (x->count + BLOCK - 1) / BLOCK;
-    StatsPart *parts = (StatsPart *)malloc(spans * sizeof *parts);
-    double *block_means = (double *)malloc(blocks * sizeof *block_means);
-    if (!parts || !block_means) {
-        free(parts);
-        free(block_means);
+    run->spans = span_count(x->count);
+    run->blocks = (x->count + BLOCK - 1) / BLOCK;
+    run->job.x = x->source.data;
+    run->job.count = x->count;
+    run->job.parts = (StatsPart *)malloc(run->spans * sizeof *run->job.parts);
+    run->job.block_means = (double *)malloc(run->blocks * sizeof *run->job.block_means);
+    if (!run->job.parts || !run->job.block_means) {
+        free(run->job.parts);
+        free(run->job.block_means);
         return 0;
     }
-    StatsJob job = {x->source.data, x->count, parts, block_means};
-    for_spans(fn, &job, spans, threads);
+    return 1;
+}
+
+static int stats_end(StatsRun *run, double *numbers) {
+    StatsPart *parts = run->job.parts;
+    size_t count = run->job.count;
     Pairwise sum, within;
     memset(&sum, 0, sizeof sum);
     memset(&within, 0, sizeof within);
     double low = INFINITY, high = -INFINITY;
     int64_t zeros = 0;
-    for (size_t k = 0; k < spans; k++) {
+    for (size_t k = 0; k < run->spans; k++) {
         pairwise_add(&sum, parts[k].sum);
         pairwise_add(&within, parts[k].within);
         low = parts[k].low < low ? parts[k].low : low;
@@ -585,19 +607,19 @@ static int stats_fast(const Input *x, int threads, double *numbers) {
     free(parts);
     double total = pairwise_total(&sum);
     if (!isfinite(total)) {
-        free(block_means);
+        free(run->job.block_means);
         return 0;
     }
-    double mean = total / (double)x->count;
+    double mean = total / (double)count;
     /* the blocks' means around the tensor's, weighted by their sizes */
     Pairwise between;
     memset(&between, 0, sizeof between);
-    for (size_t b = 0; b < blocks; b++) {
-        double n = b + 1 < blocks || x->count % BLOCK == 0 ? (double)BLOCK : (double)(x->count % BLOCK);
-        double d = block_means[b] - mean;
+    for (size_t b = 0; b < run->blocks; b++) {
+        double n = b + 1 < run->blocks || count % BLOCK == 0 ? (double)BLOCK : (double)(count % BLOCK);
+        double d = run->job.block_means[b] - mean;
         pairwise_add(&between, n * d * d);
     }
-    free(block_means);
+    free(run->job.block_means);
     numbers[0] = low;
     numbers[1] = high;
     numbers[2] = mean;
@@ -608,35 +630,17 @@ static int stats_fast(const Input *x, int threads, double *numbers) {
     return 1;
 }
 
-static void stats_compute(void *kernel, OrtKernelContext *context) {
-    Kernel *k = (Kernel *)kernel;
-    Api api = k->api;
-    Input x = read_input(api, context, 0);
-    int64_t seven = 7;
-    double *numbers = (double *)output(api, context, 0, &seven, 1);
-    write_shape(api, context, 1, &x);
-    if (!numbers) {
-        return;
-    }
-    for (int j = 0; j < 7; j++) {
-        numbers[j] = NAN;
-    }
-    if (!x.ok && x.count) {
-        return;
-    }
-    if (x.count && stats_fast(&x, k->threads, numbers)) {
-        return;
-    }
-    /* The general pass (a NaN or Inf somewhere, or an empty tensor): one thread. */
+/* The general pass (a NaN or Inf somewhere, or an empty tensor): one thread. */
+static void stats_general(const Input *x, double *numbers) {
     double low = INFINITY, high = -INFINITY;
     double zeros = 0, nans = 0, infs = 0;
     Pairwise sum;
     memset(&sum, 0, sizeof sum);
-    for (size_t start = 0; start < x.count; start += BLOCK) {
-        size_t end = start + BLOCK < x.count ? start + BLOCK : x.count;
+    for (size_t start = 0; start < x->count; start += BLOCK) {
+        size_t end = start + BLOCK < x->count ? start + BLOCK : x->count;
         double block = 0.0;
         for (size_t i = start; i < end; i++) {
-            double v = load(x.source, i);
+            double v = load(x->source, i);
             block += v;
             if (v < low) low = v;
             if (v > high) high = v;
@@ -646,14 +650,14 @@ static void stats_compute(void *kernel, OrtKernelContext *context) {
         }
         pairwise_add(&sum, block);
     }
-    double mean = pairwise_total(&sum) / (double)x.count;
+    double mean = pairwise_total(&sum) / (double)x->count;
     Pairwise squares;
     memset(&squares, 0, sizeof squares);
-    for (size_t start = 0; start < x.count; start += BLOCK) {
-        size_t end = start + BLOCK < x.count ? start + BLOCK : x.count;
+    for (size_t start = 0; start < x->count; start += BLOCK) {
+        size_t end = start + BLOCK < x->count ? start + BLOCK : x->count;
         double block = 0.0;
         for (size_t i = start; i < end; i++) {
-            double centered = load(x.source, i) - mean;
+            double centered = load(x->source, i) - mean;
             block += centered * centered;
         }
         pairwise_add(&squares, block);
@@ -665,6 +669,28 @@ static void stats_compute(void *kernel, OrtKernelContext *context) {
     numbers[4] = zeros;
     numbers[5] = nans;
     numbers[6] = infs;
+}
+
+/* The statistics of ``x`` into numbers[0..6] (NaN for a dtype the kernel does not read). */
+static void measure_tensor(const Input *x, int threads, double *numbers) {
+    for (int j = 0; j < 7; j++) numbers[j] = NAN;
+    if (!x->ok && x->count) return;
+    StatsRun run;
+    if (stats_begin(x, &run)) {
+        for_spans(run.fn, &run.job, run.spans, threads);
+        if (stats_end(&run, numbers)) return;
+    }
+    stats_general(x, numbers);
+}
+
+static void stats_compute(void *kernel, OrtKernelContext *context) {
+    Kernel *k = (Kernel *)kernel;
+    Api api = k->api;
+    Input x = read_input(api, context, 0);
+    int64_t seven = 7;
+    double *numbers = (double *)output(api, context, 0, &seven, 1);
+    write_shape(api, context, 1, &x);
+    if (numbers) measure_tensor(&x, k->threads, numbers);
 }
 
 static const char *stats_name(const OrtCustomOp *op) {
@@ -782,33 +808,51 @@ DEFINE_COMPARE(f16_f16_severity, load_f16, load_f16, 1)
 DEFINE_COMPARE(f16_f32, load_f16, load_f32, 0)
 DEFINE_COMPARE(f16_f32_severity, load_f16, load_f32, 1)
 
-/* The fast pass over spans; 0 when it does not apply or met a NaN/Inf (nothing kept). */
-static int compare_fast(const Input *a, const Input *e, double atol, double rtol, const Kernel *kernel,
-                        double *numbers) {
-    int ta = a->source.type, te = e->source.type, s = kernel->severity;
+/* A fast comparison pass in three steps, as the statistics' (StatsRun): compare_begin
+ * gives 0 when the pair is not for the fast loops (other sizes, rounding, empty),
+ * compare_end 0 when it met a NaN/Inf. */
+typedef struct {
+    CompareJob job;
     SpanFn fn;
+    size_t spans;
+    int severity;
+} CompareRun;
+
+static int compare_begin(const Input *a, const Input *e, double atol, double rtol, int severity,
+                         CompareRun *run) {
+    memset(run, 0, sizeof *run);
+    int ta = a->source.type, te = e->source.type, s = severity;
     if (a->count != e->count || !a->count) return 0;
     if (ta == T_FLOAT && te == T_FLOAT) {
-        fn = s ? compare_f32_f32_severity : compare_f32_f32;
+        run->fn = s ? compare_f32_f32_severity : compare_f32_f32;
     } else if (ta == T_FLOAT16 && te == T_FLOAT16) {
-        fn = s ? compare_f16_f16_severity : compare_f16_f16;
+        run->fn = s ? compare_f16_f16_severity : compare_f16_f16;
     } else if (ta == T_FLOAT16 && te == T_FLOAT) {
-        fn = s ? compare_f16_f32_severity : compare_f16_f32;
+        run->fn = s ? compare_f16_f32_severity : compare_f16_f32;
     } else {
         return 0;
     }
-    size_t spans = span_count(a->count);
-    ComparePart *parts = (ComparePart *)malloc(spans * sizeof *parts);
-    if (!parts) return 0;
-    CompareJob job = {a->source.data, e->source.data, a->count, atol, rtol, parts};
-    for_spans(fn, &job, spans, kernel->threads);
+    run->spans = span_count(a->count);
+    run->severity = s;
+    run->job.parts = (ComparePart *)malloc(run->spans * sizeof *run->job.parts);
+    if (!run->job.parts) return 0;
+    run->job.a = a->source.data;
+    run->job.e = e->source.data;
+    run->job.count = a->count;
+    run->job.atol = atol;
+    run->job.rtol = rtol;
+    return 1;
+}
+
+static int compare_end(CompareRun *run, double *numbers) {
+    ComparePart *parts = run->job.parts;
     Pairwise dot, norm, reference_norm;
     memset(&dot, 0, sizeof dot);
     memset(&norm, 0, sizeof norm);
     memset(&reference_norm, 0, sizeof reference_norm);
     ComparePart all;
     memset(&all, 0, sizeof all);
-    for (size_t k = 0; k < spans; k++) {
+    for (size_t k = 0; k < run->spans; k++) {
         all.mismatches += parts[k].mismatches;
         all.nonzero += parts[k].nonzero;
         all.max_abs = parts[k].max_abs > all.max_abs ? parts[k].max_abs : all.max_abs;
@@ -823,42 +867,21 @@ static int compare_fast(const Input *a, const Input *e, double atol, double rtol
     if (!isfinite(q) || !isfinite(r)) return 0;
     numbers[0] = numbers[1] = numbers[2] = numbers[3] = 0;
     numbers[4] = (double)all.mismatches;
-    numbers[5] = (double)a->count;
+    numbers[5] = (double)run->job.count;
     numbers[6] = (double)all.nonzero;
     numbers[7] = all.max_abs;
     numbers[8] = all.max_rel;
     numbers[9] = pairwise_total(&dot);
     numbers[10] = q;
     numbers[11] = r;
-    numbers[12] = s ? all.excess : NAN;
+    numbers[12] = run->severity ? all.excess : NAN;
     numbers[13] = 0;
     return 1;
 }
 
-static void compare_compute(void *kernel, OrtKernelContext *context) {
-    Kernel *k = (Kernel *)kernel;
-    Api api = k->api;
-    Input a = read_input(api, context, 0);
-    Input e = read_input(api, context, 1);
-    Input tol = read_input(api, context, 2);
-    int64_t fourteen = 14;
-    double *numbers = (double *)output(api, context, 0, &fourteen, 1);
-    write_shape(api, context, 1, &a);
-    write_shape(api, context, 2, &e);
-    if (!numbers) {
-        return;
-    }
-    for (int j = 0; j < 14; j++) {
-        numbers[j] = NAN;
-    }
-    if ((!a.ok && a.count) || (!e.ok && e.count) || !tol.ok || tol.source.type != T_DOUBLE || tol.count != 2) {
-        return;
-    }
-    const double atol = ((const double *)tol.source.data)[0];
-    const double rtol = ((const double *)tol.source.data)[1];
-    if (compare_fast(&a, &e, atol, rtol, k, numbers)) {
-        return;
-    }
+static void compare_general(const Input *a_in, const Input *e_in, double atol, double rtol, int severity,
+                            double *numbers) {
+    const Input a = *a_in, e = *e_in;
     /* The general pass (NaN/Inf, other sizes, a float32 candidate rounded to a float16
      * reference, or an empty pair): one thread. */
     const int as_type = e.source.type;
@@ -929,8 +952,120 @@ static void compare_compute(void *kernel, OrtKernelContext *context) {
     numbers[9] = pairwise_total(&dot);
     numbers[10] = pairwise_total(&norm);
     numbers[11] = pairwise_total(&reference_norm);
-    numbers[12] = k->severity ? excess : NAN;
+    numbers[12] = severity ? excess : NAN;
     numbers[13] = born;
+}
+
+/* The tolerance input: (atol, rtol), or 0 when it is not a float64 pair. */
+static int tolerance(const Input *tol, double *atol, double *rtol) {
+    if (!tol->ok || tol->source.type != T_DOUBLE || tol->count != 2) return 0;
+    *atol = ((const double *)tol->source.data)[0];
+    *rtol = ((const double *)tol->source.data)[1];
+    return 1;
+}
+
+static void compare_pair(const Input *a, const Input *e, double atol, double rtol, const Kernel *k,
+                         double *numbers) {
+    CompareRun run;
+    if (compare_begin(a, e, atol, rtol, k->severity, &run)) {
+        for_spans(run.fn, &run.job, run.spans, k->threads);
+        if (compare_end(&run, numbers)) return;
+    }
+    compare_general(a, e, atol, rtol, k->severity, numbers);
+}
+
+static void compare_compute(void *kernel, OrtKernelContext *context) {
+    Kernel *k = (Kernel *)kernel;
+    Api api = k->api;
+    Input a = read_input(api, context, 0);
+    Input e = read_input(api, context, 1);
+    Input tol = read_input(api, context, 2);
+    int64_t fourteen = 14;
+    double *numbers = (double *)output(api, context, 0, &fourteen, 1);
+    write_shape(api, context, 1, &a);
+    write_shape(api, context, 2, &e);
+    if (!numbers) {
+        return;
+    }
+    for (int j = 0; j < 14; j++) {
+        numbers[j] = NAN;
+    }
+    double atol, rtol;
+    if ((!a.ok && a.count) || (!e.ok && e.count) || !tolerance(&tol, &atol, &rtol)) {
+        return;
+    }
+    compare_pair(&a, &e, atol, rtol, k, numbers);
+}
+
+/* ---- MeasurePair -------------------------------------------------------------------- */
+
+/* MeasurePair(actual, expected, tolerance) -> ComparePair's three outputs, then
+ * TensorStats' numbers of ``actual``: each span of the pair is compared, then measured
+ * while it is still in the cache, so the candidate's activation is read from memory
+ * once for both (a layer comparison measures and compares every candidate tensor). */
+typedef struct {
+    CompareRun *compare;
+    StatsRun *stats;
+} MeasureJob;
+
+static void measure_span(void *arg, size_t k) {
+    MeasureJob *job = (MeasureJob *)arg;
+    job->compare->fn(&job->compare->job, k);
+    job->stats->fn(&job->stats->job, k);
+}
+
+static void measure_compute(void *kernel, OrtKernelContext *context) {
+    Kernel *k = (Kernel *)kernel;
+    Api api = k->api;
+    Input a = read_input(api, context, 0);
+    Input e = read_input(api, context, 1);
+    Input tol = read_input(api, context, 2);
+    int64_t fourteen = 14, seven = 7;
+    double *numbers = (double *)output(api, context, 0, &fourteen, 1);
+    write_shape(api, context, 1, &a);
+    write_shape(api, context, 2, &e);
+    double *stats = (double *)output(api, context, 3, &seven, 1);
+    if (!numbers || !stats) {
+        return;
+    }
+    for (int j = 0; j < 14; j++) numbers[j] = NAN;
+    for (int j = 0; j < 7; j++) stats[j] = NAN;
+    double atol, rtol;
+    if ((!a.ok && a.count) || (!e.ok && e.count) || !tolerance(&tol, &atol, &rtol)) {
+        return;
+    }
+    CompareRun compare;
+    StatsRun measure;
+    if (compare_begin(&a, &e, atol, rtol, k->severity, &compare)) {
+        if (stats_begin(&a, &measure)) {
+            /* (spans of both are SPAN elements of the same tensor) */
+            MeasureJob job = {&compare, &measure};
+            for_spans(measure_span, &job, compare.spans, k->threads);
+            int compared = compare_end(&compare, numbers);
+            int measured = stats_end(&measure, stats);
+            if (!compared) compare_general(&a, &e, atol, rtol, k->severity, numbers);
+            if (!measured) stats_general(&a, stats);
+            return;
+        }
+        for_spans(compare.fn, &compare.job, compare.spans, k->threads);
+        if (!compare_end(&compare, numbers)) compare_general(&a, &e, atol, rtol, k->severity, numbers);
+    } else {
+        compare_general(&a, &e, atol, rtol, k->severity, numbers);
+    }
+    measure_tensor(&a, k->threads, stats);
+}
+
+static const char *measure_name(const OrtCustomOp *op) {
+    (void)op;
+    return "MeasurePair";
+}
+static size_t measure_output_count(const OrtCustomOp *op) {
+    (void)op;
+    return 4;
+}
+static int measure_output_type(const OrtCustomOp *op, size_t index) {
+    (void)op;
+    return index == 0 || index == 3 ? T_DOUBLE : T_INT64;
 }
 
 static const char *compare_name(const OrtCustomOp *op) {
@@ -968,6 +1103,12 @@ static const OrtCustomOp compare_op = {
     required,            required,            default_memory,
 };
 
+static const OrtCustomOp measure_op = {
+    API_VERSION,         create_kernel,       measure_name,         cpu_provider,    compare_input_type,
+    compare_input_count, measure_output_type, measure_output_count, measure_compute, destroy_kernel,
+    required,            required,            default_memory,
+};
+
 SURGEON_EXPORT OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase *base) {
     Api api = (Api)base->GetApi(API_VERSION);
     if (!api) {
@@ -980,6 +1121,8 @@ SURGEON_EXPORT OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const Or
     status = CALL(api, API_CustomOpDomain_Add, OrtStatus *(*)(OrtCustomOpDomain *, const OrtCustomOp *))(domain, &stats_op);
     if (status) return status;
     status = CALL(api, API_CustomOpDomain_Add, OrtStatus *(*)(OrtCustomOpDomain *, const OrtCustomOp *))(domain, &compare_op);
+    if (status) return status;
+    status = CALL(api, API_CustomOpDomain_Add, OrtStatus *(*)(OrtCustomOpDomain *, const OrtCustomOp *))(domain, &measure_op);
     if (status) return status;
     /* The domain is not released: the sessions made with these options keep using it. */
     return CALL(api, API_AddCustomOpDomain, OrtStatus *(*)(OrtSessionOptions *, OrtCustomOpDomain *))(options, domain);

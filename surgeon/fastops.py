@@ -24,6 +24,7 @@ from surgeon.fastops_library import (
     COMPARE,
     COMPARE_TYPES,
     DOMAIN,
+    MEASURE,
     STATS,
     STATS_TYPES,
     library,
@@ -56,13 +57,16 @@ def _self_test() -> bool:
     nodes = [
         helper.make_node(STATS, ["x"], ["stats", "shape"], domain=DOMAIN),
         helper.make_node(COMPARE, ["x", "y", "tol"], ["cmp", "sx", "sy"], domain=DOMAIN),
+        helper.make_node(
+            MEASURE, ["x", "y", "tol"], ["both", "bx", "by", "both_stats"], domain=DOMAIN
+        ),
     ]
-    doubles = ("stats", "cmp")
+    doubles = ("stats", "cmp", "both", "both_stats")
     outs = [
         helper.make_tensor_value_info(
             n, TensorProto.DOUBLE if n in doubles else TensorProto.INT64, None
         )
-        for n in ("stats", "shape", "cmp", "sx", "sy")
+        for n in ("stats", "shape", "cmp", "sx", "sy", "both", "bx", "by", "both_stats")
     ]
     graph = helper.make_graph(
         nodes,
@@ -81,7 +85,7 @@ def _self_test() -> bool:
     y = np.array([[1.0, -2.5, 0.0, 5.0], [8.0, 0.5, 3.0, 2.25]], np.float32)
     x_bad, y_bad = x.copy(), y.copy()
     x_bad[0, 0], y_bad[0, 1] = np.nan, np.inf
-    names = ["stats", "shape", "cmp", "sx", "sy"]
+    names = ["stats", "shape", "cmp", "sx", "sy", "both", "both_stats"]
     try:
         # through surgeon's runner, which registers the library for the domain
         session = Session(Model(proto))
@@ -103,14 +107,17 @@ def _self_test() -> bool:
         (a * b).sum(), (a * a).sum(), (b * b).sum(),
         (diff / limit).max(), 0,
     ]  # fmt: skip
-    stats, shape, cmp, sx, sy = finite
-    ok = (
+    stats, shape, cmp, sx, sy, both, both_stats = finite
+    # MeasurePair: ComparePair's numbers and TensorStats' of the candidate, both passes
+    same = [(both, cmp), (both_stats, stats), (general[5], general[2]), (general[6], general[0])]
+    ok = all(np.array_equal(a, b, equal_nan=True) for a, b in same)
+    ok = ok and (
         _close(stats, expected_stats)
         and _close(cmp, expected_cmp)
         and shape.tolist() == [2, 4]
         and sx.tolist() == sy.tolist() == [2, 4]
     )
-    stats, _, cmp, _, _ = general
+    stats, _, cmp, _, _, _, _ = general
     # NaN at x[0]: ignored by min/max, counted; Inf at y[1]: one mismatch more.
     ok = ok and stats[5] == 1 and stats[6] == 0 and stats[0] == -3.0 and math.isnan(stats[2])
     # born: the NaN at x[0] where y is finite

@@ -10,6 +10,7 @@ from pathlib import Path
 DOMAIN = "ai.surgeon"
 STATS = "TensorStats"
 COMPARE = "ComparePair"
+MEASURE = "MeasurePair"  # ComparePair's outputs, then TensorStats' numbers of the candidate
 
 # Element types (onnx.TensorProto values) the kernels read.
 STATS_TYPES = frozenset({1, 10, 11, 16})  # float32, float16, float64, bfloat16
@@ -26,4 +27,4 @@ def library() -> str | None:
     return None
 
 
-__all__ = ["COMPARE", "COMPARE_TYPES", "DOMAIN", "STATS", "STATS_TYPES", "library"]
+__all__ = ["COMPARE", "COMPARE_TYPES", "DOMAIN", "MEASURE", "STATS", "STATS_TYPES", "library"]

@@ -294,3 +294,45 @@ def test_maxima_of_quotients_equal_dividing_every_element(order):
     want = compare_arrays(a, b, t, name="t", reference="t")
     assert diff.max_rel == want.max_rel and diff.max_abs == want.max_abs
     assert severity_from_outputs(out, got) == _excess_and_born(a, b, t)
+
+
+@pytest.mark.parametrize(
+    "dtypes",
+    [(np.float32, np.float32), (np.float16, np.float16), (np.float16, np.float32)]
+    + [(np.float32, np.float16)],
+)
+def test_measure_pair_is_compare_pair_and_tensor_stats_in_one(dtypes):
+    """MeasurePair gives ComparePair's outputs and TensorStats' numbers of the candidate,
+    bit for bit, whichever passes run (fast, general, other sizes)."""
+    rng = np.random.default_rng(2)
+    tol = onnx.numpy_helper.from_array(np.array([1e-3, 1e-3]), "tol")
+    for _ in range(30):
+        a, b = _random_pair(rng, dtypes)
+        if rng.random() < 0.3:  # large: several spans and threads
+            b = (rng.standard_normal(3 * 2**16 + 9) * 4).astype(dtypes[1])
+            a = (b.astype(np.float64) * 1.001).astype(dtypes[0])
+        nodes = [
+            helper.make_node(fastops.STATS, ["a"], ["s", "sa0"], domain=fastops.DOMAIN),
+            helper.make_node(
+                fastops.COMPARE, ["a", "b", "tol"], ["c", "sa1", "sb1"], domain=fastops.DOMAIN
+            ),
+            helper.make_node(
+                fastops.MEASURE,
+                ["a", "b", "tol"],
+                ["m", "sa2", "sb2", "ms"],
+                domain=fastops.DOMAIN,
+            ),
+        ]
+        inputs = [
+            helper.make_tensor_value_info("a", _ELEM[a.dtype], None),
+            helper.make_tensor_value_info("b", _ELEM[b.dtype], None),
+        ]
+        got = run(
+            _model(nodes, inputs, ["s", "c", "m", "ms", "sa1", "sa2", "sb1", "sb2"], [tol]),
+            {"a": a, "b": b},
+            options=RunOptions(),
+        )
+        assert np.array_equal(got["m"], got["c"], equal_nan=True)
+        assert np.array_equal(got["ms"], got["s"], equal_nan=True)
+        assert got["sa1"].tolist() == got["sa2"].tolist() == list(a.shape)
+        assert got["sb1"].tolist() == got["sb2"].tolist() == list(b.shape)

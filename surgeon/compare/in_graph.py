@@ -75,12 +75,16 @@ class ComparisonOutputs:
     # surgeon.fastops' ComparePair: ``numbers`` holds the twelve numbers, then the
     # severity numbers [excess, born], for every pair (finite or not).
     fused: bool = False
+    # MeasurePair (add_fused_comparison's ``stats``): the candidate's statistics, the
+    # numbers of surgeon.statistics' COUNT_FIELDS ("" otherwise)
+    stats: str = ""
 
     def names(self) -> list[str]:
         return (
             [self.shape, self.reference_shape, self.numbers]
             + ([self.severity] if self.severity else [])
             + ([self.mismatches] if self.mismatches else [])
+            + ([self.stats] if self.stats else [])
         )
 
 
@@ -383,13 +387,17 @@ def add_fused_comparison(
     *,
     severity: bool = False,
     shared: SharedNodes | None = None,
+    stats: bool = False,
     **_plan,
 ) -> ComparisonOutputs:
     """:func:`add_comparison` as one node of surgeon's kernel library (see
     :mod:`surgeon.fastops`; only when ``fastops.available()``, and the graph's model must
     import its domain): the same numbers from one pass over the pair, NaN, Inf and
     shape mismatches included, so no pair is compared twice. The shape plan
-    add_fast_comparison takes (``rank``, ``size``) is not needed."""
+    add_fast_comparison takes (``rank``, ``size``) is not needed.
+
+    ``stats``: the node (MeasurePair) also gives the candidate's statistics, as
+    TensorStats would, from the same read of the tensor (``ComparisonOutputs.stats``)."""
     from surgeon import fastops
 
     del _plan
@@ -401,11 +409,12 @@ def add_fused_comparison(
         flat = b.const(np.array([-1], np.int64))
         inputs = [b.node("Reshape", [x, flat]) for x in inputs]
     numbers, shape, reference_shape = b.name(), b.name(), b.name()
+    measured = b.name() if stats else ""
+    op = fastops.MEASURE if stats else fastops.COMPARE
     # (without severity the kernel skips its division per element)
-    fill_node(graph.node.add(), fastops.COMPARE, [*inputs, bounds], numbers, severity=int(severity))
-    node = graph.node[-1]
+    node = fill_node(graph.node.add(), op, [*inputs, bounds], numbers, severity=int(severity))
     node.domain = fastops.DOMAIN
-    node.output.extend([shape, reference_shape])
+    node.output.extend([shape, reference_shape] + ([measured] if stats else []))
     if inputs[0] != actual:
         # the shapes are those of the tensors, not of their flattened reads
         shape = b.node("Shape", [actual])
@@ -416,6 +425,7 @@ def add_fused_comparison(
         numbers=numbers,
         dtype=_DTYPES[expected_type],
         fused=True,
+        stats=measured,
     )
 
 

@@ -667,10 +667,12 @@ class _Merge:
                 copy.output[:] = [rename(x) for x in node.output]
                 next_ref += 1
 
-        def compare(c: str, r: str) -> None:
+        def compare(c: str, r: str, stats: bool = False) -> None:
             emit_reference_until(ref_producer.get(r, -1))
             build = builder[(c, r)]
             extra = self.fast_extra(c) if build is add_fast_comparison else {}
+            if stats:  # the candidate's statistics from the same node (MeasurePair)
+                extra = {"stats": True}
             outputs[(c, r)] = build(
                 graph,
                 c,
@@ -682,6 +684,9 @@ class _Merge:
                 shared=shared,
                 **extra,
             )
+            if stats:
+                out = outputs[(c, r)]
+                measured[c] = StatsOutputs(packed=out.stats, shape=out.shape)
 
         plan = plan or _UnitPlan([], [], False)
         after: dict[int, list[int]] = {}
@@ -778,9 +783,13 @@ class _Merge:
         for position, node in enumerate(src.graph.node):
             graph.node.append(node)
             for o in node.output:
-                measure_tap(o)
-                for pair in waiting.pop(o, []):
-                    compare(*pair)
+                pairs_here = waiting.pop(o, [])
+                # a tensor both measured and compared: one node reads it for both
+                both = fused and o in measure and o not in measured and bool(pairs_here)
+                if not both:
+                    measure_tap(o)
+                for k, pair in enumerate(pairs_here):
+                    compare(*pair, stats=both and k == 0)
             for k in after.get(position, []):
                 run_unit(k)
         emit_reference_until(len(ref_nodes) - 1)
