@@ -104,19 +104,41 @@ def debug(
     if feeds is None:
         feeds, notes = _make_feeds(model, ref, options)
     feeds = dict(feeds)
+    # The tap check's plain run of the untapped model starts now, in a thread (see
+    # _start_plain_run), and serves whichever path measures the taps below: it overlaps
+    # the kernel check, the typing and the tapped model's making and session build.
+    started = _start_plain_run(model, feeds, run_options)
+    try:
+        return _measure_and_compare(
+            facts, taps, feeds, ref, options, run_options, notes, origin, bodies, progress, started
+        )
+    except Exception:
+        # (an interruption, Ctrl-C or SIGTERM, is not waited for: the thread is a daemon)
+        _abandon(started)
+        raise
 
+
+def _measure_and_compare(
+    facts, taps, feeds, ref, options, run_options, notes, origin, bodies, progress, started
+) -> DebugReport:
+    """:func:`debug` once the feeds are made and the plain run ``started``."""
+    model = facts.model
     say = progress or (lambda phase: None)
     # A reference model compared inside onnxruntime needs no candidate values: the
     # tapped run stays a statistics run (compare_layers then merges the two models).
     in_graph = bodies is None and compares_in_graph(model, ref, options)
     if in_graph and _folds(model, options):
-        folded = _debug_folded(facts, taps, feeds, ref, options, run_options, notes, origin, say)
+        folded = _debug_folded(
+            facts, taps, feeds, ref, options, run_options, notes, origin, say, started
+        )
         if folded is not None:
             return folded
     has_ref, unstackable = ref is not None and not in_graph, {}
     while True:
         try:
-            run = _tap_and_measure(facts, taps, feeds, options, run_options, has_ref, say, bodies)
+            run = _tap_and_measure(
+                facts, taps, feeds, options, run_options, has_ref, say, bodies, started
+            )
             break
         except RuntimeFailure as failure:
             # A Loop/Scan tap whose shape changes between iterations cannot be stacked:
@@ -205,7 +227,16 @@ def _folds(model: Model, options: DebugOptions) -> bool:
 
 
 def _debug_folded(
-    facts: DebugFacts, taps, feeds, ref, options: DebugOptions, run_options, notes, origin, say
+    facts: DebugFacts,
+    taps,
+    feeds,
+    ref,
+    options: DebugOptions,
+    run_options,
+    notes,
+    origin,
+    say,
+    started=None,
 ) -> DebugReport | None:
     """debug --ref with the candidate measured in the merged run of the layer comparison
     (:class:`surgeon.debugging.in_graph_compare.Fold`): one run of the candidate fewer.
@@ -237,8 +268,7 @@ def _debug_folded(
     report = _new_report(model, feeds, options, notes, "statistics")
     outputs = list(model.output_names)
     say(f"running {model.name} and {ref.label} with {len(taps)} taps and the tap check")
-    # The plain run overlaps the merged model's build (see _start_plain_run).
-    plain = _start_plain_run(model, feeds, run_options)
+    plain = started  # (overlapping the merged model's build; None: run in turn)
     expected: dict[str, np.ndarray] = {}
 
     def plain_values() -> dict[str, np.ndarray]:
@@ -275,11 +305,7 @@ def _debug_folded(
         finish=finish,
         check=plain_values,
     )
-    try:
-        compare_layers(report, facts, taps, {}, feeds, ref, options, run_options, origin, fold)
-    except Exception:  # (an interruption is not waited for, as above)
-        _abandon(plain)
-        raise
+    compare_layers(report, facts, taps, {}, feeds, ref, options, run_options, origin, fold)
     return report
 
 
@@ -338,7 +364,15 @@ class _TapRun:
 
 
 def _tap_and_measure(
-    facts: DebugFacts, taps, feeds, options: DebugOptions, run_options, has_reference, say, bodies
+    facts: DebugFacts,
+    taps,
+    feeds,
+    options: DebugOptions,
+    run_options,
+    has_reference,
+    say,
+    bodies,
+    started=None,
 ) -> _TapRun:
     """One verified run of the tapped model: the tap check (original outputs unchanged)
     and the statistics of every tapped tensor.
@@ -350,24 +384,15 @@ def _tap_and_measure(
     model = facts.model
     inside = bodies.taps if bodies is not None else {}  # typed and exposed by the plan
     want_values = has_reference or options.keep_values or model.opset < 11 or bool(inside)
-    # The tap check's plain run starts now, in a thread: it overlaps the typing, the
-    # statistics model's making and its session build (one core each) where the weights
-    # are small, as both sessions hold them for that moment. (Not through a scratch
-    # file: an interrupted run would leave it behind.)
-    started = _start_plain_run(model, feeds, run_options) if not want_values else None
-    try:
-        return _measure(facts, taps, feeds, options, run_options, say, bodies, want_values, started)
-    except Exception:
-        # (an interruption, Ctrl-C or SIGTERM, is not waited for: the thread is a daemon)
-        _abandon(started)
-        raise
+    return _measure(facts, taps, feeds, options, run_options, say, bodies, want_values, started)
 
 
 def _start_plain_run(model: Model, feeds, run_options: RunOptions):
     """The plain run of the untapped model (the tap check's reference values), started in
     a thread without onnxruntime's arena (what it held stayed in the process after its
     session was gone, under the statistics run's peak: YOLOv8n-size 204 -> 181 MiB); None
-    where the weights are large or go through a scratch file (run in turn then)."""
+    where the weights are large (both sessions would hold them for that moment) or go
+    through a scratch file (an interrupted run would leave it behind): run in turn then."""
     from surgeon.verification import Overlap
 
     if _weight_bytes(model) > ALONGSIDE_WEIGHTS or through_file(model):
@@ -437,7 +462,7 @@ def _measure(
         fetch = taps
         if bodies is not None:  # body taps and branch markers (surgeon.edits.tap_bodies)
             candidate, fetch = bodies.exposed(candidate), [*taps, *bodies.markers]
-        tap_check = checked_run(candidate, fetch, run_options, values)
+        tap_check = checked_run(candidate, fetch, run_options, values, started=started)
         stats = []
         for i, t in enumerate(taps):
             if t in values:
