@@ -408,10 +408,12 @@ def compare_in_graph(
     fast: list[tuple[str, str]] = []
     general: list[tuple[str, str]] = []
     fetched: list[tuple[str, str]] = []
+    # surgeon's kernels compare any pair in one node (no shape plan, no second run)
+    fused = fastops.available() or fold is not None
     for c, r in dict.fromkeys(pairs):
         if in_graph_comparable(elem.get(c, 0), ref_elem.get(r, 0), tolerance):
-            same = _static_shape(types[c]) == _static_shape(reference_types[r]) is not None
-            (fast if same and _static_shape(types[c]) else general).append((c, r))
+            same = fused or _static_shape(types[c]) == _static_shape(reference_types[r]) is not None
+            (fast if same and (fused or _static_shape(types[c])) else general).append((c, r))
         else:
             fetched.append((c, r))
     merge = _Merge(model, reference, shared_inputs)
@@ -420,7 +422,7 @@ def compare_in_graph(
     merge.shapes = {
         c: _static_shape(types[c])
         for c in [c for c, _ in fast] + [o for unit in units for o, _ in unit.outputs]
-        if _static_shape(types[c])
+        if not fused and _static_shape(types[c])
     }
     result = InGraphResult(in_graph=len(fast) + len(general), fetched=len(fetched))
     keep = [merge.rename(r) for r in keep_reference]
@@ -430,7 +432,8 @@ def compare_in_graph(
         {
             o
             for o, r in unit.outputs
-            if _static_shape(types[o])
+            if not fused
+            and _static_shape(types[o])
             and _static_shape(types[o]) == _static_shape(reference_types[r])
         }
         for unit in units

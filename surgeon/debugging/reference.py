@@ -13,6 +13,7 @@ from typing import NamedTuple
 import numpy as np
 import onnx
 
+from surgeon import fastops
 from surgeon.compare import as_reference_dtype, compare_arrays
 from surgeon.debugging._graph import DebugFacts
 from surgeon.debugging.results import DebugOptions, DebugReport, LayerDiff, names_text
@@ -308,12 +309,19 @@ def _compare_layers_in_graph(
     # reference tensor's shape is never assumed from its pair's: a wrong guess would cost
     # a failed run (row counts after NMS differ) or a broadcast to [K, K] before the
     # shapes are compared (review).
+    # (surgeon's kernels compare any shapes: no plan needed, one attempt as declared)
+    fused = fold is not None or fastops.available()
     ran = {s.name: s.shape for s in report.stats if s.shape is not None}
     refined = (
-        with_shapes(
-            static_types_at_feeds(model, feeds, types), {c: ran[c] for c, _ in pairs if c in ran}
-        ),
-        static_types_at_feeds(ref_model, ref_feeds, ref_types),
+        declared
+        if fused
+        else (
+            with_shapes(
+                static_types_at_feeds(model, feeds, types),
+                {c: ran[c] for c, _ in pairs if c in ran},
+            ),
+            static_types_at_feeds(ref_model, ref_feeds, ref_types),
+        )
     )
 
     def attempt(types, ref_types, *, planned: bool):
@@ -361,8 +369,8 @@ def _compare_layers_in_graph(
     # (another rank: the fast nodes' numbers cannot be joined) cannot stop the comparison.
     attempts = [(refined, True)] if refined != declared else []
     attempts.append((declared, False))
-    shapeless = (_without_shapes(types), _without_shapes(ref_types))
-    if shapeless != declared:
+    shapeless = () if fused else (_without_shapes(types), _without_shapes(ref_types))
+    if shapeless and shapeless != declared:
         attempts.append((shapeless, False))
     for k, (typed, planned) in enumerate(attempts):
         try:
