@@ -322,9 +322,17 @@ typedef struct {
     Source source;
     size_t count;
     size_t rank;
-    int64_t dims[64];
+    int64_t dims[16];
+    int64_t *wide; /* the dims of a tensor of rank above 16 (freed by drop_input) */
     int ok;
 } Input;
+
+static const int64_t *dims_of(const Input *in) { return in->rank > 16 ? in->wide : in->dims; }
+
+static void drop_input(Input *in) {
+    free(in->wide);
+    in->wide = NULL;
+}
 
 static void release(Api api, OrtStatus *status) {
     if (status) CALL(api, API_ReleaseStatus, void (*)(OrtStatus *))(status);
@@ -351,11 +359,15 @@ static Input read_input(Api api, OrtKernelContext *context, size_t index) {
     int bad = 0;
     OrtStatus *s1 = CALL(api, API_GetTensorElementType, OrtStatus *(*)(const OrtTypeShape *, int *))(info, &type);
     OrtStatus *s2 = CALL(api, API_GetDimensionsCount, OrtStatus *(*)(const OrtTypeShape *, size_t *))(info, &rank);
-    bad = s1 != NULL || s2 != NULL || rank > 64;
+    bad = s1 != NULL || s2 != NULL;
+    if (!bad && rank > 16) {
+        in.wide = (int64_t *)malloc(rank * sizeof *in.wide);
+        bad = in.wide == NULL;
+    }
     release(api, s1);
     release(api, s2);
     if (!bad) {
-        s1 = CALL(api, API_GetDimensions, OrtStatus *(*)(const OrtTypeShape *, int64_t *, size_t))(info, in.dims, rank);
+        s1 = CALL(api, API_GetDimensions, OrtStatus *(*)(const OrtTypeShape *, int64_t *, size_t))(info, rank > 16 ? in.wide : in.dims, rank);
         s2 = CALL(api, API_GetTensorShapeElementCount, OrtStatus *(*)(const OrtTypeShape *, size_t *))(info, &count);
         bad = s1 != NULL || s2 != NULL;
         release(api, s1);
@@ -369,6 +381,7 @@ static Input read_input(Api api, OrtKernelContext *context, size_t index) {
         release(api, s1);
     }
     if (bad) {
+        drop_input(&in);
         return in;
     }
     in.source.data = data;
@@ -402,7 +415,7 @@ static void write_shape(Api api, OrtKernelContext *context, size_t index, const 
     int64_t *shape = (int64_t *)output(api, context, index, &rank, 1);
     if (shape) {
         for (size_t k = 0; k < in->rank; k++) {
-            shape[k] = in->dims[k];
+            shape[k] = dims_of(in)[k];
         }
     }
 }
@@ -467,9 +480,12 @@ static double lanes_total(const double *lane) {
  * general pass below counts NaN and Inf.
  *
  * One read of the tensor: each block of BLOCK elements is summed, then (still in the
- * cache) its squared deviations from its own mean are summed. The tensor's sum of
- * squared deviations is then sum_b M2_b + sum_b n_b (mean_b - mean)^2, every term
- * non-negative (no cancellation, as numpy's two-pass form), with the block means kept. */
+ * cache) its squared deviations from its own mean m_b are summed, and those deviations
+ * too (L_b, zero but for m_b's rounding). The tensor's sum of squared deviations is then
+ * exactly sum_b [M2_b + 2 (m_b - mean) L_b + n_b (m_b - mean)^2], with the block means
+ * and L_b kept: no cancellation, as numpy's two-pass form (L_b matters for float64
+ * tensors far from zero, whose block means are not exact: 1e10 + U(0, 1) lost three
+ * digits of its std without it; review). */
 typedef struct {
     double low, high, sum, within;
     int64_t zeros;
@@ -480,6 +496,7 @@ typedef struct {
     size_t count;
     StatsPart *parts;
     double *block_means; /* one per block of BLOCK elements (the last may be shorter) */
+    double *block_lins;  /* each block's sum of deviations from its own mean (L_b) */
 } StatsJob;
 
 #define DEFINE_STATS(SUFFIX, LOAD)                                                                  \
@@ -510,16 +527,18 @@ typedef struct {
             }                                                                                       \
             double block_sum = lanes_total(acc);                                                    \
             double block_mean = block_sum / (double)BLOCK;                                          \
-            double sq[LANES] = {0};                                                                 \
+            double sq[LANES] = {0}, lin[LANES] = {0};                                               \
             for (size_t i = start; i < start + BLOCK; i += LANES) {                                 \
                 for (int j = 0; j < LANES; j++) {                                                   \
                     double centered = LOAD(job->x, i + j) - block_mean;                             \
                     sq[j] += centered * centered;                                                   \
+                    lin[j] += centered;                                                             \
                 }                                                                                   \
             }                                                                                       \
             pairwise_add(&sum, block_sum);                                                          \
             pairwise_add(&within, lanes_total(sq));                                                 \
             job->block_means[start / BLOCK] = block_mean;                                           \
+            job->block_lins[start / BLOCK] = lanes_total(lin);                                      \
         }                                                                                           \
         if (whole < hi) {                                                                           \
             double rest = 0.0;                                                                      \
@@ -530,14 +549,16 @@ typedef struct {
                 high[0] = v > high[0] ? v : high[0];                                                \
                 zeros[0] += v == 0.0;                                                               \
             }                                                                                       \
-            double rest_mean = rest / (double)(hi - whole), rest_sq = 0.0;                          \
+            double rest_mean = rest / (double)(hi - whole), rest_sq = 0.0, rest_lin = 0.0;          \
             for (size_t i = whole; i < hi; i++) {                                                   \
                 double centered = LOAD(job->x, i) - rest_mean;                                      \
                 rest_sq += centered * centered;                                                     \
+                rest_lin += centered;                                                               \
             }                                                                                       \
             pairwise_add(&sum, rest);                                                               \
             pairwise_add(&within, rest_sq);                                                         \
             job->block_means[whole / BLOCK] = rest_mean;                                            \
+            job->block_lins[whole / BLOCK] = rest_lin;                                              \
         }                                                                                           \
         StatsPart *part = &job->parts[k];                                                           \
         part->low = INFINITY;                                                                       \
@@ -581,9 +602,11 @@ static int stats_begin(const Input *x, StatsRun *run) {
     run->job.count = x->count;
     run->job.parts = (StatsPart *)malloc(run->spans * sizeof *run->job.parts);
     run->job.block_means = (double *)malloc(run->blocks * sizeof *run->job.block_means);
-    if (!run->job.parts || !run->job.block_means) {
+    run->job.block_lins = (double *)malloc(run->blocks * sizeof *run->job.block_lins);
+    if (!run->job.parts || !run->job.block_means || !run->job.block_lins) {
         free(run->job.parts);
         free(run->job.block_means);
+        free(run->job.block_lins);
         return 0;
     }
     return 1;
@@ -608,6 +631,7 @@ static int stats_end(StatsRun *run, double *numbers) {
     double total = pairwise_total(&sum);
     if (!isfinite(total)) {
         free(run->job.block_means);
+        free(run->job.block_lins);
         return 0;
     }
     double mean = total / (double)count;
@@ -617,9 +641,10 @@ static int stats_end(StatsRun *run, double *numbers) {
     for (size_t b = 0; b < run->blocks; b++) {
         double n = b + 1 < run->blocks || count % BLOCK == 0 ? (double)BLOCK : (double)(count % BLOCK);
         double d = run->job.block_means[b] - mean;
-        pairwise_add(&between, n * d * d);
+        pairwise_add(&between, n * d * d + 2.0 * d * run->job.block_lins[b]);
     }
     free(run->job.block_means);
+    free(run->job.block_lins);
     numbers[0] = low;
     numbers[1] = high;
     numbers[2] = mean;
@@ -691,6 +716,7 @@ static void stats_compute(void *kernel, OrtKernelContext *context) {
     double *numbers = (double *)output(api, context, 0, &seven, 1);
     write_shape(api, context, 1, &x);
     if (numbers) measure_tensor(&x, k->threads, numbers);
+    drop_input(&x);
 }
 
 static const char *stats_name(const OrtCustomOp *op) {
@@ -974,12 +1000,10 @@ static void compare_pair(const Input *a, const Input *e, double atol, double rto
     compare_general(a, e, atol, rtol, k->severity, numbers);
 }
 
-static void compare_compute(void *kernel, OrtKernelContext *context) {
-    Kernel *k = (Kernel *)kernel;
+static void compare_inputs(Kernel *k, OrtKernelContext *context, const Input *ap, const Input *ep,
+                           const Input *tp) {
     Api api = k->api;
-    Input a = read_input(api, context, 0);
-    Input e = read_input(api, context, 1);
-    Input tol = read_input(api, context, 2);
+    Input a = *ap, e = *ep, tol = *tp;
     int64_t fourteen = 14;
     double *numbers = (double *)output(api, context, 0, &fourteen, 1);
     write_shape(api, context, 1, &a);
@@ -995,6 +1019,17 @@ static void compare_compute(void *kernel, OrtKernelContext *context) {
         return;
     }
     compare_pair(&a, &e, atol, rtol, k, numbers);
+}
+
+static void compare_compute(void *kernel, OrtKernelContext *context) {
+    Kernel *k = (Kernel *)kernel;
+    Input a = read_input(k->api, context, 0);
+    Input e = read_input(k->api, context, 1);
+    Input tol = read_input(k->api, context, 2);
+    compare_inputs(k, context, &a, &e, &tol);
+    drop_input(&a);
+    drop_input(&e);
+    drop_input(&tol);
 }
 
 /* ---- MeasurePair -------------------------------------------------------------------- */
@@ -1014,12 +1049,10 @@ static void measure_span(void *arg, size_t k) {
     job->stats->fn(&job->stats->job, k);
 }
 
-static void measure_compute(void *kernel, OrtKernelContext *context) {
-    Kernel *k = (Kernel *)kernel;
+static void measure_inputs(Kernel *k, OrtKernelContext *context, const Input *ap, const Input *ep,
+                           const Input *tp) {
     Api api = k->api;
-    Input a = read_input(api, context, 0);
-    Input e = read_input(api, context, 1);
-    Input tol = read_input(api, context, 2);
+    Input a = *ap, e = *ep, tol = *tp;
     int64_t fourteen = 14, seven = 7;
     double *numbers = (double *)output(api, context, 0, &fourteen, 1);
     write_shape(api, context, 1, &a);
@@ -1053,6 +1086,17 @@ static void measure_compute(void *kernel, OrtKernelContext *context) {
         compare_general(&a, &e, atol, rtol, k->severity, numbers);
     }
     measure_tensor(&a, k->threads, stats);
+}
+
+static void measure_compute(void *kernel, OrtKernelContext *context) {
+    Kernel *k = (Kernel *)kernel;
+    Input a = read_input(k->api, context, 0);
+    Input e = read_input(k->api, context, 1);
+    Input tol = read_input(k->api, context, 2);
+    measure_inputs(k, context, &a, &e, &tol);
+    drop_input(&a);
+    drop_input(&e);
+    drop_input(&tol);
 }
 
 static const char *measure_name(const OrtCustomOp *op) {

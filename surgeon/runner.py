@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import os
 import re
 import tempfile
 import threading
@@ -121,6 +122,16 @@ def session_options(options: RunOptions):
     return so
 
 
+def _among(library: str, libraries: Iterable[str]) -> bool:
+    """Whether ``library`` is one of ``libraries`` (the same file: registered once, as
+    onnxruntime refuses a domain registered twice)."""
+    for other in libraries:
+        with contextlib.suppress(OSError):
+            if os.path.samefile(library, other):
+                return True
+    return False
+
+
 def first_line(e: Exception) -> str:
     text = str(e).strip()
     # onnxruntime prefixes messages with "[ONNXRuntimeError] : 1 : FAIL : "
@@ -194,7 +205,11 @@ class Session:
         ort = ort_module()
         so = session_options(self.options)
         library = fastops.library()
-        if library and any(o.domain == fastops.DOMAIN for o in model.proto.opset_import):
+        if (
+            library
+            and any(o.domain == fastops.DOMAIN for o in model.proto.opset_import)
+            and not _among(library, self.options.custom_op_libraries)
+        ):
             # surgeon's own measurement nodes (placed where fastops.available())
             try:
                 so.register_custom_ops_library(library)
