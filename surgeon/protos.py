@@ -306,6 +306,12 @@ def declared_nbytes(t: onnx.TensorProto) -> int | None:
     return None if itemsize is None else math.prod(t.dims) * itemsize
 
 
+def weight_bytes(proto: onnx.ModelProto) -> int:
+    """The bytes of every weight of ``proto``, in memory or in its files (a tensor's
+    declared size where its file's length is not given)."""
+    return sum(max(tensor_nbytes(t), declared_nbytes(t) or 0) for t in iter_tensors(proto))
+
+
 @functools.cache
 def _itemsize(elem_type: int) -> int | None:
     try:

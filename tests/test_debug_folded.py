@@ -270,3 +270,39 @@ def test_a_started_plain_run_serves_only_its_own_reference():
         own = verify(one("Relu"), relu, feeds=feeds)  # the thread's values
     assert other.passed and own.passed
     assert started.result()["y"].tolist() == [[0, 0, 0], [0, 1, 2]]
+
+
+def test_the_measuring_runs_take_the_arena_only_with_the_kernels_and_small_weights(
+    tmp_path, monkeypatch
+):
+    """The statistics run and the merged --ref run use onnxruntime's arena where the
+    kernels measure and the weights are at most fastops.ARENA_WEIGHTS (ONNX nodes make
+    float64 copies for it to grow to; large lent weights are copied into it)."""
+    import surgeon.runner as runner
+
+    seen: list[tuple[int, bool]] = []
+    real = runner.Session.__init__
+
+    def spy(self, model, **kwargs):
+        real(self, model, **kwargs)
+        if any(o.domain == fastops.DOMAIN for o in model.proto.opset_import) or any(
+            n.op_type == "ReduceMin" for n in model.proto.graph.node
+        ):
+            seen.append((len(model.proto.graph.node), self.options.memory_arena))
+
+    monkeypatch.setattr(runner.Session, "__init__", spy)
+    cand, options, _ = _paths(tmp_path, _model(1.01), _model(1.0))
+    debug(load(cand), options)  # folded: the merged run
+    debug(load(cand), dataclasses.replace(options, reference=None))  # the statistics run
+    assert [arena for nodes, arena in seen if nodes > 3] == [True, True]
+    seen.clear()
+    monkeypatch.setattr(fastops, "ARENA_WEIGHTS", 0)
+    debug(load(cand), options)
+    debug(load(cand), dataclasses.replace(options, reference=None))
+    assert [arena for nodes, arena in seen if nodes > 3] == [False, False]
+    seen.clear()
+    with onnx_nodes_only():  # the ONNX nodes' float64 copies: no arena
+        monkeypatch.setattr(fastops, "ARENA_WEIGHTS", 2**40)
+        debug(load(cand), options)
+        debug(load(cand), dataclasses.replace(options, reference=None))
+    assert seen and not any(arena for _, arena in seen)

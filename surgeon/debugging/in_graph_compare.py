@@ -824,9 +824,11 @@ class _Merge:
         for name, value in reference_feeds.items():
             if name not in self.shared:
                 run_feeds[rename(name)] = value
-        # Priority order, no arena: as the statistics mode runs (see orchestration).
+        # Priority order; the arena only where the kernels measure (see orchestration).
         merged_options = dataclasses.replace(
-            options, execution_order="priority", memory_arena=False
+            options,
+            execution_order="priority",
+            memory_arena=fused and fastops.measuring_arena(self.model, self.reference),
         )
         session = Session(merged, extra_outputs=wanted, options=merged_options, initializers=lent)
         if fold is not None:

@@ -39,7 +39,7 @@ from surgeon.edits.tap_bodies import UNSTACKABLE
 from surgeon.errors import RuntimeFailure, SurgeonError, UsageError
 from surgeon.feeds import describe_feeds, make_feeds
 from surgeon.model import Model, dtype_name
-from surgeon.protos import declared_nbytes, iter_tensors, tensor_nbytes
+from surgeon.protos import weight_bytes
 from surgeon.runner import BorrowedWeights, RunOptions, run, through_file
 from surgeon.statistics import (
     TensorStats,
@@ -489,7 +489,9 @@ def _measure(
     # keeps that peak. With the CLI's map_large_buffers (surgeon.commands.debug), the
     # process's peak on a YOLOv8n-size model went from 297 to 244 MiB (neither alone
     # changed it much).
-    stats_options = dataclasses.replace(run_options, execution_order="priority", memory_arena=False)
+    stats_options = dataclasses.replace(
+        run_options, execution_order="priority", memory_arena=fastops.measuring_arena(model)
+    )
     collected: dict[str, np.ndarray] = {}
     fetch = [x for pair in outs.values() for x in pair]
     try:
@@ -527,9 +529,7 @@ ALONGSIDE_WEIGHTS = 256 * 2**20
 
 
 def _weight_bytes(model: Model) -> int:
-    """The bytes of every weight of ``model``, in memory or in its files (a tensor's
-    declared size where its file's length is not given)."""
-    return sum(max(tensor_nbytes(t), declared_nbytes(t) or 0) for t in iter_tensors(model.proto))
+    return weight_bytes(model.proto)
 
 
 def _origin_lookup(model: Model) -> Callable[[str], str | None]:
