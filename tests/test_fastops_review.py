@@ -25,6 +25,7 @@ from conftest import run_cli, write
 from onnx import TensorProto, helper
 from test_compare_in_graph import _expected, _same
 from test_debug_in_graph import _normalise
+from test_fastops import _model
 from test_ref_speed_isolated import _excess_and_born
 from test_statistics import agree, check, onnx_nodes_only
 
@@ -59,15 +60,7 @@ _ELEM = {
 
 
 # ---------------------------------------------------------------- helpers
-def _kernel_model(nodes, inputs, outputs, initializers=()) -> Model:
-    graph = helper.make_graph(nodes, "review", inputs, [], list(initializers))
-    graph.output.extend(onnx.ValueInfoProto(name=n) for n in outputs)
-    proto = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(fastops.DOMAIN, 1)],
-    )
-    proto.ir_version = 8
-    return Model(proto)
+_kernel_model = _model  # (test_fastops's: a model importing the kernels' domain)
 
 
 def _node(op, inputs, outputs, **attrs):
