@@ -24,8 +24,9 @@ import pytest
 from conftest import run_cli, write
 from onnx import TensorProto, helper
 from test_compare_in_graph import _expected, _same
+from test_debug_folded import _spy
 from test_debug_in_graph import _normalise
-from test_fastops import _model
+from test_fastops import _compare, _model
 from test_ref_speed_isolated import _excess_and_born
 from test_statistics import agree, check, onnx_nodes_only
 
@@ -34,7 +35,6 @@ import surgeon.runner as runner
 from surgeon import fastops
 from surgeon.compare import Tolerance
 from surgeon.compare.in_graph import (
-    add_fused_comparison,
     diff_from_outputs,
     severity_from_outputs,
 )
@@ -60,7 +60,6 @@ _ELEM = {
 
 
 # ---------------------------------------------------------------- helpers
-_kernel_model = _model  # (test_fastops's: a model importing the kernels' domain)
 
 
 def _node(op, inputs, outputs, **attrs):
@@ -69,7 +68,7 @@ def _node(op, inputs, outputs, **attrs):
 
 def _stats_raw(x: np.ndarray, **attrs):
     elem = _ELEM.get(x.dtype, TensorProto.STRING if x.dtype.kind in "OUS" else None)
-    model = _kernel_model(
+    model = _model(
         [_node(fastops.STATS, ["x"], ["s", "shape"], **attrs)],
         [helper.make_tensor_value_info("x", elem, None)],
         ["s", "shape"],
@@ -85,7 +84,7 @@ def _stats(x: np.ndarray, **attrs):
 
 def _pair_raw(a, b, tol, op=fastops.COMPARE, **attrs):
     outs = ["c", "sa", "sb"] + (["ms"] if op == fastops.MEASURE else [])
-    model = _kernel_model(
+    model = _model(
         [_node(op, ["a", "b", "tol"], outs, **attrs)],
         [
             helper.make_tensor_value_info("a", _ELEM[a.dtype], None),
@@ -95,23 +94,6 @@ def _pair_raw(a, b, tol, op=fastops.COMPARE, **attrs):
         [onnx.numpy_helper.from_array(np.asarray(tol), "tol")],
     )
     return run(model, {"a": a, "b": b}, options=RunOptions())
-
-
-def _fused(a, b, tolerance, severity=False):
-    graph = helper.make_graph(
-        [],
-        "g",
-        [
-            helper.make_tensor_value_info("a", _ELEM[a.dtype], None),
-            helper.make_tensor_value_info("b", _ELEM[b.dtype], None),
-        ],
-        [],
-    )
-    out = add_fused_comparison(
-        graph, "a", _ELEM[a.dtype], "b", _ELEM[b.dtype], tolerance, "c/", severity=severity
-    )
-    model = _kernel_model(list(graph.node), list(graph.input), out.names(), graph.initializer)
-    return out, run(model, {"a": a, "b": b}, options=RunOptions())
 
 
 def _debug_paths(tmp_path: Path, cand, ref, feeds: dict, **kw):
@@ -305,7 +287,7 @@ def test_float16_nan_payloads_and_signed_zeros_in_pairs():
     a = bits.view(np.float16)
     b = bits[::-1].copy().view(np.float16)
     for x, y in ((a, b), (a, a.copy()), (a.astype(np.float32), b), (a, b.astype(np.float32))):
-        out, got = _fused(x, y, t)
+        out, got = _compare(x, y, t)
         _same(diff_from_outputs(out, got, t, name="t", reference="t"), _expected(x, y, t))
 
 
@@ -330,7 +312,7 @@ def test_pairs_across_spans_with_nan_inf_and_other_sizes_equal_compare_arrays():
                 k = rng.integers(0, x.size, size=3)
                 x[k] = rng.choice([np.nan, np.inf, -np.inf, 0.0, -0.0], size=3)
         t = Tolerance(float(10.0 ** rng.integers(-6, -1)), float(10.0 ** rng.integers(-6, -1)))
-        out, got = _fused(a, b, t, severity=a.size == b.size)
+        out, got = _compare(a, b, t, severity=a.size == b.size)
         _same(diff_from_outputs(out, got, t, name="t", reference="t"), _expected(a, b, t))
         if a.size == b.size:
             assert severity_from_outputs(out, got) == _excess_and_born(a, b, t)
@@ -341,7 +323,7 @@ def test_two_sessions_running_at_once_in_threads_give_the_same_bytes():
     x = (rng.standard_normal(4 * 2**16 + 3) * 5).astype(np.float32)
     y = (x + rng.standard_normal(x.size).astype(np.float32) * 1e-3).astype(np.float32)
     outs = ["c", "sa", "sb", "ms", "s", "sh"]
-    model = _kernel_model(
+    model = _model(
         [
             _node(fastops.MEASURE, ["a", "b", "tol"], ["c", "sa", "sb", "ms"]),
             _node(fastops.STATS, ["a"], ["s", "sh"]),
@@ -595,7 +577,7 @@ def test_rank_above_64_is_measured_whole():
     and data (only the shape output needs the dims)."""
     shape = np.array([2] + [1] * 66, np.int64)
     tol = np.array([1e-3, 1e-3])
-    model = _kernel_model(
+    model = _model(
         [
             helper.make_node("Reshape", ["x", "s"], ["r"]),
             _node(fastops.STATS, ["r"], ["st", "sh"]),
@@ -674,15 +656,7 @@ def test_folded_ref_with_large_weights_holds_one_session_at_a_time(tmp_path, mon
         most[path] = max(most.get(path, 0), live[0])
         weakref.finalize(self, lambda: live.__setitem__(0, live[0] - 1))
 
-    folded_calls: list[bool] = []
-    original_fold = orchestration._debug_folded
-
-    def spying(*args, **kwargs):
-        result = original_fold(*args, **kwargs)
-        folded_calls.append(result is not None)
-        return result
-
-    monkeypatch.setattr(orchestration, "_debug_folded", spying)
+    folded_calls = _spy(monkeypatch)
     monkeypatch.setattr(runner.Session, "__init__", counting_init)
     for path in ("nodes", "folded"):
         monkeypatch.setenv("SURGEON_FASTOPS", "0" if path == "nodes" else "1")
