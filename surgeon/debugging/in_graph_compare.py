@@ -417,6 +417,7 @@ def compare_in_graph(
         else:
             fetched.append((c, r))
     merge = _Merge(model, reference, shared_inputs)
+    merge.fused = fused
     # the static shapes the fast nodes compare at: in their rank (no flattening copy for
     # float32 pairs) and, below 2**24 elements, counting in float32
     merge.shapes = {
@@ -543,6 +544,7 @@ class _Merge:
         self.isolated_prefix = _fresh_prefix(taken, _ISOLATED_PREFIX)
         self.stats_prefix = _fresh_prefix(taken, _STATS_PREFIX)
         self.shapes: dict[str, tuple[int, ...]] = {}  # candidate tensor -> its static shape
+        self.fused = False  # surgeon's kernels compare (set by compare_in_graph)
         ref = reference.proto
         inits = {t.name for t in ref.graph.initializer}
         self.ref_inputs = {i.name for i in ref.graph.input} - inits
@@ -633,7 +635,7 @@ class _Merge:
         next_ref = 0
         shared = SharedNodes()  # one constant per value, one reference side per tensor
         # surgeon's kernel where available: one node and one pass per pair
-        fused = fastops.available() or fold is not None
+        fused = self.fused
         if fused:
             proto.opset_import.add(domain=fastops.DOMAIN, version=1)
         measured: dict[str, StatsOutputs] = {}

@@ -253,11 +253,7 @@ def _debug_folded(
 
     model = facts.model
     say(f"typing {len(taps)} tapped tensors")
-    graph_outputs = set(model.output_names)
-    types = learn_types(model, [t for t in taps if t not in graph_outputs], run_options)
-    for vi in model.proto.graph.output:
-        if vi.type.tensor_type.elem_type:
-            types.setdefault(vi.name, vi.type)
+    types = _tap_types(model, taps, run_options)
     narrow = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
     if any(t.tensor_type.elem_type in narrow for t in types.values()):
         # Declined: a measuring node on a float16 tensor makes onnxruntime round it where
@@ -311,6 +307,17 @@ def _debug_folded(
     )
     compare_layers(report, facts, taps, {}, feeds, ref, options, run_options, origin, fold)
     return report
+
+
+def _tap_types(model: Model, taps, run_options) -> dict:
+    """The types of ``taps`` (learn_types; graph outputs as declared where they give an
+    element type)."""
+    graph_outputs = set(model.output_names)
+    types = learn_types(model, [t for t in taps if t not in graph_outputs], run_options)
+    for vi in model.proto.graph.output:
+        if vi.type.tensor_type.elem_type:
+            types.setdefault(vi.name, vi.type)
+    return types
 
 
 def _tap_tolerance(options: DebugOptions, types) -> tuple:
@@ -419,45 +426,28 @@ def _measure(
     """:func:`_tap_and_measure` once its plain run is started (``started``)."""
     model = facts.model
     say(f"typing {len(taps)} tapped tensors")
-    graph_outputs = set(model.output_names)
     inside = bodies.taps if bodies is not None else {}  # typed and exposed by the plan
     inside_types = dict(bodies.types) if bodies is not None else {}
-    types = learn_types(
-        model, [t for t in taps if t not in graph_outputs and t not in inside], run_options
-    )
+    types = _tap_types(model, [t for t in taps if t not in inside], run_options)
     say(f"running {model.name} with {len(taps)} taps and the tap check")
-    for vi in model.proto.graph.output:
-        if vi.type.tensor_type.elem_type:
-            types.setdefault(vi.name, vi.type)
     tap_tolerance, notes = _tap_tolerance(options, {**types, **inside_types})
 
-    def checked_run(
-        candidate, fetch, candidate_options, sink, weights=None, alongside=False, started=None
-    ):
+    def checked_run(candidate, fetch, candidate_options, sink, weights=None, started=None):
+        # (the plain run: ``started`` in its thread, see _start_plain_run, or run in turn)
         with reference_started(started):
-            return _checked_run(candidate, fetch, candidate_options, sink, weights, alongside)
-
-    def _checked_run(candidate, fetch, candidate_options, sink, weights, alongside):
-        return verify(
-            candidate,
-            model,
-            pairs=[(o, o) for o in model.output_names],
-            feeds=feeds,
-            tolerance=tap_tolerance,
-            options=candidate_options,
-            # Overlapped with the candidate's session build, the plain run goes without
-            # onnxruntime's arena: what that arena held stayed in the process after its
-            # session was gone, under the statistics run's peak (YOLOv8n-size: 204 -> 181
-            # MiB peak).
-            reference_options=(
-                dataclasses.replace(run_options, memory_arena=False) if alongside else run_options
-            ),
-            title="tap check: original outputs unchanged",
-            fetch=fetch,
-            collect=sink,
-            candidate_initializers=weights,
-            reference_alongside=alongside,
-        )
+            return verify(
+                candidate,
+                model,
+                pairs=[(o, o) for o in model.output_names],
+                feeds=feeds,
+                tolerance=tap_tolerance,
+                options=candidate_options,
+                reference_options=run_options,
+                title="tap check: original outputs unchanged",
+                fetch=fetch,
+                collect=sink,
+                candidate_initializers=weights,
+            )
 
     def values_run(notes: list[str]) -> _TapRun:
         values: dict[str, np.ndarray] = {}
