@@ -259,7 +259,6 @@ static inline double load_bf16(const void *p, size_t i) {
 #endif
 typedef double Vd __attribute__((vector_size(32)));
 typedef int64_t Vi __attribute__((vector_size(32)));
-typedef float Vf __attribute__((vector_size(16)));
 
 /* (-DSURGEON_NO_VECTOR_CLONES builds the baseline loops alone, to test them on AVX2 machines) */
 #if defined(__x86_64__) && defined(__GLIBC__) && !defined(__clang__) && !defined(SURGEON_NO_VECTOR_CLONES)
@@ -834,7 +833,6 @@ typedef struct {
         /* extremes and counts do not depend on the order: one vector each for all lanes */      \
         Vd max_abs = zero, max_rel = zero, excess = zero;                                           \
         Vi mismatches = {0, 0, 0, 0}, nonzero = mismatches;                                         \
-        (void)infinity;                                                                             \
         Pairwise dot, norm, reference_norm;                                                         \
         memset(&dot, 0, sizeof dot);                                                                \
         memset(&norm, 0, sizeof norm);                                                              \
