@@ -19,8 +19,15 @@
  *       numbers of actual, from one read of the pair (debug --ref measures and compares
  *       every candidate tensor).
  *
+ *   Stored(x: float16) -> float16, a copy of x: the tensor as onnxruntime stores it.
+ *       onnxruntime's CPU runs float16 nodes that lack a float16 kernel in float32 and
+ *       drops the Cast pairs between them, so the next node would read unrounded values;
+ *       it cannot see through this node, which reads the stored (rounded) tensor.
+ *
  *   Attributes: severity (ComparePair, MeasurePair; default 1) computes the severity
- *   numbers; threads (default 0: one per core, at most 4) for tensors above 2**16.
+ *   numbers; counts (ComparePair; default 0) gives the four NaN/Inf counts alone, each
+ *   side in its own dtype, from the bits (the rest NaN); threads (default 0: one per
+ *   core, at most 4) for tensors above 2**16.
  *
  * Every per-element step is the IEEE float64 operation the ONNX nodes perform (built
  * with -ffp-contract=off: no fused multiply-add), so counts and extremes are identical;
@@ -259,6 +266,11 @@ static inline double load_bf16(const void *p, size_t i) {
 #endif
 typedef double Vd __attribute__((vector_size(32)));
 typedef int64_t Vi __attribute__((vector_size(32)));
+/* four 32-bit lanes: float16 bits widened to float32 bits */
+typedef uint32_t Vu __attribute__((vector_size(16)));
+typedef int32_t Vs __attribute__((vector_size(16)));
+typedef float Vf __attribute__((vector_size(16)));
+typedef uint16_t Vh __attribute__((vector_size(8)));
 
 /* (-DSURGEON_NO_VECTOR_CLONES builds the baseline loops alone, to test them on AVX2 machines) */
 #if defined(__x86_64__) && defined(__GLIBC__) && !defined(__clang__) && !defined(SURGEON_NO_VECTOR_CLONES)
@@ -305,8 +317,24 @@ static INLINE Vd load_f64_vector(const void *p, size_t i) {
     return four;
 }
 
+/* load_f16 on four halves at once, without branches: the same bits, in 32-bit lanes
+ * (a subnormal half, m * 2**-24, is m converted to float and scaled: exact, as m <
+ * 2**10), then widened to double as load_f16's (double)float does. */
 static INLINE Vd load_f16_vector(const void *p, size_t i) {
-    return (Vd){load_f16(p, i), load_f16(p, i + 1), load_f16(p, i + 2), load_f16(p, i + 3)};
+    Vh halves;
+    memcpy(&halves, (const uint16_t *)p + i, sizeof halves);
+    const Vu widened = __builtin_convertvector(halves, Vu);
+    const Vu rest = widened & 0x7fffu;
+    const Vu sign = (widened & 0x8000u) << 16;
+    const Vu normal = (rest << 13) + (112u << 23);
+    const Vu special = 0x7f800000u | ((rest & 0x3ffu) << 13);
+    const Vu is_special = (Vu)(rest >= 0x7c00u), is_subnormal = (Vu)(rest < 0x400u);
+    const Vf subnormal = __builtin_convertvector((Vs)rest, Vf) * 0x1p-24f;
+    const Vu bits = (((Vu)subnormal & is_subnormal) |
+                     (((special & is_special) | (normal & ~is_special)) & ~is_subnormal)) |
+                    sign;
+    const Vf f = (Vf)bits;
+    return (Vd){f[0], f[1], f[2], f[3]};
 }
 
 static INLINE Vd load_bf16_vector(const void *p, size_t i) {
@@ -382,6 +410,7 @@ typedef struct {
     Api api;
     int threads;  /* 0: one per core (at most 4) */
     int severity; /* ComparePair: compute the severity numbers */
+    int counts;   /* ComparePair: the NaN and Inf counts alone */
 } Kernel;
 
 typedef struct {
@@ -508,6 +537,7 @@ static void *create_kernel(const OrtCustomOp *op, const void *api_table, const O
     int64_t threads = int_attribute(api, info, "threads", 0);
     kernel->threads = threads > 0 && threads <= MAX_THREADS ? (int)threads : cpu_count();
     kernel->severity = int_attribute(api, info, "severity", 1) != 0;
+    kernel->counts = int_attribute(api, info, "counts", 0) != 0;
     return kernel;
 }
 
@@ -1094,6 +1124,40 @@ static void compare_pair(const Input *a, const Input *e, double atol, double rto
     compare_general(a, e, atol, rtol, k->severity, numbers);
 }
 
+/* NaN and Inf counts from the bits of each element (exponent all ones: Inf when the
+ * mantissa is zero, NaN otherwise), one integer loop per dtype. */
+#define DEFINE_NONFINITE(SUFFIX, TYPE, MAGNITUDE, INF)                                              \
+    static VECTOR_CLONES void nonfinite_##SUFFIX(const void *data, size_t count, int64_t *nan,      \
+                                                 int64_t *inf) {                                    \
+        const TYPE *bits = (const TYPE *)data;                                                      \
+        int64_t nans = 0, infs = 0;                                                                 \
+        for (size_t i = 0; i < count; i++) {                                                        \
+            TYPE magnitude = bits[i] & (MAGNITUDE);                                                 \
+            nans += magnitude > (INF);                                                              \
+            infs += magnitude == (INF);                                                             \
+        }                                                                                           \
+        *nan = nans;                                                                                \
+        *inf = infs;                                                                                \
+    }
+
+DEFINE_NONFINITE(f32, uint32_t, 0x7fffffffu, 0x7f800000u)
+DEFINE_NONFINITE(f16, uint16_t, 0x7fffu, 0x7c00u)
+DEFINE_NONFINITE(bf16, uint16_t, 0x7fffu, 0x7f80u)
+DEFINE_NONFINITE(f64, uint64_t, 0x7fffffffffffffffull, 0x7ff0000000000000ull)
+
+/* numbers[0] and [2] (or [1] and [3]): NaN and Inf counts of x in its own dtype. */
+static void count_nonfinite(const Input *x, double *nan, double *inf) {
+    int64_t nans = 0, infs = 0;
+    switch (x->source.type) {
+    case T_FLOAT: nonfinite_f32(x->source.data, x->count, &nans, &infs); break;
+    case T_FLOAT16: nonfinite_f16(x->source.data, x->count, &nans, &infs); break;
+    case T_BFLOAT16: nonfinite_bf16(x->source.data, x->count, &nans, &infs); break;
+    default: nonfinite_f64(x->source.data, x->count, &nans, &infs); break;
+    }
+    *nan = (double)nans;
+    *inf = (double)infs;
+}
+
 static void compare_inputs(Kernel *k, OrtKernelContext *context, const Input *ap, const Input *ep,
                            const Input *tp) {
     Api api = k->api;
@@ -1110,6 +1174,11 @@ static void compare_inputs(Kernel *k, OrtKernelContext *context, const Input *ap
     }
     double atol, rtol;
     if ((!a.ok && a.count) || (!e.ok && e.count) || !tolerance(&tol, &atol, &rtol)) {
+        return;
+    }
+    if (k->counts) { /* each side in its own dtype; the other numbers stay NaN */
+        count_nonfinite(&a, &numbers[0], &numbers[2]);
+        count_nonfinite(&e, &numbers[1], &numbers[3]);
         return;
     }
     compare_pair(&a, &e, atol, rtol, k, numbers);
@@ -1227,6 +1296,32 @@ static size_t compare_output_count(const OrtCustomOp *op) {
     return 3;
 }
 
+/* ---- Stored --------------------------------------------------------------------------- */
+
+static void stored_compute(void *kernel, OrtKernelContext *context) {
+    Kernel *k = (Kernel *)kernel;
+    Input x = read_input(k->api, context, 0);
+    if (x.value && x.source.type == T_FLOAT16) {
+        void *copy = output(k->api, context, 0, dims_of(&x), x.rank);
+        if (copy && x.count) memcpy(copy, x.source.data, x.count * sizeof(uint16_t));
+    }
+    drop_input(&x);
+}
+
+static const char *stored_name(const OrtCustomOp *op) {
+    (void)op;
+    return "Stored";
+}
+static int stored_type(const OrtCustomOp *op, size_t index) {
+    (void)op;
+    (void)index;
+    return T_FLOAT16;
+}
+static size_t one(const OrtCustomOp *op) {
+    (void)op;
+    return 1;
+}
+
 /* ---- registration -------------------------------------------------------------------- */
 
 static const OrtCustomOp stats_op = {
@@ -1247,6 +1342,12 @@ static const OrtCustomOp measure_op = {
     required,            required,            default_memory,
 };
 
+static const OrtCustomOp stored_op = {
+    API_VERSION, create_kernel,  stored_name, cpu_provider,   stored_type, one,
+    stored_type, one,            stored_compute, destroy_kernel, required, required,
+    default_memory,
+};
+
 SURGEON_EXPORT OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase *base) {
     Api api = (Api)base->GetApi(API_VERSION);
     if (!api) {
@@ -1261,6 +1362,8 @@ SURGEON_EXPORT OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const Or
     status = CALL(api, API_CustomOpDomain_Add, OrtStatus *(*)(OrtCustomOpDomain *, const OrtCustomOp *))(domain, &compare_op);
     if (status) return status;
     status = CALL(api, API_CustomOpDomain_Add, OrtStatus *(*)(OrtCustomOpDomain *, const OrtCustomOp *))(domain, &measure_op);
+    if (status) return status;
+    status = CALL(api, API_CustomOpDomain_Add, OrtStatus *(*)(OrtCustomOpDomain *, const OrtCustomOp *))(domain, &stored_op);
     if (status) return status;
     /* The domain is not released: the sessions made with these options keep using it. */
     return CALL(api, API_AddCustomOpDomain, OrtStatus *(*)(OrtSessionOptions *, OrtCustomOpDomain *))(options, domain);

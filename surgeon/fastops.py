@@ -27,6 +27,7 @@ from surgeon.fastops_library import (
     MEASURE,
     STATS,
     STATS_TYPES,
+    STORED,
     library,
 )
 
@@ -156,6 +157,7 @@ __all__ = [
     "MEASURE",
     "STATS",
     "STATS_TYPES",
+    "STORED",
     "available",
     "library",
     "measuring_arena",

@@ -11,6 +11,7 @@ DOMAIN = "ai.surgeon"
 STATS = "TensorStats"
 COMPARE = "ComparePair"
 MEASURE = "MeasurePair"  # ComparePair's outputs, then TensorStats' numbers of the candidate
+STORED = "Stored"  # a float16 tensor as stored (a copy onnxruntime cannot see through)
 
 # Element types (onnx.TensorProto values) the kernels read.
 STATS_TYPES = frozenset({1, 10, 11, 16})  # float32, float16, float64, bfloat16
@@ -27,4 +28,13 @@ def library() -> str | None:
     return None
 
 
-__all__ = ["COMPARE", "COMPARE_TYPES", "DOMAIN", "MEASURE", "STATS", "STATS_TYPES", "library"]
+__all__ = [
+    "COMPARE",
+    "COMPARE_TYPES",
+    "DOMAIN",
+    "MEASURE",
+    "STATS",
+    "STATS_TYPES",
+    "STORED",
+    "library",
+]

@@ -163,21 +163,30 @@ def test_a_twin_onnxruntime_refuses_keeps_the_stored_reference(tmp_path, monkeyp
     assert _own_errors(report)["Add->t"][0] > 0
 
 
-def test_the_rounding_guard_hands_a_node_the_stored_float16_tensor():
+@pytest.mark.parametrize("kernels", [True, False])
+def test_the_rounding_guard_hands_a_node_the_stored_float16_tensor(kernels):
     # A Sub -> guard -> Mul chain: Mul reads Sub's output rounded to float16, as a fetch
     # (or the isolated run's feed) gives it; the probe's choice is checked independently.
     from onnx import TensorProto, helper
 
+    from surgeon import fastops
     from surgeon.debugging.in_graph_compare import rounding_guard
     from surgeon.model import Model
     from surgeon.runner import RunOptions, run
 
-    chain = rounding_guard()
-    assert chain in (("Identity",), ("Transpose", "Transpose"))
+    stored = ((fastops.DOMAIN, fastops.STORED),)
+    # with the kernel library, its Stored node (one copy, not two strided Transposes)
+    assert (rounding_guard() == stored) == fastops.available()
+    assert rounding_guard(kernels=False) != stored  # for a model without the library
+    chain = rounding_guard(kernels=kernels)
+    assert chain in (stored, (("", "Identity"),), (("", "Transpose"), ("", "Transpose")))
     rng = np.random.default_rng(7)
     a, b = (rng.standard_normal((3, 5, 7)).astype(np.float16) for _ in range(2))
     nodes = [helper.make_node("Sub", ["a", "b"], ["g0"])]
-    nodes += [helper.make_node(op, [f"g{j}"], [f"g{j + 1}"]) for j, op in enumerate(chain)]
+    nodes += [
+        helper.make_node(op, [f"g{j}"], [f"g{j + 1}"], domain=domain)
+        for j, (domain, op) in enumerate(chain)
+    ]
     nodes.append(helper.make_node("Mul", [f"g{len(chain)}", f"g{len(chain)}"], ["y"]))
     half = TensorProto.FLOAT16
     graph = helper.make_graph(
@@ -186,8 +195,9 @@ def test_the_rounding_guard_hands_a_node_the_stored_float16_tensor():
         [helper.make_tensor_value_info(n, half, [3, 5, 7]) for n in "ab"],
         [helper.make_tensor_value_info("y", half, [3, 5, 7])],
     )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(fastops.DOMAIN, 1)]
+    proto = helper.make_model(graph, opset_imports=opsets)
     proto.ir_version = 8
     got = run(Model(proto), {"a": a, "b": b}, options=RunOptions(optimization="disabled"))["y"]
-    stored = (a.astype(np.float32) - b.astype(np.float32)).astype(np.float16)
-    np.testing.assert_array_equal(got, (stored.astype(np.float32) ** 2).astype(np.float16))
+    rounded = (a.astype(np.float32) - b.astype(np.float32)).astype(np.float16)
+    np.testing.assert_array_equal(got, (rounded.astype(np.float32) ** 2).astype(np.float16))

@@ -403,11 +403,10 @@ def add_fused_comparison(
     del _plan
     b = _Builder(graph, prefix, shared)
     bounds = b.const(np.array([tolerance.atol, tolerance.rtol], np.float64))
+    # A float16 tensor is read as it is stored without the Reshape add_comparison puts
+    # before its Cast: the kernel takes float16 itself, so onnxruntime hands it the
+    # stored tensor (no Cast pair to drop on the way).
     inputs = [actual, expected]
-    if TensorProto.FLOAT16 in (actual_type, expected_type):
-        # A Reshape reads a float16 tensor as it is stored (see add_comparison).
-        flat = b.const(np.array([-1], np.int64))
-        inputs = [b.node("Reshape", [x, flat]) for x in inputs]
     numbers, shape, reference_shape = b.name(), b.name(), b.name()
     measured = b.name() if stats else ""
     op = fastops.MEASURE if stats else fastops.COMPARE
@@ -415,10 +414,6 @@ def add_fused_comparison(
     node = fill_node(graph.node.add(), op, [*inputs, bounds], numbers, severity=int(severity))
     node.domain = fastops.DOMAIN
     node.output.extend([shape, reference_shape] + ([measured] if stats else []))
-    if inputs[0] != actual:
-        # the shapes are those of the tensors, not of their flattened reads
-        shape = b.node("Shape", [actual])
-        reference_shape = b.node("Shape", [expected])
     return ComparisonOutputs(
         shape=shape,
         reference_shape=reference_shape,
@@ -483,6 +478,36 @@ def add_overflow_count(graph: onnx.GraphProto, source: str, narrowed: str, prefi
         "Concat", [b.node("Cast", [mask], to=TensorProto.DOUBLE), b.const(np.array([0.0]))], axis=0
     )
     return b.node("ReduceSum", [counted], keepdims=1)
+
+
+def add_fused_overflow_count(
+    graph: onnx.GraphProto, source: str, narrowed: str, prefix: str
+) -> str:
+    """:func:`add_overflow_count` as one ComparePair node of surgeon's kernel library
+    (only when ``fastops.available()``, for a float32 ``source`` narrowed to float16,
+    and the graph's model must import its domain): the pair's NaN and Inf counts alone
+    (``counts``, from the bits of each side), read by :func:`overflow_from_outputs`,
+    where the ONNX nodes make two float64 copies of the tensor. Returns the name of the
+    node's numbers."""
+    from surgeon import fastops
+
+    b = _Builder(graph, prefix)
+    bounds = b.const(np.array([0.0, 0.0], np.float64))
+    numbers = b.name()
+    inputs = [narrowed, source, bounds]
+    node = fill_node(graph.node.add(), fastops.COMPARE, inputs, numbers, severity=0, counts=1)
+    node.domain = fastops.DOMAIN
+    node.output.extend([b.name(), b.name()])  # (the shapes, unread)
+    return numbers
+
+
+def overflow_from_outputs(count: str, fused: bool, values: Mapping[str, np.ndarray]) -> int:
+    """The count made by :func:`add_overflow_count` (``fused`` False) or
+    :func:`add_fused_overflow_count`: for the kernel, the narrowed tensor's Infs less
+    the source's (a cast keeps an Inf an Inf and a NaN a NaN, so the difference is the
+    finite values that overflowed)."""
+    numbers = values[count].ravel()
+    return int(numbers[2] - numbers[3]) if fused else int(numbers[0])
 
 
 def severity_from_outputs(
@@ -582,10 +607,12 @@ __all__ = [
     "add_comparison",
     "add_fast_comparison",
     "add_fused_comparison",
+    "add_fused_overflow_count",
     "add_overflow_count",
     "diff_from_outputs",
     "in_graph_comparable",
     "needs_general",
+    "overflow_from_outputs",
     "severity_from_outputs",
     "severity_in_graph",
 ]

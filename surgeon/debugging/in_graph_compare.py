@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -44,10 +45,12 @@ from surgeon.compare.in_graph import (
     add_comparison,
     add_fast_comparison,
     add_fused_comparison,
+    add_fused_overflow_count,
     add_overflow_count,
     diff_from_outputs,
     in_graph_comparable,
     needs_general,
+    overflow_from_outputs,
     severity_from_outputs,
     severity_in_graph,
 )
@@ -312,27 +315,42 @@ def _unit_in_graph(unit, pairing, source, types, reference_types, tolerance, pro
     return IsolatedUnit(unit.nodes, unit.position, fed, unit.initializers, outputs, twins)
 
 
+# The reference tensors whose consumers wait for their comparisons (see _Merge.run).
+_GATED = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE})
+
+
 @functools.cache
-def rounding_guard() -> tuple[str, ...]:
-    """The ops (each with one input and no attribute) that, placed between a float16
-    tensor and a node, make onnxruntime hand the node the stored, rounded tensor.
+def rounding_guard(kernels: bool = True) -> tuple[tuple[str, str], ...]:
+    """The nodes, as (domain, op type) pairs (each with one input and no attribute),
+    that, placed between a float16 tensor and a node, make onnxruntime hand the node the
+    stored, rounded tensor.
 
     onnxruntime's CPU runs float16 nodes without a float16 kernel in float32 and drops
     the Cast pairs between them, through data-movement nodes too: in 1.32 a Sub ->
     Identity -> Mul chain (or Reshape, Slice, Concat, Tile, Expand, Cast, Split in the
     middle) reads Sub's unrounded float32 values, while a pair of Transposes (each
-    reversing the dims, together the identity at every rank) rounds. Which is so is
+    reversing the dims, together the identity at every rank) rounds, and so does
+    surgeon's kernel ``Stored`` (a float16 copy onnxruntime cannot see through; one
+    pass of memcpy where the Transposes are two strided gathers: on a float16
+    YOLOv8n-size ``debug --ref`` they took 0.6 of its 1.9 s run). Which is so is
     onnxruntime's behaviour, not a contract: a probe (one small session, once per
-    process) picks the first of Identity and the Transpose pair that rounds, Identity
-    when neither does."""
+    process) picks the first of ``Stored`` (``kernels``: for a model that imports the
+    library's domain, where ``fastops.available()``), Identity and the Transpose pair
+    that rounds, Identity when none does."""
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal((4, 16)).astype(np.float16) for _ in range(2))
     stored = (a.astype(np.float32) - b.astype(np.float32)).astype(np.float16)
     want = (stored.astype(np.float32) ** 2).astype(np.float16)
     disabled = RunOptions(optimization="disabled")
-    for chain in (("Identity",), ("Transpose", "Transpose")):
+    chains = [(("", "Identity"),), (("", "Transpose"), ("", "Transpose"))]
+    if kernels and fastops.available():
+        chains.insert(0, ((fastops.DOMAIN, fastops.STORED),))
+    for chain in chains:
         nodes = [onnx.helper.make_node("Sub", ["a", "b"], ["g0"])]
-        nodes += [onnx.helper.make_node(op, [f"g{j}"], [f"g{j + 1}"]) for j, op in enumerate(chain)]
+        nodes += [
+            onnx.helper.make_node(op, [f"g{j}"], [f"g{j + 1}"], domain=domain)
+            for j, (domain, op) in enumerate(chain)
+        ]
         nodes.append(onnx.helper.make_node("Mul", [f"g{len(chain)}"] * 2, ["y"]))
         half = onnx.TensorProto.FLOAT16
         graph = onnx.helper.make_graph(
@@ -341,7 +359,8 @@ def rounding_guard() -> tuple[str, ...]:
             [onnx.helper.make_tensor_value_info(n, half, [4, 16]) for n in "ab"],
             [onnx.helper.make_tensor_value_info("y", half, [4, 16])],
         )
-        proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
+        opsets = [onnx.helper.make_opsetid(d or "", 13 if not d else 1) for d in {"", *dict(chain)}]
+        proto = onnx.helper.make_model(graph, opset_imports=opsets)
         proto.ir_version = 8
         try:
             got = run(Model(proto), {"a": a, "b": b}, options=disabled)["y"]
@@ -349,7 +368,7 @@ def rounding_guard() -> tuple[str, ...]:
             continue
         if np.array_equal(got, want):
             return chain
-    return ("Identity",)
+    return (("", "Identity"),)
 
 
 def _fresh_prefix(names: Sequence[str], prefix: str = _PREFIX) -> str:
@@ -470,7 +489,9 @@ def compare_in_graph(
         for pair, out in outputs.items()
         if pair not in again
     }
-    result.overflowed = {t for t, name in plan.overflow.items() if got[name][0] > 0}
+    result.overflowed = {
+        t for t, (name, kernel) in plan.overflow.items() if overflow_from_outputs(name, kernel, got)
+    }
     redo = _measure_units(result, plan, got, tolerance)
     del got
     if again or redo:
@@ -501,7 +522,8 @@ class _UnitPlan:
     fast: Sequence[set[str]]
     count_overflow: bool
     compared: list[dict[str, ComparisonOutputs]] = field(default_factory=list)
-    overflow: dict[str, str] = field(default_factory=dict)  # fed tensor -> its count
+    # fed tensor -> (the output counting its overflow, whether a kernel counts)
+    overflow: dict[str, tuple[str, bool]] = field(default_factory=dict)
 
 
 def _measure_units(result: InGraphResult, plan: _UnitPlan, got, tolerance) -> list[int]:
@@ -661,6 +683,21 @@ class _Merge:
             waiting.setdefault(c, []).append((c, r))
         outputs: dict[tuple[str, str], ComparisonOutputs] = {}
 
+        # The reference's nodes read a compared tensor through a Reshape to the shape the
+        # kernel gives (a view, no copy) that waits for the comparison, so for the
+        # candidate's node making its pair. Without it the reference runs ahead where
+        # the candidate's nodes are many: onnxruntime's priority order breaks ties by
+        # node index, and the Casts it inserts around float16 nodes come last, so a
+        # float16 candidate against its float32 reference held the reference's
+        # activations (YOLOv8n-size: 565 against 200 MB). Only at optimisation
+        # disabled, where no fusion sees the Reshape, and for float32 and float64
+        # tensors: between two float16 nodes the Reshape would round what the next one
+        # reads unrounded (see rounding_guard). A tensor compared more than once (by the
+        # pair and by isolated units) waits for each: a chain of views.
+        gates: dict[str, str] = {}
+        gate_count = itertools.count()
+        gate_reference = fused and options.optimization == "disabled"
+
         def emit_reference_until(k: int) -> None:
             nonlocal next_ref
             while next_ref <= k:
@@ -668,7 +705,7 @@ class _Merge:
                 copy = graph.node.add()
                 copy.CopyFrom(node)
                 copy.name = prefix + (node.name or f"node{next_ref}")
-                copy.input[:] = [rename(x) for x in node.input]
+                copy.input[:] = [gates.get(x) or rename(x) for x in node.input]
                 copy.output[:] = [rename(x) for x in node.output]
                 next_ref += 1
 
@@ -692,6 +729,16 @@ class _Merge:
             if stats:
                 out = outputs[(c, r)]
                 measured[c] = StatsOutputs(packed=out.stats, shape=out.shape)
+            if r not in gates:
+                gate(r, outputs[(c, r)])
+
+        def gate(r: str, compared: ComparisonOutputs) -> None:
+            # the reference's nodes read r once this comparison has run (see gates)
+            if gate_reference and r in ref_producer and ref_elem.get(r) in _GATED:
+                gated = f"{self.compare_prefix}gate/{next(gate_count)}"
+                read = gates.get(r) or rename(r)
+                fill_node(graph.node.add(), "Reshape", [read, compared.reference_shape], gated)
+                gates[r] = gated
 
         plan = plan or _UnitPlan([], [], False)
         after: dict[int, list[int]] = {}
@@ -706,10 +753,10 @@ class _Merge:
             # Nodes between a float16 tensor and the unit that make onnxruntime round it
             # (see rounding_guard): its CPU runs float16 chains in float32 and would hand
             # the unit unrounded values where the isolated run feeds the stored tensor.
-            chain = rounding_guard()
-            for j, op in enumerate(chain):
+            chain = rounding_guard(fused)
+            for j, (domain, op) in enumerate(chain):
                 out = label if j == len(chain) - 1 else f"{label}/{j}"
-                fill_node(graph.node.add(), op, [name], out)
+                fill_node(graph.node.add(), op, [name], out).domain = domain
                 name = out
             return label
 
@@ -724,7 +771,13 @@ class _Merge:
                 cast = label + "/cast"
                 fill_node(graph.node.add(), "Cast", [name], cast, to=to)
                 if plan.count_overflow and to != onnx.TensorProto.DOUBLE:
-                    plan.overflow[t] = add_overflow_count(graph, name, cast, label + "/overflow/")
+                    # one kernel node for a float32 reference narrowed to float16
+                    kernel = fused and (elem_type, to) == (
+                        onnx.TensorProto.FLOAT,
+                        onnx.TensorProto.FLOAT16,
+                    )
+                    count = add_fused_overflow_count if kernel else add_overflow_count
+                    plan.overflow[t] = (count(graph, name, cast, label + "/overflow/"), kernel)
                 name = guarded(cast, label) if to == onnx.TensorProto.FLOAT16 else cast
             sources[t] = name
             return name
@@ -778,6 +831,10 @@ class _Merge:
                     shared=shared,
                     **extra,
                 )
+                # A unit's comparison is a leaf onnxruntime would leave to the end (the
+                # Casts it inserts around a float16 unit come last in its order), holding
+                # the unit's tensors and r: the reference's nodes wait for it as well.
+                gate(r, plan.compared[k][o])
 
         produced = {o for n in src.graph.node for o in n.output if o}
         for c in [c for c in waiting if c not in produced]:  # graph inputs, initializers
@@ -802,7 +859,7 @@ class _Merge:
         wanted += [
             n for compared in plan.compared for out in compared.values() for n in out.names()
         ]
-        wanted += list(plan.overflow.values())
+        wanted += [name for name, _ in plan.overflow.values()]
         if fold is not None:
             fold.stats = measured
             # the candidate's original outputs (the tap check) and its statistics
