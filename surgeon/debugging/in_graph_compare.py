@@ -697,6 +697,12 @@ class _Merge:
         gates: dict[str, str] = {}
         gate_count = itertools.count()
         gate_reference = fused and options.optimization == "disabled"
+        # Activations only: a constant behind a gate would no longer be one (a MatMul
+        # would not prepack its weight, and sum in another order: PP-OCR cls, review).
+        activations = {i.name for i in ref.graph.input} - {t.name for t in ref.graph.initializer}
+        for node in ref_nodes:
+            if any(x in activations for x in node.input):
+                activations.update(o for o in node.output if o)
 
         def emit_reference_until(k: int) -> None:
             nonlocal next_ref
@@ -734,7 +740,12 @@ class _Merge:
 
         def gate(r: str, compared: ComparisonOutputs) -> None:
             # the reference's nodes read r once this comparison has run (see gates)
-            if gate_reference and r in ref_producer and ref_elem.get(r) in _GATED:
+            if (
+                gate_reference
+                and r in activations
+                and r in ref_producer
+                and ref_elem.get(r) in _GATED
+            ):
                 gated = f"{self.compare_prefix}gate/{next(gate_count)}"
                 read = gates.get(r) or rename(r)
                 fill_node(graph.node.add(), "Reshape", [read, compared.reference_shape], gated)
