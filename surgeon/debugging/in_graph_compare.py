@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import heapq
 import itertools
 import math
 import os
@@ -371,6 +372,34 @@ def rounding_guard(kernels: bool = True) -> tuple[tuple[str, str], ...]:
     return (("", "Identity"),)
 
 
+def _topological(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """``nodes`` in a topological order, each as early as its place in the list allows
+    (the list itself when it is one). A name no node makes is an input or initializer;
+    nodes in a cycle (an invalid graph onnxruntime refuses anyway) keep their order."""
+    made = {o: k for k, n in enumerate(nodes) for o in n.output if o}
+    needs = [{made[x] for x in n.input if x in made and made[x] != k} for k, n in enumerate(nodes)]
+    if all(all(j < k for j in needs[k]) for k in range(len(nodes))):
+        return nodes
+    waiting = [len(n) for n in needs]
+    users: dict[int, list[int]] = {}
+    for k, producers in enumerate(needs):
+        for j in producers:
+            users.setdefault(j, []).append(k)
+    ready = [k for k, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        k = heapq.heappop(ready)
+        order.append(k)
+        for user in users.get(k, ()):
+            waiting[user] -= 1
+            if waiting[user] == 0:
+                heapq.heappush(ready, user)
+    placed = set(order)
+    order += [k for k in range(len(nodes)) if k not in placed]
+    return [nodes[k] for k in order]
+
+
 def _fresh_prefix(names: Sequence[str], prefix: str = _PREFIX) -> str:
     while any(n.startswith(prefix) for n in names):
         prefix = "_" + prefix
@@ -644,15 +673,24 @@ class _Merge:
             copy = graph.initializer.add()
             copy.CopyFrom(t)
             copy.name = rename(t.name)
+        # The reference's inputs: those fed, and those with a default (an initializer
+        # of the same name), which stay inputs: onnxruntime treats such a weight as
+        # overridable, not constant, so it does not prepack it (from IR version 4; the
+        # sums would change: a MatMul moved by 1e-5; review).
+        overridable = ref.ir_version >= 4
         for i in ref.graph.input:
-            if i.name in self.ref_inputs and i.name not in self.shared:
+            fed = i.name in self.ref_inputs and i.name not in self.shared
+            if fed or (overridable and i.name not in self.ref_inputs):
                 copy = graph.input.add()
                 copy.CopyFrom(i)
                 copy.name = rename(i.name)
         # Node order: the reference's nodes up to a pair's reference producer, then the
         # candidate's node, then the comparison. onnxruntime's priority-based order keeps
         # this order among ready nodes, so each pair is reduced right after it is made.
-        ref_nodes = list(ref.graph.node)
+        # (in a topological order, the file's where it is one: the emission below and the
+        # gates assume a node comes after its producers; onnxruntime does not need it,
+        # so a reference listed out of order ran, and a gate closed a cycle; review)
+        ref_nodes = _topological(list(ref.graph.node))
         ref_producer = {o: k for k, n in enumerate(ref_nodes) for o in n.output if o}
         next_ref = 0
         shared = SharedNodes()  # one constant per value, one reference side per tensor
