@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import heapq
 import itertools
 import math
 import os
@@ -57,6 +56,7 @@ from surgeon.compare.in_graph import (
 )
 from surgeon.errors import SurgeonError
 from surgeon.external import external_tensors, inline_all
+from surgeon.graph_facts import graph_facts
 from surgeon.model import Model, dtype_name
 from surgeon.protos import copy_without_nodes, fill_node
 from surgeon.runner import BorrowedWeights, RunOptions, Session, run
@@ -372,34 +372,6 @@ def rounding_guard(kernels: bool = True) -> tuple[tuple[str, str], ...]:
     return (("", "Identity"),)
 
 
-def _topological(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
-    """``nodes`` in a topological order, each as early as its place in the list allows
-    (the list itself when it is one). A name no node makes is an input or initializer;
-    nodes in a cycle (an invalid graph onnxruntime refuses anyway) keep their order."""
-    made = {o: k for k, n in enumerate(nodes) for o in n.output if o}
-    needs = [{made[x] for x in n.input if x in made and made[x] != k} for k, n in enumerate(nodes)]
-    if all(all(j < k for j in needs[k]) for k in range(len(nodes))):
-        return nodes
-    waiting = [len(n) for n in needs]
-    users: dict[int, list[int]] = {}
-    for k, producers in enumerate(needs):
-        for j in producers:
-            users.setdefault(j, []).append(k)
-    ready = [k for k, w in enumerate(waiting) if w == 0]
-    heapq.heapify(ready)
-    order: list[int] = []
-    while ready:
-        k = heapq.heappop(ready)
-        order.append(k)
-        for user in users.get(k, ()):
-            waiting[user] -= 1
-            if waiting[user] == 0:
-                heapq.heappush(ready, user)
-    placed = set(order)
-    order += [k for k in range(len(nodes)) if k not in placed]
-    return [nodes[k] for k in order]
-
-
 def _fresh_prefix(names: Sequence[str], prefix: str = _PREFIX) -> str:
     while any(n.startswith(prefix) for n in names):
         prefix = "_" + prefix
@@ -687,10 +659,11 @@ class _Merge:
         # Node order: the reference's nodes up to a pair's reference producer, then the
         # candidate's node, then the comparison. onnxruntime's priority-based order keeps
         # this order among ready nodes, so each pair is reduced right after it is made.
-        # (in a topological order, the file's where it is one: the emission below and the
-        # gates assume a node comes after its producers; onnxruntime does not need it,
-        # so a reference listed out of order ran, and a gate closed a cycle; review)
-        ref_nodes = _topological(list(ref.graph.node))
+        # (in a topological order, the file's where it is one, graph_facts' node_order:
+        # the emission below and the gates assume a node comes after its producers;
+        # onnxruntime does not need it, so a reference listed out of order ran, and a
+        # gate closed a cycle; review)
+        ref_nodes = [ref.graph.node[k] for k in graph_facts(self.reference).node_order()]
         ref_producer = {o: k for k, n in enumerate(ref_nodes) for o in n.output if o}
         next_ref = 0
         shared = SharedNodes()  # one constant per value, one reference side per tensor
