@@ -48,11 +48,20 @@ def measuring_arena(*models) -> bool:
     return available() and sum(weight_bytes(m.proto) for m in models) <= ARENA_WEIGHTS
 
 
+def plain_arena(weight_bytes: int) -> bool:
+    """Whether debug's plain run (the tap check's) of a model with these weights takes
+    the arena: by measuring_arena's rule, without waiting for the library's check (the
+    run starts before it; a library that fails it costs memory only)."""
+    return _wanted() and library() is not None and weight_bytes <= ARENA_WEIGHTS
+
+
 def available() -> bool:
     """Whether the kernels can be used in this process (see the module docstring)."""
-    if os.environ.get("SURGEON_FASTOPS", "1") == "0":
-        return False
-    return _checked()
+    return _wanted() and _checked()
+
+
+def _wanted() -> bool:
+    return os.environ.get("SURGEON_FASTOPS", "1") != "0"
 
 
 @functools.cache
@@ -161,4 +170,5 @@ __all__ = [
     "available",
     "library",
     "measuring_arena",
+    "plain_arena",
 ]

@@ -306,3 +306,30 @@ def test_the_measuring_runs_take_the_arena_only_with_the_kernels_and_small_weigh
         debug(load(cand), options)
         debug(load(cand), dataclasses.replace(options, reference=None))
     assert seen and not any(arena for _, arena in seen)
+
+
+def test_the_plain_run_takes_the_arena_by_the_same_rule(tmp_path, monkeypatch):
+    """The tap check's plain run (started in a thread before the library's check) takes
+    the arena with the library built and small weights; not with larger weights, nor
+    with the library switched off."""
+    from surgeon import verification
+
+    seen: list[bool] = []
+    real = verification.Overlap.__init__
+
+    def spy(self, reference, feeds, names, options):
+        seen.append(options.memory_arena)
+        real(self, reference, feeds, names, options)
+
+    monkeypatch.setattr(verification.Overlap, "__init__", spy)
+    cand, options, _ = _paths(tmp_path, _model(1.01), _model(1.0))
+    for reference in (options.reference, None):  # folded --ref, and --tap alone
+        debug(load(cand), dataclasses.replace(options, reference=reference))
+    assert seen == [True, True]
+    seen.clear()
+    monkeypatch.setattr(fastops, "ARENA_WEIGHTS", 0)
+    debug(load(cand), options)
+    monkeypatch.setattr(fastops, "ARENA_WEIGHTS", 2**40)
+    monkeypatch.setenv("SURGEON_FASTOPS", "0")
+    debug(load(cand), options)
+    assert seen == [False, False]
