@@ -163,6 +163,19 @@ def reference_started(overlap: _Overlap | None) -> Iterator[None]:
         _STARTED.reset(token)
 
 
+_NOTHING_COMPARED = "nothing was compared: there was no (candidate, reference) tensor pair"
+
+
+def _compare_pairs(actual, expected, pairs, feeds, tolerance) -> tuple[dict, list]:
+    """(``actual`` with the candidate names that are graph inputs taken from ``feeds``,
+    the pairs compared): what :func:`verify` and :func:`tap_check_report` both report."""
+    actual = dict(actual)
+    for c, _ in pairs:  # inputs passed straight through
+        if c not in actual and c in feeds:
+            actual[c] = feeds[c]
+    return actual, compare_named(actual, expected, pairs, tolerance)
+
+
 def tap_check_report(
     model: Model,
     actual: Mapping[str, np.ndarray],
@@ -175,14 +188,8 @@ def tap_check_report(
     from values already computed: ``actual`` (the copy's original outputs) and
     ``expected`` (a plain run's), each output compared with itself, on ``feeds``."""
     pairs = [(o, o) for o in model.output_names]
-    actual = dict(actual)
-    for c, _ in pairs:  # inputs passed straight through
-        if c not in actual and c in feeds:
-            actual[c] = feeds[c]
-    tensors = compare_named(actual, expected, pairs, tolerance)
-    notes = (
-        [] if tensors else ["nothing was compared: there was no (candidate, reference) tensor pair"]
-    )
+    _, tensors = _compare_pairs(actual, expected, pairs, feeds, tolerance)
+    notes = [] if tensors else [_NOTHING_COMPARED]
     described, seed = _feed_sources(model, feeds, FeedOptions(), False)
     return DiffReport(
         title=title,
@@ -398,13 +405,10 @@ def verify(
         kept = {c for c, _ in pairs} | set(extras)
         actual = {name: value for name, value in actual.items() if name in kept}
         expected = _compute(reference, feeds, ref_needed, reference_options)
-    for c, _ in pairs:  # inputs passed straight through
-        if c not in actual and c in cand_feeds:
-            actual[c] = cand_feeds[c]
-    tensors = compare_named(actual, expected, pairs, tolerance)
+    actual, tensors = _compare_pairs(actual, expected, pairs, cand_feeds, tolerance)
     tensors += [extra(e, actual.get(e)) for e in extras]
     if not tensors:  # the report fails (zero compared tensors is never a pass): say why
-        notes.append("nothing was compared: there was no (candidate, reference) tensor pair")
+        notes.append(_NOTHING_COMPARED)
     if options.optimization != reference_options.optimization:
         notes.append(
             f"candidate ran with optimization={options.optimization}, reference with optimization={reference_options.optimization}"
