@@ -81,22 +81,27 @@ def _random_pair(rng, dtypes):
     return a, b
 
 
-@pytest.mark.parametrize(
-    "dtypes",
-    [
-        (np.float32, np.float32),
-        (np.float16, np.float16),
-        (np.float16, np.float32),
-        (np.float32, np.float16),
-    ],
-)
+# (candidate, reference) dtypes compared in the graph (test_fastops takes them too)
+DTYPE_PAIRS = [
+    (np.float32, np.float32),
+    (np.float16, np.float16),
+    (np.float16, np.float32),
+    (np.float32, np.float16),
+]
+
+
+def _random_tolerance(rng) -> Tolerance:
+    return Tolerance(
+        atol=float(10.0 ** rng.integers(-9, 0)), rtol=float(10.0 ** rng.integers(-6, 0))
+    )
+
+
+@pytest.mark.parametrize("dtypes", DTYPE_PAIRS)
 def test_numbers_equal_compare_arrays(dtypes):
     rng = np.random.default_rng(7)
     for _ in range(25):
         a, b = _random_pair(rng, dtypes)
-        tolerance = Tolerance(
-            atol=float(10.0 ** rng.integers(-9, 0)), rtol=float(10.0 ** rng.integers(-6, 0))
-        )
+        tolerance = _random_tolerance(rng)
         _same(_in_graph(a, b, tolerance), _expected(a, b, tolerance))
 
 

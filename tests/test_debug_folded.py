@@ -16,12 +16,13 @@ import pytest
 from conftest import run_cli, write
 from onnx import TensorProto, helper
 from test_debug_in_graph import _normalise
+from test_ref_speed_isolated import _fp16_options
 from test_statistics import check, onnx_nodes_only
 
 import surgeon.debugging.orchestration as orchestration
 from surgeon import fastops
 from surgeon.compare import Tolerance
-from surgeon.debugging import DebugOptions, debug
+from surgeon.debugging import debug
 from surgeon.loading import load
 
 pytestmark = pytest.mark.skipif(
@@ -72,16 +73,9 @@ def _graph(nodes, **kwargs) -> onnx.ModelProto:
 
 
 def _paths(tmp_path, candidate: onnx.ModelProto, reference: onnx.ModelProto):
-    cand = write(candidate, tmp_path / "cand.onnx")
-    ref = write(reference, tmp_path / "ref.onnx")
-    x = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
-    np.savez(tmp_path / "feeds.npz", x=x)
-    options = DebugOptions(reference=str(ref), tolerance=Tolerance(1e-4, 1e-4))
-    options = dataclasses.replace(
-        options,
-        feed_options=dataclasses.replace(options.feed_options, npz=str(tmp_path / "feeds.npz")),
-    )
-    return cand, options, x
+    tolerance = Tolerance(1e-4, 1e-4)
+    cand, options = _fp16_options(tmp_path, reference, candidate, tolerance, shape=(3, 5))
+    return cand, options, np.load(tmp_path / "feeds.npz")["x"]
 
 
 def _spy(monkeypatch) -> list:

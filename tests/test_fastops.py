@@ -13,7 +13,13 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
-from test_compare_in_graph import _expected, _random_pair, _same
+from test_compare_in_graph import (
+    DTYPE_PAIRS,
+    _expected,
+    _random_pair,
+    _random_tolerance,
+    _same,
+)
 from test_ref_speed_isolated import _arrays, _excess_and_born
 from test_statistics import check
 
@@ -92,22 +98,12 @@ def test_switched_off_by_the_environment(monkeypatch):
     assert fastops.available()
 
 
-@pytest.mark.parametrize(
-    "dtypes",
-    [
-        (np.float32, np.float32),
-        (np.float16, np.float16),
-        (np.float16, np.float32),
-        (np.float32, np.float16),
-    ],
-)
+@pytest.mark.parametrize("dtypes", DTYPE_PAIRS)
 def test_comparison_equals_compare_arrays(dtypes):
     rng = np.random.default_rng(11)
     for _ in range(60):
         a, b = _random_pair(rng, dtypes)
-        tolerance = Tolerance(
-            atol=float(10.0 ** rng.integers(-9, 0)), rtol=float(10.0 ** rng.integers(-6, 0))
-        )
+        tolerance = _random_tolerance(rng)
         _same(_diff(a, b, tolerance), _expected(a, b, tolerance))
 
 

@@ -13,7 +13,6 @@ import ml_dtypes
 import numpy as np
 import onnx
 import pytest
-from conftest import write
 from onnx import TensorProto, helper
 from test_debug_in_graph import _both, _normalise, _without
 from test_fastops import _model
@@ -25,7 +24,6 @@ from surgeon import fastops
 from surgeon.compare import Tolerance
 from surgeon.compare.in_graph import add_fused_overflow_count, overflow_from_outputs
 from surgeon.debugging import debug
-from surgeon.debugging.results import DebugOptions
 from surgeon.loading import load
 from surgeon.runner import RunOptions, run
 
@@ -227,15 +225,8 @@ def test_a_constant_is_never_gated(tmp_path, merged_protos):
     # last MatMul moved by 3e-7; found on the real model). The report equals the
     # values path's, where the reference runs on its own.
     reference, candidate = _matmul_models()
-    cand = write(candidate, tmp_path / "cand.onnx")
-    ref = write(reference, tmp_path / "ref.onnx")
-    x = np.random.default_rng(0).standard_normal((1, 256)).astype(np.float32)
-    np.savez(tmp_path / "feeds.npz", x=x)
-    options = DebugOptions(reference=str(ref), tolerance=Tolerance(1e-3, 1e-3))
-    options = dataclasses.replace(
-        options,
-        feed_options=dataclasses.replace(options.feed_options, npz=str(tmp_path / "feeds.npz")),
-    )
+    tolerance = Tolerance(1e-3, 1e-3)
+    cand, options = _fp16_options(tmp_path, reference, candidate, tolerance, shape=(1, 256))
     fast, slow = _both(cand, options)
     proto = merged_protos[0]
     gated = {n.input[0] for n in proto.graph.node if "/gate/" in n.name}

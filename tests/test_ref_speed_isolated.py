@@ -49,10 +49,10 @@ def spy(monkeypatch):
     return seen
 
 
-def _fp16_options(tmp_path, reference, candidate, tolerance):
+def _fp16_options(tmp_path, reference, candidate, tolerance, shape=(4, 16)):
     cand = write(candidate, tmp_path / "cand.onnx")
     ref = write(reference, tmp_path / "ref.onnx")
-    x = np.random.default_rng(0).standard_normal((4, 16)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     np.savez(tmp_path / "feeds.npz", x=x)
     options = DebugOptions(reference=str(ref), tolerance=tolerance)
     options = dataclasses.replace(
